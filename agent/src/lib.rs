@@ -1,0 +1,31 @@
+//! The tether device agent.
+//!
+//! Layout:
+//! - [`config`]: the agent's YAML configuration file.
+//! - [`identity`]: the device's ed25519 key pair.
+//! - [`enrollment`]: what enrollment recorded (relay URL, device id, pinned relay host key).
+//! - [`enroll`]: the enrollment exchange with the relay.
+//! - [`transport`]: the byte stream under the link (TCP, WebSocket, HTTP CONNECT proxy).
+//! - [`link`]: the long-lived SSH connection to the relay and the channels it brings in.
+//! - [`forward`]: device-local TCP targets that the relay may reach, and the policy that allows them.
+//! - [`server`]: the embedded SSH server that serves shells, exec and sftp on link channels.
+//! - [`pty`]: pseudo-terminals for interactive shells.
+//! - [`sftp`]: the sftp subsystem.
+//! - [`status`]: the link state file that `agent status` reads.
+//! - [`cli`]: the command line.
+
+pub mod cli;
+pub mod config;
+pub mod enroll;
+pub mod enrollment;
+pub mod forward;
+pub mod identity;
+pub mod link;
+pub mod pty;
+pub mod server;
+pub mod sftp;
+pub mod status;
+pub mod transport;
+
+/// The agent's version, reported to the relay.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

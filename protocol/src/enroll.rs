@@ -1,0 +1,51 @@
+//! The enrollment exchange.
+//!
+//! The agent logs in as [`crate::names::ENROLL_USER`] with its new device key (the relay
+//! accepts any key for that user, because the token, not the key, is the credential), opens a
+//! session channel, requests the [`crate::names::ENROLL_SUBSYSTEM`] subsystem, writes one
+//! [`EnrollRequest`] as a JSON line and reads one [`EnrollResponse`] JSON line. The relay
+//! registers the key it saw during authentication, so a device can only enroll a key it holds.
+
+use serde::{Deserialize, Serialize};
+
+/// Longest enrollment message either side accepts, in bytes.
+pub const MAX_ENROLL_MESSAGE: usize = 64 * 1024;
+
+/// What the agent sends to enroll.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    /// Wire convention version, [`crate::PROTOCOL_VERSION`].
+    pub protocol: u32,
+    /// The enrollment token minted by an operator.
+    pub token: String,
+    /// The device name the agent asks for.
+    pub name: String,
+    /// The agent's version, for inventory.
+    pub agent_version: String,
+    /// Replace an existing device of the same name in the tenant (re-enrollment with a new key).
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// The relay's answer to an [`EnrollRequest`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum EnrollResponse {
+    /// The device is registered.
+    Enrolled {
+        /// Stable device id assigned by the relay.
+        device_id: String,
+        /// The device's name within its tenant.
+        name: String,
+        /// Name of the tenant the token belongs to.
+        tenant: String,
+        /// `accepted`, or `pending` when an operator must accept the device first.
+        status: String,
+    },
+    /// Enrollment was refused; `message` says why in words fit for the operator.
+    Refused {
+        /// Human-readable reason.
+        message: String,
+    },
+}

@@ -1,0 +1,121 @@
+//! Reserved names of the device link.
+//!
+//! The relay serves devices and engineers on one SSH port; the SSH user name of a device's
+//! connection says what it is for. Device names can never collide with these because device
+//! names may not start with `tether-`.
+
+use thiserror::Error;
+
+/// SSH user name an enrolled device logs in with to hold its link open.
+pub const LINK_USER: &str = "tether-link";
+
+/// SSH user name a device logs in with to enroll (its key is not yet known to the relay).
+pub const ENROLL_USER: &str = "tether-enroll";
+
+/// Session subsystem that carries one enrollment request and its answer.
+pub const ENROLL_SUBSYSTEM: &str = "tether-enroll";
+
+/// `connected_address` of a relay→device `forwarded-tcpip` channel that must reach the
+/// agent's embedded SSH server instead of a TCP address.
+pub const EMBEDDED_SSH_TARGET: &str = "tether-ssh";
+
+/// Address the device announces with `tcpip-forward` once its link is ready for channels.
+pub const LINK_FORWARD_ADDRESS: &str = "tether";
+
+/// HTTP path of the WebSocket transport of the device link.
+pub const WS_LINK_PATH: &str = "/v1/link";
+
+/// Longest device name accepted.
+pub const MAX_DEVICE_NAME: usize = 63;
+
+/// Why a device name is not acceptable.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum NameError {
+    /// The name is empty.
+    #[error("device name is empty")]
+    Empty,
+    /// The name is longer than [`MAX_DEVICE_NAME`].
+    #[error("device name is longer than {MAX_DEVICE_NAME} characters")]
+    TooLong,
+    /// The name contains a character outside `[a-z0-9-_.]` or does not start with a letter or digit.
+    #[error(
+        "device name {0:?} must start with a lower-case letter or digit and contain only a-z, 0-9, '-', '_' and '.'"
+    )]
+    BadCharacter(String),
+    /// The name starts with `tether-`, which is reserved for the link's own users.
+    #[error("device name {0:?} starts with the reserved prefix 'tether-'")]
+    Reserved(String),
+}
+
+/// Checks that `name` can be used as a device name (and so as an SSH user name and host name).
+pub fn validate_device_name(name: &str) -> Result<(), NameError> {
+    if name.is_empty() {
+        return Err(NameError::Empty);
+    }
+    if name.len() > MAX_DEVICE_NAME {
+        return Err(NameError::TooLong);
+    }
+    let first_ok = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let rest_ok = name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'));
+    if !first_ok || !rest_ok {
+        return Err(NameError::BadCharacter(name.to_string()));
+    }
+    if name.starts_with("tether-") {
+        return Err(NameError::Reserved(name.to_string()));
+    }
+    Ok(())
+}
+
+/// Turns an arbitrary host name into a valid device name (lower case, bad characters to '-').
+pub fn sanitize_device_name(raw: &str) -> String {
+    let mut out: String = raw
+        .trim()
+        .chars()
+        .map(|c| {
+            let c = c.to_ascii_lowercase();
+            if c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(MAX_DEVICE_NAME)
+        .collect();
+    while out.starts_with(['-', '_', '.']) {
+        out.remove(0);
+    }
+    if out.is_empty() || out.starts_with("tether-") {
+        out = format!("device-{out}");
+        out.truncate(MAX_DEVICE_NAME);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_names() {
+        assert_eq!(validate_device_name("board-1.lab_a"), Ok(()));
+        assert_eq!(validate_device_name(""), Err(NameError::Empty));
+        assert!(matches!(validate_device_name("-x"), Err(NameError::BadCharacter(_))));
+        assert!(matches!(validate_device_name("Board"), Err(NameError::BadCharacter(_))));
+        assert!(matches!(validate_device_name("a b"), Err(NameError::BadCharacter(_))));
+        assert!(matches!(validate_device_name("tether-link"), Err(NameError::Reserved(_))));
+        assert_eq!(validate_device_name(&"a".repeat(64)), Err(NameError::TooLong));
+    }
+
+    #[test]
+    fn sanitized_names_validate() {
+        for raw in ["My Board", "-x", "", "tether-link", "ÄÖ", &"z".repeat(100)] {
+            let name = sanitize_device_name(raw);
+            assert_eq!(validate_device_name(&name), Ok(()), "{raw:?} -> {name:?}");
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! The tether relay.
+//!
+//! Layout:
+//! - [`config`]: the relay's YAML configuration file.
+//! - [`store`]: every durable fact (tenants, tokens, users, devices) in SQLite.
+//! - [`hostkey`]: the relay's SSH host key.
+//! - [`registry`]: the device links that are up right now on this relay.
+//! - [`ssh_front`]: the SSH port: device links, enrollment and engineers' sessions.
+//! - [`proxy`]: carrying an engineer's session channel to the device's embedded SSH server.
+//! - [`http`]: the HTTP port: the WebSocket link, the JSON API and TLS.
+//! - [`api`]: the JSON API routes.
+//! - [`server`]: `relay serve`, which starts all of the above.
+//! - [`cli`]: the command line, including the admin commands that work on the store.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod hostkey;
+pub mod http;
+pub mod proxy;
+pub mod registry;
+pub mod server;
+pub mod ssh_front;
+pub mod store;
+
+/// The relay's version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
