@@ -1,1 +1,195 @@
-fn main() {}
+//! Relay overhead benchmark: the same work through the tether relay and agent versus directly
+//! against a local OpenSSH sshd, measured in one run on loopback.
+//!
+//! - keystroke round trip: one byte through `ssh -tt host 'stty raw -echo; cat'` and back;
+//! - bulk upload: scp of 256 MiB;
+//! - port forward: 256 MiB through `ssh -L` to a local sink.
+//!
+//! Run with `cargo bench --bench relay_overhead`. Needs openssh-client and openssh-server.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use common::*;
+
+const BULK: usize = 256 << 20;
+const KEYSTROKES: usize = 400;
+
+/// How to reach a shell: ssh arguments up to (not including) the remote command.
+struct Target {
+    label: &'static str,
+    ssh_args: Vec<String>,
+    scp_args: Vec<String>,
+    dest: String,
+}
+
+fn keystroke_rtt(t: &Target) -> Result<(Duration, Duration)> {
+    let mut cmd = Command::new("ssh");
+    cmd.args(&t.ssh_args).args(["-tt", &t.dest, "stty raw -echo; echo ready; exec cat"]);
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null());
+    let mut child = cmd.spawn()?;
+    let mut stdin = child.stdin.take().context("stdin")?;
+    let mut stdout = child.stdout.take().context("stdout")?;
+    let mut seen = Vec::new();
+    let mut b = [0u8; 1];
+    let start = Instant::now();
+    while !seen.ends_with(b"ready") {
+        if start.elapsed() > Duration::from_secs(30) {
+            bail!("{}: shell never became ready", t.label);
+        }
+        stdout.read_exact(&mut b)?;
+        seen.push(b[0]);
+    }
+    // Drain the line end after "ready".
+    std::thread::sleep(Duration::from_millis(200));
+    let mut samples = Vec::with_capacity(KEYSTROKES);
+    for i in 0..KEYSTROKES + 20 {
+        let c = b'a' + (i % 26) as u8;
+        let t0 = Instant::now();
+        stdin.write_all(&[c])?;
+        stdin.flush()?;
+        loop {
+            stdout.read_exact(&mut b)?;
+            if b[0] == c {
+                break;
+            }
+        }
+        if i >= 20 {
+            samples.push(t0.elapsed());
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    samples.sort();
+    let p = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
+    Ok((p(0.5), p(0.99)))
+}
+
+fn scp_upload(t: &Target, file: &std::path::Path, remote_dir: &std::path::Path) -> Result<f64> {
+    let dest = format!("{}:{}/upload", t.dest, remote_dir.display());
+    let start = Instant::now();
+    let st = Command::new("scp").args(&t.scp_args).arg(file).arg(&dest).status()?;
+    let secs = start.elapsed().as_secs_f64();
+    if !st.success() {
+        bail!("{}: scp failed", t.label);
+    }
+    let _ = std::fs::remove_file(remote_dir.join("upload"));
+    Ok(BULK as f64 / secs / (1 << 20) as f64)
+}
+
+/// A sink that reads everything from each connection and reports the byte count.
+fn sink() -> Result<(u16, std::sync::mpsc::Receiver<usize>)> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for s in listener.incoming().take(16) {
+            let Ok(mut s) = s else { continue };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 1 << 16];
+                let mut total = 0;
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    total += n;
+                }
+                let _ = s.write_all(b"k");
+                let _ = tx.send(total);
+            });
+        }
+    });
+    Ok((port, rx))
+}
+
+fn forward_throughput(t: &Target, sink_port: u16, done: &std::sync::mpsc::Receiver<usize>) -> Result<f64> {
+    let local = free_port()?;
+    let mut cmd = Command::new("ssh");
+    cmd.args(&t.ssh_args)
+        .args(["-N", "-o", "ExitOnForwardFailure=yes", "-L", &format!("127.0.0.1:{local}:127.0.0.1:{sink_port}"), &t.dest]);
+    cmd.stdin(Stdio::null());
+    let mut child = cmd.spawn()?;
+    wait_for_port(local)?;
+    let mut conn = TcpStream::connect(("127.0.0.1", local))?;
+    let chunk = vec![0x5au8; 1 << 16];
+    let start = Instant::now();
+    let mut sent = 0;
+    while sent < BULK {
+        conn.write_all(&chunk)?;
+        sent += chunk.len();
+    }
+    conn.shutdown(std::net::Shutdown::Write)?;
+    let got = done.recv_timeout(Duration::from_secs(120))?;
+    let secs = start.elapsed().as_secs_f64();
+    let _ = child.kill();
+    let _ = child.wait();
+    if got != BULK {
+        bail!("{}: forward delivered {got} of {BULK} bytes", t.label);
+    }
+    Ok(BULK as f64 / secs / (1 << 20) as f64)
+}
+
+fn main() -> Result<()> {
+    if std::env::args().any(|a| a == "--list") {
+        return Ok(());
+    }
+    let (sink_port, sink_done) = sink()?;
+    let relay = Relay::start()?;
+    relay.tenant("bench")?;
+    let engineer = relay.engineer("bench", "bench", "admin")?;
+    let sshd = Sshd::start(&engineer.key.with_extension("pub"))?;
+    let mut agent = Agent::new("bench-board", &[format!("127.0.0.1:{sink_port}")])?;
+    agent.enroll(&relay, Transport::Tcp, "bench")?;
+    agent.start()?;
+    agent.wait_online()?;
+
+    let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
+    let cfg = engineer.ssh_config.display().to_string();
+    let direct = Target {
+        label: "direct sshd",
+        ssh_args: vec!["-F".into(), cfg.clone(), "-p".into(), sshd.port.to_string()],
+        scp_args: vec!["-F".into(), cfg.clone(), "-P".into(), sshd.port.to_string()],
+        dest: format!("{user}@127.0.0.1"),
+    };
+    let via_relay = Target {
+        label: "tether relay",
+        ssh_args: vec!["-F".into(), cfg.clone(), "-p".into(), relay.ssh_port.to_string()],
+        scp_args: vec!["-F".into(), cfg, "-P".into(), relay.ssh_port.to_string()],
+        dest: "bench-board@127.0.0.1".into(),
+    };
+
+    let work = tempfile::tempdir()?;
+    let file = work.path().join("bulk");
+    std::fs::write(&file, pseudo_random(BULK, 42))?;
+    let remote = tempfile::tempdir()?;
+
+    println!("relay overhead on loopback ({} keystrokes, {} MiB bulk)", KEYSTROKES, BULK >> 20);
+    let (d50, d99) = keystroke_rtt(&direct)?;
+    let (r50, r99) = keystroke_rtt(&via_relay)?;
+    println!(
+        "keystroke RTT p50: direct {:>7.0} µs  relay {:>7.0} µs  overhead {:>6.0} µs",
+        d50.as_micros(),
+        r50.as_micros(),
+        r50.as_micros() as f64 - d50.as_micros() as f64
+    );
+    println!(
+        "keystroke RTT p99: direct {:>7.0} µs  relay {:>7.0} µs  overhead {:>6.0} µs",
+        d99.as_micros(),
+        r99.as_micros(),
+        r99.as_micros() as f64 - d99.as_micros() as f64
+    );
+    let ds = scp_upload(&direct, &file, remote.path())?;
+    let rs = scp_upload(&via_relay, &file, remote.path())?;
+    println!("scp upload:        direct {ds:>7.1} MiB/s relay {rs:>7.1} MiB/s ratio {:.2}", rs / ds);
+    let df = forward_throughput(&direct, sink_port, &sink_done)?;
+    let rf = forward_throughput(&via_relay, sink_port, &sink_done)?;
+    println!("-L forward:        direct {df:>7.1} MiB/s relay {rf:>7.1} MiB/s ratio {:.2}", rf / df);
+    Ok(())
+}

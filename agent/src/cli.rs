@@ -1,1 +1,241 @@
-//! TODO
+//! The agent's command line: `agent enroll`, `agent run`, `agent status`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+use crate::config::{self, AgentConfig};
+use crate::enroll::{self, EnrollOptions};
+use crate::forward::ForwardPolicy;
+use crate::link::{self, LinkContext};
+use crate::server::ServerSettings;
+use crate::status::{self, LinkState};
+use crate::{enrollment, identity};
+
+/// tether agent: links this board to a tether relay and serves remote shells through it.
+#[derive(Debug, Parser)]
+#[command(name = "agent", version, propagate_version = true)]
+pub struct Cli {
+    /// Configuration file [default: /etc/tether/agent.yaml].
+    #[arg(long, global = true, env = "TETHER_AGENT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Agent subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Register this device with a relay using an enrollment token.
+    Enroll {
+        /// Relay URL: ssh://HOST[:PORT] or ws(s)://HOST[:PORT]/v1/link.
+        url: String,
+        /// Enrollment token from `relay token create`.
+        #[arg(long, env = "TETHER_ENROLL_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Device name [default: the host name].
+        #[arg(long)]
+        name: Option<String>,
+        /// Enroll again although this device is enrolled already.
+        #[arg(long)]
+        force: bool,
+        /// Refuse the relay unless its host key has this fingerprint (SHA256:…).
+        #[arg(long)]
+        fingerprint: Option<String>,
+    },
+    /// Connect to the relay and stay connected, serving sessions, until stopped.
+    Run,
+    /// Show enrollment and link state.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve SFTP on stdin/stdout (used by the embedded SSH server to drop privileges).
+    #[command(hide = true)]
+    SftpServer {
+        /// Directory relative paths start from.
+        #[arg(long)]
+        home: PathBuf,
+    },
+}
+
+/// Parses arguments, runs the command and maps the outcome to an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(matches!(cli.command, Command::SftpServer { .. }));
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(quiet: bool) {
+    let default = if quiet { "warn" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn load_config(cli: &Cli) -> Result<AgentConfig> {
+    let (path, explicit) = match &cli.config {
+        Some(p) => (p.clone(), true),
+        None => (PathBuf::from(config::DEFAULT_CONFIG_PATH), false),
+    };
+    Ok(config::load_or_default(&path, explicit)?)
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    match &cli.command {
+        Command::Enroll { url, token, name, force, fingerprint } => {
+            let config = load_config(&cli)?;
+            let opts = EnrollOptions {
+                url: url.clone(),
+                token: token.clone(),
+                name: name.clone(),
+                force: *force,
+                fingerprint: fingerprint.clone(),
+            };
+            let (record, status) = enroll::enroll(&config, &opts)
+                .await
+                .with_context(|| format!("enrolling with {url}"))?;
+            println!(
+                "enrolled as {} ({}) in tenant {}; status {}",
+                record.name, record.device_id, record.tenant, status
+            );
+            println!("relay host key {} pinned", record.relay_fingerprint);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run => {
+            let config = load_config(&cli)?;
+            run_agent(config).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { json } => {
+            let config = load_config(&cli)?;
+            show_status(&config, *json)
+        }
+        Command::SftpServer { home } => {
+            crate::sftp::serve_stdio(home.clone()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn run_agent(config: AgentConfig) -> Result<()> {
+    let enrollment = enrollment::load(&config.state_dir)?;
+    let key = identity::load(&config.state_dir).context("loading the device key")?;
+    let server = ServerSettings::new(config.shell.clone(), key.clone())
+        .context("preparing the embedded SSH server (shell settings)")?;
+    let policy = ForwardPolicy::new(&config.forward.allow);
+    tracing::info!(
+        "agent {} starting as {} ({}) for relay {}",
+        crate::VERSION,
+        enrollment.name,
+        enrollment.device_id,
+        enrollment.relay_url
+    );
+    let ctx = LinkContext {
+        config,
+        enrollment,
+        key: Arc::new(key),
+        server: Arc::new(server),
+        policy: Arc::new(policy),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_stop_signal().await;
+        tracing::info!("stopping");
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        let _ = stop_tx.send(true);
+    });
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    link::run(ctx, stop_rx).await?;
+    Ok(())
+}
+
+async fn wait_for_stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        // Without signal handlers the default action (terminate) still applies.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// What `agent status --json` prints.
+#[derive(Debug, Serialize)]
+struct StatusReport {
+    enrolled: bool,
+    device_id: Option<String>,
+    name: Option<String>,
+    tenant: Option<String>,
+    relay_url: Option<String>,
+    relay_fingerprint: Option<String>,
+    device_fingerprint: Option<String>,
+    link: LinkState,
+    since: Option<String>,
+    last_error: Option<String>,
+}
+
+fn show_status(config: &AgentConfig, json: bool) -> Result<ExitCode> {
+    let record = match enrollment::load(&config.state_dir) {
+        Ok(r) => Some(r),
+        Err(enrollment::EnrollmentError::NotEnrolled(_)) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let link = status::read(&config.state_dir);
+    let device_fingerprint = identity::load(&config.state_dir).ok().map(|k| identity::fingerprint(&k));
+    let report = StatusReport {
+        enrolled: record.is_some(),
+        device_id: record.as_ref().map(|r| r.device_id.clone()),
+        name: record.as_ref().map(|r| r.name.clone()),
+        tenant: record.as_ref().map(|r| r.tenant.clone()),
+        relay_url: record.as_ref().map(|r| r.relay_url.clone()),
+        relay_fingerprint: record.as_ref().map(|r| r.relay_fingerprint.clone()),
+        device_fingerprint,
+        link: link.state,
+        since: (!link.since.is_empty()).then_some(link.since),
+        last_error: link.last_error,
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+        println!("enrolled:           {}", if report.enrolled { "yes" } else { "no" });
+        println!("device id:          {}", dash(&report.device_id));
+        println!("name:               {}", dash(&report.name));
+        println!("tenant:             {}", dash(&report.tenant));
+        println!("relay:              {}", dash(&report.relay_url));
+        println!("relay host key:     {}", dash(&report.relay_fingerprint));
+        println!("device key:         {}", dash(&report.device_fingerprint));
+        println!("link:               {} since {}", report.link, dash(&report.since));
+        if let Some(e) = &report.last_error {
+            println!("last error:         {e}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

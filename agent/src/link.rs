@@ -1,1 +1,399 @@
-//! TODO
+//! The device link: one long-lived SSH connection from the agent to the relay.
+//!
+//! The agent is the SSH client. It authenticates as [`LINK_USER`] with the device key, checks
+//! the relay's host key against the one pinned at enrollment, and announces itself with a
+//! `tcpip-forward` request. From then on the relay opens `forwarded-tcpip` channels towards
+//! the device: [`EMBEDDED_SSH_TARGET`] channels are served by the embedded SSH server, other
+//! targets are dialled if the forward policy allows them. Keepalives keep NAT mappings and
+//! load-balancer idle timers from closing an idle link; any failure leads to a reconnect after a
+//! jittered, capped exponential backoff.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use russh::client::{self, Msg, Session};
+use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
+use russh::{Channel, ChannelOpenFailure, ChannelOpenHandle, Preferred, SshId, cipher};
+use tether_protocol::names::{EMBEDDED_SSH_TARGET, LINK_FORWARD_ADDRESS, LINK_USER};
+use thiserror::Error;
+use tokio::sync::watch;
+
+use crate::config::{AgentConfig, LinkConfig};
+use crate::enrollment::Enrollment;
+use crate::forward::{self, ForwardPolicy};
+use crate::server::{self, ServerSettings};
+use crate::status::{self, LinkState};
+use crate::transport::{self, RelayUrl, TransportError};
+
+/// Why one link attempt ended.
+#[derive(Debug, Error)]
+pub enum LinkError {
+    /// The relay could not be reached.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The SSH layer failed.
+    #[error("ssh: {0}")]
+    Ssh(#[from] russh::Error),
+    /// The relay presented a different host key than the one pinned at enrollment.
+    #[error(
+        "relay host key mismatch: pinned {pinned}, relay presented {presented}; re-enroll with --force if the relay's key really changed"
+    )]
+    HostKeyMismatch {
+        /// Fingerprint pinned at enrollment.
+        pinned: String,
+        /// Fingerprint the relay showed.
+        presented: String,
+    },
+    /// The relay refused the device key.
+    #[error(
+        "the relay refused this device's key (device removed, rejected or still pending acceptance)"
+    )]
+    Refused,
+    /// The pinned host key in the enrollment record cannot be parsed.
+    #[error("enrollment record holds an unreadable relay host key: {0}")]
+    BadPinnedKey(String),
+    /// The SSH handshake did not finish in time.
+    #[error("ssh handshake with the relay timed out")]
+    Timeout,
+}
+
+/// Client-side SSH configuration shared by the link and enrollment.
+pub fn ssh_client_config(link: &LinkConfig) -> client::Config {
+    let mut preferred = Preferred::default();
+    // aes256-gcm is markedly faster than chacha20-poly1305 where AES instructions exist,
+    // and the link carries every byte of every session of the device.
+    preferred.cipher = std::borrow::Cow::Owned(vec![
+        cipher::AES_256_GCM,
+        cipher::CHACHA20_POLY1305,
+        cipher::AES_256_CTR,
+    ]);
+    client::Config {
+        client_id: SshId::Standard(format!("SSH-2.0-tether-agent_{}", crate::VERSION).into()),
+        keepalive_interval: Some(link.keepalive_interval),
+        keepalive_max: link.keepalive_max as usize,
+        inactivity_timeout: None,
+        preferred,
+        nodelay: true,
+        ..Default::default()
+    }
+}
+
+/// Checks the relay's host key, remembering what it saw (for enrollment, which pins it).
+pub struct HostKeyCheck {
+    /// The pinned key; `None` accepts any key (enrollment without `--fingerprint`).
+    pub pinned: Option<PublicKey>,
+    /// A fingerprint the key must have (enrollment with `--fingerprint`).
+    pub expected_fingerprint: Option<String>,
+    /// The key the relay presented.
+    pub seen: Option<PublicKey>,
+}
+
+impl HostKeyCheck {
+    fn check(&mut self, presented: &PublicKeyOrCertificate) -> bool {
+        let key = match presented {
+            PublicKeyOrCertificate::PublicKey { key, .. } => key.clone(),
+            PublicKeyOrCertificate::Certificate(cert) => PublicKey::new(cert.public_key().clone(), ""),
+        };
+        let fp = key.fingerprint(HashAlg::Sha256).to_string();
+        self.seen = Some(key.clone());
+        if let Some(pinned) = &self.pinned
+            && pinned.key_data() != key.key_data()
+        {
+            return false;
+        }
+        if let Some(expected) = &self.expected_fingerprint
+            && expected.trim() != fp
+        {
+            return false;
+        }
+        true
+    }
+}
+
+/// Everything the link needs, loaded once by `agent run`.
+pub struct LinkContext {
+    /// Agent configuration.
+    pub config: AgentConfig,
+    /// Enrollment record (relay URL, pinned host key).
+    pub enrollment: Enrollment,
+    /// The device key.
+    pub key: Arc<PrivateKey>,
+    /// Settings of the embedded SSH server.
+    pub server: Arc<ServerSettings>,
+    /// Which device-local targets may be reached.
+    pub policy: Arc<ForwardPolicy>,
+}
+
+/// The russh client handler of the link.
+struct LinkHandler {
+    host_key: HostKeyCheck,
+    server: Arc<ServerSettings>,
+    policy: Arc<ForwardPolicy>,
+}
+
+impl client::Handler for LinkHandler {
+    type Error = LinkError;
+
+    async fn check_server_key(
+        &mut self,
+        server_public_key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        Ok(self.host_key.check(server_public_key))
+    }
+
+    async fn server_channel_open_forwarded_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        connected_address: &str,
+        connected_port: u32,
+        originator_address: &str,
+        originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if connected_address == EMBEDDED_SSH_TARGET {
+            reply.accept().await;
+            let settings = self.server.clone();
+            tracing::debug!("session channel from {originator_address}:{originator_port}");
+            tokio::spawn(async move {
+                if let Err(e) = server::serve(channel.into_stream(), settings).await {
+                    tracing::info!("embedded ssh session ended with error: {e}");
+                }
+            });
+            return Ok(());
+        }
+        if !self.policy.allows(connected_address, connected_port) {
+            tracing::warn!(
+                "refused forward to {connected_address}:{connected_port}: not in forward.allow"
+            );
+            reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+            return Ok(());
+        }
+        let host = connected_address.to_string();
+        // Dial in a task: a slow target must not stall the link's other channels.
+        tokio::spawn(async move {
+            match forward::connect(&host, connected_port).await {
+                Ok(mut tcp) => {
+                    reply.accept().await;
+                    let mut stream = channel.into_stream();
+                    if let Err(e) = tokio::io::copy_bidirectional(&mut stream, &mut tcp).await {
+                        tracing::debug!("forward to {host}:{connected_port} ended: {e}");
+                    }
+                }
+                Err(e) => {
+                    tracing::info!("forward to {host}:{connected_port} failed: {e}");
+                    reply.reject(ChannelOpenFailure::ConnectFailed).await;
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
+/// Opens an authenticated SSH connection to the relay as `user`.
+///
+/// Returns the handle and the host key the relay presented.
+pub async fn open(
+    relay: &RelayUrl,
+    link: &LinkConfig,
+    key: Arc<PrivateKey>,
+    user: &str,
+    host_key: HostKeyCheck,
+    server: Arc<ServerSettings>,
+    policy: Arc<ForwardPolicy>,
+) -> Result<(client::Handle<impl client::Handler<Error = LinkError>>, Option<PublicKey>), LinkError> {
+    let stream = transport::connect(relay, link.connect_timeout).await?;
+    let config = Arc::new(ssh_client_config(link));
+    let (seen_tx, seen_rx) = tokio::sync::oneshot::channel();
+    let handler = SeenReporter { inner: LinkHandler { host_key, server, policy }, seen: Some(seen_tx) };
+    let handshake = async {
+        let mut handle = client::connect_stream(config, stream, handler).await?;
+        let auth = handle
+            .authenticate_publickey(user, PrivateKeyWithHashAlg::new(key, None))
+            .await?;
+        if !auth.success() {
+            return Err(LinkError::Refused);
+        }
+        Ok(handle)
+    };
+    let handle = tokio::time::timeout(link.connect_timeout, handshake)
+        .await
+        .map_err(|_| LinkError::Timeout)??;
+    let seen = seen_rx.await.ok().flatten();
+    Ok((handle, seen))
+}
+
+/// Wraps [`LinkHandler`] to hand the presented host key to [`open`] and turn a refused host
+/// key into a clear [`LinkError::HostKeyMismatch`].
+struct SeenReporter {
+    inner: LinkHandler,
+    seen: Option<tokio::sync::oneshot::Sender<Option<PublicKey>>>,
+}
+
+impl client::Handler for SeenReporter {
+    type Error = LinkError;
+
+    async fn check_server_key(
+        &mut self,
+        server_public_key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let ok = self.inner.check_server_key(server_public_key).await?;
+        let seen = self.inner.host_key.seen.clone();
+        if let Some(tx) = self.seen.take() {
+            let _ = tx.send(seen.clone());
+        }
+        if !ok {
+            let presented = seen.map(|k| k.fingerprint(HashAlg::Sha256).to_string()).unwrap_or_default();
+            let pinned = match (&self.inner.host_key.pinned, &self.inner.host_key.expected_fingerprint) {
+                (Some(k), _) => k.fingerprint(HashAlg::Sha256).to_string(),
+                (None, Some(fp)) => fp.clone(),
+                (None, None) => String::new(),
+            };
+            return Err(LinkError::HostKeyMismatch { pinned, presented });
+        }
+        Ok(true)
+    }
+
+    async fn server_channel_open_forwarded_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        connected_address: &str,
+        connected_port: u32,
+        originator_address: &str,
+        originator_port: u32,
+        reply: ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.inner
+            .server_channel_open_forwarded_tcpip(
+                channel,
+                connected_address,
+                connected_port,
+                originator_address,
+                originator_port,
+                reply,
+                session,
+            )
+            .await
+    }
+}
+
+/// Holds the link open until `shutdown` turns true, reconnecting after every failure.
+pub async fn run(ctx: LinkContext, mut shutdown: watch::Receiver<bool>) -> Result<(), LinkError> {
+    let relay = RelayUrl::parse(&ctx.enrollment.relay_url)?;
+    let pinned = PublicKey::from_openssh(&ctx.enrollment.relay_host_key)
+        .map_err(|e| LinkError::BadPinnedKey(e.to_string()))?;
+    let state_dir = ctx.config.state_dir.clone();
+    let link_cfg = &ctx.config.link;
+    let mut backoff = Backoff::new(link_cfg.backoff_initial, link_cfg.backoff_max);
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        status::publish(&state_dir, LinkState::Connecting, None);
+        let attempt = open(
+            &relay,
+            link_cfg,
+            ctx.key.clone(),
+            LINK_USER,
+            HostKeyCheck { pinned: Some(pinned.clone()), expected_fingerprint: None, seen: None },
+            ctx.server.clone(),
+            ctx.policy.clone(),
+        );
+        let attempt = tokio::select! {
+            r = attempt => r,
+            _ = shutdown.changed() => break,
+        };
+        let error = match attempt {
+            Ok((mut handle, _)) => match handle.tcpip_forward(LINK_FORWARD_ADDRESS, 0).await {
+                Ok(_) => {
+                    tracing::info!("link to {} is up", relay.authority());
+                    status::publish(&state_dir, LinkState::Online, None);
+                    notify(&[sd_notify::NotifyState::Status("link online")]);
+                    backoff.reset();
+                    let ended = tokio::select! {
+                        r = &mut handle => r.err().map(|e| e.to_string()),
+                        _ = shutdown.changed() => {
+                            let _ = handle
+                                .disconnect(russh::Disconnect::ByApplication, "agent stopping", "en")
+                                .await;
+                            break;
+                        }
+                    };
+                    let msg = ended.unwrap_or_else(|| "relay closed the link".to_string());
+                    tracing::warn!("link to {} lost: {msg}", relay.authority());
+                    msg
+                }
+                Err(e) => e.to_string(),
+            },
+            Err(e) => e.to_string(),
+        };
+        let delay = backoff.next_delay();
+        tracing::warn!(
+            "link to {} failed: {error}; retrying in {:.1}s",
+            relay.authority(),
+            delay.as_secs_f64()
+        );
+        status::publish(&state_dir, LinkState::Offline, Some(error));
+        notify(&[sd_notify::NotifyState::Status("link offline, retrying")]);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+    status::publish(&state_dir, LinkState::Stopped, None);
+    Ok(())
+}
+
+fn notify(state: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::debug!("sd_notify: {e}");
+    }
+}
+
+/// Capped exponential backoff with full jitter, so a relay restart is not met by every
+/// device of a fleet at the same instant.
+#[derive(Debug)]
+pub struct Backoff {
+    initial: Duration,
+    max: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    /// A backoff starting at `initial` and never exceeding `max`.
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        Self { initial, max, current: initial }
+    }
+
+    /// Starts over after a successful connection.
+    pub fn reset(&mut self) {
+        self.current = self.initial;
+    }
+
+    /// The next delay: uniform in [current/2, current], then doubles `current` up to `max`.
+    pub fn next_delay(&mut self) -> Duration {
+        let cap = self.current.min(self.max);
+        self.current = (self.current * 2).min(self.max);
+        let low = cap / 2;
+        let span = cap.saturating_sub(low).as_millis() as u64;
+        low + Duration::from_millis(rand::thread_rng().gen_range(0..=span))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_jittered_and_capped() {
+        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(8));
+        let delays: Vec<Duration> = (0..8).map(|_| b.next_delay()).collect();
+        assert!(delays[0] >= Duration::from_millis(500) && delays[0] <= Duration::from_secs(1));
+        assert!(delays.iter().all(|d| *d <= Duration::from_secs(8)));
+        assert!(delays[7] >= Duration::from_secs(4));
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_secs(1));
+    }
+}

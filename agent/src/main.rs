@@ -1,1 +1,5 @@
-fn main() {}
+//! `agent`: the tether device agent and on-device CLI.
+
+fn main() -> std::process::ExitCode {
+    tether_agent::cli::main()
+}

@@ -1,1 +1,192 @@
-//! TODO
+//! Relay-terminated engineer sessions: one engineer session channel carried to the device's
+//! embedded SSH server.
+//!
+//! For each session channel the relay opens a `forwarded-tcpip` channel to the device's
+//! [`EMBEDDED_SSH_TARGET`], runs an SSH client on it (verifying the device key as host key, and
+//! negotiating the `none` cipher because the link around it is already encrypted and
+//! authenticated), opens one session channel there and relays every request, byte, EOF, exit
+//! status and signal between the two channels. Each direction is pumped by its own task, so
+//! flow control holding up one direction never stalls the other.
+
+use std::sync::Arc;
+
+use russh::client;
+use russh::keys::{PublicKey, PublicKeyOrCertificate};
+use russh::server;
+use russh::{Channel, ChannelId, ChannelMsg, Preferred, cipher, mac};
+use tether_protocol::names::EMBEDDED_SSH_TARGET;
+use thiserror::Error;
+
+/// Why a session could not be carried to the device.
+#[derive(Debug, Error)]
+pub enum ProxyError {
+    /// The SSH layer failed.
+    #[error("{0}")]
+    Ssh(#[from] russh::Error),
+    /// The device did not accept the inner connection.
+    #[error("the device refused the session")]
+    Refused,
+}
+
+/// SSH client settings for the inner connection to a device's embedded server.
+fn inner_config() -> Arc<client::Config> {
+    let preferred = Preferred {
+        // Inside the link, which is encrypted and authenticated end to end between relay and
+        // device, a second layer of encryption would only halve throughput.
+        cipher: std::borrow::Cow::Owned(vec![cipher::NONE, cipher::AES_256_GCM]),
+        mac: std::borrow::Cow::Owned(vec![mac::NONE, mac::HMAC_SHA256]),
+        ..Preferred::default()
+    };
+    Arc::new(client::Config {
+        preferred,
+        inactivity_timeout: None,
+        ..Default::default()
+    })
+}
+
+/// Client handler of the inner connection: accepts only the device's own key.
+struct InnerHandler {
+    device_key: PublicKey,
+}
+
+impl client::Handler for InnerHandler {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        server_public_key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        Ok(match server_public_key {
+            PublicKeyOrCertificate::PublicKey { key, .. } => key.key_data() == self.device_key.key_data(),
+            PublicKeyOrCertificate::Certificate(_) => false,
+        })
+    }
+}
+
+/// An open session on the device's embedded server.
+pub struct DeviceSession {
+    /// Keeps the inner SSH connection alive for as long as the session runs.
+    connection: client::Handle<InnerHandler>,
+    /// The session channel on the device.
+    channel: Channel<client::Msg>,
+}
+
+/// Opens a session on the device's embedded SSH server through its link.
+pub async fn open_device_session(
+    link: &server::Handle,
+    device_key: PublicKey,
+    engineer: &str,
+    originator: std::net::SocketAddr,
+) -> Result<DeviceSession, ProxyError> {
+    let link_channel = link
+        .channel_open_forwarded_tcpip(
+            EMBEDDED_SSH_TARGET,
+            0,
+            originator.ip().to_string(),
+            u32::from(originator.port()),
+        )
+        .await?;
+    let mut connection =
+        client::connect_stream(inner_config(), link_channel.into_stream(), InnerHandler { device_key })
+            .await?;
+    if !connection.authenticate_none(engineer).await?.success() {
+        return Err(ProxyError::Refused);
+    }
+    let channel = connection.channel_open_session().await?;
+    Ok(DeviceSession { connection, channel })
+}
+
+/// Relays everything between the engineer's session channel and the device session until
+/// either side closes. `front` is the engineer connection's handle (for exit signals).
+pub async fn relay_session(
+    engineer: Channel<server::Msg>,
+    front: server::Handle,
+    device: DeviceSession,
+) {
+    let engineer_id = engineer.id();
+    let (mut engineer_rx, engineer_tx) = engineer.split();
+    let DeviceSession { connection, channel } = device;
+    let (mut device_rx, device_tx) = channel.split();
+
+    let upstream = async move {
+        while let Some(msg) = engineer_rx.wait().await {
+            let sent = match msg {
+                ChannelMsg::Data { data } => device_tx.data_bytes(data).await,
+                ChannelMsg::ExtendedData { .. } => Ok(()),
+                ChannelMsg::Eof => device_tx.eof().await,
+                ChannelMsg::Close => break,
+                ChannelMsg::RequestPty { term, col_width, row_height, pix_width, pix_height, terminal_modes, .. } => {
+                    device_tx
+                        .request_pty(false, &term, col_width, row_height, pix_width, pix_height, &terminal_modes)
+                        .await
+                }
+                ChannelMsg::RequestShell { .. } => device_tx.request_shell(false).await,
+                ChannelMsg::Exec { command, .. } => device_tx.exec(false, command).await,
+                ChannelMsg::RequestSubsystem { name, .. } => device_tx.request_subsystem(false, name).await,
+                ChannelMsg::SetEnv { variable_name, variable_value, .. } => {
+                    device_tx.set_env(false, variable_name, variable_value).await
+                }
+                ChannelMsg::WindowChange { col_width, row_height, pix_width, pix_height } => {
+                    device_tx.window_change(col_width, row_height, pix_width, pix_height).await
+                }
+                ChannelMsg::Signal { signal } => device_tx.signal(signal).await,
+                _ => Ok(()),
+            };
+            if sent.is_err() {
+                break;
+            }
+        }
+        let _ = device_tx.close().await;
+    };
+
+    let downstream = async move {
+        while let Some(msg) = device_rx.wait().await {
+            let sent = match msg {
+                ChannelMsg::Data { data } => engineer_tx.data_bytes(data).await.is_ok(),
+                ChannelMsg::ExtendedData { data, ext } => {
+                    engineer_tx.extended_data_bytes(ext, data).await.is_ok()
+                }
+                ChannelMsg::Eof => engineer_tx.eof().await.is_ok(),
+                ChannelMsg::ExitStatus { exit_status } => engineer_tx.exit_status(exit_status).await.is_ok(),
+                ChannelMsg::ExitSignal { signal_name, core_dumped, error_message, lang_tag } => front
+                    .exit_signal_request(engineer_id, signal_name, core_dumped, error_message, lang_tag)
+                    .await
+                    .is_ok(),
+                ChannelMsg::Close => break,
+                _ => true,
+            };
+            if !sent {
+                break;
+            }
+        }
+        let _ = engineer_tx.close().await;
+    };
+
+    let up = tokio::spawn(upstream);
+    let down = tokio::spawn(downstream);
+    // The session is over when the device side closes (the process ended) or the engineer went
+    // away; either way both channels get closed by their pump.
+    let _ = down.await;
+    if !up.is_finished() {
+        // The device closed first: give the engineer side a moment to see the close and end.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), up).await;
+    }
+    let _ = connection
+        .disconnect(russh::Disconnect::ByApplication, "session ended", "en")
+        .await;
+}
+
+/// Writes an error line to the engineer's terminal and ends the session with status 255, as
+/// OpenSSH does when it cannot run anything.
+pub async fn refuse_session(channel: Channel<server::Msg>, message: &str) {
+    let text = format!("tether: {message}\r\n");
+    let _ = channel.extended_data(1, text.as_bytes()).await;
+    let _ = channel.exit_status(255).await;
+    let _ = channel.eof().await;
+    let _ = channel.close().await;
+}
+
+/// The id of a channel, for logs.
+pub fn channel_label(id: ChannelId) -> String {
+    format!("{id:?}")
+}

@@ -1,1 +1,149 @@
-//! TODO
+//! `relay serve`: the SSH port, the HTTP port and the housekeeping between them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use russh::{MethodKind, MethodSet, SshId, server};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::RelayConfig;
+use crate::registry::Registry;
+use crate::ssh_front::{Front, with_store};
+use crate::store::Store;
+use crate::{api, hostkey, http};
+
+/// How often the relay checks for rejected or removed devices that still hold a link.
+const EVICTION_INTERVAL: Duration = Duration::from_secs(2);
+
+/// SSH server settings of the relay.
+fn ssh_config(config: &RelayConfig, host_key: russh::keys::PrivateKey) -> server::Config {
+    let mut methods = MethodSet::empty();
+    methods.push(MethodKind::PublicKey);
+    server::Config {
+        server_id: SshId::Standard(format!("SSH-2.0-tether-relay_{}", crate::VERSION).into()),
+        methods,
+        keys: vec![host_key],
+        auth_rejection_time: Duration::from_millis(300),
+        // OpenSSH probes with "none" first; answering that at once costs nothing.
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        // Links idle for hours are normal; keepalives, not inactivity, decide when a peer is gone.
+        inactivity_timeout: None,
+        keepalive_interval: Some(config.ssh.keepalive_interval),
+        keepalive_max: config.ssh.keepalive_max as usize,
+        nodelay: true,
+        ..Default::default()
+    }
+}
+
+/// Runs the relay until SIGTERM or SIGINT.
+pub async fn serve(config: RelayConfig, store: Arc<Store>) -> Result<()> {
+    let host_key = hostkey::load_or_create(&config.data_dir)
+        .with_context(|| format!("loading the host key in {}", config.data_dir.display()))?;
+    let fingerprint = hostkey::fingerprint(&host_key);
+    // Only one relay per store today: links of a previous run are gone.
+    with_store(&store, |s| s.mark_all_offline())
+        .await
+        .context("store task failed")?
+        .context("resetting device online flags")?;
+
+    let ssh_listener = TcpListener::bind(config.ssh.listen)
+        .await
+        .with_context(|| format!("binding the SSH port {}", config.ssh.listen))?;
+    let http_listener = TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("binding the HTTP port {}", config.http.listen))?;
+    let tls = match &config.http.tls {
+        Some(tls) => Some(http::tls_acceptor(&tls.cert, &tls.key).context("setting up TLS")?),
+        None => None,
+    };
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let registry = Arc::new(Registry::new());
+    let front = Front::new(
+        store.clone(),
+        registry.clone(),
+        Arc::new(ssh_config(&config, host_key)),
+        stop_rx.clone(),
+    );
+    let router = http::router(api::router(store.clone()), front.clone(), config.http.trust_forwarded_for);
+
+    tracing::info!(
+        "relay {} serving SSH on {} and HTTP{} on {} (host key {fingerprint}, data in {})",
+        crate::VERSION,
+        ssh_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        if tls.is_some() { "S" } else { "" },
+        http_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        config.data_dir.display()
+    );
+
+    let http_task = tokio::spawn(http::serve(http_listener, tls, router, stop_rx.clone()));
+    let ssh_task = tokio::spawn(accept_ssh(ssh_listener, front.clone(), stop_rx.clone()));
+    let evict_front = front.clone();
+    let mut evict_stop = stop_rx.clone();
+    let evict_task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(EVICTION_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => evict_front.evict_unwelcome().await,
+                _ = evict_stop.wait_for(|s| *s) => return,
+            }
+        }
+    });
+
+    wait_for_stop_signal().await;
+    tracing::info!("shutting down: closing sessions and links");
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(3), async {
+        let _ = ssh_task.await;
+        let _ = http_task.await;
+        let _ = evict_task.await;
+        // Give connection tasks a moment to send their goodbyes and record devices offline.
+        for _ in 0..30 {
+            if registry.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    with_store(&store, |s| s.mark_all_offline())
+        .await
+        .context("store task failed")?
+        .context("recording devices offline")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn accept_ssh(listener: TcpListener, front: Arc<Front>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!("ssh accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        // run_stream does not set TCP_NODELAY itself; interactive keystrokes need it.
+        let _ = tcp.set_nodelay(true);
+        tokio::spawn(front.clone().serve(tcp, peer, "tcp"));
+    }
+}
+
+async fn wait_for_stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

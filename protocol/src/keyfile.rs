@@ -1,0 +1,116 @@
+//! ed25519 key files: the device key on the agent, the host key on the relay.
+//!
+//! Both are generated on first use, written atomically with mode 0600 (a power cut never
+//! leaves a truncated key, and the secret is never briefly readable by others), and refused
+//! when group or others can read them.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use russh::keys::ssh_key::LineEnding;
+use russh::keys::{Algorithm, HashAlg, PrivateKey};
+use thiserror::Error;
+
+/// Why a key file could not be loaded or created.
+#[derive(Debug, Error)]
+pub enum KeyFileError {
+    /// Reading or writing the key file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The key file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The key file exists but is not an OpenSSH private key.
+    #[error("{path}: not a usable OpenSSH private key: {message}")]
+    BadKey {
+        /// The key file.
+        path: PathBuf,
+        /// What the parser said.
+        message: String,
+    },
+    /// Others can read the key file, so the key must be considered leaked.
+    #[error("{path}: the key is readable by group or others (mode {mode:o}); run `chmod 600 {path}`")]
+    TooOpen {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// Key generation failed.
+    #[error("cannot generate a key: {0}")]
+    Generate(String),
+}
+
+/// Loads a private key, refusing a file that group or others can read.
+pub fn load(path: &Path) -> Result<PrivateKey, KeyFileError> {
+    let io = |source| KeyFileError::Io { path: path.to_path_buf(), source };
+    let mode = fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(KeyFileError::TooOpen { path: path.to_path_buf(), mode });
+    }
+    let text = fs::read_to_string(path).map_err(io)?;
+    PrivateKey::from_openssh(text.as_bytes())
+        .map_err(|e| KeyFileError::BadKey { path: path.to_path_buf(), message: e.to_string() })
+}
+
+/// Loads the key at `path`, generating an ed25519 key there first if there is none.
+/// The flag tells whether the key was just created.
+pub fn load_or_create(path: &Path) -> Result<(PrivateKey, bool), KeyFileError> {
+    if path.exists() {
+        return load(path).map(|k| (k, false));
+    }
+    let io = |source| KeyFileError::Io { path: path.to_path_buf(), source };
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(io)?;
+    }
+    let key = PrivateKey::random(&mut russh::keys::key::safe_rng(), Algorithm::Ed25519)
+        .map_err(|e| KeyFileError::Generate(e.to_string()))?;
+    let text = key.to_openssh(LineEnding::LF).map_err(|e| KeyFileError::Generate(e.to_string()))?;
+    let tmp = path.with_extension("tmp");
+    let _ = fs::remove_file(&tmp);
+    let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(io)?;
+    file.write_all(text.as_bytes()).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    fs::rename(&tmp, path).map_err(io)?;
+    Ok((key, true))
+}
+
+/// The SHA-256 fingerprint of a key's public half, as OpenSSH prints it (`SHA256:…`).
+pub fn fingerprint(key: &PrivateKey) -> String {
+    key.public_key().fingerprint(HashAlg::Sha256).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn created_key_is_private_and_reloads() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("k");
+        let (key, created) = load_or_create(&path)?;
+        assert!(created);
+        assert_eq!(fs::metadata(&path)?.permissions().mode() & 0o777, 0o600);
+        let (again, created) = load_or_create(&path)?;
+        assert!(!created);
+        assert_eq!(fingerprint(&key), fingerprint(&again));
+        Ok(())
+    }
+
+    #[test]
+    fn readable_key_is_refused() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("k");
+        load_or_create(&path)?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644))?;
+        assert!(matches!(load(&path), Err(KeyFileError::TooOpen { .. })));
+        fs::write(&path, "garbage")?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
+        assert!(matches!(load(&path), Err(KeyFileError::BadKey { .. })));
+        Ok(())
+    }
+}

@@ -1,0 +1,557 @@
+//! Test harness: real `relay` and `agent` processes on loopback, driven by the real OpenSSH
+//! client. Every process a test starts is killed when its guard drops; every wait is bounded.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// Directory holding the built `relay` and `agent` binaries.
+fn bin_dir() -> Result<PathBuf> {
+    static BUILT: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| build_binaries().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(|e| anyhow::anyhow!(e))
+}
+
+/// Integration tests of the root package cannot name other packages' binaries, so build them
+/// once per test process (a no-op when they are fresh) into the same target directory.
+fn build_binaries() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test-binary>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test binary is not in target/<profile>/deps")?
+        .to_path_buf();
+    let target_dir = profile_dir.parent().context("no target dir")?;
+    let profile = profile_dir.file_name().and_then(|s| s.to_str()).unwrap_or("debug");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--quiet", "--bins", "-p", "tether-relay", "-p", "tether-agent"])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if profile == "release" {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().context("running cargo build for the binaries")?;
+    if !status.success() {
+        bail!("cargo build of relay and agent failed");
+    }
+    Ok(profile_dir)
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Polls `check` every 50 ms until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) -> Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if check() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("timed out after {timeout:?} waiting for {what}")
+}
+
+/// Waits until something accepts TCP connections on `port`.
+pub fn wait_for_port(port: u16) -> Result<()> {
+    wait_until(Duration::from_secs(30), &format!("port {port}"), || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+}
+
+/// A child process killed (and reaped) on drop.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Sends SIGTERM and waits (bounded) for the process to exit; returns whether it did.
+    pub fn terminate(&mut self, timeout: Duration) -> bool {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// The process's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_logged(mut cmd: Command, log: &Path) -> Result<Proc> {
+    let out = std::fs::File::create(log)?;
+    let err = out.try_clone()?;
+    cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+    cmd.env("RUST_LOG", "info,russh=warn");
+    let child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
+    Ok(Proc { child, log: log.to_path_buf() })
+}
+
+/// Output of a finished command, with text helpers.
+pub struct Run {
+    pub status: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Self {
+        Run {
+            status: o.status.code(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+/// Runs a command with a time limit, killing it when the limit passes.
+pub fn run_with_timeout(mut cmd: Command, input: Option<&[u8]>, timeout: Duration) -> Result<Run> {
+    cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
+    if let Some(data) = input {
+        let mut stdin = child.stdin.take().context("stdin")?;
+        let data = data.to_vec();
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&data);
+        });
+    }
+    let mut stdout = child.stdout.take().context("stdout")?;
+    let mut stderr = child.stderr.take().context("stderr")?;
+    let out_t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stdout.read_to_end(&mut v);
+        v
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stderr.read_to_end(&mut v);
+        v
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{cmd:?} did not finish within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let stdout = out_t.join().unwrap_or_default();
+    let stderr = err_t.join().unwrap_or_default();
+    Ok(Run {
+        status: status.code(),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    })
+}
+
+/// A relay process with its own data directory and ports.
+pub struct Relay {
+    pub dir: tempfile::TempDir,
+    pub ssh_port: u16,
+    pub http_port: u16,
+    pub proc: Option<Proc>,
+}
+
+/// Which link transport an agent uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    WebSocket,
+}
+
+/// Both transports, for tests that must hold for each.
+pub const TRANSPORTS: [Transport; 2] = [Transport::Tcp, Transport::WebSocket];
+
+impl Relay {
+    /// Starts a relay on free loopback ports and waits until both ports accept connections.
+    pub fn start() -> Result<Relay> {
+        let dir = tempfile::tempdir()?;
+        let mut relay =
+            Relay { dir, ssh_port: free_port()?, http_port: free_port()?, proc: None };
+        relay.restart()?;
+        Ok(relay)
+    }
+
+    /// Starts (again) the relay process on the same data directory and ports.
+    pub fn restart(&mut self) -> Result<()> {
+        let mut cmd = Command::new(bin_dir()?.join("relay"));
+        cmd.arg("--data-dir").arg(self.data_dir()).args([
+            "serve",
+            "--ssh-listen",
+            &format!("127.0.0.1:{}", self.ssh_port),
+            "--http-listen",
+            &format!("127.0.0.1:{}", self.http_port),
+        ]);
+        let log = self.dir.path().join("relay.log");
+        // Keep earlier logs: append a marker rather than truncating on restart.
+        let proc = spawn_logged(cmd, &log)?;
+        self.proc = Some(proc);
+        wait_for_port(self.ssh_port)?;
+        wait_for_port(self.http_port)
+    }
+
+    /// Stops the relay with SIGTERM.
+    pub fn stop(&mut self) -> Result<()> {
+        if let Some(mut p) = self.proc.take() {
+            if !p.terminate(Duration::from_secs(10)) {
+                bail!("relay did not stop on SIGTERM within 10 s");
+            }
+        }
+        Ok(())
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn log(&self) -> String {
+        self.proc.as_ref().map(Proc::log_text).unwrap_or_default()
+    }
+
+    /// Runs an admin command on this relay's store.
+    pub fn admin(&self, args: &[&str]) -> Result<Run> {
+        let mut cmd = Command::new(bin_dir()?.join("relay"));
+        cmd.arg("--data-dir").arg(self.data_dir()).args(args);
+        run_with_timeout(cmd, None, Duration::from_secs(30))
+    }
+
+    /// Runs an admin command that must succeed; returns its stdout.
+    pub fn admin_ok(&self, args: &[&str]) -> Result<String> {
+        let r = self.admin(args)?;
+        if r.status != Some(0) {
+            bail!("relay {args:?} failed ({:?}): {}{}", r.status, r.stdout, r.stderr);
+        }
+        Ok(r.stdout)
+    }
+
+    /// Creates a tenant.
+    pub fn tenant(&self, name: &str) -> Result<()> {
+        self.admin_ok(&["tenant", "add", name]).map(|_| ())
+    }
+
+    /// Mints an enrollment token for `tenant`.
+    pub fn enroll_token(&self, tenant: &str) -> Result<String> {
+        Ok(self.admin_ok(&["token", "create", "--tenant", tenant])?.trim().to_string())
+    }
+
+    /// Registers an engineer with a fresh key; returns the engineer.
+    pub fn engineer(&self, name: &str, tenant: &str, role: &str) -> Result<Engineer> {
+        let key = self.dir.path().join(format!("{name}-{tenant}_ed25519"));
+        let st = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+            .arg(&key)
+            .stdout(Stdio::null())
+            .status()?;
+        if !st.success() {
+            bail!("ssh-keygen failed");
+        }
+        let pubkey = key.with_extension("pub");
+        let pubkey = if pubkey.exists() { pubkey } else { PathBuf::from(format!("{}.pub", key.display())) };
+        self.admin_ok(&[
+            "user",
+            "add",
+            name,
+            "--tenant",
+            tenant,
+            "--role",
+            role,
+            "--key",
+            &pubkey.display().to_string(),
+        ])?;
+        Engineer::new(name, key, self.ssh_port, self.dir.path())
+    }
+
+    /// The relay URL an agent dials over `transport`.
+    pub fn url(&self, transport: Transport) -> String {
+        match transport {
+            Transport::Tcp => format!("ssh://127.0.0.1:{}", self.ssh_port),
+            Transport::WebSocket => format!("ws://127.0.0.1:{}/v1/link", self.http_port),
+        }
+    }
+
+    /// Device record as `relay device show --json` prints it.
+    pub fn device_json(&self, id: &str) -> Result<serde_json::Value> {
+        let out = self.admin_ok(&["device", "show", id, "--json"])?;
+        Ok(serde_json::from_str(&out)?)
+    }
+
+    /// A plain HTTP/1.1 GET on the HTTP port; returns (status code, body).
+    pub fn http_get(&self, path: &str, bearer: Option<&str>) -> Result<(u16, String)> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.http_port))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let auth = bearer.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n")?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp)?;
+        let code = resp.split_whitespace().nth(1).unwrap_or("0").parse().unwrap_or(0);
+        let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        Ok((code, body))
+    }
+}
+
+/// An agent with its own state directory and configuration.
+pub struct Agent {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub proc: Option<Proc>,
+    pub name: String,
+}
+
+impl Agent {
+    /// Prepares an agent whose config allows forwards to `allow` (device-local host:port).
+    pub fn new(name: &str, allow: &[String]) -> Result<Agent> {
+        let dir = tempfile::tempdir()?;
+        let config = dir.path().join("agent.yaml");
+        let mut yaml = format!(
+            "state_dir: {}\nlink:\n  keepalive_interval: 5s\n  backoff_initial: 200ms\n  backoff_max: 1s\n  connect_timeout: 5s\n",
+            dir.path().join("state").display()
+        );
+        yaml.push_str("forward:\n  allow:\n");
+        for a in allow {
+            yaml.push_str(&format!("    - \"{a}\"\n"));
+        }
+        if allow.is_empty() {
+            yaml = yaml.replace("forward:\n  allow:\n", "forward:\n  allow: []\n");
+        }
+        std::fs::write(&config, yaml)?;
+        Ok(Agent { dir, config, proc: None, name: name.to_string() })
+    }
+
+    /// Runs an `agent` subcommand to completion.
+    pub fn cmd(&self, args: &[&str]) -> Result<Run> {
+        let mut cmd = Command::new(bin_dir()?.join("agent"));
+        cmd.arg("--config").arg(&self.config).args(args);
+        run_with_timeout(cmd, None, Duration::from_secs(60))
+    }
+
+    /// Enrolls with `relay` over `transport` using a fresh token of `tenant`.
+    pub fn enroll(&self, relay: &Relay, transport: Transport, tenant: &str) -> Result<Run> {
+        let token = relay.enroll_token(tenant)?;
+        let r = self.cmd(&["enroll", &relay.url(transport), "--token", &token, "--name", &self.name])?;
+        if r.status != Some(0) {
+            bail!("enroll failed ({:?}): {}{}", r.status, r.stdout, r.stderr);
+        }
+        Ok(r)
+    }
+
+    /// Starts `agent run` in the background.
+    pub fn start(&mut self) -> Result<()> {
+        let mut cmd = Command::new(bin_dir()?.join("agent"));
+        cmd.arg("--config").arg(&self.config).arg("run");
+        self.proc = Some(spawn_logged(cmd, &self.dir.path().join("agent.log"))?);
+        Ok(())
+    }
+
+    /// `agent status --json`.
+    pub fn status(&self) -> Result<serde_json::Value> {
+        let r = self.cmd(&["status", "--json"])?;
+        if r.status != Some(0) {
+            bail!("agent status failed: {}", r.stderr);
+        }
+        Ok(serde_json::from_str(&r.stdout)?)
+    }
+
+    /// Waits until the agent reports its link online.
+    pub fn wait_online(&self) -> Result<()> {
+        wait_until(Duration::from_secs(30), "agent link online", || {
+            self.status().map(|s| s["link"] == "online").unwrap_or(false)
+        })
+        .with_context(|| format!("agent log:\n{}", self.log()))
+    }
+
+    pub fn log(&self) -> String {
+        self.proc.as_ref().map(Proc::log_text).unwrap_or_default()
+    }
+
+    pub fn device_id(&self) -> Result<String> {
+        Ok(self.status()?["device_id"].as_str().unwrap_or_default().to_string())
+    }
+}
+
+/// An engineer: a key pair and an OpenSSH client configuration for the relay.
+pub struct Engineer {
+    pub name: String,
+    pub key: PathBuf,
+    pub ssh_port: u16,
+    pub ssh_config: PathBuf,
+}
+
+impl Engineer {
+    fn new(name: &str, key: PathBuf, ssh_port: u16, dir: &Path) -> Result<Engineer> {
+        let ssh_config = dir.join(format!("ssh_config-{name}-{}", key.file_name().and_then(|f| f.to_str()).unwrap_or("k")));
+        let known = dir.join("known_hosts");
+        std::fs::write(
+            &ssh_config,
+            format!(
+                "Host relay\n  HostName 127.0.0.1\n  Port {ssh_port}\n  User {name}\n\
+                 Host *\n  IdentityFile {key}\n  IdentitiesOnly yes\n  BatchMode yes\n  \
+                 StrictHostKeyChecking no\n  UserKnownHostsFile {known}\n  LogLevel ERROR\n  \
+                 ConnectTimeout 10\n  ServerAliveInterval 5\n",
+                key = key.display(),
+                known = known.display()
+            ),
+        )?;
+        Ok(Engineer { name: name.to_string(), key, ssh_port, ssh_config })
+    }
+
+    /// `ssh -F config` with extra arguments.
+    pub fn ssh_cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ssh");
+        cmd.arg("-F").arg(&self.ssh_config).args(args);
+        cmd
+    }
+
+    /// Runs `cmd` on `device` through the relay (relay-terminated exec).
+    pub fn exec(&self, device: &str, command: &str) -> Result<Run> {
+        self.exec_input(device, command, None)
+    }
+
+    /// Like [`Engineer::exec`] with data on stdin.
+    pub fn exec_input(&self, device: &str, command: &str, input: Option<&[u8]>) -> Result<Run> {
+        let cmd = self.ssh_cmd(&["-p", &self.ssh_port.to_string(), &format!("{device}@127.0.0.1"), command]);
+        run_with_timeout(cmd, input, Duration::from_secs(60))
+    }
+
+    /// scp with this engineer's settings.
+    pub fn scp(&self, args: &[&str]) -> Result<Run> {
+        let mut cmd = Command::new("scp");
+        cmd.arg("-F").arg(&self.ssh_config).arg("-P").arg(self.ssh_port.to_string()).args(args);
+        run_with_timeout(cmd, None, Duration::from_secs(120))
+    }
+
+    /// sftp in batch mode with the given commands.
+    pub fn sftp_batch(&self, device: &str, batch: &str) -> Result<Run> {
+        let mut cmd = Command::new("sftp");
+        cmd.arg("-F")
+            .arg(&self.ssh_config)
+            .arg("-P")
+            .arg(self.ssh_port.to_string())
+            .args(["-b", "-"])
+            .arg(format!("{device}@127.0.0.1"));
+        run_with_timeout(cmd, Some(batch.as_bytes()), Duration::from_secs(60))
+    }
+}
+
+/// A relay, one tenant, one admin engineer and one online agent: the common starting point.
+pub struct Setup {
+    pub relay: Relay,
+    pub agent: Agent,
+    pub engineer: Engineer,
+}
+
+impl Setup {
+    /// Starts everything with the agent linked over `transport`.
+    pub fn new(transport: Transport) -> Result<Setup> {
+        Self::with_allow(transport, &[])
+    }
+
+    /// Like [`Setup::new`] with forwards allowed to `allow`.
+    pub fn with_allow(transport: Transport, allow: &[String]) -> Result<Setup> {
+        let relay = Relay::start()?;
+        relay.tenant("acme")?;
+        let engineer = relay.engineer("alice", "acme", "admin")?;
+        let mut agent = Agent::new("board1", allow)?;
+        agent.enroll(&relay, transport, "acme")?;
+        agent.start()?;
+        agent.wait_online()?;
+        Ok(Setup { relay, agent, engineer })
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so file tests need no RNG crate.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Whether the OpenSSH server binary is available (ProxyJump tests need a private sshd).
+pub fn sshd_path() -> Option<PathBuf> {
+    ["/usr/sbin/sshd", "/usr/bin/sshd"].iter().map(PathBuf::from).find(|p| p.exists())
+}
+
+/// A private sshd on a free loopback port, accepting `authorized_key` for the current user.
+pub struct Sshd {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    pub proc: Proc,
+}
+
+impl Sshd {
+    pub fn start(authorized_key_pub: &Path) -> Result<Sshd> {
+        let sshd = sshd_path().context("sshd is not installed (apt-get install openssh-server)")?;
+        let dir = tempfile::tempdir()?;
+        let port = free_port()?;
+        let host_key = dir.path().join("host_ed25519");
+        let st = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&host_key)
+            .stdout(Stdio::null())
+            .status()?;
+        if !st.success() {
+            bail!("ssh-keygen for sshd host key failed");
+        }
+        let auth = dir.path().join("authorized_keys");
+        std::fs::copy(authorized_key_pub, &auth)?;
+        let config = dir.path().join("sshd_config");
+        std::fs::write(
+            &config,
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nPidFile {pid}\n\
+                 AuthorizedKeysFile {auth}\nUsePAM no\nStrictModes no\nPasswordAuthentication no\n\
+                 KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n\
+                 Subsystem sftp internal-sftp\nLogLevel ERROR\n",
+                hk = host_key.display(),
+                pid = dir.path().join("sshd.pid").display(),
+                auth = auth.display()
+            ),
+        )?;
+        let _ = std::fs::create_dir_all("/run/sshd");
+        let mut cmd = Command::new(sshd);
+        cmd.args(["-D", "-e", "-f"]).arg(&config);
+        let proc = spawn_logged(cmd, &dir.path().join("sshd.log"))?;
+        wait_for_port(port).with_context(|| format!("sshd log: {}", proc.log_text()))?;
+        Ok(Sshd { port, dir, proc })
+    }
+}

@@ -1,0 +1,370 @@
+//! Engineers reach a device through the relay with stock OpenSSH: exec, stdin, pty shells,
+//! scp/sftp, -L forwards and ProxyJump, over both link transports.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use common::*;
+
+fn exec_and_stdin(transport: Transport) -> Result<()> {
+    let s = Setup::new(transport)?;
+    let r = s.engineer.exec("board1", "echo out; echo err >&2; exit 7")?;
+    ensure!(r.status == Some(7), "exit status {:?}, stderr {}", r.status, r.stderr);
+    ensure!(r.stdout == "out\n", "stdout {:?}", r.stdout);
+    ensure!(r.stderr.contains("err"), "stderr {:?}", r.stderr);
+
+    let r = s.engineer.exec_input("board1", "cat; echo done", Some(b"hi\nthere\n"))?;
+    ensure!(r.status == Some(0), "cat: {:?} {}", r.status, r.stderr);
+    ensure!(r.stdout == "hi\nthere\ndone\n", "stdin piping gave {:?}", r.stdout);
+
+    // A large stdin stream comes back byte-exact.
+    let data = pseudo_random(3 << 20, 7);
+    let r = {
+        let cmd = s.engineer.ssh_cmd(&["-p", &s.engineer.ssh_port.to_string(), "board1@127.0.0.1", "cat"]);
+        let mut cmd = cmd;
+        cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
+        let mut child = cmd.spawn()?;
+        let mut stdin = child.stdin.take().context("stdin")?;
+        let sent = data.clone();
+        let writer = std::thread::spawn(move || stdin.write_all(&sent));
+        let mut out = Vec::new();
+        child.stdout.take().context("stdout")?.read_to_end(&mut out)?;
+        let _ = writer.join();
+        let _ = child.wait();
+        out
+    };
+    ensure!(r.len() == data.len() && r == data, "echoed {} of {} bytes", r.len(), data.len());
+
+    // The command runs as a login shell would see it.
+    let r = s.engineer.exec("board1", "echo $HOME; echo $USER; id -un")?;
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    ensure!(lines.len() == 3 && !lines[0].is_empty() && lines[1] == lines[2], "env {:?}", r.stdout);
+
+    // A command killed by a signal is reported like OpenSSH does (ssh exits 255).
+    let r = s.engineer.exec("board1", "kill -TERM $$")?;
+    ensure!(r.status == Some(255), "killed command gave {:?}", r.status);
+
+    // Accepted environment variables pass, others do not.
+    let mut cmd = s.engineer.ssh_cmd(&[
+        "-p",
+        &s.engineer.ssh_port.to_string(),
+        "-o",
+        "SetEnv=LANG=C.UTF-8 TETHER_SECRET=x",
+        "board1@127.0.0.1",
+        "echo lang=$LANG secret=$TETHER_SECRET",
+    ]);
+    cmd.env_remove("LANG");
+    let r = run_with_timeout(cmd, None, Duration::from_secs(30))?;
+    ensure!(r.stdout.trim() == "lang=C.UTF-8 secret=", "env passing gave {:?}", r.stdout);
+    Ok(())
+}
+
+#[test]
+fn exec_and_stdin_over_tcp() -> Result<()> {
+    exec_and_stdin(Transport::Tcp)
+}
+
+#[test]
+fn exec_and_stdin_over_websocket() -> Result<()> {
+    exec_and_stdin(Transport::WebSocket)
+}
+
+fn files(transport: Transport) -> Result<()> {
+    let s = Setup::new(transport)?;
+    let work = tempfile::tempdir()?;
+    let remote_dir = tempfile::tempdir()?;
+    let rd = remote_dir.path().display().to_string();
+    for (name, len) in [("empty", 0usize), ("small", 1000), ("big", 24 << 20)] {
+        let local = work.path().join(name);
+        std::fs::write(&local, pseudo_random(len, len as u64 + 1))?;
+        let r = s.engineer.scp(&[&local.display().to_string(), &format!("board1@127.0.0.1:{rd}/{name}")])?;
+        ensure!(r.status == Some(0), "scp upload {name}: {}", r.stderr);
+        ensure!(std::fs::read(remote_dir.path().join(name))? == std::fs::read(&local)?, "upload {name} differs");
+        let back = work.path().join(format!("{name}.back"));
+        let r = s.engineer.scp(&[&format!("board1@127.0.0.1:{rd}/{name}"), &back.display().to_string()])?;
+        ensure!(r.status == Some(0), "scp download {name}: {}", r.stderr);
+        ensure!(std::fs::read(&back)? == std::fs::read(&local)?, "download {name} differs");
+    }
+    let local = work.path().join("small");
+    let batch = format!(
+        "mkdir {rd}/sub\nput {} {rd}/sub/f\nls {rd}/sub\nrename {rd}/sub/f {rd}/sub/g\nget {rd}/sub/g {}\nrm {rd}/sub/g\nrmdir {rd}/sub\n",
+        local.display(),
+        work.path().join("g").display()
+    );
+    let r = s.engineer.sftp_batch("board1", &batch)?;
+    ensure!(r.status == Some(0), "sftp batch: {}{}", r.stdout, r.stderr);
+    ensure!(r.stdout.contains("/sub/f"), "sftp ls output {:?}", r.stdout);
+    ensure!(std::fs::read(work.path().join("g"))? == std::fs::read(&local)?, "sftp get differs");
+    ensure!(!remote_dir.path().join("sub").exists(), "sftp rmdir left the directory");
+    Ok(())
+}
+
+#[test]
+fn scp_and_sftp_over_tcp() -> Result<()> {
+    files(Transport::Tcp)
+}
+
+#[test]
+fn scp_and_sftp_over_websocket() -> Result<()> {
+    files(Transport::WebSocket)
+}
+
+/// A one-connection TCP echo server on a free port; returns the port.
+fn echo_server() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(8) {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 16384];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    Ok(port)
+}
+
+fn local_forward(transport: Transport) -> Result<()> {
+    let echo = echo_server()?;
+    let s = Setup::with_allow(transport, &[format!("127.0.0.1:{echo}")])?;
+    let local = free_port()?;
+    let mut cmd = s.engineer.ssh_cmd(&[
+        "-p",
+        &s.engineer.ssh_port.to_string(),
+        "-N",
+        "-o",
+        "ExitOnForwardFailure=yes",
+        "-L",
+        &format!("127.0.0.1:{local}:127.0.0.1:{echo}"),
+        "board1@127.0.0.1",
+    ]);
+    cmd.stdin(std::process::Stdio::null());
+    let mut child = KillOnDrop(cmd.spawn()?);
+    wait_for_port(local)?;
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", local))?;
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let payload = pseudo_random(200_000, 3);
+    let mut got = vec![0u8; payload.len()];
+    let sent = payload.clone();
+    let mut writer = conn.try_clone()?;
+    let w = std::thread::spawn(move || writer.write_all(&sent));
+    conn.read_exact(&mut got)?;
+    let _ = w.join();
+    ensure!(got == payload, "forwarded bytes differ");
+
+    // A target the device does not allow is refused: the forwarded connection closes at once.
+    let refused_port = echo_server()?;
+    let local2 = free_port()?;
+    let mut cmd = s.engineer.ssh_cmd(&[
+        "-p",
+        &s.engineer.ssh_port.to_string(),
+        "-N",
+        "-L",
+        &format!("127.0.0.1:{local2}:127.0.0.1:{refused_port}"),
+        "board1@127.0.0.1",
+    ]);
+    cmd.stdin(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+    let _child2 = KillOnDrop(cmd.spawn()?);
+    wait_for_port(local2)?;
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", local2))?;
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let _ = conn.write_all(b"hello");
+    let mut buf = [0u8; 16];
+    let n = conn.read(&mut buf).unwrap_or(0);
+    ensure!(n == 0, "a refused forward returned data");
+    ensure!(s.agent.log().contains("not in forward.allow"), "agent did not log the refusal");
+    child.0.kill()?;
+    Ok(())
+}
+
+struct KillOnDrop(std::process::Child);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn local_forward_over_tcp() -> Result<()> {
+    local_forward(Transport::Tcp)
+}
+
+#[test]
+fn local_forward_over_websocket() -> Result<()> {
+    local_forward(Transport::WebSocket)
+}
+
+fn proxy_jump(transport: Transport) -> Result<()> {
+    if sshd_path().is_none() {
+        eprintln!("skipping: sshd not installed");
+        return Ok(());
+    }
+    let relay = Relay::start()?;
+    relay.tenant("acme")?;
+    let engineer = relay.engineer("alice", "acme", "operator")?;
+    let sshd = Sshd::start(&engineer.key.with_extension("pub"))?;
+    let mut agent = Agent::new("board1", &[format!("127.0.0.1:{}", sshd.port)])?;
+    agent.enroll(&relay, transport, "acme")?;
+    agent.start()?;
+    agent.wait_online()?;
+    let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
+    let cmd = engineer.ssh_cmd(&[
+        "-J",
+        "relay",
+        "-p",
+        &sshd.port.to_string(),
+        &format!("{user}@board1"),
+        "echo via-sshd; echo $SSH_CONNECTION",
+    ]);
+    let r = run_with_timeout(cmd, None, Duration::from_secs(60))?;
+    ensure!(r.status == Some(0), "ProxyJump failed: {}", r.stderr);
+    ensure!(r.stdout.starts_with("via-sshd\n"), "output {:?}", r.stdout);
+    // The device's sshd saw a connection from the agent (loopback), proving bytes went end to end.
+    ensure!(r.stdout.contains("127.0.0.1"), "SSH_CONNECTION {:?}", r.stdout);
+    Ok(())
+}
+
+#[test]
+fn proxy_jump_to_device_sshd_over_tcp() -> Result<()> {
+    proxy_jump(Transport::Tcp)
+}
+
+#[test]
+fn proxy_jump_to_device_sshd_over_websocket() -> Result<()> {
+    proxy_jump(Transport::WebSocket)
+}
+
+/// A tmux server on a private socket, killed on drop.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn new(cmdline: &str, cols: u16, rows: u16) -> Result<Tmux> {
+        let socket = format!("tether-test-{}-{}", std::process::id(), free_port()?);
+        let st = Command::new("tmux")
+            .args(["-L", &socket, "-f", "/dev/null", "new-session", "-d", "-x", &cols.to_string(), "-y", &rows.to_string()])
+            .arg(cmdline)
+            .status()
+            .context("running tmux")?;
+        ensure!(st.success(), "tmux new-session failed");
+        Ok(Tmux { socket })
+    }
+    fn tmux(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new("tmux").args(["-L", &self.socket]).args(args).output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+    fn send(&self, keys: &[&str]) -> Result<()> {
+        let mut args = vec!["send-keys", "-t", "0"];
+        args.extend_from_slice(keys);
+        self.tmux(&args).map(|_| ())
+    }
+    fn screen(&self) -> String {
+        self.tmux(&["capture-pane", "-p", "-t", "0"]).unwrap_or_default()
+    }
+    fn wait_for(&self, text: &str) -> Result<()> {
+        wait_until(Duration::from_secs(20), text, || self.screen().contains(text))
+            .with_context(|| format!("screen was:\n{}", self.screen()))
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux").args(["-L", &self.socket, "kill-server"]).status();
+    }
+}
+
+fn pty_shell(transport: Transport) -> Result<()> {
+    if Command::new("tmux").arg("-V").output().is_err() {
+        eprintln!("skipping: tmux not installed");
+        return Ok(());
+    }
+    let s = Setup::new(transport)?;
+    let ssh = format!(
+        "ssh -F {} -p {} -tt board1@127.0.0.1",
+        s.engineer.ssh_config.display(),
+        s.engineer.ssh_port
+    );
+    let t = Tmux::new(&ssh, 100, 30)?;
+    t.send(&["echo tty=$(tty) term=$TERM", "Enter"])?;
+    t.wait_for("tty=/dev/pts/")?;
+    t.send(&["stty size", "Enter"])?;
+    t.wait_for("30 100")?;
+    // The terminal size change reaches the remote pty.
+    t.tmux(&["resize-window", "-t", "0", "-x", "120", "-y", "40"])?;
+    std::thread::sleep(Duration::from_millis(300));
+    t.send(&["clear; stty size", "Enter"])?;
+    t.wait_for("40 120")?;
+    // Ctrl-C interrupts the remote foreground process.
+    t.send(&["sleep 30; echo not-interrupted", "Enter"])?;
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    t.send(&["C-c"])?;
+    t.send(&["echo after-$((6*7))", "Enter"])?;
+    t.wait_for("after-42")?;
+    ensure!(started.elapsed() < Duration::from_secs(10), "Ctrl-C took {:?}", started.elapsed());
+    ensure!(!t.screen().contains("not-interrupted\n"), "sleep was not interrupted");
+    t.send(&["exit", "Enter"])?;
+    Ok(())
+}
+
+#[test]
+fn pty_shell_over_tcp() -> Result<()> {
+    pty_shell(Transport::Tcp)
+}
+
+#[test]
+fn pty_shell_over_websocket() -> Result<()> {
+    pty_shell(Transport::WebSocket)
+}
+
+#[test]
+fn many_sessions_and_devices_and_a_stalled_session() -> Result<()> {
+    let relay = Relay::start()?;
+    relay.tenant("acme")?;
+    let engineer = relay.engineer("alice", "acme", "admin")?;
+    let mut agents = Vec::new();
+    for (i, transport) in [Transport::Tcp, Transport::WebSocket, Transport::Tcp].into_iter().enumerate() {
+        let mut a = Agent::new(&format!("board{i}"), &[])?;
+        a.enroll(&relay, transport, "acme")?;
+        a.start()?;
+        agents.push(a);
+    }
+    for a in &agents {
+        a.wait_online()?;
+    }
+    // A session whose output nobody reads: its flow control must not hold up anyone else.
+    let mut stalled = engineer.ssh_cmd(&["-p", &engineer.ssh_port.to_string(), "board0@127.0.0.1", "yes"]);
+    stalled.stdout(std::process::Stdio::piped()).stdin(std::process::Stdio::null());
+    let _stalled = KillOnDrop(stalled.spawn()?);
+    std::thread::sleep(Duration::from_millis(500));
+
+    let mut handles = Vec::new();
+    for i in 0..12 {
+        let device = format!("board{}", i % 3);
+        let cfg = engineer.ssh_config.clone();
+        let port = engineer.ssh_port;
+        handles.push(std::thread::spawn(move || -> Result<()> {
+            let mut cmd = Command::new("ssh");
+            cmd.arg("-F").arg(&cfg).args(["-p", &port.to_string(), &format!("{device}@127.0.0.1"), &format!("sleep 1; echo n={i}")]);
+            let r = run_with_timeout(cmd, None, Duration::from_secs(60))?;
+            ensure!(r.status == Some(0) && r.stdout.trim() == format!("n={i}"), "session {i}: {:?} {} {}", r.status, r.stdout, r.stderr);
+            Ok(())
+        }));
+    }
+    for h in handles {
+        h.join().map_err(|_| anyhow::anyhow!("session thread panicked"))??;
+    }
+    Ok(())
+}
