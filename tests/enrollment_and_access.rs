@@ -69,7 +69,7 @@ fn access_control_roles_tenants_and_offline_devices() -> Result<()> {
     a.enroll(&relay, Transport::Tcp, "acme")?;
     a.start()?;
     a.wait_online()?;
-    let mut offline = Agent::new("board2", &[])?;
+    let offline = Agent::new("board2", &[])?;
     offline.enroll(&relay, Transport::Tcp, "acme")?;
 
     let r = admin.exec("board1", "echo ok")?;

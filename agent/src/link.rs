@@ -14,7 +14,8 @@ use std::time::Duration;
 use rand::Rng;
 use russh::client::{self, Msg, Session};
 use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
-use russh::{Channel, ChannelOpenFailure, ChannelOpenHandle, Preferred, SshId, cipher};
+use russh::client::ChannelOpenHandle;
+use russh::{Channel, ChannelOpenFailure, Preferred, SshId, cipher};
 use tether_protocol::names::{EMBEDDED_SSH_TARGET, LINK_FORWARD_ADDRESS, LINK_USER};
 use thiserror::Error;
 use tokio::sync::watch;
@@ -60,14 +61,16 @@ pub enum LinkError {
 
 /// Client-side SSH configuration shared by the link and enrollment.
 pub fn ssh_client_config(link: &LinkConfig) -> client::Config {
-    let mut preferred = Preferred::default();
-    // aes256-gcm is markedly faster than chacha20-poly1305 where AES instructions exist,
-    // and the link carries every byte of every session of the device.
-    preferred.cipher = std::borrow::Cow::Owned(vec![
-        cipher::AES_256_GCM,
-        cipher::CHACHA20_POLY1305,
-        cipher::AES_256_CTR,
-    ]);
+    let preferred = Preferred {
+        // aes256-gcm is markedly faster than chacha20-poly1305 where AES instructions exist,
+        // and the link carries every byte of every session of the device.
+        cipher: std::borrow::Cow::Owned(vec![
+            cipher::AES_256_GCM,
+            cipher::CHACHA20_POLY1305,
+            cipher::AES_256_CTR,
+        ]),
+        ..Preferred::default()
+    };
     client::Config {
         client_id: SshId::Standard(format!("SSH-2.0-tether-agent_{}", crate::VERSION).into()),
         keepalive_interval: Some(link.keepalive_interval),

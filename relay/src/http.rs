@@ -29,7 +29,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tower_service::Service;
 
-use crate::ssh_front::Front;
+use crate::ssh_front::{Front, stopped};
 
 /// How long a client may take to send its request head (or finish TLS).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(15);
@@ -182,7 +182,7 @@ pub async fn serve(
                     continue;
                 }
             },
-            _ = shutdown.wait_for(|s| *s) => return,
+            _ = stopped(&mut shutdown) => return,
         };
         let _ = tcp.set_nodelay(true);
         let router = router.clone();

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 
 use crate::config::RelayConfig;
 use crate::registry::Registry;
-use crate::ssh_front::{Front, with_store};
+use crate::ssh_front::{Front, stopped, with_store};
 use crate::store::Store;
 use crate::{api, hostkey, http};
 
@@ -87,7 +87,7 @@ pub async fn serve(config: RelayConfig, store: Arc<Store>) -> Result<()> {
         loop {
             tokio::select! {
                 _ = tick.tick() => evict_front.evict_unwelcome().await,
-                _ = evict_stop.wait_for(|s| *s) => return,
+                _ = stopped(&mut evict_stop) => return,
             }
         }
     });
@@ -127,7 +127,7 @@ async fn accept_ssh(listener: TcpListener, front: Arc<Front>, mut stop: watch::R
                     continue;
                 }
             },
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stopped(&mut stop) => return,
         };
         // run_stream does not set TCP_NODELAY itself; interactive keystrokes need it.
         let _ = tcp.set_nodelay(true);

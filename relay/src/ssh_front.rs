@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use russh::keys::{HashAlg, PublicKey};
 use russh::server::{self, Auth, Msg, Session};
-use russh::{Channel, ChannelId, ChannelMsg, ChannelOpenFailure, ChannelOpenHandle, MethodKind, MethodSet};
+use russh::server::ChannelOpenHandle;
+use russh::{Channel, ChannelId, ChannelMsg, ChannelOpenFailure, MethodKind, MethodSet};
 use tether_protocol::enroll::{EnrollRequest, EnrollResponse, MAX_ENROLL_MESSAGE};
 use tether_protocol::names::{ENROLL_SUBSYSTEM, ENROLL_USER, LINK_USER};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -144,7 +145,7 @@ impl Front {
         let mut running = running;
         let result = tokio::select! {
             r = &mut running => r,
-            _ = shutdown.wait_for(|stop| *stop) => {
+            _ = stopped(&mut shutdown) => {
                 let _ = handle
                     .disconnect(russh::Disconnect::ByApplication, "relay shutting down".into(), "en".into())
                     .await;
@@ -185,6 +186,15 @@ impl Front {
                     .disconnect(russh::Disconnect::ByApplication, "device is no longer accepted".into(), "en".into())
                     .await;
             }
+        }
+    }
+}
+
+/// Resolves once `rx` says the relay is stopping (or its sender is gone).
+pub async fn stopped(rx: &mut watch::Receiver<bool>) {
+    while !*rx.borrow_and_update() {
+        if rx.changed().await.is_err() {
+            return;
         }
     }
 }

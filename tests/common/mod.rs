@@ -226,10 +226,10 @@ impl Relay {
 
     /// Stops the relay with SIGTERM.
     pub fn stop(&mut self) -> Result<()> {
-        if let Some(mut p) = self.proc.take() {
-            if !p.terminate(Duration::from_secs(10)) {
-                bail!("relay did not stop on SIGTERM within 10 s");
-            }
+        if let Some(mut p) = self.proc.take()
+            && !p.terminate(Duration::from_secs(10))
+        {
+            bail!("relay did not stop on SIGTERM within 10 s");
         }
         Ok(())
     }
