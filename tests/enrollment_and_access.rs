@@ -158,3 +158,71 @@ fn http_api_lists_tenant_devices_with_a_bearer_token() -> Result<()> {
     ensure!(!db.windows(token.len()).any(|w| w == token.as_bytes()), "API token stored in clear");
     Ok(())
 }
+
+/// A minimal HTTP CONNECT proxy on a free port; counts the tunnels it opened.
+fn connect_proxy() -> Result<(u16, std::sync::Arc<std::sync::atomic::AtomicUsize>)> {
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::atomic::Ordering;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming().take(32) {
+            let Ok(client) = client else { continue };
+            let seen = seen.clone();
+            std::thread::spawn(move || -> std::io::Result<()> {
+                let mut reader = BufReader::new(client.try_clone()?);
+                let mut line = String::new();
+                reader.read_line(&mut line)?;
+                let target = line.split_whitespace().nth(1).unwrap_or_default().to_string();
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h)? == 0 || h == "\r\n" {
+                        break;
+                    }
+                }
+                let upstream = std::net::TcpStream::connect(&target)?;
+                seen.fetch_add(1, Ordering::SeqCst);
+                let mut c = client;
+                c.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")?;
+                let mut c2 = c.try_clone()?;
+                let mut u2 = upstream.try_clone()?;
+                let mut u = upstream;
+                let t = std::thread::spawn(move || std::io::copy(&mut u2, &mut c2));
+                let _ = std::io::copy(&mut reader, &mut u);
+                let _ = u.shutdown(std::net::Shutdown::Write);
+                let _ = t.join();
+                Ok(())
+            });
+        }
+    });
+    Ok((port, count))
+}
+
+#[test]
+fn wss_link_through_an_https_proxy() -> Result<()> {
+    let (relay, cert) = Relay::start_tls()?;
+    relay.tenant("acme")?;
+    let engineer = relay.engineer("alice", "acme", "admin")?;
+    let (proxy_port, tunnels) = connect_proxy()?;
+    let proxy = format!("http://127.0.0.1:{proxy_port}");
+    let cert = cert.display().to_string();
+    let env = [("SSL_CERT_FILE", cert.as_str()), ("HTTPS_PROXY", proxy.as_str()), ("NO_PROXY", "")];
+    let url = format!("wss://127.0.0.1:{}/v1/link", relay.http_port);
+    let mut agent = Agent::new("board1", &[])?;
+
+    // Without trusting the relay's certificate, enrollment fails on TLS, before any token is sent.
+    let token = relay.enroll_token("acme")?;
+    let r = agent.cmd_with_env(&["enroll", &url, "--token", &token, "--name", "board1"], &[("HTTPS_PROXY", proxy.as_str())])?;
+    ensure!(r.status == Some(1), "enroll against an untrusted certificate: {:?} {}", r.status, r.stderr);
+
+    let r = agent.cmd_with_env(&["enroll", &url, "--token", &token, "--name", "board1"], &env)?;
+    ensure!(r.status == Some(0), "wss enroll: {}", r.stderr);
+    agent.start_with_env(&env)?;
+    agent.wait_online()?;
+    ensure!(tunnels.load(std::sync::atomic::Ordering::SeqCst) >= 3, "the proxy was not used for every connection");
+    let r = engineer.exec("board1", "echo over-wss")?;
+    ensure!(r.stdout == "over-wss\n", "exec over wss: {:?} {}", r.status, r.stderr);
+    Ok(())
+}

@@ -69,6 +69,9 @@ pub enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(matches!(cli.command, Command::SftpServer { .. }));
+    // Both ring and aws-lc-rs may be compiled in through dependencies; pick one explicitly so
+    // rustls never has to guess (it panics when it would have to).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

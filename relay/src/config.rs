@@ -1,1 +1,217 @@
-//! TODO
+//! The relay's configuration file (YAML).
+//!
+//! Every key is optional; the defaults below are the documented ones. Unknown keys and bad
+//! values are errors that name the file, the line and the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Default data directory of the relay.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/tether-relay";
+
+/// The relay configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayConfig {
+    /// Where the host key and the embedded store live.
+    pub data_dir: PathBuf,
+    /// The SSH port (device links and engineers).
+    pub ssh: SshConfig,
+    /// The HTTP port (API and WebSocket link).
+    pub http: HttpConfig,
+    /// The store.
+    pub store: StoreConfig,
+}
+
+/// Settings of the SSH port.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SshConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Interval of keepalive probes to silent peers.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    /// Unanswered keepalives after which a peer is considered gone.
+    pub keepalive_max: u32,
+}
+
+/// Settings of the HTTP port.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Serve HTTPS with this certificate and key; plain HTTP when absent.
+    pub tls: Option<TlsConfig>,
+    /// Take the client address from `X-Forwarded-For` (only behind a trusted reverse proxy).
+    pub trust_forwarded_for: bool,
+}
+
+/// PEM files for HTTPS.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Private key (PEM).
+    pub key: PathBuf,
+}
+
+/// Settings of the embedded store.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// SQLite database file; default `<data_dir>/relay.db`.
+    pub path: Option<PathBuf>,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            ssh: SshConfig::default(),
+            http: HttpConfig::default(),
+            store: StoreConfig::default(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self { listen: SocketAddr::from(([0, 0, 0, 0], 8080)), tls: None, trust_forwarded_for: false }
+    }
+}
+
+impl Default for SshConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 2222)),
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_max: 3,
+        }
+    }
+}
+
+/// Why the configuration could not be used.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The file is not valid YAML of the expected shape.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line, column and the offending key.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("{path}: {key}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The key.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl RelayConfig {
+    /// The SQLite file of the embedded store.
+    pub fn store_path(&self) -> PathBuf {
+        self.store.path.clone().unwrap_or_else(|| self.data_dir.join("relay.db"))
+    }
+
+    /// Parses configuration text; `path` names the source in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: RelayConfig = if text.trim().is_empty() {
+            RelayConfig::default()
+        } else {
+            serde_saphyr::from_str(text)
+                .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?
+        };
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key, message: &str| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            message: message.to_string(),
+        };
+        if self.ssh.keepalive_interval.is_zero() {
+            return Err(invalid("ssh.keepalive_interval", "must be greater than zero"));
+        }
+        if self.ssh.keepalive_max == 0 {
+            return Err(invalid("ssh.keepalive_max", "must be at least 1"));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "must not be empty"));
+        }
+        Ok(())
+    }
+}
+
+/// Loads the configuration file at `path`.
+pub fn load(path: &Path) -> Result<RelayConfig, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
+    RelayConfig::parse(&text, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<RelayConfig, ConfigError> {
+        RelayConfig::parse(text, Path::new("relay.yaml"))
+    }
+
+    #[test]
+    fn defaults() -> Result<(), ConfigError> {
+        let c = parse("")?;
+        assert_eq!(c, RelayConfig::default());
+        assert_eq!(c.ssh.listen.port(), 2222);
+        assert_eq!(c.http.listen.port(), 8080);
+        assert_eq!(c.store_path(), PathBuf::from("/var/lib/tether-relay/relay.db"));
+        Ok(())
+    }
+
+    #[test]
+    fn full_file() -> Result<(), ConfigError> {
+        let c = parse(
+            "data_dir: /srv/relay\nssh:\n  listen: 127.0.0.1:2200\n  keepalive_interval: 1m\n  keepalive_max: 5\n\
+             http:\n  listen: '[::1]:8443'\n  tls:\n    cert: /c.pem\n    key: /k.pem\n  trust_forwarded_for: true\n\
+             store:\n  path: /db/relay.db\n",
+        )?;
+        assert_eq!(c.ssh.keepalive_interval, Duration::from_secs(60));
+        assert_eq!(c.http.listen.port(), 8443);
+        assert!(c.http.trust_forwarded_for);
+        assert_eq!(c.http.tls.as_ref().map(|t| t.key.clone()), Some(PathBuf::from("/k.pem")));
+        assert_eq!(c.store_path(), PathBuf::from("/db/relay.db"));
+        Ok(())
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let e = parse("ssh:\n  listen: 127.0.0.1:1\n  lisen: x\n").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("relay.yaml") && e.contains("lisen") && e.contains("line 3"), "{e}");
+        let e = parse("ssh:\n  listen: nowhere\n").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("line 2"), "{e}");
+        let e = parse("ssh:\n  keepalive_interval: 0s\n").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("ssh.keepalive_interval"), "{e}");
+    }
+}

@@ -1,1 +1,5 @@
-fn main() {}
+//! `relay`: the tether relay and its admin commands.
+
+fn main() -> std::process::ExitCode {
+    tether_relay::cli::main()
+}

@@ -39,6 +39,8 @@ fn ssh_config(config: &RelayConfig, host_key: russh::keys::PrivateKey) -> server
 
 /// Runs the relay until SIGTERM or SIGINT.
 pub async fn serve(config: RelayConfig, store: Arc<Store>) -> Result<()> {
+    // Both ring and aws-lc-rs may be compiled in through dependencies; pick one explicitly.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let host_key = hostkey::load_or_create(&config.data_dir)
         .with_context(|| format!("loading the host key in {}", config.data_dir.display()))?;
     let fingerprint = hostkey::fingerprint(&host_key);

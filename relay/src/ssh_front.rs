@@ -632,3 +632,30 @@ async fn redeem(front: &Arc<Front>, request: EnrollRequest, key: &PublicKey, rem
         None => EnrollResponse::Refused { message: "internal error".into() },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_version_comes_from_the_ssh_id() {
+        assert_eq!(agent_version(b"SSH-2.0-tether-agent_1.2.3\r\n").as_deref(), Some("1.2.3"));
+        assert_eq!(agent_version(b"SSH-2.0-OpenSSH_9.2"), None);
+    }
+
+    #[test]
+    fn enroll_requests_are_checked() {
+        let ok = br#"{"protocol":1,"token":"t","name":"b1","agent_version":"0.1.0"}
+"#;
+        assert!(parse_enroll_request(ok).is_ok());
+        let bad_json = b"{not json\n";
+        assert!(parse_enroll_request(bad_json).is_err_and(|e| e.contains("malformed")));
+        let bad_name = br#"{"protocol":1,"token":"t","name":"Bad Name","agent_version":"0"}"#;
+        assert!(parse_enroll_request(bad_name).is_err_and(|e| e.contains("Bad Name")));
+        let future = br#"{"protocol":99,"token":"t","name":"b1","agent_version":"0"}"#;
+        assert!(parse_enroll_request(future).is_err_and(|e| e.contains("protocol 99")));
+        let unknown = br#"{"protocol":1,"token":"t","name":"b1","agent_version":"0","x":1}"#;
+        assert!(parse_enroll_request(unknown).is_err());
+        assert!(parse_enroll_request(&vec![b'a'; MAX_ENROLL_MESSAGE + 1]).is_err());
+    }
+}

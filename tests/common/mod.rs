@@ -206,9 +206,42 @@ impl Relay {
         Ok(relay)
     }
 
+    /// Starts a relay whose HTTP port speaks TLS with a fresh self-signed certificate for
+    /// 127.0.0.1; returns the relay and the certificate's PEM path (for SSL_CERT_FILE).
+    pub fn start_tls() -> Result<(Relay, PathBuf)> {
+        let dir = tempfile::tempdir()?;
+        let cert = dir.path().join("cert.pem");
+        let key = dir.path().join("key.pem");
+        let st = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+            .args(["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .context("running openssl")?;
+        if !st.success() {
+            bail!("openssl could not make a test certificate");
+        }
+        std::fs::write(
+            dir.path().join("relay.yaml"),
+            format!("http:\n  tls:\n    cert: {}\n    key: {}\n", cert.display(), key.display()),
+        )?;
+        let mut relay = Relay { dir, ssh_port: free_port()?, http_port: free_port()?, proc: None };
+        relay.restart()?;
+        Ok((relay, cert))
+    }
+
     /// Starts (again) the relay process on the same data directory and ports.
     pub fn restart(&mut self) -> Result<()> {
         let mut cmd = Command::new(bin_dir()?.join("relay"));
+        let config = self.dir.path().join("relay.yaml");
+        if config.exists() {
+            cmd.arg("--config").arg(config);
+        }
         cmd.arg("--data-dir").arg(self.data_dir()).args([
             "serve",
             "--ssh-listen",
@@ -353,8 +386,16 @@ impl Agent {
 
     /// Runs an `agent` subcommand to completion.
     pub fn cmd(&self, args: &[&str]) -> Result<Run> {
+        self.cmd_with_env(args, &[])
+    }
+
+    /// Runs an `agent` subcommand with extra environment variables.
+    pub fn cmd_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Result<Run> {
         let mut cmd = Command::new(bin_dir()?.join("agent"));
         cmd.arg("--config").arg(&self.config).args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         run_with_timeout(cmd, None, Duration::from_secs(60))
     }
 
@@ -370,8 +411,16 @@ impl Agent {
 
     /// Starts `agent run` in the background.
     pub fn start(&mut self) -> Result<()> {
+        self.start_with_env(&[])
+    }
+
+    /// Starts `agent run` in the background with extra environment variables.
+    pub fn start_with_env(&mut self, env: &[(&str, &str)]) -> Result<()> {
         let mut cmd = Command::new(bin_dir()?.join("agent"));
         cmd.arg("--config").arg(&self.config).arg("run");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         self.proc = Some(spawn_logged(cmd, &self.dir.path().join("agent.log"))?);
         Ok(())
     }
