@@ -1,1 +1,269 @@
-//! TODO
+//! The agent's configuration file (YAML).
+//!
+//! Every key is optional and has the default documented on its field (and in the README).
+//! Unknown keys and bad values are errors naming the file, the line and the key.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Where the agent looks for its configuration when not told otherwise.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/tether/agent.yaml";
+
+/// Default state directory (device key, enrollment record, link status).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/tether";
+
+/// The agent configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// Directory for the device key, the enrollment record and the link status.
+    pub state_dir: PathBuf,
+    /// The link to the relay.
+    pub link: LinkConfig,
+    /// Shells and commands served to engineers.
+    pub shell: ShellConfig,
+    /// Device-local targets engineers may reach.
+    pub forward: ForwardConfig,
+}
+
+/// Settings of the link to the relay.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LinkConfig {
+    /// Keepalive probe interval (keeps NAT and load-balancer state alive). Default 15s.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    /// Unanswered keepalives before the link counts as dead. Default 3.
+    pub keepalive_max: u32,
+    /// Time allowed for connecting and the SSH handshake. Default 15s.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// First reconnect delay. Default 1s.
+    #[serde(with = "humantime_serde")]
+    pub backoff_initial: Duration,
+    /// Longest reconnect delay. Default 60s.
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+}
+
+/// Settings of the shells the embedded SSH server runs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShellConfig {
+    /// Unix user sessions run as. Default: the user the agent runs as.
+    pub user: Option<String>,
+    /// Shell to run. Default: the user's login shell, else /bin/sh.
+    pub shell: Option<PathBuf>,
+    /// Extra environment for every session.
+    pub env: BTreeMap<String, String>,
+    /// Environment variables engineers may pass (`*` suffix matches a prefix).
+    /// Default ["LANG", "LC_*"].
+    pub accept_env: Vec<String>,
+}
+
+/// Settings of port forwarding to device-local addresses.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwardConfig {
+    /// `host:port` (or `host:*`) targets engineers may reach with `-L` and `-J`.
+    /// Default ["127.0.0.1:22"].
+    pub allow: Vec<String>,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            link: LinkConfig::default(),
+            shell: ShellConfig { accept_env: default_accept_env(), ..ShellConfig::default() },
+            forward: ForwardConfig::default(),
+        }
+    }
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        Self {
+            keepalive_interval: Duration::from_secs(15),
+            keepalive_max: 3,
+            connect_timeout: Duration::from_secs(15),
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Default for ForwardConfig {
+    fn default() -> Self {
+        Self { allow: vec!["127.0.0.1:22".to_string()] }
+    }
+}
+
+fn default_accept_env() -> Vec<String> {
+    vec!["LANG".to_string(), "LC_*".to_string()]
+}
+
+/// Why the configuration could not be used.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The file is not valid YAML of the expected shape.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message with line, column and key.
+        message: String,
+    },
+    /// A value is not acceptable.
+    #[error("{path}: {key}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The key.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl AgentConfig {
+    /// Parses configuration text; `path` names the source in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let mut config: AgentConfig = if text.trim().is_empty() {
+            AgentConfig::default()
+        } else {
+            serde_saphyr::from_str(text)
+                .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?
+        };
+        // An absent accept_env means the default; an explicit empty list means none.
+        if !text.contains("accept_env") {
+            config.shell.accept_env = default_accept_env();
+        }
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            message,
+        };
+        let link = &self.link;
+        if link.keepalive_interval.is_zero() {
+            return Err(invalid("link.keepalive_interval", "must be greater than zero".into()));
+        }
+        if link.keepalive_max == 0 {
+            return Err(invalid("link.keepalive_max", "must be at least 1".into()));
+        }
+        if link.connect_timeout.is_zero() {
+            return Err(invalid("link.connect_timeout", "must be greater than zero".into()));
+        }
+        if link.backoff_initial.is_zero() || link.backoff_initial > link.backoff_max {
+            return Err(invalid(
+                "link.backoff_initial",
+                "must be greater than zero and not above link.backoff_max".into(),
+            ));
+        }
+        for (i, entry) in self.forward.allow.iter().enumerate() {
+            let ok = entry.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && (port == "*" || port.parse::<u16>().is_ok_and(|p| p > 0))
+            });
+            if !ok {
+                return Err(invalid(
+                    &format!("forward.allow[{i}]"),
+                    format!("{entry:?} is not host:port or host:*"),
+                ));
+            }
+        }
+        if let Some(user) = &self.shell.user
+            && user.trim().is_empty()
+        {
+            return Err(invalid("shell.user", "must not be empty".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Loads the configuration file at `path`, which must exist.
+pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
+    AgentConfig::parse(&text, path)
+}
+
+/// Loads `path`; a missing file means defaults unless the path was given explicitly.
+pub fn load_or_default(path: &Path, explicit: bool) -> Result<AgentConfig, ConfigError> {
+    if !explicit && !path.exists() {
+        return Ok(AgentConfig::default());
+    }
+    load(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<AgentConfig, ConfigError> {
+        AgentConfig::parse(text, Path::new("/etc/tether/agent.yaml"))
+    }
+
+    #[test]
+    fn defaults() -> Result<(), ConfigError> {
+        let c = parse("")?;
+        assert_eq!(c, AgentConfig::default());
+        assert_eq!(c.forward.allow, vec!["127.0.0.1:22"]);
+        assert_eq!(c.shell.accept_env, vec!["LANG", "LC_*"]);
+        assert_eq!(c.link.keepalive_interval, Duration::from_secs(15));
+        Ok(())
+    }
+
+    #[test]
+    fn full_file() -> Result<(), ConfigError> {
+        let c = parse(
+            "state_dir: /data/tether\nlink:\n  keepalive_interval: 20s\n  keepalive_max: 4\n  connect_timeout: 5s\n  \
+             backoff_initial: 500ms\n  backoff_max: 2m\nshell:\n  user: operator\n  shell: /bin/bash\n  env:\n    \
+             SITE: lab\n  accept_env: []\nforward:\n  allow: ['127.0.0.1:80', 'localhost:*']\n",
+        )?;
+        assert_eq!(c.state_dir, PathBuf::from("/data/tether"));
+        assert_eq!(c.link.backoff_max, Duration::from_secs(120));
+        assert_eq!(c.shell.user.as_deref(), Some("operator"));
+        assert_eq!(c.shell.env.get("SITE").map(String::as_str), Some("lab"));
+        assert!(c.shell.accept_env.is_empty());
+        assert_eq!(c.forward.allow.len(), 2);
+        Ok(())
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let msg = |t: &str| parse(t).err().map(|e| e.to_string()).unwrap_or_default();
+        let e = msg("link:\n  keepalive_interval: 5s\n  bogus_key: 1\n");
+        assert!(e.contains("/etc/tether/agent.yaml") && e.contains("bogus_key") && e.contains("line 3"), "{e}");
+        let e = msg("link:\n  keepalive_interval: soon\n");
+        assert!(e.contains("line 2") && e.contains("keepalive_interval"), "{e}");
+        let e = msg("forward:\n  allow: ['nohost']\n");
+        assert!(e.contains("forward.allow[0]"), "{e}");
+        let e = msg("link:\n  backoff_initial: 2m\n  backoff_max: 1m\n");
+        assert!(e.contains("link.backoff_initial"), "{e}");
+    }
+
+    #[test]
+    fn missing_default_file_means_defaults() -> Result<(), ConfigError> {
+        let dir = std::env::temp_dir().join("tether-no-such-config.yaml");
+        assert_eq!(load_or_default(&dir, false)?, AgentConfig::default());
+        assert!(matches!(load_or_default(&dir, true), Err(ConfigError::Io { .. })));
+        Ok(())
+    }
+}
