@@ -450,11 +450,6 @@ async fn run_program(
     pty: Option<(String, Size)>,
     env: Vec<(String, String)>,
 ) -> std::io::Result<()> {
-    if matches!(program, Program::Sftp) && !settings.account.switch {
-        // Same user as the agent: no process needed.
-        crate::sftp::serve(channel.into_stream(), settings.account.home.clone()).await;
-        return Ok(());
-    }
     match pty {
         Some((term, size)) if !matches!(program, Program::Sftp) => {
             run_on_pty(channel, handle, &settings, program, &term, size, &env).await
