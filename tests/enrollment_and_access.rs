@@ -119,11 +119,12 @@ fn access_control_roles_tenants_and_offline_devices() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let key = dir.path().join("stranger");
     std::process::Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).status()?;
+    // A config of its own, so no registered key is offered alongside.
     let cmd = std::process::Command::new("ssh")
-        .args(["-F", &admin.ssh_config.display().to_string(), "-o", "IdentityFile=none"])
-        .arg("-i")
+        .args(["-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no"])
+        .args(["-o", "UserKnownHostsFile=/dev/null", "-o", "IdentitiesOnly=yes", "-i"])
         .arg(&key)
-        .args(["-o", "IdentitiesOnly=yes", "-p", &relay.ssh_port.to_string(), "board1@127.0.0.1", "true"])
+        .args(["-p", &relay.ssh_port.to_string(), "board1@127.0.0.1", "true"])
         .output()?;
     let stderr = String::from_utf8_lossy(&cmd.stderr);
     ensure!(cmd.status.code() == Some(255) && stderr.contains("Permission denied"), "stranger: {stderr}");
