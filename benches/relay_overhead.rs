@@ -31,8 +31,11 @@ struct Target {
 
 fn keystroke_rtt(t: &Target) -> Result<(Duration, Duration)> {
     let mut cmd = Command::new("ssh");
-    cmd.args(&t.ssh_args).args(["-tt", &t.dest, "stty raw -echo; echo ready; exec cat"]);
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null());
+    cmd.args(&t.ssh_args)
+        .args(["-tt", &t.dest, "stty raw -echo; echo ready; exec cat"]);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
     let mut child = cmd.spawn()?;
     let mut stdin = child.stdin.take().context("stdin")?;
     let mut stdout = child.stdout.take().context("stdout")?;
@@ -74,7 +77,11 @@ fn keystroke_rtt(t: &Target) -> Result<(Duration, Duration)> {
 fn scp_upload(t: &Target, file: &std::path::Path, remote_dir: &std::path::Path) -> Result<f64> {
     let dest = format!("{}:{}/upload", t.dest, remote_dir.display());
     let start = Instant::now();
-    let st = Command::new("scp").args(&t.scp_args).arg(file).arg(&dest).status()?;
+    let st = Command::new("scp")
+        .args(&t.scp_args)
+        .arg(file)
+        .arg(&dest)
+        .status()?;
     let secs = start.elapsed().as_secs_f64();
     if !st.success() {
         bail!("{}: scp failed", t.label);
@@ -109,11 +116,21 @@ fn sink() -> Result<(u16, std::sync::mpsc::Receiver<usize>)> {
     Ok((port, rx))
 }
 
-fn forward_throughput(t: &Target, sink_port: u16, done: &std::sync::mpsc::Receiver<usize>) -> Result<f64> {
+fn forward_throughput(
+    t: &Target,
+    sink_port: u16,
+    done: &std::sync::mpsc::Receiver<usize>,
+) -> Result<f64> {
     let local = free_port()?;
     let mut cmd = Command::new("ssh");
-    cmd.args(&t.ssh_args)
-        .args(["-N", "-o", "ExitOnForwardFailure=yes", "-L", &format!("127.0.0.1:{local}:127.0.0.1:{sink_port}"), &t.dest]);
+    cmd.args(&t.ssh_args).args([
+        "-N",
+        "-o",
+        "ExitOnForwardFailure=yes",
+        "-L",
+        &format!("127.0.0.1:{local}:127.0.0.1:{sink_port}"),
+        &t.dest,
+    ]);
     cmd.stdin(Stdio::null());
     let mut child = cmd.spawn()?;
     wait_for_port(local)?;
@@ -160,7 +177,12 @@ fn main() -> Result<()> {
     };
     let via_relay = Target {
         label: "tether relay",
-        ssh_args: vec!["-F".into(), cfg.clone(), "-p".into(), relay.ssh_port.to_string()],
+        ssh_args: vec![
+            "-F".into(),
+            cfg.clone(),
+            "-p".into(),
+            relay.ssh_port.to_string(),
+        ],
         scp_args: vec!["-F".into(), cfg, "-P".into(), relay.ssh_port.to_string()],
         dest: "bench-board@127.0.0.1".into(),
     };
@@ -170,7 +192,11 @@ fn main() -> Result<()> {
     std::fs::write(&file, pseudo_random(BULK, 42))?;
     let remote = tempfile::tempdir()?;
 
-    println!("relay overhead on loopback ({} keystrokes, {} MiB bulk)", KEYSTROKES, BULK >> 20);
+    println!(
+        "relay overhead on loopback ({} keystrokes, {} MiB bulk)",
+        KEYSTROKES,
+        BULK >> 20
+    );
     let (d50, d99) = keystroke_rtt(&direct)?;
     let (r50, r99) = keystroke_rtt(&via_relay)?;
     println!(
@@ -187,9 +213,15 @@ fn main() -> Result<()> {
     );
     let ds = scp_upload(&direct, &file, remote.path())?;
     let rs = scp_upload(&via_relay, &file, remote.path())?;
-    println!("scp upload:        direct {ds:>7.1} MiB/s relay {rs:>7.1} MiB/s ratio {:.2}", rs / ds);
+    println!(
+        "scp upload:        direct {ds:>7.1} MiB/s relay {rs:>7.1} MiB/s ratio {:.2}",
+        rs / ds
+    );
     let df = forward_throughput(&direct, sink_port, &sink_done)?;
     let rf = forward_throughput(&via_relay, sink_port, &sink_done)?;
-    println!("-L forward:        direct {df:>7.1} MiB/s relay {rf:>7.1} MiB/s ratio {:.2}", rf / df);
+    println!(
+        "-L forward:        direct {df:>7.1} MiB/s relay {rf:>7.1} MiB/s ratio {:.2}",
+        rf / df
+    );
     Ok(())
 }

@@ -17,31 +17,64 @@ fn bad_tokens_are_refused_clearly() -> Result<()> {
     let a = Agent::new("board1", &[])?;
     let url = relay.url(Transport::Tcp);
 
-    let r = a.cmd(&["enroll", &url, "--token", "tet_not-a-real-token", "--name", "board1"])?;
+    let r = a.cmd(&[
+        "enroll",
+        &url,
+        "--token",
+        "tet_not-a-real-token",
+        "--name",
+        "board1",
+    ])?;
     ensure!(r.status == Some(1), "wrong token exit {:?}", r.status);
-    ensure!(r.stderr.contains("refused enrollment") && r.stderr.to_lowercase().contains("token"), "wrong token: {}", r.stderr);
+    ensure!(
+        r.stderr.contains("refused enrollment") && r.stderr.to_lowercase().contains("token"),
+        "wrong token: {}",
+        r.stderr
+    );
 
-    let expiring = relay.admin_ok(&["token", "create", "--tenant", "acme", "--ttl", "1s"])?.trim().to_string();
+    let expiring = relay
+        .admin_ok(&["token", "create", "--tenant", "acme", "--ttl", "1s"])?
+        .trim()
+        .to_string();
     std::thread::sleep(Duration::from_millis(2100));
     let r = a.cmd(&["enroll", &url, "--token", &expiring, "--name", "board1"])?;
-    ensure!(r.status == Some(1) && r.stderr.contains("expired"), "expired token: {}", r.stderr);
+    ensure!(
+        r.status == Some(1) && r.stderr.contains("expired"),
+        "expired token: {}",
+        r.stderr
+    );
 
-    let once = relay.admin_ok(&["token", "create", "--tenant", "acme", "--uses", "1"])?.trim().to_string();
+    let once = relay
+        .admin_ok(&["token", "create", "--tenant", "acme", "--uses", "1"])?
+        .trim()
+        .to_string();
     let r = a.cmd(&["enroll", &url, "--token", &once, "--name", "board1"])?;
     ensure!(r.status == Some(0), "single-use token: {}", r.stderr);
     let b = Agent::new("board2", &[])?;
     let r = b.cmd(&["enroll", &url, "--token", &once, "--name", "board2"])?;
-    ensure!(r.status == Some(1) && r.stderr.contains("used"), "used-up token: {}", r.stderr);
+    ensure!(
+        r.status == Some(1) && r.stderr.contains("used"),
+        "used-up token: {}",
+        r.stderr
+    );
 
     // Nothing half-done was left in the store: exactly the one device.
-    let list: serde_json::Value = serde_json::from_str(&relay.admin_ok(&["device", "list", "--json"])?)?;
-    ensure!(list.as_array().map(Vec::len) == Some(1), "devices after refusals: {list}");
+    let list: serde_json::Value =
+        serde_json::from_str(&relay.admin_ok(&["device", "list", "--json"])?)?;
+    ensure!(
+        list.as_array().map(Vec::len) == Some(1),
+        "devices after refusals: {list}"
+    );
 
     // A name already used by another device of the tenant is refused.
     let c = Agent::new("board1", &[])?;
     let token = relay.enroll_token("acme")?;
     let r = c.cmd(&["enroll", &url, "--token", &token, "--name", "board1"])?;
-    ensure!(r.status == Some(1) && r.stderr.contains("board1"), "duplicate name: {}", r.stderr);
+    ensure!(
+        r.status == Some(1) && r.stderr.contains("board1"),
+        "duplicate name: {}",
+        r.stderr
+    );
     Ok(())
 }
 
@@ -53,21 +86,43 @@ fn rejected_and_removed_devices_lose_their_link() -> Result<()> {
         s.relay.admin_ok(&["device", action, &id])?;
         let started = Instant::now();
         wait_until(Duration::from_secs(10), "link dropped", || {
-            s.agent.status().map(|st| st["link"] != "online").unwrap_or(false)
+            s.agent
+                .status()
+                .map(|st| st["link"] != "online")
+                .unwrap_or(false)
         })?;
-        ensure!(started.elapsed() < Duration::from_secs(10), "{action}: link dropped after {:?}", started.elapsed());
+        ensure!(
+            started.elapsed() < Duration::from_secs(10),
+            "{action}: link dropped after {:?}",
+            started.elapsed()
+        );
         // The agent keeps trying, and the relay keeps refusing.
         std::thread::sleep(Duration::from_secs(2));
-        ensure!(s.agent.status()?["link"] != "online", "{action}ed device came back online");
-        ensure!(s.agent.log().contains("refused this device's key"), "{action}: agent log:\n{}", s.agent.log());
+        ensure!(
+            s.agent.status()?["link"] != "online",
+            "{action}ed device came back online"
+        );
+        ensure!(
+            s.agent.log().contains("refused this device's key"),
+            "{action}: agent log:\n{}",
+            s.agent.log()
+        );
         let r = s.engineer.exec("board1", "echo hi")?;
-        ensure!(r.status == Some(255) && r.stdout.is_empty(), "{action}ed device still reachable");
+        ensure!(
+            r.status == Some(255) && r.stdout.is_empty(),
+            "{action}ed device still reachable"
+        );
         if action == "reject" {
             // Accepting it again lets it back in.
             s.relay.admin_ok(&["device", "accept", &id])?;
             s.agent.wait_online()?;
             let r = s.engineer.exec("board1", "echo back")?;
-            ensure!(r.stdout == "back\n", "after accept: {} {}", r.stdout, r.stderr);
+            ensure!(
+                r.stdout == "back\n",
+                "after accept: {} {}",
+                r.stdout,
+                r.stderr
+            );
         }
         if let Some(mut p) = s.agent.proc.take() {
             p.terminate(Duration::from_secs(5));
@@ -79,14 +134,25 @@ fn rejected_and_removed_devices_lose_their_link() -> Result<()> {
 #[test]
 fn malformed_agent_config_names_file_line_and_key() -> Result<()> {
     let a = Agent::new("board1", &[])?;
-    std::fs::write(&a.config, "state_dir: /tmp/x\nlink:\n  keepalive_interval: 5s\n  bogus_key: 1\n")?;
+    std::fs::write(
+        &a.config,
+        "state_dir: /tmp/x\nlink:\n  keepalive_interval: 5s\n  bogus_key: 1\n",
+    )?;
     let r = a.cmd(&["status"])?;
     ensure!(r.status == Some(1), "exit {:?}", r.status);
     let config = a.config.display().to_string();
-    ensure!(r.stderr.contains(&config) && r.stderr.contains("bogus_key") && r.stderr.contains('4'), "{}", r.stderr);
+    ensure!(
+        r.stderr.contains(&config) && r.stderr.contains("bogus_key") && r.stderr.contains('4'),
+        "{}",
+        r.stderr
+    );
     std::fs::write(&a.config, "link:\n  keepalive_interval: soon\n")?;
     let r = a.cmd(&["status"])?;
-    ensure!(r.status == Some(1) && r.stderr.contains("keepalive_interval"), "{}", r.stderr);
+    ensure!(
+        r.status == Some(1) && r.stderr.contains("keepalive_interval"),
+        "{}",
+        r.stderr
+    );
     // Usage errors exit 2.
     let r = a.cmd(&["enroll"])?;
     ensure!(r.status == Some(2), "usage error exit {:?}", r.status);
@@ -98,27 +164,56 @@ fn unreachable_relay_is_reported_and_retried() -> Result<()> {
     let port = free_port()?;
     let a = Agent::new("board1", &[])?;
     let started = Instant::now();
-    let r = a.cmd(&["enroll", &format!("ssh://127.0.0.1:{port}"), "--token", "tet_x", "--name", "b"])?;
-    ensure!(r.status == Some(1) && r.stderr.contains(&format!("127.0.0.1:{port}")), "{}", r.stderr);
-    ensure!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+    let r = a.cmd(&[
+        "enroll",
+        &format!("ssh://127.0.0.1:{port}"),
+        "--token",
+        "tet_x",
+        "--name",
+        "b",
+    ])?;
+    ensure!(
+        r.status == Some(1) && r.stderr.contains(&format!("127.0.0.1:{port}")),
+        "{}",
+        r.stderr
+    );
+    ensure!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
 
     // An enrolled agent whose relay is gone keeps retrying, one log line per attempt.
     let mut s = Setup::new(Transport::Tcp)?;
     s.relay.stop()?;
-    wait_until(Duration::from_secs(15), "two failed attempts logged", || {
-        s.agent.log().matches("retrying in").count() >= 2
-    })?;
-    ensure!(s.agent.status()?["link"] != "online", "link online without a relay");
+    wait_until(
+        Duration::from_secs(15),
+        "two failed attempts logged",
+        || s.agent.log().matches("retrying in").count() >= 2,
+    )?;
+    ensure!(
+        s.agent.status()?["link"] != "online",
+        "link online without a relay"
+    );
     Ok(())
 }
 
 fn relay_restart(transport: Transport) -> Result<()> {
     let mut s = Setup::new(transport)?;
     let id = s.agent.device_id()?;
-    let mut cmd = s.engineer.ssh_cmd(&["-p", &s.engineer.ssh_port.to_string(), "board1@127.0.0.1", "echo started; sleep 60"]);
-    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut cmd = s.engineer.ssh_cmd(&[
+        "-p",
+        &s.engineer.ssh_port.to_string(),
+        "board1@127.0.0.1",
+        "echo started; sleep 60",
+    ]);
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
     let mut session = cmd.spawn()?;
-    let mut out = session.stdout.take().ok_or_else(|| anyhow::anyhow!("stdout"))?;
+    let mut out = session
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("stdout"))?;
     let mut first = [0u8; 8];
     out.read_exact(&mut first)?;
     ensure!(&first == b"started\n", "session did not start");
@@ -129,16 +224,27 @@ fn relay_restart(transport: Transport) -> Result<()> {
         if let Some(st) = session.try_wait()? {
             break st;
         }
-        ensure!(started.elapsed() < Duration::from_secs(10), "engineer ssh hung after relay stop");
+        ensure!(
+            started.elapsed() < Duration::from_secs(10),
+            "engineer ssh hung after relay stop"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     ensure!(!status.success(), "session reported success");
     let dev = s.relay.device_json(&id)?;
-    ensure!(dev["online"] == false, "device still online in the store after relay stop: {dev}");
+    ensure!(
+        dev["online"] == false,
+        "device still online in the store after relay stop: {dev}"
+    );
     s.relay.restart()?;
     s.agent.wait_online()?;
     let r = s.engineer.exec("board1", "echo again")?;
-    ensure!(r.stdout == "again\n", "after restart: {:?} {}", r.status, r.stderr);
+    ensure!(
+        r.stdout == "again\n",
+        "after restart: {:?} {}",
+        r.status,
+        r.stderr
+    );
     Ok(())
 }
 
@@ -173,13 +279,24 @@ fn garbage_and_half_open_connections_do_not_disturb_others() -> Result<()> {
     // A garbage WebSocket upgrade and a text message on the link.
     let mut c = TcpStream::connect(("127.0.0.1", s.relay.http_port))?;
     c.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(c, "GET /v1/link HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")?;
+    write!(
+        c,
+        "GET /v1/link HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+    )?;
     let mut resp = String::new();
     let _ = c.read_to_string(&mut resp);
-    ensure!(resp.starts_with("HTTP/1.1 400"), "bad upgrade answered {resp:?}");
+    ensure!(
+        resp.starts_with("HTTP/1.1 400"),
+        "bad upgrade answered {resp:?}"
+    );
 
     let r = s.engineer.exec("board1", "echo still-fine")?;
-    ensure!(r.stdout == "still-fine\n", "exec after garbage: {:?} {}", r.status, r.stderr);
+    ensure!(
+        r.stdout == "still-fine\n",
+        "exec after garbage: {:?} {}",
+        r.status,
+        r.stderr
+    );
     let (code, _) = s.relay.http_get("/healthz", None)?;
     ensure!(code == 200, "healthz {code}");
     ensure!(s.agent.status()?["link"] == "online", "agent link dropped");

@@ -13,37 +13,71 @@ use common::*;
 
 fn exec_and_stdin(transport: Transport) -> Result<()> {
     let s = Setup::new(transport)?;
-    let r = s.engineer.exec("board1", "echo out; echo err >&2; exit 7")?;
-    ensure!(r.status == Some(7), "exit status {:?}, stderr {}", r.status, r.stderr);
+    let r = s
+        .engineer
+        .exec("board1", "echo out; echo err >&2; exit 7")?;
+    ensure!(
+        r.status == Some(7),
+        "exit status {:?}, stderr {}",
+        r.status,
+        r.stderr
+    );
     ensure!(r.stdout == "out\n", "stdout {:?}", r.stdout);
     ensure!(r.stderr.contains("err"), "stderr {:?}", r.stderr);
 
-    let r = s.engineer.exec_input("board1", "cat; echo done", Some(b"hi\nthere\n"))?;
+    let r = s
+        .engineer
+        .exec_input("board1", "cat; echo done", Some(b"hi\nthere\n"))?;
     ensure!(r.status == Some(0), "cat: {:?} {}", r.status, r.stderr);
-    ensure!(r.stdout == "hi\nthere\ndone\n", "stdin piping gave {:?}", r.stdout);
+    ensure!(
+        r.stdout == "hi\nthere\ndone\n",
+        "stdin piping gave {:?}",
+        r.stdout
+    );
 
     // A large stdin stream comes back byte-exact.
     let data = pseudo_random(3 << 20, 7);
     let r = {
-        let cmd = s.engineer.ssh_cmd(&["-p", &s.engineer.ssh_port.to_string(), "board1@127.0.0.1", "cat"]);
+        let cmd = s.engineer.ssh_cmd(&[
+            "-p",
+            &s.engineer.ssh_port.to_string(),
+            "board1@127.0.0.1",
+            "cat",
+        ]);
         let mut cmd = cmd;
-        cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped());
         let mut child = cmd.spawn()?;
         let mut stdin = child.stdin.take().context("stdin")?;
         let sent = data.clone();
         let writer = std::thread::spawn(move || stdin.write_all(&sent));
         let mut out = Vec::new();
-        child.stdout.take().context("stdout")?.read_to_end(&mut out)?;
+        child
+            .stdout
+            .take()
+            .context("stdout")?
+            .read_to_end(&mut out)?;
         let _ = writer.join();
         let _ = child.wait();
         out
     };
-    ensure!(r.len() == data.len() && r == data, "echoed {} of {} bytes", r.len(), data.len());
+    ensure!(
+        r.len() == data.len() && r == data,
+        "echoed {} of {} bytes",
+        r.len(),
+        data.len()
+    );
 
     // The command runs as a login shell would see it.
-    let r = s.engineer.exec("board1", "echo $HOME; echo $USER; id -un")?;
+    let r = s
+        .engineer
+        .exec("board1", "echo $HOME; echo $USER; id -un")?;
     let lines: Vec<&str> = r.stdout.lines().collect();
-    ensure!(lines.len() == 3 && !lines[0].is_empty() && lines[1] == lines[2], "env {:?}", r.stdout);
+    ensure!(
+        lines.len() == 3 && !lines[0].is_empty() && lines[1] == lines[2],
+        "env {:?}",
+        r.stdout
+    );
 
     // A command killed by a signal is reported like OpenSSH does (ssh exits 255).
     let r = s.engineer.exec("board1", "kill -TERM $$")?;
@@ -60,7 +94,11 @@ fn exec_and_stdin(transport: Transport) -> Result<()> {
     ]);
     cmd.env_remove("LANG");
     let r = run_with_timeout(cmd, None, Duration::from_secs(30))?;
-    ensure!(r.stdout.trim() == "lang=C.UTF-8 secret=", "env passing gave {:?}", r.stdout);
+    ensure!(
+        r.stdout.trim() == "lang=C.UTF-8 secret=",
+        "env passing gave {:?}",
+        r.stdout
+    );
     Ok(())
 }
 
@@ -82,13 +120,25 @@ fn files(transport: Transport) -> Result<()> {
     for (name, len) in [("empty", 0usize), ("small", 1000), ("big", 24 << 20)] {
         let local = work.path().join(name);
         std::fs::write(&local, pseudo_random(len, len as u64 + 1))?;
-        let r = s.engineer.scp(&[&local.display().to_string(), &format!("board1@127.0.0.1:{rd}/{name}")])?;
+        let r = s.engineer.scp(&[
+            &local.display().to_string(),
+            &format!("board1@127.0.0.1:{rd}/{name}"),
+        ])?;
         ensure!(r.status == Some(0), "scp upload {name}: {}", r.stderr);
-        ensure!(std::fs::read(remote_dir.path().join(name))? == std::fs::read(&local)?, "upload {name} differs");
+        ensure!(
+            std::fs::read(remote_dir.path().join(name))? == std::fs::read(&local)?,
+            "upload {name} differs"
+        );
         let back = work.path().join(format!("{name}.back"));
-        let r = s.engineer.scp(&[&format!("board1@127.0.0.1:{rd}/{name}"), &back.display().to_string()])?;
+        let r = s.engineer.scp(&[
+            &format!("board1@127.0.0.1:{rd}/{name}"),
+            &back.display().to_string(),
+        ])?;
         ensure!(r.status == Some(0), "scp download {name}: {}", r.stderr);
-        ensure!(std::fs::read(&back)? == std::fs::read(&local)?, "download {name} differs");
+        ensure!(
+            std::fs::read(&back)? == std::fs::read(&local)?,
+            "download {name} differs"
+        );
     }
     let local = work.path().join("small");
     let batch = format!(
@@ -99,8 +149,14 @@ fn files(transport: Transport) -> Result<()> {
     let r = s.engineer.sftp_batch("board1", &batch)?;
     ensure!(r.status == Some(0), "sftp batch: {}{}", r.stdout, r.stderr);
     ensure!(r.stdout.contains("/sub/f"), "sftp ls output {:?}", r.stdout);
-    ensure!(std::fs::read(work.path().join("g"))? == std::fs::read(&local)?, "sftp get differs");
-    ensure!(!remote_dir.path().join("sub").exists(), "sftp rmdir left the directory");
+    ensure!(
+        std::fs::read(work.path().join("g"))? == std::fs::read(&local)?,
+        "sftp get differs"
+    );
+    ensure!(
+        !remote_dir.path().join("sub").exists(),
+        "sftp rmdir left the directory"
+    );
     Ok(())
 }
 
@@ -173,7 +229,8 @@ fn local_forward(transport: Transport) -> Result<()> {
         &format!("127.0.0.1:{local2}:127.0.0.1:{refused_port}"),
         "board1@127.0.0.1",
     ]);
-    cmd.stdin(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+    cmd.stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
     let _child2 = KillOnDrop(cmd.spawn()?);
     wait_for_port(local2)?;
     let mut conn = std::net::TcpStream::connect(("127.0.0.1", local2))?;
@@ -182,7 +239,10 @@ fn local_forward(transport: Transport) -> Result<()> {
     let mut buf = [0u8; 16];
     let n = conn.read(&mut buf).unwrap_or(0);
     ensure!(n == 0, "a refused forward returned data");
-    ensure!(s.agent.log().contains("not in forward.allow"), "agent did not log the refusal");
+    ensure!(
+        s.agent.log().contains("not in forward.allow"),
+        "agent did not log the refusal"
+    );
     child.0.kill()?;
     Ok(())
 }
@@ -231,7 +291,11 @@ fn proxy_jump(transport: Transport) -> Result<()> {
     ensure!(r.status == Some(0), "ProxyJump failed: {}", r.stderr);
     ensure!(r.stdout.starts_with("via-sshd\n"), "output {:?}", r.stdout);
     // The device's sshd saw a connection from the agent (loopback), proving bytes went end to end.
-    ensure!(r.stdout.contains("127.0.0.1"), "SSH_CONNECTION {:?}", r.stdout);
+    ensure!(
+        r.stdout.contains("127.0.0.1"),
+        "SSH_CONNECTION {:?}",
+        r.stdout
+    );
     Ok(())
 }
 
@@ -254,7 +318,18 @@ impl Tmux {
     fn new(cmdline: &str, cols: u16, rows: u16) -> Result<Tmux> {
         let socket = format!("tether-test-{}-{}", std::process::id(), free_port()?);
         let st = Command::new("tmux")
-            .args(["-L", &socket, "-f", "/dev/null", "new-session", "-d", "-x", &cols.to_string(), "-y", &rows.to_string()])
+            .args([
+                "-L",
+                &socket,
+                "-f",
+                "/dev/null",
+                "new-session",
+                "-d",
+                "-x",
+                &cols.to_string(),
+                "-y",
+                &rows.to_string(),
+            ])
             .arg(cmdline)
             .status()
             .context("running tmux")?;
@@ -262,7 +337,10 @@ impl Tmux {
         Ok(Tmux { socket })
     }
     fn tmux(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new("tmux").args(["-L", &self.socket]).args(args).output()?;
+        let out = Command::new("tmux")
+            .args(["-L", &self.socket])
+            .args(args)
+            .output()?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
     fn send(&self, keys: &[&str]) -> Result<()> {
@@ -271,17 +349,22 @@ impl Tmux {
         self.tmux(&args).map(|_| ())
     }
     fn screen(&self) -> String {
-        self.tmux(&["capture-pane", "-p", "-t", "0"]).unwrap_or_default()
+        self.tmux(&["capture-pane", "-p", "-t", "0"])
+            .unwrap_or_default()
     }
     fn wait_for(&self, text: &str) -> Result<()> {
-        wait_until(Duration::from_secs(20), text, || self.screen().contains(text))
-            .with_context(|| format!("screen was:\n{}", self.screen()))
+        wait_until(Duration::from_secs(20), text, || {
+            self.screen().contains(text)
+        })
+        .with_context(|| format!("screen was:\n{}", self.screen()))
     }
 }
 
 impl Drop for Tmux {
     fn drop(&mut self) {
-        let _ = Command::new("tmux").args(["-L", &self.socket, "kill-server"]).status();
+        let _ = Command::new("tmux")
+            .args(["-L", &self.socket, "kill-server"])
+            .status();
     }
 }
 
@@ -313,8 +396,15 @@ fn pty_shell(transport: Transport) -> Result<()> {
     t.send(&["C-c"])?;
     t.send(&["echo after-$((6*7))", "Enter"])?;
     t.wait_for("after-42")?;
-    ensure!(started.elapsed() < Duration::from_secs(10), "Ctrl-C took {:?}", started.elapsed());
-    ensure!(!t.screen().lines().any(|l| l.trim() == "not-interrupted"), "sleep was not interrupted");
+    ensure!(
+        started.elapsed() < Duration::from_secs(10),
+        "Ctrl-C took {:?}",
+        started.elapsed()
+    );
+    ensure!(
+        !t.screen().lines().any(|l| l.trim() == "not-interrupted"),
+        "sleep was not interrupted"
+    );
     t.send(&["exit", "Enter"])?;
     Ok(())
 }
@@ -335,7 +425,10 @@ fn many_sessions_and_devices_and_a_stalled_session() -> Result<()> {
     relay.tenant("acme")?;
     let engineer = relay.engineer("alice", "acme", "admin")?;
     let mut agents = Vec::new();
-    for (i, transport) in [Transport::Tcp, Transport::WebSocket, Transport::Tcp].into_iter().enumerate() {
+    for (i, transport) in [Transport::Tcp, Transport::WebSocket, Transport::Tcp]
+        .into_iter()
+        .enumerate()
+    {
         let mut a = Agent::new(&format!("board{i}"), &[])?;
         a.enroll(&relay, transport, "acme")?;
         a.start()?;
@@ -345,8 +438,15 @@ fn many_sessions_and_devices_and_a_stalled_session() -> Result<()> {
         a.wait_online()?;
     }
     // A session whose output nobody reads: its flow control must not hold up anyone else.
-    let mut stalled = engineer.ssh_cmd(&["-p", &engineer.ssh_port.to_string(), "board0@127.0.0.1", "yes"]);
-    stalled.stdout(std::process::Stdio::piped()).stdin(std::process::Stdio::null());
+    let mut stalled = engineer.ssh_cmd(&[
+        "-p",
+        &engineer.ssh_port.to_string(),
+        "board0@127.0.0.1",
+        "yes",
+    ]);
+    stalled
+        .stdout(std::process::Stdio::piped())
+        .stdin(std::process::Stdio::null());
     let _stalled = KillOnDrop(stalled.spawn()?);
     std::thread::sleep(Duration::from_millis(500));
 
@@ -357,14 +457,26 @@ fn many_sessions_and_devices_and_a_stalled_session() -> Result<()> {
         let port = engineer.ssh_port;
         handles.push(std::thread::spawn(move || -> Result<()> {
             let mut cmd = Command::new("ssh");
-            cmd.arg("-F").arg(&cfg).args(["-p", &port.to_string(), &format!("{device}@127.0.0.1"), &format!("sleep 1; echo n={i}")]);
+            cmd.arg("-F").arg(&cfg).args([
+                "-p",
+                &port.to_string(),
+                &format!("{device}@127.0.0.1"),
+                &format!("sleep 1; echo n={i}"),
+            ]);
             let r = run_with_timeout(cmd, None, Duration::from_secs(60))?;
-            ensure!(r.status == Some(0) && r.stdout.trim() == format!("n={i}"), "session {i}: {:?} {} {}", r.status, r.stdout, r.stderr);
+            ensure!(
+                r.status == Some(0) && r.stdout.trim() == format!("n={i}"),
+                "session {i}: {:?} {} {}",
+                r.status,
+                r.stdout,
+                r.stderr
+            );
             Ok(())
         }));
     }
     for h in handles {
-        h.join().map_err(|_| anyhow::anyhow!("session thread panicked"))??;
+        h.join()
+            .map_err(|_| anyhow::anyhow!("session thread panicked"))??;
     }
     Ok(())
 }

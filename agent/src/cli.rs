@@ -108,7 +108,13 @@ fn load_config(cli: &Cli) -> Result<AgentConfig> {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     match &cli.command {
-        Command::Enroll { url, token, name, force, fingerprint } => {
+        Command::Enroll {
+            url,
+            token,
+            name,
+            force,
+            fingerprint,
+        } => {
             let config = load_config(&cli)?;
             let opts = EnrollOptions {
                 url: url.clone(),
@@ -177,8 +183,10 @@ async fn run_agent(config: AgentConfig) -> Result<()> {
 
 async fn wait_for_stop_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         // Without signal handlers the default action (terminate) still applies.
         std::future::pending::<()>().await;
         return;
@@ -211,7 +219,9 @@ fn show_status(config: &AgentConfig, json: bool) -> Result<ExitCode> {
         Err(e) => return Err(e.into()),
     };
     let link = status::read(&config.state_dir);
-    let device_fingerprint = identity::load(&config.state_dir).ok().map(|k| identity::fingerprint(&k));
+    let device_fingerprint = identity::load(&config.state_dir)
+        .ok()
+        .map(|k| identity::fingerprint(&k));
     let report = StatusReport {
         enrolled: record.is_some(),
         device_id: record.as_ref().map(|r| r.device_id.clone()),
@@ -228,14 +238,21 @@ fn show_status(config: &AgentConfig, json: bool) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
-        println!("enrolled:           {}", if report.enrolled { "yes" } else { "no" });
+        println!(
+            "enrolled:           {}",
+            if report.enrolled { "yes" } else { "no" }
+        );
         println!("device id:          {}", dash(&report.device_id));
         println!("name:               {}", dash(&report.name));
         println!("tenant:             {}", dash(&report.tenant));
         println!("relay:              {}", dash(&report.relay_url));
         println!("relay host key:     {}", dash(&report.relay_fingerprint));
         println!("device key:         {}", dash(&report.device_fingerprint));
-        println!("link:               {} since {}", report.link, dash(&report.since));
+        println!(
+            "link:               {} since {}",
+            report.link,
+            dash(&report.since)
+        );
         if let Some(e) = &report.last_error {
             println!("last error:         {e}");
         }

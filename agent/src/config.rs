@@ -79,7 +79,10 @@ impl Default for AgentConfig {
         Self {
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             link: LinkConfig::default(),
-            shell: ShellConfig { accept_env: default_accept_env(), ..ShellConfig::default() },
+            shell: ShellConfig {
+                accept_env: default_accept_env(),
+                ..ShellConfig::default()
+            },
             forward: ForwardConfig::default(),
         }
     }
@@ -99,7 +102,9 @@ impl Default for LinkConfig {
 
 impl Default for ForwardConfig {
     fn default() -> Self {
-        Self { allow: vec!["127.0.0.1:22".to_string()] }
+        Self {
+            allow: vec!["127.0.0.1:22".to_string()],
+        }
     }
 }
 
@@ -144,8 +149,10 @@ impl AgentConfig {
         let mut config: AgentConfig = if text.trim().is_empty() {
             AgentConfig::default()
         } else {
-            serde_saphyr::from_str(text)
-                .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?
+            serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?
         };
         // An absent accept_env means the default; an explicit empty list means none.
         if !text.contains("accept_env") {
@@ -163,13 +170,19 @@ impl AgentConfig {
         };
         let link = &self.link;
         if link.keepalive_interval.is_zero() {
-            return Err(invalid("link.keepalive_interval", "must be greater than zero".into()));
+            return Err(invalid(
+                "link.keepalive_interval",
+                "must be greater than zero".into(),
+            ));
         }
         if link.keepalive_max == 0 {
             return Err(invalid("link.keepalive_max", "must be at least 1".into()));
         }
         if link.connect_timeout.is_zero() {
-            return Err(invalid("link.connect_timeout", "must be greater than zero".into()));
+            return Err(invalid(
+                "link.connect_timeout",
+                "must be greater than zero".into(),
+            ));
         }
         if link.backoff_initial.is_zero() || link.backoff_initial > link.backoff_max {
             return Err(invalid(
@@ -199,8 +212,10 @@ impl AgentConfig {
 
 /// Loads the configuration file at `path`, which must exist.
 pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     AgentConfig::parse(&text, path)
 }
 
@@ -250,9 +265,15 @@ mod tests {
     fn errors_name_file_line_and_key() {
         let msg = |t: &str| parse(t).err().map(|e| e.to_string()).unwrap_or_default();
         let e = msg("link:\n  keepalive_interval: 5s\n  bogus_key: 1\n");
-        assert!(e.contains("/etc/tether/agent.yaml") && e.contains("bogus_key") && e.contains("line 3"), "{e}");
+        assert!(
+            e.contains("/etc/tether/agent.yaml") && e.contains("bogus_key") && e.contains("line 3"),
+            "{e}"
+        );
         let e = msg("link:\n  keepalive_interval: soon\n");
-        assert!(e.contains("line 2") && e.contains("keepalive_interval"), "{e}");
+        assert!(
+            e.contains("line 2") && e.contains("keepalive_interval"),
+            "{e}"
+        );
         let e = msg("forward:\n  allow: ['nohost']\n");
         assert!(e.contains("forward.allow[0]"), "{e}");
         let e = msg("link:\n  backoff_initial: 2m\n  backoff_max: 1m\n");
@@ -263,7 +284,10 @@ mod tests {
     fn missing_default_file_means_defaults() -> Result<(), ConfigError> {
         let dir = std::env::temp_dir().join("tether-no-such-config.yaml");
         assert_eq!(load_or_default(&dir, false)?, AgentConfig::default());
-        assert!(matches!(load_or_default(&dir, true), Err(ConfigError::Io { .. })));
+        assert!(matches!(
+            load_or_default(&dir, true),
+            Err(ConfigError::Io { .. })
+        ));
         Ok(())
     }
 }

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use russh::ChannelMsg;
 use russh::keys::HashAlg;
 use tether_protocol::enroll::{EnrollRequest, EnrollResponse, MAX_ENROLL_MESSAGE};
-use tether_protocol::names::{ENROLL_SUBSYSTEM, ENROLL_USER, sanitize_device_name, validate_device_name};
+use tether_protocol::names::{
+    ENROLL_SUBSYSTEM, ENROLL_USER, sanitize_device_name, validate_device_name,
+};
 use thiserror::Error;
 
 use crate::config::AgentConfig;
@@ -144,11 +146,18 @@ pub async fn enroll(
         agent_version: crate::VERSION.to_string(),
         force: opts.force,
     };
-    let mut line = serde_json::to_vec(&request).map_err(|e| EnrollError::Protocol(e.to_string()))?;
+    let mut line =
+        serde_json::to_vec(&request).map_err(|e| EnrollError::Protocol(e.to_string()))?;
     line.push(b'\n');
 
-    let mut channel = handle.channel_open_session().await.map_err(LinkError::from)?;
-    channel.request_subsystem(true, ENROLL_SUBSYSTEM).await.map_err(LinkError::from)?;
+    let mut channel = handle
+        .channel_open_session()
+        .await
+        .map_err(LinkError::from)?;
+    channel
+        .request_subsystem(true, ENROLL_SUBSYSTEM)
+        .await
+        .map_err(LinkError::from)?;
     channel.data(&line[..]).await.map_err(LinkError::from)?;
     channel.eof().await.map_err(LinkError::from)?;
 
@@ -179,14 +188,21 @@ pub async fn enroll(
     tokio::time::timeout(config.link.connect_timeout, exchange)
         .await
         .map_err(|_| EnrollError::Protocol("no answer from the relay in time".into()))??;
-    let _ = handle.disconnect(russh::Disconnect::ByApplication, "enrolled", "en").await;
+    let _ = handle
+        .disconnect(russh::Disconnect::ByApplication, "enrolled", "en")
+        .await;
 
     let text = String::from_utf8_lossy(&answer);
     let response: EnrollResponse = serde_json::from_str(text.trim())
         .map_err(|e| EnrollError::Protocol(format!("{e} in {:?}", text.trim())))?;
     match response {
         EnrollResponse::Refused { message } => Err(EnrollError::Refused(message)),
-        EnrollResponse::Enrolled { device_id, name, tenant, status } => {
+        EnrollResponse::Enrolled {
+            device_id,
+            name,
+            tenant,
+            status,
+        } => {
             let record = Enrollment {
                 relay_url: opts.url.clone(),
                 device_id,

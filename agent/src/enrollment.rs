@@ -83,12 +83,18 @@ pub fn exists(state_dir: &Path) -> bool {
 
 /// Writes the enrollment record atomically.
 pub fn store(state_dir: &Path, enrollment: &Enrollment) -> Result<(), EnrollmentError> {
-    write_atomic(&path(state_dir), &serde_json::to_vec_pretty(enrollment).unwrap_or_default())
+    write_atomic(
+        &path(state_dir),
+        &serde_json::to_vec_pretty(enrollment).unwrap_or_default(),
+    )
 }
 
 /// Writes `bytes` to `path` through a temporary file and a rename (mode 0600).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EnrollmentError> {
-    let io = |source| EnrollmentError::Io { path: path.to_path_buf(), source };
+    let io = |source| EnrollmentError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).map_err(io)?;
     }
@@ -112,7 +118,10 @@ mod tests {
     #[test]
     fn round_trip_and_missing() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
-        assert!(matches!(load(dir.path()), Err(EnrollmentError::NotEnrolled(_))));
+        assert!(matches!(
+            load(dir.path()),
+            Err(EnrollmentError::NotEnrolled(_))
+        ));
         let e = Enrollment {
             relay_url: "ssh://127.0.0.1:2222".into(),
             device_id: "dev_1".into(),
@@ -125,7 +134,10 @@ mod tests {
         store(dir.path(), &e)?;
         assert_eq!(load(dir.path())?, e);
         fs::write(path(dir.path()), b"{not json")?;
-        let err = load(dir.path()).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = load(dir.path())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("corrupt enrollment record"), "{err}");
         Ok(())
     }

@@ -27,10 +27,16 @@ impl ForwardPolicy {
             .iter()
             .filter_map(|entry| {
                 let parsed = entry.rsplit_once(':').and_then(|(host, port)| {
-                    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+                    let host = host
+                        .trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .to_string();
                     match port {
                         "*" => Some(Target { host, port: None }),
-                        p => p.parse().ok().map(|p| Target { host, port: Some(p) }),
+                        p => p.parse().ok().map(|p| Target {
+                            host,
+                            port: Some(p),
+                        }),
                     }
                 });
                 if parsed.is_none() {
@@ -44,7 +50,9 @@ impl ForwardPolicy {
 
     /// Whether `host:port` may be dialled.
     pub fn allows(&self, host: &str, port: u32) -> bool {
-        let Ok(port) = u16::try_from(port) else { return false };
+        let Ok(port) = u16::try_from(port) else {
+            return false;
+        };
         let host = host.trim_start_matches('[').trim_end_matches(']');
         self.allowed
             .iter()
@@ -68,7 +76,11 @@ mod tests {
 
     #[test]
     fn only_listed_targets_are_allowed() {
-        let p = ForwardPolicy::new(&["127.0.0.1:22".into(), "localhost:*".into(), "[::1]:80".into()]);
+        let p = ForwardPolicy::new(&[
+            "127.0.0.1:22".into(),
+            "localhost:*".into(),
+            "[::1]:80".into(),
+        ]);
         assert!(p.allows("127.0.0.1", 22));
         assert!(!p.allows("127.0.0.1", 23));
         assert!(p.allows("localhost", 8080));

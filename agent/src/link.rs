@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
+use russh::client::ChannelOpenHandle;
 use russh::client::{self, Msg, Session};
 use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
-use russh::client::ChannelOpenHandle;
 use russh::{Channel, ChannelOpenFailure, Preferred, SshId, cipher};
 use tether_protocol::names::{EMBEDDED_SSH_TARGET, LINK_FORWARD_ADDRESS, LINK_USER};
 use thiserror::Error;
@@ -96,7 +96,9 @@ impl HostKeyCheck {
     fn check(&mut self, presented: &PublicKeyOrCertificate) -> bool {
         let key = match presented {
             PublicKeyOrCertificate::PublicKey { key, .. } => key.clone(),
-            PublicKeyOrCertificate::Certificate(cert) => PublicKey::new(cert.public_key().clone(), ""),
+            PublicKeyOrCertificate::Certificate(cert) => {
+                PublicKey::new(cert.public_key().clone(), "")
+            }
         };
         let fp = key.fingerprint(HashAlg::Sha256).to_string();
         self.seen = Some(key.clone());
@@ -170,7 +172,9 @@ impl client::Handler for LinkHandler {
             tracing::warn!(
                 "refused forward to {connected_address}:{connected_port}: not in forward.allow"
             );
-            reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
             return Ok(());
         }
         let host = connected_address.to_string();
@@ -205,11 +209,24 @@ pub async fn open(
     host_key: HostKeyCheck,
     server: Arc<ServerSettings>,
     policy: Arc<ForwardPolicy>,
-) -> Result<(client::Handle<impl client::Handler<Error = LinkError>>, Option<PublicKey>), LinkError> {
+) -> Result<
+    (
+        client::Handle<impl client::Handler<Error = LinkError>>,
+        Option<PublicKey>,
+    ),
+    LinkError,
+> {
     let stream = transport::connect(relay, link.connect_timeout).await?;
     let config = Arc::new(ssh_client_config(link));
     let (seen_tx, seen_rx) = tokio::sync::oneshot::channel();
-    let handler = SeenReporter { inner: LinkHandler { host_key, server, policy }, seen: Some(seen_tx) };
+    let handler = SeenReporter {
+        inner: LinkHandler {
+            host_key,
+            server,
+            policy,
+        },
+        seen: Some(seen_tx),
+    };
     let handshake = async {
         let mut handle = client::connect_stream(config, stream, handler).await?;
         let auth = handle
@@ -247,8 +264,13 @@ impl client::Handler for SeenReporter {
             let _ = tx.send(seen.clone());
         }
         if !ok {
-            let presented = seen.map(|k| k.fingerprint(HashAlg::Sha256).to_string()).unwrap_or_default();
-            let pinned = match (&self.inner.host_key.pinned, &self.inner.host_key.expected_fingerprint) {
+            let presented = seen
+                .map(|k| k.fingerprint(HashAlg::Sha256).to_string())
+                .unwrap_or_default();
+            let pinned = match (
+                &self.inner.host_key.pinned,
+                &self.inner.host_key.expected_fingerprint,
+            ) {
                 (Some(k), _) => k.fingerprint(HashAlg::Sha256).to_string(),
                 (None, Some(fp)) => fp.clone(),
                 (None, None) => String::new(),
@@ -300,7 +322,11 @@ pub async fn run(ctx: LinkContext, mut shutdown: watch::Receiver<bool>) -> Resul
             link_cfg,
             ctx.key.clone(),
             LINK_USER,
-            HostKeyCheck { pinned: Some(pinned.clone()), expected_fingerprint: None, seen: None },
+            HostKeyCheck {
+                pinned: Some(pinned.clone()),
+                expected_fingerprint: None,
+                seen: None,
+            },
             ctx.server.clone(),
             ctx.policy.clone(),
         );
@@ -367,7 +393,11 @@ pub struct Backoff {
 impl Backoff {
     /// A backoff starting at `initial` and never exceeding `max`.
     pub fn new(initial: Duration, max: Duration) -> Self {
-        Self { initial, max, current: initial }
+        Self {
+            initial,
+            max,
+            current: initial,
+        }
     }
 
     /// Starts over after a successful connection.

@@ -77,7 +77,8 @@ impl AsyncMaster {
         // SAFETY: `master` is an `OwnedFd`, so its descriptor is valid and open, and the
         // AsyncFd owns it for its whole lifetime: nothing else can close or replace it, and
         // `as_raw_fd` on an OwnedFd always returns the same descriptor.
-        let fd = unsafe { AsyncFd::register(master) }.map_err(|e| io::Error::other(e.to_string()))?;
+        let fd =
+            unsafe { AsyncFd::register(master) }.map_err(|e| io::Error::other(e.to_string()))?;
         Ok(Self { fd })
     }
 
@@ -98,7 +99,8 @@ impl AsyncMaster {
     pub async fn write_all(&self, mut data: &[u8]) -> io::Result<()> {
         while !data.is_empty() {
             let mut guard = self.fd.writable().await?;
-            match guard.try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(io::Error::from)) {
+            match guard.try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(io::Error::from))
+            {
                 Ok(Ok(n)) => data = &data[n..],
                 Ok(Err(e)) => return Err(e),
                 Err(_would_block) => continue,

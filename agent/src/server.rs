@@ -42,7 +42,9 @@ pub enum ServerError {
     #[error("shell.user {0:?}: no such user")]
     NoSuchUser(String),
     /// The agent cannot switch to the configured user.
-    #[error("shell.user {user:?}: the agent runs as uid {uid} and can only serve sessions as itself; run it as root to serve another user")]
+    #[error(
+        "shell.user {user:?}: the agent runs as uid {uid} and can only serve sessions as itself; run it as root to serve another user"
+    )]
     CannotSwitchUser {
         /// The configured user.
         user: String,
@@ -88,28 +90,56 @@ impl ServerSettings {
         let me = Uid::current();
         let user = match &shell.user {
             Some(name) => nix::unistd::User::from_name(name)
-                .map_err(|source| ServerError::Lookup { user: name.clone(), source })?
+                .map_err(|source| ServerError::Lookup {
+                    user: name.clone(),
+                    source,
+                })?
                 .ok_or_else(|| ServerError::NoSuchUser(name.clone()))?,
             None => nix::unistd::User::from_uid(me)
-                .map_err(|source| ServerError::Lookup { user: me.to_string(), source })?
+                .map_err(|source| ServerError::Lookup {
+                    user: me.to_string(),
+                    source,
+                })?
                 .ok_or_else(|| ServerError::NoSuchUser(me.to_string()))?,
         };
         let switch = user.uid != me;
         if switch && !me.is_root() {
-            return Err(ServerError::CannotSwitchUser { user: user.name, uid: me.as_raw() });
+            return Err(ServerError::CannotSwitchUser {
+                user: user.name,
+                uid: me.as_raw(),
+            });
         }
         let groups = if switch {
-            let cname = CString::new(user.name.clone()).map_err(|_| ServerError::NoSuchUser(user.name.clone()))?;
-            nix::unistd::getgrouplist(&cname, user.gid)
-                .map_err(|source| ServerError::Lookup { user: user.name.clone(), source })?
+            let cname = CString::new(user.name.clone())
+                .map_err(|_| ServerError::NoSuchUser(user.name.clone()))?;
+            nix::unistd::getgrouplist(&cname, user.gid).map_err(|source| ServerError::Lookup {
+                user: user.name.clone(),
+                source,
+            })?
         } else {
             Vec::new()
         };
         let login_shell = shell.shell.clone().unwrap_or_else(|| {
-            if user.shell.as_os_str().is_empty() { PathBuf::from("/bin/sh") } else { user.shell.clone() }
+            if user.shell.as_os_str().is_empty() {
+                PathBuf::from("/bin/sh")
+            } else {
+                user.shell.clone()
+            }
         });
-        let home = if user.dir.is_dir() { user.dir.clone() } else { PathBuf::from("/") };
-        let account = Account { name: user.name, uid: user.uid, gid: user.gid, groups, home, shell: login_shell, switch };
+        let home = if user.dir.is_dir() {
+            user.dir.clone()
+        } else {
+            PathBuf::from("/")
+        };
+        let account = Account {
+            name: user.name,
+            uid: user.uid,
+            gid: user.gid,
+            groups,
+            home,
+            shell: login_shell,
+            switch,
+        };
         let mut methods = MethodSet::empty();
         methods.push(MethodKind::None);
         methods.push(MethodKind::PublicKey);
@@ -122,13 +152,21 @@ impl ServerSettings {
             preferred: Preferred {
                 // The relay negotiates `none` inside the link, which is already encrypted and
                 // authenticated end to end between relay and device.
-                cipher: std::borrow::Cow::Owned(vec![cipher::NONE, cipher::AES_256_GCM, cipher::CHACHA20_POLY1305]),
+                cipher: std::borrow::Cow::Owned(vec![
+                    cipher::NONE,
+                    cipher::AES_256_GCM,
+                    cipher::CHACHA20_POLY1305,
+                ]),
                 mac: std::borrow::Cow::Owned(vec![mac::NONE, mac::HMAC_SHA256]),
                 ..Preferred::default()
             },
             ..Default::default()
         };
-        Ok(Self { shell, account, config: Arc::new(config) })
+        Ok(Self {
+            shell,
+            account,
+            config: Arc::new(config),
+        })
     }
 
     /// The unix user sessions run as.
@@ -142,7 +180,11 @@ pub async fn serve<S>(stream: S, settings: Arc<ServerSettings>) -> Result<(), Se
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let handler = Handler { settings: settings.clone(), channels: HashMap::new(), engineer: String::new() };
+    let handler = Handler {
+        settings: settings.clone(),
+        channels: HashMap::new(),
+        engineer: String::new(),
+    };
     let running = server::run_stream(settings.config.clone(), stream, handler).await?;
     running.await
 }
@@ -170,14 +212,23 @@ enum Program {
 
 impl Handler {
     fn env_allowed(&self, name: &str) -> bool {
-        self.settings.shell.accept_env.iter().any(|pat| match pat.strip_suffix('*') {
-            Some(prefix) => name.starts_with(prefix),
-            None => pat == name,
-        })
+        self.settings
+            .shell
+            .accept_env
+            .iter()
+            .any(|pat| match pat.strip_suffix('*') {
+                Some(prefix) => name.starts_with(prefix),
+                None => pat == name,
+            })
     }
 
     /// Starts `program` on `channel_id`, answering the request.
-    fn start(&mut self, channel_id: ChannelId, program: Program, session: &mut Session) -> Result<(), russh::Error> {
+    fn start(
+        &mut self,
+        channel_id: ChannelId,
+        program: Program,
+        session: &mut Session,
+    ) -> Result<(), russh::Error> {
         let Some(pending) = self.channels.get_mut(&channel_id) else {
             return session.channel_failure(channel_id);
         };
@@ -213,7 +264,11 @@ impl server::Handler for Handler {
         Ok(Auth::Accept)
     }
 
-    async fn auth_publickey(&mut self, user: &str, _key: server::VerifiedPublicKey<'_>) -> Result<Auth, Self::Error> {
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        _key: server::VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
         self.engineer = user.to_string();
         Ok(Auth::Accept)
     }
@@ -224,12 +279,22 @@ impl server::Handler for Handler {
         reply: server::ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.channels.insert(channel.id(), Pending { channel: Some(channel), ..Pending::default() });
+        self.channels.insert(
+            channel.id(),
+            Pending {
+                channel: Some(channel),
+                ..Pending::default()
+            },
+        );
         reply.accept().await;
         Ok(())
     }
 
-    async fn channel_close(&mut self, channel: ChannelId, _session: &mut Session) -> Result<(), Self::Error> {
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
         self.channels.remove(&channel);
         Ok(())
     }
@@ -247,7 +312,12 @@ impl server::Handler for Handler {
     ) -> Result<(), Self::Error> {
         match self.channels.get_mut(&channel) {
             Some(p) if p.channel.is_some() => {
-                let size = Size { cols: col_width, rows: row_height, px_width: pix_width, px_height: pix_height };
+                let size = Size {
+                    cols: col_width,
+                    rows: row_height,
+                    px_width: pix_width,
+                    px_height: pix_height,
+                };
                 p.pty = Some((term.to_string(), size));
                 session.channel_success(channel)?;
             }
@@ -274,16 +344,30 @@ impl server::Handler for Handler {
         Ok(())
     }
 
-    async fn shell_request(&mut self, channel: ChannelId, session: &mut Session) -> Result<(), Self::Error> {
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         Ok(self.start(channel, Program::Shell, session)?)
     }
 
-    async fn exec_request(&mut self, channel: ChannelId, data: &[u8], session: &mut Session) -> Result<(), Self::Error> {
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         let command = String::from_utf8_lossy(data).into_owned();
         Ok(self.start(channel, Program::Exec(command), session)?)
     }
 
-    async fn subsystem_request(&mut self, channel: ChannelId, name: &str, session: &mut Session) -> Result<(), Self::Error> {
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         if name == "sftp" {
             Ok(self.start(channel, Program::Sftp, session)?)
         } else {
@@ -293,9 +377,18 @@ impl server::Handler for Handler {
 }
 
 /// Builds the command for `program` with the login environment of the session user.
-fn command(settings: &ServerSettings, program: &Program, term: Option<&str>, env: &[(String, String)]) -> Command {
+fn command(
+    settings: &ServerSettings,
+    program: &Program,
+    term: Option<&str>,
+    env: &[(String, String)],
+) -> Command {
     let account = &settings.account;
-    let shell_name = account.shell.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "sh".into());
+    let shell_name = account
+        .shell
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "sh".into());
     let mut cmd = match program {
         Program::Shell => {
             let mut c = Command::new(&account.shell);
@@ -338,7 +431,9 @@ fn command(settings: &ServerSettings, program: &Program, term: Option<&str>, env
 /// Makes the child a session leader (own process group, so signals and hang-up reach all of
 /// it), gives it `ctty` as controlling terminal, and drops to the session user.
 fn prepare_child(cmd: &mut Command, account: &Account, ctty: bool) {
-    let switch = account.switch.then(|| (account.uid, account.gid, account.groups.clone()));
+    let switch = account
+        .switch
+        .then(|| (account.uid, account.gid, account.groups.clone()));
     // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
     // functions may be called. It calls setsid, ioctl(TIOCSCTTY), setgroups, setgid and setuid,
     // each a direct system call through nix/libc with no allocation or locking; the captured
@@ -429,7 +524,13 @@ async fn finish(
                 let _ = writer.exit_status(code as u32).await;
             } else if let Some(sig) = st.signal() {
                 let _ = handle
-                    .exit_signal_request(id, sig_of(sig), st.core_dumped(), String::new(), "en".into())
+                    .exit_signal_request(
+                        id,
+                        sig_of(sig),
+                        st.core_dumped(),
+                        String::new(),
+                        "en".into(),
+                    )
                     .await;
             }
         }
@@ -459,7 +560,12 @@ async fn run_program(
 }
 
 async fn spawn_error(channel: Channel<Msg>, e: &std::io::Error) {
-    let _ = channel.extended_data(1, format!("tether: cannot start session: {e}\r\n").as_bytes()).await;
+    let _ = channel
+        .extended_data(
+            1,
+            format!("tether: cannot start session: {e}\r\n").as_bytes(),
+        )
+        .await;
     let _ = channel.exit_status(127).await;
     let _ = channel.eof().await;
     let _ = channel.close().await;
@@ -473,7 +579,9 @@ async fn run_with_pipes(
     env: &[(String, String)],
 ) -> std::io::Result<()> {
     let mut cmd = command(settings, &program, None, env);
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     prepare_child(&mut cmd, &settings.account, false);
     let mut child: Child = match cmd.spawn() {
         Ok(c) => c,
@@ -483,14 +591,20 @@ async fn run_with_pipes(
         }
     };
     let pgid = child_pgid(&child);
-    let (Some(stdin), Some(mut stdout), Some(mut stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    let (Some(stdin), Some(mut stdout), Some(mut stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
     else {
         return Err(std::io::Error::other("child pipes missing"));
     };
     let id = channel.id();
     let (reader, writer) = channel.split();
     let exited = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let input = tokio::spawn(pump_input(reader, Input::Pipe(Some(stdin)), pgid, exited.clone()));
+    let input = tokio::spawn(pump_input(
+        reader,
+        Input::Pipe(Some(stdin)),
+        pgid,
+        exited.clone(),
+    ));
 
     let mut out_w = writer.make_writer();
     let mut err_w = writer.make_writer_ext(Some(1));
@@ -550,7 +664,12 @@ async fn run_on_pty(
     let id = channel.id();
     let (reader, writer) = channel.split();
     let exited = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let input = tokio::spawn(pump_input(reader, Input::Pty(master.clone()), pgid, exited.clone()));
+    let input = tokio::spawn(pump_input(
+        reader,
+        Input::Pty(master.clone()),
+        pgid,
+        exited.clone(),
+    ));
 
     let mut out_w = writer.make_writer();
     let out_master = master.clone();
@@ -620,9 +739,19 @@ async fn pump_input(
                     *stdin = None;
                 }
             }
-            ChannelMsg::WindowChange { col_width, row_height, pix_width, pix_height } => {
+            ChannelMsg::WindowChange {
+                col_width,
+                row_height,
+                pix_width,
+                pix_height,
+            } => {
                 if let Input::Pty(master) = &input {
-                    let size = Size { cols: col_width, rows: row_height, px_width: pix_width, px_height: pix_height };
+                    let size = Size {
+                        cols: col_width,
+                        rows: row_height,
+                        px_width: pix_width,
+                        px_height: pix_height,
+                    };
                     if let Err(e) = master.resize(size) {
                         tracing::debug!("resize failed: {e}");
                     }

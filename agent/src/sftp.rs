@@ -51,7 +51,11 @@ pub struct SftpSession {
 impl SftpSession {
     /// A session whose relative paths start at `home`.
     pub fn new(home: PathBuf) -> Self {
-        Self { home, handles: HashMap::new(), next_handle: 1 }
+        Self {
+            home,
+            handles: HashMap::new(),
+            next_handle: 1,
+        }
     }
 
     fn path(&self, p: &str) -> PathBuf {
@@ -76,7 +80,11 @@ impl SftpSession {
 }
 
 fn reply(code: StatusCode, message: &str) -> StatusReply {
-    StatusReply { status_code: code, error_message: Some(message.to_string()), language_tag: None }
+    StatusReply {
+        status_code: code,
+        error_message: Some(message.to_string()),
+        language_tag: None,
+    }
 }
 
 fn io_reply(e: std::io::Error) -> StatusReply {
@@ -89,7 +97,12 @@ fn io_reply(e: std::io::Error) -> StatusReply {
 }
 
 fn ok(id: u32) -> Status {
-    Status { id, status_code: StatusCode::Ok, error_message: "Ok".into(), language_tag: "en-US".into() }
+    Status {
+        id,
+        status_code: StatusCode::Ok,
+        error_message: "Ok".into(),
+        language_tag: "en-US".into(),
+    }
 }
 
 fn no_handle() -> StatusReply {
@@ -99,11 +112,17 @@ fn no_handle() -> StatusReply {
 /// Applies size, permissions and times from `attrs` to `path`.
 async fn apply_attrs(path: &Path, attrs: &FileAttributes) -> Result<(), StatusReply> {
     if let Some(size) = attrs.size {
-        let f = fs::OpenOptions::new().write(true).open(path).await.map_err(io_reply)?;
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .await
+            .map_err(io_reply)?;
         f.set_len(size).await.map_err(io_reply)?;
     }
     if let Some(mode) = attrs.permissions {
-        fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o7777)).await.map_err(io_reply)?;
+        fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o7777))
+            .await
+            .map_err(io_reply)?;
     }
     if let (Some(atime), Some(mtime)) = (attrs.atime, attrs.mtime) {
         let to_spec = |secs: u32| nix::sys::time::TimeSpec::new(i64::from(secs), 0);
@@ -126,11 +145,21 @@ impl russh_sftp::server::Handler for SftpSession {
         reply(StatusCode::OpUnsupported, "operation not supported")
     }
 
-    async fn init(&mut self, _version: u32, _ext: HashMap<String, String>) -> Result<Version, Self::Error> {
+    async fn init(
+        &mut self,
+        _version: u32,
+        _ext: HashMap<String, String>,
+    ) -> Result<Version, Self::Error> {
         Ok(Version::new())
     }
 
-    async fn open(&mut self, id: u32, filename: String, pflags: OpenFlags, attrs: FileAttributes) -> Result<Handle, Self::Error> {
+    async fn open(
+        &mut self,
+        id: u32,
+        filename: String,
+        pflags: OpenFlags,
+        attrs: FileAttributes,
+    ) -> Result<Handle, Self::Error> {
         let path = self.path(&filename);
         let mut opts = std::fs::OpenOptions::new();
         opts.read(pflags.contains(OpenFlags::READ))
@@ -145,7 +174,10 @@ impl russh_sftp::server::Handler for SftpSession {
             }
             opts.mode(attrs.permissions.map(|m| m & 0o7777).unwrap_or(0o644));
         }
-        let file = fs::OpenOptions::from(opts).open(&path).await.map_err(io_reply)?;
+        let file = fs::OpenOptions::from(opts)
+            .open(&path)
+            .await
+            .map_err(io_reply)?;
         let handle = self.add(Open::File { file, position: 0 })?;
         Ok(Handle { id, handle })
     }
@@ -161,7 +193,13 @@ impl russh_sftp::server::Handler for SftpSession {
         }
     }
 
-    async fn read(&mut self, id: u32, handle: String, offset: u64, len: u32) -> Result<Data, Self::Error> {
+    async fn read(
+        &mut self,
+        id: u32,
+        handle: String,
+        offset: u64,
+        len: u32,
+    ) -> Result<Data, Self::Error> {
         let Some(Open::File { file, position }) = self.handles.get_mut(&handle) else {
             return Err(no_handle());
         };
@@ -187,7 +225,13 @@ impl russh_sftp::server::Handler for SftpSession {
         Ok(Data { id, data })
     }
 
-    async fn write(&mut self, id: u32, handle: String, offset: u64, data: Vec<u8>) -> Result<Status, Self::Error> {
+    async fn write(
+        &mut self,
+        id: u32,
+        handle: String,
+        offset: u64,
+        data: Vec<u8>,
+    ) -> Result<Status, Self::Error> {
         let Some(Open::File { file, position }) = self.handles.get_mut(&handle) else {
             return Err(no_handle());
         };
@@ -200,13 +244,21 @@ impl russh_sftp::server::Handler for SftpSession {
     }
 
     async fn lstat(&mut self, id: u32, path: String) -> Result<Attrs, Self::Error> {
-        let meta = fs::symlink_metadata(self.path(&path)).await.map_err(io_reply)?;
-        Ok(Attrs { id, attrs: FileAttributes::from(&meta) })
+        let meta = fs::symlink_metadata(self.path(&path))
+            .await
+            .map_err(io_reply)?;
+        Ok(Attrs {
+            id,
+            attrs: FileAttributes::from(&meta),
+        })
     }
 
     async fn stat(&mut self, id: u32, path: String) -> Result<Attrs, Self::Error> {
         let meta = fs::metadata(self.path(&path)).await.map_err(io_reply)?;
-        Ok(Attrs { id, attrs: FileAttributes::from(&meta) })
+        Ok(Attrs {
+            id,
+            attrs: FileAttributes::from(&meta),
+        })
     }
 
     async fn fstat(&mut self, id: u32, handle: String) -> Result<Attrs, Self::Error> {
@@ -214,15 +266,28 @@ impl russh_sftp::server::Handler for SftpSession {
             return Err(no_handle());
         };
         let meta = file.metadata().await.map_err(io_reply)?;
-        Ok(Attrs { id, attrs: FileAttributes::from(&meta) })
+        Ok(Attrs {
+            id,
+            attrs: FileAttributes::from(&meta),
+        })
     }
 
-    async fn setstat(&mut self, id: u32, path: String, attrs: FileAttributes) -> Result<Status, Self::Error> {
+    async fn setstat(
+        &mut self,
+        id: u32,
+        path: String,
+        attrs: FileAttributes,
+    ) -> Result<Status, Self::Error> {
         apply_attrs(&self.path(&path), &attrs).await?;
         Ok(ok(id))
     }
 
-    async fn fsetstat(&mut self, id: u32, handle: String, attrs: FileAttributes) -> Result<Status, Self::Error> {
+    async fn fsetstat(
+        &mut self,
+        id: u32,
+        handle: String,
+        attrs: FileAttributes,
+    ) -> Result<Status, Self::Error> {
         let Some(Open::File { file, .. }) = self.handles.get_mut(&handle) else {
             return Err(no_handle());
         };
@@ -230,7 +295,9 @@ impl russh_sftp::server::Handler for SftpSession {
             file.set_len(size).await.map_err(io_reply)?;
         }
         if let Some(mode) = attrs.permissions {
-            file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777)).await.map_err(io_reply)?;
+            file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))
+                .await
+                .map_err(io_reply)?;
         }
         // Times are set through the path-less file descriptor.
         if let (Some(atime), Some(mtime)) = (attrs.atime, attrs.mtime) {
@@ -259,7 +326,9 @@ impl russh_sftp::server::Handler for SftpSession {
             };
             entries.push(File::new(name, attrs));
         }
-        let handle = self.add(Open::Dir { entries: Some(entries) })?;
+        let handle = self.add(Open::Dir {
+            entries: Some(entries),
+        })?;
         Ok(Handle { id, handle })
     }
 
@@ -281,13 +350,23 @@ impl russh_sftp::server::Handler for SftpSession {
     }
 
     async fn remove(&mut self, id: u32, filename: String) -> Result<Status, Self::Error> {
-        fs::remove_file(self.path(&filename)).await.map_err(io_reply)?;
+        fs::remove_file(self.path(&filename))
+            .await
+            .map_err(io_reply)?;
         Ok(ok(id))
     }
 
-    async fn mkdir(&mut self, id: u32, path: String, attrs: FileAttributes) -> Result<Status, Self::Error> {
+    async fn mkdir(
+        &mut self,
+        id: u32,
+        path: String,
+        attrs: FileAttributes,
+    ) -> Result<Status, Self::Error> {
         let mut builder = std::fs::DirBuilder::new();
-        std::os::unix::fs::DirBuilderExt::mode(&mut builder, attrs.permissions.map(|m| m & 0o7777).unwrap_or(0o755));
+        std::os::unix::fs::DirBuilderExt::mode(
+            &mut builder,
+            attrs.permissions.map(|m| m & 0o7777).unwrap_or(0o755),
+        );
         builder.create(self.path(&path)).map_err(io_reply)?;
         Ok(ok(id))
     }
@@ -303,31 +382,53 @@ impl russh_sftp::server::Handler for SftpSession {
         let resolved = match fs::canonicalize(&full).await {
             Ok(p) => p,
             Err(_) => match (full.parent(), full.file_name()) {
-                (Some(parent), Some(name)) => fs::canonicalize(parent).await.map_err(io_reply)?.join(name),
+                (Some(parent), Some(name)) => {
+                    fs::canonicalize(parent).await.map_err(io_reply)?.join(name)
+                }
                 _ => full.clone(),
             },
         };
         let name = resolved.to_string_lossy().into_owned();
-        Ok(Name { id, files: vec![File::dummy(name)] })
+        Ok(Name {
+            id,
+            files: vec![File::dummy(name)],
+        })
     }
 
-    async fn rename(&mut self, id: u32, oldpath: String, newpath: String) -> Result<Status, Self::Error> {
+    async fn rename(
+        &mut self,
+        id: u32,
+        oldpath: String,
+        newpath: String,
+    ) -> Result<Status, Self::Error> {
         let to = self.path(&newpath);
         // SFTP v3 rename must not overwrite (OpenSSH's posix-rename extension does).
         if fs::symlink_metadata(&to).await.is_ok() {
             return Err(reply(StatusCode::Failure, "target exists"));
         }
-        fs::rename(self.path(&oldpath), to).await.map_err(io_reply)?;
+        fs::rename(self.path(&oldpath), to)
+            .await
+            .map_err(io_reply)?;
         Ok(ok(id))
     }
 
     async fn readlink(&mut self, id: u32, path: String) -> Result<Name, Self::Error> {
         let target = fs::read_link(self.path(&path)).await.map_err(io_reply)?;
-        Ok(Name { id, files: vec![File::dummy(target.to_string_lossy().into_owned())] })
+        Ok(Name {
+            id,
+            files: vec![File::dummy(target.to_string_lossy().into_owned())],
+        })
     }
 
-    async fn symlink(&mut self, id: u32, linkpath: String, targetpath: String) -> Result<Status, Self::Error> {
-        fs::symlink(targetpath, self.path(&linkpath)).await.map_err(io_reply)?;
+    async fn symlink(
+        &mut self,
+        id: u32,
+        linkpath: String,
+        targetpath: String,
+    ) -> Result<Status, Self::Error> {
+        fs::symlink(targetpath, self.path(&linkpath))
+            .await
+            .map_err(io_reply)?;
         Ok(ok(id))
     }
 }
@@ -343,7 +444,11 @@ where
 /// Serves SFTP on this process's stdin and stdout (the `agent sftp-server` child).
 pub async fn serve_stdio(home: PathBuf) -> Result<(), SftpError> {
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-    let stream = StdioStream { stdin: tokio::io::stdin(), stdout: tokio::io::stdout(), _done: done_tx };
+    let stream = StdioStream {
+        stdin: tokio::io::stdin(),
+        stdout: tokio::io::stdout(),
+        _done: done_tx,
+    };
     serve(stream, home).await;
     // russh-sftp serves in a task of its own; it drops the stream when the client is gone.
     let _ = done_rx.await;
@@ -375,10 +480,16 @@ impl tokio::io::AsyncWrite for StdioStream {
     ) -> std::task::Poll<std::io::Result<usize>> {
         std::pin::Pin::new(&mut self.stdout).poll_write(cx, buf)
     }
-    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.stdout).poll_flush(cx)
     }
-    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.stdout).poll_shutdown(cx)
     }
 }

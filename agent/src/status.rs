@@ -78,7 +78,12 @@ pub fn publish(state_dir: &Path, state: LinkState, last_error: Option<String>) {
 
 /// Reads the link state, reporting `stopped` when the writer is gone.
 pub fn read(state_dir: &Path) -> LinkStatus {
-    let stopped = |since: String| LinkStatus { state: LinkState::Stopped, since, last_error: None, pid: 0 };
+    let stopped = |since: String| LinkStatus {
+        state: LinkState::Stopped,
+        since,
+        last_error: None,
+        pid: 0,
+    };
     let Ok(text) = std::fs::read_to_string(path(state_dir)) else {
         return stopped(String::new());
     };
@@ -90,7 +95,9 @@ pub fn read(state_dir: &Path) -> LinkStatus {
 }
 
 fn process_alive(pid: u32) -> bool {
-    let Ok(pid) = i32::try_from(pid) else { return false };
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
     pid > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
 }
 

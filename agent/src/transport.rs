@@ -81,7 +81,10 @@ pub enum TransportError {
 impl RelayUrl {
     /// Parses `ssh://host[:port]`, `ws://host[:port]/path` or `wss://host[:port]/path`.
     pub fn parse(text: &str) -> Result<Self, TransportError> {
-        let bad = |reason: &str| TransportError::BadUrl { url: text.to_string(), reason: reason.into() };
+        let bad = |reason: &str| TransportError::BadUrl {
+            url: text.to_string(),
+            reason: reason.into(),
+        };
         let url = Url::parse(text).map_err(|e| bad(&e.to_string()))?;
         let host = url.host_str().ok_or_else(|| bad("no host"))?.to_string();
         match url.scheme() {
@@ -89,7 +92,10 @@ impl RelayUrl {
                 if !(url.path().is_empty() || url.path() == "/") {
                     return Err(bad("an ssh:// URL has no path"));
                 }
-                Ok(RelayUrl::Ssh { host, port: url.port().unwrap_or(DEFAULT_SSH_PORT) })
+                Ok(RelayUrl::Ssh {
+                    host,
+                    port: url.port().unwrap_or(DEFAULT_SSH_PORT),
+                })
             }
             "ws" | "wss" => Ok(RelayUrl::WebSocket { url }),
             other => Err(bad(&format!("scheme {other:?} is not ssh, ws or wss"))),
@@ -126,13 +132,23 @@ async fn connect_inner(relay: &RelayUrl) -> Result<Box<dyn LinkStream>, Transpor
         RelayUrl::WebSocket { url } => {
             let host = url.host_str().unwrap_or_default().to_string();
             let port = url.port_or_known_default().unwrap_or(80);
-            let proxy = if url.scheme() == "wss" { https_proxy_for(&host) } else { None };
+            let proxy = if url.scheme() == "wss" {
+                https_proxy_for(&host)
+            } else {
+                None
+            };
             let tcp = match proxy {
                 Some(proxy) => connect_via_proxy(&proxy, &host, port).await?,
                 None => tcp(&host, port).await?,
             };
-            let ws_err = |reason: String| TransportError::WebSocket { url: url.to_string(), reason };
-            let request = url.as_str().into_client_request().map_err(|e| ws_err(e.to_string()))?;
+            let ws_err = |reason: String| TransportError::WebSocket {
+                url: url.to_string(),
+                reason,
+            };
+            let request = url
+                .as_str()
+                .into_client_request()
+                .map_err(|e| ws_err(e.to_string()))?;
             let (ws, _response) = tokio_tungstenite::client_async_tls_with_config(
                 request,
                 tcp,
@@ -150,34 +166,62 @@ async fn tcp(host: &str, port: u16) -> Result<TcpStream, TransportError> {
     let addr = format!("{host}:{port}");
     let stream = TcpStream::connect(&addr)
         .await
-        .map_err(|source| TransportError::Connect { addr: addr.clone(), source })?;
+        .map_err(|source| TransportError::Connect {
+            addr: addr.clone(),
+            source,
+        })?;
     // russh does not set TCP_NODELAY on streams it did not open; without it every small
     // packet (keystrokes, handshakes) waits for Nagle's timer.
-    stream.set_nodelay(true).map_err(|source| TransportError::Connect { addr, source })?;
+    stream
+        .set_nodelay(true)
+        .map_err(|source| TransportError::Connect { addr, source })?;
     Ok(stream)
 }
 
 /// The proxy for `host` from `HTTPS_PROXY`/`https_proxy`, unless `NO_PROXY` exempts it.
 fn https_proxy_for(host: &str) -> Option<Url> {
-    let raw = std::env::var("HTTPS_PROXY").or_else(|_| std::env::var("https_proxy")).ok()?;
+    let raw = std::env::var("HTTPS_PROXY")
+        .or_else(|_| std::env::var("https_proxy"))
+        .ok()?;
     if raw.trim().is_empty() {
         return None;
     }
-    let no_proxy = std::env::var("NO_PROXY").or_else(|_| std::env::var("no_proxy")).unwrap_or_default();
-    let exempt = no_proxy.split(',').map(str::trim).filter(|s| !s.is_empty()).any(|pat| {
-        pat == "*" || host == pat.trim_start_matches('.') || host.ends_with(&format!(".{}", pat.trim_start_matches('.')))
-    });
+    let no_proxy = std::env::var("NO_PROXY")
+        .or_else(|_| std::env::var("no_proxy"))
+        .unwrap_or_default();
+    let exempt = no_proxy
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .any(|pat| {
+            pat == "*"
+                || host == pat.trim_start_matches('.')
+                || host.ends_with(&format!(".{}", pat.trim_start_matches('.')))
+        });
     if exempt {
         return None;
     }
-    let with_scheme = if raw.contains("://") { raw } else { format!("http://{raw}") };
+    let with_scheme = if raw.contains("://") {
+        raw
+    } else {
+        format!("http://{raw}")
+    };
     Url::parse(&with_scheme).ok()
 }
 
 /// Opens a tunnel to `host:port` through an HTTP proxy with `CONNECT`.
-async fn connect_via_proxy(proxy: &Url, host: &str, port: u16) -> Result<TcpStream, TransportError> {
-    let perr = |reason: String| TransportError::Proxy { proxy: proxy.to_string(), reason };
-    let phost = proxy.host_str().ok_or_else(|| perr("no host in proxy URL".into()))?;
+async fn connect_via_proxy(
+    proxy: &Url,
+    host: &str,
+    port: u16,
+) -> Result<TcpStream, TransportError> {
+    let perr = |reason: String| TransportError::Proxy {
+        proxy: proxy.to_string(),
+        reason,
+    };
+    let phost = proxy
+        .host_str()
+        .ok_or_else(|| perr("no host in proxy URL".into()))?;
     let pport = proxy.port_or_known_default().unwrap_or(3128);
     let mut stream = tcp(phost, pport).await?;
     let mut request = format!("CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n");
@@ -189,19 +233,35 @@ async fn connect_via_proxy(proxy: &Url, host: &str, port: u16) -> Result<TcpStre
         request.push_str(&format!("Proxy-Authorization: Basic {cred}\r\n"));
     }
     request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).await.map_err(|e| perr(e.to_string()))?;
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| perr(e.to_string()))?;
     // Read the response head byte-exactly: anything after it belongs to the tunnel.
     let mut reader = BufReader::with_capacity(1, &mut stream);
     let mut status = String::new();
-    reader.read_line(&mut status).await.map_err(|e| perr(e.to_string()))?;
-    let code = status.split_whitespace().nth(1).unwrap_or_default().to_string();
+    reader
+        .read_line(&mut status)
+        .await
+        .map_err(|e| perr(e.to_string()))?;
+    let code = status
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
     if code != "200" {
-        return Err(perr(format!("CONNECT {host}:{port} answered {:?}", status.trim())));
+        return Err(perr(format!(
+            "CONNECT {host}:{port} answered {:?}",
+            status.trim()
+        )));
     }
     let mut header_bytes = 0usize;
     loop {
         let mut line = String::new();
-        let n = reader.read_line(&mut line).await.map_err(|e| perr(e.to_string()))?;
+        let n = reader
+            .read_line(&mut line)
+            .await
+            .map_err(|e| perr(e.to_string()))?;
         header_bytes += n;
         if n == 0 {
             return Err(perr("connection closed during CONNECT".into()));
@@ -224,13 +284,22 @@ mod tests {
     fn parses_relay_urls() {
         assert_eq!(
             RelayUrl::parse("ssh://relay.example:2200").ok(),
-            Some(RelayUrl::Ssh { host: "relay.example".into(), port: 2200 })
+            Some(RelayUrl::Ssh {
+                host: "relay.example".into(),
+                port: 2200
+            })
         );
         assert_eq!(
             RelayUrl::parse("ssh://relay.example").ok(),
-            Some(RelayUrl::Ssh { host: "relay.example".into(), port: DEFAULT_SSH_PORT })
+            Some(RelayUrl::Ssh {
+                host: "relay.example".into(),
+                port: DEFAULT_SSH_PORT
+            })
         );
-        assert!(matches!(RelayUrl::parse("wss://r.example/v1/link"), Ok(RelayUrl::WebSocket { .. })));
+        assert!(matches!(
+            RelayUrl::parse("wss://r.example/v1/link"),
+            Ok(RelayUrl::WebSocket { .. })
+        ));
         for bad in ["http://x/", "relay:2222", "ssh://", "ssh://h:1/path"] {
             assert!(RelayUrl::parse(bad).is_err(), "{bad}");
         }

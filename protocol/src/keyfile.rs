@@ -33,7 +33,9 @@ pub enum KeyFileError {
         message: String,
     },
     /// Others can read the key file, so the key must be considered leaked.
-    #[error("{path}: the key is readable by group or others (mode {mode:o}); run `chmod 600 {path}`")]
+    #[error(
+        "{path}: the key is readable by group or others (mode {mode:o}); run `chmod 600 {path}`"
+    )]
     TooOpen {
         /// The key file.
         path: PathBuf,
@@ -47,14 +49,22 @@ pub enum KeyFileError {
 
 /// Loads a private key, refusing a file that group or others can read.
 pub fn load(path: &Path) -> Result<PrivateKey, KeyFileError> {
-    let io = |source| KeyFileError::Io { path: path.to_path_buf(), source };
+    let io = |source| KeyFileError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let mode = fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
-        return Err(KeyFileError::TooOpen { path: path.to_path_buf(), mode });
+        return Err(KeyFileError::TooOpen {
+            path: path.to_path_buf(),
+            mode,
+        });
     }
     let text = fs::read_to_string(path).map_err(io)?;
-    PrivateKey::from_openssh(text.as_bytes())
-        .map_err(|e| KeyFileError::BadKey { path: path.to_path_buf(), message: e.to_string() })
+    PrivateKey::from_openssh(text.as_bytes()).map_err(|e| KeyFileError::BadKey {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
 }
 
 /// Loads the key at `path`, generating an ed25519 key there first if there is none.
@@ -63,16 +73,26 @@ pub fn load_or_create(path: &Path) -> Result<(PrivateKey, bool), KeyFileError> {
     if path.exists() {
         return load(path).map(|k| (k, false));
     }
-    let io = |source| KeyFileError::Io { path: path.to_path_buf(), source };
+    let io = |source| KeyFileError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).map_err(io)?;
     }
     let key = PrivateKey::random(&mut russh::keys::key::safe_rng(), Algorithm::Ed25519)
         .map_err(|e| KeyFileError::Generate(e.to_string()))?;
-    let text = key.to_openssh(LineEnding::LF).map_err(|e| KeyFileError::Generate(e.to_string()))?;
+    let text = key
+        .to_openssh(LineEnding::LF)
+        .map_err(|e| KeyFileError::Generate(e.to_string()))?;
     let tmp = path.with_extension("tmp");
     let _ = fs::remove_file(&tmp);
-    let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(io)?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io)?;
     file.write_all(text.as_bytes()).map_err(io)?;
     file.sync_all().map_err(io)?;
     fs::rename(&tmp, path).map_err(io)?;

@@ -104,11 +104,26 @@ mod tests {
     fn device_names() {
         assert_eq!(validate_device_name("board-1.lab_a"), Ok(()));
         assert_eq!(validate_device_name(""), Err(NameError::Empty));
-        assert!(matches!(validate_device_name("-x"), Err(NameError::BadCharacter(_))));
-        assert!(matches!(validate_device_name("Board"), Err(NameError::BadCharacter(_))));
-        assert!(matches!(validate_device_name("a b"), Err(NameError::BadCharacter(_))));
-        assert!(matches!(validate_device_name("tether-link"), Err(NameError::Reserved(_))));
-        assert_eq!(validate_device_name(&"a".repeat(64)), Err(NameError::TooLong));
+        assert!(matches!(
+            validate_device_name("-x"),
+            Err(NameError::BadCharacter(_))
+        ));
+        assert!(matches!(
+            validate_device_name("Board"),
+            Err(NameError::BadCharacter(_))
+        ));
+        assert!(matches!(
+            validate_device_name("a b"),
+            Err(NameError::BadCharacter(_))
+        ));
+        assert!(matches!(
+            validate_device_name("tether-link"),
+            Err(NameError::Reserved(_))
+        ));
+        assert_eq!(
+            validate_device_name(&"a".repeat(64)),
+            Err(NameError::TooLong)
+        );
     }
 
     #[test]

@@ -42,7 +42,11 @@ pub struct WsByteStream<S> {
 impl<S> WsByteStream<S> {
     /// Wraps an established WebSocket.
     pub fn new(ws: WebSocketStream<S>) -> Self {
-        Self { ws, pending: Bytes::new(), eof: false }
+        Self {
+            ws,
+            pending: Bytes::new(),
+            eof: false,
+        }
     }
 }
 

@@ -45,7 +45,12 @@ async fn blocking<T: Send + 'static>(
     let store = store.clone();
     tokio::task::spawn_blocking(move || f(&store))
         .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("store task failed: {e}")))?
+        .map_err(|e| {
+            ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("store task failed: {e}"),
+            )
+        })?
         .map_err(ApiError::from)
 }
 
@@ -70,7 +75,10 @@ pub fn router(store: Arc<Store>) -> Router {
         .with_state(store)
 }
 
-async fn list_devices(State(store): State<Arc<Store>>, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn list_devices(
+    State(store): State<Arc<Store>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let who = authenticate(&store, &headers).await?;
     let devices = blocking(&store, move |s| s.tenant_devices(who.tenant_id)).await?;
     Ok(axum::Json(devices).into_response())
@@ -86,6 +94,9 @@ async fn show_device(
     let device = blocking(&store, move |s| s.find_device(&[who.tenant_id], &key)).await?;
     match device {
         Some(d) => Ok(axum::Json(d).into_response()),
-        None => Err(ApiError(StatusCode::NOT_FOUND, format!("no device named {id:?}"))),
+        None => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no device named {id:?}"),
+        )),
     }
 }

@@ -199,7 +199,10 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -239,7 +242,11 @@ fn print_table(header: &[&str], rows: &[Vec<String>]) {
         }
     }
     let line = |cells: Vec<String>| {
-        let parts: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         println!("{}", parts.join("  ").trim_end());
     };
     line(header.iter().map(|s| s.to_string()).collect());
@@ -255,7 +262,10 @@ fn dash(v: &Option<String>) -> String {
 fn run(cli: Cli) -> Result<()> {
     let config = load_config(&cli)?;
     match cli.command {
-        Command::Serve { ssh_listen, http_listen } => {
+        Command::Serve {
+            ssh_listen,
+            http_listen,
+        } => {
             let mut config = config;
             if let Some(a) = ssh_listen {
                 config.ssh.listen = a;
@@ -279,7 +289,10 @@ fn run(cli: Cli) -> Result<()> {
                     if json {
                         print_json(&tenants)?;
                     } else {
-                        let rows = tenants.iter().map(|t| vec![t.name.clone(), t.created_at.clone()]).collect::<Vec<_>>();
+                        let rows = tenants
+                            .iter()
+                            .map(|t| vec![t.name.clone(), t.created_at.clone()])
+                            .collect::<Vec<_>>();
                         print_table(&["NAME", "CREATED"], &rows);
                     }
                 }
@@ -289,11 +302,32 @@ fn run(cli: Cli) -> Result<()> {
         Command::Token(cmd) => {
             let store = open_store(&config)?;
             match cmd {
-                TokenCommand::Create { tenant, ttl, uses, require_accept, api, json } => {
-                    let kind = if api { TokenKind::Api } else { TokenKind::Enroll };
+                TokenCommand::Create {
+                    tenant,
+                    ttl,
+                    uses,
+                    require_accept,
+                    api,
+                    json,
+                } => {
+                    let kind = if api {
+                        TokenKind::Api
+                    } else {
+                        TokenKind::Enroll
+                    };
                     // Enrollment tokens are handed around; by default they do not live forever.
-                    let ttl = ttl.or(if api { None } else { Some(std::time::Duration::from_secs(24 * 3600)) });
-                    let token = store.create_token(NewToken { tenant: &tenant, kind, ttl, uses, require_accept })?;
+                    let ttl = ttl.or(if api {
+                        None
+                    } else {
+                        Some(std::time::Duration::from_secs(24 * 3600))
+                    });
+                    let token = store.create_token(NewToken {
+                        tenant: &tenant,
+                        kind,
+                        ttl,
+                        uses,
+                        require_accept,
+                    })?;
                     if json {
                         print_json(&token)?;
                     } else {
@@ -313,12 +347,21 @@ fn run(cli: Cli) -> Result<()> {
                                     t.tenant.clone(),
                                     format!("{:?}", t.kind).to_lowercase(),
                                     dash(&t.expires_at),
-                                    t.uses_left.map(|u| u.to_string()).unwrap_or_else(|| "-".into()),
-                                    if t.revoked { "revoked".into() } else { "active".into() },
+                                    t.uses_left
+                                        .map(|u| u.to_string())
+                                        .unwrap_or_else(|| "-".into()),
+                                    if t.revoked {
+                                        "revoked".into()
+                                    } else {
+                                        "active".into()
+                                    },
                                 ]
                             })
                             .collect::<Vec<_>>();
-                        print_table(&["ID", "TENANT", "KIND", "EXPIRES", "USES-LEFT", "STATE"], &rows);
+                        print_table(
+                            &["ID", "TENANT", "KIND", "EXPIRES", "USES-LEFT", "STATE"],
+                            &rows,
+                        );
                     }
                 }
                 TokenCommand::Revoke { id } => {
@@ -331,13 +374,21 @@ fn run(cli: Cli) -> Result<()> {
         Command::User(cmd) => {
             let store = open_store(&config)?;
             match cmd {
-                UserCommand::Add { name, tenant, role, key } => {
+                UserCommand::Add {
+                    name,
+                    tenant,
+                    role,
+                    key,
+                } => {
                     let text = std::fs::read_to_string(&key)
                         .with_context(|| format!("reading the public key {}", key.display()))?;
                     let user = store
                         .add_user(&name, &tenant, role.into(), &text)
                         .with_context(|| format!("{}", key.display()))?;
-                    println!("user {} added to tenant {} ({})", user.name, user.tenant, user.fingerprint);
+                    println!(
+                        "user {} added to tenant {} ({})",
+                        user.name, user.tenant, user.fingerprint
+                    );
                 }
                 UserCommand::List { json } => {
                     let users = store.users()?;
@@ -346,7 +397,14 @@ fn run(cli: Cli) -> Result<()> {
                     } else {
                         let rows = users
                             .iter()
-                            .map(|u| vec![u.name.clone(), u.tenant.clone(), format!("{:?}", u.role).to_lowercase(), u.fingerprint.clone()])
+                            .map(|u| {
+                                vec![
+                                    u.name.clone(),
+                                    u.tenant.clone(),
+                                    format!("{:?}", u.role).to_lowercase(),
+                                    u.fingerprint.clone(),
+                                ]
+                            })
                             .collect::<Vec<_>>();
                         print_table(&["NAME", "TENANT", "ROLE", "KEY"], &rows);
                     }
@@ -370,14 +428,28 @@ fn run(cli: Cli) -> Result<()> {
                                     d.name.clone(),
                                     d.tenant.clone(),
                                     d.status.to_string(),
-                                    if d.online { "online".into() } else { "offline".into() },
-                                    dash(if d.online { &d.last_connected } else { &d.last_disconnected }),
+                                    if d.online {
+                                        "online".into()
+                                    } else {
+                                        "offline".into()
+                                    },
+                                    dash(if d.online {
+                                        &d.last_connected
+                                    } else {
+                                        &d.last_disconnected
+                                    }),
                                     dash(&d.remote_addr),
                                     dash(&d.agent_version),
                                 ]
                             })
                             .collect::<Vec<_>>();
-                        print_table(&["ID", "NAME", "TENANT", "STATUS", "LINK", "SINCE", "ADDRESS", "VERSION"], &rows);
+                        print_table(
+                            &[
+                                "ID", "NAME", "TENANT", "STATUS", "LINK", "SINCE", "ADDRESS",
+                                "VERSION",
+                            ],
+                            &rows,
+                        );
                     }
                 }
                 DeviceCommand::Show { id, json } => {
@@ -389,7 +461,10 @@ fn run(cli: Cli) -> Result<()> {
                         println!("name:              {}", d.name);
                         println!("tenant:            {}", d.tenant);
                         println!("status:            {}", d.status);
-                        println!("link:              {}", if d.online { "online" } else { "offline" });
+                        println!(
+                            "link:              {}",
+                            if d.online { "online" } else { "offline" }
+                        );
                         println!("last connected:    {}", dash(&d.last_connected));
                         println!("last disconnected: {}", dash(&d.last_disconnected));
                         println!("remote address:    {}", dash(&d.remote_addr));

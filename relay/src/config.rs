@@ -83,7 +83,11 @@ impl Default for RelayConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([0, 0, 0, 0], 8080)), tls: None, trust_forwarded_for: false }
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            tls: None,
+            trust_forwarded_for: false,
+        }
     }
 }
 
@@ -131,7 +135,10 @@ pub enum ConfigError {
 impl RelayConfig {
     /// The SQLite file of the embedded store.
     pub fn store_path(&self) -> PathBuf {
-        self.store.path.clone().unwrap_or_else(|| self.data_dir.join("relay.db"))
+        self.store
+            .path
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("relay.db"))
     }
 
     /// Parses configuration text; `path` names the source in errors.
@@ -139,8 +146,10 @@ impl RelayConfig {
         let config: RelayConfig = if text.trim().is_empty() {
             RelayConfig::default()
         } else {
-            serde_saphyr::from_str(text)
-                .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?
+            serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?
         };
         config.validate(path)?;
         Ok(config)
@@ -153,7 +162,10 @@ impl RelayConfig {
             message: message.to_string(),
         };
         if self.ssh.keepalive_interval.is_zero() {
-            return Err(invalid("ssh.keepalive_interval", "must be greater than zero"));
+            return Err(invalid(
+                "ssh.keepalive_interval",
+                "must be greater than zero",
+            ));
         }
         if self.ssh.keepalive_max == 0 {
             return Err(invalid("ssh.keepalive_max", "must be at least 1"));
@@ -167,8 +179,10 @@ impl RelayConfig {
 
 /// Loads the configuration file at `path`.
 pub fn load(path: &Path) -> Result<RelayConfig, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     RelayConfig::parse(&text, path)
 }
 
@@ -186,7 +200,10 @@ mod tests {
         assert_eq!(c, RelayConfig::default());
         assert_eq!(c.ssh.listen.port(), 2222);
         assert_eq!(c.http.listen.port(), 8080);
-        assert_eq!(c.store_path(), PathBuf::from("/var/lib/tether-relay/relay.db"));
+        assert_eq!(
+            c.store_path(),
+            PathBuf::from("/var/lib/tether-relay/relay.db")
+        );
         Ok(())
     }
 
@@ -200,18 +217,33 @@ mod tests {
         assert_eq!(c.ssh.keepalive_interval, Duration::from_secs(60));
         assert_eq!(c.http.listen.port(), 8443);
         assert!(c.http.trust_forwarded_for);
-        assert_eq!(c.http.tls.as_ref().map(|t| t.key.clone()), Some(PathBuf::from("/k.pem")));
+        assert_eq!(
+            c.http.tls.as_ref().map(|t| t.key.clone()),
+            Some(PathBuf::from("/k.pem"))
+        );
         assert_eq!(c.store_path(), PathBuf::from("/db/relay.db"));
         Ok(())
     }
 
     #[test]
     fn errors_name_file_line_and_key() {
-        let e = parse("ssh:\n  listen: 127.0.0.1:1\n  lisen: x\n").err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(e.contains("relay.yaml") && e.contains("lisen") && e.contains("line 3"), "{e}");
-        let e = parse("ssh:\n  listen: nowhere\n").err().map(|e| e.to_string()).unwrap_or_default();
+        let e = parse("ssh:\n  listen: 127.0.0.1:1\n  lisen: x\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("relay.yaml") && e.contains("lisen") && e.contains("line 3"),
+            "{e}"
+        );
+        let e = parse("ssh:\n  listen: nowhere\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(e.contains("line 2"), "{e}");
-        let e = parse("ssh:\n  keepalive_interval: 0s\n").err().map(|e| e.to_string()).unwrap_or_default();
+        let e = parse("ssh:\n  keepalive_interval: 0s\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(e.contains("ssh.keepalive_interval"), "{e}");
     }
 }

@@ -58,11 +58,17 @@ pub enum TlsError {
 /// Builds a TLS acceptor from PEM certificate chain and private key files.
 pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
     let read = |p: &Path| {
-        std::fs::read(p).map_err(|source| TlsError::Io { path: p.display().to_string(), source })
+        std::fs::read(p).map_err(|source| TlsError::Io {
+            path: p.display().to_string(),
+            source,
+        })
     };
     let cert_pem = read(cert)?;
     let key_pem = read(key)?;
-    let invalid = |p: &Path, message: String| TlsError::Invalid { path: p.display().to_string(), message };
+    let invalid = |p: &Path, message: String| TlsError::Invalid {
+        path: p.display().to_string(),
+        message,
+    };
     let certs: Vec<_> = rustls_pemfile::certs(&mut &cert_pem[..])
         .collect::<Result<_, _>>()
         .map_err(|e| invalid(cert, e.to_string()))?;
@@ -92,9 +98,14 @@ struct PeerAddr(SocketAddr);
 
 /// The complete router: API routes plus the WebSocket link and a health check.
 pub fn router(api: Router, front: Arc<Front>, trust_forwarded_for: bool) -> Router {
-    let state = LinkState { front, trust_forwarded_for };
-    api.route("/healthz", get(|| async { "ok\n" }))
-        .route(WS_LINK_PATH, get(move |req: Request| link(state.clone(), req)))
+    let state = LinkState {
+        front,
+        trust_forwarded_for,
+    };
+    api.route("/healthz", get(|| async { "ok\n" })).route(
+        WS_LINK_PATH,
+        get(move |req: Request| link(state.clone(), req)),
+    )
 }
 
 /// Upgrades `/v1/link` to a WebSocket and serves the SSH front on it.
@@ -105,12 +116,22 @@ async fn link(state: LinkState, mut req: Request) -> Response {
     let version_ok = headers
         .get(header::SEC_WEBSOCKET_VERSION)
         .is_some_and(|v| v.as_bytes() == b"13");
-    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).map(|k| k.as_bytes().to_vec()) else {
-        return (StatusCode::BAD_REQUEST, "expected a WebSocket upgrade (Sec-WebSocket-Key missing)\n")
+    let Some(key) = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .map(|k| k.as_bytes().to_vec())
+    else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "expected a WebSocket upgrade (Sec-WebSocket-Key missing)\n",
+        )
             .into_response();
     };
     if !upgrade_ok || !version_ok {
-        return (StatusCode::BAD_REQUEST, "expected a WebSocket version 13 upgrade\n").into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            "expected a WebSocket version 13 upgrade\n",
+        )
+            .into_response();
     }
     let peer = req.extensions().get::<PeerAddr>().map(|p| p.0);
     let forwarded = state
@@ -130,7 +151,10 @@ async fn link(state: LinkState, mut req: Request) -> Response {
                     Some(link_ws_config()),
                 )
                 .await;
-                state.front.serve(WsByteStream::new(ws), remote, "websocket").await;
+                state
+                    .front
+                    .serve(WsByteStream::new(ws), remote, "websocket")
+                    .await;
             }
             Err(e) => tracing::info!("websocket upgrade from {remote} failed: {e}"),
         }
@@ -158,10 +182,12 @@ fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> boo
 fn forwarded_for(headers: &HeaderMap) -> Option<SocketAddr> {
     let value = headers.get("x-forwarded-for")?.to_str().ok()?;
     let first = value.split(',').next()?.trim();
-    first
-        .parse::<SocketAddr>()
-        .ok()
-        .or_else(|| first.parse::<std::net::IpAddr>().ok().map(|ip| SocketAddr::new(ip, 0)))
+    first.parse::<SocketAddr>().ok().or_else(|| {
+        first
+            .parse::<std::net::IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, 0))
+    })
 }
 
 /// Accepts HTTP(S) connections until `shutdown` turns true.
@@ -189,11 +215,13 @@ pub async fn serve(
         let tls = tls.clone();
         tokio::spawn(async move {
             match tls {
-                Some(acceptor) => match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => serve_connection(stream, peer, router).await,
-                    Ok(Err(e)) => tracing::debug!("tls handshake from {peer} failed: {e}"),
-                    Err(_) => tracing::debug!("tls handshake from {peer} timed out"),
-                },
+                Some(acceptor) => {
+                    match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => serve_connection(stream, peer, router).await,
+                        Ok(Err(e)) => tracing::debug!("tls handshake from {peer} failed: {e}"),
+                        Err(_) => tracing::debug!("tls handshake from {peer} timed out"),
+                    }
+                }
                 None => serve_connection(tcp, peer, router).await,
             }
         });
@@ -204,11 +232,12 @@ async fn serve_connection<S>(stream: S, peer: SocketAddr, router: Router)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-        req.extensions_mut().insert(PeerAddr(peer));
-        let mut router = router.clone();
-        async move { router.call(req.map(Body::new)).await }
-    });
+    let service =
+        hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(PeerAddr(peer));
+            let mut router = router.clone();
+            async move { router.call(req.map(Body::new)).await }
+        });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)

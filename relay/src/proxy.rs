@@ -57,7 +57,9 @@ impl client::Handler for InnerHandler {
         server_public_key: &PublicKeyOrCertificate,
     ) -> Result<bool, Self::Error> {
         Ok(match server_public_key {
-            PublicKeyOrCertificate::PublicKey { key, .. } => key.key_data() == self.device_key.key_data(),
+            PublicKeyOrCertificate::PublicKey { key, .. } => {
+                key.key_data() == self.device_key.key_data()
+            }
             PublicKeyOrCertificate::Certificate(_) => false,
         })
     }
@@ -86,14 +88,20 @@ pub async fn open_device_session(
             u32::from(originator.port()),
         )
         .await?;
-    let mut connection =
-        client::connect_stream(inner_config(), link_channel.into_stream(), InnerHandler { device_key })
-            .await?;
+    let mut connection = client::connect_stream(
+        inner_config(),
+        link_channel.into_stream(),
+        InnerHandler { device_key },
+    )
+    .await?;
     if !connection.authenticate_none(engineer).await?.success() {
         return Err(ProxyError::Refused);
     }
     let channel = connection.channel_open_session().await?;
-    Ok(DeviceSession { connection, channel })
+    Ok(DeviceSession {
+        connection,
+        channel,
+    })
 }
 
 /// Relays everything between the engineer's session channel and the device session until
@@ -105,7 +113,10 @@ pub async fn relay_session(
 ) {
     let engineer_id = engineer.id();
     let (mut engineer_rx, engineer_tx) = engineer.split();
-    let DeviceSession { connection, channel } = device;
+    let DeviceSession {
+        connection,
+        channel,
+    } = device;
     let (mut device_rx, device_tx) = channel.split();
 
     let upstream = async move {
@@ -115,19 +126,50 @@ pub async fn relay_session(
                 ChannelMsg::ExtendedData { .. } => Ok(()),
                 ChannelMsg::Eof => device_tx.eof().await,
                 ChannelMsg::Close => break,
-                ChannelMsg::RequestPty { term, col_width, row_height, pix_width, pix_height, terminal_modes, .. } => {
+                ChannelMsg::RequestPty {
+                    term,
+                    col_width,
+                    row_height,
+                    pix_width,
+                    pix_height,
+                    terminal_modes,
+                    ..
+                } => {
                     device_tx
-                        .request_pty(false, &term, col_width, row_height, pix_width, pix_height, &terminal_modes)
+                        .request_pty(
+                            false,
+                            &term,
+                            col_width,
+                            row_height,
+                            pix_width,
+                            pix_height,
+                            &terminal_modes,
+                        )
                         .await
                 }
                 ChannelMsg::RequestShell { .. } => device_tx.request_shell(false).await,
                 ChannelMsg::Exec { command, .. } => device_tx.exec(false, command).await,
-                ChannelMsg::RequestSubsystem { name, .. } => device_tx.request_subsystem(false, name).await,
-                ChannelMsg::SetEnv { variable_name, variable_value, .. } => {
-                    device_tx.set_env(false, variable_name, variable_value).await
+                ChannelMsg::RequestSubsystem { name, .. } => {
+                    device_tx.request_subsystem(false, name).await
                 }
-                ChannelMsg::WindowChange { col_width, row_height, pix_width, pix_height } => {
-                    device_tx.window_change(col_width, row_height, pix_width, pix_height).await
+                ChannelMsg::SetEnv {
+                    variable_name,
+                    variable_value,
+                    ..
+                } => {
+                    device_tx
+                        .set_env(false, variable_name, variable_value)
+                        .await
+                }
+                ChannelMsg::WindowChange {
+                    col_width,
+                    row_height,
+                    pix_width,
+                    pix_height,
+                } => {
+                    device_tx
+                        .window_change(col_width, row_height, pix_width, pix_height)
+                        .await
                 }
                 ChannelMsg::Signal { signal } => device_tx.signal(signal).await,
                 _ => Ok(()),
@@ -147,9 +189,22 @@ pub async fn relay_session(
                     engineer_tx.extended_data_bytes(ext, data).await.is_ok()
                 }
                 ChannelMsg::Eof => engineer_tx.eof().await.is_ok(),
-                ChannelMsg::ExitStatus { exit_status } => engineer_tx.exit_status(exit_status).await.is_ok(),
-                ChannelMsg::ExitSignal { signal_name, core_dumped, error_message, lang_tag } => front
-                    .exit_signal_request(engineer_id, signal_name, core_dumped, error_message, lang_tag)
+                ChannelMsg::ExitStatus { exit_status } => {
+                    engineer_tx.exit_status(exit_status).await.is_ok()
+                }
+                ChannelMsg::ExitSignal {
+                    signal_name,
+                    core_dumped,
+                    error_message,
+                    lang_tag,
+                } => front
+                    .exit_signal_request(
+                        engineer_id,
+                        signal_name,
+                        core_dumped,
+                        error_message,
+                        lang_tag,
+                    )
                     .await
                     .is_ok(),
                 ChannelMsg::Close => break,

@@ -69,14 +69,24 @@ pub async fn serve(config: RelayConfig, store: Arc<Store>) -> Result<()> {
         Arc::new(ssh_config(&config, host_key)),
         stop_rx.clone(),
     );
-    let router = http::router(api::router(store.clone()), front.clone(), config.http.trust_forwarded_for);
+    let router = http::router(
+        api::router(store.clone()),
+        front.clone(),
+        config.http.trust_forwarded_for,
+    );
 
     tracing::info!(
         "relay {} serving SSH on {} and HTTP{} on {} (host key {fingerprint}, data in {})",
         crate::VERSION,
-        ssh_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        ssh_listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
         if tls.is_some() { "S" } else { "" },
-        http_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        http_listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
         config.data_dir.display()
     );
 
@@ -139,8 +149,10 @@ async fn accept_ssh(listener: TcpListener, front: Arc<Front>, mut stop: watch::R
 
 async fn wait_for_stop_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         std::future::pending::<()>().await;
         return;
     };

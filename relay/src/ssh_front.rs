@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use russh::keys::{HashAlg, PublicKey};
-use russh::server::{self, Auth, Msg, Session};
 use russh::server::ChannelOpenHandle;
+use russh::server::{self, Auth, Msg, Session};
 use russh::{Channel, ChannelId, ChannelMsg, ChannelOpenFailure, MethodKind, MethodSet};
 use tether_protocol::enroll::{EnrollRequest, EnrollResponse, MAX_ENROLL_MESSAGE};
 use tether_protocol::names::{ENROLL_SUBSYSTEM, ENROLL_USER, LINK_USER};
@@ -72,7 +72,11 @@ enum Peer {
     Device { device: Box<Device> },
     /// An engineer. `login` is the SSH user name: a device name for relay-terminated
     /// sessions, or anything for ProxyJump.
-    Engineer { identities: Vec<EngineerIdentity>, login: String, fingerprint: String },
+    Engineer {
+        identities: Vec<EngineerIdentity>,
+        login: String,
+        fingerprint: String,
+    },
 }
 
 /// Per-connection state shared between the handler and the connection's task.
@@ -99,7 +103,13 @@ impl Front {
         config: Arc<server::Config>,
         shutdown: watch::Receiver<bool>,
     ) -> Arc<Self> {
-        Arc::new(Self { store, registry, config, next_conn: AtomicU64::new(1), shutdown })
+        Arc::new(Self {
+            store,
+            registry,
+            config,
+            next_conn: AtomicU64::new(1),
+            shutdown,
+        })
     }
 
     /// Serves one SSH connection (from TCP or from a WebSocket) until it ends.
@@ -108,8 +118,17 @@ impl Front {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let state = Arc::new(Mutex::new(ConnState { peer: Peer::Unknown, linked_device: None }));
-        let handler = Conn { front: self.clone(), conn_id, remote, transport, state: state.clone() };
+        let state = Arc::new(Mutex::new(ConnState {
+            peer: Peer::Unknown,
+            linked_device: None,
+        }));
+        let handler = Conn {
+            front: self.clone(),
+            conn_id,
+            remote,
+            transport,
+            state: state.clone(),
+        };
         // The version exchange happens inside run_stream; bound it so half-open connections
         // and clients that never speak cannot pile up.
         let running = match tokio::time::timeout(
@@ -137,7 +156,11 @@ impl Front {
             if unauthenticated {
                 tracing::info!("{remote}: authentication not completed in time, disconnecting");
                 let _ = grace_handle
-                    .disconnect(russh::Disconnect::ByApplication, "login grace time exceeded".into(), "en".into())
+                    .disconnect(
+                        russh::Disconnect::ByApplication,
+                        "login grace time exceeded".into(),
+                        "en".into(),
+                    )
                     .await;
             }
         });
@@ -175,7 +198,8 @@ impl Front {
         if ids.is_empty() {
             return;
         }
-        let Some(Ok(unwelcome)) = with_store(&self.store, move |s| s.unwelcome_devices(&ids)).await else {
+        let Some(Ok(unwelcome)) = with_store(&self.store, move |s| s.unwelcome_devices(&ids)).await
+        else {
             return;
         };
         for id in unwelcome {
@@ -183,7 +207,11 @@ impl Front {
                 tracing::info!("dropping link of device {id}: no longer accepted");
                 let _ = link
                     .handle
-                    .disconnect(russh::Disconnect::ByApplication, "device is no longer accepted".into(), "en".into())
+                    .disconnect(
+                        russh::Disconnect::ByApplication,
+                        "device is no longer accepted".into(),
+                        "en".into(),
+                    )
                     .await;
             }
         }
@@ -206,7 +234,9 @@ fn lock(state: &Mutex<ConnState>) -> std::sync::MutexGuard<'_, ConnState> {
 /// Agent version from an SSH version line like `SSH-2.0-tether-agent_0.1.0`.
 fn agent_version(sshid: &[u8]) -> Option<String> {
     let id = String::from_utf8_lossy(sshid);
-    id.trim().strip_prefix("SSH-2.0-tether-agent_").map(|v| v.chars().take(64).collect())
+    id.trim()
+        .strip_prefix("SSH-2.0-tether-agent_")
+        .map(|v| v.chars().take(64).collect())
 }
 
 impl Conn {
@@ -220,7 +250,11 @@ impl Conn {
 
     /// Resolves a device for an engineer: the same `None` for unknown devices and devices of
     /// other tenants.
-    async fn engineer_device(&self, identities: &[EngineerIdentity], name: &str) -> Option<(Device, Role)> {
+    async fn engineer_device(
+        &self,
+        identities: &[EngineerIdentity],
+        name: &str,
+    ) -> Option<(Device, Role)> {
         let tenants: Vec<i64> = identities.iter().map(|i| i.tenant_id).collect();
         let name = name.to_string();
         let device = with_store(&self.front.store, move |s| s.find_device(&tenants, &name))
@@ -230,7 +264,10 @@ impl Conn {
         if device.status != DeviceStatus::Accepted {
             return None;
         }
-        let role = identities.iter().find(|i| i.tenant_id == device.tenant_id)?.role;
+        let role = identities
+            .iter()
+            .find(|i| i.tenant_id == device.tenant_id)?
+            .role;
         Some((device, role))
     }
 }
@@ -269,7 +306,11 @@ impl server::Handler for Conn {
                 Ok(Auth::Accept)
             }
             None => {
-                tracing::info!("{}: refused key {fp} for user {user:?} via {}", self.remote, self.transport);
+                tracing::info!(
+                    "{}: refused key {fp} for user {user:?} via {}",
+                    self.remote,
+                    self.transport
+                );
                 Ok(reject())
             }
         }
@@ -288,17 +329,31 @@ impl server::Handler for Conn {
         let device_key = match PublicKey::from_openssh(&device.public_key) {
             Ok(k) => k,
             Err(e) => {
-                tracing::error!("device {} has an unreadable key in the store: {e}", device.id);
+                tracing::error!(
+                    "device {} has an unreadable key in the store: {e}",
+                    device.id
+                );
                 return Ok(false);
             }
         };
-        let link = LiveLink { conn_id: self.conn_id, handle: session.handle(), device_key };
+        let link = LiveLink {
+            conn_id: self.conn_id,
+            handle: session.handle(),
+            device_key,
+        };
         if let Some(old) = self.front.registry.insert(&device.id, link) {
-            tracing::info!("device {} reconnected; closing its previous link", device.id);
+            tracing::info!(
+                "device {} reconnected; closing its previous link",
+                device.id
+            );
             tokio::spawn(async move {
                 let _ = old
                     .handle
-                    .disconnect(russh::Disconnect::ByApplication, "replaced by a newer link".into(), "en".into())
+                    .disconnect(
+                        russh::Disconnect::ByApplication,
+                        "replaced by a newer link".into(),
+                        "en".into(),
+                    )
                     .await;
             });
         }
@@ -306,10 +361,20 @@ impl server::Handler for Conn {
         let version = agent_version(session.remote_sshid());
         let id = device.id.clone();
         let remote = self.remote.to_string();
-        if let Some(Err(e)) = with_store(&self.front.store, move |s| s.mark_online(&id, &remote, version.as_deref())).await {
+        if let Some(Err(e)) = with_store(&self.front.store, move |s| {
+            s.mark_online(&id, &remote, version.as_deref())
+        })
+        .await
+        {
             tracing::error!("cannot record device {} online: {e}", device.id);
         }
-        tracing::info!("device {} ({}) online from {} via {}", device.id, device.name, self.remote, self.transport);
+        tracing::info!(
+            "device {} ({}) online from {} via {}",
+            device.id,
+            device.name,
+            self.remote,
+            self.transport
+        );
         *port = 1;
         Ok(true)
     }
@@ -327,14 +392,21 @@ impl server::Handler for Conn {
                 let remote = self.remote;
                 tokio::spawn(enroll_channel(front, channel, key, remote));
             }
-            Peer::Engineer { identities, login, fingerprint } => {
+            Peer::Engineer {
+                identities,
+                login,
+                fingerprint,
+            } => {
                 reply.accept().await;
                 let front_handle = session.handle();
                 let resolved = self.engineer_device(&identities, &login).await;
                 let registry = self.front.registry.clone();
                 let remote = self.remote;
                 tokio::spawn(async move {
-                    let engineer = identities.first().map(|i| i.user.clone()).unwrap_or_default();
+                    let engineer = identities
+                        .first()
+                        .map(|i| i.user.clone())
+                        .unwrap_or_default();
                     let Some((device, role)) = resolved else {
                         let names: Vec<&str> = identities.iter().map(|i| i.user.as_str()).collect();
                         let hint = if names.contains(&login.as_str()) {
@@ -342,19 +414,26 @@ impl server::Handler for Conn {
                         } else {
                             String::new()
                         };
-                        proxy::refuse_session(channel, &format!("no such device: {login}{hint}")).await;
+                        proxy::refuse_session(channel, &format!("no such device: {login}{hint}"))
+                            .await;
                         return;
                     };
                     if role == Role::Viewer {
                         proxy::refuse_session(
                             channel,
-                            &format!("permission denied: role viewer cannot open sessions on {}", device.name),
+                            &format!(
+                                "permission denied: role viewer cannot open sessions on {}",
+                                device.name
+                            ),
                         )
                         .await;
                         return;
                     }
                     let Some(link) = registry.get(&device.id) else {
-                        let seen = device.last_disconnected.clone().unwrap_or_else(|| "never".into());
+                        let seen = device
+                            .last_disconnected
+                            .clone()
+                            .unwrap_or_else(|| "never".into());
                         proxy::refuse_session(
                             channel,
                             &format!("device {} is offline (last seen {seen})", device.name),
@@ -366,7 +445,14 @@ impl server::Handler for Conn {
                         "session: engineer {engineer} ({fingerprint}) on device {} from {remote}",
                         device.id
                     );
-                    match proxy::open_device_session(&link.handle, link.device_key.clone(), &engineer, remote).await {
+                    match proxy::open_device_session(
+                        &link.handle,
+                        link.device_key.clone(),
+                        &engineer,
+                        remote,
+                    )
+                    .await
+                    {
                         Ok(dev) => proxy::relay_session(channel, front_handle, dev).await,
                         Err(e) => {
                             tracing::warn!("session to device {} failed: {e}", device.id);
@@ -381,7 +467,9 @@ impl server::Handler for Conn {
             }
             // Devices do not open sessions on the relay.
             Peer::Device { .. } | Peer::Unknown => {
-                reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+                reply
+                    .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                    .await;
             }
         }
         Ok(())
@@ -397,23 +485,38 @@ impl server::Handler for Conn {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let Peer::Engineer { identities, login, fingerprint } = self.peer() else {
-            reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+        let Peer::Engineer {
+            identities,
+            login,
+            fingerprint,
+        } = self.peer()
+        else {
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
             return Ok(());
         };
         // `ssh -L … DEVICE@relay`: the device is the login and the target is device-local.
         // `ssh -J relay DEVICE`: the target host names the device; its sshd listens locally.
         let (device, target_host) = match self.engineer_device(&identities, &login).await {
             Some(found) => (Some(found), host_to_connect.to_string()),
-            None => (self.engineer_device(&identities, host_to_connect).await, "127.0.0.1".to_string()),
+            None => (
+                self.engineer_device(&identities, host_to_connect).await,
+                "127.0.0.1".to_string(),
+            ),
         };
         let Some((device, role)) = device else {
             reply.reject(ChannelOpenFailure::ConnectFailed).await;
             return Ok(());
         };
         if role == Role::Viewer {
-            tracing::info!("forward refused: viewer {fingerprint} on device {}", device.id);
-            reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+            tracing::info!(
+                "forward refused: viewer {fingerprint} on device {}",
+                device.id
+            );
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
             return Ok(());
         }
         let Some(link) = self.front.registry.get(&device.id) else {
@@ -430,7 +533,12 @@ impl server::Handler for Conn {
         tokio::spawn(async move {
             match link
                 .handle
-                .channel_open_forwarded_tcpip(target_host.clone(), port_to_connect, originator.0, originator.1)
+                .channel_open_forwarded_tcpip(
+                    target_host.clone(),
+                    port_to_connect,
+                    originator.0,
+                    originator.1,
+                )
                 .await
             {
                 Ok(device_channel) => {
@@ -440,8 +548,13 @@ impl server::Handler for Conn {
                     let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
                 }
                 Err(e) => {
-                    tracing::info!("device {} refused forward to {target_host}:{port_to_connect}: {e}", device.id);
-                    reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+                    tracing::info!(
+                        "device {} refused forward to {target_host}:{port_to_connect}: {e}",
+                        device.id
+                    );
+                    reply
+                        .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                        .await;
                 }
             }
         });
@@ -472,7 +585,11 @@ impl server::Handler for Conn {
         self.answer_engineer_request(channel, session)
     }
 
-    async fn shell_request(&mut self, channel: ChannelId, session: &mut Session) -> Result<(), Self::Error> {
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         self.answer_engineer_request(channel, session)
     }
 
@@ -496,7 +613,11 @@ impl server::Handler for Conn {
             Peer::Engineer { .. } => name == "sftp",
             _ => false,
         };
-        if ok { session.channel_success(channel) } else { session.channel_failure(channel) }
+        if ok {
+            session.channel_success(channel)
+        } else {
+            session.channel_failure(channel)
+        }
     }
 }
 
@@ -511,14 +632,18 @@ impl Conn {
                     .await?
                     .map_err(|e| tracing::error!("device key lookup failed: {e}"))
                     .ok()??;
-                (device.status == DeviceStatus::Accepted).then(|| Peer::Device { device: Box::new(device) })
+                (device.status == DeviceStatus::Accepted).then(|| Peer::Device {
+                    device: Box::new(device),
+                })
             }
             login => {
                 let lookup_fp = fp.clone();
-                let identities = with_store(&self.front.store, move |s| s.engineer_identities(&lookup_fp))
-                    .await?
-                    .map_err(|e| tracing::error!("engineer key lookup failed: {e}"))
-                    .ok()?;
+                let identities = with_store(&self.front.store, move |s| {
+                    s.engineer_identities(&lookup_fp)
+                })
+                .await?
+                .map_err(|e| tracing::error!("engineer key lookup failed: {e}"))
+                .ok()?;
                 (!identities.is_empty()).then(|| Peer::Engineer {
                     identities,
                     login: login.to_string(),
@@ -530,7 +655,11 @@ impl Conn {
 
     /// Session requests from engineers are answered at once (the device side follows the
     /// same order); answering later would confuse OpenSSH, which pipelines its requests.
-    fn answer_engineer_request(&self, channel: ChannelId, session: &mut Session) -> Result<(), russh::Error> {
+    fn answer_engineer_request(
+        &self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), russh::Error> {
         if matches!(self.peer(), Peer::Engineer { .. }) {
             session.channel_success(channel)
         } else {
@@ -543,12 +672,20 @@ impl Conn {
 fn reject() -> Auth {
     let mut methods = MethodSet::empty();
     methods.push(MethodKind::PublicKey);
-    Auth::Reject { proceed_with_methods: Some(methods), partial_success: false }
+    Auth::Reject {
+        proceed_with_methods: Some(methods),
+        partial_success: false,
+    }
 }
 
 /// Serves the enrollment subsystem on a session channel: one JSON request line, one JSON
 /// answer line.
-async fn enroll_channel(front: Arc<Front>, mut channel: Channel<Msg>, key: PublicKey, remote: SocketAddr) {
+async fn enroll_channel(
+    front: Arc<Front>,
+    mut channel: Channel<Msg>,
+    key: PublicKey,
+    remote: SocketAddr,
+) {
     let mut buf = Vec::new();
     let read = async {
         while let Some(msg) = channel.wait().await {
@@ -597,10 +734,19 @@ fn parse_enroll_request(buf: &[u8]) -> Result<EnrollRequest, String> {
     Ok(request)
 }
 
-async fn redeem(front: &Arc<Front>, request: EnrollRequest, key: &PublicKey, remote: SocketAddr) -> EnrollResponse {
+async fn redeem(
+    front: &Arc<Front>,
+    request: EnrollRequest,
+    key: &PublicKey,
+    remote: SocketAddr,
+) -> EnrollResponse {
     let public_key_openssh = match key.to_openssh() {
         Ok(k) => k,
-        Err(e) => return EnrollResponse::Refused { message: format!("unusable device key: {e}") },
+        Err(e) => {
+            return EnrollResponse::Refused {
+                message: format!("unusable device key: {e}"),
+            };
+        }
     };
     let enrollment = DeviceEnrollment {
         name: request.name.clone(),
@@ -610,7 +756,11 @@ async fn redeem(front: &Arc<Front>, request: EnrollRequest, key: &PublicKey, rem
         force: request.force,
     };
     let token = request.token;
-    match with_store(&front.store, move |s| s.redeem_enroll_token(&token, enrollment)).await {
+    match with_store(&front.store, move |s| {
+        s.redeem_enroll_token(&token, enrollment)
+    })
+    .await
+    {
         Some(Ok(enrolled)) => {
             tracing::info!(
                 "enrolled device {} ({}) in tenant {} from {remote}",
@@ -627,9 +777,13 @@ async fn redeem(front: &Arc<Front>, request: EnrollRequest, key: &PublicKey, rem
         }
         Some(Err(e)) => {
             tracing::info!("enrollment from {remote} refused: {e}");
-            EnrollResponse::Refused { message: e.to_string() }
+            EnrollResponse::Refused {
+                message: e.to_string(),
+            }
         }
-        None => EnrollResponse::Refused { message: "internal error".into() },
+        None => EnrollResponse::Refused {
+            message: "internal error".into(),
+        },
     }
 }
 
@@ -639,7 +793,10 @@ mod tests {
 
     #[test]
     fn agent_version_comes_from_the_ssh_id() {
-        assert_eq!(agent_version(b"SSH-2.0-tether-agent_1.2.3\r\n").as_deref(), Some("1.2.3"));
+        assert_eq!(
+            agent_version(b"SSH-2.0-tether-agent_1.2.3\r\n").as_deref(),
+            Some("1.2.3")
+        );
         assert_eq!(agent_version(b"SSH-2.0-OpenSSH_9.2"), None);
     }
 

@@ -90,7 +90,9 @@ pub enum StoreError {
     #[error("the token has been used up")]
     TokenUsedUp,
     /// The database was written by a newer relay.
-    #[error("the store is at schema version {found}, newer than this relay understands ({known}); upgrade the relay")]
+    #[error(
+        "the store is at schema version {found}, newer than this relay understands ({known}); upgrade the relay"
+    )]
     TooNew {
         /// Version in the file.
         found: i64,
@@ -369,7 +371,10 @@ pub fn now() -> String {
 }
 
 fn unix_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 fn rfc3339_from_unix(secs: i64) -> String {
@@ -392,7 +397,9 @@ pub fn validate_name(what: &str, name: &str) -> Result<(), StoreError> {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'));
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'));
     if ok {
         Ok(())
     } else {
@@ -427,11 +434,18 @@ impl Store {
     /// Opens (creating if needed) the store at `path` and brings its schema up to date.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-        let io = |source| StoreError::Io { path: path.display().to_string(), source };
+        let io = |source| StoreError::Io {
+            path: path.display().to_string(),
+            source,
+        };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
             && !dir.exists()
         {
-            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io)?;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io)?;
         }
         let fresh = !path.exists();
         let mut conn = Connection::open(path)?;
@@ -443,7 +457,9 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", true)?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         migrate(&mut conn)?;
-        Ok(Store { conn: Mutex::new(conn) })
+        Ok(Store {
+            conn: Mutex::new(conn),
+        })
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -457,9 +473,18 @@ impl Store {
         validate_name("tenant", name)?;
         let conn = self.conn();
         let created_at = now();
-        match conn.execute("INSERT INTO tenants (name, created_at) VALUES (?1, ?2)", params![name, created_at]) {
-            Ok(_) => Ok(Tenant { id: conn.last_insert_rowid(), name: name.to_string(), created_at }),
-            Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(format!("tenant {name:?} already exists"))),
+        match conn.execute(
+            "INSERT INTO tenants (name, created_at) VALUES (?1, ?2)",
+            params![name, created_at],
+        ) {
+            Ok(_) => Ok(Tenant {
+                id: conn.last_insert_rowid(),
+                name: name.to_string(),
+                created_at,
+            }),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(format!(
+                "tenant {name:?} already exists"
+            ))),
             Err(e) => Err(e.into()),
         }
     }
@@ -468,7 +493,13 @@ impl Store {
     pub fn tenants(&self) -> Result<Vec<Tenant>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare("SELECT id, name, created_at FROM tenants ORDER BY name")?;
-        let rows = stmt.query_map([], |r| Ok(Tenant { id: r.get(0)?, name: r.get(1)?, created_at: r.get(2)? }))?;
+        let rows = stmt.query_map([], |r| {
+            Ok(Tenant {
+                id: r.get(0)?,
+                name: r.get(1)?,
+                created_at: r.get(2)?,
+            })
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -480,13 +511,20 @@ impl Store {
     /// Mints a token; the returned secret is never stored.
     pub fn create_token(&self, new: NewToken<'_>) -> Result<CreatedToken, StoreError> {
         let conn = self.conn();
-        let tenant = tenant_by_name(&conn, new.tenant)?
-            .ok_or_else(|| StoreError::NotFound { what: "tenant", key: new.tenant.to_string() })?;
+        let tenant = tenant_by_name(&conn, new.tenant)?.ok_or_else(|| StoreError::NotFound {
+            what: "tenant",
+            key: new.tenant.to_string(),
+        })?;
         let mut raw = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut raw);
-        let secret = format!("tet_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw));
+        let secret = format!(
+            "tet_{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+        );
         let id = format!("tok_{}", random_hex(8));
-        let expires = new.ttl.map(|ttl| unix_now().saturating_add(ttl.as_secs().min(i64::MAX as u64) as i64));
+        let expires = new
+            .ttl
+            .map(|ttl| unix_now().saturating_add(ttl.as_secs().min(i64::MAX as u64) as i64));
         conn.execute(
             "INSERT INTO tokens (id, tenant_id, kind, secret_hash, created_at, expires_at, uses_left, require_accept)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -513,7 +551,11 @@ impl Store {
             Ok(TokenInfo {
                 id: r.get(0)?,
                 tenant: r.get(1)?,
-                kind: if r.get::<_, String>(2)? == "api" { TokenKind::Api } else { TokenKind::Enroll },
+                kind: if r.get::<_, String>(2)? == "api" {
+                    TokenKind::Api
+                } else {
+                    TokenKind::Enroll
+                },
                 created_at: r.get(3)?,
                 expires_at: r.get::<_, Option<i64>>(4)?.map(rfc3339_from_unix),
                 uses_left: r.get(5)?,
@@ -526,9 +568,14 @@ impl Store {
 
     /// Revokes a token by id.
     pub fn revoke_token(&self, id: &str) -> Result<(), StoreError> {
-        let n = self.conn().execute("UPDATE tokens SET revoked = 1 WHERE id = ?1", params![id])?;
+        let n = self
+            .conn()
+            .execute("UPDATE tokens SET revoked = 1 WHERE id = ?1", params![id])?;
         if n == 0 {
-            return Err(StoreError::NotFound { what: "token", key: id.to_string() });
+            return Err(StoreError::NotFound {
+                what: "token",
+                key: id.to_string(),
+            });
         }
         Ok(())
     }
@@ -558,7 +605,8 @@ impl Store {
                 },
             )
             .optional()?;
-        let Some((id, tenant_id, tenant, require_accept, uses_left, expires_at, revoked, k)) = row else {
+        let Some((id, tenant_id, tenant, require_accept, uses_left, expires_at, revoked, k)) = row
+        else {
             return Err(StoreError::InvalidToken);
         };
         if revoked || k != kind.as_str() {
@@ -581,7 +629,11 @@ impl Store {
     }
 
     /// Enrolls a device with an enrollment token, atomically.
-    pub fn redeem_enroll_token(&self, secret: &str, enrollment: DeviceEnrollment) -> Result<EnrolledDevice, StoreError> {
+    pub fn redeem_enroll_token(
+        &self,
+        secret: &str,
+        enrollment: DeviceEnrollment,
+    ) -> Result<EnrolledDevice, StoreError> {
         tether_protocol::names::validate_device_name(&enrollment.name)
             .map_err(|e| StoreError::Invalid(e.to_string()))?;
         let mut conn = self.conn();
@@ -589,7 +641,11 @@ impl Store {
         let (token_id, tenant_id, tenant_name, require_accept, uses_left) =
             Self::check_token(&tx, secret, TokenKind::Enroll)?;
         let by_key = device_where(&tx, "d.fingerprint = ?1", params![enrollment.fingerprint])?;
-        let by_name = device_where(&tx, "d.tenant_id = ?1 AND d.name = ?2", params![tenant_id, enrollment.name])?;
+        let by_name = device_where(
+            &tx,
+            "d.tenant_id = ?1 AND d.name = ?2",
+            params![tenant_id, enrollment.name],
+        )?;
         if let Some(existing) = &by_key
             && existing.tenant_id != tenant_id
         {
@@ -609,15 +665,28 @@ impl Store {
             }
             tx.execute("DELETE FROM devices WHERE id = ?1", params![other.id])?;
         }
-        let status = if require_accept { DeviceStatus::Pending } else { DeviceStatus::Accepted };
+        let status = if require_accept {
+            DeviceStatus::Pending
+        } else {
+            DeviceStatus::Accepted
+        };
         let id = match by_key {
             Some(existing) => {
                 // Re-enrollment of the same key keeps its id (and its acceptance decision,
                 // unless it was rejected: a fresh token from an operator re-admits it).
-                let keep = if existing.status == DeviceStatus::Rejected { status } else { existing.status };
+                let keep = if existing.status == DeviceStatus::Rejected {
+                    status
+                } else {
+                    existing.status
+                };
                 tx.execute(
                     "UPDATE devices SET name = ?2, agent_version = ?3, status = ?4 WHERE id = ?1",
-                    params![existing.id, enrollment.name, enrollment.agent_version, keep.as_str()],
+                    params![
+                        existing.id,
+                        enrollment.name,
+                        enrollment.agent_version,
+                        keep.as_str()
+                    ],
                 )?;
                 existing.id
             }
@@ -641,16 +710,31 @@ impl Store {
             }
         };
         if uses_left.is_some() {
-            tx.execute("UPDATE tokens SET uses_left = uses_left - 1 WHERE id = ?1", params![token_id])?;
+            tx.execute(
+                "UPDATE tokens SET uses_left = uses_left - 1 WHERE id = ?1",
+                params![token_id],
+            )?;
         }
-        let device = device_where(&tx, "d.id = ?1", params![id])?
-            .ok_or_else(|| StoreError::NotFound { what: "device", key: id.clone() })?;
+        let device =
+            device_where(&tx, "d.id = ?1", params![id])?.ok_or_else(|| StoreError::NotFound {
+                what: "device",
+                key: id.clone(),
+            })?;
         tx.commit()?;
-        Ok(EnrolledDevice { device, tenant_name })
+        Ok(EnrolledDevice {
+            device,
+            tenant_name,
+        })
     }
 
     /// Registers an engineer's key with a tenant and role.
-    pub fn add_user(&self, name: &str, tenant: &str, role: Role, public_key_openssh: &str) -> Result<User, StoreError> {
+    pub fn add_user(
+        &self,
+        name: &str,
+        tenant: &str,
+        role: Role,
+        public_key_openssh: &str,
+    ) -> Result<User, StoreError> {
         validate_name("user", name)?;
         let key = russh::keys::PublicKey::from_openssh(public_key_openssh.trim())
             .map_err(|e| StoreError::Invalid(format!("not an OpenSSH public key: {e}")))?;
@@ -659,8 +743,10 @@ impl Store {
             .to_openssh()
             .map_err(|e| StoreError::Invalid(format!("cannot encode the public key: {e}")))?;
         let conn = self.conn();
-        let t = tenant_by_name(&conn, tenant)?
-            .ok_or_else(|| StoreError::NotFound { what: "tenant", key: tenant.to_string() })?;
+        let t = tenant_by_name(&conn, tenant)?.ok_or_else(|| StoreError::NotFound {
+            what: "tenant",
+            key: tenant.to_string(),
+        })?;
         let created_at = now();
         match conn.execute(
             "INSERT INTO users (tenant_id, name, role, public_key, fingerprint, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -689,30 +775,57 @@ impl Store {
              FROM users u JOIN tenants t ON t.id = u.tenant_id ORDER BY t.name, u.name",
         )?;
         let rows = stmt.query_map([], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, String>(3)?, r.get(4)?, r.get(5)?))
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get::<_, String>(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
         })?;
         let mut out = Vec::new();
         for row in rows {
             let (id, name, tenant, role, fingerprint, created_at) = row?;
-            out.push(User { id, name, tenant, role: Role::parse(&role)?, fingerprint, created_at });
+            out.push(User {
+                id,
+                name,
+                tenant,
+                role: Role::parse(&role)?,
+                fingerprint,
+                created_at,
+            });
         }
         Ok(out)
     }
 
     /// Everyone a key belongs to (a key may be registered in several tenants).
-    pub fn engineer_identities(&self, fingerprint: &str) -> Result<Vec<EngineerIdentity>, StoreError> {
+    pub fn engineer_identities(
+        &self,
+        fingerprint: &str,
+    ) -> Result<Vec<EngineerIdentity>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
             "SELECT u.name, t.id, t.name, u.role FROM users u JOIN tenants t ON t.id = u.tenant_id
              WHERE u.fingerprint = ?1 ORDER BY t.id",
         )?;
         let rows = stmt.query_map(params![fingerprint], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+            ))
         })?;
         let mut out = Vec::new();
         for row in rows {
             let (user, tenant_id, tenant, role) = row?;
-            out.push(EngineerIdentity { user, tenant_id, tenant, role: Role::parse(&role)? });
+            out.push(EngineerIdentity {
+                user,
+                tenant_id,
+                tenant,
+                role: Role::parse(&role)?,
+            });
         }
         Ok(out)
     }
@@ -728,7 +841,11 @@ impl Store {
     }
 
     /// A device by name or id, only within `tenant_ids`.
-    pub fn find_device(&self, tenant_ids: &[i64], name_or_id: &str) -> Result<Option<Device>, StoreError> {
+    pub fn find_device(
+        &self,
+        tenant_ids: &[i64],
+        name_or_id: &str,
+    ) -> Result<Option<Device>, StoreError> {
         let conn = self.conn();
         for tenant_id in tenant_ids {
             let found = device_where(
@@ -749,12 +866,19 @@ impl Store {
         if let Some(d) = device_where(&conn, "d.id = ?1", params![id_or_name])? {
             return Ok(d);
         }
-        let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices d JOIN tenants t ON t.id = d.tenant_id WHERE d.name = ?1");
+        let sql = format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices d JOIN tenants t ON t.id = d.tenant_id WHERE d.name = ?1"
+        );
         let mut stmt = conn.prepare(&sql)?;
-        let found: Vec<Device> = stmt.query_map(params![id_or_name], device_from_row)?.collect::<Result<_, _>>()?;
+        let found: Vec<Device> = stmt
+            .query_map(params![id_or_name], device_from_row)?
+            .collect::<Result<_, _>>()?;
         match found.len() {
             1 => Ok(found.into_iter().next().ok_or(StoreError::InvalidToken)?),
-            0 => Err(StoreError::NotFound { what: "device", key: id_or_name.to_string() }),
+            0 => Err(StoreError::NotFound {
+                what: "device",
+                key: id_or_name.to_string(),
+            }),
             n => Err(StoreError::Conflict(format!(
                 "{n} devices in different tenants are named {id_or_name:?}; use the device id"
             ))),
@@ -767,7 +891,10 @@ impl Store {
         if let Some(name) = tenant
             && tenant_by_name(&conn, name)?.is_none()
         {
-            return Err(StoreError::NotFound { what: "tenant", key: name.to_string() });
+            return Err(StoreError::NotFound {
+                what: "tenant",
+                key: name.to_string(),
+            });
         }
         devices_where(&conn, "?1 IS NULL OR t.name = ?1", params![tenant])
     }
@@ -779,24 +906,40 @@ impl Store {
 
     /// Sets whether a device may connect.
     pub fn set_device_status(&self, id: &str, status: DeviceStatus) -> Result<(), StoreError> {
-        let n = self.conn().execute("UPDATE devices SET status = ?2 WHERE id = ?1", params![id, status.as_str()])?;
+        let n = self.conn().execute(
+            "UPDATE devices SET status = ?2 WHERE id = ?1",
+            params![id, status.as_str()],
+        )?;
         if n == 0 {
-            return Err(StoreError::NotFound { what: "device", key: id.to_string() });
+            return Err(StoreError::NotFound {
+                what: "device",
+                key: id.to_string(),
+            });
         }
         Ok(())
     }
 
     /// Deletes a device.
     pub fn remove_device(&self, id: &str) -> Result<(), StoreError> {
-        let n = self.conn().execute("DELETE FROM devices WHERE id = ?1", params![id])?;
+        let n = self
+            .conn()
+            .execute("DELETE FROM devices WHERE id = ?1", params![id])?;
         if n == 0 {
-            return Err(StoreError::NotFound { what: "device", key: id.to_string() });
+            return Err(StoreError::NotFound {
+                what: "device",
+                key: id.to_string(),
+            });
         }
         Ok(())
     }
 
     /// Records that a device's link came up.
-    pub fn mark_online(&self, id: &str, remote_addr: &str, agent_version: Option<&str>) -> Result<(), StoreError> {
+    pub fn mark_online(
+        &self,
+        id: &str,
+        remote_addr: &str,
+        agent_version: Option<&str>,
+    ) -> Result<(), StoreError> {
         self.conn().execute(
             "UPDATE devices SET online = 1, last_connected = ?2, remote_addr = ?3,
                  agent_version = COALESCE(?4, agent_version) WHERE id = ?1",
@@ -840,18 +983,36 @@ impl Store {
 
 fn tenant_by_name(conn: &Connection, name: &str) -> Result<Option<Tenant>, StoreError> {
     Ok(conn
-        .query_row("SELECT id, name, created_at FROM tenants WHERE name = ?1", params![name], |r| {
-            Ok(Tenant { id: r.get(0)?, name: r.get(1)?, created_at: r.get(2)? })
-        })
+        .query_row(
+            "SELECT id, name, created_at FROM tenants WHERE name = ?1",
+            params![name],
+            |r| {
+                Ok(Tenant {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    created_at: r.get(2)?,
+                })
+            },
+        )
         .optional()?)
 }
 
-fn device_where(conn: &Connection, filter: &str, p: impl rusqlite::Params) -> Result<Option<Device>, StoreError> {
-    let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices d JOIN tenants t ON t.id = d.tenant_id WHERE {filter}");
+fn device_where(
+    conn: &Connection,
+    filter: &str,
+    p: impl rusqlite::Params,
+) -> Result<Option<Device>, StoreError> {
+    let sql = format!(
+        "SELECT {DEVICE_COLUMNS} FROM devices d JOIN tenants t ON t.id = d.tenant_id WHERE {filter}"
+    );
     Ok(conn.query_row(&sql, p, device_from_row).optional()?)
 }
 
-fn devices_where(conn: &Connection, filter: &str, p: impl rusqlite::Params) -> Result<Vec<Device>, StoreError> {
+fn devices_where(
+    conn: &Connection,
+    filter: &str,
+    p: impl rusqlite::Params,
+) -> Result<Vec<Device>, StoreError> {
     let sql = format!(
         "SELECT {DEVICE_COLUMNS} FROM devices d JOIN tenants t ON t.id = d.tenant_id WHERE {filter} ORDER BY t.name, d.name"
     );
@@ -870,7 +1031,10 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if version > known {
-            return Err(StoreError::TooNew { found: version, known });
+            return Err(StoreError::TooNew {
+                found: version,
+                known,
+            });
         }
         if version == known {
             return Ok(());
@@ -890,8 +1054,10 @@ mod tests {
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-    const KEY_A: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ a";
-    const KEY_B: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBuxHsuD3D1T6DwjHg8u6Pn/5O6IWxnpPmqPGrXEmXNV b";
+    const KEY_A: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ a";
+    const KEY_B: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBuxHsuD3D1T6DwjHg8u6Pn/5O6IWxnpPmqPGrXEmXNV b";
 
     fn enrollment(name: &str, fp: &str) -> DeviceEnrollment {
         DeviceEnrollment {
@@ -903,9 +1069,20 @@ mod tests {
         }
     }
 
-    fn token(store: &Store, tenant: &str, ttl: Option<Duration>, uses: Option<u32>) -> Result<String, StoreError> {
+    fn token(
+        store: &Store,
+        tenant: &str,
+        ttl: Option<Duration>,
+        uses: Option<u32>,
+    ) -> Result<String, StoreError> {
         Ok(store
-            .create_token(NewToken { tenant, kind: TokenKind::Enroll, ttl, uses, require_accept: false })?
+            .create_token(NewToken {
+                tenant,
+                kind: TokenKind::Enroll,
+                ttl,
+                uses,
+                require_accept: false,
+            })?
             .secret)
     }
 
@@ -923,7 +1100,10 @@ mod tests {
         let conn = Connection::open(&path)?;
         conn.pragma_update(None, "user_version", 99)?;
         drop(conn);
-        assert!(matches!(Store::open(&path), Err(StoreError::TooNew { found: 99, .. })));
+        assert!(matches!(
+            Store::open(&path),
+            Err(StoreError::TooNew { found: 99, .. })
+        ));
         Ok(())
     }
 
@@ -933,25 +1113,49 @@ mod tests {
         let path = dir.path().join("relay.db");
         let s = Store::open(&path)?;
         s.add_tenant("acme")?;
-        assert!(matches!(s.redeem_enroll_token("tet_nope", enrollment("b", "fp0")), Err(StoreError::InvalidToken)));
+        assert!(matches!(
+            s.redeem_enroll_token("tet_nope", enrollment("b", "fp0")),
+            Err(StoreError::InvalidToken)
+        ));
         let once = token(&s, "acme", None, Some(1))?;
         s.redeem_enroll_token(&once, enrollment("b1", "fp1"))?;
-        assert!(matches!(s.redeem_enroll_token(&once, enrollment("b2", "fp2")), Err(StoreError::TokenUsedUp)));
+        assert!(matches!(
+            s.redeem_enroll_token(&once, enrollment("b2", "fp2")),
+            Err(StoreError::TokenUsedUp)
+        ));
         let expired = token(&s, "acme", Some(Duration::ZERO), None)?;
-        assert!(matches!(s.redeem_enroll_token(&expired, enrollment("b3", "fp3")), Err(StoreError::TokenExpired)));
-        let api = s.create_token(NewToken { tenant: "acme", kind: TokenKind::Api, ttl: None, uses: None, require_accept: false })?;
+        assert!(matches!(
+            s.redeem_enroll_token(&expired, enrollment("b3", "fp3")),
+            Err(StoreError::TokenExpired)
+        ));
+        let api = s.create_token(NewToken {
+            tenant: "acme",
+            kind: TokenKind::Api,
+            ttl: None,
+            uses: None,
+            require_accept: false,
+        })?;
         assert_eq!(s.api_token(&api.secret)?.tenant, "acme");
         assert!(matches!(s.api_token(&once), Err(StoreError::InvalidToken)));
-        assert!(matches!(s.redeem_enroll_token(&api.secret, enrollment("b4", "fp4")), Err(StoreError::InvalidToken)));
+        assert!(matches!(
+            s.redeem_enroll_token(&api.secret, enrollment("b4", "fp4")),
+            Err(StoreError::InvalidToken)
+        ));
         s.revoke_token(&api.id)?;
-        assert!(matches!(s.api_token(&api.secret), Err(StoreError::InvalidToken)));
+        assert!(matches!(
+            s.api_token(&api.secret),
+            Err(StoreError::InvalidToken)
+        ));
         drop(s);
         let mut bytes = std::fs::read(&path)?;
         if let Ok(wal) = std::fs::read(dir.path().join("relay.db-wal")) {
             bytes.extend(wal);
         }
         for secret in [&once, &api.secret] {
-            assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "secret stored in clear");
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "secret stored in clear"
+            );
         }
         Ok(())
     }
@@ -965,11 +1169,16 @@ mod tests {
         let t = token(&s, "acme", None, None)?;
         let first = s.redeem_enroll_token(&t, enrollment("b1", "fp1"))?.device;
         // Same key again keeps the id and may rename.
-        let again = s.redeem_enroll_token(&t, enrollment("b1-renamed", "fp1"))?.device;
+        let again = s
+            .redeem_enroll_token(&t, enrollment("b1-renamed", "fp1"))?
+            .device;
         assert_eq!(first.id, again.id);
         assert_eq!(again.name, "b1-renamed");
         // Another key may not take the name without force.
-        assert!(matches!(s.redeem_enroll_token(&t, enrollment("b1-renamed", "fp2")), Err(StoreError::Conflict(_))));
+        assert!(matches!(
+            s.redeem_enroll_token(&t, enrollment("b1-renamed", "fp2")),
+            Err(StoreError::Conflict(_))
+        ));
         let mut forced = enrollment("b1-renamed", "fp2");
         forced.force = true;
         let replaced = s.redeem_enroll_token(&t, forced)?.device;
@@ -977,12 +1186,26 @@ mod tests {
         assert!(s.device(&first.id)?.is_none());
         // A key of another tenant is refused.
         let g = token(&s, "globex", None, None)?;
-        assert!(matches!(s.redeem_enroll_token(&g, enrollment("x", "fp2")), Err(StoreError::Conflict(_))));
+        assert!(matches!(
+            s.redeem_enroll_token(&g, enrollment("x", "fp2")),
+            Err(StoreError::Conflict(_))
+        ));
         // Pending devices with require_accept.
-        let p = s.create_token(NewToken { tenant: "acme", kind: TokenKind::Enroll, ttl: None, uses: None, require_accept: true })?;
-        let pending = s.redeem_enroll_token(&p.secret, enrollment("b9", "fp9"))?.device;
+        let p = s.create_token(NewToken {
+            tenant: "acme",
+            kind: TokenKind::Enroll,
+            ttl: None,
+            uses: None,
+            require_accept: true,
+        })?;
+        let pending = s
+            .redeem_enroll_token(&p.secret, enrollment("b9", "fp9"))?
+            .device;
         assert_eq!(pending.status, DeviceStatus::Pending);
-        assert_eq!(s.unwelcome_devices(&[pending.id.clone(), replaced.id.clone(), "dev_gone".into()])?, vec![pending.id, "dev_gone".to_string()]);
+        assert_eq!(
+            s.unwelcome_devices(&[pending.id.clone(), replaced.id.clone(), "dev_gone".into()])?,
+            vec![pending.id, "dev_gone".to_string()]
+        );
         Ok(())
     }
 
@@ -996,10 +1219,19 @@ mod tests {
         let g = token(&s, "globex", None, None)?;
         let da = s.redeem_enroll_token(&a, enrollment("board", "fa"))?.device;
         let dg = s.redeem_enroll_token(&g, enrollment("board", "fg"))?.device;
-        assert_eq!(s.find_device(&[acme.id], "board")?.map(|d| d.id), Some(da.id.clone()));
-        assert_eq!(s.find_device(&[globex.id], "board")?.map(|d| d.id), Some(dg.id.clone()));
+        assert_eq!(
+            s.find_device(&[acme.id], "board")?.map(|d| d.id),
+            Some(da.id.clone())
+        );
+        assert_eq!(
+            s.find_device(&[globex.id], "board")?.map(|d| d.id),
+            Some(dg.id.clone())
+        );
         assert_eq!(s.find_device(&[globex.id], &da.id)?, None);
-        assert!(matches!(s.resolve_device("board"), Err(StoreError::Conflict(_))));
+        assert!(matches!(
+            s.resolve_device("board"),
+            Err(StoreError::Conflict(_))
+        ));
         assert_eq!(s.resolve_device(&da.id)?.id, da.id);
         s.mark_online(&da.id, "127.0.0.1:5", Some("0.2.0"))?;
         let d = s.device(&da.id)?.ok_or("missing")?;
@@ -1020,9 +1252,18 @@ mod tests {
         s.add_user("alice", "globex", Role::Viewer, KEY_A)?;
         s.add_user("bob", "acme", Role::Operator, KEY_B)?;
         assert!(u.fingerprint.starts_with("SHA256:"));
-        assert!(matches!(s.add_user("alice", "acme", Role::Viewer, KEY_B), Err(StoreError::Conflict(_))));
-        assert!(matches!(s.add_user("carol", "acme", Role::Viewer, "not a key"), Err(StoreError::Invalid(_))));
-        assert!(matches!(s.add_user("dave", "nope", Role::Viewer, KEY_B), Err(StoreError::NotFound { .. })));
+        assert!(matches!(
+            s.add_user("alice", "acme", Role::Viewer, KEY_B),
+            Err(StoreError::Conflict(_))
+        ));
+        assert!(matches!(
+            s.add_user("carol", "acme", Role::Viewer, "not a key"),
+            Err(StoreError::Invalid(_))
+        ));
+        assert!(matches!(
+            s.add_user("dave", "nope", Role::Viewer, KEY_B),
+            Err(StoreError::NotFound { .. })
+        ));
         let ids = s.engineer_identities(&u.fingerprint)?;
         assert_eq!(ids.len(), 2);
         assert_eq!(ids[1].role, Role::Viewer);

@@ -32,17 +32,30 @@ fn build_binaries() -> Result<PathBuf> {
         .context("test binary is not in target/<profile>/deps")?
         .to_path_buf();
     let target_dir = profile_dir.parent().context("no target dir")?;
-    let profile = profile_dir.file_name().and_then(|s| s.to_str()).unwrap_or("debug");
+    let profile = profile_dir
+        .file_name()
+        .and_then(|s| s.to_str())
+        .unwrap_or("debug");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--quiet", "--bins", "-p", "tether-relay", "-p", "tether-agent"])
-        .arg("--target-dir")
-        .arg(target_dir)
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    cmd.args([
+        "build",
+        "--quiet",
+        "--bins",
+        "-p",
+        "tether-relay",
+        "-p",
+        "tether-agent",
+    ])
+    .arg("--target-dir")
+    .arg(target_dir)
+    .current_dir(env!("CARGO_MANIFEST_DIR"));
     if profile == "release" {
         cmd.arg("--release");
     }
-    let status = cmd.status().context("running cargo build for the binaries")?;
+    let status = cmd
+        .status()
+        .context("running cargo build for the binaries")?;
     if !status.success() {
         bail!("cargo build of relay and agent failed");
     }
@@ -82,7 +95,9 @@ pub struct Proc {
 impl Proc {
     /// Sends SIGTERM and waits (bounded) for the process to exit; returns whether it did.
     pub fn terminate(&mut self, timeout: Duration) -> bool {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let start = Instant::now();
         while start.elapsed() < timeout {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -112,7 +127,10 @@ fn spawn_logged(mut cmd: Command, log: &Path) -> Result<Proc> {
     cmd.stdin(Stdio::null()).stdout(out).stderr(err);
     cmd.env("RUST_LOG", "info,russh=warn");
     let child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
-    Ok(Proc { child, log: log.to_path_buf() })
+    Ok(Proc {
+        child,
+        log: log.to_path_buf(),
+    })
 }
 
 /// Output of a finished command, with text helpers.
@@ -134,9 +152,13 @@ impl From<Output> for Run {
 
 /// Runs a command with a time limit, killing it when the limit passes.
 pub fn run_with_timeout(mut cmd: Command, input: Option<&[u8]>, timeout: Duration) -> Result<Run> {
-    cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let mut child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
     if let Some(data) = input {
         let mut stdin = child.stdin.take().context("stdin")?;
@@ -200,8 +222,12 @@ impl Relay {
     /// Starts a relay on free loopback ports and waits until both ports accept connections.
     pub fn start() -> Result<Relay> {
         let dir = tempfile::tempdir()?;
-        let mut relay =
-            Relay { dir, ssh_port: free_port()?, http_port: free_port()?, proc: None };
+        let mut relay = Relay {
+            dir,
+            ssh_port: free_port()?,
+            http_port: free_port()?,
+            proc: None,
+        };
         relay.restart()?;
         Ok(relay)
     }
@@ -213,8 +239,23 @@ impl Relay {
         let cert = dir.path().join("cert.pem");
         let key = dir.path().join("key.pem");
         let st = Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
-            .args(["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-days",
+                "1",
+            ])
+            .args([
+                "-subj",
+                "/CN=127.0.0.1",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            ])
             // rustls refuses a CA certificate as a server certificate.
             .args(["-addext", "basicConstraints=critical,CA:FALSE"])
             .arg("-keyout")
@@ -230,9 +271,18 @@ impl Relay {
         }
         std::fs::write(
             dir.path().join("relay.yaml"),
-            format!("http:\n  tls:\n    cert: {}\n    key: {}\n", cert.display(), key.display()),
+            format!(
+                "http:\n  tls:\n    cert: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            ),
         )?;
-        let mut relay = Relay { dir, ssh_port: free_port()?, http_port: free_port()?, proc: None };
+        let mut relay = Relay {
+            dir,
+            ssh_port: free_port()?,
+            http_port: free_port()?,
+            proc: None,
+        };
         relay.restart()?;
         Ok((relay, cert))
     }
@@ -288,7 +338,12 @@ impl Relay {
     pub fn admin_ok(&self, args: &[&str]) -> Result<String> {
         let r = self.admin(args)?;
         if r.status != Some(0) {
-            bail!("relay {args:?} failed ({:?}): {}{}", r.status, r.stdout, r.stderr);
+            bail!(
+                "relay {args:?} failed ({:?}): {}{}",
+                r.status,
+                r.stdout,
+                r.stderr
+            );
         }
         Ok(r.stdout)
     }
@@ -300,7 +355,10 @@ impl Relay {
 
     /// Mints an enrollment token for `tenant`.
     pub fn enroll_token(&self, tenant: &str) -> Result<String> {
-        Ok(self.admin_ok(&["token", "create", "--tenant", tenant])?.trim().to_string())
+        Ok(self
+            .admin_ok(&["token", "create", "--tenant", tenant])?
+            .trim()
+            .to_string())
     }
 
     /// Registers an engineer with a fresh key; returns the engineer.
@@ -315,7 +373,11 @@ impl Relay {
             bail!("ssh-keygen failed");
         }
         let pubkey = key.with_extension("pub");
-        let pubkey = if pubkey.exists() { pubkey } else { PathBuf::from(format!("{}.pub", key.display())) };
+        let pubkey = if pubkey.exists() {
+            pubkey
+        } else {
+            PathBuf::from(format!("{}.pub", key.display()))
+        };
         self.admin_ok(&[
             "user",
             "add",
@@ -348,12 +410,25 @@ impl Relay {
     pub fn http_get(&self, path: &str, bearer: Option<&str>) -> Result<(u16, String)> {
         let mut s = TcpStream::connect(("127.0.0.1", self.http_port))?;
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        let auth = bearer.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-        write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n")?;
+        let auth = bearer
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n"
+        )?;
         let mut resp = String::new();
         s.read_to_string(&mut resp)?;
-        let code = resp.split_whitespace().nth(1).unwrap_or("0").parse().unwrap_or(0);
-        let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        let code = resp
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("0")
+            .parse()
+            .unwrap_or(0);
+        let body = resp
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
         Ok((code, body))
     }
 }
@@ -383,7 +458,12 @@ impl Agent {
             yaml = yaml.replace("forward:\n  allow:\n", "forward:\n  allow: []\n");
         }
         std::fs::write(&config, yaml)?;
-        Ok(Agent { dir, config, proc: None, name: name.to_string() })
+        Ok(Agent {
+            dir,
+            config,
+            proc: None,
+            name: name.to_string(),
+        })
     }
 
     /// Runs an `agent` subcommand to completion.
@@ -404,7 +484,14 @@ impl Agent {
     /// Enrolls with `relay` over `transport` using a fresh token of `tenant`.
     pub fn enroll(&self, relay: &Relay, transport: Transport, tenant: &str) -> Result<Run> {
         let token = relay.enroll_token(tenant)?;
-        let r = self.cmd(&["enroll", &relay.url(transport), "--token", &token, "--name", &self.name])?;
+        let r = self.cmd(&[
+            "enroll",
+            &relay.url(transport),
+            "--token",
+            &token,
+            "--name",
+            &self.name,
+        ])?;
         if r.status != Some(0) {
             bail!("enroll failed ({:?}): {}{}", r.status, r.stdout, r.stderr);
         }
@@ -439,7 +526,9 @@ impl Agent {
     /// Waits until the agent reports its link online.
     pub fn wait_online(&self) -> Result<()> {
         wait_until(Duration::from_secs(30), "agent link online", || {
-            self.status().map(|s| s["link"] == "online").unwrap_or(false)
+            self.status()
+                .map(|s| s["link"] == "online")
+                .unwrap_or(false)
         })
         .with_context(|| format!("agent log:\n{}", self.log()))
     }
@@ -449,7 +538,10 @@ impl Agent {
     }
 
     pub fn device_id(&self) -> Result<String> {
-        Ok(self.status()?["device_id"].as_str().unwrap_or_default().to_string())
+        Ok(self.status()?["device_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string())
     }
 }
 
@@ -463,7 +555,10 @@ pub struct Engineer {
 
 impl Engineer {
     fn new(name: &str, key: PathBuf, ssh_port: u16, dir: &Path) -> Result<Engineer> {
-        let ssh_config = dir.join(format!("ssh_config-{name}-{}", key.file_name().and_then(|f| f.to_str()).unwrap_or("k")));
+        let ssh_config = dir.join(format!(
+            "ssh_config-{name}-{}",
+            key.file_name().and_then(|f| f.to_str()).unwrap_or("k")
+        ));
         let known = dir.join("known_hosts");
         std::fs::write(
             &ssh_config,
@@ -476,7 +571,12 @@ impl Engineer {
                 known = known.display()
             ),
         )?;
-        Ok(Engineer { name: name.to_string(), key, ssh_port, ssh_config })
+        Ok(Engineer {
+            name: name.to_string(),
+            key,
+            ssh_port,
+            ssh_config,
+        })
     }
 
     /// `ssh -F config` with extra arguments.
@@ -493,14 +593,23 @@ impl Engineer {
 
     /// Like [`Engineer::exec`] with data on stdin.
     pub fn exec_input(&self, device: &str, command: &str, input: Option<&[u8]>) -> Result<Run> {
-        let cmd = self.ssh_cmd(&["-p", &self.ssh_port.to_string(), &format!("{device}@127.0.0.1"), command]);
+        let cmd = self.ssh_cmd(&[
+            "-p",
+            &self.ssh_port.to_string(),
+            &format!("{device}@127.0.0.1"),
+            command,
+        ]);
         run_with_timeout(cmd, input, Duration::from_secs(60))
     }
 
     /// scp with this engineer's settings.
     pub fn scp(&self, args: &[&str]) -> Result<Run> {
         let mut cmd = Command::new("scp");
-        cmd.arg("-F").arg(&self.ssh_config).arg("-P").arg(self.ssh_port.to_string()).args(args);
+        cmd.arg("-F")
+            .arg(&self.ssh_config)
+            .arg("-P")
+            .arg(self.ssh_port.to_string())
+            .args(args);
         run_with_timeout(cmd, None, Duration::from_secs(120))
     }
 
@@ -539,7 +648,11 @@ impl Setup {
         agent.enroll(&relay, transport, "acme")?;
         agent.start()?;
         agent.wait_online()?;
-        Ok(Setup { relay, agent, engineer })
+        Ok(Setup {
+            relay,
+            agent,
+            engineer,
+        })
     }
 }
 
@@ -559,7 +672,10 @@ pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
 
 /// Whether the OpenSSH server binary is available (ProxyJump tests need a private sshd).
 pub fn sshd_path() -> Option<PathBuf> {
-    ["/usr/sbin/sshd", "/usr/bin/sshd"].iter().map(PathBuf::from).find(|p| p.exists())
+    ["/usr/sbin/sshd", "/usr/bin/sshd"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
 }
 
 /// A private sshd on a free loopback port, accepting `authorized_key` for the current user.
