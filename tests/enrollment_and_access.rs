@@ -385,3 +385,43 @@ fn wss_link_through_an_https_proxy() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn agent_run_notifies_systemd_readiness_and_stops_on_sigterm() -> Result<()> {
+    let relay = Relay::start()?;
+    relay.tenant("acme")?;
+    let mut agent = Agent::new("board1", &[])?;
+    agent.enroll(&relay, Transport::Tcp, "acme")?;
+    let sock_path = agent.dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path)?;
+    sock.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let path = sock_path.display().to_string();
+    agent.start_with_env(&[("NOTIFY_SOCKET", path.as_str())])?;
+    let mut buf = [0u8; 512];
+    let n = sock.recv(&mut buf)?;
+    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    ensure!(msg.contains("READY=1"), "first notification was {msg:?}");
+    agent.wait_online()?;
+    let mut p = agent
+        .proc
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no agent process"))?;
+    ensure!(
+        p.terminate(Duration::from_secs(10)),
+        "agent did not stop on SIGTERM"
+    );
+    let mut saw_stopping = false;
+    while let Ok(n) = sock.recv(&mut buf) {
+        if String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1") {
+            saw_stopping = true;
+            break;
+        }
+    }
+    ensure!(saw_stopping, "no STOPPING=1 notification");
+    ensure!(
+        agent.status()?["link"] == "stopped",
+        "status after stop: {}",
+        agent.status()?
+    );
+    Ok(())
+}

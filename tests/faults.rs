@@ -303,3 +303,57 @@ fn garbage_and_half_open_connections_do_not_disturb_others() -> Result<()> {
     drop(idle);
     Ok(())
 }
+
+#[test]
+fn a_relay_with_another_host_key_is_refused() -> Result<()> {
+    let mut s = Setup::new(Transport::Tcp)?;
+    s.relay.stop()?;
+    // A relay that lost its host key (or an impostor at the same address) gets a new one.
+    std::fs::remove_file(s.relay.data_dir().join("ssh_host_ed25519_key"))?;
+    s.relay.restart()?;
+    wait_until(Duration::from_secs(15), "host key mismatch logged", || {
+        s.agent.log().contains("relay host key mismatch")
+    })?;
+    ensure!(
+        s.agent.status()?["link"] != "online",
+        "agent linked to a relay with another host key"
+    );
+    Ok(())
+}
+
+#[test]
+fn devices_from_a_require_accept_token_wait_for_acceptance() -> Result<()> {
+    let relay = Relay::start()?;
+    relay.tenant("acme")?;
+    let token = relay
+        .admin_ok(&["token", "create", "--tenant", "acme", "--require-accept"])?
+        .trim()
+        .to_string();
+    let mut a = Agent::new("board1", &[])?;
+    let r = a.cmd(&[
+        "enroll",
+        &relay.url(Transport::Tcp),
+        "--token",
+        &token,
+        "--name",
+        "board1",
+    ])?;
+    ensure!(
+        r.status == Some(0) && r.stdout.contains("pending"),
+        "enroll: {} {}",
+        r.stdout,
+        r.stderr
+    );
+    a.start()?;
+    wait_until(Duration::from_secs(10), "refused link attempt", || {
+        a.log().contains("refused this device's key")
+    })?;
+    let id = a.device_id()?;
+    ensure!(
+        relay.device_json(&id)?["status"] == "pending",
+        "device not pending"
+    );
+    relay.admin_ok(&["device", "accept", &id])?;
+    a.wait_online()?;
+    Ok(())
+}
