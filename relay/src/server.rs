@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use russh::{MethodKind, MethodSet, SshId, server};
+use russh::{MethodKind, MethodSet, Preferred, SshId, cipher, server};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -33,6 +33,19 @@ fn ssh_config(config: &RelayConfig, host_key: russh::keys::PrivateKey) -> server
         keepalive_interval: Some(config.ssh.keepalive_interval),
         keepalive_max: config.ssh.keepalive_max as usize,
         nodelay: true,
+        preferred: Preferred {
+            // SSH lets the client's preference decide, and OpenSSH puts chacha20-poly1305 first.
+            // The relay re-encrypts every byte of every session, and AES-GCM is about 1.5x faster
+            // on CPUs with AES instructions, so the relay offers only AES ciphers (every OpenSSH
+            // since 6.2 supports aes-gcm; aes-ctr covers older and minimal clients).
+            cipher: std::borrow::Cow::Borrowed(&[
+                cipher::AES_256_GCM,
+                cipher::AES_128_GCM,
+                cipher::AES_256_CTR,
+                cipher::AES_128_CTR,
+            ]),
+            ..Preferred::default()
+        },
         ..Default::default()
     }
 }
