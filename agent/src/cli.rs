@@ -171,7 +171,7 @@ async fn run_agent(config: AgentConfig) -> Result<()> {
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        wait_for_stop_signal().await;
+        tether_protocol::shutdown::stop_signal().await;
         tracing::info!("stopping");
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         let _ = stop_tx.send(true);
@@ -179,22 +179,6 @@ async fn run_agent(config: AgentConfig) -> Result<()> {
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     link::run(ctx, stop_rx).await?;
     Ok(())
-}
-
-async fn wait_for_stop_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers the default action (terminate) still applies.
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
 }
 
 /// What `agent status --json` prints.

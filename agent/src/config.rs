@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use thiserror::Error;
+use tether_protocol::config_file;
 
 /// Where the agent looks for its configuration when not told otherwise.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/tether/agent.yaml";
@@ -112,48 +112,12 @@ fn default_accept_env() -> Vec<String> {
     vec!["LANG".to_string(), "LC_*".to_string()]
 }
 
-/// Why the configuration could not be used.
-#[derive(Debug, Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
-    },
-    /// The file is not valid YAML of the expected shape.
-    #[error("{path}: {message}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// The parser's message with line, column and key.
-        message: String,
-    },
-    /// A value is not acceptable.
-    #[error("{path}: {key}: {message}")]
-    Invalid {
-        /// The file.
-        path: PathBuf,
-        /// The key.
-        key: String,
-        /// What is wrong.
-        message: String,
-    },
-}
+pub use tether_protocol::config_file::ConfigError;
 
 impl AgentConfig {
     /// Parses configuration text; `path` names the source in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let mut config: AgentConfig = if text.trim().is_empty() {
-            AgentConfig::default()
-        } else {
-            serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse {
-                path: path.to_path_buf(),
-                message: e.to_string(),
-            })?
-        };
+        let mut config: AgentConfig = config_file::parse(text, path)?;
         // An absent accept_env means the default; an explicit empty list means none.
         if !text.contains("accept_env") {
             config.shell.accept_env = default_accept_env();
@@ -163,11 +127,7 @@ impl AgentConfig {
     }
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |key: &str, message: String| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            key: key.to_string(),
-            message,
-        };
+        let invalid = |key: &str, message: String| ConfigError::invalid(path, key, message);
         let link = &self.link;
         if link.keepalive_interval.is_zero() {
             return Err(invalid(
@@ -212,11 +172,7 @@ impl AgentConfig {
 
 /// Loads the configuration file at `path`, which must exist.
 pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    AgentConfig::parse(&text, path)
+    AgentConfig::parse(&config_file::read(path)?, path)
 }
 
 /// Loads `path`; a missing file means defaults unless the path was given explicitly.

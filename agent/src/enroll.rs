@@ -125,7 +125,6 @@ pub async fn enroll(
     let check = HostKeyCheck {
         pinned: None,
         expected_fingerprint: opts.fingerprint.clone(),
-        seen: None,
     };
     let (handle, seen) = link::open(
         &relay,

@@ -82,18 +82,17 @@ pub fn ssh_client_config(link: &LinkConfig) -> client::Config {
     }
 }
 
-/// Checks the relay's host key, remembering what it saw (for enrollment, which pins it).
+/// What the relay's host key must be.
 pub struct HostKeyCheck {
     /// The pinned key; `None` accepts any key (enrollment without `--fingerprint`).
     pub pinned: Option<PublicKey>,
     /// A fingerprint the key must have (enrollment with `--fingerprint`).
     pub expected_fingerprint: Option<String>,
-    /// The key the relay presented.
-    pub seen: Option<PublicKey>,
 }
 
 impl HostKeyCheck {
-    fn check(&mut self, presented: &PublicKeyOrCertificate) -> bool {
+    /// Returns the presented key if it is acceptable, else a mismatch naming both fingerprints.
+    fn verify(&self, presented: &PublicKeyOrCertificate) -> Result<PublicKey, LinkError> {
         let key = match presented {
             PublicKeyOrCertificate::PublicKey { key, .. } => key.clone(),
             PublicKeyOrCertificate::Certificate(cert) => {
@@ -101,18 +100,21 @@ impl HostKeyCheck {
             }
         };
         let fp = key.fingerprint(HashAlg::Sha256).to_string();
-        self.seen = Some(key.clone());
+        let mismatch = |pinned: String| LinkError::HostKeyMismatch {
+            pinned,
+            presented: fp.clone(),
+        };
         if let Some(pinned) = &self.pinned
             && pinned.key_data() != key.key_data()
         {
-            return false;
+            return Err(mismatch(pinned.fingerprint(HashAlg::Sha256).to_string()));
         }
         if let Some(expected) = &self.expected_fingerprint
             && expected.trim() != fp
         {
-            return false;
+            return Err(mismatch(expected.trim().to_string()));
         }
-        true
+        Ok(key)
     }
 }
 
@@ -133,6 +135,8 @@ pub struct LinkContext {
 /// The russh client handler of the link.
 struct LinkHandler {
     host_key: HostKeyCheck,
+    /// Hands the accepted host key to [`open`] (enrollment pins it).
+    seen: Option<tokio::sync::oneshot::Sender<PublicKey>>,
     server: Arc<ServerSettings>,
     policy: Arc<ForwardPolicy>,
 }
@@ -144,7 +148,11 @@ impl client::Handler for LinkHandler {
         &mut self,
         server_public_key: &PublicKeyOrCertificate,
     ) -> Result<bool, Self::Error> {
-        Ok(self.host_key.check(server_public_key))
+        let key = self.host_key.verify(server_public_key)?;
+        if let Some(tx) = self.seen.take() {
+            let _ = tx.send(key);
+        }
+        Ok(true)
     }
 
     async fn server_channel_open_forwarded_tcpip(
@@ -219,13 +227,11 @@ pub async fn open(
     let stream = transport::connect(relay, link.connect_timeout).await?;
     let config = Arc::new(ssh_client_config(link));
     let (seen_tx, seen_rx) = tokio::sync::oneshot::channel();
-    let handler = SeenReporter {
-        inner: LinkHandler {
-            host_key,
-            server,
-            policy,
-        },
+    let handler = LinkHandler {
+        host_key,
         seen: Some(seen_tx),
+        server,
+        policy,
     };
     let handshake = async {
         let mut handle = client::connect_stream(config, stream, handler).await?;
@@ -240,68 +246,8 @@ pub async fn open(
     let handle = tokio::time::timeout(link.connect_timeout, handshake)
         .await
         .map_err(|_| LinkError::Timeout)??;
-    let seen = seen_rx.await.ok().flatten();
+    let seen = seen_rx.await.ok();
     Ok((handle, seen))
-}
-
-/// Wraps [`LinkHandler`] to hand the presented host key to [`open`] and turn a refused host
-/// key into a clear [`LinkError::HostKeyMismatch`].
-struct SeenReporter {
-    inner: LinkHandler,
-    seen: Option<tokio::sync::oneshot::Sender<Option<PublicKey>>>,
-}
-
-impl client::Handler for SeenReporter {
-    type Error = LinkError;
-
-    async fn check_server_key(
-        &mut self,
-        server_public_key: &PublicKeyOrCertificate,
-    ) -> Result<bool, Self::Error> {
-        let ok = self.inner.check_server_key(server_public_key).await?;
-        let seen = self.inner.host_key.seen.clone();
-        if let Some(tx) = self.seen.take() {
-            let _ = tx.send(seen.clone());
-        }
-        if !ok {
-            let presented = seen
-                .map(|k| k.fingerprint(HashAlg::Sha256).to_string())
-                .unwrap_or_default();
-            let pinned = match (
-                &self.inner.host_key.pinned,
-                &self.inner.host_key.expected_fingerprint,
-            ) {
-                (Some(k), _) => k.fingerprint(HashAlg::Sha256).to_string(),
-                (None, Some(fp)) => fp.clone(),
-                (None, None) => String::new(),
-            };
-            return Err(LinkError::HostKeyMismatch { pinned, presented });
-        }
-        Ok(true)
-    }
-
-    async fn server_channel_open_forwarded_tcpip(
-        &mut self,
-        channel: Channel<Msg>,
-        connected_address: &str,
-        connected_port: u32,
-        originator_address: &str,
-        originator_port: u32,
-        reply: ChannelOpenHandle,
-        session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        self.inner
-            .server_channel_open_forwarded_tcpip(
-                channel,
-                connected_address,
-                connected_port,
-                originator_address,
-                originator_port,
-                reply,
-                session,
-            )
-            .await
-    }
 }
 
 /// Holds the link open until `shutdown` turns true, reconnecting after every failure.
@@ -325,7 +271,6 @@ pub async fn run(ctx: LinkContext, mut shutdown: watch::Receiver<bool>) -> Resul
             HostKeyCheck {
                 pinned: Some(pinned.clone()),
                 expected_fingerprint: None,
-                seen: None,
             },
             ctx.server.clone(),
             ctx.policy.clone(),

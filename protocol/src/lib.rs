@@ -3,13 +3,17 @@
 //! Layout:
 //! - [`names`]: the reserved SSH user names, subsystem names and channel targets that give the
 //!   device link its meaning, and the rules for device names.
+//! - [`config_file`]: YAML configuration files with errors that name file, line and key.
 //! - [`enroll`]: the JSON messages of the enrollment exchange.
 //! - [`keyfile`]: ed25519 private key files (device key, relay host key).
+//! - [`shutdown`]: the stop signals both programs obey.
 //! - [`ws`]: the SSH byte stream carried in WebSocket binary messages.
 
+pub mod config_file;
 pub mod enroll;
 pub mod keyfile;
 pub mod names;
+pub mod shutdown;
 pub mod ws;
 
 /// Version of the agent/relay wire conventions; bumped on incompatible change.

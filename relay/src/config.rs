@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use thiserror::Error;
+use tether_protocol::config_file;
 
 /// Default data directory of the relay.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/tether-relay";
@@ -101,36 +101,7 @@ impl Default for SshConfig {
     }
 }
 
-/// Why the configuration could not be used.
-#[derive(Debug, Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
-    },
-    /// The file is not valid YAML of the expected shape.
-    #[error("{path}: {message}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// The parser's message, with line, column and the offending key.
-        message: String,
-    },
-    /// A value is out of range.
-    #[error("{path}: {key}: {message}")]
-    Invalid {
-        /// The file.
-        path: PathBuf,
-        /// The key.
-        key: &'static str,
-        /// What is wrong.
-        message: String,
-    },
-}
+pub use tether_protocol::config_file::ConfigError;
 
 impl RelayConfig {
     /// The SQLite file of the embedded store.
@@ -143,24 +114,13 @@ impl RelayConfig {
 
     /// Parses configuration text; `path` names the source in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let config: RelayConfig = if text.trim().is_empty() {
-            RelayConfig::default()
-        } else {
-            serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse {
-                path: path.to_path_buf(),
-                message: e.to_string(),
-            })?
-        };
+        let config: RelayConfig = config_file::parse(text, path)?;
         config.validate(path)?;
         Ok(config)
     }
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |key, message: &str| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            key,
-            message: message.to_string(),
-        };
+        let invalid = |key, message: &str| ConfigError::invalid(path, key, message);
         if self.ssh.keepalive_interval.is_zero() {
             return Err(invalid(
                 "ssh.keepalive_interval",
@@ -179,11 +139,7 @@ impl RelayConfig {
 
 /// Loads the configuration file at `path`.
 pub fn load(path: &Path) -> Result<RelayConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    RelayConfig::parse(&text, path)
+    RelayConfig::parse(&config_file::read(path)?, path)
 }
 
 #[cfg(test)]

@@ -117,7 +117,7 @@ pub async fn serve(config: RelayConfig, store: Arc<Store>) -> Result<()> {
         }
     });
 
-    wait_for_stop_signal().await;
+    tether_protocol::shutdown::stop_signal().await;
     tracing::info!("shutting down: closing sessions and links");
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(3), async {
@@ -157,20 +157,5 @@ async fn accept_ssh(listener: TcpListener, front: Arc<Front>, mut stop: watch::R
         // run_stream does not set TCP_NODELAY itself; interactive keystrokes need it.
         let _ = tcp.set_nodelay(true);
         tokio::spawn(front.clone().serve(tcp, peer, "tcp"));
-    }
-}
-
-async fn wait_for_stop_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
     }
 }
