@@ -425,3 +425,59 @@ fn agent_run_notifies_systemd_readiness_and_stops_on_sigterm() -> Result<()> {
     );
     Ok(())
 }
+
+/// A stand-in for a TLS-terminating reverse proxy: forwards one HTTP connection at a time to
+/// `upstream`, adding `X-Forwarded-For: <client>` to the request head.
+fn forwarding_proxy(upstream: u16, client: &'static str) -> Result<u16> {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().take(16) {
+            let Ok(conn) = conn else { continue };
+            std::thread::spawn(move || -> std::io::Result<()> {
+                let mut reader = BufReader::new(conn.try_clone()?);
+                let mut head = String::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line)? == 0 {
+                        return Ok(());
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                    head.push_str(&line);
+                }
+                head.push_str(&format!("X-Forwarded-For: {client}\r\n\r\n"));
+                let mut up = std::net::TcpStream::connect(("127.0.0.1", upstream))?;
+                up.write_all(head.as_bytes())?;
+                let mut up_read = up.try_clone()?;
+                let mut down = conn;
+                let t = std::thread::spawn(move || std::io::copy(&mut up_read, &mut down));
+                let _ = std::io::copy(&mut reader, &mut up);
+                let _ = up.shutdown(std::net::Shutdown::Write);
+                let _ = t.join();
+                Ok(())
+            });
+        }
+    });
+    Ok(port)
+}
+
+#[test]
+fn behind_a_reverse_proxy_the_forwarded_address_is_recorded() -> Result<()> {
+    let relay = Relay::start_with_config("http:\n  trust_forwarded_for: true\n")?;
+    relay.tenant("acme")?;
+    let proxy = forwarding_proxy(relay.http_port, "203.0.113.7")?;
+    let mut agent = Agent::new("board1", &[])?;
+    let token = relay.enroll_token("acme")?;
+    let url = format!("ws://127.0.0.1:{proxy}/v1/link");
+    let r = agent.cmd(&["enroll", &url, "--token", &token, "--name", "board1"])?;
+    ensure!(r.status == Some(0), "enroll via proxy: {}", r.stderr);
+    agent.start()?;
+    agent.wait_online()?;
+    let dev = relay.device_json(&agent.device_id()?)?;
+    let addr = dev["remote_addr"].as_str().unwrap_or_default();
+    ensure!(addr.starts_with("203.0.113.7"), "recorded address {addr:?}");
+    Ok(())
+}

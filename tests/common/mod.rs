@@ -287,6 +287,20 @@ impl Relay {
         Ok((relay, cert))
     }
 
+    /// Starts a relay with `yaml` as its configuration file.
+    pub fn start_with_config(yaml: &str) -> Result<Relay> {
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join("relay.yaml"), yaml)?;
+        let mut relay = Relay {
+            dir,
+            ssh_port: free_port()?,
+            http_port: free_port()?,
+            proc: None,
+        };
+        relay.restart()?;
+        Ok(relay)
+    }
+
     /// Starts (again) the relay process on the same data directory and ports.
     pub fn restart(&mut self) -> Result<()> {
         let mut cmd = Command::new(bin_dir()?.join("relay"));
