@@ -480,3 +480,65 @@ fn many_sessions_and_devices_and_a_stalled_session() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn sessions_run_as_the_configured_user() -> Result<()> {
+    let root = Command::new("id").arg("-u").output()?;
+    if String::from_utf8_lossy(&root.stdout).trim() != "0" {
+        eprintln!("skipping: switching users needs root");
+        return Ok(());
+    }
+    let relay = Relay::start()?;
+    relay.tenant("acme")?;
+    let engineer = relay.engineer("alice", "acme", "admin")?;
+    // `nobody` has no login shell; shell.shell gives it one for the test.
+    let mut agent =
+        Agent::with_extra_config("board1", &[], "shell:\n  user: nobody\n  shell: /bin/sh\n")?;
+    agent.enroll(&relay, Transport::Tcp, "acme")?;
+    agent.start()?;
+    agent.wait_online()?;
+    let r = engineer.exec("board1", "id -un; echo $HOME; echo $USER")?;
+    ensure!(
+        r.stdout == "nobody\n/\nnobody\n",
+        "session identity {:?} {}",
+        r.stdout,
+        r.stderr
+    );
+
+    // File access through sftp is checked as that user too: a root-only directory is closed.
+    let private = tempfile::tempdir()?;
+    let local = tempfile::NamedTempFile::new()?;
+    std::fs::write(local.path(), b"x")?;
+    let r = engineer.scp(&[
+        &local.path().display().to_string(),
+        &format!("board1@127.0.0.1:{}/f", private.path().display()),
+    ])?;
+    ensure!(
+        r.status != Some(0),
+        "nobody wrote into a root-only directory"
+    );
+    ensure!(
+        !private.path().join("f").exists(),
+        "file created as nobody in a 0700 root directory"
+    );
+    let open_dir = tempfile::tempdir()?;
+    std::fs::set_permissions(
+        open_dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+    )?;
+    let r = engineer.scp(&[
+        &local.path().display().to_string(),
+        &format!("board1@127.0.0.1:{}/f", open_dir.path().display()),
+    ])?;
+    ensure!(
+        r.status == Some(0),
+        "scp into a world-writable directory: {}",
+        r.stderr
+    );
+    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(open_dir.path().join("f"))?);
+    ensure!(
+        owner != 0,
+        "uploaded file is owned by root, not by the session user"
+    );
+    Ok(())
+}

@@ -458,6 +458,11 @@ pub struct Agent {
 impl Agent {
     /// Prepares an agent whose config allows forwards to `allow` (device-local host:port).
     pub fn new(name: &str, allow: &[String]) -> Result<Agent> {
+        Self::with_extra_config(name, allow, "")
+    }
+
+    /// Like [`Agent::new`] with more top-level YAML appended to the configuration.
+    pub fn with_extra_config(name: &str, allow: &[String], extra: &str) -> Result<Agent> {
         let dir = tempfile::tempdir()?;
         let config = dir.path().join("agent.yaml");
         let mut yaml = format!(
@@ -471,6 +476,7 @@ impl Agent {
         if allow.is_empty() {
             yaml = yaml.replace("forward:\n  allow:\n", "forward:\n  allow: []\n");
         }
+        yaml.push_str(extra);
         std::fs::write(&config, yaml)?;
         Ok(Agent {
             dir,
