@@ -542,3 +542,45 @@ fn sessions_run_as_the_configured_user() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn a_vanished_engineer_hangs_up_the_remote_process() -> Result<()> {
+    let s = Setup::new(Transport::Tcp)?;
+    let mut cmd = s.engineer.ssh_cmd(&[
+        "-p",
+        &s.engineer.ssh_port.to_string(),
+        "board1@127.0.0.1",
+        "echo $$; exec sleep 1000",
+    ]);
+    cmd.stdout(std::process::Stdio::piped())
+        .stdin(std::process::Stdio::null());
+    let mut ssh = KillOnDrop(cmd.spawn()?);
+    let mut out = ssh.0.stdout.take().context("stdout")?;
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while out.read(&mut byte)? == 1 && byte[0] != b'\n' {
+        line.push(byte[0]);
+    }
+    let pid: u32 = String::from_utf8_lossy(&line).trim().parse()?;
+    ensure!(
+        std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "remote process {pid} not running"
+    );
+    // The engineer's client dies without a goodbye.
+    ssh.0.kill()?;
+    let _ = ssh.0.wait();
+    wait_until(Duration::from_secs(15), "remote process gone", || {
+        // A zombie is gone as far as the session is concerned; the agent reaps it.
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|stat| stat.contains(") Z "))
+            .unwrap_or(true)
+    })?;
+    // The device is still reachable for everyone else.
+    let r = s.engineer.exec("board1", "echo alive")?;
+    ensure!(
+        r.stdout == "alive\n",
+        "after a vanished session: {}",
+        r.stderr
+    );
+    Ok(())
+}
