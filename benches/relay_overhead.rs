@@ -172,6 +172,10 @@ fn main() -> Result<()> {
     agent.enroll(&relay, Transport::Tcp, "bench")?;
     agent.start()?;
     agent.wait_online()?;
+    let mut ws_agent = Agent::new("bench-ws", &[format!("127.0.0.1:{sink_port}")])?;
+    ws_agent.enroll(&relay, Transport::WebSocket, "bench")?;
+    ws_agent.start()?;
+    ws_agent.wait_online()?;
 
     let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
     let cfg = engineer.ssh_config.display().to_string();
@@ -181,17 +185,24 @@ fn main() -> Result<()> {
         scp_args: vec!["-F".into(), cfg.clone(), "-P".into(), sshd.port.to_string()],
         dest: format!("{user}@127.0.0.1"),
     };
-    let via_relay = Target {
-        label: "tether relay",
+    let relay_target = |label, device: &str| Target {
+        label,
         ssh_args: vec![
             "-F".into(),
             cfg.clone(),
             "-p".into(),
             relay.ssh_port.to_string(),
         ],
-        scp_args: vec!["-F".into(), cfg, "-P".into(), relay.ssh_port.to_string()],
-        dest: "bench-board@127.0.0.1".into(),
+        scp_args: vec![
+            "-F".into(),
+            cfg.clone(),
+            "-P".into(),
+            relay.ssh_port.to_string(),
+        ],
+        dest: format!("{device}@127.0.0.1"),
     };
+    let via_relay = relay_target("tether relay (tcp link)", "bench-board");
+    let via_ws = relay_target("tether relay (websocket link)", "bench-ws");
 
     let work = tempfile::tempdir()?;
     let file = work.path().join("bulk");
@@ -199,35 +210,38 @@ fn main() -> Result<()> {
     let remote = tempfile::tempdir()?;
 
     println!(
-        "relay overhead on loopback ({} keystrokes, {} MiB bulk)",
-        KEYSTROKES,
+        "relay overhead on loopback ({KEYSTROKES} keystrokes, {} MiB bulk)",
         BULK >> 20
     );
-    let (d50, d99) = keystroke_rtt(&direct)?;
-    let (r50, r99) = keystroke_rtt(&via_relay)?;
     println!(
-        "keystroke RTT p50: direct {:>7.0} µs  relay {:>7.0} µs  overhead {:>6.0} µs",
-        d50.as_micros(),
-        r50.as_micros(),
-        r50.as_micros() as f64 - d50.as_micros() as f64
+        "{:<30} {:>12} {:>12} {:>12} {:>12}",
+        "path", "RTT p50 µs", "RTT p99 µs", "scp MiB/s", "-L MiB/s"
     );
-    println!(
-        "keystroke RTT p99: direct {:>7.0} µs  relay {:>7.0} µs  overhead {:>6.0} µs",
-        d99.as_micros(),
-        r99.as_micros(),
-        r99.as_micros() as f64 - d99.as_micros() as f64
-    );
-    let ds = scp_upload(&direct, &file, remote.path())?;
-    let rs = scp_upload(&via_relay, &file, remote.path())?;
-    println!(
-        "scp upload:        direct {ds:>7.1} MiB/s relay {rs:>7.1} MiB/s ratio {:.2}",
-        rs / ds
-    );
-    let df = forward_throughput(&direct, sink_port, &sink_done)?;
-    let rf = forward_throughput(&via_relay, sink_port, &sink_done)?;
-    println!(
-        "-L forward:        direct {df:>7.1} MiB/s relay {rf:>7.1} MiB/s ratio {:.2}",
-        rf / df
-    );
+    let mut rows = Vec::new();
+    for t in [&direct, &via_relay, &via_ws] {
+        let (p50, p99) = keystroke_rtt(t)?;
+        let scp = scp_upload(t, &file, remote.path())?;
+        let fwd = forward_throughput(t, sink_port, &sink_done)?;
+        println!(
+            "{:<30} {:>12} {:>12} {:>12.1} {:>12.1}",
+            t.label,
+            p50.as_micros(),
+            p99.as_micros(),
+            scp,
+            fwd
+        );
+        rows.push((p50, p99, scp, fwd));
+    }
+    let base = rows[0];
+    for (t, row) in [&via_relay, &via_ws].iter().zip(&rows[1..]) {
+        println!(
+            "{}: RTT overhead p50 {} µs, p99 {} µs; scp {:.2}x direct; -L {:.2}x direct",
+            t.label,
+            row.0.as_micros() as i128 - base.0.as_micros() as i128,
+            row.1.as_micros() as i128 - base.1.as_micros() as i128,
+            row.2 / base.2,
+            row.3 / base.3
+        );
+    }
     Ok(())
 }

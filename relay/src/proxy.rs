@@ -13,7 +13,7 @@ use std::sync::Arc;
 use russh::client;
 use russh::keys::{PublicKey, PublicKeyOrCertificate};
 use russh::server;
-use russh::{Channel, ChannelId, ChannelMsg, Preferred, cipher, mac};
+use russh::{Channel, ChannelMsg, Preferred, cipher, mac};
 use tether_protocol::names::EMBEDDED_SSH_TARGET;
 use thiserror::Error;
 
@@ -239,9 +239,4 @@ pub async fn refuse_session(channel: Channel<server::Msg>, message: &str) {
     let _ = channel.exit_status(255).await;
     let _ = channel.eof().await;
     let _ = channel.close().await;
-}
-
-/// The id of a channel, for logs.
-pub fn channel_label(id: ChannelId) -> String {
-    format!("{id:?}")
 }
