@@ -78,6 +78,8 @@ pub fn ssh_client_config(link: &LinkConfig) -> client::Config {
         inactivity_timeout: None,
         preferred,
         nodelay: true,
+        // Inner SSH packets of up to 32 KiB plus framing then fit one link packet instead of two.
+        maximum_packet_size: 65535,
         ..Default::default()
     }
 }

@@ -33,6 +33,8 @@ fn ssh_config(config: &RelayConfig, host_key: russh::keys::PrivateKey) -> server
         keepalive_interval: Some(config.ssh.keepalive_interval),
         keepalive_max: config.ssh.keepalive_max as usize,
         nodelay: true,
+        // Inner SSH packets of up to 32 KiB plus framing then fit one link packet instead of two.
+        maximum_packet_size: 65535,
         preferred: Preferred {
             // SSH lets the client's preference decide, and OpenSSH puts chacha20-poly1305 first.
             // The relay re-encrypts every byte of every session, and AES-GCM is about 1.5x faster
