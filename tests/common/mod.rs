@@ -221,7 +221,11 @@ pub const TRANSPORTS: [Transport; 2] = [Transport::Tcp, Transport::WebSocket];
 impl Relay {
     /// Starts a relay on free loopback ports and waits until both ports accept connections.
     pub fn start() -> Result<Relay> {
-        let dir = tempfile::tempdir()?;
+        Self::launch(tempfile::tempdir()?)
+    }
+
+    /// Starts a relay in `dir` (which may hold a `relay.yaml`) on free loopback ports.
+    fn launch(dir: tempfile::TempDir) -> Result<Relay> {
         let mut relay = Relay {
             dir,
             ssh_port: free_port()?,
@@ -277,28 +281,14 @@ impl Relay {
                 key.display()
             ),
         )?;
-        let mut relay = Relay {
-            dir,
-            ssh_port: free_port()?,
-            http_port: free_port()?,
-            proc: None,
-        };
-        relay.restart()?;
-        Ok((relay, cert))
+        Ok((Self::launch(dir)?, cert))
     }
 
     /// Starts a relay with `yaml` as its configuration file.
     pub fn start_with_config(yaml: &str) -> Result<Relay> {
         let dir = tempfile::tempdir()?;
         std::fs::write(dir.path().join("relay.yaml"), yaml)?;
-        let mut relay = Relay {
-            dir,
-            ssh_port: free_port()?,
-            http_port: free_port()?,
-            proc: None,
-        };
-        relay.restart()?;
-        Ok(relay)
+        Self::launch(dir)
     }
 
     /// Starts (again) the relay process on the same data directory and ports.
