@@ -7,6 +7,7 @@
 //! - [`enroll`]: the enrollment exchange with the relay.
 //! - [`transport`]: the byte stream under the link (TCP, WebSocket, HTTP CONNECT proxy).
 //! - [`link`]: the long-lived SSH connection to the relay and the channels it brings in.
+//! - [`outbox`]: telemetry, logs and events waiting in SQLite for the relay.
 //! - [`forward`]: device-local TCP targets that the relay may reach, and the policy that allows them.
 //! - [`server`]: the embedded SSH server that serves shells, exec and sftp on link channels.
 //! - [`pty`]: pseudo-terminals for interactive shells.
@@ -21,6 +22,7 @@ pub mod enrollment;
 pub mod forward;
 pub mod identity;
 pub mod link;
+pub mod outbox;
 pub mod pty;
 pub mod server;
 pub mod sftp;

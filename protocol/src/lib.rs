@@ -7,6 +7,7 @@
 //! - [`enroll`]: the JSON messages of the enrollment exchange.
 //! - [`keyfile`]: ed25519 private key files (device key, relay host key).
 //! - [`shutdown`]: the stop signals both programs obey.
+//! - [`telemetry`]: telemetry records and the frames of the telemetry channel.
 //! - [`ws`]: the SSH byte stream carried in WebSocket binary messages.
 
 pub mod config_file;
@@ -14,6 +15,7 @@ pub mod enroll;
 pub mod keyfile;
 pub mod names;
 pub mod shutdown;
+pub mod telemetry;
 pub mod ws;
 
 /// Version of the agent/relay wire conventions; bumped on incompatible change.

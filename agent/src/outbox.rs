@@ -1,0 +1,429 @@
+//! The device outbox: telemetry, logs and events kept in SQLite until the relay has stored them.
+//!
+//! A record is appended with a sequence number that is never reused (SQLite `AUTOINCREMENT`
+//! survives deletes and restarts) and is acknowledged to its producer only after the
+//! transaction is durable (WAL with `synchronous=FULL`). The relay acknowledges by sequence
+//! number; acknowledged records are deleted. The outbox is bounded in rows and bytes: when an
+//! append would exceed a bound, the oldest records are dropped in the same transaction, the drop
+//! is counted, and a `tether/outbox/dropped` warning event is appended so the relay learns of
+//! it. Nothing is lost silently and the disk use stays bounded.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use serde::Serialize;
+use tether_protocol::telemetry::{Kind, Level, Record};
+use thiserror::Error;
+
+/// Topic of the event that reports dropped records.
+pub const DROPPED_TOPIC: &str = "tether/outbox/dropped";
+
+/// File name of the outbox inside the state directory.
+pub const OUTBOX_FILE: &str = "outbox.db";
+
+/// Why an outbox operation failed.
+#[derive(Debug, Error)]
+pub enum OutboxError {
+    /// SQLite failed.
+    #[error("outbox: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A record is larger than the outbox may hold at all.
+    #[error("record of {size} bytes exceeds the outbox size limit of {limit} bytes")]
+    TooLarge {
+        /// Size of the record.
+        size: u64,
+        /// The byte bound.
+        limit: u64,
+    },
+    /// A stored record could not be decoded (the file was altered outside the agent).
+    #[error("outbox record {seq} is corrupt: {message}")]
+    Corrupt {
+        /// Its sequence number.
+        seq: u64,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Bounds of the outbox.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most records kept.
+    pub max_rows: u64,
+    /// Most bytes of topic and payload kept.
+    pub max_bytes: u64,
+}
+
+/// A record to append (the outbox assigns the sequence number).
+#[derive(Debug, Clone)]
+pub struct NewRecord {
+    /// Producer timestamp, ms since the Unix epoch.
+    pub ts_ms: i64,
+    /// What it is.
+    pub kind: Kind,
+    /// Topic.
+    pub topic: String,
+    /// Level, for events.
+    pub level: Option<Level>,
+    /// Payload as JSON text.
+    pub payload: String,
+}
+
+impl NewRecord {
+    fn size(&self) -> u64 {
+        (self.topic.len() + self.payload.len()) as u64
+    }
+}
+
+/// What `agent telemetry status` shows.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct OutboxStatus {
+    /// Records waiting for the relay.
+    pub queued_rows: u64,
+    /// Their bytes (topic and payload).
+    pub queued_bytes: u64,
+    /// Producer timestamp of the oldest waiting record.
+    pub oldest_ts_ms: Option<i64>,
+    /// Records dropped because the outbox was full, since it was created.
+    pub dropped_total: u64,
+    /// Highest sequence number the relay acknowledged.
+    pub acked_upto: u64,
+    /// When the relay last acknowledged (ms since the Unix epoch).
+    pub last_ack_ms: Option<i64>,
+    /// Highest sequence number ever assigned.
+    pub last_seq: u64,
+}
+
+/// The outbox.
+pub struct Outbox {
+    conn: Connection,
+    limits: Limits,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS records (
+    seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts_ms   INTEGER NOT NULL,
+    kind    TEXT NOT NULL,
+    topic   TEXT NOT NULL,
+    level   TEXT,
+    payload TEXT NOT NULL,
+    size    INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS counters (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO counters (name, value) VALUES
+    ('rows', 0), ('bytes', 0), ('dropped_total', 0), ('acked_upto', 0), ('last_ack_ms', 0);
+";
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn counter(conn: &Connection, name: &str) -> rusqlite::Result<i64> {
+    conn.query_row(
+        "SELECT value FROM counters WHERE name = ?1",
+        params![name],
+        |r| r.get(0),
+    )
+}
+
+fn add_counter(conn: &Connection, name: &str, delta: i64) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE counters SET value = value + ?2 WHERE name = ?1",
+        params![name, delta],
+    )?;
+    Ok(())
+}
+
+impl Outbox {
+    /// Opens (creating if needed) the outbox at `path`.
+    pub fn open(path: &Path, limits: Limits) -> Result<Self, OutboxError> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // FULL: an acknowledged record survives a power cut, not only a crash of the agent.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self { conn, limits })
+    }
+
+    /// Appends records durably in one transaction and returns their sequence numbers.
+    pub fn append(&mut self, records: &[NewRecord]) -> Result<Vec<u64>, OutboxError> {
+        for r in records {
+            if r.size() > self.limits.max_bytes {
+                return Err(OutboxError::TooLarge {
+                    size: r.size(),
+                    limit: self.limits.max_bytes,
+                });
+            }
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut seqs = Vec::with_capacity(records.len());
+        let mut bytes = 0i64;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO records (ts_ms, kind, topic, level, payload, size) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for r in records {
+                insert.execute(params![
+                    r.ts_ms,
+                    r.kind.as_str(),
+                    r.topic,
+                    r.level.map(Level::as_str),
+                    r.payload,
+                    r.size() as i64
+                ])?;
+                seqs.push(tx.last_insert_rowid() as u64);
+                bytes += r.size() as i64;
+            }
+        }
+        add_counter(&tx, "rows", records.len() as i64)?;
+        add_counter(&tx, "bytes", bytes)?;
+        let dropped = enforce_limits(&tx, self.limits)?;
+        if dropped > 0 {
+            // The report is the newest record, so it is the last to be dropped itself.
+            let total = counter(&tx, "dropped_total")?;
+            let payload =
+                serde_json::json!({ "dropped": dropped, "dropped_total": total }).to_string();
+            let size = (DROPPED_TOPIC.len() + payload.len()) as i64;
+            tx.execute(
+                "INSERT INTO records (ts_ms, kind, topic, level, payload, size) VALUES (?1, 'event', ?2, 'warning', ?3, ?4)",
+                params![now_ms(), DROPPED_TOPIC, payload, size],
+            )?;
+            add_counter(&tx, "rows", 1)?;
+            add_counter(&tx, "bytes", size)?;
+            enforce_limits(&tx, self.limits)?;
+            tracing::warn!("outbox full: dropped {dropped} oldest records ({total} in total)");
+        }
+        tx.commit()?;
+        Ok(seqs)
+    }
+
+    /// Records with `seq > after`, oldest first, at most `max_records` and about `max_bytes`.
+    pub fn batch_after(
+        &self,
+        after: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Record>, OutboxError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, ts_ms, kind, topic, level, payload, size FROM records WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let mut rows = stmt.query(params![after as i64, max_records as i64])?;
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        while let Some(row) = rows.next()? {
+            let seq = row.get::<_, i64>(0)? as u64;
+            let size = row.get::<_, i64>(6)? as usize;
+            if !out.is_empty() && bytes + size > max_bytes {
+                break;
+            }
+            let corrupt = |message: String| OutboxError::Corrupt { seq, message };
+            let kind: Kind = row.get::<_, String>(2)?.parse().map_err(corrupt)?;
+            let level = match row.get::<_, Option<String>>(4)? {
+                Some(l) => Some(l.parse::<Level>().map_err(corrupt)?),
+                None => None,
+            };
+            let payload_text: String = row.get(5)?;
+            let payload =
+                serde_json::from_str(&payload_text).map_err(|e| corrupt(e.to_string()))?;
+            out.push(Record {
+                seq,
+                ts_ms: row.get(1)?,
+                kind,
+                topic: row.get(3)?,
+                level,
+                payload,
+            });
+            bytes += size;
+        }
+        Ok(out)
+    }
+
+    /// Deletes everything up to and including `upto`, which the relay has stored.
+    pub fn ack(&mut self, upto: u64) -> Result<u64, OutboxError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let (rows, bytes): (i64, i64) = tx.query_row(
+            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM records WHERE seq <= ?1",
+            params![upto as i64],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        tx.execute("DELETE FROM records WHERE seq <= ?1", params![upto as i64])?;
+        add_counter(&tx, "rows", -rows)?;
+        add_counter(&tx, "bytes", -bytes)?;
+        tx.execute(
+            "UPDATE counters SET value = MAX(value, ?1) WHERE name = 'acked_upto'",
+            params![upto as i64],
+        )?;
+        tx.execute(
+            "UPDATE counters SET value = ?1 WHERE name = 'last_ack_ms'",
+            params![now_ms()],
+        )?;
+        tx.commit()?;
+        Ok(rows as u64)
+    }
+
+    /// Current state, for `agent telemetry status`.
+    pub fn status(&self) -> Result<OutboxStatus, OutboxError> {
+        let c = |name| counter(&self.conn, name).map(|v| v.max(0) as u64);
+        let oldest: Option<i64> = self
+            .conn
+            .query_row("SELECT ts_ms FROM records ORDER BY seq LIMIT 1", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let last_seq: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'records'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let last_ack = c("last_ack_ms")?;
+        Ok(OutboxStatus {
+            queued_rows: c("rows")?,
+            queued_bytes: c("bytes")?,
+            oldest_ts_ms: oldest,
+            dropped_total: c("dropped_total")?,
+            acked_upto: c("acked_upto")?,
+            last_ack_ms: (last_ack > 0).then_some(last_ack as i64),
+            last_seq: last_seq.unwrap_or(0).max(0) as u64,
+        })
+    }
+}
+
+/// Drops the oldest records until both bounds hold; returns how many were dropped.
+fn enforce_limits(conn: &Connection, limits: Limits) -> rusqlite::Result<u64> {
+    let rows = counter(conn, "rows")?.max(0) as u64;
+    let bytes = counter(conn, "bytes")?.max(0) as u64;
+    if rows <= limits.max_rows && bytes <= limits.max_bytes {
+        return Ok(0);
+    }
+    let mut excess_rows = rows.saturating_sub(limits.max_rows);
+    let mut excess_bytes = bytes.saturating_sub(limits.max_bytes) as i64;
+    let mut stmt = conn.prepare("SELECT seq, size FROM records ORDER BY seq")?;
+    let mut rows_iter = stmt.query([])?;
+    let mut last = None;
+    let (mut n, mut freed) = (0u64, 0i64);
+    while excess_rows > 0 || excess_bytes > 0 {
+        let Some(row) = rows_iter.next()? else { break };
+        let (seq, size): (i64, i64) = (row.get(0)?, row.get(1)?);
+        last = Some(seq);
+        n += 1;
+        freed += size;
+        excess_rows = excess_rows.saturating_sub(1);
+        excess_bytes -= size;
+    }
+    drop(rows_iter);
+    drop(stmt);
+    if let Some(last) = last {
+        conn.execute("DELETE FROM records WHERE seq <= ?1", params![last])?;
+        add_counter(conn, "rows", -(n as i64))?;
+        add_counter(conn, "bytes", -freed)?;
+        add_counter(conn, "dropped_total", n as i64)?;
+    }
+    Ok(n)
+}
+
+/// Path of the outbox in `state_dir`.
+pub fn path(state_dir: &Path) -> std::path::PathBuf {
+    state_dir.join(OUTBOX_FILE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type R = Result<(), Box<dyn std::error::Error>>;
+
+    fn rec(i: usize) -> NewRecord {
+        NewRecord {
+            ts_ms: 1_000 + i as i64,
+            kind: Kind::Metric,
+            topic: "t".into(),
+            level: None,
+            payload: format!("{i}"),
+        }
+    }
+
+    const BIG: Limits = Limits {
+        max_rows: 1_000_000,
+        max_bytes: 1 << 30,
+    };
+
+    #[test]
+    fn append_batch_ack_and_sequence_survive_reopen() -> R {
+        let dir = tempfile::tempdir()?;
+        let p = dir.path().join("o.db");
+        let mut o = Outbox::open(&p, BIG)?;
+        let seqs = o.append(&(0..10).map(rec).collect::<Vec<_>>())?;
+        assert_eq!(seqs, (1..=10).collect::<Vec<u64>>());
+        let batch = o.batch_after(3, 4, 1 << 20)?;
+        assert_eq!(
+            batch.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            vec![4, 5, 6, 7]
+        );
+        assert_eq!(batch[0].payload, serde_json::json!(3));
+        assert_eq!(o.ack(10)?, 10);
+        drop(o);
+        let mut o = Outbox::open(&p, BIG)?;
+        // Sequence numbers are never reused, even after everything was deleted.
+        assert_eq!(o.append(&[rec(0)])?, vec![11]);
+        let st = o.status()?;
+        assert_eq!((st.queued_rows, st.acked_upto, st.last_seq), (1, 10, 11));
+        Ok(())
+    }
+
+    #[test]
+    fn bounds_drop_the_oldest_and_report_it() -> R {
+        let dir = tempfile::tempdir()?;
+        let mut o = Outbox::open(
+            &dir.path().join("o.db"),
+            Limits {
+                max_rows: 5,
+                max_bytes: 1 << 20,
+            },
+        )?;
+        o.append(&(0..8).map(rec).collect::<Vec<_>>())?;
+        let st = o.status()?;
+        assert_eq!(st.queued_rows, 5);
+        // 8 records + 1 report into 5 slots: 4 oldest dropped.
+        assert_eq!(st.dropped_total, 4);
+        let kept = o.batch_after(0, 100, 1 << 20)?;
+        let last = kept.last().ok_or("empty")?;
+        assert_eq!(last.topic, DROPPED_TOPIC);
+        assert_eq!(
+            kept.first().map(|r| r.payload.clone()),
+            Some(serde_json::json!(4))
+        );
+        let mut small = Outbox::open(
+            &dir.path().join("b.db"),
+            Limits {
+                max_rows: 100,
+                max_bytes: 10,
+            },
+        )?;
+        let big = NewRecord {
+            payload: "x".repeat(20),
+            ..rec(0)
+        };
+        assert!(matches!(
+            small.append(&[big]),
+            Err(OutboxError::TooLarge { .. })
+        ));
+        Ok(())
+    }
+}
