@@ -56,12 +56,53 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Queue telemetry for the relay, and show the outbox.
+    #[command(subcommand)]
+    Telemetry(TelemetryCommand),
+    /// Queue an event (a notification with a level) for the relay.
+    Notify {
+        /// Severity.
+        #[arg(long, default_value = "info", value_parser = ["info", "warning", "critical"])]
+        level: String,
+        /// Event topic.
+        #[arg(long, default_value = "notification")]
+        topic: String,
+        /// Extra JSON data attached to the event.
+        #[arg(long)]
+        data: Option<String>,
+        /// The message.
+        message: String,
+    },
     /// Serve SFTP on stdin/stdout (used by the embedded SSH server to drop privileges).
     #[command(hide = true)]
     SftpServer {
         /// Directory relative paths start from.
         #[arg(long)]
         home: PathBuf,
+    },
+}
+
+/// `agent telemetry …`
+#[derive(Debug, Subcommand)]
+pub enum TelemetryCommand {
+    /// Queue one measurement (or log line) durably; prints its sequence number.
+    Send {
+        /// Topic, e.g. sensors/temperature.
+        topic: String,
+        /// Value: a number or any JSON.
+        value: String,
+        /// Measurement time (RFC 3339) [default: now].
+        #[arg(long)]
+        ts: Option<String>,
+        /// Record kind.
+        #[arg(long, default_value = "metric", value_parser = ["metric", "log"])]
+        kind: String,
+    },
+    /// Show the outbox: queued records and bytes, oldest age, drops, last acknowledgement.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -141,6 +182,57 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Status { json } => {
             let config = load_config(&cli)?;
             show_status(&config, *json)
+        }
+        Command::Telemetry(TelemetryCommand::Send {
+            topic,
+            value,
+            ts,
+            kind,
+        }) => {
+            let config = load_config(&cli)?;
+            let payload: serde_json::Value = serde_json::from_str(value)
+                .with_context(|| format!("VALUE {value:?} is neither a number nor JSON"))?;
+            let ts_ms = match ts {
+                Some(t) => parse_ts(t)?,
+                None => crate::outbox::now_ms(),
+            };
+            let kind = kind.parse().map_err(anyhow::Error::msg)?;
+            let seq = queue(&config, kind, topic, None, &payload, ts_ms)?;
+            println!("{seq}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Telemetry(TelemetryCommand::Status { json }) => {
+            let config = load_config(&cli)?;
+            show_telemetry_status(&config, *json)
+        }
+        Command::Notify {
+            level,
+            topic,
+            data,
+            message,
+        } => {
+            let config = load_config(&cli)?;
+            let data: Option<serde_json::Value> = match data {
+                Some(d) => Some(
+                    serde_json::from_str(d).with_context(|| format!("--data {d:?} is not JSON"))?,
+                ),
+                None => None,
+            };
+            let mut payload = serde_json::json!({ "message": message });
+            if let Some(d) = data {
+                payload["data"] = d;
+            }
+            let level = level.parse().map_err(anyhow::Error::msg)?;
+            let seq = queue(
+                &config,
+                tether_protocol::telemetry::Kind::Event,
+                topic,
+                Some(level),
+                &payload,
+                crate::outbox::now_ms(),
+            )?;
+            println!("{seq}");
+            Ok(ExitCode::SUCCESS)
         }
         Command::SftpServer { home } => {
             crate::sftp::serve_stdio(home.clone()).await?;
@@ -241,5 +333,84 @@ fn show_status(config: &AgentConfig, json: bool) -> Result<ExitCode> {
             println!("last error:         {e}");
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_ts(text: &str) -> Result<i64> {
+    let t = humantime::parse_rfc3339_weak(text).with_context(|| {
+        format!("--ts {text:?} is not an RFC 3339 time like 2026-01-31T12:00:00.250Z")
+    })?;
+    let d = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .with_context(|| format!("--ts {text:?} is before 1970"))?;
+    Ok(d.as_millis() as i64)
+}
+
+/// Appends one record to the outbox durably and returns its sequence number.
+fn queue(
+    config: &AgentConfig,
+    kind: tether_protocol::telemetry::Kind,
+    topic: &str,
+    level: Option<tether_protocol::telemetry::Level>,
+    payload: &serde_json::Value,
+    ts_ms: i64,
+) -> Result<u64> {
+    if topic.is_empty() {
+        anyhow::bail!("the topic is empty");
+    }
+    let text = payload.to_string();
+    let limit = config.telemetry.max_payload;
+    if text.len() > limit {
+        anyhow::bail!(
+            "payload of {} bytes exceeds telemetry.max_payload ({limit} bytes)",
+            text.len()
+        );
+    }
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("creating {}", config.state_dir.display()))?;
+    let path = crate::outbox::path(&config.state_dir);
+    let mut outbox = crate::outbox::Outbox::open(&path, crate::upload::limits(&config.telemetry))
+        .with_context(|| format!("opening the outbox {}", path.display()))?;
+    let record = crate::outbox::NewRecord {
+        ts_ms,
+        kind,
+        topic: topic.to_string(),
+        level,
+        payload: text,
+    };
+    let seqs = outbox.append(&[record])?;
+    seqs.first()
+        .copied()
+        .context("the outbox assigned no sequence number")
+}
+
+fn show_telemetry_status(config: &AgentConfig, json: bool) -> Result<ExitCode> {
+    let path = crate::outbox::path(&config.state_dir);
+    // A read must not create state: no outbox yet means nothing was ever queued.
+    let st = if path.exists() {
+        crate::outbox::Outbox::open(&path, crate::upload::limits(&config.telemetry))
+            .with_context(|| format!("opening the outbox {}", path.display()))?
+            .status()?
+    } else {
+        crate::outbox::OutboxStatus::default()
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&st)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let ago = |ms: Option<i64>| {
+        ms.map(|m| {
+            let secs = (crate::outbox::now_ms() - m).max(0) / 1000;
+            format!("{secs}s ago")
+        })
+        .unwrap_or_else(|| "-".into())
+    };
+    println!("queued records:     {}", st.queued_rows);
+    println!("queued bytes:       {}", st.queued_bytes);
+    println!("oldest queued:      {}", ago(st.oldest_ts_ms));
+    println!("dropped (total):    {}", st.dropped_total);
+    println!("acknowledged up to: {}", st.acked_upto);
+    println!("last acknowledged:  {}", ago(st.last_ack_ms));
+    println!("last sequence:      {}", st.last_seq);
     Ok(ExitCode::SUCCESS)
 }

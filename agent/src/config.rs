@@ -28,6 +28,39 @@ pub struct AgentConfig {
     pub shell: ShellConfig,
     /// Device-local targets engineers may reach.
     pub forward: ForwardConfig,
+    /// The telemetry outbox and its upload.
+    pub telemetry: TelemetryConfig,
+}
+
+/// Settings of the telemetry outbox and its upload to the relay.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Most records kept while the relay is unreachable; the oldest are dropped beyond. Default 1000000.
+    pub max_rows: u64,
+    /// Most bytes (topic + payload) kept; the oldest are dropped beyond. Default 256 MiB.
+    pub max_bytes: u64,
+    /// Largest payload a producer may send, in bytes. Default 256 KiB.
+    pub max_payload: usize,
+    /// Most records in one upload batch. Default 2000.
+    pub batch_records: usize,
+    /// Most bytes in one upload batch. Default 1 MiB.
+    pub batch_bytes: usize,
+    /// Batches sent ahead of the relay's acknowledgements. Default 4.
+    pub window: usize,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            max_rows: 1_000_000,
+            max_bytes: 256 * 1024 * 1024,
+            max_payload: 256 * 1024,
+            batch_records: 2000,
+            batch_bytes: 1024 * 1024,
+            window: 4,
+        }
+    }
 }
 
 /// Settings of the link to the relay.
@@ -84,6 +117,7 @@ impl Default for AgentConfig {
                 ..ShellConfig::default()
             },
             forward: ForwardConfig::default(),
+            telemetry: TelemetryConfig::default(),
         }
     }
 }
@@ -148,6 +182,31 @@ impl AgentConfig {
             return Err(invalid(
                 "link.backoff_initial",
                 "must be greater than zero and not above link.backoff_max".into(),
+            ));
+        }
+        let t = &self.telemetry;
+        for (key, value) in [
+            ("telemetry.max_rows", t.max_rows),
+            ("telemetry.max_bytes", t.max_bytes),
+            ("telemetry.max_payload", t.max_payload as u64),
+            ("telemetry.batch_records", t.batch_records as u64),
+            ("telemetry.batch_bytes", t.batch_bytes as u64),
+            ("telemetry.window", t.window as u64),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be greater than zero".into()));
+            }
+        }
+        if t.max_payload as u64 > t.max_bytes {
+            return Err(invalid(
+                "telemetry.max_payload",
+                "must not exceed telemetry.max_bytes".into(),
+            ));
+        }
+        if t.batch_bytes > tether_protocol::telemetry::MAX_FRAME / 2 {
+            return Err(invalid(
+                "telemetry.batch_bytes",
+                "must be at most 4 MiB".into(),
             ));
         }
         for (i, entry) in self.forward.allow.iter().enumerate() {

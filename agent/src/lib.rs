@@ -13,6 +13,7 @@
 //! - [`pty`]: pseudo-terminals for interactive shells.
 //! - [`sftp`]: the sftp subsystem.
 //! - [`status`]: the link state file that `agent status` reads.
+//! - [`upload`]: the outbox sent over the link and acknowledged by the relay.
 //! - [`cli`]: the command line.
 
 pub mod cli;
@@ -28,6 +29,7 @@ pub mod server;
 pub mod sftp;
 pub mod status;
 pub mod transport;
+pub mod upload;
 
 /// The agent's version, reported to the relay.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

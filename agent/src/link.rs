@@ -17,6 +17,7 @@ use russh::client::{self, Msg, Session};
 use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
 use russh::{Channel, ChannelOpenFailure, Preferred, SshId, cipher};
 use tether_protocol::names::{EMBEDDED_SSH_TARGET, LINK_FORWARD_ADDRESS, LINK_USER};
+use tether_protocol::telemetry::TELEMETRY_SUBSYSTEM;
 use thiserror::Error;
 use tokio::sync::watch;
 
@@ -288,15 +289,22 @@ pub async fn run(ctx: LinkContext, mut shutdown: watch::Receiver<bool>) -> Resul
                     status::publish(&state_dir, LinkState::Online, None);
                     notify(&[sd_notify::NotifyState::Status("link online")]);
                     backoff.reset();
+                    let uploader = start_upload(&handle, &ctx).await;
                     let ended = tokio::select! {
                         r = &mut handle => r.err().map(|e| e.to_string()),
                         _ = shutdown.changed() => {
                             let _ = handle
                                 .disconnect(russh::Disconnect::ByApplication, "agent stopping", "en")
                                 .await;
+                            if let Some(u) = uploader {
+                                u.abort();
+                            }
                             break;
                         }
                     };
+                    if let Some(u) = uploader {
+                        u.abort();
+                    }
                     let msg = ended.unwrap_or_else(|| "relay closed the link".to_string());
                     tracing::warn!("link to {} lost: {msg}", relay.authority());
                     msg
@@ -320,6 +328,32 @@ pub async fn run(ctx: LinkContext, mut shutdown: watch::Receiver<bool>) -> Resul
     }
     status::publish(&state_dir, LinkState::Stopped, None);
     Ok(())
+}
+
+/// Opens the telemetry channel and starts uploading the outbox on it. A failure here is
+/// logged and leaves the link up: remote access matters more than telemetry.
+async fn start_upload<H: client::Handler>(
+    handle: &client::Handle<H>,
+    ctx: &LinkContext,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let channel = match handle.channel_open_session().await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!("cannot open the telemetry channel: {e}");
+            return None;
+        }
+    };
+    if let Err(e) = channel.request_subsystem(false, TELEMETRY_SUBSYSTEM).await {
+        tracing::warn!("cannot start telemetry upload: {e}");
+        return None;
+    }
+    let path = crate::outbox::path(&ctx.config.state_dir);
+    let cfg = ctx.config.telemetry.clone();
+    Some(tokio::spawn(async move {
+        if let Err(e) = crate::upload::run(channel, path, cfg).await {
+            tracing::warn!("telemetry upload stopped: {e}");
+        }
+    }))
 }
 
 fn notify(state: &[sd_notify::NotifyState]) {

@@ -77,7 +77,7 @@ impl NewRecord {
 }
 
 /// What `agent telemetry status` shows.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct OutboxStatus {
     /// Records waiting for the relay.
     pub queued_rows: u64,
@@ -116,7 +116,8 @@ CREATE TABLE IF NOT EXISTS counters (
     value INTEGER NOT NULL
 );
 INSERT OR IGNORE INTO counters (name, value) VALUES
-    ('rows', 0), ('bytes', 0), ('dropped_total', 0), ('acked_upto', 0), ('last_ack_ms', 0);
+    ('rows', 0), ('bytes', 0), ('dropped_total', 0), ('dropped_unreported', 0),
+    ('acked_upto', 0), ('last_ack_ms', 0);
 ";
 
 /// Milliseconds since the Unix epoch, now.
@@ -191,22 +192,49 @@ impl Outbox {
         add_counter(&tx, "bytes", bytes)?;
         let dropped = enforce_limits(&tx, self.limits)?;
         if dropped > 0 {
-            // The report is the newest record, so it is the last to be dropped itself.
-            let total = counter(&tx, "dropped_total")?;
-            let payload =
-                serde_json::json!({ "dropped": dropped, "dropped_total": total }).to_string();
-            let size = (DROPPED_TOPIC.len() + payload.len()) as i64;
-            tx.execute(
-                "INSERT INTO records (ts_ms, kind, topic, level, payload, size) VALUES (?1, 'event', ?2, 'warning', ?3, ?4)",
-                params![now_ms(), DROPPED_TOPIC, payload, size],
-            )?;
-            add_counter(&tx, "rows", 1)?;
-            add_counter(&tx, "bytes", size)?;
-            enforce_limits(&tx, self.limits)?;
-            tracing::warn!("outbox full: dropped {dropped} oldest records ({total} in total)");
+            tracing::warn!("outbox full: dropped the {dropped} oldest records");
         }
         tx.commit()?;
         Ok(seqs)
+    }
+
+    /// Turns drops not yet reported into one `tether/outbox/dropped` warning event (appended
+    /// like any record, so it reaches the relay exactly once); returns the count reported.
+    /// The uploader calls this, so many drops while the relay is unreachable become one event.
+    pub fn report_drops(&mut self) -> Result<u64, OutboxError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let unreported = counter(&tx, "dropped_unreported")?.max(0) as u64;
+        if unreported == 0 {
+            return Ok(0);
+        }
+        // The report needs room too; what it pushes out is counted in the report itself, so
+        // a full outbox does not produce a chain of reports.
+        let placeholder =
+            serde_json::json!({ "dropped": u64::MAX, "dropped_total": u64::MAX }).to_string();
+        let size = (DROPPED_TOPIC.len() + placeholder.len()) as i64;
+        tx.execute(
+            "INSERT INTO records (ts_ms, kind, topic, level, payload, size) VALUES (?1, 'event', ?2, 'warning', ?3, ?4)",
+            params![now_ms(), DROPPED_TOPIC, placeholder, size],
+        )?;
+        let report_seq = tx.last_insert_rowid();
+        add_counter(&tx, "rows", 1)?;
+        add_counter(&tx, "bytes", size)?;
+        let pushed_out = enforce_limits(&tx, self.limits)?;
+        let dropped = unreported + pushed_out;
+        let total = counter(&tx, "dropped_total")?;
+        let payload = serde_json::json!({ "dropped": dropped, "dropped_total": total }).to_string();
+        tx.execute(
+            "UPDATE records SET payload = ?2 WHERE seq = ?1",
+            params![report_seq, payload],
+        )?;
+        tx.execute(
+            "UPDATE counters SET value = 0 WHERE name = 'dropped_unreported'",
+            [],
+        )?;
+        tx.commit()?;
+        Ok(dropped)
     }
 
     /// Records with `seq > after`, oldest first, at most `max_records` and about `max_bytes`.
@@ -334,6 +362,7 @@ fn enforce_limits(conn: &Connection, limits: Limits) -> rusqlite::Result<u64> {
         add_counter(conn, "rows", -(n as i64))?;
         add_counter(conn, "bytes", -freed)?;
         add_counter(conn, "dropped_total", n as i64)?;
+        add_counter(conn, "dropped_unreported", n as i64)?;
     }
     Ok(n)
 }
@@ -397,18 +426,24 @@ mod tests {
                 max_bytes: 1 << 20,
             },
         )?;
-        o.append(&(0..8).map(rec).collect::<Vec<_>>())?;
+        for i in 0..8 {
+            o.append(&[rec(i)])?;
+        }
         let st = o.status()?;
-        assert_eq!(st.queued_rows, 5);
-        // 8 records + 1 report into 5 slots: 4 oldest dropped.
-        assert_eq!(st.dropped_total, 4);
+        assert_eq!((st.queued_rows, st.dropped_total), (5, 3));
+        let kept = o.batch_after(0, 100, 1 << 20)?;
+        assert_eq!(
+            kept.first().map(|r| r.payload.clone()),
+            Some(serde_json::json!(3))
+        );
+        // Many drops become one report, which makes room for itself and counts that too.
+        assert_eq!(o.report_drops()?, 4);
         let kept = o.batch_after(0, 100, 1 << 20)?;
         let last = kept.last().ok_or("empty")?;
         assert_eq!(last.topic, DROPPED_TOPIC);
-        assert_eq!(
-            kept.first().map(|r| r.payload.clone()),
-            Some(serde_json::json!(4))
-        );
+        assert_eq!(last.payload["dropped"], 4);
+        assert_eq!(o.status()?.dropped_total, 4);
+        assert_eq!(o.report_drops()?, 0);
         let mut small = Outbox::open(
             &dir.path().join("b.db"),
             Limits {

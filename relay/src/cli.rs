@@ -52,6 +52,31 @@ pub enum Command {
     /// Manage devices.
     #[command(subcommand)]
     Device(DeviceCommand),
+    /// Read devices' telemetry, logs and events.
+    #[command(subcommand)]
+    Telemetry(TelemetryCommand),
+}
+
+/// `relay telemetry …`
+#[derive(Debug, Subcommand)]
+pub enum TelemetryCommand {
+    /// Print a device's stored records, oldest first.
+    Tail {
+        /// Device id or name.
+        device: String,
+        /// Only this topic.
+        #[arg(long)]
+        topic: Option<String>,
+        /// Most records to print (the newest ones) [default: 20].
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Keep printing new records as they arrive.
+        #[arg(long)]
+        follow: bool,
+        /// Print one JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `relay tenant …`
@@ -259,6 +284,64 @@ fn dash(v: &Option<String>) -> String {
     v.clone().unwrap_or_else(|| "-".into())
 }
 
+fn print_record(r: &crate::store::StoredRecord, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(r)?);
+    } else {
+        let level = r
+            .level
+            .as_deref()
+            .map(|l| format!(" [{l}]"))
+            .unwrap_or_default();
+        println!(
+            "{} #{} {} {}{} {}",
+            r.ts, r.seq, r.kind, r.topic, level, r.payload
+        );
+    }
+    Ok(())
+}
+
+fn tail(
+    store: &Store,
+    device: &str,
+    topic: Option<&str>,
+    limit: usize,
+    follow: bool,
+    json: bool,
+) -> Result<()> {
+    let d = store.resolve_device(device)?;
+    // The newest `limit` records: read everything after the start in pages, keep the tail.
+    let mut after = 0u64;
+    let mut last: std::collections::VecDeque<crate::store::StoredRecord> =
+        std::collections::VecDeque::new();
+    loop {
+        let page = store.telemetry(&d.id, topic, after, 10_000)?;
+        let Some(end) = page.last().map(|r| r.seq) else {
+            break;
+        };
+        after = end;
+        for r in page {
+            last.push_back(r);
+            if last.len() > limit {
+                last.pop_front();
+            }
+        }
+    }
+    for r in &last {
+        print_record(r, json)?;
+    }
+    if !follow {
+        return Ok(());
+    }
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        for r in store.telemetry(&d.id, topic, after, 10_000)? {
+            after = r.seq;
+            print_record(&r, json)?;
+        }
+    }
+}
+
 fn run(cli: Cli) -> Result<()> {
     let config = load_config(&cli)?;
     match cli.command {
@@ -411,6 +494,16 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
             Ok(())
+        }
+        Command::Telemetry(TelemetryCommand::Tail {
+            device,
+            topic,
+            limit,
+            follow,
+            json,
+        }) => {
+            let store = open_store(&config)?;
+            tail(&store, &device, topic.as_deref(), limit, follow, json)
         }
         Command::Device(cmd) => {
             let store = open_store(&config)?;

@@ -9,6 +9,8 @@
 //! - [`proxy`]: carrying an engineer's session channel to the device's embedded SSH server.
 //! - [`http`]: the HTTP port: the WebSocket link, the JSON API and TLS.
 //! - [`api`]: the JSON API routes.
+//! - [`sink`]: where telemetry is committed (embedded SQLite by default).
+//! - [`telemetry`]: the relay end of a device's telemetry channel.
 //! - [`server`]: `relay serve`, which starts all of the above.
 //! - [`cli`]: the command line, including the admin commands that work on the store.
 
@@ -20,8 +22,10 @@ pub mod http;
 pub mod proxy;
 pub mod registry;
 pub mod server;
+pub mod sink;
 pub mod ssh_front;
 pub mod store;
+pub mod telemetry;
 
 /// The relay's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -82,6 +82,7 @@ pub async fn serve(config: RelayConfig, store: Arc<Store>) -> Result<()> {
         store.clone(),
         registry.clone(),
         Arc::new(ssh_config(&config, host_key)),
+        Arc::new(crate::sink::SqliteSink::new(store.clone())),
         stop_rx.clone(),
     );
     let router = http::router(

@@ -22,6 +22,7 @@ use russh::server::{self, Auth, Msg, Session};
 use russh::{Channel, ChannelId, ChannelMsg, ChannelOpenFailure, MethodKind, MethodSet};
 use tether_protocol::enroll::{EnrollRequest, EnrollResponse, MAX_ENROLL_MESSAGE};
 use tether_protocol::names::{ENROLL_SUBSYSTEM, ENROLL_USER, LINK_USER};
+use tether_protocol::telemetry::TELEMETRY_SUBSYSTEM;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
@@ -55,6 +56,8 @@ pub struct Front {
     pub registry: Arc<Registry>,
     /// russh server settings (host key, keepalives).
     pub config: Arc<server::Config>,
+    /// Where devices' telemetry is committed.
+    pub sink: Arc<dyn crate::sink::Sink>,
     /// Source of connection ids.
     next_conn: AtomicU64,
     /// Turns true when the relay shuts down, so every connection is told goodbye.
@@ -101,12 +104,14 @@ impl Front {
         store: Arc<Store>,
         registry: Arc<Registry>,
         config: Arc<server::Config>,
+        sink: Arc<dyn crate::sink::Sink>,
         shutdown: watch::Receiver<bool>,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
             registry,
             config,
+            sink,
             next_conn: AtomicU64::new(1),
             shutdown,
         })
@@ -465,8 +470,18 @@ impl server::Handler for Conn {
                     }
                 });
             }
-            // Devices do not open sessions on the relay.
-            Peer::Device { .. } | Peer::Unknown => {
+            // A device's only session channel is its telemetry upload.
+            Peer::Device { device } => {
+                reply.accept().await;
+                let sink = self.front.sink.clone();
+                tokio::spawn(crate::telemetry::serve(
+                    channel.into_stream(),
+                    device.id.clone(),
+                    device.tenant_id,
+                    sink,
+                ));
+            }
+            Peer::Unknown => {
                 reply
                     .reject(ChannelOpenFailure::AdministrativelyProhibited)
                     .await;
@@ -611,7 +626,8 @@ impl server::Handler for Conn {
         let ok = match self.peer() {
             Peer::Enrolling { .. } => name == ENROLL_SUBSYSTEM,
             Peer::Engineer { .. } => name == "sftp",
-            _ => false,
+            Peer::Device { .. } => name == TELEMETRY_SUBSYSTEM,
+            Peer::Unknown => false,
         };
         if ok {
             session.channel_success(channel)

@@ -1,0 +1,140 @@
+//! Upload of the outbox over the link's `tether-telemetry` channel.
+//!
+//! The agent sends batches in sequence order and keeps up to `telemetry.window` batches in
+//! flight; the relay acknowledges a sequence number only after its sink committed the batch,
+//! and the agent then deletes up to it. After any reconnect upload starts again at the oldest
+//! record still in the outbox, so a batch whose acknowledgement was lost is sent again and the
+//! relay's sink, which deduplicates on (device, seq), stores it once.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use russh::Channel;
+use russh::client::Msg;
+use tether_protocol::telemetry::{Frame, FrameError, read_frame, write_frame};
+use thiserror::Error;
+use tokio::sync::watch;
+
+use crate::config::TelemetryConfig;
+use crate::outbox::{Limits, Outbox, OutboxError};
+
+/// How often an idle uploader looks for new records (producers may be other processes).
+const POLL: Duration = Duration::from_millis(100);
+
+/// Why the upload stopped.
+#[derive(Debug, Error)]
+pub enum UploadError {
+    /// The outbox failed.
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    /// The channel failed or carried garbage.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The relay sent something other than acknowledgements.
+    #[error("unexpected frame from the relay")]
+    Unexpected,
+    /// A blocking task died.
+    #[error("outbox task failed: {0}")]
+    Task(String),
+}
+
+/// The outbox limits from the configuration.
+pub fn limits(cfg: &TelemetryConfig) -> Limits {
+    Limits {
+        max_rows: cfg.max_rows,
+        max_bytes: cfg.max_bytes,
+    }
+}
+
+async fn with_outbox<T: Send + 'static>(
+    outbox: &Arc<Mutex<Outbox>>,
+    f: impl FnOnce(&mut Outbox) -> Result<T, OutboxError> + Send + 'static,
+) -> Result<T, UploadError> {
+    let outbox = outbox.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut guard = outbox.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
+    })
+    .await
+    .map_err(|e| UploadError::Task(e.to_string()))?
+    .map_err(UploadError::from)
+}
+
+/// Uploads until the channel closes.
+pub async fn run(
+    channel: Channel<Msg>,
+    outbox_path: PathBuf,
+    cfg: TelemetryConfig,
+) -> Result<(), UploadError> {
+    let limits = limits(&cfg);
+    let open = |path: PathBuf| tokio::task::spawn_blocking(move || Outbox::open(&path, limits));
+    let writer_box = Arc::new(Mutex::new(
+        open(outbox_path.clone())
+            .await
+            .map_err(|e| UploadError::Task(e.to_string()))??,
+    ));
+    let acker_box = Arc::new(Mutex::new(
+        open(outbox_path)
+            .await
+            .map_err(|e| UploadError::Task(e.to_string()))??,
+    ));
+    let (mut rd, mut wr) = tokio::io::split(channel.into_stream());
+    let (acked_tx, mut acked_rx) = watch::channel(0u64);
+
+    let acker = tokio::spawn(async move {
+        loop {
+            match read_frame(&mut rd).await? {
+                Some(Frame::Ack { upto }) => {
+                    with_outbox(&acker_box, move |o| o.ack(upto)).await?;
+                    let _ = acked_tx.send(upto);
+                }
+                Some(Frame::Batch { .. }) => return Err(UploadError::Unexpected),
+                None => return Ok(()),
+            }
+        }
+    });
+
+    let mut sent_upto = 0u64;
+    let mut in_flight: VecDeque<u64> = VecDeque::new();
+    let result = loop {
+        if acker.is_finished() {
+            break Ok(());
+        }
+        let acked = *acked_rx.borrow_and_update();
+        while in_flight.front().is_some_and(|last| *last <= acked) {
+            in_flight.pop_front();
+        }
+        if in_flight.len() >= cfg.window {
+            if acked_rx.changed().await.is_err() {
+                break Ok(());
+            }
+            continue;
+        }
+        let (after, n, bytes) = (sent_upto, cfg.batch_records, cfg.batch_bytes);
+        let batch = match with_outbox(&writer_box, move |o| {
+            o.report_drops()?;
+            o.batch_after(after, n, bytes)
+        })
+        .await
+        {
+            Ok(b) => b,
+            Err(e) => break Err(e),
+        };
+        let Some(last) = batch.last().map(|r| r.seq) else {
+            tokio::select! {
+                _ = tokio::time::sleep(POLL) => {}
+                changed = acked_rx.changed() => if changed.is_err() { break Ok(()); },
+            }
+            continue;
+        };
+        if let Err(e) = write_frame(&mut wr, &Frame::Batch { records: batch }).await {
+            break Err(e.into());
+        }
+        sent_upto = last;
+        in_flight.push_back(last);
+    };
+    acker.abort();
+    result
+}

@@ -1,0 +1,76 @@
+//! The relay end of a device's `tether-telemetry` channel: read batches, commit them to the
+//! sink, acknowledge.
+//!
+//! A malformed frame or a batch that breaks the rules (sequence numbers not ascending) closes
+//! this channel with a logged error; the device's link and other devices are unaffected, and the
+//! device resends from its oldest unacknowledged record on its next channel.
+
+use std::sync::Arc;
+
+use tether_protocol::telemetry::{Frame, read_frame, write_frame};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::sink::Sink;
+
+/// Serves one telemetry channel of `device_id` until it closes.
+pub async fn serve<S>(stream: S, device_id: String, tenant_id: i64, sink: Arc<dyn Sink>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let mut last_seq = 0u64;
+    loop {
+        let frame = match read_frame(&mut rd).await {
+            Ok(Some(f)) => f,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!("device {device_id}: {e}; closing its telemetry channel");
+                return;
+            }
+        };
+        let records = match frame {
+            Frame::Batch { records } => records,
+            Frame::Ack { .. } => {
+                tracing::error!(
+                    "device {device_id}: sent an acknowledgement; closing its telemetry channel"
+                );
+                return;
+            }
+        };
+        let Some(upto) = records.last().map(|r| r.seq) else {
+            continue;
+        };
+        let ascending = records.windows(2).all(|w| w[0].seq < w[1].seq);
+        if !ascending {
+            tracing::error!(
+                "device {device_id}: batch with unordered sequence numbers; closing its telemetry channel"
+            );
+            return;
+        }
+        if upto < last_seq {
+            tracing::warn!("device {device_id}: batch goes back from {last_seq} to {upto}");
+        }
+        let (sink, id) = (sink.clone(), device_id.clone());
+        let committed =
+            tokio::task::spawn_blocking(move || sink.commit(&id, tenant_id, &records)).await;
+        match committed {
+            Ok(Ok(_new)) => {}
+            Ok(Err(e)) => {
+                // Without an ack the device keeps the records and sends them again.
+                tracing::error!(
+                    "device {device_id}: sink failed: {e}; closing its telemetry channel"
+                );
+                return;
+            }
+            Err(e) => {
+                tracing::error!("device {device_id}: sink task failed: {e}");
+                return;
+            }
+        }
+        last_seq = upto;
+        if let Err(e) = write_frame(&mut wr, &Frame::Ack { upto }).await {
+            tracing::info!("device {device_id}: telemetry channel closed: {e}");
+            return;
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! Telemetry store-and-forward: records queued on the device reach the relay's store exactly
+//! once, across relay outages, agent kills and reconnects; a full outbox drops the oldest and
+//! says so.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use common::*;
+
+/// Every stored record of `device`, oldest first.
+fn stored(relay: &Relay, device: &str) -> Result<Vec<serde_json::Value>> {
+    let out = relay.admin_ok(&["telemetry", "tail", device, "--limit", "1000000", "--json"])?;
+    out.lines().map(|l| Ok(serde_json::from_str(l)?)).collect()
+}
+
+fn wait_stored(relay: &Relay, device: &str, n: usize) -> Result<Vec<serde_json::Value>> {
+    let mut last = Vec::new();
+    let found = wait_until(
+        Duration::from_secs(30),
+        &format!("{n} records stored"),
+        || {
+            last = stored(relay, device).unwrap_or_default();
+            last.len() >= n
+        },
+    );
+    found.map(|_| last)
+}
+
+fn send(agent: &Agent, topic: &str, value: &str) -> Result<u64> {
+    let r = agent.cmd(&["telemetry", "send", topic, value])?;
+    ensure!(
+        r.status == Some(0),
+        "telemetry send {topic} {value}: {}",
+        r.stderr
+    );
+    Ok(r.stdout.trim().parse()?)
+}
+
+fn exactly_once(transport: Transport) -> Result<()> {
+    let s = Setup::new(transport)?;
+    let mut seqs = Vec::new();
+    for i in 0..120 {
+        seqs.push(send(
+            &s.agent,
+            "sensors/temp",
+            &format!("{{\"i\":{i},\"c\":21.5}}"),
+        )?);
+    }
+    let r = s.agent.cmd(&[
+        "telemetry",
+        "send",
+        "sensors/temp",
+        "7",
+        "--ts",
+        "2026-01-02T03:04:05.678Z",
+    ])?;
+    ensure!(r.status == Some(0), "send with --ts: {}", r.stderr);
+    let r = s.agent.cmd(&[
+        "notify",
+        "--level",
+        "critical",
+        "door open",
+        "--data",
+        "{\"door\":2}",
+    ])?;
+    ensure!(r.status == Some(0), "notify: {}", r.stderr);
+    ensure!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "sequence numbers not increasing: {seqs:?}"
+    );
+
+    let records = wait_stored(&s.relay, "board1", 122)?;
+    std::thread::sleep(Duration::from_millis(500));
+    let records = if stored(&s.relay, "board1")?.len() == records.len() {
+        records
+    } else {
+        stored(&s.relay, "board1")?
+    };
+    ensure!(
+        records.len() == 122,
+        "stored {} records, expected 122",
+        records.len()
+    );
+    let unique: BTreeSet<u64> = records.iter().filter_map(|r| r["seq"].as_u64()).collect();
+    ensure!(unique.len() == 122, "duplicate sequence numbers");
+    for (i, r) in records.iter().take(120).enumerate() {
+        ensure!(
+            r["payload"]["i"] == i && r["topic"] == "sensors/temp" && r["kind"] == "metric",
+            "record {i}: {r}"
+        );
+    }
+    ensure!(
+        records[120]["ts"] == "2026-01-02T03:04:05.678Z",
+        "timestamp kept: {}",
+        records[120]
+    );
+    let event = &records[121];
+    ensure!(
+        event["kind"] == "event" && event["level"] == "critical",
+        "event {event}"
+    );
+    ensure!(
+        event["payload"]["message"] == "door open" && event["payload"]["data"]["door"] == 2,
+        "event {event}"
+    );
+    // The device deleted what the relay acknowledged.
+    wait_until(Duration::from_secs(10), "outbox drained", || {
+        s.agent
+            .cmd(&["telemetry", "status", "--json"])
+            .ok()
+            .and_then(|r| serde_json::from_str::<serde_json::Value>(&r.stdout).ok())
+            .is_some_and(|st| st["queued_rows"] == 0 && st["acked_upto"] == 122)
+    })?;
+    Ok(())
+}
+
+#[test]
+fn records_reach_the_relay_exactly_once_over_tcp() -> Result<()> {
+    exactly_once(Transport::Tcp)
+}
+
+#[test]
+fn records_reach_the_relay_exactly_once_over_websocket() -> Result<()> {
+    exactly_once(Transport::WebSocket)
+}
+
+#[test]
+fn records_survive_relay_outages_and_agent_kills() -> Result<()> {
+    let mut s = Setup::new(Transport::Tcp)?;
+    s.relay.stop()?;
+    for i in 0..40 {
+        send(&s.agent, "t", &i.to_string())?;
+    }
+    // The agent dies hard while the relay is away; the records are on disk.
+    if let Some(mut p) = s.agent.proc.take() {
+        p.child.kill()?;
+        let _ = p.child.wait();
+    }
+    let st: serde_json::Value =
+        serde_json::from_str(&s.agent.cmd(&["telemetry", "status", "--json"])?.stdout)?;
+    ensure!(st["queued_rows"] == 40, "queued after kill: {st}");
+    s.relay.restart()?;
+    s.agent.start()?;
+    wait_stored(&s.relay, "board1", 40)?;
+    // Again, with the relay killed and restarted while more records flow.
+    for i in 40..80 {
+        send(&s.agent, "t", &i.to_string())?;
+        if i == 55 {
+            s.relay.stop()?;
+        }
+        if i == 65 {
+            s.relay.restart()?;
+        }
+    }
+    let records = wait_stored(&s.relay, "board1", 80)?;
+    std::thread::sleep(Duration::from_secs(1));
+    let records = stored(&s.relay, "board1").unwrap_or(records);
+    let values: Vec<i64> = records
+        .iter()
+        .filter_map(|r| r["payload"].as_i64())
+        .collect();
+    ensure!(
+        values == (0..80).collect::<Vec<i64>>(),
+        "stored values {values:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_full_outbox_keeps_the_newest_and_reports_the_drop() -> Result<()> {
+    let relay = Relay::start()?;
+    relay.tenant("acme")?;
+    let mut agent = Agent::with_extra_config("board1", &[], "telemetry:\n  max_rows: 10\n")?;
+    agent.enroll(&relay, Transport::Tcp, "acme")?;
+    for i in 0..25 {
+        send(&agent, "t", &i.to_string())?;
+    }
+    let st: serde_json::Value =
+        serde_json::from_str(&agent.cmd(&["telemetry", "status", "--json"])?.stdout)?;
+    ensure!(
+        st["queued_rows"] == 10 && st["dropped_total"] == 15,
+        "status {st}"
+    );
+    agent.start()?;
+    let records = wait_stored(&relay, "board1", 10)?;
+    let values: Vec<i64> = records
+        .iter()
+        .filter_map(|r| r["payload"].as_i64())
+        .collect();
+    // The report made room for itself by dropping one more of the oldest.
+    ensure!(values == (16..25).collect::<Vec<i64>>(), "kept {values:?}");
+    let report = records.last().cloned().unwrap_or_default();
+    ensure!(
+        report["topic"] == "tether/outbox/dropped" && report["level"] == "warning",
+        "report {report}"
+    );
+    ensure!(
+        report["payload"]["dropped"] == 16 && report["payload"]["dropped_total"] == 16,
+        "report {report}"
+    );
+    Ok(())
+}
+
+#[test]
+fn bad_producer_input_is_refused_clearly() -> Result<()> {
+    let agent = Agent::with_extra_config("board1", &[], "telemetry:\n  max_payload: 100\n")?;
+    let r = agent.cmd(&["telemetry", "send", "t", "not json"])?;
+    ensure!(
+        r.status == Some(1) && r.stderr.contains("neither a number nor JSON"),
+        "{}",
+        r.stderr
+    );
+    let big = format!("\"{}\"", "x".repeat(200));
+    let r = agent.cmd(&["telemetry", "send", "t", &big])?;
+    ensure!(
+        r.status == Some(1) && r.stderr.contains("max_payload"),
+        "{}",
+        r.stderr
+    );
+    let r = agent.cmd(&["telemetry", "send", "t", "1", "--ts", "yesterday"])?;
+    ensure!(
+        r.status == Some(1) && r.stderr.contains("--ts"),
+        "{}",
+        r.stderr
+    );
+    let r = agent.cmd(&["notify", "--level", "bad", "x"])?;
+    ensure!(r.status == Some(2), "bad level exit {:?}", r.status);
+    let st: serde_json::Value =
+        serde_json::from_str(&agent.cmd(&["telemetry", "status", "--json"])?.stdout)?;
+    ensure!(st["queued_rows"] == 0, "refused input was queued: {st}");
+    Ok(())
+}
