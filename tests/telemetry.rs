@@ -233,3 +233,75 @@ fn bad_producer_input_is_refused_clearly() -> Result<()> {
     ensure!(st["queued_rows"] == 0, "refused input was queued: {st}");
     Ok(())
 }
+
+#[test]
+fn the_producer_socket_acks_each_line_and_isolates_bad_ones() -> Result<()> {
+    use std::io::{BufRead, BufReader, Write};
+    let s = Setup::new(Transport::Tcp)?;
+    let sock = s.agent.dir.path().join("state/telemetry.sock");
+    wait_until(Duration::from_secs(10), "telemetry socket", || {
+        sock.exists()
+    })?;
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&sock)?.permissions()) & 0o777;
+    ensure!(mode == 0o660, "socket mode {mode:o}");
+    let mut good = std::os::unix::net::UnixStream::connect(&sock)?;
+    let mut bad = std::os::unix::net::UnixStream::connect(&sock)?;
+    good.set_read_timeout(Some(Duration::from_secs(20)))?;
+    bad.set_read_timeout(Some(Duration::from_secs(20)))?;
+    // One burst of 1000 lines, one of them broken, plus an event.
+    let mut burst = String::new();
+    for i in 0..1000 {
+        if i == 500 {
+            burst.push_str("{\"topic\": \"t\", \"value\": \n");
+        } else {
+            burst.push_str(&format!("{{\"topic\":\"bulk\",\"value\":{i}}}\n"));
+        }
+    }
+    burst.push_str("{\"kind\":\"event\",\"level\":\"warning\",\"topic\":\"door\",\"value\":{\"open\":true},\"ts\":\"2026-05-06T07:08:09.010Z\"}\n");
+    good.write_all(burst.as_bytes())?;
+    bad.write_all(b"{\"kind\":\"blob\",\"topic\":\"t\",\"value\":1}\n{\"kind\":\"event\",\"topic\":\"t\",\"value\":1}\n")?;
+    let mut answers = Vec::new();
+    let mut reader = BufReader::new(good.try_clone()?);
+    for _ in 0..1001 {
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        answers.push(serde_json::from_str::<serde_json::Value>(&line)?);
+    }
+    ensure!(
+        answers[500]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("malformed")),
+        "answer 500: {}",
+        answers[500]
+    );
+    let seqs: Vec<u64> = answers.iter().filter_map(|a| a["seq"].as_u64()).collect();
+    ensure!(
+        seqs.len() == 1000 && seqs.windows(2).all(|w| w[0] < w[1]),
+        "{} sequence numbers",
+        seqs.len()
+    );
+    let mut bad_reader = BufReader::new(bad.try_clone()?);
+    let mut line = String::new();
+    bad_reader.read_line(&mut line)?;
+    ensure!(line.contains("blob"), "unknown kind answer {line}");
+    line.clear();
+    bad_reader.read_line(&mut line)?;
+    ensure!(line.contains("level"), "event without level answer {line}");
+
+    let records = wait_stored(&s.relay, "board1", 1000)?;
+    ensure!(records.len() == 1000, "stored {}", records.len());
+    let values: Vec<i64> = records
+        .iter()
+        .take(999)
+        .filter_map(|r| r["payload"].as_i64())
+        .collect();
+    let expected: Vec<i64> = (0..1000).filter(|i| *i != 500).collect();
+    ensure!(values == expected, "bulk values differ");
+    let event = &records[999];
+    ensure!(
+        event["level"] == "warning" && event["ts"] == "2026-05-06T07:08:09.010Z",
+        "event {event}"
+    );
+    Ok(())
+}

@@ -261,6 +261,22 @@ async fn run_agent(config: AgentConfig) -> Result<()> {
         server: Arc::new(server),
         policy: Arc::new(policy),
     };
+    let socket_path = ctx
+        .config
+        .telemetry
+        .socket
+        .clone()
+        .unwrap_or_else(|| crate::socket::default_path(&ctx.config.state_dir));
+    let outbox_path = crate::outbox::path(&ctx.config.state_dir);
+    let outbox =
+        crate::outbox::Outbox::open(&outbox_path, crate::upload::limits(&ctx.config.telemetry))
+            .with_context(|| format!("opening the outbox {}", outbox_path.display()))?;
+    let socket = tokio::spawn(crate::socket::serve(
+        socket_path.clone(),
+        ctx.config.telemetry.socket_mode_bits(),
+        std::sync::Arc::new(std::sync::Mutex::new(outbox)),
+        ctx.config.telemetry.clone(),
+    ));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         tether_protocol::shutdown::stop_signal().await;
@@ -269,8 +285,15 @@ async fn run_agent(config: AgentConfig) -> Result<()> {
         let _ = stop_tx.send(true);
     });
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-    link::run(ctx, stop_rx).await?;
-    Ok(())
+    let result = tokio::select! {
+        r = link::run(ctx, stop_rx) => r.map_err(anyhow::Error::from),
+        r = socket => match r {
+            Ok(Err(e)) => Err(anyhow::Error::from(e).context(format!("telemetry socket {}", socket_path.display()))),
+            _ => Err(anyhow::anyhow!("telemetry socket task ended")),
+        },
+    };
+    let _ = std::fs::remove_file(&socket_path);
+    result
 }
 
 /// What `agent status --json` prints.

@@ -48,6 +48,17 @@ pub struct TelemetryConfig {
     pub batch_bytes: usize,
     /// Batches sent ahead of the relay's acknowledgements. Default 4.
     pub window: usize,
+    /// Local producer socket (newline-delimited JSON). Default `<state_dir>/telemetry.sock`.
+    pub socket: Option<PathBuf>,
+    /// Permissions of the socket, octal. Default "0660".
+    pub socket_mode: String,
+}
+
+impl TelemetryConfig {
+    /// The socket's permission bits (validated when the configuration is loaded).
+    pub fn socket_mode_bits(&self) -> u32 {
+        u32::from_str_radix(&self.socket_mode, 8).unwrap_or(0o660)
+    }
 }
 
 impl Default for TelemetryConfig {
@@ -59,6 +70,8 @@ impl Default for TelemetryConfig {
             batch_records: 2000,
             batch_bytes: 1024 * 1024,
             window: 4,
+            socket: None,
+            socket_mode: "0660".to_string(),
         }
     }
 }
@@ -196,6 +209,15 @@ impl AgentConfig {
             if value == 0 {
                 return Err(invalid(key, "must be greater than zero".into()));
             }
+        }
+        if u32::from_str_radix(&t.socket_mode, 8).map_or(true, |m| m > 0o777) {
+            return Err(invalid(
+                "telemetry.socket_mode",
+                format!(
+                    "{:?} is not an octal permission like \"0660\"",
+                    t.socket_mode
+                ),
+            ));
         }
         if t.max_payload as u64 > t.max_bytes {
             return Err(invalid(

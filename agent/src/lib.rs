@@ -12,6 +12,7 @@
 //! - [`server`]: the embedded SSH server that serves shells, exec and sftp on link channels.
 //! - [`pty`]: pseudo-terminals for interactive shells.
 //! - [`sftp`]: the sftp subsystem.
+//! - [`socket`]: the local producer socket (newline-delimited JSON).
 //! - [`status`]: the link state file that `agent status` reads.
 //! - [`upload`]: the outbox sent over the link and acknowledged by the relay.
 //! - [`cli`]: the command line.
@@ -27,6 +28,7 @@ pub mod outbox;
 pub mod pty;
 pub mod server;
 pub mod sftp;
+pub mod socket;
 pub mod status;
 pub mod transport;
 pub mod upload;
