@@ -305,3 +305,72 @@ fn the_producer_socket_acks_each_line_and_isolates_bad_ones() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn the_api_serves_telemetry_events_and_logs_by_tenant() -> Result<()> {
+    let s = Setup::new(Transport::Tcp)?;
+    s.relay.tenant("globex")?;
+    let token = s
+        .relay
+        .admin_ok(&["token", "create", "--tenant", "acme", "--api"])?
+        .trim()
+        .to_string();
+    let other = s
+        .relay
+        .admin_ok(&["token", "create", "--tenant", "globex", "--api"])?
+        .trim()
+        .to_string();
+    for i in 0..5 {
+        send(&s.agent, "temp", &i.to_string())?;
+    }
+    send(&s.agent, "humidity", "40")?;
+    let r = s
+        .agent
+        .cmd(&["telemetry", "send", "--kind", "log", "app", "\"started\""])?;
+    ensure!(r.status == Some(0), "{}", r.stderr);
+    for level in ["info", "critical"] {
+        let r = s
+            .agent
+            .cmd(&["notify", "--level", level, &format!("{level} happened")])?;
+        ensure!(r.status == Some(0), "{}", r.stderr);
+    }
+    wait_stored(&s.relay, "board1", 9)?;
+    let get = |path: &str, t: &str| -> Result<(u16, serde_json::Value)> {
+        let (code, body) = s.relay.http_get(path, Some(t))?;
+        Ok((
+            code,
+            serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+        ))
+    };
+    let (code, page) = get("/v1/devices/board1/telemetry?topic=temp&limit=3", &token)?;
+    ensure!(
+        code == 200 && page["records"].as_array().map(Vec::len) == Some(3),
+        "{code} {page}"
+    );
+    let next = page["next_after"].as_u64().unwrap_or(0);
+    let (_, rest) = get(
+        &format!("/v1/devices/board1/telemetry?topic=temp&after={next}"),
+        &token,
+    )?;
+    let values: Vec<i64> = rest["records"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|r| r["payload"].as_i64()).collect())
+        .unwrap_or_default();
+    ensure!(values == vec![3, 4], "second page {rest}");
+    let (_, events) = get("/v1/devices/board1/events?level=critical", &token)?;
+    let ev = events["records"].as_array().cloned().unwrap_or_default();
+    ensure!(
+        ev.len() == 1 && ev[0]["payload"]["message"] == "critical happened",
+        "{events}"
+    );
+    let (_, logs) = get("/v1/devices/board1/logs", &token)?;
+    ensure!(logs["records"][0]["payload"] == "started", "{logs}");
+    let (code, _) = get("/v1/devices/board1/telemetry", &other)?;
+    ensure!(code == 404, "other tenant got {code}");
+    let (code, body) = get("/v1/devices/board1/telemetry?from=yesterday", &token)?;
+    ensure!(
+        code == 400 && body["error"].as_str().is_some_and(|e| e.contains("from")),
+        "{code} {body}"
+    );
+    Ok(())
+}

@@ -87,6 +87,14 @@ pub enum TenantCommand {
         /// Tenant name.
         name: String,
     },
+    /// Set how many days of telemetry the tenant keeps (default 30).
+    Retention {
+        /// Tenant name.
+        name: String,
+        /// Days to keep.
+        #[arg(long)]
+        days: u32,
+    },
     /// List tenants.
     List {
         /// Print JSON.
@@ -301,6 +309,20 @@ fn print_record(r: &crate::store::StoredRecord, json: bool) -> Result<()> {
     Ok(())
 }
 
+fn page_query<'a>(
+    device_id: &'a str,
+    topic: Option<&'a str>,
+    after: u64,
+) -> crate::store::TelemetryQuery<'a> {
+    crate::store::TelemetryQuery {
+        device_id,
+        topic,
+        after_seq: after,
+        limit: 10_000,
+        ..Default::default()
+    }
+}
+
 fn tail(
     store: &Store,
     device: &str,
@@ -315,7 +337,7 @@ fn tail(
     let mut last: std::collections::VecDeque<crate::store::StoredRecord> =
         std::collections::VecDeque::new();
     loop {
-        let page = store.telemetry(&d.id, topic, after, 10_000)?;
+        let page = store.telemetry(&page_query(&d.id, topic, after))?;
         let Some(end) = page.last().map(|r| r.seq) else {
             break;
         };
@@ -335,7 +357,7 @@ fn tail(
     }
     loop {
         std::thread::sleep(std::time::Duration::from_millis(500));
-        for r in store.telemetry(&d.id, topic, after, 10_000)? {
+        for r in store.telemetry(&page_query(&d.id, topic, after))? {
             after = r.seq;
             print_record(&r, json)?;
         }
@@ -366,6 +388,10 @@ fn run(cli: Cli) -> Result<()> {
                 TenantCommand::Add { name } => {
                     let t = store.add_tenant(&name)?;
                     println!("tenant {} created", t.name);
+                }
+                TenantCommand::Retention { name, days } => {
+                    store.set_retention(&name, days)?;
+                    println!("tenant {name} keeps {days} days of telemetry");
                 }
                 TenantCommand::List { json } => {
                     let tenants = store.tenants()?;

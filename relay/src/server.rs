@@ -14,6 +14,9 @@ use crate::ssh_front::{Front, stopped, with_store};
 use crate::store::Store;
 use crate::{api, hostkey, http};
 
+/// How often telemetry older than each tenant's retention is deleted.
+const RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
+
 /// How often the relay checks for rejected or removed devices that still hold a link.
 const EVICTION_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -120,6 +123,24 @@ pub async fn serve(config: RelayConfig, store: Arc<Store>) -> Result<()> {
         }
     });
 
+    let retention_store = store.clone();
+    let mut retention_stop = stop_rx.clone();
+    let retention_task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(RETENTION_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    match with_store(&retention_store, |s| s.enforce_retention()).await {
+                        Some(Ok(n)) if n > 0 => tracing::info!("retention: deleted {n} old telemetry records"),
+                        Some(Err(e)) => tracing::error!("retention: {e}"),
+                        _ => {}
+                    }
+                }
+                _ = stopped(&mut retention_stop) => return,
+            }
+        }
+    });
+
     tether_protocol::shutdown::stop_signal().await;
     tracing::info!("shutting down: closing sessions and links");
     let _ = stop_tx.send(true);
@@ -127,6 +148,7 @@ pub async fn serve(config: RelayConfig, store: Arc<Store>) -> Result<()> {
         let _ = ssh_task.await;
         let _ = http_task.await;
         let _ = evict_task.await;
+        let _ = retention_task.await;
         // Give connection tasks a moment to send their goodbyes and record devices offline.
         for _ in 0..30 {
             if registry.is_empty() {

@@ -17,6 +17,9 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
+mod telemetry;
+pub use telemetry::{StoredRecord, TelemetryQuery};
+
 /// Schema migrations, applied in order; entry `i` brings the schema to version `i + 1`.
 const MIGRATIONS: &[&str] = &[
     r#"
@@ -78,6 +81,9 @@ CREATE TABLE telemetry (
 ) WITHOUT ROWID;
 CREATE INDEX telemetry_by_topic ON telemetry (tenant_id, device_id, topic, ts_ms);
 CREATE INDEX telemetry_by_time ON telemetry (tenant_id, device_id, ts_ms);
+"#,
+    r#"
+ALTER TABLE tenants ADD COLUMN retention_days INTEGER NOT NULL DEFAULT 30;
 "#,
 ];
 
@@ -996,104 +1002,6 @@ impl Store {
             }
         }
         Ok(out)
-    }
-}
-
-/// A telemetry record as stored by the relay.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct StoredRecord {
-    /// Device that produced it.
-    pub device_id: String,
-    /// Its sequence number on that device.
-    pub seq: u64,
-    /// Producer timestamp (RFC 3339 with milliseconds).
-    pub ts: String,
-    /// Producer timestamp, ms since the Unix epoch.
-    pub ts_ms: i64,
-    /// metric, log or event.
-    pub kind: String,
-    /// Topic.
-    pub topic: String,
-    /// Level, for events.
-    pub level: Option<String>,
-    /// Payload.
-    pub payload: serde_json::Value,
-}
-
-impl Store {
-    /// Stores records of one device in one transaction, ignoring (device, seq) pairs already
-    /// stored; returns how many were new.
-    pub fn insert_telemetry(
-        &self,
-        device_id: &str,
-        tenant_id: i64,
-        records: &[tether_protocol::telemetry::Record],
-    ) -> Result<usize, StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut inserted = 0;
-        {
-            let mut stmt = tx.prepare_cached(
-                "INSERT OR IGNORE INTO telemetry (device_id, seq, tenant_id, ts_ms, kind, topic, level, payload, received_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            )?;
-            let received = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis() as i64)
-                .unwrap_or(0);
-            for r in records {
-                inserted += stmt.execute(params![
-                    device_id,
-                    r.seq as i64,
-                    tenant_id,
-                    r.ts_ms,
-                    r.kind.as_str(),
-                    r.topic,
-                    r.level.map(|l| l.as_str()),
-                    r.payload.to_string(),
-                    received
-                ])?;
-            }
-        }
-        tx.commit()?;
-        Ok(inserted)
-    }
-
-    /// Records of a device after `after_seq`, optionally of one topic, oldest first.
-    pub fn telemetry(
-        &self,
-        device_id: &str,
-        topic: Option<&str>,
-        after_seq: u64,
-        limit: usize,
-    ) -> Result<Vec<StoredRecord>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
-            "SELECT device_id, seq, ts_ms, kind, topic, level, payload FROM telemetry
-             WHERE device_id = ?1 AND seq > ?2 AND (?3 IS NULL OR topic = ?3) ORDER BY seq LIMIT ?4",
-        )?;
-        let rows = stmt.query_map(
-            params![device_id, after_seq as i64, topic, limit as i64],
-            |r| {
-                let ts_ms: i64 = r.get(2)?;
-                let payload: String = r.get(6)?;
-                Ok(StoredRecord {
-                    device_id: r.get(0)?,
-                    seq: r.get::<_, i64>(1)? as u64,
-                    ts: humantime::format_rfc3339_millis(
-                        UNIX_EPOCH + Duration::from_millis(ts_ms.max(0) as u64),
-                    )
-                    .to_string(),
-                    ts_ms,
-                    kind: r.get(3)?,
-                    topic: r.get(4)?,
-                    level: r.get(5)?,
-                    payload: serde_json::from_str(&payload)
-                        .unwrap_or(serde_json::Value::String(payload)),
-                })
-            },
-        )?;
-        Ok(rows.collect::<Result<_, _>>()?)
     }
 }
 
