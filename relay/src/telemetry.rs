@@ -74,3 +74,79 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::SqliteSink;
+    use crate::store::{Store, TelemetryQuery};
+    use tether_protocol::telemetry::{Kind, Record, encode};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn record(seq: u64) -> Record {
+        Record {
+            seq,
+            ts_ms: 1,
+            kind: Kind::Metric,
+            topic: "t".into(),
+            level: None,
+            payload: serde_json::json!(seq),
+        }
+    }
+
+    #[tokio::test]
+    async fn acks_after_commit_and_closes_on_garbage() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = Arc::new(Store::open(&dir.path().join("relay.db"))?);
+        let tenant = store.add_tenant("acme")?;
+        let (device_side, relay_side) = tokio::io::duplex(1 << 20);
+        let task = tokio::spawn(serve(
+            relay_side,
+            "dev_1".into(),
+            tenant.id,
+            Arc::new(SqliteSink::new(store.clone())),
+        ));
+        let (mut rd, mut wr) = tokio::io::split(device_side);
+        write_frame(
+            &mut wr,
+            &Frame::Batch {
+                records: vec![record(1), record(2)],
+            },
+        )
+        .await?;
+        assert_eq!(read_frame(&mut rd).await?, Some(Frame::Ack { upto: 2 }));
+        let q = TelemetryQuery {
+            device_id: "dev_1",
+            limit: 10,
+            ..Default::default()
+        };
+        assert_eq!(store.telemetry(&q)?.len(), 2);
+        // Unordered sequence numbers are refused without an ack; nothing is stored.
+        wr.write_all(&encode(&Frame::Batch {
+            records: vec![record(4), record(3)],
+        })?)
+        .await?;
+        let mut rest = Vec::new();
+        rd.read_to_end(&mut rest).await?;
+        assert!(rest.is_empty(), "an ack was sent for a bad batch");
+        task.await?;
+        assert_eq!(store.telemetry(&q)?.len(), 2);
+
+        // A corrupt frame closes the channel too.
+        let (device_side, relay_side) = tokio::io::duplex(1 << 20);
+        let task = tokio::spawn(serve(
+            relay_side,
+            "dev_1".into(),
+            tenant.id,
+            Arc::new(SqliteSink::new(store.clone())),
+        ));
+        let (mut rd, mut wr) = tokio::io::split(device_side);
+        wr.write_all(&[0, 0, 0, 5, 1, b'{', b'x', b'y', b'z'])
+            .await?;
+        let mut rest = Vec::new();
+        rd.read_to_end(&mut rest).await?;
+        assert!(rest.is_empty());
+        task.await?;
+        Ok(())
+    }
+}
