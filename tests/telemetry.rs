@@ -114,6 +114,46 @@ fn exactly_once(transport: Transport) -> Result<()> {
             .and_then(|r| serde_json::from_str::<serde_json::Value>(&r.stdout).ok())
             .is_some_and(|st| st["queued_rows"] == 0 && st["acked_upto"] == 122)
     })?;
+
+    // The relay counted what it committed, for Prometheus.
+    let (code, page) = s.relay.http_get("/metrics", None)?;
+    ensure!(code == 200, "GET /metrics: {code} {page}");
+    let value = |series: &str| -> Option<f64> {
+        page.lines().find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+    };
+    ensure!(
+        value("tether_devices_online") == Some(1.0),
+        "devices online:\n{page}"
+    );
+    ensure!(
+        value("tether_telemetry_records_ingested_total{kind=\"metric\"}") == Some(121.0)
+            && value("tether_telemetry_records_ingested_total{kind=\"event\"}") == Some(1.0),
+        "records ingested per kind:\n{page}"
+    );
+    ensure!(
+        value("tether_telemetry_batches_acked_total").is_some_and(|n| n >= 1.0)
+            && value("tether_telemetry_ack_latency_seconds_count").is_some_and(|n| n >= 1.0)
+            && value("tether_telemetry_sink_errors_total") == Some(0.0),
+        "batches, latency and sink errors:\n{page}"
+    );
+    let label = match transport {
+        Transport::Tcp => "tcp",
+        Transport::WebSocket => "websocket",
+    };
+    for direction in ["in", "out"] {
+        let series =
+            format!("tether_link_bytes_total{{transport=\"{label}\",direction=\"{direction}\"}}");
+        ensure!(
+            value(&series).is_some_and(|n| n > 1000.0),
+            "{series}:\n{page}"
+        );
+    }
     Ok(())
 }
 

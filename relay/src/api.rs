@@ -1,12 +1,20 @@
 //! The JSON API: devices of the caller's tenant, authenticated with a bearer API token.
 //!
-//! A device of another tenant is answered exactly like a device that does not exist.
+//! - `GET /v1/devices`: the tenant's devices.
+//! - `GET /v1/devices/{id}`: one device, by id or name.
+//! - `GET /v1/devices/{id}/telemetry|events|logs`: its stored records, filtered and paged.
+//!
+//! Every answer is JSON, errors included (`{"error": "..."}`): 401 without a valid token, 404
+//! for a device the caller cannot see, 400 for bad query parameters, 500 (logged) when the
+//! store fails. A device of another tenant is answered exactly like a device that does not
+//! exist, so a token cannot be used to probe other tenants' device names or ids.
 
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
@@ -18,7 +26,24 @@ struct ApiError(StatusCode, String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, axum::Json(json!({ "error": self.1 }))).into_response()
+        let mut response = (self.0, axum::Json(json!({ "error": self.1 }))).into_response();
+        if self.0 == StatusCode::UNAUTHORIZED {
+            // RFC 6750: tell the client which scheme is expected.
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"tether\""),
+            );
+        }
+        response
+    }
+}
+
+impl ApiError {
+    /// A failure of the relay itself: logged in full, answered without details (they may
+    /// name files or SQL the caller has no business seeing).
+    fn internal(what: impl std::fmt::Display) -> ApiError {
+        tracing::error!("api: {what}");
+        ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into())
     }
 }
 
@@ -29,11 +54,16 @@ impl From<StoreError> for ApiError {
                 ApiError(StatusCode::UNAUTHORIZED, e.to_string())
             }
             StoreError::NotFound { .. } => ApiError(StatusCode::NOT_FOUND, e.to_string()),
-            other => {
-                tracing::error!("api: {other}");
-                ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into())
-            }
+            StoreError::Invalid(_) => ApiError(StatusCode::BAD_REQUEST, e.to_string()),
+            other => ApiError::internal(other),
         }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(e: QueryRejection) -> Self {
+        // axum answers these in plain text by itself; the API answers in JSON throughout.
+        ApiError(StatusCode::BAD_REQUEST, e.body_text())
     }
 }
 
@@ -43,31 +73,41 @@ async fn blocking<T: Send + 'static>(
     f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {
     let store = store.clone();
+    // SQLite calls block (and may wait up to the busy timeout for the admin CLI's writes);
+    // on the runtime's own threads they would stall every other connection.
     tokio::task::spawn_blocking(move || f(&store))
         .await
-        .map_err(|e| {
-            ApiError(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("store task failed: {e}"),
-            )
-        })?
+        .map_err(|e| ApiError::internal(format_args!("store task failed: {e}")))?
         .map_err(ApiError::from)
+}
+
+/// The token of an `Authorization: Bearer <token>` header (the scheme name is
+/// case-insensitive, RFC 7235).
+fn bearer_token(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_string())
 }
 
 /// The caller's tenant from `Authorization: Bearer <token>`.
 async fn authenticate(store: &Arc<Store>, headers: &HeaderMap) -> Result<ApiIdentity, ApiError> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| ApiError(StatusCode::UNAUTHORIZED, "missing bearer token".into()))?
-        .to_string();
+    let token = bearer_token(headers).ok_or_else(|| {
+        ApiError(
+            StatusCode::UNAUTHORIZED,
+            "missing bearer token (Authorization: Bearer <api token>)".into(),
+        )
+    })?;
     blocking(store, move |s| s.api_token(&token)).await
 }
 
-/// The API routes.
+/// The answer for a device the caller cannot see, whether it exists in another tenant or not
+/// at all: one function, so the two cannot drift apart.
+fn no_such_device(id: &str) -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, format!("no device named {id:?}"))
+}
+
+/// The API routes, sharing `store`.
 pub fn router(store: Arc<Store>) -> Router {
     Router::new()
         .route("/v1/devices", get(list_devices))
@@ -97,10 +137,7 @@ async fn show_device(
     let device = blocking(&store, move |s| s.find_device(&[who.tenant_id], &key)).await?;
     match device {
         Some(d) => Ok(axum::Json(d).into_response()),
-        None => Err(ApiError(
-            StatusCode::NOT_FOUND,
-            format!("no device named {id:?}"),
-        )),
+        None => Err(no_such_device(&id)),
     }
 }
 
@@ -145,13 +182,16 @@ async fn device_records(
     headers: HeaderMap,
     id: String,
     kind: &'static str,
-    params: RecordsParams,
+    params: Result<Query<RecordsParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    // Who is asking comes first: an unauthenticated caller learns nothing, not even that its
+    // query parameters are wrong.
     let who = authenticate(&store, &headers).await?;
+    let Query(params) = params?;
     let key = id.clone();
     let device = blocking(&store, move |s| s.find_device(&[who.tenant_id], &key))
         .await?
-        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no device named {id:?}")))?;
+        .ok_or_else(|| no_such_device(&id))?;
     if let Some(level) = &params.level
         && level.parse::<tether_protocol::telemetry::Level>().is_err()
     {
@@ -200,7 +240,7 @@ async fn device_records(
 async fn device_metrics(
     State(store): State<Arc<Store>>,
     Path(id): Path<String>,
-    Query(params): Query<RecordsParams>,
+    params: Result<Query<RecordsParams>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     device_records(store, headers, id, "metric", params).await
@@ -209,7 +249,7 @@ async fn device_metrics(
 async fn device_events(
     State(store): State<Arc<Store>>,
     Path(id): Path<String>,
-    Query(params): Query<RecordsParams>,
+    params: Result<Query<RecordsParams>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     device_records(store, headers, id, "event", params).await
@@ -218,8 +258,219 @@ async fn device_events(
 async fn device_logs(
     State(store): State<Arc<Store>>,
     Path(id): Path<String>,
-    Query(params): Query<RecordsParams>,
+    params: Result<Query<RecordsParams>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     device_records(store, headers, id, "log", params).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{DeviceEnrollment, NewToken, TokenKind};
+    use axum::body::Body;
+    use axum::http::Request;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    /// One request through the router in-process; returns status, headers and JSON body.
+    async fn get(
+        app: &Router,
+        path: &str,
+        authorization: Option<&str>,
+    ) -> Result<(StatusCode, HeaderMap, serde_json::Value), Box<dyn std::error::Error>> {
+        use tower_service::Service;
+        let mut request = Request::get(path);
+        if let Some(a) = authorization {
+            request = request.header(header::AUTHORIZATION, a);
+        }
+        let mut app = app.clone();
+        std::future::poll_fn(|cx| Service::<Request<Body>>::poll_ready(&mut app, cx)).await?;
+        let response = app.call(request.body(Body::empty())?).await?;
+        let (parts, body) = response.into_parts();
+        let content_type = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        assert_eq!(content_type, "application/json", "{path}");
+        let bytes = axum::body::to_bytes(body, 1 << 20).await?;
+        Ok((parts.status, parts.headers, serde_json::from_slice(&bytes)?))
+    }
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        path: std::path::PathBuf,
+        store: Arc<Store>,
+        app: Router,
+        acme: String,
+        globex: String,
+        board: String,
+    }
+
+    fn fixture() -> Result<Fixture, Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("relay.db");
+        let store = Arc::new(Store::open(&path)?);
+        let api_token = |tenant: &str| -> Result<String, StoreError> {
+            store.add_tenant(tenant)?;
+            Ok(store
+                .create_token(NewToken {
+                    tenant,
+                    kind: TokenKind::Api,
+                    ttl: None,
+                    uses: None,
+                    require_accept: false,
+                })?
+                .secret)
+        };
+        let (acme, globex) = (api_token("acme")?, api_token("globex")?);
+        let enroll = store.create_token(NewToken {
+            tenant: "acme",
+            kind: TokenKind::Enroll,
+            ttl: None,
+            uses: None,
+            require_accept: false,
+        })?;
+        let board = store
+            .redeem_enroll_token(
+                &enroll.secret,
+                DeviceEnrollment {
+                    name: "board1".into(),
+                    public_key_openssh: "ssh-ed25519 AAAA".into(),
+                    fingerprint: "SHA256:board1".into(),
+                    agent_version: "0.1.0".into(),
+                    force: false,
+                },
+            )?
+            .device
+            .id;
+        let app = router(store.clone());
+        Ok(Fixture {
+            _dir: dir,
+            path,
+            store,
+            app,
+            acme: format!("Bearer {acme}"),
+            globex: format!("Bearer {globex}"),
+            board,
+        })
+    }
+
+    #[tokio::test]
+    async fn devices_of_the_tokens_tenant_only() -> TestResult {
+        let f = fixture()?;
+        let (status, _, list) = get(&f.app, "/v1/devices", Some(&f.acme)).await?;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+        assert_eq!(list[0]["name"], "board1");
+        assert_eq!(list[0]["tenant"], "acme");
+        assert_eq!(list[0]["status"], "accepted");
+        assert_eq!(list[0]["online"], false);
+        // By id and by name.
+        for key in [f.board.as_str(), "board1"] {
+            let (status, _, d) = get(&f.app, &format!("/v1/devices/{key}"), Some(&f.acme)).await?;
+            assert_eq!(
+                (status, d["id"].as_str()),
+                (StatusCode::OK, Some(f.board.as_str()))
+            );
+        }
+        // The scheme name is case-insensitive.
+        let lower = f.acme.replacen("Bearer", "bearer", 1);
+        let (status, _, _) = get(&f.app, "/v1/devices", Some(&lower)).await?;
+        assert_eq!(status, StatusCode::OK);
+        // Another tenant sees nothing.
+        let (status, _, list) = get(&f.app, "/v1/devices", Some(&f.globex)).await?;
+        assert_eq!((status, list), (StatusCode::OK, serde_json::json!([])));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn another_tenants_device_looks_exactly_like_a_missing_one() -> TestResult {
+        let f = fixture()?;
+        let uri = format!("/v1/devices/{}", f.board);
+        let (status, _, hidden) = get(&f.app, &uri, Some(&f.globex)).await?;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let (_, _, hidden_records) =
+            get(&f.app, &format!("{uri}/telemetry"), Some(&f.globex)).await?;
+        f.store.remove_device(&f.board)?;
+        let (status_gone, _, gone) = get(&f.app, &uri, Some(&f.globex)).await?;
+        let (_, _, gone_records) =
+            get(&f.app, &format!("{uri}/telemetry"), Some(&f.globex)).await?;
+        assert_eq!((status_gone, &gone), (StatusCode::NOT_FOUND, &hidden));
+        assert_eq!(gone_records, hidden_records);
+        assert!(hidden["error"].is_string(), "{hidden}");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn missing_invalid_and_expired_tokens_are_401_in_json() -> TestResult {
+        let f = fixture()?;
+        let expired = f.store.create_token(NewToken {
+            tenant: "acme",
+            kind: TokenKind::Api,
+            ttl: Some(std::time::Duration::ZERO),
+            uses: None,
+            require_accept: false,
+        })?;
+        let enroll = f.store.create_token(NewToken {
+            tenant: "acme",
+            kind: TokenKind::Enroll,
+            ttl: None,
+            uses: None,
+            require_accept: false,
+        })?;
+        let basic = "Basic YWxpY2U6c2VjcmV0".to_string();
+        let cases = [
+            (None, "missing bearer token"),
+            (Some(basic.as_str()), "missing bearer token"),
+            (Some("Bearer "), "missing bearer token"),
+            (Some("Bearer tet_wrong"), "invalid token"),
+            (Some(&*format!("Bearer {}", enroll.secret)), "invalid token"),
+            (Some(&*format!("Bearer {}", expired.secret)), "expired"),
+        ];
+        for (authorization, expected) in cases {
+            for path in [
+                "/v1/devices",
+                "/v1/devices/board1",
+                "/v1/devices/board1/logs?bad=1",
+            ] {
+                let (status, headers, body) = get(&f.app, path, authorization).await?;
+                assert_eq!(status, StatusCode::UNAUTHORIZED, "{authorization:?} {path}");
+                assert!(headers.contains_key(header::WWW_AUTHENTICATE));
+                let message = body["error"].as_str().unwrap_or_default();
+                assert!(message.contains(expected), "{authorization:?}: {message}");
+            }
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn bad_query_parameters_are_400_in_json() -> TestResult {
+        let f = fixture()?;
+        for query in ["bogus=1", "after=minus", "from=yesterday", "level=loud"] {
+            let uri = format!("/v1/devices/board1/events?{query}");
+            let (status, _, body) = get(&f.app, &uri, Some(&f.acme)).await?;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+            assert!(body["error"].is_string(), "{body}");
+        }
+        let (status, _, body) =
+            get(&f.app, "/v1/devices/board1/events?limit=5", Some(&f.acme)).await?;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, serde_json::json!({ "records": [], "next_after": 0 }));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn store_failures_are_500_without_details() -> TestResult {
+        let f = fixture()?;
+        // Break the schema behind the store's back, as a damaged file would.
+        let raw = rusqlite::Connection::open(&f.path)?;
+        raw.execute_batch("ALTER TABLE devices RENAME TO devices_gone")?;
+        let (status, _, body) = get(&f.app, "/v1/devices", Some(&f.acme)).await?;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(body, serde_json::json!({ "error": "internal error" }));
+        Ok(())
+    }
 }

@@ -1,27 +1,47 @@
 //! The relay's command line: `relay serve` and the admin commands that work on the store
 //! (also while `serve` runs, since SQLite is shared safely between processes).
+//!
+//! Exit codes: 0 success, 1 failure (`error: …` with the chain of causes on stderr), 2 usage
+//! (clap's own). Commands print results on stdout and nothing else, so they compose in shell
+//! scripts (`TOKEN=$(relay token create --tenant acme)`); `--json` prints the same data as JSON.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
 use crate::config::{self, RelayConfig};
-use crate::store::{DeviceStatus, NewToken, Role, Store, TokenKind};
+use crate::store::{Device, DeviceStatus, EngineerKey, NewToken, Role, Store, TokenKind};
+
+/// Default lifetime of enrollment tokens: they are handed around, so they should not live
+/// forever unless asked to.
+const DEFAULT_ENROLL_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// tether relay: device links, engineers' SSH sessions and the fleet API.
 #[derive(Debug, Parser)]
-#[command(name = "relay", version, propagate_version = true)]
+#[command(
+    name = "relay",
+    version,
+    propagate_version = true,
+    after_help = "Examples:\n  \
+        relay --config /etc/tether/relay.yaml serve\n  \
+        relay tenant add acme\n  \
+        TOKEN=$(relay token create --tenant acme --ttl 24h --uses 10)\n  \
+        relay user add alice --tenant acme --role operator --key alice.pub\n  \
+        relay device list --tenant acme"
+)]
 pub struct Cli {
     /// Configuration file (YAML) [default: built-in defaults].
-    #[arg(long, global = true, env = "TETHER_RELAY_CONFIG")]
+    #[arg(long, global = true, env = "TETHER_RELAY_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Data directory (host key, store); overrides the configuration.
-    #[arg(long, global = true)]
+    /// Data directory (host key, store); overrides data_dir of the configuration.
+    #[arg(long, global = true, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
@@ -34,10 +54,10 @@ pub enum Command {
     /// Run the relay: SSH port, HTTP port, WebSocket link.
     Serve {
         /// SSH listen address; overrides ssh.listen.
-        #[arg(long)]
+        #[arg(long, value_name = "ADDR")]
         ssh_listen: Option<SocketAddr>,
         /// HTTP listen address; overrides http.listen.
-        #[arg(long)]
+        #[arg(long, value_name = "ADDR")]
         http_listen: Option<SocketAddr>,
     },
     /// Manage tenants.
@@ -67,7 +87,7 @@ pub enum TelemetryCommand {
         /// Only this topic.
         #[arg(long)]
         topic: Option<String>,
-        /// Most records to print (the newest ones) [default: 20].
+        /// Most records to print (the newest ones).
         #[arg(long, default_value_t = 20)]
         limit: usize,
         /// Keep printing new records as they arrive.
@@ -84,7 +104,7 @@ pub enum TelemetryCommand {
 pub enum TenantCommand {
     /// Create a tenant.
     Add {
-        /// Tenant name.
+        /// Tenant name: a-z, 0-9, '-', '_', '.', starting with a letter or digit.
         name: String,
     },
     /// Set how many days of telemetry the tenant keeps (default 30).
@@ -106,19 +126,19 @@ pub enum TenantCommand {
 /// `relay token …`
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
-    /// Mint a token; prints only the secret (or JSON with --json).
+    /// Mint a token; prints only the secret (or JSON with --json). The secret is shown once.
     Create {
         /// Tenant the token belongs to.
         #[arg(long)]
         tenant: String,
         /// Lifetime, e.g. 24h, 30m [default: 24h for enrollment tokens, none for API tokens].
-        #[arg(long, value_parser = humantime::parse_duration)]
-        ttl: Option<std::time::Duration>,
+        #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+        ttl: Option<Duration>,
         /// How many devices may enroll with it [default: unlimited].
-        #[arg(long)]
+        #[arg(long, value_name = "N", conflicts_with = "api")]
         uses: Option<u32>,
         /// Devices enrolled with it wait for `relay device accept`.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "api")]
         require_accept: bool,
         /// An HTTP API bearer token instead of an enrollment token.
         #[arg(long)]
@@ -169,7 +189,7 @@ impl From<RoleArg> for Role {
 pub enum UserCommand {
     /// Register an engineer's public key with a tenant.
     Add {
-        /// User name.
+        /// User name, unique in the tenant.
         name: String,
         /// Tenant.
         #[arg(long)]
@@ -178,7 +198,7 @@ pub enum UserCommand {
         #[arg(long, value_enum)]
         role: RoleArg,
         /// OpenSSH public key file (e.g. ~/.ssh/id_ed25519.pub).
-        #[arg(long)]
+        #[arg(long, value_name = "PUBKEY_FILE")]
         key: PathBuf,
     },
     /// List engineers.
@@ -229,6 +249,7 @@ pub enum DeviceCommand {
 /// Parses arguments, runs the command and maps the outcome to an exit code
 /// (0 ok, 1 failure, 2 usage).
 pub fn main() -> ExitCode {
+    // On a usage error clap prints it and exits with 2; --help and --version exit with 0.
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -236,8 +257,11 @@ pub fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
-    match run(cli) {
+    let stdout = std::io::stdout();
+    match run(cli, &mut stdout.lock()) {
         Ok(()) => ExitCode::SUCCESS,
+        // `relay device list | head -1`: the reader left, which is not our failure.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -245,6 +269,14 @@ pub fn main() -> ExitCode {
     }
 }
 
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// The configuration: the file if one was given, else the defaults; then `--data-dir`.
 fn load_config(cli: &Cli) -> Result<RelayConfig> {
     let mut config = match &cli.config {
         Some(path) => config::load(path)?,
@@ -261,50 +293,93 @@ fn open_store(config: &RelayConfig) -> Result<Store> {
     Store::open(&path).with_context(|| format!("opening the store {}", path.display()))
 }
 
-fn print_json<T: Serialize>(value: &T) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+fn print_json<T: Serialize>(out: &mut dyn Write, value: &T) -> Result<()> {
+    serde_json::to_writer_pretty(&mut *out, value)?;
+    writeln!(out)?;
     Ok(())
 }
 
-/// Prints rows as aligned columns under a header.
-fn print_table(header: &[&str], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+/// Rows as aligned columns under a header; trailing blanks trimmed.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let line = |cells: Vec<String>| {
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
         let parts: Vec<String> = cells
-            .iter()
             .zip(&widths)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
-        println!("{}", parts.join("  ").trim_end());
+        let mut s = parts.join("  ").trim_end().to_string();
+        s.push('\n');
+        s
     };
-    line(header.iter().map(|s| s.to_string()).collect());
+    let mut text = line(&mut header.iter().copied());
     for row in rows {
-        line(row.clone());
+        text.push_str(&line(&mut row.iter().map(String::as_str)));
     }
+    text
 }
 
 fn dash(v: &Option<String>) -> String {
     v.clone().unwrap_or_else(|| "-".into())
 }
 
-fn print_record(r: &crate::store::StoredRecord, json: bool) -> Result<()> {
+/// When the relay last heard from the device: now if its link is up, else when it went down.
+fn last_seen(d: &Device) -> String {
+    if d.online {
+        "now".into()
+    } else {
+        dash(&d.last_disconnected)
+    }
+}
+
+fn device_rows(devices: &[Device]) -> Vec<Vec<String>> {
+    devices
+        .iter()
+        .map(|d| {
+            vec![
+                d.id.clone(),
+                d.name.clone(),
+                d.tenant.clone(),
+                d.status.to_string(),
+                if d.online { "yes" } else { "no" }.into(),
+                last_seen(d),
+                dash(&d.remote_addr),
+                dash(&d.agent_version),
+            ]
+        })
+        .collect()
+}
+
+const DEVICE_HEADER: &[&str] = &[
+    "ID",
+    "NAME",
+    "TENANT",
+    "STATUS",
+    "ONLINE",
+    "LAST-SEEN",
+    "ADDRESS",
+    "VERSION",
+];
+
+fn print_record(out: &mut dyn Write, r: &crate::store::StoredRecord, json: bool) -> Result<()> {
     if json {
-        println!("{}", serde_json::to_string(r)?);
+        serde_json::to_writer(&mut *out, r)?;
+        writeln!(out)?;
     } else {
         let level = r
             .level
             .as_deref()
             .map(|l| format!(" [{l}]"))
             .unwrap_or_default();
-        println!(
+        writeln!(
+            out,
             "{} #{} {} {}{} {}",
             r.ts, r.seq, r.kind, r.topic, level, r.payload
-        );
+        )?;
     }
     Ok(())
 }
@@ -324,6 +399,7 @@ fn page_query<'a>(
 }
 
 fn tail(
+    out: &mut dyn Write,
     store: &Store,
     device: &str,
     topic: Option<&str>,
@@ -350,21 +426,25 @@ fn tail(
         }
     }
     for r in &last {
-        print_record(r, json)?;
+        print_record(out, r, json)?;
     }
+    out.flush()?;
     if !follow {
         return Ok(());
     }
     loop {
-        std::thread::sleep(std::time::Duration::from_millis(500));
+        std::thread::sleep(Duration::from_millis(500));
         for r in store.telemetry(&page_query(&d.id, topic, after))? {
             after = r.seq;
-            print_record(&r, json)?;
+            print_record(out, &r, json)?;
         }
+        // Whoever reads a follow wants each record when it arrives, not when a buffer fills.
+        out.flush()?;
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+/// Runs a parsed command, writing its results to `out`.
+pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
     let config = load_config(&cli)?;
     match cli.command {
         Command::Serve {
@@ -382,145 +462,10 @@ fn run(cli: Cli) -> Result<()> {
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(crate::server::serve(config, store))
         }
-        Command::Tenant(cmd) => {
-            let store = open_store(&config)?;
-            match cmd {
-                TenantCommand::Add { name } => {
-                    let t = store.add_tenant(&name)?;
-                    println!("tenant {} created", t.name);
-                }
-                TenantCommand::Retention { name, days } => {
-                    store.set_retention(&name, days)?;
-                    println!("tenant {name} keeps {days} days of telemetry");
-                }
-                TenantCommand::List { json } => {
-                    let tenants = store.tenants()?;
-                    if json {
-                        print_json(&tenants)?;
-                    } else {
-                        let rows = tenants
-                            .iter()
-                            .map(|t| vec![t.name.clone(), t.created_at.clone()])
-                            .collect::<Vec<_>>();
-                        print_table(&["NAME", "CREATED"], &rows);
-                    }
-                }
-            }
-            Ok(())
-        }
-        Command::Token(cmd) => {
-            let store = open_store(&config)?;
-            match cmd {
-                TokenCommand::Create {
-                    tenant,
-                    ttl,
-                    uses,
-                    require_accept,
-                    api,
-                    json,
-                } => {
-                    let kind = if api {
-                        TokenKind::Api
-                    } else {
-                        TokenKind::Enroll
-                    };
-                    // Enrollment tokens are handed around; by default they do not live forever.
-                    let ttl = ttl.or(if api {
-                        None
-                    } else {
-                        Some(std::time::Duration::from_secs(24 * 3600))
-                    });
-                    let token = store.create_token(NewToken {
-                        tenant: &tenant,
-                        kind,
-                        ttl,
-                        uses,
-                        require_accept,
-                    })?;
-                    if json {
-                        print_json(&token)?;
-                    } else {
-                        println!("{}", token.secret);
-                    }
-                }
-                TokenCommand::List { tenant, json } => {
-                    let tokens = store.tokens(tenant.as_deref())?;
-                    if json {
-                        print_json(&tokens)?;
-                    } else {
-                        let rows = tokens
-                            .iter()
-                            .map(|t| {
-                                vec![
-                                    t.id.clone(),
-                                    t.tenant.clone(),
-                                    format!("{:?}", t.kind).to_lowercase(),
-                                    dash(&t.expires_at),
-                                    t.uses_left
-                                        .map(|u| u.to_string())
-                                        .unwrap_or_else(|| "-".into()),
-                                    if t.revoked {
-                                        "revoked".into()
-                                    } else {
-                                        "active".into()
-                                    },
-                                ]
-                            })
-                            .collect::<Vec<_>>();
-                        print_table(
-                            &["ID", "TENANT", "KIND", "EXPIRES", "USES-LEFT", "STATE"],
-                            &rows,
-                        );
-                    }
-                }
-                TokenCommand::Revoke { id } => {
-                    store.revoke_token(&id)?;
-                    println!("token {id} revoked");
-                }
-            }
-            Ok(())
-        }
-        Command::User(cmd) => {
-            let store = open_store(&config)?;
-            match cmd {
-                UserCommand::Add {
-                    name,
-                    tenant,
-                    role,
-                    key,
-                } => {
-                    let text = std::fs::read_to_string(&key)
-                        .with_context(|| format!("reading the public key {}", key.display()))?;
-                    let user = store
-                        .add_user(&name, &tenant, role.into(), &text)
-                        .with_context(|| format!("{}", key.display()))?;
-                    println!(
-                        "user {} added to tenant {} ({})",
-                        user.name, user.tenant, user.fingerprint
-                    );
-                }
-                UserCommand::List { json } => {
-                    let users = store.users()?;
-                    if json {
-                        print_json(&users)?;
-                    } else {
-                        let rows = users
-                            .iter()
-                            .map(|u| {
-                                vec![
-                                    u.name.clone(),
-                                    u.tenant.clone(),
-                                    format!("{:?}", u.role).to_lowercase(),
-                                    u.fingerprint.clone(),
-                                ]
-                            })
-                            .collect::<Vec<_>>();
-                        print_table(&["NAME", "TENANT", "ROLE", "KEY"], &rows);
-                    }
-                }
-            }
-            Ok(())
-        }
+        Command::Tenant(cmd) => tenant(out, &open_store(&config)?, cmd),
+        Command::Token(cmd) => token(out, &open_store(&config)?, cmd),
+        Command::User(cmd) => user(out, &open_store(&config)?, cmd),
+        Command::Device(cmd) => device(out, &open_store(&config)?, cmd),
         Command::Telemetry(TelemetryCommand::Tail {
             device,
             topic,
@@ -529,86 +474,483 @@ fn run(cli: Cli) -> Result<()> {
             json,
         }) => {
             let store = open_store(&config)?;
-            tail(&store, &device, topic.as_deref(), limit, follow, json)
+            tail(out, &store, &device, topic.as_deref(), limit, follow, json)
         }
-        Command::Device(cmd) => {
-            let store = open_store(&config)?;
-            match cmd {
-                DeviceCommand::List { tenant, json } => {
-                    let devices = store.devices(tenant.as_deref())?;
-                    if json {
-                        print_json(&devices)?;
-                    } else {
-                        let rows = devices
-                            .iter()
-                            .map(|d| {
-                                vec![
-                                    d.id.clone(),
-                                    d.name.clone(),
-                                    d.tenant.clone(),
-                                    d.status.to_string(),
-                                    if d.online {
-                                        "online".into()
-                                    } else {
-                                        "offline".into()
-                                    },
-                                    dash(if d.online {
-                                        &d.last_connected
-                                    } else {
-                                        &d.last_disconnected
-                                    }),
-                                    dash(&d.remote_addr),
-                                    dash(&d.agent_version),
-                                ]
-                            })
-                            .collect::<Vec<_>>();
-                        print_table(
-                            &[
-                                "ID", "NAME", "TENANT", "STATUS", "LINK", "SINCE", "ADDRESS",
-                                "VERSION",
-                            ],
-                            &rows,
-                        );
-                    }
-                }
-                DeviceCommand::Show { id, json } => {
-                    let d = store.resolve_device(&id)?;
-                    if json {
-                        print_json(&d)?;
-                    } else {
-                        println!("id:                {}", d.id);
-                        println!("name:              {}", d.name);
-                        println!("tenant:            {}", d.tenant);
-                        println!("status:            {}", d.status);
-                        println!(
-                            "link:              {}",
-                            if d.online { "online" } else { "offline" }
-                        );
-                        println!("last connected:    {}", dash(&d.last_connected));
-                        println!("last disconnected: {}", dash(&d.last_disconnected));
-                        println!("remote address:    {}", dash(&d.remote_addr));
-                        println!("agent version:     {}", dash(&d.agent_version));
-                        println!("key:               {}", d.fingerprint);
-                        println!("enrolled:          {}", d.created_at);
-                    }
-                }
-                DeviceCommand::Accept { id } => {
-                    let d = store.resolve_device(&id)?;
-                    store.set_device_status(&d.id, DeviceStatus::Accepted)?;
-                    println!("device {} ({}) accepted", d.id, d.name);
-                }
-                DeviceCommand::Reject { id } => {
-                    let d = store.resolve_device(&id)?;
-                    store.set_device_status(&d.id, DeviceStatus::Rejected)?;
-                    println!("device {} ({}) rejected", d.id, d.name);
-                }
-                DeviceCommand::Remove { id } => {
-                    let d = store.resolve_device(&id)?;
-                    store.remove_device(&d.id)?;
-                    println!("device {} ({}) removed", d.id, d.name);
+    }
+}
+
+fn tenant(out: &mut dyn Write, store: &Store, cmd: TenantCommand) -> Result<()> {
+    match cmd {
+        TenantCommand::Add { name } => {
+            let t = store.add_tenant(&name)?;
+            writeln!(out, "tenant {} created", t.name)?;
+        }
+        TenantCommand::Retention { name, days } => {
+            store.set_retention(&name, days)?;
+            writeln!(out, "tenant {name} keeps {days} days of telemetry")?;
+        }
+        TenantCommand::List { json } => {
+            let tenants = store.tenants()?;
+            if json {
+                print_json(out, &tenants)?;
+            } else {
+                let rows: Vec<Vec<String>> = tenants
+                    .iter()
+                    .map(|t| vec![t.name.clone(), t.created_at.clone()])
+                    .collect();
+                out.write_all(table(&["NAME", "CREATED"], &rows).as_bytes())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn token(out: &mut dyn Write, store: &Store, cmd: TokenCommand) -> Result<()> {
+    match cmd {
+        TokenCommand::Create {
+            tenant,
+            ttl,
+            uses,
+            require_accept,
+            api,
+            json,
+        } => {
+            let (kind, ttl) = if api {
+                (TokenKind::Api, ttl)
+            } else {
+                (TokenKind::Enroll, ttl.or(Some(DEFAULT_ENROLL_TTL)))
+            };
+            let token = store.create_token(NewToken {
+                tenant: &tenant,
+                kind,
+                ttl,
+                uses,
+                require_accept,
+            })?;
+            if json {
+                print_json(out, &token)?;
+            } else {
+                writeln!(out, "{}", token.secret)?;
+            }
+        }
+        TokenCommand::List { tenant, json } => {
+            let tokens = store.tokens(tenant.as_deref())?;
+            if json {
+                print_json(out, &tokens)?;
+            } else {
+                let rows: Vec<Vec<String>> = tokens
+                    .iter()
+                    .map(|t| {
+                        vec![
+                            t.id.clone(),
+                            t.tenant.clone(),
+                            t.kind.to_string(),
+                            dash(&t.expires_at),
+                            t.uses_left
+                                .map(|u| u.to_string())
+                                .unwrap_or_else(|| "-".into()),
+                            if t.require_accept { "yes" } else { "no" }.into(),
+                            t.state.to_string(),
+                        ]
+                    })
+                    .collect();
+                let header = [
+                    "ID",
+                    "TENANT",
+                    "KIND",
+                    "EXPIRES",
+                    "USES-LEFT",
+                    "REQUIRE-ACCEPT",
+                    "STATE",
+                ];
+                out.write_all(table(&header, &rows).as_bytes())?;
+            }
+        }
+        TokenCommand::Revoke { id } => {
+            store.revoke_token(&id)?;
+            writeln!(out, "token {id} revoked")?;
+        }
+    }
+    Ok(())
+}
+
+fn user(out: &mut dyn Write, store: &Store, cmd: UserCommand) -> Result<()> {
+    match cmd {
+        UserCommand::Add {
+            name,
+            tenant,
+            role,
+            key,
+        } => {
+            let text = std::fs::read_to_string(&key)
+                .with_context(|| format!("reading the public key {}", key.display()))?;
+            // Checked here first so that a bad key is reported with its file name, while a
+            // missing tenant or a taken name is not.
+            EngineerKey::parse(&text).with_context(|| key.display().to_string())?;
+            let user = store.add_user(&name, &tenant, role.into(), &text)?;
+            writeln!(
+                out,
+                "user {} added to tenant {} as {} ({})",
+                user.name, user.tenant, user.role, user.fingerprint
+            )?;
+        }
+        UserCommand::List { json } => {
+            let users = store.users()?;
+            if json {
+                print_json(out, &users)?;
+            } else {
+                let rows: Vec<Vec<String>> = users
+                    .iter()
+                    .map(|u| {
+                        vec![
+                            u.name.clone(),
+                            u.tenant.clone(),
+                            u.role.to_string(),
+                            u.fingerprint.clone(),
+                        ]
+                    })
+                    .collect();
+                out.write_all(table(&["NAME", "TENANT", "ROLE", "KEY"], &rows).as_bytes())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn device(out: &mut dyn Write, store: &Store, cmd: DeviceCommand) -> Result<()> {
+    match cmd {
+        DeviceCommand::List { tenant, json } => {
+            let devices = store.devices(tenant.as_deref())?;
+            if json {
+                print_json(out, &devices)?;
+            } else {
+                out.write_all(table(DEVICE_HEADER, &device_rows(&devices)).as_bytes())?;
+            }
+        }
+        DeviceCommand::Show { id, json } => {
+            let d = store.resolve_device(&id)?;
+            if json {
+                print_json(out, &d)?;
+            } else {
+                let rows = [
+                    ("id", d.id.clone()),
+                    ("name", d.name.clone()),
+                    ("tenant", d.tenant.clone()),
+                    ("status", d.status.to_string()),
+                    ("online", if d.online { "yes" } else { "no" }.into()),
+                    ("last connected", dash(&d.last_connected)),
+                    ("last disconnected", dash(&d.last_disconnected)),
+                    ("remote address", dash(&d.remote_addr)),
+                    ("agent version", dash(&d.agent_version)),
+                    ("key", d.fingerprint.clone()),
+                    ("enrolled", d.created_at.clone()),
+                ];
+                for (label, value) in rows {
+                    writeln!(out, "{:<18} {value}", format!("{label}:"))?;
                 }
             }
-            Ok(())
         }
+        DeviceCommand::Accept { id } => {
+            let d = store.resolve_device(&id)?;
+            store.set_device_status(&d.id, DeviceStatus::Accepted)?;
+            writeln!(out, "device {} ({}) accepted", d.id, d.name)?;
+        }
+        DeviceCommand::Reject { id } => {
+            let d = store.resolve_device(&id)?;
+            store.set_device_status(&d.id, DeviceStatus::Rejected)?;
+            writeln!(out, "device {} ({}) rejected", d.id, d.name)?;
+        }
+        DeviceCommand::Remove { id } => {
+            let d = store.resolve_device(&id)?;
+            store.remove_device(&d.id)?;
+            writeln!(out, "device {} ({}) removed", d.id, d.name)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    const KEY: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ alice";
+
+    /// Runs `relay --data-dir <dir> args…`; returns stdout or the error as printed.
+    fn relay(dir: &std::path::Path, args: &[&str]) -> Result<String, String> {
+        let mut argv = vec!["relay", "--data-dir"];
+        let dir = dir.display().to_string();
+        argv.push(&dir);
+        argv.extend_from_slice(args);
+        let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        run(cli, &mut out).map_err(|e| format!("{e:#}"))?;
+        String::from_utf8(out).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_command_line_is_consistent_and_everything_has_help() {
+        Cli::command().debug_assert();
+        let mut cmd = Cli::command();
+        cmd.build();
+        fn check(cmd: &clap::Command, path: &str) {
+            for sub in cmd.get_subcommands() {
+                let path = format!("{path} {}", sub.get_name());
+                assert!(sub.get_about().is_some(), "{path} has no help");
+                for arg in sub.get_arguments() {
+                    assert!(
+                        arg.get_help().is_some() || arg.get_id() == "help",
+                        "{path} {} has no help",
+                        arg.get_id()
+                    );
+                }
+                check(sub, &path);
+            }
+        }
+        check(&cmd, "relay");
+    }
+
+    #[test]
+    fn usage_errors_are_exit_code_2() {
+        for argv in [
+            vec!["relay"],
+            vec!["relay", "token", "create"],
+            vec!["relay", "token", "create", "--tenant", "a", "--ttl", "soon"],
+            vec![
+                "relay", "token", "create", "--tenant", "a", "--api", "--uses", "2",
+            ],
+            vec![
+                "relay", "user", "add", "u", "--tenant", "a", "--role", "boss", "--key", "k",
+            ],
+            vec!["relay", "serve", "--ssh-listen", "nowhere"],
+        ] {
+            let e = Cli::try_parse_from(&argv).err();
+            assert_eq!(e.map(|e| e.exit_code()), Some(2), "{argv:?}");
+        }
+        let help = Cli::try_parse_from(["relay", "device", "--help"]).err();
+        assert_eq!(help.map(|e| e.exit_code()), Some(0));
+    }
+
+    #[test]
+    fn tables_are_aligned() {
+        let rows = vec![
+            vec!["a".to_string(), "long value".to_string(), "x".to_string()],
+            vec!["longer".to_string(), "b".to_string(), String::new()],
+        ];
+        assert_eq!(
+            table(&["ONE", "TWO", "THREE"], &rows),
+            "ONE     TWO         THREE\na       long value  x\nlonger  b\n"
+        );
+    }
+
+    #[test]
+    fn admin_commands_work_on_the_store() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let d = dir.path();
+        assert_eq!(
+            relay(d, &["tenant", "add", "acme"])?,
+            "tenant acme created\n"
+        );
+        assert_eq!(
+            relay(d, &["tenant", "add", "acme"]).err().as_deref(),
+            Some("tenant \"acme\" already exists")
+        );
+        let tenants: serde_json::Value =
+            serde_json::from_str(&relay(d, &["tenant", "list", "--json"])?)?;
+        assert_eq!(tenants[0]["name"], "acme");
+
+        // `token create` prints the secret alone, so `TOKEN=$(relay token create …)` works.
+        let secret = relay(d, &["token", "create", "--tenant", "acme", "--uses", "2"])?;
+        assert!(
+            secret.starts_with("tet_") && secret.trim_end().len() == 47,
+            "{secret:?}"
+        );
+        assert_eq!(secret.lines().count(), 1);
+        let created: serde_json::Value = serde_json::from_str(&relay(
+            d,
+            &["token", "create", "--tenant", "acme", "--api", "--json"],
+        )?)?;
+        assert_eq!(created["kind"], "api");
+        assert!(created["expires_at"].is_null());
+        assert_eq!(
+            relay(d, &["token", "create", "--tenant", "nope"])
+                .err()
+                .as_deref(),
+            Some("no tenant named \"nope\"")
+        );
+        let listed = relay(d, &["token", "list"])?;
+        assert!(listed.starts_with("ID "), "{listed}");
+        assert!(!listed.contains(secret.trim()), "token list shows a secret");
+        let tokens: serde_json::Value =
+            serde_json::from_str(&relay(d, &["token", "list", "--tenant", "acme", "--json"])?)?;
+        assert_eq!(tokens[0]["uses_left"], 2);
+        assert_eq!(tokens[0]["state"], "active");
+
+        let key = d.join("alice.pub");
+        std::fs::write(&key, format!("{KEY}\n"))?;
+        let key_arg = key.display().to_string();
+        let added = relay(
+            d,
+            &[
+                "user", "add", "alice", "--tenant", "acme", "--role", "operator", "--key", &key_arg,
+            ],
+        )?;
+        assert!(added.contains("as operator (SHA256:"), "{added}");
+        std::fs::write(&key, "ssh-ed25519 garbage\n")?;
+        let e = relay(
+            d,
+            &[
+                "user", "add", "bob", "--tenant", "acme", "--role", "viewer", "--key", &key_arg,
+            ],
+        )
+        .err()
+        .unwrap_or_default();
+        assert!(
+            e.starts_with(&key_arg) && e.contains("not an OpenSSH public key"),
+            "{e}"
+        );
+        std::fs::write(&key, KEY)?;
+        assert_eq!(
+            relay(
+                d,
+                &[
+                    "user", "add", "bob", "--tenant", "nope", "--role", "viewer", "--key", &key_arg
+                ],
+            )
+            .err()
+            .as_deref(),
+            Some("no tenant named \"nope\"")
+        );
+        let e = relay(
+            d,
+            &[
+                "user",
+                "add",
+                "bob",
+                "--tenant",
+                "acme",
+                "--role",
+                "viewer",
+                "--key",
+                "/nonexistent.pub",
+            ],
+        )
+        .err()
+        .unwrap_or_default();
+        assert!(e.contains("reading the public key /nonexistent.pub"), "{e}");
+        let users = relay(d, &["user", "list"])?;
+        assert!(
+            users.contains("alice") && users.contains("operator"),
+            "{users}"
+        );
+
+        assert_eq!(relay(d, &["device", "list", "--json"])?.trim(), "[]");
+        assert_eq!(
+            relay(d, &["device", "list"])?,
+            format!("{}\n", DEVICE_HEADER.join("  "))
+        );
+        assert_eq!(
+            relay(d, &["device", "show", "board1"]).err().as_deref(),
+            Some("no device named \"board1\"")
+        );
+        assert_eq!(
+            relay(d, &["device", "list", "--tenant", "nope"])
+                .err()
+                .as_deref(),
+            Some("no tenant named \"nope\"")
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn device_commands_take_an_id_or_a_unique_name() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let d = dir.path();
+        relay(d, &["tenant", "add", "acme"])?;
+        let secret = relay(
+            d,
+            &["token", "create", "--tenant", "acme", "--require-accept"],
+        )?;
+        let store = Store::open(&d.join("relay.db"))?;
+        let device = store
+            .redeem_enroll_token(
+                secret.trim(),
+                crate::store::DeviceEnrollment {
+                    name: "board1".into(),
+                    public_key_openssh: KEY.into(),
+                    fingerprint: "SHA256:x".into(),
+                    agent_version: "0.1.0".into(),
+                    force: false,
+                },
+            )?
+            .device;
+        store.mark_online(&device.id, "192.0.2.1:4000", None)?;
+        let list = relay(d, &["device", "list"])?;
+        let lines: Vec<&str> = list.lines().collect();
+        assert_eq!(lines.len(), 2, "{list}");
+        // Columns line up: every header starts where its value starts.
+        for (header, value) in [
+            ("STATUS", "pending"),
+            ("ONLINE", "yes"),
+            ("LAST-SEEN", "now"),
+        ] {
+            assert_eq!(lines[0].find(header), lines[1].find(value), "{list}");
+        }
+        assert!(lines[1].contains("192.0.2.1:4000") && lines[1].contains("0.1.0"));
+        assert_eq!(
+            relay(d, &["device", "accept", "board1"])?,
+            format!("device {} (board1) accepted\n", device.id)
+        );
+        let shown: serde_json::Value =
+            serde_json::from_str(&relay(d, &["device", "show", &device.id, "--json"])?)?;
+        assert_eq!(shown["status"], "accepted");
+        assert_eq!(shown["online"], true);
+        let text = relay(d, &["device", "show", "board1"])?;
+        assert!(text.contains("status:            accepted"), "{text}");
+        relay(d, &["device", "reject", &device.id])?;
+        assert_eq!(
+            store.unwelcome_devices(std::slice::from_ref(&device.id))?,
+            vec![device.id.clone()]
+        );
+        relay(d, &["device", "remove", "board1"])?;
+        assert!(store.device(&device.id)?.is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn a_config_file_is_read_and_data_dir_overrides_it() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("relay.yaml");
+        std::fs::write(
+            &file,
+            format!("data_dir: {}/from-file\n", dir.path().display()),
+        )?;
+        let cfg = file.display().to_string();
+        let cli = Cli::try_parse_from(["relay", "--config", &cfg, "tenant", "list"])?;
+        assert_eq!(load_config(&cli)?.data_dir, dir.path().join("from-file"));
+        let cli = Cli::try_parse_from([
+            "relay",
+            "tenant",
+            "list",
+            "--config",
+            &cfg,
+            "--data-dir",
+            "/x",
+        ])?;
+        assert_eq!(
+            load_config(&cli)?.store_path(),
+            PathBuf::from("/x/relay.db")
+        );
+        std::fs::write(&file, "bogus: 1\n")?;
+        let cli = Cli::try_parse_from(["relay", "--config", &cfg, "tenant", "list"])?;
+        let e = format!(
+            "{:#}",
+            load_config(&cli).err().ok_or("bad config accepted")?
+        );
+        assert!(e.contains("relay.yaml") && e.contains("bogus"), "{e}");
+        Ok(())
     }
 }

@@ -1,7 +1,9 @@
 //! The relay's configuration file (YAML).
 //!
-//! Every key is optional; the defaults below are the documented ones. Unknown keys and bad
-//! values are errors that name the file, the line and the key.
+//! Every key is optional; the defaults below are the documented ones (and `relay.yaml.example`
+//! shows them all). Unknown keys and bad values are errors that name the file, the line and the
+//! key: a typo in a key must not silently fall back to a default. Durations are humantime
+//! strings (`30s`, `5m`, `1h 30m`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -20,11 +22,24 @@ pub struct RelayConfig {
     /// Where the host key and the embedded store live.
     pub data_dir: PathBuf,
     /// The SSH port (device links and engineers).
+    #[serde(deserialize_with = "null_is_default")]
     pub ssh: SshConfig,
     /// The HTTP port (API and WebSocket link).
+    #[serde(deserialize_with = "null_is_default")]
     pub http: HttpConfig,
     /// The store.
+    #[serde(deserialize_with = "null_is_default")]
     pub store: StoreConfig,
+}
+
+/// A section whose keys are all commented out (`store:` followed by comments only) is YAML
+/// null; it means "all defaults", as in the example file, rather than a type error.
+fn null_is_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 /// Settings of the SSH port.
@@ -101,6 +116,7 @@ impl Default for SshConfig {
     }
 }
 
+/// Why a configuration file could not be used (shared with the agent's reader).
 pub use tether_protocol::config_file::ConfigError;
 
 impl RelayConfig {
@@ -110,6 +126,11 @@ impl RelayConfig {
             .path
             .clone()
             .unwrap_or_else(|| self.data_dir.join("relay.db"))
+    }
+
+    /// Loads the configuration file at `path` (same as [`load`]).
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        load(path)
     }
 
     /// Parses configuration text; `path` names the source in errors.
@@ -132,6 +153,25 @@ impl RelayConfig {
         }
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must not be empty"));
+        }
+        if self
+            .store
+            .path
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return Err(invalid(
+                "store.path",
+                "must not be empty (leave it out for the default)",
+            ));
+        }
+        if let Some(tls) = &self.http.tls {
+            if tls.cert.as_os_str().is_empty() {
+                return Err(invalid("http.tls.cert", "must name a PEM certificate file"));
+            }
+            if tls.key.as_os_str().is_empty() {
+                return Err(invalid("http.tls.key", "must name a PEM private key file"));
+            }
         }
         Ok(())
     }
@@ -201,5 +241,54 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(e.contains("ssh.keepalive_interval"), "{e}");
+        let e = parse("http:\n  listen: 0.0.0.0:80\nssh:\n  keepalive_interval: soon\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("line 4") && e.contains("keepalive_interval"),
+            "{e}"
+        );
+        let e = parse("http:\n  trust_forwarded_for: maybe\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("line 2"), "{e}");
+        let e = parse("http:\n  tls:\n    cert: /c.pem\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("key"), "{e}");
+        let e = parse("store:\n  path: ''\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("store.path"), "{e}");
+    }
+
+    #[test]
+    fn load_reads_a_file_and_names_it_when_missing() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("relay.yaml");
+        std::fs::write(&path, "data_dir: /srv/tether\n")?;
+        let c = load(&path)?;
+        assert_eq!(c.store_path(), PathBuf::from("/srv/tether/relay.db"));
+        assert_eq!(c.ssh, SshConfig::default());
+        let missing = dir.path().join("nope.yaml");
+        let e = RelayConfig::load(&missing)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("nope.yaml"), "{e}");
+        Ok(())
+    }
+
+    #[test]
+    fn the_example_file_is_valid_and_shows_the_defaults() -> Result<(), ConfigError> {
+        let example = include_str!("../relay.yaml.example");
+        assert_eq!(parse(example)?, RelayConfig::default());
+        // Sections whose keys are all commented out mean defaults.
+        assert_eq!(parse("ssh:\nhttp:\nstore:\n")?, RelayConfig::default());
+        Ok(())
     }
 }

@@ -98,14 +98,38 @@ struct PeerAddr(SocketAddr);
 
 /// The complete router: API routes plus the WebSocket link and a health check.
 pub fn router(api: Router, front: Arc<Front>, trust_forwarded_for: bool) -> Router {
+    let metrics_front = front.clone();
     let state = LinkState {
         front,
         trust_forwarded_for,
     };
-    api.route("/healthz", get(|| async { "ok\n" })).route(
-        WS_LINK_PATH,
-        get(move |req: Request| link(state.clone(), req)),
+    api.route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/metrics",
+            get(move || {
+                let front = metrics_front.clone();
+                async move { metrics_page(&front) }
+            }),
+        )
+        .route(
+            WS_LINK_PATH,
+            get(move |req: Request| link(state.clone(), req)),
+        )
+}
+
+/// `GET /metrics`: Prometheus text exposition. Unauthenticated like `/healthz`, as is usual
+/// for scrape endpoints; it carries counts, never tenant or device names.
+fn metrics_page(front: &Front) -> Response {
+    let online = i64::try_from(front.registry.len()).unwrap_or(i64::MAX);
+    front.metrics.devices_online.set(online);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        front.metrics.render(),
     )
+        .into_response()
 }
 
 /// Upgrades `/v1/link` to a WebSocket and serves the SSH front on it.

@@ -8,6 +8,7 @@
 //! - [`ssh_front`]: the SSH port: device links, enrollment and engineers' sessions.
 //! - [`proxy`]: carrying an engineer's session channel to the device's embedded SSH server.
 //! - [`http`]: the HTTP port: the WebSocket link, the JSON API and TLS.
+//! - [`metrics`]: Prometheus metrics.
 //! - [`api`]: the JSON API routes.
 //! - [`sink`]: where telemetry is committed (embedded SQLite by default).
 //! - [`telemetry`]: the relay end of a device's telemetry channel.
@@ -19,6 +20,7 @@ pub mod cli;
 pub mod config;
 pub mod hostkey;
 pub mod http;
+pub mod metrics;
 pub mod proxy;
 pub mod registry;
 pub mod server;

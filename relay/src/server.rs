@@ -86,6 +86,7 @@ pub async fn serve(config: RelayConfig, store: Arc<Store>) -> Result<()> {
         registry.clone(),
         Arc::new(ssh_config(&config, host_key)),
         Arc::new(crate::sink::SqliteSink::new(store.clone())),
+        crate::metrics::Metrics::new(),
         stop_rx.clone(),
     );
     let router = http::router(

@@ -58,6 +58,8 @@ pub struct Front {
     pub config: Arc<server::Config>,
     /// Where devices' telemetry is committed.
     pub sink: Arc<dyn crate::sink::Sink>,
+    /// Prometheus metrics.
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Source of connection ids.
     next_conn: AtomicU64,
     /// Turns true when the relay shuts down, so every connection is told goodbye.
@@ -105,6 +107,7 @@ impl Front {
         registry: Arc<Registry>,
         config: Arc<server::Config>,
         sink: Arc<dyn crate::sink::Sink>,
+        metrics: Arc<crate::metrics::Metrics>,
         shutdown: watch::Receiver<bool>,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -112,6 +115,7 @@ impl Front {
             registry,
             config,
             sink,
+            metrics,
             next_conn: AtomicU64::new(1),
             shutdown,
         })
@@ -138,7 +142,15 @@ impl Front {
         // and clients that never speak cannot pile up.
         let running = match tokio::time::timeout(
             LOGIN_GRACE,
-            server::run_stream(self.config.clone(), stream, handler),
+            server::run_stream(
+                self.config.clone(),
+                crate::metrics::Counted::new(
+                    stream,
+                    self.metrics.bytes(transport, "in"),
+                    self.metrics.bytes(transport, "out"),
+                ),
+                handler,
+            ),
         )
         .await
         {
@@ -479,6 +491,7 @@ impl server::Handler for Conn {
                     device.id.clone(),
                     device.tenant_id,
                     sink,
+                    self.front.metrics.clone(),
                 ));
             }
             Peer::Unknown => {

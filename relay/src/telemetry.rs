@@ -7,14 +7,20 @@
 
 use std::sync::Arc;
 
-use tether_protocol::telemetry::{Frame, read_frame, write_frame};
+use tether_protocol::telemetry::{Frame, Kind, read_frame, write_frame};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::metrics::Metrics;
 use crate::sink::Sink;
 
 /// Serves one telemetry channel of `device_id` until it closes.
-pub async fn serve<S>(stream: S, device_id: String, tenant_id: i64, sink: Arc<dyn Sink>)
-where
+pub async fn serve<S>(
+    stream: S,
+    device_id: String,
+    tenant_id: i64,
+    sink: Arc<dyn Sink>,
+    metrics: Arc<Metrics>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
@@ -50,12 +56,25 @@ where
         if upto < last_seq {
             tracing::warn!("device {device_id}: batch goes back from {last_seq} to {upto}");
         }
+        let received = std::time::Instant::now();
+        let mut per_kind = [0u64; 3];
+        for r in &records {
+            per_kind[r.kind as usize] += 1;
+        }
         let (sink, id) = (sink.clone(), device_id.clone());
         let committed =
             tokio::task::spawn_blocking(move || sink.commit(&id, tenant_id, &records)).await;
         match committed {
-            Ok(Ok(_new)) => {}
+            Ok(Ok(_new)) => {
+                for kind in [Kind::Metric, Kind::Log, Kind::Event] {
+                    let n = per_kind[kind as usize];
+                    if n > 0 {
+                        metrics.ingested(kind.as_str()).inc_by(n);
+                    }
+                }
+            }
             Ok(Err(e)) => {
+                metrics.sink_errors.inc();
                 // Without an ack the device keeps the records and sends them again.
                 tracing::error!(
                     "device {device_id}: sink failed: {e}; closing its telemetry channel"
@@ -72,6 +91,10 @@ where
             tracing::info!("device {device_id}: telemetry channel closed: {e}");
             return;
         }
+        metrics.batches_acked.inc();
+        metrics
+            .ack_latency
+            .observe(received.elapsed().as_secs_f64());
     }
 }
 
@@ -105,6 +128,7 @@ mod tests {
             "dev_1".into(),
             tenant.id,
             Arc::new(SqliteSink::new(store.clone())),
+            Metrics::new(),
         ));
         let (mut rd, mut wr) = tokio::io::split(device_side);
         write_frame(
@@ -139,6 +163,7 @@ mod tests {
             "dev_1".into(),
             tenant.id,
             Arc::new(SqliteSink::new(store.clone())),
+            Metrics::new(),
         ));
         let (mut rd, mut wr) = tokio::io::split(device_side);
         wr.write_all(&[0, 0, 0, 5, 1, b'{', b'x', b'y', b'z'])

@@ -4,7 +4,11 @@
 //! mode with a busy timeout, and every change that touches more than one row is a single
 //! transaction. The schema is versioned with `PRAGMA user_version`; migrations run in order,
 //! each in its own transaction, and a database newer than this code is refused rather than
-//! misread. Token secrets are stored only as SHA-256 hashes.
+//! misread (see [`migrations`]). Token secrets are stored only as SHA-256 hashes: the secret
+//! is shown once when minted and a copy of the database file gives no usable token.
+//!
+//! Every method is blocking (SQLite I/O under a mutex); async callers run them with
+//! `tokio::task::spawn_blocking`.
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
@@ -17,75 +21,9 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
+mod migrations;
 mod telemetry;
 pub use telemetry::{StoredRecord, TelemetryQuery};
-
-/// Schema migrations, applied in order; entry `i` brings the schema to version `i + 1`.
-const MIGRATIONS: &[&str] = &[
-    r#"
-CREATE TABLE tenants (
-    id          INTEGER PRIMARY KEY,
-    name        TEXT NOT NULL UNIQUE,
-    created_at  TEXT NOT NULL
-);
-CREATE TABLE tokens (
-    id             TEXT PRIMARY KEY,
-    tenant_id      INTEGER NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
-    kind           TEXT NOT NULL CHECK (kind IN ('enroll', 'api')),
-    secret_hash    TEXT NOT NULL UNIQUE,
-    created_at     TEXT NOT NULL,
-    expires_at     INTEGER,
-    uses_left      INTEGER,
-    require_accept INTEGER NOT NULL DEFAULT 0,
-    revoked        INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE users (
-    id          INTEGER PRIMARY KEY,
-    tenant_id   INTEGER NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
-    name        TEXT NOT NULL,
-    role        TEXT NOT NULL CHECK (role IN ('admin', 'operator', 'viewer')),
-    public_key  TEXT NOT NULL,
-    fingerprint TEXT NOT NULL,
-    created_at  TEXT NOT NULL,
-    UNIQUE (tenant_id, name)
-);
-CREATE INDEX users_by_fingerprint ON users(fingerprint);
-CREATE TABLE devices (
-    id                TEXT PRIMARY KEY,
-    tenant_id         INTEGER NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
-    name              TEXT NOT NULL,
-    public_key        TEXT NOT NULL,
-    fingerprint       TEXT NOT NULL UNIQUE,
-    status            TEXT NOT NULL CHECK (status IN ('accepted', 'pending', 'rejected')),
-    created_at        TEXT NOT NULL,
-    online            INTEGER NOT NULL DEFAULT 0,
-    last_connected    TEXT,
-    last_disconnected TEXT,
-    remote_addr       TEXT,
-    agent_version     TEXT,
-    UNIQUE (tenant_id, name)
-);
-"#,
-    r#"
-CREATE TABLE telemetry (
-    device_id   TEXT NOT NULL,
-    seq         INTEGER NOT NULL,
-    tenant_id   INTEGER NOT NULL,
-    ts_ms       INTEGER NOT NULL,
-    kind        TEXT NOT NULL,
-    topic       TEXT NOT NULL,
-    level       TEXT,
-    payload     TEXT NOT NULL,
-    received_ms INTEGER NOT NULL,
-    PRIMARY KEY (device_id, seq)
-) WITHOUT ROWID;
-CREATE INDEX telemetry_by_topic ON telemetry (tenant_id, device_id, topic, ts_ms);
-CREATE INDEX telemetry_by_time ON telemetry (tenant_id, device_id, ts_ms);
-"#,
-    r#"
-ALTER TABLE tenants ADD COLUMN retention_days INTEGER NOT NULL DEFAULT 30;
-"#,
-];
 
 /// Why a store operation failed.
 #[derive(Debug, Error)]
@@ -122,6 +60,16 @@ pub enum StoreError {
         found: i64,
         /// Newest version this code knows.
         known: i64,
+    },
+    /// A schema migration failed; the store stays at the version before it.
+    #[error("migrating the store to schema version {version} ({name}) failed: {source}")]
+    Migration {
+        /// The version the step would have reached.
+        version: i64,
+        /// What the step is for.
+        name: &'static str,
+        /// SQLite's error.
+        source: rusqlite::Error,
     },
     /// Creating the store's directory or file failed.
     #[error("{path}: {source}")]
@@ -215,6 +163,39 @@ pub struct TokenInfo {
     pub require_accept: bool,
     /// Whether the token was revoked.
     pub revoked: bool,
+    /// Whether it can still be used, and if not, why.
+    pub state: TokenState,
+}
+
+/// Whether a listed token can still be used.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum TokenState {
+    /// Usable.
+    Active,
+    /// Revoked by an operator.
+    Revoked,
+    /// Past its lifetime.
+    Expired,
+    /// No uses left.
+    UsedUp,
+}
+
+impl std::fmt::Display for TokenState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TokenState::Active => "active",
+            TokenState::Revoked => "revoked",
+            TokenState::Expired => "expired",
+            TokenState::UsedUp => "used-up",
+        })
+    }
+}
+
+impl std::fmt::Display for TokenKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The tenant an API token grants access to.
@@ -256,6 +237,12 @@ impl Role {
     }
 }
 
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl std::str::FromStr for Role {
     type Err = StoreError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -278,6 +265,34 @@ pub struct User {
     pub fingerprint: String,
     /// Creation time.
     pub created_at: String,
+}
+
+/// An engineer's public key as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineerKey {
+    /// The key in OpenSSH format, re-encoded (so stray whitespace does not matter).
+    pub openssh: String,
+    /// Its SHA-256 fingerprint, `SHA256:…` as OpenSSH prints it.
+    pub fingerprint: String,
+}
+
+impl EngineerKey {
+    /// Parses one OpenSSH public key line (`ssh-ed25519 AAAA… comment`).
+    pub fn parse(text: &str) -> Result<EngineerKey, StoreError> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err(StoreError::Invalid("the public key is empty".into()));
+        }
+        let key = russh::keys::PublicKey::from_openssh(text)
+            .map_err(|e| StoreError::Invalid(format!("not an OpenSSH public key: {e}")))?;
+        let openssh = key
+            .to_openssh()
+            .map_err(|e| StoreError::Invalid(format!("cannot encode the public key: {e}")))?;
+        Ok(EngineerKey {
+            openssh,
+            fingerprint: key.fingerprint(russh::keys::HashAlg::Sha256).to_string(),
+        })
+    }
 }
 
 /// Who an engineer key belongs to, in one tenant.
@@ -313,6 +328,8 @@ impl DeviceStatus {
             DeviceStatus::Rejected => "rejected",
         }
     }
+    /// Reads a stored status. The CHECK constraint allows only the three names; anything
+    /// else would be a damaged file, and reading it as rejected keeps the device out.
     fn parse(s: &str) -> DeviceStatus {
         match s {
             "accepted" => DeviceStatus::Accepted,
@@ -456,8 +473,11 @@ fn device_from_row(row: &Row<'_>) -> rusqlite::Result<Device> {
 
 impl Store {
     /// Opens (creating if needed) the store at `path` and brings its schema up to date.
+    ///
+    /// A new file is created with mode 0600 and a missing parent directory with mode 0700: the
+    /// store holds device and engineer keys and token hashes, readable by the relay alone.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
         let io = |source| StoreError::Io {
             path: path.display().to_string(),
             source,
@@ -471,19 +491,45 @@ impl Store {
                 .create(dir)
                 .map_err(io)?;
         }
-        let fresh = !path.exists();
-        let mut conn = Connection::open(path)?;
-        if fresh {
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+        // Create the file ourselves so it never exists with the umask's wider mode, not even
+        // for a moment; SQLite gives its -wal and -shm files the mode of the database file.
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io(e)),
         }
+        let mut conn = Connection::open(path)?;
+        // The relay and the admin CLI write the same file; a writer waits for the other
+        // instead of failing at once.
         conn.busy_timeout(Duration::from_secs(5))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        let mode: String =
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            // Some file systems (network mounts) cannot do WAL; SQLite then keeps its rollback
+            // journal, which is correct, only readers block writers.
+            tracing::warn!(
+                "{}: SQLite refused WAL mode (journal mode {mode}); readers will block writers",
+                path.display()
+            );
+        }
         conn.pragma_update(None, "foreign_keys", true)?;
+        // NORMAL is durable across process crashes in WAL mode; only an OS crash may lose the
+        // last commits, and it never corrupts the file.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        migrate(&mut conn)?;
+        migrations::migrate(&mut conn)?;
         Ok(Store {
             conn: Mutex::new(conn),
         })
+    }
+
+    /// The schema version this code writes; a store file newer than this is refused.
+    pub fn schema_version() -> i64 {
+        migrations::latest()
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -533,7 +579,21 @@ impl Store {
     }
 
     /// Mints a token; the returned secret is never stored.
+    ///
+    /// `uses` and `require_accept` are about enrollment and refused for API tokens rather than
+    /// silently ignored; `uses: Some(0)` would mint a dead token and is refused too.
     pub fn create_token(&self, new: NewToken<'_>) -> Result<CreatedToken, StoreError> {
+        if new.kind == TokenKind::Api && (new.uses.is_some() || new.require_accept) {
+            return Err(StoreError::Invalid(
+                "a use limit and require-accept apply to enrollment tokens only, not to API tokens"
+                    .into(),
+            ));
+        }
+        if new.uses == Some(0) {
+            return Err(StoreError::Invalid(
+                "a token must allow at least 1 use".into(),
+            ));
+        }
         let conn = self.conn();
         let tenant = tenant_by_name(&conn, new.tenant)?.ok_or_else(|| StoreError::NotFound {
             what: "tenant",
@@ -546,9 +606,10 @@ impl Store {
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
         );
         let id = format!("tok_{}", random_hex(8));
+        // Whole seconds are enough for a lifetime and keep the column a plain integer.
         let expires = new
             .ttl
-            .map(|ttl| unix_now().saturating_add(ttl.as_secs().min(i64::MAX as u64) as i64));
+            .map(|ttl| unix_now().saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX)));
         conn.execute(
             "INSERT INTO tokens (id, tenant_id, kind, secret_hash, created_at, expires_at, uses_left, require_accept)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -569,9 +630,24 @@ impl Store {
         let mut stmt = conn.prepare(
             "SELECT k.id, t.name, k.kind, k.created_at, k.expires_at, k.uses_left, k.require_accept, k.revoked
              FROM tokens k JOIN tenants t ON t.id = k.tenant_id
-             WHERE ?1 IS NULL OR t.name = ?1 ORDER BY k.created_at, k.id",
+             WHERE ?1 IS NULL OR t.name = ?1 ORDER BY k.rowid",
         )?;
+        let now = unix_now();
         let rows = stmt.query_map(params![tenant], |r| {
+            let expires_at: Option<i64> = r.get(4)?;
+            let uses_left: Option<i64> = r.get(5)?;
+            let revoked: bool = r.get(7)?;
+            // The same order of checks as redeeming, so the listed state is the error a
+            // redemption would give.
+            let state = if revoked {
+                TokenState::Revoked
+            } else if expires_at.is_some_and(|e| e <= now) {
+                TokenState::Expired
+            } else if uses_left.is_some_and(|u| u <= 0) {
+                TokenState::UsedUp
+            } else {
+                TokenState::Active
+            };
             Ok(TokenInfo {
                 id: r.get(0)?,
                 tenant: r.get(1)?,
@@ -581,13 +657,24 @@ impl Store {
                     TokenKind::Enroll
                 },
                 created_at: r.get(3)?,
-                expires_at: r.get::<_, Option<i64>>(4)?.map(rfc3339_from_unix),
-                uses_left: r.get(5)?,
+                expires_at: expires_at.map(rfc3339_from_unix),
+                uses_left,
                 require_accept: r.get(6)?,
-                revoked: r.get(7)?,
+                revoked,
+                state,
             })
         })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let tokens: Vec<TokenInfo> = rows.collect::<Result<_, _>>()?;
+        if tokens.is_empty()
+            && let Some(name) = tenant
+            && tenant_by_name(&conn, name)?.is_none()
+        {
+            return Err(StoreError::NotFound {
+                what: "tenant",
+                key: name.to_string(),
+            });
+        }
+        Ok(tokens)
     }
 
     /// Revokes a token by id.
@@ -696,12 +783,19 @@ impl Store {
         };
         let id = match by_key {
             Some(existing) => {
-                // Re-enrollment of the same key keeps its id (and its acceptance decision,
-                // unless it was rejected: a fresh token from an operator re-admits it).
-                let keep = if existing.status == DeviceStatus::Rejected {
-                    status
-                } else {
-                    existing.status
+                // Re-enrollment of the same key keeps its id. An accepted device stays accepted;
+                // a pending one gets what a fresh enrollment with this token would get. An
+                // operator's rejection is not undone by the device itself: the token it holds
+                // may allow many uses. (Returning drops the transaction, undoing any deletion.)
+                let keep = match existing.status {
+                    DeviceStatus::Accepted => DeviceStatus::Accepted,
+                    DeviceStatus::Pending => status,
+                    DeviceStatus::Rejected => {
+                        return Err(StoreError::Conflict(format!(
+                            "this device key belongs to device {:?} in tenant {tenant_name}, which an operator rejected; ask an operator to accept or remove it",
+                            existing.name
+                        )));
+                    }
                 };
                 tx.execute(
                     "UPDATE devices SET name = ?2, agent_version = ?3, status = ?4 WHERE id = ?1",
@@ -760,35 +854,54 @@ impl Store {
         public_key_openssh: &str,
     ) -> Result<User, StoreError> {
         validate_name("user", name)?;
-        let key = russh::keys::PublicKey::from_openssh(public_key_openssh.trim())
-            .map_err(|e| StoreError::Invalid(format!("not an OpenSSH public key: {e}")))?;
-        let fingerprint = key.fingerprint(russh::keys::HashAlg::Sha256).to_string();
-        let canonical = key
-            .to_openssh()
-            .map_err(|e| StoreError::Invalid(format!("cannot encode the public key: {e}")))?;
-        let conn = self.conn();
-        let t = tenant_by_name(&conn, tenant)?.ok_or_else(|| StoreError::NotFound {
+        let EngineerKey {
+            openssh: canonical,
+            fingerprint,
+        } = EngineerKey::parse(public_key_openssh)?;
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let t = tenant_by_name(&tx, tenant)?.ok_or_else(|| StoreError::NotFound {
             what: "tenant",
             key: tenant.to_string(),
         })?;
+        // One key is one engineer within a tenant; two users with the same key would leave
+        // the SSH front guessing which role applies.
+        let holder: Option<String> = tx
+            .query_row(
+                "SELECT name FROM users WHERE tenant_id = ?1 AND fingerprint = ?2",
+                params![t.id, fingerprint],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(holder) = holder {
+            return Err(StoreError::Conflict(format!(
+                "key {fingerprint} is already registered in tenant {tenant} as user {holder:?}"
+            )));
+        }
         let created_at = now();
-        match conn.execute(
+        let inserted = tx.execute(
             "INSERT INTO users (tenant_id, name, role, public_key, fingerprint, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![t.id, name, role.as_str(), canonical, fingerprint, created_at],
-        ) {
-            Ok(_) => Ok(User {
-                id: conn.last_insert_rowid(),
-                name: name.to_string(),
-                tenant: t.name,
-                role,
-                fingerprint,
-                created_at,
-            }),
+        );
+        match inserted {
+            Ok(_) => {}
             Err(e) if is_unique_violation(&e) => {
-                Err(StoreError::Conflict(format!("user {name:?} already exists in tenant {tenant}")))
+                return Err(StoreError::Conflict(format!(
+                    "user {name:?} already exists in tenant {tenant}"
+                )));
             }
-            Err(e) => Err(e.into()),
+            Err(e) => return Err(e.into()),
         }
+        let id = tx.last_insert_rowid();
+        tx.commit()?;
+        Ok(User {
+            id,
+            name: name.to_string(),
+            tenant: t.name,
+            role,
+            fingerprint,
+            created_at,
+        })
     }
 
     /// All engineers.
@@ -864,7 +977,9 @@ impl Store {
         device_where(&self.conn(), "d.id = ?1", params![id])
     }
 
-    /// A device by name or id, only within `tenant_ids`.
+    /// A device by name or id, only within `tenant_ids` (the caller's tenants: a device of
+    /// any other tenant is reported as absent). Tenants are searched in the order given; an id
+    /// wins over another device's name.
     pub fn find_device(
         &self,
         tenant_ids: &[i64],
@@ -874,7 +989,7 @@ impl Store {
         for tenant_id in tenant_ids {
             let found = device_where(
                 &conn,
-                "d.tenant_id = ?1 AND (d.name = ?2 OR d.id = ?2)",
+                "d.tenant_id = ?1 AND (d.name = ?2 OR d.id = ?2) ORDER BY d.id = ?2 DESC LIMIT 1",
                 params![tenant_id, name_or_id],
             )?;
             if found.is_some() {
@@ -897,13 +1012,15 @@ impl Store {
         let found: Vec<Device> = stmt
             .query_map(params![id_or_name], device_from_row)?
             .collect::<Result<_, _>>()?;
-        match found.len() {
-            1 => Ok(found.into_iter().next().ok_or(StoreError::InvalidToken)?),
-            0 => Err(StoreError::NotFound {
+        let n = found.len();
+        let mut found = found.into_iter();
+        match (found.next(), n) {
+            (Some(d), 1) => Ok(d),
+            (None, _) => Err(StoreError::NotFound {
                 what: "device",
                 key: id_or_name.to_string(),
             }),
-            n => Err(StoreError::Conflict(format!(
+            _ => Err(StoreError::Conflict(format!(
                 "{n} devices in different tenants are named {id_or_name:?}; use the device id"
             ))),
         }
@@ -991,16 +1108,25 @@ impl Store {
     }
 
     /// Of the given device ids, those that are no longer accepted or no longer exist.
+    ///
+    /// The serving relay asks this every few seconds for the devices whose links it holds, so
+    /// an admin command in another process takes effect without any signalling between them.
     pub fn unwelcome_devices(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT status FROM devices WHERE id = ?1")?;
+        let mut conn = self.conn();
+        // One read transaction: one consistent snapshot, and one lock instead of one per id.
+        let tx = conn.transaction()?;
         let mut out = Vec::new();
-        for id in ids {
-            let status: Option<String> = stmt.query_row(params![id], |r| r.get(0)).optional()?;
-            if status.as_deref() != Some("accepted") {
-                out.push(id.clone());
+        {
+            let mut stmt = tx.prepare_cached("SELECT status FROM devices WHERE id = ?1")?;
+            for id in ids {
+                let status: Option<String> =
+                    stmt.query_row(params![id], |r| r.get(0)).optional()?;
+                if status.as_deref() != Some(DeviceStatus::Accepted.as_str()) {
+                    out.push(id.clone());
+                }
             }
         }
+        tx.commit()?;
         Ok(out)
     }
 }
@@ -1047,29 +1173,6 @@ fn devices_where(
 
 fn is_unique_violation(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation)
-}
-
-fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
-    let known = MIGRATIONS.len() as i64;
-    loop {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        if version > known {
-            return Err(StoreError::TooNew {
-                found: version,
-                known,
-            });
-        }
-        if version == known {
-            return Ok(());
-        }
-        let index = usize::try_from(version).unwrap_or(0);
-        if let Some(sql) = MIGRATIONS.get(index) {
-            tx.execute_batch(sql)?;
-        }
-        tx.pragma_update(None, "user_version", version + 1)?;
-        tx.commit()?;
-    }
 }
 
 #[cfg(test)]
@@ -1132,6 +1235,82 @@ mod tests {
     }
 
     #[test]
+    fn new_files_are_private_and_wal() -> TestResult {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("state/relay.db");
+        let s = Store::open(&path)?;
+        s.add_tenant("acme")?;
+        let mode = |p: &Path| -> std::io::Result<u32> {
+            Ok(std::fs::metadata(p)?.permissions().mode() & 0o777)
+        };
+        assert_eq!(mode(&dir.path().join("state"))?, 0o700);
+        assert_eq!(mode(&path)?, 0o600);
+        let journal: String = s
+            .conn()
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+        assert_eq!(journal, "wal");
+        let fk: bool = s
+            .conn()
+            .query_row("PRAGMA foreign_keys", [], |r| r.get(0))?;
+        assert!(fk);
+        Ok(())
+    }
+
+    #[test]
+    fn token_secrets_have_the_documented_shape_and_bad_requests_are_refused() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let s = Store::open(&dir.path().join("relay.db"))?;
+        s.add_tenant("acme")?;
+        let t = s.create_token(NewToken {
+            tenant: "acme",
+            kind: TokenKind::Enroll,
+            ttl: Some(Duration::from_secs(3600)),
+            uses: Some(2),
+            require_accept: false,
+        })?;
+        let body = t.secret.strip_prefix("tet_").ok_or("no tet_ prefix")?;
+        assert_eq!(body.len(), 43);
+        assert!(
+            body.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        );
+        assert!(t.id.starts_with("tok_") && t.expires_at.is_some());
+        let listed = s.tokens(Some("acme"))?;
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].uses_left, Some(2));
+        assert_eq!(listed[0].state, TokenState::Active);
+        let json = serde_json::to_string(&listed)?;
+        assert!(!json.contains(body), "listing shows the secret");
+        let mut bad = NewToken {
+            tenant: "acme",
+            kind: TokenKind::Enroll,
+            ttl: None,
+            uses: Some(0),
+            require_accept: false,
+        };
+        assert!(matches!(
+            s.create_token(bad.clone()),
+            Err(StoreError::Invalid(_))
+        ));
+        bad.kind = TokenKind::Api;
+        bad.uses = Some(3);
+        assert!(matches!(
+            s.create_token(bad.clone()),
+            Err(StoreError::Invalid(_))
+        ));
+        bad.tenant = "nope";
+        bad.uses = None;
+        let e = s.create_token(bad).err().map(|e| e.to_string());
+        assert_eq!(e.as_deref(), Some("no tenant named \"nope\""));
+        assert!(matches!(
+            s.tokens(Some("nope")),
+            Err(StoreError::NotFound { what: "tenant", .. })
+        ));
+        Ok(())
+    }
+
+    #[test]
     fn tokens_expire_run_out_and_are_hashed_at_rest() -> TestResult {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("relay.db");
@@ -1169,6 +1348,22 @@ mod tests {
         assert!(matches!(
             s.api_token(&api.secret),
             Err(StoreError::InvalidToken)
+        ));
+        let states: Vec<TokenState> = s.tokens(None)?.iter().map(|t| t.state).collect();
+        assert_eq!(
+            states,
+            vec![TokenState::UsedUp, TokenState::Expired, TokenState::Revoked]
+        );
+        let expired_api = s.create_token(NewToken {
+            tenant: "acme",
+            kind: TokenKind::Api,
+            ttl: Some(Duration::ZERO),
+            uses: None,
+            require_accept: false,
+        })?;
+        assert!(matches!(
+            s.api_token(&expired_api.secret),
+            Err(StoreError::TokenExpired)
         ));
         drop(s);
         let mut bytes = std::fs::read(&path)?;
@@ -1228,8 +1423,81 @@ mod tests {
         assert_eq!(pending.status, DeviceStatus::Pending);
         assert_eq!(
             s.unwelcome_devices(&[pending.id.clone(), replaced.id.clone(), "dev_gone".into()])?,
-            vec![pending.id, "dev_gone".to_string()]
+            vec![pending.id.clone(), "dev_gone".to_string()]
         );
+        // Re-enrolling a pending device with a token that needs no acceptance admits it ...
+        let again = s.redeem_enroll_token(&t, enrollment("b9", "fp9"))?.device;
+        assert_eq!(
+            (again.id.as_str(), again.status),
+            (pending.id.as_str(), DeviceStatus::Accepted)
+        );
+        // ... and an accepted one stays accepted with a require-accept token.
+        let still = s
+            .redeem_enroll_token(&p.secret, enrollment("b9", "fp9"))?
+            .device;
+        assert_eq!(still.status, DeviceStatus::Accepted);
+        // A rejected device cannot re-admit itself, and the attempt costs no token use.
+        s.set_device_status(&still.id, DeviceStatus::Rejected)?;
+        let once = token(&s, "acme", None, Some(1))?;
+        let e = s
+            .redeem_enroll_token(&once, enrollment("b9", "fp9"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("rejected") && e.contains("\"b9\""), "{e}");
+        assert_eq!(
+            s.device(&still.id)?.map(|d| d.status),
+            Some(DeviceStatus::Rejected)
+        );
+        s.redeem_enroll_token(&once, enrollment("b10", "fp10"))?;
+        // A name conflict names the device and the tenant.
+        let e = s
+            .redeem_enroll_token(&t, enrollment("b10", "fp11"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("\"b10\"") && e.contains("acme"), "{e}");
+        // Bad names are refused before anything else.
+        assert!(matches!(
+            s.redeem_enroll_token(&t, enrollment("Bad Name", "fp12")),
+            Err(StoreError::Invalid(_))
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn concurrent_redemptions_from_several_processes_respect_the_use_limit() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("relay.db");
+        let s = Store::open(&path)?;
+        s.add_tenant("acme")?;
+        let secret = token(&s, "acme", None, Some(3))?;
+        // Each thread has its own connection, as separate relay processes would.
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let (path, secret) = (path.clone(), secret.clone());
+                std::thread::spawn(move || -> Result<bool, String> {
+                    let store = Store::open(&path).map_err(|e| e.to_string())?;
+                    match store.redeem_enroll_token(
+                        &secret,
+                        enrollment(&format!("b{i}"), &format!("fp{i}")),
+                    ) {
+                        Ok(_) => Ok(true),
+                        Err(StoreError::TokenUsedUp) => Ok(false),
+                        Err(e) => Err(e.to_string()),
+                    }
+                })
+            })
+            .collect();
+        let mut enrolled = 0;
+        for h in handles {
+            if h.join().map_err(|_| "thread panicked")?? {
+                enrolled += 1;
+            }
+        }
+        assert_eq!(enrolled, 3);
+        assert_eq!(s.devices(Some("acme"))?.len(), 3);
+        assert_eq!(s.tokens(None)?[0].uses_left, Some(0));
         Ok(())
     }
 
@@ -1252,6 +1520,29 @@ mod tests {
             Some(dg.id.clone())
         );
         assert_eq!(s.find_device(&[globex.id], &da.id)?, None);
+        assert_eq!(s.find_device(&[], "board")?, None);
+        // Searching both tenants finds the one listed first.
+        assert_eq!(
+            s.find_device(&[globex.id, acme.id], "board")?.map(|d| d.id),
+            Some(dg.id.clone())
+        );
+        // A device named like another device's id does not shadow that id.
+        let shadow = s.redeem_enroll_token(&a, enrollment(&da.id, "fs"))?.device;
+        assert_eq!(
+            s.find_device(&[acme.id], &da.id)?.map(|d| d.id),
+            Some(da.id.clone())
+        );
+        assert_eq!(s.resolve_device(&shadow.id)?.name, da.id);
+        assert!(matches!(
+            s.resolve_device("nothing"),
+            Err(StoreError::NotFound { what: "device", .. })
+        ));
+        assert_eq!(s.devices(Some("acme"))?.len(), 2);
+        assert_eq!(s.devices(None)?.len(), 3);
+        assert!(matches!(
+            s.devices(Some("nope")),
+            Err(StoreError::NotFound { .. })
+        ));
         assert!(matches!(
             s.resolve_device("board"),
             Err(StoreError::Conflict(_))
@@ -1284,6 +1575,17 @@ mod tests {
             s.add_user("carol", "acme", Role::Viewer, "not a key"),
             Err(StoreError::Invalid(_))
         ));
+        // One key is one engineer per tenant.
+        let e = s
+            .add_user("alias", "acme", Role::Viewer, KEY_B)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("\"bob\"") && e.contains("acme"), "{e}");
+        assert!(matches!(
+            s.add_user("Bad Name", "acme", Role::Viewer, KEY_B),
+            Err(StoreError::Invalid(_))
+        ));
         assert!(matches!(
             s.add_user("dave", "nope", Role::Viewer, KEY_B),
             Err(StoreError::NotFound { .. })
@@ -1304,6 +1606,22 @@ mod tests {
         a.add_tenant("acme")?;
         assert!(b.tenant_by_name("acme")?.is_some());
         assert!(matches!(b.add_tenant("acme"), Err(StoreError::Conflict(_))));
+        // A change made through one handle is seen by the other at once (the admin CLI
+        // rejecting a device while the relay serves it).
+        let t = token(&a, "acme", None, None)?;
+        let d = b.redeem_enroll_token(&t, enrollment("b1", "fp1"))?.device;
+        assert!(b.unwelcome_devices(std::slice::from_ref(&d.id))?.is_empty());
+        a.set_device_status(&d.id, DeviceStatus::Rejected)?;
+        assert_eq!(
+            b.unwelcome_devices(std::slice::from_ref(&d.id))?,
+            vec![d.id.clone()]
+        );
+        a.remove_device(&d.id)?;
+        assert!(b.device(&d.id)?.is_none());
+        assert!(matches!(
+            b.remove_device(&d.id),
+            Err(StoreError::NotFound { .. })
+        ));
         Ok(())
     }
 }

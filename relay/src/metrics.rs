@@ -1,0 +1,166 @@
+//! The relay's Prometheus metrics, served as text at `GET /metrics`.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::AtomicI64;
+use std::task::{Context, Poll};
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Label set: a list of name/value pairs.
+type Labels = Vec<(String, String)>;
+
+/// Every metric the relay exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Devices with a live link (set when scraped).
+    pub devices_online: Gauge<i64, AtomicI64>,
+    /// Telemetry records newly committed, by kind.
+    pub records_ingested: Family<Labels, Counter>,
+    /// Telemetry batches acknowledged to devices.
+    pub batches_acked: Counter,
+    /// Time from receiving a batch to acknowledging it.
+    pub ack_latency: Histogram,
+    /// Batches the sink failed to commit.
+    pub sink_errors: Counter,
+    /// Bytes through the SSH front, by transport and direction.
+    pub link_bytes: Family<Labels, Counter>,
+}
+
+impl Metrics {
+    /// Creates and registers the metrics.
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::with_prefix("tether");
+        let devices_online = Gauge::<i64, AtomicI64>::default();
+        let records_ingested = Family::<Labels, Counter>::default();
+        let batches_acked = Counter::default();
+        let ack_latency = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        let sink_errors = Counter::default();
+        let link_bytes = Family::<Labels, Counter>::default();
+        registry.register(
+            "devices_online",
+            "Devices with a live link to this relay",
+            devices_online.clone(),
+        );
+        registry.register(
+            "telemetry_records_ingested",
+            "Telemetry records committed to the sink",
+            records_ingested.clone(),
+        );
+        registry.register(
+            "telemetry_batches_acked",
+            "Telemetry batches acknowledged to devices",
+            batches_acked.clone(),
+        );
+        registry.register(
+            "telemetry_ack_latency_seconds",
+            "Time from receiving a batch to acknowledging it",
+            ack_latency.clone(),
+        );
+        registry.register(
+            "telemetry_sink_errors",
+            "Telemetry batches the sink failed to commit",
+            sink_errors.clone(),
+        );
+        registry.register(
+            "link_bytes",
+            "Bytes through the SSH port and the WebSocket link",
+            link_bytes.clone(),
+        );
+        Arc::new(Self {
+            registry,
+            devices_online,
+            records_ingested,
+            batches_acked,
+            ack_latency,
+            sink_errors,
+            link_bytes,
+        })
+    }
+
+    /// The metrics in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = encode(&mut out, &self.registry) {
+            tracing::error!("encoding metrics failed: {e}");
+        }
+        out
+    }
+
+    /// Counter of records committed for one kind (`metric`, `log`, `event`).
+    pub fn ingested(&self, kind: &str) -> Counter {
+        self.records_ingested
+            .get_or_create(&vec![("kind".into(), kind.into())])
+            .clone()
+    }
+
+    /// Counter of bytes for one transport and direction.
+    pub fn bytes(&self, transport: &str, direction: &str) -> Counter {
+        self.link_bytes
+            .get_or_create(&vec![
+                ("transport".into(), transport.into()),
+                ("direction".into(), direction.into()),
+            ])
+            .clone()
+    }
+}
+
+/// A stream that counts the bytes read from and written to it.
+pub struct Counted<S> {
+    inner: S,
+    read: Counter,
+    written: Counter,
+}
+
+impl<S> Counted<S> {
+    /// Counts `inner`'s traffic into `read` (bytes in) and `written` (bytes out).
+    pub fn new(inner: S, read: Counter, written: Counter) -> Self {
+        Self {
+            inner,
+            read,
+            written,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len().saturating_sub(before);
+        if n > 0 {
+            self.read.inc_by(n as u64);
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &r {
+            self.written.inc_by(*n as u64);
+        }
+        r
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

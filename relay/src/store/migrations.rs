@@ -1,0 +1,224 @@
+//! The store's schema and how it gets there.
+//!
+//! The schema version lives in SQLite's own header (`PRAGMA user_version`), so there is no
+//! bookkeeping table to get out of step with it. Migrations are an append-only list: a released
+//! entry is never edited, a change is a new entry. Each runs in its own `IMMEDIATE` transaction
+//! together with the version bump, so a crash or a second process starting at the same moment
+//! sees either the old schema or the new one, never half of it; the version is re-read inside
+//! the transaction, so two processes opening a fresh file do not both apply a step.
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use super::StoreError;
+
+/// One step of the schema's history.
+pub(super) struct Migration {
+    /// What the step is for (shown when it fails).
+    pub name: &'static str,
+    /// The statements, run as one batch.
+    pub sql: &'static str,
+}
+
+/// Schema migrations, applied in order; entry `i` brings the schema from version `i` to `i + 1`.
+pub(super) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        name: "tenants, tokens, engineers and devices",
+        sql: r#"
+CREATE TABLE tenants (
+    id          INTEGER PRIMARY KEY,
+    name        TEXT NOT NULL UNIQUE,
+    created_at  TEXT NOT NULL
+);
+CREATE TABLE tokens (
+    id             TEXT PRIMARY KEY,
+    tenant_id      INTEGER NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+    kind           TEXT NOT NULL CHECK (kind IN ('enroll', 'api')),
+    secret_hash    TEXT NOT NULL UNIQUE,
+    created_at     TEXT NOT NULL,
+    expires_at     INTEGER,
+    uses_left      INTEGER,
+    require_accept INTEGER NOT NULL DEFAULT 0,
+    revoked        INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE users (
+    id          INTEGER PRIMARY KEY,
+    tenant_id   INTEGER NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+    name        TEXT NOT NULL,
+    role        TEXT NOT NULL CHECK (role IN ('admin', 'operator', 'viewer')),
+    public_key  TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    created_at  TEXT NOT NULL,
+    UNIQUE (tenant_id, name)
+);
+CREATE INDEX users_by_fingerprint ON users(fingerprint);
+CREATE TABLE devices (
+    id                TEXT PRIMARY KEY,
+    tenant_id         INTEGER NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+    name              TEXT NOT NULL,
+    public_key        TEXT NOT NULL,
+    fingerprint       TEXT NOT NULL UNIQUE,
+    status            TEXT NOT NULL CHECK (status IN ('accepted', 'pending', 'rejected')),
+    created_at        TEXT NOT NULL,
+    online            INTEGER NOT NULL DEFAULT 0,
+    last_connected    TEXT,
+    last_disconnected TEXT,
+    remote_addr       TEXT,
+    agent_version     TEXT,
+    UNIQUE (tenant_id, name)
+);
+"#,
+    },
+    Migration {
+        name: "telemetry committed by the SQLite sink",
+        sql: r#"
+CREATE TABLE telemetry (
+    device_id   TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    tenant_id   INTEGER NOT NULL,
+    ts_ms       INTEGER NOT NULL,
+    kind        TEXT NOT NULL,
+    topic       TEXT NOT NULL,
+    level       TEXT,
+    payload     TEXT NOT NULL,
+    received_ms INTEGER NOT NULL,
+    PRIMARY KEY (device_id, seq)
+) WITHOUT ROWID;
+CREATE INDEX telemetry_by_topic ON telemetry (tenant_id, device_id, topic, ts_ms);
+CREATE INDEX telemetry_by_time ON telemetry (tenant_id, device_id, ts_ms);
+"#,
+    },
+    Migration {
+        name: "per-tenant telemetry retention",
+        sql: r#"
+ALTER TABLE tenants ADD COLUMN retention_days INTEGER NOT NULL DEFAULT 30;
+"#,
+    },
+];
+
+/// The schema version this code writes and understands.
+pub(super) fn latest() -> i64 {
+    MIGRATIONS.len() as i64
+}
+
+/// Brings the database up to the newest schema; refuses one newer than this code knows.
+pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    apply(conn, MIGRATIONS)
+}
+
+fn apply(conn: &mut Connection, migrations: &[Migration]) -> Result<(), StoreError> {
+    let known = migrations.len() as i64;
+    loop {
+        // IMMEDIATE takes the write lock before reading the version: two processes migrating
+        // the same file at once serialize here instead of both applying the same step.
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version > known {
+            return Err(StoreError::TooNew {
+                found: version,
+                known,
+            });
+        }
+        if version == known {
+            return Ok(());
+        }
+        let Some(step) = usize::try_from(version)
+            .ok()
+            .and_then(|i| migrations.get(i))
+        else {
+            return Err(StoreError::Invalid(format!(
+                "the store has an impossible schema version {version}"
+            )));
+        };
+        tx.execute_batch(step.sql)
+            .map_err(|source| StoreError::Migration {
+                version: version + 1,
+                name: step.name,
+                source,
+            })?;
+        tx.pragma_update(None, "user_version", version + 1)?;
+        tx.commit()?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    fn version(conn: &Connection) -> rusqlite::Result<i64> {
+        conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+    }
+
+    #[test]
+    fn fresh_database_reaches_the_latest_version_and_reapplying_is_a_no_op() -> TestResult {
+        let mut conn = Connection::open_in_memory()?;
+        migrate(&mut conn)?;
+        assert_eq!(version(&conn)?, latest());
+        migrate(&mut conn)?;
+        assert_eq!(version(&conn)?, latest());
+        Ok(())
+    }
+
+    #[test]
+    fn an_old_database_is_upgraded_step_by_step_keeping_its_data() -> TestResult {
+        let mut conn = Connection::open_in_memory()?;
+        apply(&mut conn, &MIGRATIONS[..1])?;
+        conn.execute(
+            "INSERT INTO tenants (name, created_at) VALUES ('acme', '2024-01-01T00:00:00Z')",
+            [],
+        )?;
+        migrate(&mut conn)?;
+        assert_eq!(version(&conn)?, latest());
+        // The column added later has its default for the row written before it existed.
+        let days: i64 = conn.query_row(
+            "SELECT retention_days FROM tenants WHERE name = 'acme'",
+            [],
+            |r| r.get(0),
+        )?;
+        assert_eq!(days, 30);
+        Ok(())
+    }
+
+    #[test]
+    fn a_failing_step_leaves_the_previous_version_intact() -> TestResult {
+        let mut conn = Connection::open_in_memory()?;
+        let broken = [
+            Migration {
+                name: "ok",
+                sql: "CREATE TABLE a (x INTEGER);",
+            },
+            Migration {
+                name: "broken",
+                sql: "CREATE TABLE b (x INTEGER); CREATE TABLE a (y INTEGER);",
+            },
+        ];
+        let e = apply(&mut conn, &broken)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("schema version 2 (broken)"), "{e}");
+        assert_eq!(version(&conn)?, 1);
+        // Table b of the failed step was rolled back with it.
+        let b: i64 = conn.query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'b'",
+            [],
+            |r| r.get(0),
+        )?;
+        assert_eq!(b, 0);
+        Ok(())
+    }
+
+    #[test]
+    fn newer_and_impossible_versions_are_refused() -> TestResult {
+        let mut conn = Connection::open_in_memory()?;
+        conn.pragma_update(None, "user_version", latest() + 1)?;
+        assert!(matches!(
+            migrate(&mut conn),
+            Err(StoreError::TooNew { found, known }) if found == latest() + 1 && known == latest()
+        ));
+        conn.pragma_update(None, "user_version", -1)?;
+        assert!(matches!(migrate(&mut conn), Err(StoreError::Invalid(_))));
+        Ok(())
+    }
+}
