@@ -12,6 +12,9 @@ use crate::config::{self, AgentConfig};
 use crate::enroll::{self, EnrollOptions};
 use crate::forward::ForwardPolicy;
 use crate::link::{self, LinkContext};
+use crate::producer::{
+    LINE_OVERHEAD, MAX_BATCH, Producer, check_payload, parse_line, parse_rfc3339_ms,
+};
 use crate::server::ServerSettings;
 use crate::status::{self, LinkState};
 use crate::{enrollment, identity};
@@ -85,18 +88,30 @@ pub enum Command {
 /// `agent telemetry …`
 #[derive(Debug, Subcommand)]
 pub enum TelemetryCommand {
-    /// Queue one measurement (or log line) durably; prints its sequence number.
+    /// Queue one measurement (or log line) durably; prints its sequence number. With --batch,
+    /// queue newline-delimited JSON records from stdin (the producer socket's line format).
+    #[command(after_help = "Examples:\n  \
+        agent telemetry send sensors/temperature 21.5\n  \
+        agent telemetry send sensors/door '{\"open\":true}' --ts 2026-01-31T12:00:00.250Z\n  \
+        printf '{\"topic\":\"t\",\"value\":1}\\n' | agent telemetry send --batch")]
     Send {
         /// Topic, e.g. sensors/temperature.
-        topic: String,
+        #[arg(required_unless_present = "batch")]
+        topic: Option<String>,
         /// Value: a number or any JSON.
-        value: String,
+        #[arg(required_unless_present = "batch")]
+        value: Option<String>,
         /// Measurement time (RFC 3339) [default: now].
-        #[arg(long)]
+        #[arg(long, conflicts_with = "batch")]
         ts: Option<String>,
         /// Record kind.
         #[arg(long, default_value = "metric", value_parser = ["metric", "log"])]
         kind: String,
+        /// Read records from stdin, one JSON object per line ({"topic": …, "value": …} with
+        /// optional "kind", "level", "ts"); prints one answer per line, {"seq": N} or
+        /// {"error": …}; exits 1 if any line was refused.
+        #[arg(long, conflicts_with_all = ["topic", "value"])]
+        batch: bool,
     },
     /// Show the outbox: queued records and bytes, oldest age, drops, last acknowledgement.
     Status {
@@ -183,17 +198,25 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let config = load_config(&cli)?;
             show_status(&config, *json)
         }
+        Command::Telemetry(TelemetryCommand::Send { batch: true, .. }) => {
+            let config = load_config(&cli)?;
+            send_batch(&config)
+        }
         Command::Telemetry(TelemetryCommand::Send {
             topic,
             value,
             ts,
             kind,
+            batch: false,
         }) => {
             let config = load_config(&cli)?;
+            let (Some(topic), Some(value)) = (topic, value) else {
+                anyhow::bail!("TOPIC and VALUE are required without --batch");
+            };
             let payload: serde_json::Value = serde_json::from_str(value)
                 .with_context(|| format!("VALUE {value:?} is neither a number nor JSON"))?;
             let ts_ms = match ts {
-                Some(t) => parse_ts(t)?,
+                Some(t) => parse_rfc3339_ms(t).map_err(|e| anyhow::anyhow!("--{e}"))?,
                 None => crate::outbox::now_ms(),
             };
             let kind = kind.parse().map_err(anyhow::Error::msg)?;
@@ -271,12 +294,26 @@ async fn run_agent(config: AgentConfig) -> Result<()> {
     let outbox =
         crate::outbox::Outbox::open(&outbox_path, crate::upload::limits(&ctx.config.telemetry))
             .with_context(|| format!("opening the outbox {}", outbox_path.display()))?;
+    let producer = Producer::new(
+        Arc::new(std::sync::Mutex::new(outbox)),
+        ctx.config.telemetry.max_payload,
+    );
     let socket = tokio::spawn(crate::socket::serve(
         socket_path.clone(),
         ctx.config.telemetry.socket_mode_bits(),
-        std::sync::Arc::new(std::sync::Mutex::new(outbox)),
-        ctx.config.telemetry.clone(),
+        producer.clone(),
     ));
+    let interval = ctx.config.telemetry.system_metrics_interval;
+    if !interval.is_zero() {
+        tokio::spawn(collect_system_metrics(producer.clone(), interval));
+    }
+    if !ctx.config.telemetry.journal_units.is_empty() {
+        tokio::spawn(crate::journal::follow(
+            producer.clone(),
+            ctx.config.telemetry.journal_units.clone(),
+            ctx.config.state_dir.clone(),
+        ));
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         tether_protocol::shutdown::stop_signal().await;
@@ -294,6 +331,44 @@ async fn run_agent(config: AgentConfig) -> Result<()> {
     };
     let _ = std::fs::remove_file(&socket_path);
     result
+}
+
+/// Samples system metrics every `interval` into the outbox, for as long as the agent runs.
+async fn collect_system_metrics(producer: Producer, interval: std::time::Duration) {
+    let mut collector = Some(crate::sysmetrics::Collector::new());
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(mut c) = collector.take() else {
+            return;
+        };
+        // statvfs on a hung network mount blocks; keep it off the async threads.
+        let Ok((c, samples)) = tokio::task::spawn_blocking(move || {
+            let samples = c.sample();
+            (c, samples)
+        })
+        .await
+        else {
+            tracing::error!("system metrics collector failed; stopping it");
+            return;
+        };
+        collector = Some(c);
+        let now = crate::outbox::now_ms();
+        let records = samples
+            .into_iter()
+            .map(|s| crate::outbox::NewRecord {
+                ts_ms: now,
+                kind: tether_protocol::telemetry::Kind::Metric,
+                topic: s.topic,
+                level: None,
+                payload: s.value.to_string(),
+            })
+            .collect::<Vec<_>>();
+        if let Err(e) = producer.append(records).await {
+            tracing::warn!("queuing system metrics: {e}");
+        }
+    }
 }
 
 /// What `agent status --json` prints.
@@ -359,16 +434,6 @@ fn show_status(config: &AgentConfig, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn parse_ts(text: &str) -> Result<i64> {
-    let t = humantime::parse_rfc3339_weak(text).with_context(|| {
-        format!("--ts {text:?} is not an RFC 3339 time like 2026-01-31T12:00:00.250Z")
-    })?;
-    let d = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .with_context(|| format!("--ts {text:?} is before 1970"))?;
-    Ok(d.as_millis() as i64)
-}
-
 /// Appends one record to the outbox durably and returns its sequence number.
 fn queue(
     config: &AgentConfig,
@@ -382,18 +447,8 @@ fn queue(
         anyhow::bail!("the topic is empty");
     }
     let text = payload.to_string();
-    let limit = config.telemetry.max_payload;
-    if text.len() > limit {
-        anyhow::bail!(
-            "payload of {} bytes exceeds telemetry.max_payload ({limit} bytes)",
-            text.len()
-        );
-    }
-    std::fs::create_dir_all(&config.state_dir)
-        .with_context(|| format!("creating {}", config.state_dir.display()))?;
-    let path = crate::outbox::path(&config.state_dir);
-    let mut outbox = crate::outbox::Outbox::open(&path, crate::upload::limits(&config.telemetry))
-        .with_context(|| format!("opening the outbox {}", path.display()))?;
+    check_payload(&text, config.telemetry.max_payload).map_err(anyhow::Error::msg)?;
+    let mut outbox = open_outbox(config)?;
     let record = crate::outbox::NewRecord {
         ts_ms,
         kind,
@@ -405,6 +460,81 @@ fn queue(
     seqs.first()
         .copied()
         .context("the outbox assigned no sequence number")
+}
+
+/// Opens the outbox for a producer command, creating the state directory if needed.
+fn open_outbox(config: &AgentConfig) -> Result<crate::outbox::Outbox> {
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("creating {}", config.state_dir.display()))?;
+    let path = crate::outbox::path(&config.state_dir);
+    crate::outbox::Outbox::open(&path, crate::upload::limits(&config.telemetry))
+        .with_context(|| format!("opening the outbox {}", path.display()))
+}
+
+/// `agent telemetry send --batch`: stdin lines in groups of up to [`MAX_BATCH`], each group
+/// one transaction, one answer line per input line.
+fn send_batch(config: &AgentConfig) -> Result<ExitCode> {
+    use std::io::{BufRead, Read, Write};
+    let mut outbox = open_outbox(config)?;
+    let max_payload = config.telemetry.max_payload;
+    let max_line = max_payload + LINE_OVERHEAD;
+    let mut input = std::io::stdin().lock();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let (mut line_no, mut refused) = (0usize, 0usize);
+    let mut line = String::new();
+    loop {
+        let mut parsed: Vec<(usize, Result<crate::outbox::NewRecord, String>)> = Vec::new();
+        let mut eof = false;
+        while parsed.len() < MAX_BATCH {
+            line.clear();
+            let n = (&mut input)
+                .take(max_line as u64 + 1)
+                .read_line(&mut line)
+                .context("reading stdin")?;
+            if n == 0 {
+                eof = true;
+                break;
+            }
+            line_no += 1;
+            if line.len() > max_line && !line.ends_with('\n') {
+                let mut rest = Vec::new();
+                input
+                    .read_until(b'\n', &mut rest)
+                    .context("reading stdin")?;
+                parsed.push((line_no, Err(format!("line longer than {max_line} bytes"))));
+            } else if !line.trim().is_empty() {
+                parsed.push((line_no, parse_line(line.trim_end(), max_payload)));
+            }
+        }
+        let good: Vec<_> = parsed
+            .iter()
+            .filter_map(|(_, p)| p.as_ref().ok().cloned())
+            .collect();
+        let mut seqs = outbox.append(&good)?.into_iter();
+        for (n, p) in &parsed {
+            let answer = match p {
+                Ok(_) => match seqs.next() {
+                    Some(seq) => serde_json::json!({ "seq": seq }),
+                    None => anyhow::bail!("the outbox assigned too few sequence numbers"),
+                },
+                Err(e) => {
+                    refused += 1;
+                    eprintln!("error: stdin line {n}: {e}");
+                    serde_json::json!({ "error": format!("line {n}: {e}") })
+                }
+            };
+            writeln!(out, "{answer}")?;
+        }
+        if eof {
+            break;
+        }
+    }
+    out.flush()?;
+    if refused > 0 {
+        eprintln!("error: {refused} of {line_no} lines refused");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn show_telemetry_status(config: &AgentConfig, json: bool) -> Result<ExitCode> {
@@ -431,6 +561,7 @@ fn show_telemetry_status(config: &AgentConfig, json: bool) -> Result<ExitCode> {
     println!("queued records:     {}", st.queued_rows);
     println!("queued bytes:       {}", st.queued_bytes);
     println!("oldest queued:      {}", ago(st.oldest_ts_ms));
+    println!("upload rate:        {:.0} records/s", st.upload_rate);
     println!("dropped (total):    {}", st.dropped_total);
     println!("acknowledged up to: {}", st.acked_upto);
     println!("last acknowledged:  {}", ago(st.last_ack_ms));

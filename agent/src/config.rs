@@ -52,6 +52,12 @@ pub struct TelemetryConfig {
     pub socket: Option<PathBuf>,
     /// Permissions of the socket, octal. Default "0660".
     pub socket_mode: String,
+    /// How often the built-in collector samples CPU, memory, disks, network, load, uptime and
+    /// temperature; `0s` turns it off. Default 60s.
+    #[serde(with = "humantime_serde")]
+    pub system_metrics_interval: Duration,
+    /// systemd units whose journal is followed into the outbox as log records. Default none.
+    pub journal_units: Vec<String>,
 }
 
 impl TelemetryConfig {
@@ -72,6 +78,8 @@ impl Default for TelemetryConfig {
             window: 4,
             socket: None,
             socket_mode: "0660".to_string(),
+            system_metrics_interval: Duration::from_secs(60),
+            journal_units: Vec::new(),
         }
     }
 }
@@ -230,6 +238,22 @@ impl AgentConfig {
                 "telemetry.batch_bytes",
                 "must be at most 4 MiB".into(),
             ));
+        }
+        if !t.system_metrics_interval.is_zero()
+            && t.system_metrics_interval < Duration::from_secs(1)
+        {
+            return Err(invalid(
+                "telemetry.system_metrics_interval",
+                "must be 0s (off) or at least 1s".into(),
+            ));
+        }
+        for (i, unit) in t.journal_units.iter().enumerate() {
+            if unit.is_empty() || unit.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(invalid(
+                    &format!("telemetry.journal_units[{i}]"),
+                    format!("{unit:?} is not a systemd unit name"),
+                ));
+            }
         }
         for (i, entry) in self.forward.allow.iter().enumerate() {
             let ok = entry.rsplit_once(':').is_some_and(|(host, port)| {

@@ -8,12 +8,15 @@
 //! - [`transport`]: the byte stream under the link (TCP, WebSocket, HTTP CONNECT proxy).
 //! - [`link`]: the long-lived SSH connection to the relay and the channels it brings in.
 //! - [`outbox`]: telemetry, logs and events waiting in SQLite for the relay.
+//! - [`producer`]: the record line format and the in-process handle that queues records.
+//! - [`journal`]: the systemd journal of configured units, followed into the outbox.
 //! - [`forward`]: device-local TCP targets that the relay may reach, and the policy that allows them.
 //! - [`server`]: the embedded SSH server that serves shells, exec and sftp on link channels.
 //! - [`pty`]: pseudo-terminals for interactive shells.
 //! - [`sftp`]: the sftp subsystem.
 //! - [`socket`]: the local producer socket (newline-delimited JSON).
 //! - [`status`]: the link state file that `agent status` reads.
+//! - [`sysmetrics`]: the built-in system metrics collector (CPU, memory, disks, network, load, uptime, temperature).
 //! - [`upload`]: the outbox sent over the link and acknowledged by the relay.
 //! - [`cli`]: the command line.
 
@@ -23,13 +26,16 @@ pub mod enroll;
 pub mod enrollment;
 pub mod forward;
 pub mod identity;
+pub mod journal;
 pub mod link;
 pub mod outbox;
+pub mod producer;
 pub mod pty;
 pub mod server;
 pub mod sftp;
 pub mod socket;
 pub mod status;
+pub mod sysmetrics;
 pub mod transport;
 pub mod upload;
 

@@ -77,7 +77,7 @@ impl NewRecord {
 }
 
 /// What `agent telemetry status` shows.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct OutboxStatus {
     /// Records waiting for the relay.
     pub queued_rows: u64,
@@ -93,7 +93,17 @@ pub struct OutboxStatus {
     pub last_ack_ms: Option<i64>,
     /// Highest sequence number ever assigned.
     pub last_seq: u64,
+    /// Age of the oldest waiting record in milliseconds (by its producer timestamp).
+    pub oldest_age_ms: Option<i64>,
+    /// Records acknowledged per second over the last measuring window (0 when idle).
+    pub upload_rate: f64,
 }
+
+/// Upload rate is measured over windows of at least this long, so it is stable to read.
+const RATE_WINDOW_MS: i64 = 5_000;
+
+/// A rate older than this is stale: the upload stalled or finished.
+const RATE_STALE_MS: i64 = 3 * RATE_WINDOW_MS;
 
 /// The outbox.
 pub struct Outbox {
@@ -117,7 +127,8 @@ CREATE TABLE IF NOT EXISTS counters (
 );
 INSERT OR IGNORE INTO counters (name, value) VALUES
     ('rows', 0), ('bytes', 0), ('dropped_total', 0), ('dropped_unreported', 0),
-    ('acked_upto', 0), ('last_ack_ms', 0);
+    ('acked_upto', 0), ('last_ack_ms', 0),
+    ('rate_since_ms', 0), ('rate_count', 0), ('rate_milli_per_s', 0);
 ";
 
 /// Milliseconds since the Unix epoch, now.
@@ -295,10 +306,12 @@ impl Outbox {
             "UPDATE counters SET value = MAX(value, ?1) WHERE name = 'acked_upto'",
             params![upto as i64],
         )?;
+        let now = now_ms();
         tx.execute(
             "UPDATE counters SET value = ?1 WHERE name = 'last_ack_ms'",
-            params![now_ms()],
+            params![now],
         )?;
+        update_rate(&tx, rows, now)?;
         tx.commit()?;
         Ok(rows as u64)
     }
@@ -320,17 +333,57 @@ impl Outbox {
                 |r| r.get(0),
             )
             .optional()?;
-        let last_ack = c("last_ack_ms")?;
+        let last_ack = c("last_ack_ms")? as i64;
+        let now = now_ms();
+        let upload_rate = if last_ack > 0 && now - last_ack < RATE_STALE_MS {
+            c("rate_milli_per_s")? as f64 / 1000.0
+        } else {
+            0.0
+        };
         Ok(OutboxStatus {
             queued_rows: c("rows")?,
             queued_bytes: c("bytes")?,
             oldest_ts_ms: oldest,
             dropped_total: c("dropped_total")?,
             acked_upto: c("acked_upto")?,
-            last_ack_ms: (last_ack > 0).then_some(last_ack as i64),
+            last_ack_ms: (last_ack > 0).then_some(last_ack),
             last_seq: last_seq.unwrap_or(0).max(0) as u64,
+            oldest_age_ms: oldest.map(|ts| (now - ts).max(0)),
+            upload_rate,
         })
     }
+}
+
+/// Counts `acked` records into the current rate window; a window of at least
+/// [`RATE_WINDOW_MS`] closes into `rate_milli_per_s` (records per second, times 1000, since
+/// the counters are integers).
+fn update_rate(conn: &Connection, acked: i64, now: i64) -> rusqlite::Result<()> {
+    let since = counter(conn, "rate_since_ms")?;
+    let count = counter(conn, "rate_count")? + acked;
+    let set = |name: &str, value: i64| {
+        conn.execute(
+            "UPDATE counters SET value = ?2 WHERE name = ?1",
+            params![name, value],
+        )
+    };
+    // A first ack, or one after a stall, starts a fresh window.
+    if since <= 0 || now - since > RATE_STALE_MS {
+        set("rate_since_ms", now)?;
+        set("rate_count", acked)?;
+        return Ok(());
+    }
+    let elapsed = now - since;
+    if elapsed >= RATE_WINDOW_MS {
+        set(
+            "rate_milli_per_s",
+            count.saturating_mul(1_000_000) / elapsed,
+        )?;
+        set("rate_since_ms", now)?;
+        set("rate_count", 0)?;
+    } else {
+        set("rate_count", count)?;
+    }
+    Ok(())
 }
 
 /// Drops the oldest records until both bounds hold; returns how many were dropped.

@@ -9,83 +9,15 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
-use serde::Deserialize;
-use tether_protocol::telemetry::{Kind, Level};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::config::TelemetryConfig;
-use crate::outbox::{NewRecord, Outbox, OutboxError, now_ms};
-
-/// Most lines appended in one transaction.
-const MAX_BATCH: usize = 4096;
-
-/// One producer line.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Line {
-    #[serde(default = "default_kind")]
-    kind: Kind,
-    topic: String,
-    value: serde_json::Value,
-    #[serde(default)]
-    level: Option<Level>,
-    #[serde(default)]
-    ts: Option<String>,
-}
-
-fn default_kind() -> Kind {
-    Kind::Metric
-}
-
-/// Parses and checks one line into a record.
-fn parse_line(text: &str, max_payload: usize) -> Result<NewRecord, String> {
-    let line: Line = serde_json::from_str(text).map_err(|e| format!("malformed record: {e}"))?;
-    if line.topic.is_empty() {
-        return Err("empty topic".into());
-    }
-    match (line.kind, line.level) {
-        (Kind::Event, None) => {
-            return Err("an event needs a level (info, warning or critical)".into());
-        }
-        (Kind::Metric | Kind::Log, Some(_)) => return Err("only events have a level".into()),
-        _ => {}
-    }
-    let ts_ms = match &line.ts {
-        Some(t) => {
-            let time = humantime::parse_rfc3339_weak(t).map_err(|e| format!("ts {t:?}: {e}"))?;
-            let since = time
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_err(|_| format!("ts {t:?} is before 1970"))?;
-            since.as_millis() as i64
-        }
-        None => now_ms(),
-    };
-    let payload = line.value.to_string();
-    if payload.len() > max_payload {
-        return Err(format!(
-            "payload of {} bytes exceeds telemetry.max_payload ({max_payload} bytes)",
-            payload.len()
-        ));
-    }
-    Ok(NewRecord {
-        ts_ms,
-        kind: line.kind,
-        topic: line.topic,
-        level: line.level,
-        payload,
-    })
-}
+use crate::outbox::NewRecord;
+use crate::producer::{LINE_OVERHEAD, MAX_BATCH, Producer, parse_line};
 
 /// Binds the socket (replacing a stale one) with permissions `mode` and serves producers.
-pub async fn serve(
-    path: PathBuf,
-    mode: u32,
-    outbox: Arc<Mutex<Outbox>>,
-    cfg: TelemetryConfig,
-) -> std::io::Result<()> {
+pub async fn serve(path: PathBuf, mode: u32, producer: Producer) -> std::io::Result<()> {
     if path.exists() {
         std::fs::remove_file(&path)?;
     }
@@ -94,44 +26,20 @@ pub async fn serve(
     tracing::info!("telemetry socket at {}", path.display());
     loop {
         let (stream, _) = listener.accept().await?;
-        let (outbox, cfg) = (outbox.clone(), cfg.clone());
+        let producer = producer.clone();
         tokio::spawn(async move {
-            if let Err(e) = serve_producer(stream, outbox, cfg).await {
+            if let Err(e) = serve_producer(stream, producer).await {
                 tracing::debug!("telemetry producer: {e}");
             }
         });
     }
 }
 
-async fn append(
-    outbox: &Arc<Mutex<Outbox>>,
-    records: Vec<NewRecord>,
-) -> Result<Vec<u64>, OutboxError> {
-    let outbox = outbox.clone();
-    tokio::task::spawn_blocking(move || {
-        outbox
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .append(&records)
-    })
-    .await
-    .unwrap_or_else(|e| {
-        Err(OutboxError::Corrupt {
-            seq: 0,
-            message: format!("append task failed: {e}"),
-        })
-    })
-}
-
-async fn serve_producer(
-    stream: UnixStream,
-    outbox: Arc<Mutex<Outbox>>,
-    cfg: TelemetryConfig,
-) -> std::io::Result<()> {
+async fn serve_producer(stream: UnixStream, producer: Producer) -> std::io::Result<()> {
     let (rd, mut wr) = stream.into_split();
     let mut reader = BufReader::with_capacity(256 * 1024, rd);
     // A line may be at most the payload limit plus room for the envelope.
-    let max_line = cfg.max_payload + 64 * 1024;
+    let max_line = producer.max_payload() + LINE_OVERHEAD;
     let mut line = String::new();
     loop {
         // Gather what has already arrived (up to MAX_BATCH lines) into one transaction.
@@ -151,7 +59,7 @@ async fn serve_producer(
                 reader.read_until(b'\n', &mut rest).await?;
                 parsed.push(Err(format!("line longer than {max_line} bytes")));
             } else if !line.trim().is_empty() {
-                parsed.push(parse_line(line.trim_end(), cfg.max_payload));
+                parsed.push(parse_line(line.trim_end(), producer.max_payload()));
             }
             if parsed.len() >= MAX_BATCH || !reader.buffer().contains(&b'\n') {
                 break;
@@ -167,7 +75,7 @@ async fn serve_producer(
         let seqs = if good.is_empty() {
             Ok(Vec::new())
         } else {
-            append(&outbox, good).await
+            producer.append(good).await
         };
         let mut out = String::new();
         let mut next_seq = seqs.as_ref().ok().map(|s| s.iter());
@@ -193,33 +101,4 @@ async fn serve_producer(
 /// Default socket path in `state_dir`.
 pub fn default_path(state_dir: &Path) -> PathBuf {
     state_dir.join("telemetry.sock")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lines_are_checked() {
-        assert!(parse_line(r#"{"topic":"t","value":1}"#, 100).is_ok());
-        let e = parse_line(r#"{"topic":"t","value":1,"kind":"blob"}"#, 100)
-            .err()
-            .unwrap_or_default();
-        assert!(e.contains("blob"), "{e}");
-        let e = parse_line(r#"{"kind":"event","topic":"t","value":1}"#, 100)
-            .err()
-            .unwrap_or_default();
-        assert!(e.contains("level"), "{e}");
-        let e = parse_line(r#"{"topic":"t","value":"xxxxxxxxxxxxxxxx"}"#, 10)
-            .err()
-            .unwrap_or_default();
-        assert!(e.contains("max_payload"), "{e}");
-        let e = parse_line("{not json", 100).err().unwrap_or_default();
-        assert!(e.contains("malformed"), "{e}");
-        let r = parse_line(
-            r#"{"topic":"t","value":1,"ts":"2026-01-01T00:00:00.5Z"}"#,
-            100,
-        );
-        assert_eq!(r.map(|r| r.ts_ms).ok(), Some(1_767_225_600_500));
-    }
 }

@@ -1,0 +1,1068 @@
+//! The built-in system metrics collector.
+//!
+//! The agent samples the board's CPU, memory, load, uptime, disks, network interfaces and
+//! thermal zones at a fixed interval and queues each measurement as a telemetry record, so a
+//! fleet operator sees device health without installing anything else on the device.
+//!
+//! Everything is read from `/proc` and `/sys` (plus `statvfs` for disks): no daemon, no
+//! extra dependency, and it works on the small Linux images found on embedded boards. Boards
+//! differ widely (no thermal zones, no swap, an old kernel without `MemAvailable`, a
+//! hardened `/proc`), so a source that is missing or unreadable is skipped with a debug log
+//! rather than failing the whole round. Content that cannot be parsed is skipped with a
+//! warning naming the file; a sampler that runs forever on unattended devices must never
+//! panic on what the kernel (or a test) hands it.
+//!
+//! [`Collector`] keeps the previous CPU and network counters, so CPU usage and network rates
+//! describe the interval between two calls to [`Collector::sample`].
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+use std::time::Instant;
+
+use serde_json::{Value, json};
+
+/// At most this many disk samples per round: container hosts can have thousands of mounts.
+const MAX_MOUNTS: usize = 64;
+/// At most this many network samples per round: virtual interfaces can be numerous.
+const MAX_INTERFACES: usize = 64;
+/// At most this many temperature samples per round.
+const MAX_THERMAL_ZONES: usize = 32;
+/// Upper bound on what is read from one file, so a runaway source cannot exhaust memory.
+const MAX_FILE_BYTES: u64 = 1 << 20;
+
+/// Filesystem types that do not describe storage worth reporting: virtual filesystems,
+/// memory-backed ones, and read-only images (squashfs is always 100% full).
+const SKIPPED_FILESYSTEMS: &[&str] = &[
+    "autofs",
+    "binfmt_misc",
+    "bpf",
+    "cgroup",
+    "cgroup2",
+    "configfs",
+    "debugfs",
+    "devpts",
+    "devtmpfs",
+    "efivarfs",
+    "fusectl",
+    "hugetlbfs",
+    "mqueue",
+    "nsfs",
+    "proc",
+    "pstore",
+    "ramfs",
+    // Old kernels list the initramfs as `rootfs` on `/` next to the real root filesystem;
+    // statvfs on `/` would report the real one twice.
+    "rootfs",
+    "rpc_pipefs",
+    "securityfs",
+    "selinuxfs",
+    "squashfs",
+    "sysfs",
+    "tmpfs",
+    "tracefs",
+];
+
+/// One measurement to queue: topic and JSON payload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// Telemetry topic, e.g. `system/cpu`.
+    pub topic: String,
+    /// The measurement.
+    pub value: Value,
+}
+
+impl Sample {
+    fn new(topic: &str, value: Value) -> Self {
+        Sample {
+            topic: topic.to_owned(),
+            value,
+        }
+    }
+}
+
+/// Aggregate CPU time from the `cpu` line of `/proc/stat`, in clock ticks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CpuTimes {
+    total: u64,
+    /// Idle plus iowait: time in which the CPU was not doing work.
+    idle: u64,
+}
+
+/// Cumulative counters of one interface from `/proc/net/dev`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct NetCounters {
+    rx_bytes: u64,
+    tx_bytes: u64,
+    rx_packets: u64,
+    tx_packets: u64,
+    rx_errors: u64,
+    tx_errors: u64,
+}
+
+/// Network counters as of one round, kept to turn the next round's counters into rates.
+#[derive(Debug)]
+struct NetSnapshot {
+    at: Instant,
+    counters: HashMap<String, NetCounters>,
+}
+
+/// One line of `/proc/self/mounts`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct MountEntry {
+    device: String,
+    mount: String,
+    fs: String,
+}
+
+/// Space on one filesystem, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct DiskUsage {
+    total: u64,
+    used: u64,
+    available: u64,
+    used_pct: f64,
+}
+
+/// Reads system metrics from a root directory (normally `/`; tests pass a temp dir with fake
+/// `proc/` and `sys/` files).
+#[derive(Debug)]
+pub struct Collector {
+    root: PathBuf,
+    prev_cpu: Option<CpuTimes>,
+    prev_net: Option<NetSnapshot>,
+}
+
+impl Default for Collector {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Collector {
+    /// A collector reading the real `/proc` and `/sys`.
+    pub fn new() -> Self {
+        Self::with_root("/")
+    }
+
+    /// A collector reading `<root>/proc/...` and `<root>/sys/...` (for tests).
+    pub fn with_root(root: impl Into<PathBuf>) -> Self {
+        Collector {
+            root: root.into(),
+            prev_cpu: None,
+            prev_net: None,
+        }
+    }
+
+    /// Takes one round of samples.
+    ///
+    /// Sources that are missing or unreadable on this board are skipped (logged at debug),
+    /// never an error; malformed content is skipped with a warning naming the file. Never
+    /// panics on any file content.
+    pub fn sample(&mut self) -> Vec<Sample> {
+        self.sample_at(Instant::now())
+    }
+
+    /// [`Collector::sample`] with the clock passed in, so tests get exact rates.
+    fn sample_at(&mut self, now: Instant) -> Vec<Sample> {
+        let mut out = Vec::new();
+        self.sample_cpu(&mut out);
+        self.sample_memory(&mut out);
+        self.sample_load(&mut out);
+        self.sample_uptime(&mut out);
+        self.sample_disks(&mut out);
+        self.sample_network(now, &mut out);
+        self.sample_temperatures(&mut out);
+        out
+    }
+
+    fn path(&self, relative: &str) -> PathBuf {
+        self.root.join(relative)
+    }
+
+    fn sample_cpu(&mut self, out: &mut Vec<Sample>) {
+        let path = self.path("proc/stat");
+        let Some(text) = read_text(&path) else { return };
+        match parse_stat(&text) {
+            Ok((times, cores)) => {
+                let usage = cpu_usage_pct(self.prev_cpu, times);
+                self.prev_cpu = Some(times);
+                out.push(Sample::new(
+                    "system/cpu",
+                    json!({ "usage_pct": usage, "cores": cores }),
+                ));
+            }
+            Err(why) => malformed(&path, &why),
+        }
+    }
+
+    fn sample_memory(&self, out: &mut Vec<Sample>) {
+        let path = self.path("proc/meminfo");
+        let Some(text) = read_text(&path) else { return };
+        match parse_meminfo(&text) {
+            Ok(value) => out.push(Sample::new("system/memory", value)),
+            Err(why) => malformed(&path, &why),
+        }
+    }
+
+    fn sample_load(&self, out: &mut Vec<Sample>) {
+        let path = self.path("proc/loadavg");
+        let Some(text) = read_text(&path) else { return };
+        let mut fields = text.split_whitespace().map(parse_non_negative_f64);
+        match (fields.next(), fields.next(), fields.next()) {
+            (Some(Ok(load1)), Some(Ok(load5)), Some(Ok(load15))) => out.push(Sample::new(
+                "system/load",
+                json!({ "load1": load1, "load5": load5, "load15": load15 }),
+            )),
+            _ => malformed(&path, "expected three load averages"),
+        }
+    }
+
+    fn sample_uptime(&self, out: &mut Vec<Sample>) {
+        let path = self.path("proc/uptime");
+        let Some(text) = read_text(&path) else { return };
+        match text.split_whitespace().next().map(parse_non_negative_f64) {
+            Some(Ok(seconds)) => {
+                out.push(Sample::new("system/uptime", json!({ "seconds": seconds })));
+            }
+            _ => malformed(&path, "expected the uptime in seconds"),
+        }
+    }
+
+    fn sample_disks(&self, out: &mut Vec<Sample>) {
+        let path = self.path("proc/self/mounts");
+        let Some(text) = read_text(&path) else { return };
+        let (mounts, bad_lines) = parse_mounts(&text);
+        if bad_lines > 0 {
+            malformed(&path, &format!("{bad_lines} unparsable line(s)"));
+        }
+        // Bind mounts and re-mounts show the same device several times; one report each.
+        let mut seen_devices = HashSet::new();
+        let mut emitted = 0;
+        for entry in mounts {
+            if emitted >= MAX_MOUNTS {
+                break;
+            }
+            if SKIPPED_FILESYSTEMS.contains(&entry.fs.as_str())
+                || seen_devices.contains(&entry.device)
+            {
+                continue;
+            }
+            let Some(usage) = self.stat_filesystem(&entry.mount) else {
+                continue;
+            };
+            // Filesystems without blocks are virtual ones not in the skip list.
+            if usage.total == 0 {
+                continue;
+            }
+            out.push(Sample::new(
+                "system/disk",
+                json!({
+                    "mount": entry.mount,
+                    "device": entry.device,
+                    "fs": entry.fs,
+                    "total_bytes": usage.total,
+                    "used_bytes": usage.used,
+                    "available_bytes": usage.available,
+                    "used_pct": usage.used_pct,
+                }),
+            ));
+            seen_devices.insert(entry.device);
+            emitted += 1;
+        }
+    }
+
+    /// Space on the filesystem mounted at `mount`, looked up under the collector's root so a
+    /// test root never reaches the host's filesystems.
+    fn stat_filesystem(&self, mount: &str) -> Option<DiskUsage> {
+        // The kernel only lists absolute, normalised mount points; anything else would make
+        // statvfs look outside the root.
+        let relative = mount.strip_prefix('/')?;
+        if Path::new(relative)
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_)))
+        {
+            tracing::debug!("skipping mount {mount:?}: not a normalised absolute path");
+            return None;
+        }
+        let path = self.root.join(relative);
+        match nix::sys::statvfs::statvfs(&path) {
+            Ok(st) => Some(disk_usage(
+                to_u64(st.blocks()),
+                to_u64(st.blocks_free()),
+                to_u64(st.blocks_available()),
+                to_u64(st.fragment_size()),
+            )),
+            Err(e) => {
+                tracing::debug!("skipping mount {}: statvfs: {e}", path.display());
+                None
+            }
+        }
+    }
+
+    fn sample_network(&mut self, now: Instant, out: &mut Vec<Sample>) {
+        let path = self.path("proc/net/dev");
+        let Some(text) = read_text(&path) else { return };
+        let (interfaces, bad_lines) = parse_net_dev(&text);
+        if bad_lines > 0 {
+            malformed(&path, &format!("{bad_lines} unparsable line(s)"));
+        }
+        let previous = self.prev_net.as_ref().map(|p| {
+            (
+                now.saturating_duration_since(p.at).as_secs_f64(),
+                &p.counters,
+            )
+        });
+        let mut current = HashMap::new();
+        for (name, c) in interfaces.into_iter().take(MAX_INTERFACES) {
+            let mut value = json!({
+                "interface": name,
+                "rx_bytes": c.rx_bytes,
+                "tx_bytes": c.tx_bytes,
+                "rx_packets": c.rx_packets,
+                "tx_packets": c.tx_packets,
+                "rx_errors": c.rx_errors,
+                "tx_errors": c.tx_errors,
+            });
+            let prev = previous.and_then(|(secs, counters)| Some((secs, counters.get(&name)?)));
+            if let (Some((secs, p)), Some(map)) = (prev, value.as_object_mut())
+                && secs > 0.0
+            {
+                map.insert(
+                    "rx_bytes_per_s".into(),
+                    json!(rate(p.rx_bytes, c.rx_bytes, secs)),
+                );
+                map.insert(
+                    "tx_bytes_per_s".into(),
+                    json!(rate(p.tx_bytes, c.tx_bytes, secs)),
+                );
+            }
+            out.push(Sample::new("system/network", value));
+            current.insert(name, c);
+        }
+        self.prev_net = Some(NetSnapshot {
+            at: now,
+            counters: current,
+        });
+    }
+
+    fn sample_temperatures(&self, out: &mut Vec<Sample>) {
+        let dir = self.path("sys/class/thermal");
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::debug!("skipping {}: {e}", dir.display());
+                return;
+            }
+        };
+        // Directory order is arbitrary; sort numerically so zone 10 follows zone 9.
+        let mut zones: Vec<(u64, String)> = entries
+            .filter_map(Result::ok)
+            .filter_map(|entry| {
+                let name = entry.file_name().into_string().ok()?;
+                let index = name.strip_prefix("thermal_zone")?.parse().ok()?;
+                Some((index, name))
+            })
+            .collect();
+        zones.sort();
+        for (_, zone) in zones.into_iter().take(MAX_THERMAL_ZONES) {
+            let zone_dir = dir.join(&zone);
+            let temp_path = zone_dir.join("temp");
+            // Reading temp fails with EINVAL or ENODATA on zones whose sensor is off.
+            let Some(text) = read_text(&temp_path) else {
+                continue;
+            };
+            let Ok(millidegrees) = text.trim().parse::<i64>() else {
+                malformed(&temp_path, "expected millidegrees Celsius");
+                continue;
+            };
+            let kind = read_text(&zone_dir.join("type"))
+                .map(|t| t.trim().to_owned())
+                .unwrap_or_else(|| "unknown".to_owned());
+            out.push(Sample::new(
+                "system/temperature",
+                json!({
+                    "zone": zone,
+                    "type": kind,
+                    "celsius": millidegrees as f64 / 1000.0,
+                }),
+            ));
+        }
+    }
+}
+
+/// Reads a whole (small) file as text, or `None` with a debug log if it cannot be read.
+fn read_text(path: &Path) -> Option<String> {
+    let mut bytes = Vec::new();
+    let result = fs::File::open(path).and_then(|f| f.take(MAX_FILE_BYTES).read_to_end(&mut bytes));
+    if let Err(e) = result {
+        tracing::debug!("skipping {}: {e}", path.display());
+        return None;
+    }
+    if bytes.len() as u64 >= MAX_FILE_BYTES {
+        // The last line was cut by the limit; a half line parses into wrong values.
+        let end = bytes.iter().rposition(|&b| b == b'\n').unwrap_or(0);
+        bytes.truncate(end);
+    }
+    // Paths and interface names need not be UTF-8; a lossy copy keeps the rest usable.
+    Some(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+fn malformed(path: &Path, why: &str) {
+    tracing::warn!("ignoring malformed {}: {why}", path.display());
+}
+
+/// Widens the platform-sized statvfs fields (32-bit on some ARM boards).
+fn to_u64<T: Into<u64>>(value: T) -> u64 {
+    value.into()
+}
+
+fn parse_u64(field: &str) -> Result<u64, String> {
+    field
+        .parse()
+        .map_err(|_| format!("{field:?} is not a counter"))
+}
+
+fn parse_non_negative_f64(field: &str) -> Result<f64, String> {
+    match field.parse::<f64>() {
+        // NaN and infinities would become JSON null.
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("{field:?} is not a non-negative number")),
+    }
+}
+
+/// `part / whole` as a percentage, 0 when there is no whole.
+fn percent(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        return 0.0;
+    }
+    (part as f64 / whole as f64 * 100.0).clamp(0.0, 100.0)
+}
+
+/// The aggregate CPU times and the number of per-CPU lines in `/proc/stat`.
+fn parse_stat(text: &str) -> Result<(CpuTimes, u64), String> {
+    let mut times = None;
+    let mut cores: u64 = 0;
+    for line in text.lines() {
+        let mut fields = line.split_whitespace();
+        let Some(label) = fields.next() else { continue };
+        if label == "cpu" {
+            times = Some(parse_cpu_times(fields)?);
+        } else if label
+            .strip_prefix("cpu")
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        {
+            cores = cores.saturating_add(1);
+        }
+    }
+    let times = times.ok_or("no aggregate \"cpu\" line")?;
+    Ok((times, cores))
+}
+
+fn parse_cpu_times<'a>(fields: impl Iterator<Item = &'a str>) -> Result<CpuTimes, String> {
+    // user nice system idle iowait irq softirq steal; guest and guest_nice follow but are
+    // already counted in user and nice, so adding them would count that time twice.
+    let values = fields
+        .take(8)
+        .map(parse_u64)
+        .collect::<Result<Vec<_>, _>>()?;
+    // Kernels before 2.6 stop after idle.
+    let [_user, _nice, _system, idle, rest @ ..] = values.as_slice() else {
+        return Err("fewer than four fields on the \"cpu\" line".into());
+    };
+    let iowait = rest.first().copied().unwrap_or(0);
+    let total = values
+        .iter()
+        .try_fold(0u64, |sum, v| sum.checked_add(*v))
+        .ok_or("CPU times overflow")?;
+    let idle = idle.checked_add(iowait).ok_or("CPU times overflow")?;
+    Ok(CpuTimes { total, idle })
+}
+
+/// Busy percentage since `prev`, or since boot when there is no usable previous sample.
+fn cpu_usage_pct(prev: Option<CpuTimes>, cur: CpuTimes) -> f64 {
+    match prev {
+        Some(prev) if cur.total >= prev.total => {
+            let total = cur.total - prev.total;
+            // iowait is known to go backwards on some kernels, so idle may shrink.
+            let idle = cur.idle.saturating_sub(prev.idle).min(total);
+            percent(total - idle, total)
+        }
+        // No previous sample, or the counters were reset: the cumulative ratio still means
+        // something.
+        _ => percent(cur.total.saturating_sub(cur.idle), cur.total),
+    }
+}
+
+/// The `system/memory` payload from `/proc/meminfo`.
+fn parse_meminfo(text: &str) -> Result<Value, String> {
+    const WANTED: &[&str] = &[
+        "MemTotal",
+        "MemFree",
+        "MemAvailable",
+        "Buffers",
+        "Cached",
+        "SwapTotal",
+        "SwapFree",
+    ];
+    let mut fields: HashMap<&str, u64> = HashMap::new();
+    for line in text.lines() {
+        let Some((key, rest)) = line.split_once(':') else {
+            continue;
+        };
+        let key = key.trim();
+        if !WANTED.contains(&key) {
+            continue;
+        }
+        // Values are in kB whatever the unit column says.
+        let bytes = rest
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .and_then(|kb| kb.checked_mul(1024))
+            .ok_or_else(|| format!("bad value for {key}"))?;
+        fields.insert(key, bytes);
+    }
+    let get = |key: &str| fields.get(key).copied();
+    let total = get("MemTotal").ok_or("no MemTotal")?;
+    let available = match get("MemAvailable") {
+        Some(available) => available,
+        // Kernels before 3.14 have no MemAvailable; this is the estimate free(1) used then.
+        None => get("MemFree")
+            .ok_or("neither MemAvailable nor MemFree")?
+            .saturating_add(get("Buffers").unwrap_or(0))
+            .saturating_add(get("Cached").unwrap_or(0)),
+    }
+    .min(total);
+    let used = total - available;
+    Ok(json!({
+        "total_bytes": total,
+        "available_bytes": available,
+        "used_bytes": used,
+        "used_pct": percent(used, total),
+        "swap_total_bytes": get("SwapTotal").unwrap_or(0),
+        "swap_free_bytes": get("SwapFree").unwrap_or(0),
+    }))
+}
+
+/// The entries of `/proc/self/mounts` and the number of lines that could not be parsed.
+fn parse_mounts(text: &str) -> (Vec<MountEntry>, usize) {
+    let mut mounts = Vec::new();
+    let mut bad = 0;
+    for line in text.lines() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let mut fields = line.split_whitespace();
+        match (fields.next(), fields.next(), fields.next()) {
+            (Some(device), Some(mount), Some(fs)) => mounts.push(MountEntry {
+                device: decode_octal_escapes(device),
+                mount: decode_octal_escapes(mount),
+                fs: decode_octal_escapes(fs),
+            }),
+            _ => bad += 1,
+        }
+    }
+    (mounts, bad)
+}
+
+/// Undoes the kernel's escaping of space, tab, newline and backslash in mount fields
+/// (`\040`, `\011`, `\012`, `\134`); anything that is not a valid escape is kept as is.
+fn decode_octal_escapes(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'\\'
+            && let Some(decoded) = bytes.get(i + 1..i + 4).and_then(octal_byte)
+        {
+            out.push(decoded);
+            i += 4;
+            continue;
+        }
+        out.push(b);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn octal_byte(digits: &[u8]) -> Option<u8> {
+    let mut value: u16 = 0;
+    for &d in digits {
+        if !(b'0'..=b'7').contains(&d) {
+            return None;
+        }
+        value = value * 8 + u16::from(d - b'0');
+    }
+    u8::try_from(value).ok()
+}
+
+/// Space figures as `df` computes them: the reserved blocks count neither as used nor as
+/// available, so `used_pct` is what an unprivileged writer sees.
+fn disk_usage(blocks: u64, free: u64, available: u64, fragment_size: u64) -> DiskUsage {
+    let total = blocks.saturating_mul(fragment_size);
+    let used = blocks.saturating_sub(free).saturating_mul(fragment_size);
+    let available = available.saturating_mul(fragment_size);
+    DiskUsage {
+        total,
+        used,
+        available,
+        used_pct: percent(used, used.saturating_add(available)),
+    }
+}
+
+/// The interfaces of `/proc/net/dev` except loopback, in file order, and the number of
+/// lines that could not be parsed.
+fn parse_net_dev(text: &str) -> (Vec<(String, NetCounters)>, usize) {
+    let mut interfaces = Vec::new();
+    let mut bad = 0;
+    // The first two lines are column headers.
+    for line in text.lines().skip(2) {
+        if line.trim().is_empty() {
+            continue;
+        }
+        // Old kernels print no space between the colon and a large first counter.
+        let Some((name, counters)) = line.split_once(':') else {
+            bad += 1;
+            continue;
+        };
+        let name = name.trim();
+        if name == "lo" {
+            continue;
+        }
+        match parse_net_counters(counters) {
+            Some(c) if !name.is_empty() => interfaces.push((name.to_owned(), c)),
+            _ => bad += 1,
+        }
+    }
+    (interfaces, bad)
+}
+
+fn parse_net_counters(counters: &str) -> Option<NetCounters> {
+    let fields = counters
+        .split_whitespace()
+        .map(|f| f.parse::<u64>().ok())
+        .collect::<Option<Vec<_>>>()?;
+    // Receive: bytes packets errs drop fifo frame compressed multicast; then transmit:
+    // bytes packets errs ...
+    let [
+        rx_bytes,
+        rx_packets,
+        rx_errors,
+        _,
+        _,
+        _,
+        _,
+        _,
+        tx_bytes,
+        tx_packets,
+        tx_errors,
+        ..,
+    ] = fields.as_slice()
+    else {
+        return None;
+    };
+    Some(NetCounters {
+        rx_bytes: *rx_bytes,
+        tx_bytes: *tx_bytes,
+        rx_packets: *rx_packets,
+        tx_packets: *tx_packets,
+        rx_errors: *rx_errors,
+        tx_errors: *tx_errors,
+    })
+}
+
+/// Bytes per second between two readings of a counter. A counter that went backwards
+/// wrapped (32-bit kernels) or was reset (driver reload); the true delta is unknown, so 0.
+fn rate(previous: u64, current: u64, seconds: f64) -> f64 {
+    match current.checked_sub(previous) {
+        Some(delta) if seconds > 0.0 => delta as f64 / seconds,
+        _ => 0.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    fn write(root: &Path, relative: &str, contents: impl AsRef<[u8]>) -> TestResult {
+        let path = root.join(relative);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        fs::write(path, contents)?;
+        Ok(())
+    }
+
+    fn topic<'a>(samples: &'a [Sample], topic: &str) -> Vec<&'a Value> {
+        samples
+            .iter()
+            .filter(|s| s.topic == topic)
+            .map(|s| &s.value)
+            .collect()
+    }
+
+    const NET_DEV_HEADER: &str = "Inter-|   Receive                                                |  Transmit\n \
+         face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n";
+
+    fn fake_root() -> Result<tempfile::TempDir, Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let root = dir.path();
+        write(
+            root,
+            "proc/stat",
+            "cpu  100 0 100 800 0 0 0 0 0 0\n\
+             cpu0 50 0 50 400 0 0 0 0 0 0\n\
+             cpu1 50 0 50 400 0 0 0 0 0 0\n\
+             intr 12345 0 0\n\
+             ctxt 999\n",
+        )?;
+        write(
+            root,
+            "proc/meminfo",
+            "MemTotal:        1000 kB\n\
+             MemFree:          100 kB\n\
+             MemAvailable:     250 kB\n\
+             Buffers:           10 kB\n\
+             Cached:            20 kB\n\
+             SwapTotal:        512 kB\n\
+             SwapFree:         128 kB\n\
+             HugePages_Total:    0\n",
+        )?;
+        write(root, "proc/loadavg", "0.52 0.58 1.25 1/123 4567\n")?;
+        write(root, "proc/uptime", "12345.67 23456.78\n")?;
+        write(
+            root,
+            "proc/net/dev",
+            format!(
+                "{NET_DEV_HEADER}    lo:  500 5 0 0 0 0 0 0  500 5 0 0 0 0 0 0\n  \
+                 eth0: 1000 10 1 0 0 0 0 0 2000 20 2 0 0 0 0 0\n \
+                 wlan0:5000 50 0 0 0 0 0 0 6000 60 0 0 0 0 0 0\n"
+            ),
+        )?;
+        write(
+            root,
+            "proc/self/mounts",
+            "/dev/sda1 / ext4 rw,relatime 0 0\n\
+             proc /proc proc rw,nosuid 0 0\n\
+             tmpfs /run tmpfs rw,nosuid,size=10240k 0 0\n\
+             /dev/sda2 /mnt/my\\040data ext4 rw 0 0\n\
+             /dev/sda1 /srv ext4 rw 0 0\n\
+             /dev/sdb1 /absent vfat rw 0 0\n\
+             /dev/loop0 /snap/core squashfs ro 0 0\n\
+             overlay /merged overlay rw,lowerdir=/a,upperdir=/b 0 0\n",
+        )?;
+        fs::create_dir_all(root.join("mnt/my data"))?;
+        fs::create_dir_all(root.join("merged"))?;
+        fs::create_dir_all(root.join("srv"))?;
+        fs::create_dir_all(root.join("run"))?;
+        write(root, "sys/class/thermal/thermal_zone0/temp", "45678\n")?;
+        write(
+            root,
+            "sys/class/thermal/thermal_zone0/type",
+            "cpu-thermal\n",
+        )?;
+        write(
+            root,
+            "sys/class/thermal/thermal_zone1/type",
+            "gpu-thermal\n",
+        )?;
+        write(root, "sys/class/thermal/thermal_zone10/temp", "-5000\n")?;
+        write(root, "sys/class/thermal/cooling_device0/type", "fan\n")?;
+        Ok(dir)
+    }
+
+    #[test]
+    fn fake_root_payloads() -> TestResult {
+        let dir = fake_root()?;
+        let samples = Collector::with_root(dir.path()).sample();
+
+        assert_eq!(
+            topic(&samples, "system/cpu"),
+            [&json!({ "usage_pct": 20.0, "cores": 2 })]
+        );
+        assert_eq!(
+            topic(&samples, "system/memory"),
+            [&json!({
+                "total_bytes": 1_024_000,
+                "available_bytes": 256_000,
+                "used_bytes": 768_000,
+                "used_pct": 75.0,
+                "swap_total_bytes": 524_288,
+                "swap_free_bytes": 131_072,
+            })]
+        );
+        assert_eq!(
+            topic(&samples, "system/load"),
+            [&json!({ "load1": 0.52, "load5": 0.58, "load15": 1.25 })]
+        );
+        assert_eq!(
+            topic(&samples, "system/uptime"),
+            [&json!({ "seconds": 12345.67 })]
+        );
+        assert_eq!(
+            topic(&samples, "system/network"),
+            [
+                &json!({
+                    "interface": "eth0",
+                    "rx_bytes": 1000, "tx_bytes": 2000,
+                    "rx_packets": 10, "tx_packets": 20,
+                    "rx_errors": 1, "tx_errors": 2,
+                }),
+                &json!({
+                    "interface": "wlan0",
+                    "rx_bytes": 5000, "tx_bytes": 6000,
+                    "rx_packets": 50, "tx_packets": 60,
+                    "rx_errors": 0, "tx_errors": 0,
+                }),
+            ]
+        );
+        assert_eq!(
+            topic(&samples, "system/temperature"),
+            [
+                &json!({ "zone": "thermal_zone0", "type": "cpu-thermal", "celsius": 45.678 }),
+                &json!({ "zone": "thermal_zone10", "type": "unknown", "celsius": -5.0 }),
+            ]
+        );
+
+        let disks = topic(&samples, "system/disk");
+        let names: Vec<(&Value, &Value, &Value)> = disks
+            .iter()
+            .map(|d| (&d["mount"], &d["device"], &d["fs"]))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                (&json!("/"), &json!("/dev/sda1"), &json!("ext4")),
+                (&json!("/mnt/my data"), &json!("/dev/sda2"), &json!("ext4")),
+                (&json!("/merged"), &json!("overlay"), &json!("overlay")),
+            ]
+        );
+        for disk in disks {
+            let total = disk["total_bytes"].as_u64().ok_or("total_bytes")?;
+            let used = disk["used_bytes"].as_u64().ok_or("used_bytes")?;
+            let available = disk["available_bytes"].as_u64().ok_or("available_bytes")?;
+            let pct = disk["used_pct"].as_f64().ok_or("used_pct")?;
+            assert!(total > 0, "{disk}");
+            assert!(used.saturating_add(available) <= total, "{disk}");
+            assert!((0.0..=100.0).contains(&pct), "{disk}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn second_sample_uses_the_interval() -> TestResult {
+        let dir = fake_root()?;
+        let root = dir.path();
+        let mut collector = Collector::with_root(root);
+        let t0 = Instant::now();
+        collector.sample_at(t0);
+
+        // 400 more ticks, 200 of them idle or iowait.
+        write(
+            root,
+            "proc/stat",
+            "cpu  200 0 200 900 100 0 0 0 0 0\ncpu0 1\n",
+        )?;
+        // eth0 moved on; wlan0's counters went backwards (driver reload).
+        write(
+            root,
+            "proc/net/dev",
+            format!(
+                "{NET_DEV_HEADER}  eth0: 3000 30 1 0 0 0 0 0 2500 25 2 0 0 0 0 0\n \
+                 wlan0: 10 1 0 0 0 0 0 0 6000 60 0 0 0 0 0 0\n  \
+                 usb0: 10 1 0 0 0 0 0 0 10 1 0 0 0 0 0 0\n"
+            ),
+        )?;
+        let t1 = t0.checked_add(Duration::from_secs(2)).ok_or("clock")?;
+        let samples = collector.sample_at(t1);
+
+        assert_eq!(
+            topic(&samples, "system/cpu"),
+            [&json!({ "usage_pct": 50.0, "cores": 1 })]
+        );
+        let net = topic(&samples, "system/network");
+        assert_eq!(net.len(), 3);
+        assert_eq!(net[0]["interface"], "eth0");
+        assert_eq!(net[0]["rx_bytes_per_s"], json!(1000.0));
+        assert_eq!(net[0]["tx_bytes_per_s"], json!(250.0));
+        assert_eq!(net[1]["interface"], "wlan0");
+        assert_eq!(net[1]["rx_bytes_per_s"], json!(0.0));
+        assert_eq!(net[1]["tx_bytes_per_s"], json!(0.0));
+        // A new interface has no previous reading, hence no rate yet.
+        assert_eq!(net[2]["interface"], "usb0");
+        assert!(net[2].get("rx_bytes_per_s").is_none(), "{}", net[2]);
+
+        // Through the public entry point, rates appear on the second call too.
+        let mut collector = Collector::with_root(root);
+        let first = collector.sample();
+        assert!(
+            topic(&first, "system/network")
+                .iter()
+                .all(|n| n.get("rx_bytes_per_s").is_none())
+        );
+        let second = collector.sample();
+        assert!(
+            topic(&second, "system/network")
+                .iter()
+                .all(|n| n["rx_bytes_per_s"].is_f64() && n["tx_bytes_per_s"].is_f64())
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn memory_without_mem_available() -> TestResult {
+        let value =
+            parse_meminfo("MemTotal: 1000 kB\nMemFree: 100 kB\nBuffers: 50 kB\nCached: 100 kB\n")?;
+        assert_eq!(
+            value,
+            json!({
+                "total_bytes": 1_024_000,
+                "available_bytes": 256_000,
+                "used_bytes": 768_000,
+                "used_pct": 75.0,
+                "swap_total_bytes": 0,
+                "swap_free_bytes": 0,
+            })
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn cpu_counter_reset_falls_back_to_cumulative() {
+        let prev = CpuTimes {
+            total: 1000,
+            idle: 500,
+        };
+        let cur = CpuTimes {
+            total: 100,
+            idle: 75,
+        };
+        assert_eq!(cpu_usage_pct(Some(prev), cur), 25.0);
+        assert_eq!(cpu_usage_pct(Some(cur), cur), 0.0);
+        assert_eq!(cpu_usage_pct(None, CpuTimes { total: 0, idle: 0 }), 0.0);
+    }
+
+    #[test]
+    fn disk_usage_matches_df() {
+        let usage = disk_usage(1000, 400, 300, 4096);
+        assert_eq!(usage.total, 4_096_000);
+        assert_eq!(usage.used, 2_457_600);
+        assert_eq!(usage.available, 1_228_800);
+        assert!((usage.used_pct - 600.0 / 900.0 * 100.0).abs() < 1e-9);
+        assert_eq!(disk_usage(0, 0, 0, 4096).used_pct, 0.0);
+        assert_eq!(disk_usage(u64::MAX, 0, 0, u64::MAX).total, u64::MAX);
+    }
+
+    #[test]
+    fn mount_escapes_are_decoded() {
+        assert_eq!(decode_octal_escapes(r"/mnt/my\040data"), "/mnt/my data");
+        assert_eq!(decode_octal_escapes(r"a\011b\012c\134d"), "a\tb\nc\\d");
+        // Not escapes: kept verbatim.
+        assert_eq!(decode_octal_escapes(r"x\999\04"), r"x\999\04");
+        assert_eq!(decode_octal_escapes(r"\777"), r"\777");
+        assert_eq!(decode_octal_escapes("\\"), "\\");
+    }
+
+    #[test]
+    fn garbage_is_skipped() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let root = dir.path();
+        write(root, "proc/stat", "cpu a b c d\ncpu0 x\n")?;
+        write(root, "proc/meminfo", b"\xff\xfe\0MemTotal: lots kB\n::::\n")?;
+        write(root, "proc/loadavg", "nan inf -1\n")?;
+        write(root, "proc/uptime", "")?;
+        write(
+            root,
+            "proc/net/dev",
+            "garbage\n|||\n  eth0: 1 2\nlo: x\n: 1 2 3 4 5 6 7 8 9 10 11\nno colon here\n",
+        )?;
+        write(
+            root,
+            "proc/self/mounts",
+            b"\\\\\\ \n \0\0 relative/path ext4\n/dev/x /\\999 ext4\n/dev/y /../.. ext4\n\xff\n",
+        )?;
+        write(root, "sys/class/thermal/thermal_zone0/temp", "hot\n")?;
+        write(
+            root,
+            "sys/class/thermal/thermal_zone1/temp",
+            "99999999999999999999999\n",
+        )?;
+        fs::create_dir_all(root.join("sys/class/thermal/thermal_zoneX"))?;
+
+        let mut collector = Collector::with_root(root);
+        assert_eq!(collector.sample(), []);
+        assert_eq!(collector.sample(), []);
+
+        // Counters at the edge of u64 overflow instead of wrapping silently.
+        let max = u64::MAX;
+        write(root, "proc/stat", format!("cpu {max} {max} {max} {max}\n"))?;
+        write(root, "proc/meminfo", format!("MemTotal: {max} kB\n"))?;
+        assert_eq!(collector.sample(), []);
+        Ok(())
+    }
+
+    #[test]
+    fn random_bytes_never_panic() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let root = dir.path();
+        const FILES: &[&str] = &[
+            "proc/stat",
+            "proc/meminfo",
+            "proc/loadavg",
+            "proc/uptime",
+            "proc/net/dev",
+            "proc/self/mounts",
+            "sys/class/thermal/thermal_zone0/temp",
+            "sys/class/thermal/thermal_zone0/type",
+        ];
+        // Biased toward the characters the parsers look for, so they get past the first check.
+        const ALPHABET: &[u8] = b"cpu0123456789 :\n\\/.-kBMemTotalAvailableSwap|eth\xff\0";
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut collector = Collector::with_root(root);
+        for _ in 0..200 {
+            for file in FILES {
+                let mut bytes = Vec::new();
+                for _ in 0..(state % 200) {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    let index = usize::try_from(state % ALPHABET.len() as u64)?;
+                    bytes.push(ALPHABET.get(index).copied().unwrap_or(b' '));
+                }
+                write(root, file, bytes)?;
+            }
+            for sample in collector.sample() {
+                assert!(sample.topic.starts_with("system/"));
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn missing_sources_are_skipped() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        assert_eq!(Collector::with_root(dir.path()).sample(), []);
+        Ok(())
+    }
+
+    #[test]
+    fn real_machine_reports_core_metrics() {
+        let samples = Collector::new().sample();
+        for wanted in [
+            "system/cpu",
+            "system/memory",
+            "system/load",
+            "system/uptime",
+        ] {
+            assert!(
+                samples.iter().any(|s| s.topic == wanted),
+                "no {wanted} in {samples:?}"
+            );
+        }
+    }
+}
