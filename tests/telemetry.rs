@@ -271,6 +271,118 @@ fn bad_producer_input_is_refused_clearly() -> Result<()> {
     let st: serde_json::Value =
         serde_json::from_str(&agent.cmd(&["telemetry", "status", "--json"])?.stdout)?;
     ensure!(st["queued_rows"] == 0, "refused input was queued: {st}");
+
+    // Batch mode: bad lines are refused by line number, the good ones around them queued.
+    let input = format!(
+        "{{\"topic\":\"a\",\"value\":1}}\n{{\"topic\":\"a\",\"value\":\n\n{{\"topic\":\"a\",\"kind\":\"blob\",\"value\":1}}\n{{\"topic\":\"a\",\"value\":{big}}}\n{{\"topic\":\"a\",\"value\":5,\"ts\":\"2026-01-01T00:00:00Z\"}}\n"
+    );
+    let mut cmd = std::process::Command::new(bin_dir()?.join("agent"));
+    cmd.arg("--config")
+        .arg(&agent.config)
+        .args(["telemetry", "send", "--batch"]);
+    let r = run_with_timeout(cmd, Some(input.as_bytes()), Duration::from_secs(30))?;
+    let answers: Vec<serde_json::Value> = r
+        .stdout
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    ensure!(r.status == Some(1), "batch exit {:?}", r.status);
+    ensure!(
+        answers.len() == 5,
+        "one answer per non-empty line: {}",
+        r.stdout
+    );
+    ensure!(
+        answers[0]["seq"].is_u64() && answers[4]["seq"].is_u64(),
+        "{}",
+        r.stdout
+    );
+    for (i, line, what) in [(1, 2, "malformed"), (2, 4, "blob"), (3, 5, "max_payload")] {
+        let e = answers[i]["error"].as_str().unwrap_or_default();
+        ensure!(
+            e.starts_with(&format!("line {line}: ")) && e.contains(what),
+            "answer {i}: {e}"
+        );
+    }
+    ensure!(
+        r.stderr.contains("stdin line 4") && r.stderr.contains("3 of 6 lines refused"),
+        "{}",
+        r.stderr
+    );
+    let st: serde_json::Value =
+        serde_json::from_str(&agent.cmd(&["telemetry", "status", "--json"])?.stdout)?;
+    ensure!(st["queued_rows"] == 2, "good batch lines queued: {st}");
+    Ok(())
+}
+
+#[test]
+fn the_system_metrics_collector_reports_this_machine() -> Result<()> {
+    let relay = Relay::start()?;
+    relay.tenant("acme")?;
+    let mut agent =
+        Agent::with_extra_config("board1", &[], "telemetry:\n  system_metrics_interval: 1s\n")?;
+    agent.enroll(&relay, Transport::Tcp, "acme")?;
+    agent.start()?;
+    let mut topics = BTreeSet::new();
+    let mut records = Vec::new();
+    wait_until(
+        Duration::from_secs(30),
+        "two rounds of system metrics",
+        || {
+            records = stored(&relay, "board1").unwrap_or_default();
+            topics = records
+                .iter()
+                .filter_map(|r| r["topic"].as_str().map(String::from))
+                .collect();
+            records
+                .iter()
+                .filter(|r| r["topic"] == "system/cpu")
+                .count()
+                >= 2
+                && topics.contains("system/disk")
+        },
+    )?;
+    for t in [
+        "system/cpu",
+        "system/memory",
+        "system/load",
+        "system/uptime",
+        "system/disk",
+    ] {
+        ensure!(topics.contains(t), "no {t} in {topics:?}");
+    }
+    let last = |topic: &str| {
+        records
+            .iter()
+            .rev()
+            .find(|r| r["topic"] == topic)
+            .map(|r| r["payload"].clone())
+            .unwrap_or_default()
+    };
+    let cpu = last("system/cpu");
+    ensure!(
+        cpu["cores"].as_u64().is_some_and(|n| n >= 1)
+            && cpu["usage_pct"]
+                .as_f64()
+                .is_some_and(|u| (0.0..=100.0).contains(&u)),
+        "cpu {cpu}"
+    );
+    let mem = last("system/memory");
+    ensure!(
+        mem["total_bytes"].as_u64().is_some_and(|n| n > 1 << 20)
+            && mem["used_bytes"].as_u64() <= mem["total_bytes"].as_u64(),
+        "memory {mem}"
+    );
+    ensure!(
+        last("system/uptime")["seconds"]
+            .as_f64()
+            .is_some_and(|s| s > 0.0),
+        "uptime"
+    );
+    ensure!(
+        records.iter().all(|r| r["kind"] == "metric"),
+        "system metrics are metrics"
+    );
     Ok(())
 }
 

@@ -470,6 +470,24 @@ mod tests {
     }
 
     #[test]
+    fn upload_rate_is_measured_over_windows() -> R {
+        let dir = tempfile::tempdir()?;
+        let o = Outbox::open(&dir.path().join("o.db"), BIG)?;
+        let rate = |o: &Outbox| counter(&o.conn, "rate_milli_per_s");
+        update_rate(&o.conn, 100, 1_000_000)?;
+        update_rate(&o.conn, 2_000, 1_002_000)?;
+        assert_eq!(rate(&o)?, 0, "window still open");
+        update_rate(&o.conn, 3_000, 1_005_000)?;
+        // 5,100 records over 5 s: 1020 records/s.
+        assert_eq!(rate(&o)?, 1_020_000);
+        // After a stall a new window starts rather than averaging over the silence.
+        update_rate(&o.conn, 10, 1_100_000)?;
+        update_rate(&o.conn, 490, 1_105_000)?;
+        assert_eq!(rate(&o)?, 100_000);
+        Ok(())
+    }
+
+    #[test]
     fn bounds_drop_the_oldest_and_report_it() -> R {
         let dir = tempfile::tempdir()?;
         let mut o = Outbox::open(
