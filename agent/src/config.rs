@@ -307,6 +307,13 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_is_valid_and_shows_the_defaults() -> Result<(), ConfigError> {
+        let example = include_str!("../../bsp/agent.yaml.example");
+        assert_eq!(parse(example)?, AgentConfig::default());
+        Ok(())
+    }
+
+    #[test]
     fn full_file() -> Result<(), ConfigError> {
         let c = parse(
             "state_dir: /data/tether\nlink:\n  keepalive_interval: 20s\n  keepalive_max: 4\n  connect_timeout: 5s\n  \
