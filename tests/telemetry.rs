@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use common::*;
 
 /// Every stored record of `device`, oldest first.
@@ -523,6 +523,108 @@ fn the_api_serves_telemetry_events_and_logs_by_tenant() -> Result<()> {
     ensure!(
         code == 400 && body["error"].as_str().is_some_and(|e| e.contains("from")),
         "{code} {body}"
+    );
+    Ok(())
+}
+
+/// Opens a device's `tether-telemetry` channel with the stock OpenSSH client (the device's
+/// own key, as its link would) and sends `bytes`; returns when ssh ends.
+fn raw_telemetry_channel(relay: &Relay, agent: &Agent, bytes: &[u8]) -> Result<Run> {
+    let mut cmd = std::process::Command::new("ssh");
+    cmd.args(["-F", "/dev/null", "-i"])
+        .arg(agent.dir.path().join("state/device_ed25519"))
+        .args([
+            "-p",
+            &relay.ssh_port.to_string(),
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "LogLevel=ERROR",
+            "-s",
+            "tether-link@127.0.0.1",
+            "tether-telemetry",
+        ]);
+    run_with_timeout(cmd, Some(bytes), Duration::from_secs(30))
+}
+
+#[test]
+fn a_corrupt_frame_closes_only_that_channel() -> Result<()> {
+    let s = Setup::new(Transport::Tcp)?;
+    // A second device, enrolled but with no agent running: its key speaks for it.
+    let other = Agent::new("board2", &[])?;
+    other.enroll(&s.relay, Transport::Tcp, "acme")?;
+    send(&s.agent, "before", "1")?;
+    wait_stored(&s.relay, "board1", 1)?;
+
+    let cases: [(&[u8], &str); 3] = [
+        (b"\x00\x00\x00\x03\x09{}", "version 9 not supported"),
+        (b"\x00\x00\x00\x05\x01oops", "malformed telemetry frame"),
+        (b"\xff\xff\xff\xff", "length"),
+    ];
+    for (bytes, expect) in cases {
+        let r = raw_telemetry_channel(&s.relay, &other, bytes)?;
+        ensure!(r.status.is_some(), "ssh did not end: {}", r.stderr);
+        wait_until(Duration::from_secs(10), expect, || {
+            s.relay.log().lines().any(|l| {
+                l.contains("closing its telemetry channel") && l.to_lowercase().contains(expect)
+            })
+        })
+        .with_context(|| s.relay.log())?;
+    }
+    // A well-formed batch on the same kind of channel is committed and acknowledged: the
+    // relay was not harmed by the garbage before it.
+    let body = br#"{"type":"batch","records":[{"seq":7,"ts_ms":1767225600000,"kind":"metric","topic":"raw","payload":42}]}"#;
+    let mut frame = ((body.len() + 1) as u32).to_be_bytes().to_vec();
+    frame.push(1);
+    frame.extend_from_slice(body);
+    let r = raw_telemetry_channel(&s.relay, &other, &frame)?;
+    ensure!(r.status.is_some(), "ssh did not end");
+    let stored_other = wait_stored(&s.relay, "board2", 1)?;
+    ensure!(
+        stored_other.len() == 1 && stored_other[0]["payload"] == 42,
+        "board2 stored {stored_other:?}"
+    );
+    // The linked device never noticed.
+    send(&s.agent, "after", "2")?;
+    let records = wait_stored(&s.relay, "board1", 2)?;
+    ensure!(records.len() == 2, "board1 stored {records:?}");
+    ensure!(
+        s.agent.status()?["link"] == "online",
+        "board1 link went down"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_corrupt_outbox_row_is_reported_not_a_stall() -> Result<()> {
+    let relay = Relay::start()?;
+    relay.tenant("acme")?;
+    let mut agent = Agent::new("board1", &[])?;
+    agent.enroll(&relay, Transport::Tcp, "acme")?;
+    for i in 0..5 {
+        send(&agent, "t", &i.to_string())?;
+    }
+    // Damage one row the way a bad disk or a hand edit would.
+    let db = rusqlite::Connection::open(agent.dir.path().join("state/outbox.db"))?;
+    db.execute("UPDATE records SET payload = '{broken' WHERE seq = 3", [])?;
+    drop(db);
+    agent.start()?;
+    let records = wait_stored(&relay, "board1", 5)?;
+    let values: Vec<serde_json::Value> = records.iter().map(|r| r["payload"].clone()).collect();
+    ensure!(
+        values[..4] == [serde_json::json!(0), 1.into(), 3.into(), 4.into()],
+        "stored {values:?}"
+    );
+    let report = &records[4];
+    ensure!(
+        report["topic"] == "tether/outbox/dropped" && report["payload"]["dropped"] == 1,
+        "report {report}"
     );
     Ok(())
 }

@@ -249,44 +249,73 @@ impl Outbox {
     }
 
     /// Records with `seq > after`, oldest first, at most `max_records` and about `max_bytes`.
+    ///
+    /// A row that no longer decodes (the file was altered outside the agent, or a disk bit
+    /// flipped) would otherwise stop every later record from ever leaving the board; it is
+    /// deleted instead and counted as dropped, so it is reported like any other loss.
     pub fn batch_after(
         &self,
         after: u64,
         max_records: usize,
         max_bytes: usize,
     ) -> Result<Vec<Record>, OutboxError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, ts_ms, kind, topic, level, payload, size FROM records WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-        )?;
-        let mut rows = stmt.query(params![after as i64, max_records as i64])?;
         let mut out = Vec::new();
-        let mut bytes = 0usize;
-        while let Some(row) = rows.next()? {
-            let seq = row.get::<_, i64>(0)? as u64;
-            let size = row.get::<_, i64>(6)? as usize;
-            if !out.is_empty() && bytes + size > max_bytes {
-                break;
+        let mut corrupt = Vec::new();
+        {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT seq, ts_ms, kind, topic, level, payload, size FROM records WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )?;
+            let mut rows = stmt.query(params![after as i64, max_records as i64])?;
+            let mut bytes = 0usize;
+            while let Some(row) = rows.next()? {
+                let seq = row.get::<_, i64>(0)? as u64;
+                let size = row.get::<_, i64>(6).map_or(0, |s| s.max(0) as usize);
+                if !out.is_empty() && bytes + size > max_bytes {
+                    break;
+                }
+                match decode(row, seq) {
+                    Ok(r) => {
+                        out.push(r);
+                        bytes += size;
+                    }
+                    Err(e) => {
+                        tracing::error!("{e}; dropping it");
+                        corrupt.push(seq);
+                    }
+                }
             }
-            let corrupt = |message: String| OutboxError::Corrupt { seq, message };
-            let kind: Kind = row.get::<_, String>(2)?.parse().map_err(corrupt)?;
-            let level = match row.get::<_, Option<String>>(4)? {
-                Some(l) => Some(l.parse::<Level>().map_err(corrupt)?),
-                None => None,
-            };
-            let payload_text: String = row.get(5)?;
-            let payload =
-                serde_json::from_str(&payload_text).map_err(|e| corrupt(e.to_string()))?;
-            out.push(Record {
-                seq,
-                ts_ms: row.get(1)?,
-                kind,
-                topic: row.get(3)?,
-                level,
-                payload,
-            });
-            bytes += size;
+        }
+        if !corrupt.is_empty() {
+            self.drop_corrupt(&corrupt)?;
         }
         Ok(out)
+    }
+
+    /// Deletes undecodable rows and counts them as dropped (and not yet reported).
+    fn drop_corrupt(&self, seqs: &[u64]) -> Result<(), OutboxError> {
+        // IMMEDIATE: take the write lock up front, so a producer committing meanwhile makes
+        // this wait (busy timeout) instead of failing the upgrade from a read snapshot.
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
+        let mut n = 0i64;
+        for seq in seqs {
+            let size: Option<i64> = tx
+                .query_row(
+                    "SELECT size FROM records WHERE seq = ?1",
+                    params![*seq as i64],
+                    |r| r.get(0),
+                )
+                .optional()
+                .unwrap_or(None);
+            if tx.execute("DELETE FROM records WHERE seq = ?1", params![*seq as i64])? > 0 {
+                n += 1;
+                add_counter(&tx, "bytes", -size.unwrap_or(0).max(0))?;
+            }
+        }
+        add_counter(&tx, "rows", -n)?;
+        add_counter(&tx, "dropped_total", n)?;
+        add_counter(&tx, "dropped_unreported", n)?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// Deletes everything up to and including `upto`, which the relay has stored.
@@ -352,6 +381,29 @@ impl Outbox {
             upload_rate,
         })
     }
+}
+
+/// One outbox row as a record; the error names the row.
+fn decode(row: &rusqlite::Row<'_>, seq: u64) -> Result<Record, OutboxError> {
+    let corrupt = |message: String| OutboxError::Corrupt { seq, message };
+    let text = |i: usize| row.get::<_, String>(i).map_err(|e| corrupt(e.to_string()));
+    let kind: Kind = text(2)?.parse().map_err(corrupt)?;
+    let level = match row
+        .get::<_, Option<String>>(4)
+        .map_err(|e| corrupt(e.to_string()))?
+    {
+        Some(l) => Some(l.parse::<Level>().map_err(corrupt)?),
+        None => None,
+    };
+    let payload = serde_json::from_str(&text(5)?).map_err(|e| corrupt(e.to_string()))?;
+    Ok(Record {
+        seq,
+        ts_ms: row.get(1).map_err(|e| corrupt(e.to_string()))?,
+        kind,
+        topic: text(3)?,
+        level,
+        payload,
+    })
 }
 
 /// Counts `acked` records into the current rate window; a window of at least
@@ -466,6 +518,27 @@ mod tests {
         assert_eq!(o.append(&[rec(0)])?, vec![11]);
         let st = o.status()?;
         assert_eq!((st.queued_rows, st.acked_upto, st.last_seq), (1, 10, 11));
+        Ok(())
+    }
+
+    #[test]
+    fn a_corrupt_row_is_dropped_and_counted_not_a_stall() -> R {
+        let dir = tempfile::tempdir()?;
+        let mut o = Outbox::open(&dir.path().join("o.db"), BIG)?;
+        o.append(&(0..5).map(rec).collect::<Vec<_>>())?;
+        o.conn
+            .execute("UPDATE records SET payload = '{broken' WHERE seq = 2", [])?;
+        o.conn
+            .execute("UPDATE records SET kind = 'blob' WHERE seq = 4", [])?;
+        let batch = o.batch_after(0, 100, 1 << 20)?;
+        assert_eq!(
+            batch.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            vec![1, 3, 5]
+        );
+        let st = o.status()?;
+        assert_eq!((st.queued_rows, st.dropped_total), (3, 2));
+        assert_eq!(st.queued_bytes, 3 * 2);
+        assert_eq!(o.report_drops()?, 2);
         Ok(())
     }
 
