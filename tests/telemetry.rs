@@ -628,3 +628,104 @@ fn a_corrupt_outbox_row_is_reported_not_a_stall() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn retention_deletes_what_is_older_than_the_tenant_keeps() -> Result<()> {
+    let mut s = Setup::new(Transport::Tcp)?;
+    let r = s.agent.cmd(&[
+        "telemetry",
+        "send",
+        "old",
+        "1",
+        "--ts",
+        "2026-01-01T00:00:00Z",
+    ])?;
+    ensure!(r.status == Some(0), "{}", r.stderr);
+    send(&s.agent, "new", "2")?;
+    wait_stored(&s.relay, "board1", 2)?;
+    let r = s
+        .relay
+        .admin(&["tenant", "retention", "acme", "--days", "0"])?;
+    ensure!(
+        r.status == Some(1),
+        "zero days must be refused: {}",
+        r.stdout
+    );
+    s.relay
+        .admin_ok(&["tenant", "retention", "acme", "--days", "7"])?;
+    let tenants = s.relay.admin_ok(&["tenant", "list", "--json"])?;
+    ensure!(tenants.contains("\"retention_days\": 7"), "{tenants}");
+    // The sweep runs when the relay starts and hourly after.
+    s.relay.stop()?;
+    s.relay.restart()?;
+    wait_until(Duration::from_secs(10), "old record swept", || {
+        stored(&s.relay, "board1").is_ok_and(|r| r.len() == 1 && r[0]["topic"] == "new")
+    })?;
+    Ok(())
+}
+
+#[test]
+fn the_journal_of_configured_units_is_followed_and_resumed() -> Result<()> {
+    // No journald runs here, so journalctl is a script that prints what journalctl
+    // --output=json prints and records the arguments the agent gave it.
+    let relay = Relay::start()?;
+    relay.tenant("acme")?;
+    let bin = tempfile::tempdir()?;
+    let args_log = bin.path().join("args");
+    let script = format!(
+        r#"#!/bin/sh
+echo "$@" >> {args}
+case "$*" in
+  *--after-cursor=c2*) echo '{{"__CURSOR":"c3","__REALTIME_TIMESTAMP":"1767225603000000","MESSAGE":"third","PRIORITY":"3","_SYSTEMD_UNIT":"web.service"}}' ;;
+  *) echo '{{"__CURSOR":"c1","__REALTIME_TIMESTAMP":"1767225601000000","MESSAGE":"first","PRIORITY":"6","_SYSTEMD_UNIT":"web.service","_PID":"42"}}'
+     echo '{{"__CURSOR":"c2","__REALTIME_TIMESTAMP":"1767225602000000","MESSAGE":[104,105],"PRIORITY":"4","_SYSTEMD_UNIT":"web.service"}}' ;;
+esac
+exec sleep 600
+"#,
+        args = args_log.display()
+    );
+    let path = bin.path().join("journalctl");
+    std::fs::write(&path, script)?;
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let env_path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut agent = Agent::with_extra_config(
+        "board1",
+        &[],
+        "telemetry:\n  journal_units: [web.service]\n",
+    )?;
+    agent.enroll(&relay, Transport::Tcp, "acme")?;
+    agent.start_with_env(&[("PATH", &env_path)])?;
+    let records = wait_stored(&relay, "board1", 2)?;
+    ensure!(
+        records[0]["topic"] == "journal/web.service"
+            && records[0]["kind"] == "log"
+            && records[0]["ts"] == "2026-01-01T00:00:01.000Z"
+            && records[0]["payload"]
+                == serde_json::json!({"unit": "web.service", "priority": 6, "pid": 42, "line": "first"}),
+        "{}",
+        records[0]
+    );
+    ensure!(records[1]["payload"]["line"] == "hi", "{}", records[1]);
+    // A restarted agent continues after the last entry it queued.
+    agent.kill();
+    agent.start_with_env(&[("PATH", &env_path)])?;
+    let records = wait_stored(&relay, "board1", 3)?;
+    ensure!(
+        records.len() == 3 && records[2]["payload"]["line"] == "third",
+        "{records:?}"
+    );
+    let args = std::fs::read_to_string(&args_log)?;
+    let calls: Vec<&str> = args.lines().collect();
+    ensure!(
+        calls.len() == 2
+            && calls[0].contains("--unit=web.service")
+            && calls[0].contains("--lines=0")
+            && calls[1].contains("--after-cursor=c2"),
+        "journalctl calls: {calls:?}"
+    );
+    Ok(())
+}

@@ -496,9 +496,15 @@ fn tenant(out: &mut dyn Write, store: &Store, cmd: TenantCommand) -> Result<()> 
             } else {
                 let rows: Vec<Vec<String>> = tenants
                     .iter()
-                    .map(|t| vec![t.name.clone(), t.created_at.clone()])
+                    .map(|t| {
+                        vec![
+                            t.name.clone(),
+                            t.created_at.clone(),
+                            format!("{}d", t.retention_days),
+                        ]
+                    })
                     .collect();
-                out.write_all(table(&["NAME", "CREATED"], &rows).as_bytes())?;
+                out.write_all(table(&["NAME", "CREATED", "RETENTION"], &rows).as_bytes())?;
             }
         }
     }

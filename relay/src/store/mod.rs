@@ -93,6 +93,8 @@ pub struct Tenant {
     pub name: String,
     /// Creation time (RFC 3339).
     pub created_at: String,
+    /// Days of telemetry kept.
+    pub retention_days: u32,
 }
 
 /// What a token is good for.
@@ -547,11 +549,20 @@ impl Store {
             "INSERT INTO tenants (name, created_at) VALUES (?1, ?2)",
             params![name, created_at],
         ) {
-            Ok(_) => Ok(Tenant {
-                id: conn.last_insert_rowid(),
-                name: name.to_string(),
-                created_at,
-            }),
+            Ok(_) => {
+                let id = conn.last_insert_rowid();
+                let retention_days = conn.query_row(
+                    "SELECT retention_days FROM tenants WHERE id = ?1",
+                    params![id],
+                    |r| r.get(0),
+                )?;
+                Ok(Tenant {
+                    id,
+                    name: name.to_string(),
+                    created_at,
+                    retention_days,
+                })
+            }
             Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(format!(
                 "tenant {name:?} already exists"
             ))),
@@ -562,12 +573,14 @@ impl Store {
     /// All tenants.
     pub fn tenants(&self) -> Result<Vec<Tenant>, StoreError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT id, name, created_at FROM tenants ORDER BY name")?;
+        let mut stmt =
+            conn.prepare("SELECT id, name, created_at, retention_days FROM tenants ORDER BY name")?;
         let rows = stmt.query_map([], |r| {
             Ok(Tenant {
                 id: r.get(0)?,
                 name: r.get(1)?,
                 created_at: r.get(2)?,
+                retention_days: r.get(3)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -1134,13 +1147,14 @@ impl Store {
 fn tenant_by_name(conn: &Connection, name: &str) -> Result<Option<Tenant>, StoreError> {
     Ok(conn
         .query_row(
-            "SELECT id, name, created_at FROM tenants WHERE name = ?1",
+            "SELECT id, name, created_at, retention_days FROM tenants WHERE name = ?1",
             params![name],
             |r| {
                 Ok(Tenant {
                     id: r.get(0)?,
                     name: r.get(1)?,
                     created_at: r.get(2)?,
+                    retention_days: r.get(3)?,
                 })
             },
         )
