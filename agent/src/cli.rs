@@ -12,9 +12,7 @@ use crate::config::{self, AgentConfig};
 use crate::enroll::{self, EnrollOptions};
 use crate::forward::ForwardPolicy;
 use crate::link::{self, LinkContext};
-use crate::producer::{
-    LINE_OVERHEAD, MAX_BATCH, Producer, check_payload, parse_line, parse_rfc3339_ms,
-};
+use crate::producer::{Producer, parse_rfc3339_ms};
 use crate::server::ServerSettings;
 use crate::status::{self, LinkState};
 use crate::{enrollment, identity};
@@ -200,7 +198,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Telemetry(TelemetryCommand::Send { batch: true, .. }) => {
             let config = load_config(&cli)?;
-            send_batch(&config)
+            crate::telemetry_cli::send_batch(&config)
         }
         Command::Telemetry(TelemetryCommand::Send {
             topic,
@@ -220,13 +218,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 None => crate::outbox::now_ms(),
             };
             let kind = kind.parse().map_err(anyhow::Error::msg)?;
-            let seq = queue(&config, kind, topic, None, &payload, ts_ms)?;
+            let seq = crate::telemetry_cli::queue(&config, kind, topic, None, &payload, ts_ms)?;
             println!("{seq}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Telemetry(TelemetryCommand::Status { json }) => {
             let config = load_config(&cli)?;
-            show_telemetry_status(&config, *json)
+            crate::telemetry_cli::show_status(&config, *json)
         }
         Command::Notify {
             level,
@@ -246,7 +244,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 payload["data"] = d;
             }
             let level = level.parse().map_err(anyhow::Error::msg)?;
-            let seq = queue(
+            let seq = crate::telemetry_cli::queue(
                 &config,
                 tether_protocol::telemetry::Kind::Event,
                 topic,
@@ -305,7 +303,7 @@ async fn run_agent(config: AgentConfig) -> Result<()> {
     ));
     let interval = ctx.config.telemetry.system_metrics_interval;
     if !interval.is_zero() {
-        tokio::spawn(collect_system_metrics(producer.clone(), interval));
+        tokio::spawn(crate::sysmetrics::run(producer.clone(), interval));
     }
     if !ctx.config.telemetry.journal_units.is_empty() {
         tokio::spawn(crate::journal::follow(
@@ -331,44 +329,6 @@ async fn run_agent(config: AgentConfig) -> Result<()> {
     };
     let _ = std::fs::remove_file(&socket_path);
     result
-}
-
-/// Samples system metrics every `interval` into the outbox, for as long as the agent runs.
-async fn collect_system_metrics(producer: Producer, interval: std::time::Duration) {
-    let mut collector = Some(crate::sysmetrics::Collector::new());
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(mut c) = collector.take() else {
-            return;
-        };
-        // statvfs on a hung network mount blocks; keep it off the async threads.
-        let Ok((c, samples)) = tokio::task::spawn_blocking(move || {
-            let samples = c.sample();
-            (c, samples)
-        })
-        .await
-        else {
-            tracing::error!("system metrics collector failed; stopping it");
-            return;
-        };
-        collector = Some(c);
-        let now = crate::outbox::now_ms();
-        let records = samples
-            .into_iter()
-            .map(|s| crate::outbox::NewRecord {
-                ts_ms: now,
-                kind: tether_protocol::telemetry::Kind::Metric,
-                topic: s.topic,
-                level: None,
-                payload: s.value.to_string(),
-            })
-            .collect::<Vec<_>>();
-        if let Err(e) = producer.append(records).await {
-            tracing::warn!("queuing system metrics: {e}");
-        }
-    }
 }
 
 /// What `agent status --json` prints.
@@ -431,140 +391,5 @@ fn show_status(config: &AgentConfig, json: bool) -> Result<ExitCode> {
             println!("last error:         {e}");
         }
     }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Appends one record to the outbox durably and returns its sequence number.
-fn queue(
-    config: &AgentConfig,
-    kind: tether_protocol::telemetry::Kind,
-    topic: &str,
-    level: Option<tether_protocol::telemetry::Level>,
-    payload: &serde_json::Value,
-    ts_ms: i64,
-) -> Result<u64> {
-    if topic.is_empty() {
-        anyhow::bail!("the topic is empty");
-    }
-    let text = payload.to_string();
-    check_payload(&text, config.telemetry.max_payload).map_err(anyhow::Error::msg)?;
-    let mut outbox = open_outbox(config)?;
-    let record = crate::outbox::NewRecord {
-        ts_ms,
-        kind,
-        topic: topic.to_string(),
-        level,
-        payload: text,
-    };
-    let seqs = outbox.append(&[record])?;
-    seqs.first()
-        .copied()
-        .context("the outbox assigned no sequence number")
-}
-
-/// Opens the outbox for a producer command, creating the state directory if needed.
-fn open_outbox(config: &AgentConfig) -> Result<crate::outbox::Outbox> {
-    std::fs::create_dir_all(&config.state_dir)
-        .with_context(|| format!("creating {}", config.state_dir.display()))?;
-    let path = crate::outbox::path(&config.state_dir);
-    crate::outbox::Outbox::open(&path, crate::upload::limits(&config.telemetry))
-        .with_context(|| format!("opening the outbox {}", path.display()))
-}
-
-/// `agent telemetry send --batch`: stdin lines in groups of up to [`MAX_BATCH`], each group
-/// one transaction, one answer line per input line.
-fn send_batch(config: &AgentConfig) -> Result<ExitCode> {
-    use std::io::{BufRead, Read, Write};
-    let mut outbox = open_outbox(config)?;
-    let max_payload = config.telemetry.max_payload;
-    let max_line = max_payload + LINE_OVERHEAD;
-    let mut input = std::io::stdin().lock();
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    let (mut line_no, mut refused) = (0usize, 0usize);
-    let mut line = String::new();
-    loop {
-        let mut parsed: Vec<(usize, Result<crate::outbox::NewRecord, String>)> = Vec::new();
-        let mut eof = false;
-        while parsed.len() < MAX_BATCH {
-            line.clear();
-            let n = (&mut input)
-                .take(max_line as u64 + 1)
-                .read_line(&mut line)
-                .context("reading stdin")?;
-            if n == 0 {
-                eof = true;
-                break;
-            }
-            line_no += 1;
-            if line.len() > max_line && !line.ends_with('\n') {
-                let mut rest = Vec::new();
-                input
-                    .read_until(b'\n', &mut rest)
-                    .context("reading stdin")?;
-                parsed.push((line_no, Err(format!("line longer than {max_line} bytes"))));
-            } else if !line.trim().is_empty() {
-                parsed.push((line_no, parse_line(line.trim_end(), max_payload)));
-            }
-        }
-        let good: Vec<_> = parsed
-            .iter()
-            .filter_map(|(_, p)| p.as_ref().ok().cloned())
-            .collect();
-        let mut seqs = outbox.append(&good)?.into_iter();
-        for (n, p) in &parsed {
-            let answer = match p {
-                Ok(_) => match seqs.next() {
-                    Some(seq) => serde_json::json!({ "seq": seq }),
-                    None => anyhow::bail!("the outbox assigned too few sequence numbers"),
-                },
-                Err(e) => {
-                    refused += 1;
-                    eprintln!("error: stdin line {n}: {e}");
-                    serde_json::json!({ "error": format!("line {n}: {e}") })
-                }
-            };
-            writeln!(out, "{answer}")?;
-        }
-        if eof {
-            break;
-        }
-    }
-    out.flush()?;
-    if refused > 0 {
-        eprintln!("error: {refused} of {line_no} lines refused");
-        return Ok(ExitCode::FAILURE);
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-fn show_telemetry_status(config: &AgentConfig, json: bool) -> Result<ExitCode> {
-    let path = crate::outbox::path(&config.state_dir);
-    // A read must not create state: no outbox yet means nothing was ever queued.
-    let st = if path.exists() {
-        crate::outbox::Outbox::open(&path, crate::upload::limits(&config.telemetry))
-            .with_context(|| format!("opening the outbox {}", path.display()))?
-            .status()?
-    } else {
-        crate::outbox::OutboxStatus::default()
-    };
-    if json {
-        println!("{}", serde_json::to_string_pretty(&st)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    let ago = |ms: Option<i64>| {
-        ms.map(|m| {
-            let secs = (crate::outbox::now_ms() - m).max(0) / 1000;
-            format!("{secs}s ago")
-        })
-        .unwrap_or_else(|| "-".into())
-    };
-    println!("queued records:     {}", st.queued_rows);
-    println!("queued bytes:       {}", st.queued_bytes);
-    println!("oldest queued:      {}", ago(st.oldest_ts_ms));
-    println!("upload rate:        {:.0} records/s", st.upload_rate);
-    println!("dropped (total):    {}", st.dropped_total);
-    println!("acknowledged up to: {}", st.acked_upto);
-    println!("last acknowledged:  {}", ago(st.last_ack_ms));
-    println!("last sequence:      {}", st.last_seq);
     Ok(ExitCode::SUCCESS)
 }

@@ -17,6 +17,7 @@
 //! - [`socket`]: the local producer socket (newline-delimited JSON).
 //! - [`status`]: the link state file that `agent status` reads.
 //! - [`sysmetrics`]: the built-in system metrics collector (CPU, memory, disks, network, load, uptime, temperature).
+//! - [`telemetry_cli`]: `agent telemetry send|status` and `agent notify`, on the outbox file.
 //! - [`upload`]: the outbox sent over the link and acknowledged by the relay.
 //! - [`cli`]: the command line.
 
@@ -36,6 +37,7 @@ pub mod sftp;
 pub mod socket;
 pub mod status;
 pub mod sysmetrics;
+pub mod telemetry_cli;
 pub mod transport;
 pub mod upload;
 

@@ -682,6 +682,44 @@ fn rate(previous: u64, current: u64, seconds: f64) -> f64 {
     }
 }
 
+/// Samples system metrics every `interval` into the outbox, for as long as the agent runs.
+pub async fn run(producer: crate::producer::Producer, interval: std::time::Duration) {
+    let mut collector = Some(crate::sysmetrics::Collector::new());
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(mut c) = collector.take() else {
+            return;
+        };
+        // statvfs on a hung network mount blocks; keep it off the async threads.
+        let Ok((c, samples)) = tokio::task::spawn_blocking(move || {
+            let samples = c.sample();
+            (c, samples)
+        })
+        .await
+        else {
+            tracing::error!("system metrics collector failed; stopping it");
+            return;
+        };
+        collector = Some(c);
+        let now = crate::outbox::now_ms();
+        let records = samples
+            .into_iter()
+            .map(|s| crate::outbox::NewRecord {
+                ts_ms: now,
+                kind: tether_protocol::telemetry::Kind::Metric,
+                topic: s.topic,
+                level: None,
+                payload: s.value.to_string(),
+            })
+            .collect::<Vec<_>>();
+        if let Err(e) = producer.append(records).await {
+            tracing::warn!("queuing system metrics: {e}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,146 @@
+//! The producer and status commands of `agent telemetry` and `agent notify`: they work on the
+//! outbox file directly (SQLite is safe to share with the running agent), so producing works
+//! whether or not `agent run` is up.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+
+use crate::config::AgentConfig;
+use crate::producer::{LINE_OVERHEAD, MAX_BATCH, check_payload, parse_line};
+
+/// Appends one record to the outbox durably and returns its sequence number.
+pub fn queue(
+    config: &AgentConfig,
+    kind: tether_protocol::telemetry::Kind,
+    topic: &str,
+    level: Option<tether_protocol::telemetry::Level>,
+    payload: &serde_json::Value,
+    ts_ms: i64,
+) -> Result<u64> {
+    if topic.is_empty() {
+        anyhow::bail!("the topic is empty");
+    }
+    let text = payload.to_string();
+    check_payload(&text, config.telemetry.max_payload).map_err(anyhow::Error::msg)?;
+    let mut outbox = open_outbox(config)?;
+    let record = crate::outbox::NewRecord {
+        ts_ms,
+        kind,
+        topic: topic.to_string(),
+        level,
+        payload: text,
+    };
+    let seqs = outbox.append(&[record])?;
+    seqs.first()
+        .copied()
+        .context("the outbox assigned no sequence number")
+}
+
+/// Opens the outbox for a producer command, creating the state directory if needed.
+fn open_outbox(config: &AgentConfig) -> Result<crate::outbox::Outbox> {
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("creating {}", config.state_dir.display()))?;
+    let path = crate::outbox::path(&config.state_dir);
+    crate::outbox::Outbox::open(&path, crate::upload::limits(&config.telemetry))
+        .with_context(|| format!("opening the outbox {}", path.display()))
+}
+
+/// `agent telemetry send --batch`: stdin lines in groups of up to [`MAX_BATCH`], each group
+/// one transaction, one answer line per input line.
+pub fn send_batch(config: &AgentConfig) -> Result<ExitCode> {
+    use std::io::{BufRead, Read, Write};
+    let mut outbox = open_outbox(config)?;
+    let max_payload = config.telemetry.max_payload;
+    let max_line = max_payload + LINE_OVERHEAD;
+    let mut input = std::io::stdin().lock();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let (mut line_no, mut refused) = (0usize, 0usize);
+    let mut line = String::new();
+    loop {
+        let mut parsed: Vec<(usize, Result<crate::outbox::NewRecord, String>)> = Vec::new();
+        let mut eof = false;
+        while parsed.len() < MAX_BATCH {
+            line.clear();
+            let n = (&mut input)
+                .take(max_line as u64 + 1)
+                .read_line(&mut line)
+                .context("reading stdin")?;
+            if n == 0 {
+                eof = true;
+                break;
+            }
+            line_no += 1;
+            if line.len() > max_line && !line.ends_with('\n') {
+                let mut rest = Vec::new();
+                input
+                    .read_until(b'\n', &mut rest)
+                    .context("reading stdin")?;
+                parsed.push((line_no, Err(format!("line longer than {max_line} bytes"))));
+            } else if !line.trim().is_empty() {
+                parsed.push((line_no, parse_line(line.trim_end(), max_payload)));
+            }
+        }
+        let good: Vec<_> = parsed
+            .iter()
+            .filter_map(|(_, p)| p.as_ref().ok().cloned())
+            .collect();
+        let mut seqs = outbox.append(&good)?.into_iter();
+        for (n, p) in &parsed {
+            let answer = match p {
+                Ok(_) => match seqs.next() {
+                    Some(seq) => serde_json::json!({ "seq": seq }),
+                    None => anyhow::bail!("the outbox assigned too few sequence numbers"),
+                },
+                Err(e) => {
+                    refused += 1;
+                    eprintln!("error: stdin line {n}: {e}");
+                    serde_json::json!({ "error": format!("line {n}: {e}") })
+                }
+            };
+            writeln!(out, "{answer}")?;
+        }
+        if eof {
+            break;
+        }
+    }
+    out.flush()?;
+    if refused > 0 {
+        eprintln!("error: {refused} of {line_no} lines refused");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `agent telemetry status`: reads the outbox without creating one.
+pub fn show_status(config: &AgentConfig, json: bool) -> Result<ExitCode> {
+    let path = crate::outbox::path(&config.state_dir);
+    // A read must not create state: no outbox yet means nothing was ever queued.
+    let st = if path.exists() {
+        crate::outbox::Outbox::open(&path, crate::upload::limits(&config.telemetry))
+            .with_context(|| format!("opening the outbox {}", path.display()))?
+            .status()?
+    } else {
+        crate::outbox::OutboxStatus::default()
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&st)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let ago = |ms: Option<i64>| {
+        ms.map(|m| {
+            let secs = (crate::outbox::now_ms() - m).max(0) / 1000;
+            format!("{secs}s ago")
+        })
+        .unwrap_or_else(|| "-".into())
+    };
+    println!("queued records:     {}", st.queued_rows);
+    println!("queued bytes:       {}", st.queued_bytes);
+    println!("oldest queued:      {}", ago(st.oldest_ts_ms));
+    println!("upload rate:        {:.0} records/s", st.upload_rate);
+    println!("dropped (total):    {}", st.dropped_total);
+    println!("acknowledged up to: {}", st.acked_upto);
+    println!("last acknowledged:  {}", ago(st.last_ack_ms));
+    println!("last sequence:      {}", st.last_seq);
+    Ok(ExitCode::SUCCESS)
+}
