@@ -729,3 +729,88 @@ exec sleep 600
     );
     Ok(())
 }
+
+#[test]
+fn tail_and_the_logs_api_follow_new_records() -> Result<()> {
+    use std::io::BufRead;
+    let s = Setup::new(Transport::Tcp)?;
+    let token = s
+        .relay
+        .admin_ok(&["token", "create", "--tenant", "acme", "--api"])?
+        .trim()
+        .to_string();
+    send(&s.agent, "temp", "1")?;
+    let log_seq = {
+        let r = s
+            .agent
+            .cmd(&["telemetry", "send", "--kind", "log", "app", "\"early\""])?;
+        ensure!(r.status == Some(0), "{}", r.stderr);
+        r.stdout.trim().parse::<u64>()?
+    };
+    wait_stored(&s.relay, "board1", 2)?;
+
+    // relay telemetry tail --follow prints the backlog of its topic, then what arrives.
+    let mut tail = std::process::Command::new(bin_dir()?.join("relay"))
+        .arg("--data-dir")
+        .arg(s.relay.data_dir())
+        .args([
+            "telemetry",
+            "tail",
+            "board1",
+            "--topic",
+            "temp",
+            "--follow",
+            "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let stdout = tail.stdout.take().context("tail stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let next = |what: &str| -> Result<serde_json::Value> {
+        let line = rx
+            .recv_timeout(Duration::from_secs(15))
+            .with_context(|| format!("tail printed no {what}"))?;
+        Ok(serde_json::from_str(&line)?)
+    };
+    let first = next("backlog")?;
+    send(&s.agent, "humidity", "40")?;
+    send(&s.agent, "temp", "2")?;
+    let second = next("new record")?;
+    let _ = tail.kill();
+    let _ = tail.wait();
+    ensure!(
+        first["payload"] == 1 && second["payload"] == 2 && second["topic"] == "temp",
+        "tail printed {first} then {second}"
+    );
+
+    // The logs endpoint with follow=true waits for a record after `after`.
+    let path = format!("/v1/devices/board1/logs?after={log_seq}&follow=true");
+    let (code, body) = std::thread::scope(|scope| -> Result<(u16, String)> {
+        let request = scope.spawn(|| s.relay.http_get(&path, Some(&token)));
+        std::thread::sleep(Duration::from_millis(700));
+        let r = s
+            .agent
+            .cmd(&["telemetry", "send", "--kind", "log", "app", "\"late\""])?;
+        ensure!(r.status == Some(0), "{}", r.stderr);
+        request
+            .join()
+            .map_err(|_| anyhow::anyhow!("request thread panicked"))?
+    })?;
+    let page: serde_json::Value = serde_json::from_str(&body)?;
+    ensure!(
+        code == 200 && page["records"][0]["payload"] == "late",
+        "{code} {page}"
+    );
+    Ok(())
+}
