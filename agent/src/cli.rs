@@ -60,6 +60,9 @@ pub enum Command {
     /// Queue telemetry for the relay, and show the outbox.
     #[command(subcommand)]
     Telemetry(TelemetryCommand),
+    /// Applications from recipes: validate, deploy, list, start, stop, logs.
+    #[command(subcommand)]
+    App(crate::app_cli::AppCommand),
     /// Queue an event (a notification with a level) for the relay.
     Notify {
         /// Severity.
@@ -255,6 +258,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             println!("{seq}");
             Ok(ExitCode::SUCCESS)
         }
+        Command::App(cmd) => {
+            let config = load_config(&cli)?;
+            crate::app_cli::run(&config, cmd).await
+        }
         Command::SftpServer { home } => {
             crate::sftp::serve_stdio(home.clone()).await?;
             Ok(ExitCode::SUCCESS)
@@ -312,6 +319,24 @@ async fn run_agent(config: AgentConfig) -> Result<()> {
             ctx.config.state_dir.clone(),
         ));
     }
+    let supervisor = crate::supervisor::Supervisor::new(
+        ctx.config.state_dir.clone(),
+        ctx.config.apps.clone(),
+        ctx.enrollment.device_id.clone(),
+        Some(producer.clone()),
+    )
+    .context("starting the application supervisor (apps settings)")?;
+    let recovering = supervisor.clone();
+    tokio::spawn(async move {
+        if let Err(e) = recovering.recover().await {
+            tracing::error!("bringing components back: {e}");
+        }
+    });
+    let control_path = crate::control::path(&ctx.config.state_dir);
+    let control = tokio::spawn(crate::control::serve(
+        control_path.clone(),
+        supervisor.clone(),
+    ));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         tether_protocol::shutdown::stop_signal().await;
@@ -326,8 +351,14 @@ async fn run_agent(config: AgentConfig) -> Result<()> {
             Ok(Err(e)) => Err(anyhow::Error::from(e).context(format!("telemetry socket {}", socket_path.display()))),
             _ => Err(anyhow::anyhow!("telemetry socket task ended")),
         },
+        r = control => match r {
+            Ok(Err(e)) => Err(anyhow::Error::from(e).context(format!("control socket {}", control_path.display()))),
+            _ => Err(anyhow::anyhow!("control socket task ended")),
+        },
     };
+    supervisor.shutdown().await;
     let _ = std::fs::remove_file(&socket_path);
+    let _ = std::fs::remove_file(&control_path);
     result
 }
 

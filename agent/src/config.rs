@@ -30,6 +30,64 @@ pub struct AgentConfig {
     pub forward: ForwardConfig,
     /// The telemetry outbox and its upload.
     pub telemetry: TelemetryConfig,
+    /// Applications run from recipes.
+    pub apps: AppsConfig,
+}
+
+/// Settings of the application supervisor.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AppsConfig {
+    /// Unix user that lifecycle steps run as. Default: the agent's own user.
+    pub user: Option<String>,
+    /// Whether steps with `requires_privilege: true` run as root (the agent must be root).
+    /// Default true.
+    pub allow_privileged: bool,
+    /// Time limit of install, startup, shutdown and recover steps without their own `timeout`.
+    /// Default 120s.
+    #[serde(with = "humantime_serde")]
+    pub step_timeout: Duration,
+    /// After the shutdown step (or at once without one), how long a stopping component's
+    /// processes have between SIGTERM and SIGKILL. Default 10s.
+    #[serde(with = "humantime_serde")]
+    pub stop_timeout: Duration,
+    /// First restart delay of a failed `run` step; doubles per failure. Default 1s.
+    #[serde(with = "humantime_serde")]
+    pub backoff_initial: Duration,
+    /// Longest restart delay. Default 60s.
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+    /// A `run` step that stays up this long counts as a successful run (clears the error
+    /// count). Default 10s.
+    #[serde(with = "humantime_serde")]
+    pub stable_after: Duration,
+    /// Errors without a successful run after which a component is `broken` and no longer
+    /// restarted. Default 3.
+    pub broken_after: u32,
+    /// How long a newly deployed component must stay up before the deployment counts as a
+    /// success (a failure within it rolls back). Default 3s.
+    #[serde(with = "humantime_serde")]
+    pub settle_time: Duration,
+    /// Bytes of output kept per component for `agent app logs` (twice this, in two files).
+    /// Default 1 MiB.
+    pub log_bytes: u64,
+}
+
+impl Default for AppsConfig {
+    fn default() -> Self {
+        Self {
+            user: None,
+            allow_privileged: true,
+            step_timeout: Duration::from_secs(120),
+            stop_timeout: Duration::from_secs(10),
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            stable_after: Duration::from_secs(10),
+            broken_after: 3,
+            settle_time: Duration::from_secs(3),
+            log_bytes: 1024 * 1024,
+        }
+    }
 }
 
 /// Settings of the telemetry outbox and its upload to the relay.
@@ -139,6 +197,7 @@ impl Default for AgentConfig {
             },
             forward: ForwardConfig::default(),
             telemetry: TelemetryConfig::default(),
+            apps: AppsConfig::default(),
         }
     }
 }
@@ -254,6 +313,30 @@ impl AgentConfig {
                     format!("{unit:?} is not a systemd unit name"),
                 ));
             }
+        }
+        let a = &self.apps;
+        for (key, value) in [
+            ("apps.step_timeout", a.step_timeout),
+            ("apps.stop_timeout", a.stop_timeout),
+            ("apps.backoff_initial", a.backoff_initial),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(key, "must be greater than zero".into()));
+            }
+        }
+        if a.backoff_initial > a.backoff_max {
+            return Err(invalid(
+                "apps.backoff_initial",
+                "must not be above apps.backoff_max".into(),
+            ));
+        }
+        if a.broken_after == 0 {
+            return Err(invalid("apps.broken_after", "must be at least 1".into()));
+        }
+        if let Some(user) = &a.user
+            && user.trim().is_empty()
+        {
+            return Err(invalid("apps.user", "must not be empty".into()));
         }
         for (i, entry) in self.forward.allow.iter().enumerate() {
             let ok = entry.rsplit_once(':').is_some_and(|(host, port)| {

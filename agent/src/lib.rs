@@ -2,6 +2,7 @@
 //!
 //! Layout:
 //! - [`config`]: the agent's YAML configuration file.
+//! - [`account`]: the unix account child processes run as, and starting them in their own session.
 //! - [`identity`]: the device's ed25519 key pair.
 //! - [`enrollment`]: what enrollment recorded (relay URL, device id, pinned relay host key).
 //! - [`enroll`]: the enrollment exchange with the relay.
@@ -19,10 +20,20 @@
 //! - [`sysmetrics`]: the built-in system metrics collector (CPU, memory, disks, network, load, uptime, temperature).
 //! - [`telemetry_cli`]: `agent telemetry send|status` and `agent notify`, on the outbox file.
 //! - [`upload`]: the outbox sent over the link and acknowledged by the relay.
+//! - [`supervisor`]: applications from recipes: install, start, supervise, stop, roll back.
+//! - [`component`]: a deployed component on disk: its files and its durable record.
+//! - [`artifacts`]: fetching, checking (sha256) and unpacking a component's artifacts.
+//! - [`control`]: the local socket through which `agent app` reaches the supervisor.
+//! - [`app_cli`]: `agent app …`.
 //! - [`cli`]: the command line.
 
+pub mod account;
+pub mod app_cli;
+pub mod artifacts;
 pub mod cli;
+pub mod component;
 pub mod config;
+pub mod control;
 pub mod enroll;
 pub mod enrollment;
 pub mod forward;
@@ -36,6 +47,7 @@ pub mod server;
 pub mod sftp;
 pub mod socket;
 pub mod status;
+pub mod supervisor;
 pub mod sysmetrics;
 pub mod telemetry_cli;
 pub mod transport;

@@ -9,7 +9,6 @@
 //! Closing the channel or losing the connection hangs up the session's process group.
 
 use std::collections::HashMap;
-use std::ffi::CString;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -17,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
-use nix::unistd::{Gid, Pid, Uid};
+use nix::unistd::Pid;
 use russh::keys::PrivateKey;
 use russh::server::{self, Auth, Msg, Session};
 use russh::{Channel, ChannelId, ChannelMsg, MethodKind, MethodSet, Preferred, Sig, cipher, mac};
@@ -25,6 +24,7 @@ use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
+use crate::account::{Account, AccountError, prepare_child};
 use crate::config::ShellConfig;
 use crate::pty::{self, AsyncMaster, Size};
 
@@ -38,43 +38,12 @@ const PTY_DRAIN: Duration = Duration::from_millis(500);
 /// Why the embedded server could not start or serve.
 #[derive(Debug, Error)]
 pub enum ServerError {
-    /// The configured unix user does not exist.
-    #[error("shell.user {0:?}: no such user")]
-    NoSuchUser(String),
-    /// The agent cannot switch to the configured user.
-    #[error(
-        "shell.user {user:?}: the agent runs as uid {uid} and can only serve sessions as itself; run it as root to serve another user"
-    )]
-    CannotSwitchUser {
-        /// The configured user.
-        user: String,
-        /// The agent's uid.
-        uid: u32,
-    },
-    /// Looking up the user failed.
-    #[error("looking up user {user:?}: {source}")]
-    Lookup {
-        /// The user.
-        user: String,
-        /// The error.
-        source: nix::Error,
-    },
+    /// The session user cannot be used.
+    #[error(transparent)]
+    Account(#[from] AccountError),
     /// The SSH layer failed.
     #[error("ssh: {0}")]
     Ssh(#[from] russh::Error),
-}
-
-/// The unix account sessions run as, resolved once at start.
-#[derive(Debug, Clone)]
-struct Account {
-    name: String,
-    uid: Uid,
-    gid: Gid,
-    groups: Vec<Gid>,
-    home: PathBuf,
-    shell: PathBuf,
-    /// Whether spawning must switch uid/gid (the agent runs as root, sessions as someone else).
-    switch: bool,
 }
 
 /// Settings shared by all sessions of the embedded server.
@@ -87,59 +56,7 @@ pub struct ServerSettings {
 impl ServerSettings {
     /// Resolves the session user once and prepares the SSH settings.
     pub fn new(shell: ShellConfig, host_key: PrivateKey) -> Result<Self, ServerError> {
-        let me = Uid::current();
-        let user = match &shell.user {
-            Some(name) => nix::unistd::User::from_name(name)
-                .map_err(|source| ServerError::Lookup {
-                    user: name.clone(),
-                    source,
-                })?
-                .ok_or_else(|| ServerError::NoSuchUser(name.clone()))?,
-            None => nix::unistd::User::from_uid(me)
-                .map_err(|source| ServerError::Lookup {
-                    user: me.to_string(),
-                    source,
-                })?
-                .ok_or_else(|| ServerError::NoSuchUser(me.to_string()))?,
-        };
-        let switch = user.uid != me;
-        if switch && !me.is_root() {
-            return Err(ServerError::CannotSwitchUser {
-                user: user.name,
-                uid: me.as_raw(),
-            });
-        }
-        let groups = if switch {
-            let cname = CString::new(user.name.clone())
-                .map_err(|_| ServerError::NoSuchUser(user.name.clone()))?;
-            nix::unistd::getgrouplist(&cname, user.gid).map_err(|source| ServerError::Lookup {
-                user: user.name.clone(),
-                source,
-            })?
-        } else {
-            Vec::new()
-        };
-        let login_shell = shell.shell.clone().unwrap_or_else(|| {
-            if user.shell.as_os_str().is_empty() {
-                PathBuf::from("/bin/sh")
-            } else {
-                user.shell.clone()
-            }
-        });
-        let home = if user.dir.is_dir() {
-            user.dir.clone()
-        } else {
-            PathBuf::from("/")
-        };
-        let account = Account {
-            name: user.name,
-            uid: user.uid,
-            gid: user.gid,
-            groups,
-            home,
-            shell: login_shell,
-            switch,
-        };
+        let account = Account::resolve(shell.user.as_deref(), shell.shell.clone(), "shell.user")?;
         let mut methods = MethodSet::empty();
         methods.push(MethodKind::None);
         methods.push(MethodKind::PublicKey);
@@ -426,32 +343,6 @@ fn command(
     }
     cmd.kill_on_drop(false);
     cmd
-}
-
-/// Makes the child a session leader (own process group, so signals and hang-up reach all of
-/// it), gives it `ctty` as controlling terminal, and drops to the session user.
-fn prepare_child(cmd: &mut Command, account: &Account, ctty: bool) {
-    let switch = account
-        .switch
-        .then(|| (account.uid, account.gid, account.groups.clone()));
-    // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
-    // functions may be called. It calls setsid, ioctl(TIOCSCTTY), setgroups, setgid and setuid,
-    // each a direct system call through nix/libc with no allocation or locking; the captured
-    // group list was allocated before the fork and is only read.
-    unsafe {
-        cmd.pre_exec(move || {
-            nix::unistd::setsid().map_err(std::io::Error::from)?;
-            if ctty && nix::libc::ioctl(0, nix::libc::TIOCSCTTY as _, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if let Some((uid, gid, groups)) = &switch {
-                nix::unistd::setgroups(groups).map_err(std::io::Error::from)?;
-                nix::unistd::setgid(*gid).map_err(std::io::Error::from)?;
-                nix::unistd::setuid(*uid).map_err(std::io::Error::from)?;
-            }
-            Ok(())
-        });
-    }
 }
 
 /// The wire name of a signal for `exit-signal`.

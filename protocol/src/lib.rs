@@ -6,6 +6,7 @@
 //! - [`config_file`]: YAML configuration files with errors that name file, line and key.
 //! - [`enroll`]: the JSON messages of the enrollment exchange.
 //! - [`keyfile`]: ed25519 private key files (device key, relay host key).
+//! - [`recipe`]: application recipes (artifacts, lifecycle steps, placeholders, dependencies).
 //! - [`shutdown`]: the stop signals both programs obey.
 //! - [`telemetry`]: telemetry records and the frames of the telemetry channel.
 //! - [`ws`]: the SSH byte stream carried in WebSocket binary messages.
@@ -14,6 +15,7 @@ pub mod config_file;
 pub mod enroll;
 pub mod keyfile;
 pub mod names;
+pub mod recipe;
 pub mod shutdown;
 pub mod telemetry;
 pub mod ws;

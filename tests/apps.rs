@@ -1,0 +1,499 @@
+//! Applications from recipes on a real agent: deploy, configuration, supervision, broken
+//! components, rollback, recovery after kill -9, and refusals that change nothing.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use common::*;
+
+/// Fast supervision timings so the tests do not wait for production defaults.
+const APPS: &str = "apps:\n  backoff_initial: 100ms\n  backoff_max: 400ms\n  stable_after: 2s\n  settle_time: 1s\n  stop_timeout: 2s\n";
+
+fn recipes_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes")
+}
+
+/// A relay and one linked agent with fast supervision.
+fn setup(name: &str) -> Result<(Relay, Agent)> {
+    let relay = Relay::start()?;
+    relay.tenant("acme")?;
+    let mut agent = Agent::with_extra_config(name, &[], APPS)?;
+    agent.enroll(&relay, Transport::Tcp, "acme")?;
+    agent.start()?;
+    agent.wait_online()?;
+    wait_until(Duration::from_secs(10), "control socket", || {
+        agent.dir.path().join("state/control.sock").exists()
+    })?;
+    Ok((relay, agent))
+}
+
+fn app(agent: &Agent, args: &[&str]) -> Result<Run> {
+    let mut all = vec!["app"];
+    all.extend_from_slice(args);
+    agent.cmd(&all)
+}
+
+fn app_ok(agent: &Agent, args: &[&str]) -> Result<String> {
+    let r = app(agent, args)?;
+    ensure!(
+        r.status == Some(0),
+        "agent app {args:?} failed ({:?}): {}{}\nagent log:\n{}",
+        r.status,
+        r.stdout,
+        r.stderr,
+        agent.log()
+    );
+    Ok(r.stdout)
+}
+
+fn show(agent: &Agent, name: &str) -> Result<serde_json::Value> {
+    Ok(serde_json::from_str(&app_ok(
+        agent,
+        &["show", name, "--json"],
+    )?)?)
+}
+
+fn http_get(port: u16) -> Result<String> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET / HTTP/1.0\r\nHost: x\r\n\r\n")?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    Ok(resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.trim().to_string())
+        .unwrap_or_default())
+}
+
+fn wait_http(port: u16, expect: &str) -> Result<()> {
+    let mut last = String::new();
+    wait_until(
+        Duration::from_secs(20),
+        &format!("HTTP says {expect}"),
+        || {
+            last = http_get(port).unwrap_or_default();
+            last == expect
+        },
+    )
+    .with_context(|| format!("last answer {last:?}"))
+}
+
+/// Writes a recipe into `dir` and returns its path.
+fn write_recipe(dir: &Path, file: &str, text: &str) -> Result<PathBuf> {
+    let p = dir.join(file);
+    std::fs::write(&p, text)?;
+    Ok(p)
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap_or_default()
+}
+
+#[test]
+fn the_http_example_deploys_and_takes_new_configuration() -> Result<()> {
+    let (relay, agent) = setup("board1")?;
+    let port = free_port()?;
+    let recipe = recipes_dir().join("hello-http/recipe.yaml");
+    let artifacts = recipes_dir().join("hello-http");
+    let out = app_ok(
+        &agent,
+        &[
+            "deploy",
+            path_str(&recipe),
+            "--artifacts",
+            path_str(&artifacts),
+            "--set",
+            &format!("port={port}"),
+        ],
+    )?;
+    ensure!(out.contains("com.example.hello-http 1.0.0"), "{out}");
+    wait_http(port, "hello from tether")?;
+    let s = show(&agent, "com.example.hello-http")?;
+    ensure!(
+        s["state"] == "running" && s["configuration"]["port"] == port && s["pid"].is_i64(),
+        "{s}"
+    );
+    let first_pid = s["pid"].clone();
+
+    // Configuration pushed by a redeploy restarts the service with the new values.
+    let port2 = free_port()?;
+    app_ok(
+        &agent,
+        &[
+            "deploy",
+            path_str(&recipe),
+            "--artifacts",
+            path_str(&artifacts),
+            "--set",
+            &format!("port={port2}"),
+            "--set",
+            "message=bonjour, it's me",
+        ],
+    )?;
+    wait_http(port2, "bonjour, it's me")?;
+    ensure!(http_get(port).is_err() || http_get(port)? != "hello from tether");
+    let s = show(&agent, "com.example.hello-http")?;
+    ensure!(s["pid"] != first_pid, "not restarted: {s}");
+
+    let list: serde_json::Value = serde_json::from_str(&app_ok(&agent, &["list", "--json"])?)?;
+    ensure!(
+        list.as_array().map(Vec::len) == Some(1) && list[0]["state"] == "running",
+        "{list}"
+    );
+    // Its output reaches the relay as log records.
+    wait_until(
+        Duration::from_secs(20),
+        "app log records at the relay",
+        || {
+            relay
+                .admin_ok(&[
+                    "telemetry",
+                    "tail",
+                    "board1",
+                    "--topic",
+                    "app/com.example.hello-http",
+                    "--json",
+                ])
+                .is_ok_and(|o| o.contains("listening on 127.0.0.1"))
+        },
+    )?;
+    let logs = app_ok(&agent, &["logs", "com.example.hello-http"])?;
+    ensure!(
+        logs.contains("run/stdout: listening on 127.0.0.1"),
+        "{logs}"
+    );
+
+    app_ok(&agent, &["stop", "com.example.hello-http"])?;
+    ensure!(http_get(port2).is_err(), "still serving after stop");
+    ensure!(show(&agent, "com.example.hello-http")?["state"] == "finished");
+    app_ok(&agent, &["remove", "com.example.hello-http"])?;
+    let r = app(&agent, &["show", "com.example.hello-http"])?;
+    ensure!(
+        r.status == Some(1) && r.stderr.contains("no component named"),
+        "{}",
+        r.stderr
+    );
+    Ok(())
+}
+
+#[test]
+fn a_crashing_component_becomes_broken_and_the_next_deployment_succeeds() -> Result<()> {
+    let (_relay, agent) = setup("board1")?;
+    let dir = tempfile::tempdir()?;
+    let good = write_recipe(
+        dir.path(),
+        "good.yaml",
+        "name: com.example.flaky\nversion: 1.0.0\nmanifests:\n  - lifecycle:\n      run: sleep 600\n",
+    )?;
+    app_ok(&agent, &["deploy", path_str(&good)])?;
+    // Later it starts crashing: a second component that fails only after the settle time.
+    let crashing = write_recipe(
+        dir.path(),
+        "crash.yaml",
+        "name: com.example.crasher\nversion: 1.0.0\nmanifests:\n  - lifecycle:\n      run: sleep 1.5; echo dying >&2; exit 3\n      recover: echo recovering\n",
+    )?;
+    app_ok(&agent, &["deploy", path_str(&crashing)])?;
+    wait_until(Duration::from_secs(30), "crasher broken", || {
+        show(&agent, "com.example.crasher").is_ok_and(|s| s["state"] == "broken")
+    })?;
+    let s = show(&agent, "com.example.crasher")?;
+    ensure!(
+        s["errors"] == 3
+            && s["restarts"] == 2
+            && s["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("exited with status 3")),
+        "{s}"
+    );
+    let logs = app_ok(&agent, &["logs", "com.example.crasher"])?;
+    ensure!(
+        logs.contains("run/stderr: dying") && logs.contains("recover/stdout: recovering"),
+        "{logs}"
+    );
+    // A broken component blocks nothing: the next deployment goes through.
+    let v2 = write_recipe(
+        dir.path(),
+        "good2.yaml",
+        "name: com.example.flaky\nversion: 1.1.0\nmanifests:\n  - lifecycle:\n      run: sleep 600\n",
+    )?;
+    app_ok(&agent, &["deploy", path_str(&v2)])?;
+    let s = show(&agent, "com.example.flaky")?;
+    ensure!(s["version"] == "1.1.0" && s["state"] == "running", "{s}");
+    Ok(())
+}
+
+#[test]
+fn a_bad_new_version_rolls_back_to_the_previous_one() -> Result<()> {
+    let (_relay, agent) = setup("board1")?;
+    let dir = tempfile::tempdir()?;
+    let v1 = write_recipe(
+        dir.path(),
+        "v1.yaml",
+        "name: com.example.svc\nversion: 1.0.0\nconfiguration: { n: 1 }\nmanifests:\n  - lifecycle:\n      install: echo installed-1 >> {work:path}/installs\n      run: echo up-{configuration:/n}; exec sleep 600\n",
+    )?;
+    app_ok(&agent, &["deploy", path_str(&v1)])?;
+    let before = show(&agent, "com.example.svc")?;
+    for (file, text, expect) in [
+        (
+            "v2-run.yaml",
+            "name: com.example.svc\nversion: 2.0.0\nmanifests:\n  - lifecycle:\n      run: echo broken >&2; exit 1\n",
+            "exited with status 1",
+        ),
+        (
+            "v2-install.yaml",
+            "name: com.example.svc\nversion: 2.0.1\nmanifests:\n  - lifecycle:\n      install: exit 7\n      run: sleep 600\n",
+            "install step exited with status 7",
+        ),
+    ] {
+        let v2 = write_recipe(dir.path(), file, text)?;
+        let r = app(&agent, &["deploy", path_str(&v2)])?;
+        ensure!(
+            r.status == Some(1)
+                && r.stderr.contains(expect)
+                && r.stderr.contains("rolled back to com.example.svc 1.0.0"),
+            "{file}: {:?} {}",
+            r.status,
+            r.stderr
+        );
+        let s = show(&agent, "com.example.svc")?;
+        ensure!(
+            s["version"] == "1.0.0" && s["state"] == "running" && s["configuration"]["n"] == 1,
+            "{file}: after rollback {s}"
+        );
+        ensure!(s["pid"] != before["pid"], "restarted after rollback");
+    }
+    // The old version came back without installing again.
+    let installs = std::fs::read_to_string(
+        agent
+            .dir
+            .path()
+            .join("state/apps/com.example.svc/work/installs"),
+    )?;
+    ensure!(installs.lines().count() == 1, "installs: {installs:?}");
+    Ok(())
+}
+
+#[test]
+fn components_come_back_after_kill_9_without_reinstalling() -> Result<()> {
+    let (_relay, mut agent) = setup("board1")?;
+    let dir = tempfile::tempdir()?;
+    let recipe = write_recipe(
+        dir.path(),
+        "svc.yaml",
+        "name: com.example.keeper\nversion: 1.0.0\nmanifests:\n  - lifecycle:\n      install: echo once >> {work:path}/installs\n      run: sh -c 'sleep 600 & sleep 600'\n",
+    )?;
+    app_ok(&agent, &["deploy", path_str(&recipe)])?;
+    let pid = show(&agent, "com.example.keeper")?["pid"]
+        .as_i64()
+        .context("pid")?;
+    let stopped = write_recipe(
+        dir.path(),
+        "stopped.yaml",
+        "name: com.example.idle\nversion: 1.0.0\nmanifests:\n  - lifecycle:\n      run: sleep 600\n",
+    )?;
+    app_ok(&agent, &["deploy", path_str(&stopped)])?;
+    app_ok(&agent, &["stop", "com.example.idle"])?;
+
+    agent.kill();
+    agent.start()?;
+    wait_until(Duration::from_secs(30), "component running again", || {
+        show(&agent, "com.example.keeper")
+            .is_ok_and(|s| s["state"] == "running" && s["pid"].as_i64().is_some_and(|p| p != pid))
+    })?;
+    // The processes the killed agent left behind were ended, not duplicated.
+    let group_alive = std::process::Command::new("kill")
+        .args(["-0", &format!("-{pid}")])
+        .stderr(std::process::Stdio::null())
+        .status()?
+        .success();
+    ensure!(!group_alive, "the old process group {pid} is still alive");
+    let installs = std::fs::read_to_string(
+        agent
+            .dir
+            .path()
+            .join("state/apps/com.example.keeper/work/installs"),
+    )?;
+    ensure!(
+        installs.lines().count() == 1,
+        "install ran again: {installs:?}"
+    );
+    ensure!(
+        show(&agent, "com.example.idle")?["state"] == "finished",
+        "a stopped component stays stopped"
+    );
+    Ok(())
+}
+
+#[test]
+fn dependencies_start_in_order_and_restart_with_their_dependency() -> Result<()> {
+    let (_relay, agent) = setup("board1")?;
+    let dir = tempfile::tempdir()?;
+    let value_file = dir.path().join("value");
+    let store = recipes_dir().join("pair/store.yaml");
+    let reporter = recipes_dir().join("pair/reporter.yaml");
+    // Without its hard dependency the reporter is refused, naming both.
+    let r = app(&agent, &["deploy", path_str(&reporter)])?;
+    ensure!(
+        r.status == Some(1)
+            && r.stderr.contains("com.example.pair.reporter")
+            && r.stderr.contains("com.example.pair.store"),
+        "{}",
+        r.stderr
+    );
+    app_ok(
+        &agent,
+        &[
+            "deploy",
+            path_str(&store),
+            "--set",
+            &format!("file={}", value_file.display()),
+        ],
+    )?;
+    app_ok(&agent, &["deploy", path_str(&reporter)])?;
+    wait_until(Duration::from_secs(20), "reporter reads the store", || {
+        app_ok(&agent, &["logs", "com.example.pair.reporter"]).is_ok_and(|l| {
+            l.lines()
+                .any(|l| l.contains("value: ") && !l.contains("none"))
+        })
+    })?;
+    let before = show(&agent, "com.example.pair.reporter")?["pid"].clone();
+    app_ok(&agent, &["restart", "com.example.pair.store"])?;
+    let after = show(&agent, "com.example.pair.reporter")?;
+    ensure!(
+        after["pid"] != before && after["state"] == "running",
+        "dependent not restarted: {after}"
+    );
+    // Removing the store while the reporter needs it is refused.
+    let r = app(&agent, &["remove", "com.example.pair.store"])?;
+    ensure!(
+        r.status == Some(1)
+            && r.stderr
+                .contains("hard dependency of com.example.pair.reporter"),
+        "{}",
+        r.stderr
+    );
+    Ok(())
+}
+
+#[test]
+fn bad_recipes_and_artifacts_are_refused_and_change_nothing() -> Result<()> {
+    let (_relay, agent) = setup("board1")?;
+    let dir = tempfile::tempdir()?;
+    let good = write_recipe(
+        dir.path(),
+        "a.yaml",
+        "name: com.example.a\nversion: 1.0.0\nmanifests:\n  - lifecycle:\n      run: sleep 600\n",
+    )?;
+    app_ok(&agent, &["deploy", path_str(&good)])?;
+    let before = show(&agent, "com.example.a")?;
+    std::fs::write(dir.path().join("payload.bin"), b"the real bytes")?;
+    let cases: Vec<(&str, String, Vec<&str>)> = vec![
+        (
+            "digest.yaml",
+            "name: com.example.a\nversion: 2.0.0\nmanifests:\n  - artifacts:\n      - uri: payload.bin\n        sha256: 0000000000000000000000000000000000000000000000000000000000000000\n    lifecycle:\n      run: sleep 600\n".into(),
+            vec!["sha256 mismatch", "payload.bin"],
+        ),
+        (
+            "invalid.yaml",
+            "name: com.example.a\nversion: 2.0.0\nmanifests:\n  - lifecycle:\n      run: sleep 600\n      restart_policy: always\n".into(),
+            vec!["invalid.yaml", "line 6", "restart_policy"],
+        ),
+        (
+            "self.yaml",
+            "name: com.example.b\nversion: 1.0.0\ndependencies:\n  com.example.b:\n    version: '*'\nmanifests:\n  - lifecycle:\n      run: sleep 600\n".into(),
+            vec!["self.yaml", "dependencies[com.example.b]", "cannot depend on itself"],
+        ),
+        (
+            "cycle-x.yaml",
+            "name: com.example.x\nversion: 1.0.0\ndependencies:\n  com.example.y:\n    version: '*'\nmanifests:\n  - lifecycle:\n      run: sleep 600\n".into(),
+            vec!["cycle", "com.example.x", "com.example.y"],
+        ),
+        (
+            "missing.yaml",
+            "name: com.example.c\nversion: 1.0.0\ndependencies:\n  com.example.nowhere:\n    version: '>=1.0.0'\nmanifests:\n  - lifecycle:\n      run: sleep 600\n".into(),
+            vec!["com.example.c", "com.example.nowhere"],
+        ),
+        (
+            "version.yaml",
+            "name: com.example.d\nversion: 1.0.0\ndependencies:\n  com.example.a:\n    version: '>=5.0.0'\nmanifests:\n  - lifecycle:\n      run: sleep 600\n".into(),
+            vec!["com.example.a", "5.0.0", "1.0.0"],
+        ),
+    ];
+    // Half of a cycle: y only softly needs x, so it deploys on its own; x then closes the loop.
+    let y = write_recipe(
+        dir.path(),
+        "cycle-y.yaml",
+        "name: com.example.y\nversion: 1.0.0\ndependencies:\n  com.example.x:\n    version: '*'\n    type: soft\nmanifests:\n  - lifecycle:\n      run: sleep 600\n",
+    )?;
+    app_ok(&agent, &["deploy", path_str(&y)])?;
+    for (file, text, expect) in &cases {
+        let path = write_recipe(dir.path(), file, text)?;
+        let r = app(
+            &agent,
+            &[
+                "deploy",
+                path_str(&path),
+                "--artifacts",
+                path_str(dir.path()),
+            ],
+        )?;
+        ensure!(r.status == Some(1), "{file} accepted: {}", r.stdout);
+        for e in expect {
+            if !r.stderr.contains(e) {
+                bail!("{file}: error lacks {e:?}: {}", r.stderr);
+            }
+        }
+        let after = show(&agent, "com.example.a")?;
+        ensure!(
+            after["version"] == "1.0.0"
+                && after["pid"] == before["pid"]
+                && after["state"] == "running",
+            "{file} changed the running component: {after}"
+        );
+    }
+    let list: serde_json::Value = serde_json::from_str(&app_ok(&agent, &["list", "--json"])?)?;
+    ensure!(list.as_array().map(Vec::len) == Some(2), "{list}");
+    // validate reports the same without an agent.
+    let r = app(
+        &agent,
+        &["validate", path_str(&dir.path().join("invalid.yaml"))],
+    )?;
+    ensure!(
+        r.status == Some(1) && r.stderr.contains("restart_policy"),
+        "{}",
+        r.stderr
+    );
+    Ok(())
+}
+
+#[test]
+fn the_periodic_example_ticks_and_shuts_down_cleanly() -> Result<()> {
+    let (_relay, agent) = setup("board1")?;
+    let recipe = recipes_dir().join("periodic-job/recipe.yaml");
+    app_ok(
+        &agent,
+        &["deploy", path_str(&recipe), "--set", "interval=0.2"],
+    )?;
+    let ticks = agent
+        .dir
+        .path()
+        .join("state/apps/com.example.periodic-job/work/ticks");
+    wait_until(Duration::from_secs(20), "three ticks", || {
+        std::fs::read_to_string(&ticks).is_ok_and(|t| t.lines().count() >= 3)
+    })?;
+    let text = std::fs::read_to_string(&ticks)?;
+    let device = agent.device_id()?;
+    ensure!(
+        text.lines()
+            .all(|l| l.starts_with("tick ") && l.ends_with(&format!("on {device}"))),
+        "{text}"
+    );
+    app_ok(&agent, &["stop", "com.example.periodic-job"])?;
+    let logs = app_ok(&agent, &["logs", "com.example.periodic-job"])?;
+    ensure!(logs.contains("shutdown/stdout: stopping after"), "{logs}");
+    Ok(())
+}
