@@ -305,12 +305,16 @@ fn components_come_back_after_kill_9_without_reinstalling() -> Result<()> {
             .is_ok_and(|s| s["state"] == "running" && s["pid"].as_i64().is_some_and(|p| p != pid))
     })?;
     // The processes the killed agent left behind were ended, not duplicated.
-    let group_alive = std::process::Command::new("kill")
-        .args(["-0", &format!("-{pid}")])
-        .stderr(std::process::Stdio::null())
-        .status()?
-        .success();
-    ensure!(!group_alive, "the old process group {pid} is still alive");
+    // (Zombies do not count: after the agent's death their new parent reaps them when it
+    // gets to it.)
+    let ps = std::process::Command::new("ps")
+        .args(["-eo", "pgid=,stat="])
+        .output()?;
+    let alive = String::from_utf8_lossy(&ps.stdout).lines().any(|l| {
+        let mut f = l.split_whitespace();
+        f.next() == Some(&pid.to_string()) && f.next().is_some_and(|st| !st.starts_with('Z'))
+    });
+    ensure!(!alive, "the old process group {pid} is still alive");
     let installs = std::fs::read_to_string(
         agent
             .dir
@@ -495,5 +499,127 @@ fn the_periodic_example_ticks_and_shuts_down_cleanly() -> Result<()> {
     app_ok(&agent, &["stop", "com.example.periodic-job"])?;
     let logs = app_ok(&agent, &["logs", "com.example.periodic-job"])?;
     ensure!(logs.contains("shutdown/stdout: stopping after"), "{logs}");
+    Ok(())
+}
+
+/// sha256 of a file, by the system's sha256sum.
+fn sha256sum(path: &Path) -> Result<String> {
+    let out = std::process::Command::new("sha256sum").arg(path).output()?;
+    ensure!(out.status.success(), "sha256sum failed");
+    Ok(String::from_utf8(out.stdout)?
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string())
+}
+
+#[test]
+fn archives_daemons_skip_if_timeouts_and_users() -> Result<()> {
+    let is_root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    let relay = Relay::start()?;
+    relay.tenant("acme")?;
+    let extra = if is_root {
+        format!("{APPS}  user: nobody\n")
+    } else {
+        APPS.to_string()
+    };
+    let mut agent = Agent::with_extra_config("board1", &[], &extra)?;
+    agent.enroll(&relay, Transport::Tcp, "acme")?;
+    agent.start()?;
+    agent.wait_online()?;
+    wait_until(Duration::from_secs(10), "control socket", || {
+        agent.dir.path().join("state/control.sock").exists()
+    })?;
+    let dir = tempfile::tempdir()?;
+    // A tar.gz made by the system's tar, unpacked by the agent.
+    let src = dir.path().join("bundle");
+    std::fs::create_dir_all(src.join("bin"))?;
+    std::fs::write(
+        src.join("bin/hello.sh"),
+        "#!/bin/sh\necho unpacked says hi\n",
+    )?;
+    let st = std::process::Command::new("chmod")
+        .args(["0755"])
+        .arg(src.join("bin/hello.sh"))
+        .status()?;
+    ensure!(st.success());
+    let tarball = dir.path().join("bundle.tar.gz");
+    let st = std::process::Command::new("tar")
+        .arg("czf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&src)
+        .arg("bin")
+        .status()?;
+    ensure!(st.success(), "tar failed");
+    let digest = sha256sum(&tarball)?;
+    let pidfile = dir.path().join("daemon.pid");
+    let recipe = write_recipe(
+        dir.path(),
+        "daemon.yaml",
+        &format!(
+            "name: com.example.daemon\nversion: 1.0.0\nmanifests:\n  - artifacts:\n      - uri: bundle.tar.gz\n        sha256: {digest}\n        unarchive: tar.gz\n    lifecycle:\n      install:\n        script: id -u > {{work:path}}/install-uid; {{artifacts:unpacked_path}}/bundle/bin/hello.sh\n        requires_privilege: true\n      startup:\n        script: (exec setsid sleep 600 > /dev/null 2>&1 & echo $! > {pid}); id -u > {{work:path}}/startup-uid\n      shutdown: kill $(cat {pid})\n",
+            pid = pidfile.display()
+        ),
+    )?;
+    if is_root {
+        // The pid file lives in the test's directory; let the steps' user write there.
+        let st = std::process::Command::new("chmod")
+            .args(["0777"])
+            .arg(dir.path())
+            .status()?;
+        ensure!(st.success());
+    }
+    app_ok(
+        &agent,
+        &[
+            "deploy",
+            path_str(&recipe),
+            "--artifacts",
+            path_str(dir.path()),
+        ],
+    )?;
+    let s = show(&agent, "com.example.daemon")?;
+    ensure!(s["state"] == "running", "{s}");
+    let logs = app_ok(&agent, &["logs", "com.example.daemon"])?;
+    ensure!(logs.contains("install/stdout: unpacked says hi"), "{logs}");
+    let work = agent.dir.path().join("state/apps/com.example.daemon/work");
+    let daemon: i32 = std::fs::read_to_string(&pidfile)?.trim().parse()?;
+    let alive = |pid: i32| std::path::Path::new(&format!("/proc/{pid}")).exists();
+    ensure!(alive(daemon), "daemon not running");
+    if is_root {
+        let install_uid = std::fs::read_to_string(work.join("install-uid"))?;
+        let startup_uid = std::fs::read_to_string(work.join("startup-uid"))?;
+        ensure!(
+            install_uid.trim() == "0" && startup_uid.trim() == "65534",
+            "privileged install ran as {install_uid}, startup as {startup_uid}"
+        );
+    }
+    app_ok(&agent, &["stop", "com.example.daemon"])?;
+    wait_until(
+        Duration::from_secs(10),
+        "daemon stopped by shutdown",
+        || !alive(daemon),
+    )?;
+
+    // skip_if skips; a run step over its timeout fails like a crash.
+    let marker = work.join("skip-me");
+    std::fs::write(&marker, "")?;
+    let recipe = write_recipe(
+        dir.path(),
+        "skip.yaml",
+        "name: com.example.skip\nversion: 1.0.0\nmanifests:\n  - lifecycle:\n      install:\n        script: exit 1\n        skip_if: exists {work:path}/../../com.example.daemon/work/skip-me\n      run:\n        script: sleep 600\n        timeout: 1500ms\n",
+    )?;
+    app_ok(&agent, &["deploy", path_str(&recipe)])?;
+    wait_until(Duration::from_secs(20), "timed-out run is errored", || {
+        show(&agent, "com.example.skip").is_ok_and(|s| {
+            s["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("timed out after 1s 500ms"))
+        })
+    })?;
     Ok(())
 }

@@ -563,6 +563,7 @@ impl Supervisor {
         {
             return Ok(());
         }
+        self.wait_for_dependencies(slots, name).await;
         let deps = dependency_configs(slots, name);
         let Some(slot) = slots.get_mut(name) else {
             return Err(SupervisorError::NotDeployed(name.to_string()));
@@ -598,6 +599,39 @@ impl Supervisor {
         slot.stop = Some(stop_tx);
         slot.task = Some(task);
         Ok(())
+    }
+
+    /// Waits (up to `apps.step_timeout`) until `name`'s deployed hard dependencies are running
+    /// or finished, so a dependent never starts before what it needs; after that it starts
+    /// anyway, with a warning, since a dependency that is slow to start is not a reason to
+    /// leave its dependents down forever.
+    async fn wait_for_dependencies(&self, slots: &BTreeMap<String, Slot>, name: &str) {
+        let Some(slot) = slots.get(name) else { return };
+        let hard: Vec<&Slot> = slot
+            .recipe
+            .dependencies
+            .iter()
+            .filter(|(_, d)| matches!(d.kind, tether_protocol::recipe::DependencyKind::Hard))
+            .filter_map(|(n, _)| slots.get(n))
+            .collect();
+        let deadline = Instant::now() + self.shared.config.step_timeout;
+        for dep in hard {
+            loop {
+                let (state, desired, dep_name) = {
+                    let r = lock(&dep.record);
+                    (r.state, r.desired, r.name.clone())
+                };
+                if matches!(state, State::Running | State::Finished) || desired == Desired::Stopped
+                {
+                    break;
+                }
+                if Instant::now() >= deadline || state == State::Broken {
+                    tracing::warn!("component {name}: starting although {dep_name} is {state}");
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
     }
 
     /// Stops the component's task (shutdown step, SIGTERM, SIGKILL); with `keep_stopped` the
@@ -787,13 +821,37 @@ async fn end_group(pgid: i32, grace: Duration) {
     }
     let deadline = Instant::now() + grace;
     while Instant::now() < deadline {
-        // Signal 0 probes whether any process of the group is left.
-        if killpg(group, None).is_err() {
+        if !group_alive(pgid) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let _ = killpg(group, Signal::SIGKILL);
+}
+
+/// Whether a process group has a member that is not a zombie. Signal 0 alone would also
+/// count zombies, which linger until their new parent (after an agent crash, init) reaps them.
+pub fn group_alive(pgid: i32) -> bool {
+    if killpg(Pid::from_raw(pgid), None).is_err() {
+        return false;
+    }
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return true;
+    };
+    entries.flatten().any(|e| {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            return false;
+        };
+        // Fields after the command name (which may hold spaces and parentheses):
+        // state, ppid, pgrp, …
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            return false;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next();
+        let pgrp = fields.nth(1).and_then(|p| p.parse::<i32>().ok());
+        pgrp == Some(pgid) && state != Some("Z") && state != Some("X")
+    })
 }
 
 /// One component's running context.
@@ -872,12 +930,21 @@ impl ComponentCtx {
     }
 
     /// Whether `skip_if` says to skip the step.
-    fn skipped(step: &Step) -> bool {
+    /// Placeholders in the condition are filled in; a relative path is taken from the work
+    /// directory, where the steps run.
+    fn skipped(&self, step: &Step) -> bool {
         match &step.skip_if {
-            Some(SkipIf::Exists(path)) => path.exists(),
-            Some(SkipIf::OnPath(cmd)) => STEP_PATH
-                .split(':')
-                .any(|dir| Path::new(dir).join(cmd).is_file()),
+            Some(SkipIf::Exists(path)) => {
+                let text = path.to_string_lossy();
+                let filled = self.interpolate(&text).unwrap_or_else(|_| text.to_string());
+                self.layout.work().join(filled).exists()
+            }
+            Some(SkipIf::OnPath(cmd)) => {
+                let filled = self.interpolate(cmd).unwrap_or_else(|_| cmd.clone());
+                STEP_PATH
+                    .split(':')
+                    .any(|dir| Path::new(dir).join(&filled).is_file())
+            }
             None => false,
         }
     }
@@ -963,7 +1030,18 @@ impl ComponentCtx {
 
     /// Runs a finite step to completion within its timeout; the error says what happened.
     async fn run_step(&self, step_name: &'static str, step: &Step) -> Result<(), String> {
-        if Self::skipped(step) {
+        self.run_step_keeping(step_name, step, false).await
+    }
+
+    /// Like [`Self::run_step`]; with `keep_group` the step's process group stays recorded after
+    /// it succeeds, so what a `startup` step left running in it is ended on stop.
+    async fn run_step_keeping(
+        &self,
+        step_name: &'static str,
+        step: &Step,
+        keep_group: bool,
+    ) -> Result<(), String> {
+        if self.skipped(step) {
             tracing::info!("component {}: {step_name} skipped (skip_if)", self.name());
             return Ok(());
         }
@@ -986,9 +1064,14 @@ impl ComponentCtx {
                 ))
             }
         };
-        // Whatever the step left running in its group goes with it (a daemonising startup
-        // step's daemon has left the group by then, by setsid or double fork).
-        self.update(|r| r.pgid = None);
+        if !(keep_group && result.is_ok()) {
+            if result.is_err()
+                && let Some(p) = pgid
+            {
+                end_group(p, self.shared.config.stop_timeout).await;
+            }
+            self.update(|r| r.pgid = None);
+        }
         result
     }
 
@@ -1032,12 +1115,13 @@ async fn supervise(ctx: Arc<ComponentCtx>, mut stop: watch::Receiver<bool>) {
         ctx.set_state(State::Starting);
         let lifecycle = ctx.manifest.lifecycle.clone();
         if let Some(step) = &lifecycle.startup {
-            match ctx.run_step("startup", step).await {
+            match ctx.run_step_keeping("startup", step, true).await {
                 Ok(()) => {
                     ctx.update(|r| r.errors = 0);
                     ctx.set_state(State::Running);
                     let _ = stop.wait_for(|s| *s).await;
-                    ctx.shut_down(None, None).await;
+                    let pgid = lock(&ctx.record).pgid;
+                    ctx.shut_down(pgid, None).await;
                     ctx.set_state(State::Finished);
                     return;
                 }
@@ -1046,7 +1130,7 @@ async fn supervise(ctx: Arc<ComponentCtx>, mut stop: watch::Receiver<bool>) {
                 }
             }
         } else if let Some(step) = &lifecycle.run {
-            if ComponentCtx::skipped(step) {
+            if ctx.skipped(step) {
                 ctx.set_state(State::Finished);
                 return;
             }
@@ -1065,9 +1149,22 @@ async fn supervise(ctx: Arc<ComponentCtx>, mut stop: watch::Receiver<bool>) {
             let stable = tokio::time::sleep(cfg.stable_after);
             tokio::pin!(stable);
             let mut was_stable = false;
+            // A run step has no time limit unless the recipe gives one.
+            let limit = tokio::time::sleep(
+                step.timeout
+                    .unwrap_or(Duration::from_secs(100 * 365 * 24 * 3600)),
+            );
+            tokio::pin!(limit);
+            let mut timed_out = false;
             let exit = loop {
                 tokio::select! {
                     status = child.wait() => break Some(status),
+                    _ = &mut limit, if !timed_out => {
+                        timed_out = true;
+                        if let Some(p) = pgid {
+                            let _ = killpg(Pid::from_raw(p), Signal::SIGKILL);
+                        }
+                    }
                     _ = stop.wait_for(|s| *s) => break None,
                     _ = &mut stable, if !was_stable => {
                         was_stable = true;
@@ -1100,6 +1197,10 @@ async fn supervise(ctx: Arc<ComponentCtx>, mut stop: watch::Receiver<bool>) {
                     }
                     ctx.update(|r| r.pgid = None);
                     let message = match status {
+                        Ok(_) if timed_out => format!(
+                            "timed out after {}",
+                            humantime::format_duration(step.timeout.unwrap_or_default())
+                        ),
                         Ok(s) => describe_exit(s),
                         Err(e) => format!("could not be waited for: {e}"),
                     };

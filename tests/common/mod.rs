@@ -604,6 +604,17 @@ impl Agent {
     }
 }
 
+impl Drop for Agent {
+    /// Stops the agent with SIGTERM first, so it stops the applications it runs (they are
+    /// in their own process groups and would outlive a SIGKILLed agent); SIGKILL follows in
+    /// `Proc`'s own drop if it does not exit.
+    fn drop(&mut self) {
+        if let Some(p) = self.proc.as_mut() {
+            p.terminate(Duration::from_secs(15));
+        }
+    }
+}
+
 /// An engineer: a key pair and an OpenSSH client configuration for the relay.
 pub struct Engineer {
     pub name: String,
