@@ -564,7 +564,7 @@ fn a_corrupt_frame_closes_only_that_channel() -> Result<()> {
 
     let cases: [(&[u8], &str); 3] = [
         (b"\x00\x00\x00\x03\x09{}", "version 9 not supported"),
-        (b"\x00\x00\x00\x05\x01oops", "malformed telemetry frame"),
+        (b"\x00\x00\x00\x05\x01oops", "malformed frame"),
         (b"\xff\xff\xff\xff", "length"),
     ];
     for (bytes, expect) in cases {

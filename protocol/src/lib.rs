@@ -5,6 +5,8 @@
 //!   device link its meaning, and the rules for device names.
 //! - [`config_file`]: YAML configuration files with errors that name file, line and key.
 //! - [`enroll`]: the JSON messages of the enrollment exchange.
+//! - [`fleet`]: desired and reported state, the control channel, artifact downloads.
+//! - [`frame`]: length-prefixed versioned JSON frames (telemetry and control channels).
 //! - [`keyfile`]: ed25519 private key files (device key, relay host key).
 //! - [`recipe`]: application recipes (artifacts, lifecycle steps, placeholders, dependencies).
 //! - [`shutdown`]: the stop signals both programs obey.
@@ -13,6 +15,8 @@
 
 pub mod config_file;
 pub mod enroll;
+pub mod fleet;
+pub mod frame;
 pub mod keyfile;
 pub mod names;
 pub mod recipe;

@@ -7,17 +7,13 @@
 //! channel is closed.
 
 use serde::{Deserialize, Serialize};
-use thiserror::Error;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Session subsystem of the telemetry channel (device → relay).
 pub const TELEMETRY_SUBSYSTEM: &str = "tether-telemetry";
 
-/// Version byte of the frames this code writes and reads.
-pub const FRAME_VERSION: u8 = 1;
+pub use crate::frame::{FRAME_VERSION, MAX_FRAME};
 
-/// Largest frame accepted, version byte and body included.
-pub const MAX_FRAME: usize = 8 * 1024 * 1024;
 
 /// What a record is.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
@@ -128,35 +124,11 @@ pub enum Frame {
     },
 }
 
-/// Why a frame could not be read.
-#[derive(Debug, Error)]
-pub enum FrameError {
-    /// The stream failed.
-    #[error("telemetry channel: {0}")]
-    Io(#[from] std::io::Error),
-    /// The length prefix is zero or above [`MAX_FRAME`].
-    #[error("telemetry frame length {0} out of range (1..={MAX_FRAME})")]
-    Length(usize),
-    /// The version byte is not one this code speaks.
-    #[error("telemetry frame version {0} not supported (expected {FRAME_VERSION})")]
-    Version(u8),
-    /// The body is not a valid frame.
-    #[error("malformed telemetry frame: {0}")]
-    Body(#[from] serde_json::Error),
-}
+pub use crate::frame::FrameError;
 
 /// Encodes a frame.
 pub fn encode(frame: &Frame) -> Result<Vec<u8>, FrameError> {
-    let body = serde_json::to_vec(frame)?;
-    let len = body.len() + 1;
-    if len > MAX_FRAME {
-        return Err(FrameError::Length(len));
-    }
-    let mut out = Vec::with_capacity(4 + len);
-    out.extend_from_slice(&(len as u32).to_be_bytes());
-    out.push(FRAME_VERSION);
-    out.extend_from_slice(&body);
-    Ok(out)
+    crate::frame::encode(frame)
 }
 
 /// Writes one frame.
@@ -164,29 +136,12 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
     w: &mut W,
     frame: &Frame,
 ) -> Result<(), FrameError> {
-    w.write_all(&encode(frame)?).await?;
-    w.flush().await?;
-    Ok(())
+    crate::frame::write(w, frame).await
 }
 
 /// Reads one frame; `Ok(None)` at a clean end of stream between frames.
 pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Frame>, FrameError> {
-    let mut len = [0u8; 4];
-    match r.read_exact(&mut len).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e.into()),
-    }
-    let len = u32::from_be_bytes(len) as usize;
-    if len == 0 || len > MAX_FRAME {
-        return Err(FrameError::Length(len));
-    }
-    let mut buf = vec![0u8; len];
-    r.read_exact(&mut buf).await?;
-    if buf[0] != FRAME_VERSION {
-        return Err(FrameError::Version(buf[0]));
-    }
-    Ok(Some(serde_json::from_slice(&buf[1..])?))
+    crate::frame::read(r).await
 }
 
 #[cfg(test)]

@@ -1,0 +1,151 @@
+//! Fleet desired state on the wire: what the relay wants a device to run, what the device
+//! reports back, and how the device fetches recipes and artifacts stored on the relay.
+//!
+//! The device opens a [`CONTROL_SUBSYSTEM`] channel when its link comes up. The relay sends
+//! the device's current [`DesiredState`] at once and again whenever it changes; the device
+//! answers with [`ReportedState`] after each reconciliation and whenever a component changes
+//! state. Both directions use [`crate::frame`] framing with [`ControlFrame`] bodies.
+//!
+//! Recipes and artifacts are content-addressed by sha256. To fetch one the device opens an
+//! [`ARTIFACT_SUBSYSTEM`] channel, sends one [`ArtifactRequest`] line (JSON) and reads the
+//! bytes from `offset` to the end; the channel then closes. An interrupted transfer resumes
+//! from what the device already has, and the device checks the digest before use.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Subsystem of the control channel.
+pub const CONTROL_SUBSYSTEM: &str = "tether-control";
+
+/// Subsystem of artifact downloads.
+pub const ARTIFACT_SUBSYSTEM: &str = "tether-artifact";
+
+/// One component as the relay wants it on a device.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DesiredComponent {
+    /// Component version (as in its recipe).
+    pub version: String,
+    /// sha256 of the recipe file stored on the relay.
+    pub recipe_sha256: String,
+    /// Configuration overrides merged over the recipe's defaults.
+    #[serde(default)]
+    pub configuration: serde_json::Value,
+}
+
+/// Everything the relay wants one device to run. `version` increases with every change.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DesiredState {
+    /// Version of this document for the device; a device applies each version once.
+    pub version: u64,
+    /// The deployment that produced this version, if any.
+    #[serde(default)]
+    pub deployment_id: Option<String>,
+    /// Components by name.
+    #[serde(default)]
+    pub components: BTreeMap<String, DesiredComponent>,
+}
+
+/// Where a deployment stands on one device.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeploymentStatus {
+    /// Not yet picked up (device offline, or busy with an earlier version).
+    Pending,
+    /// Fetching recipes and artifacts.
+    Downloading,
+    /// Installing and starting components.
+    Installing,
+    /// Every component is running (or finished).
+    Succeeded,
+    /// It failed and nothing could be restored.
+    Failed,
+    /// It failed and the previous components were restored.
+    RolledBack,
+}
+
+impl std::fmt::Display for DeploymentStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DeploymentStatus::Pending => "pending",
+            DeploymentStatus::Downloading => "downloading",
+            DeploymentStatus::Installing => "installing",
+            DeploymentStatus::Succeeded => "succeeded",
+            DeploymentStatus::Failed => "failed",
+            DeploymentStatus::RolledBack => "rolled-back",
+        })
+    }
+}
+
+/// One component as the device has it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReportedComponent {
+    /// Name.
+    pub name: String,
+    /// Deployed version.
+    pub version: String,
+    /// Lifecycle state (new, installed, starting, running, stopping, finished, errored, broken).
+    pub state: String,
+    /// Failures since the last successful run.
+    pub errors: u32,
+    /// Restarts since deployed.
+    pub restarts: u32,
+    /// Last failure.
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// Effective configuration.
+    #[serde(default)]
+    pub configuration: serde_json::Value,
+}
+
+/// What a device reports about its desired-state work and its components.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ReportedState {
+    /// The desired-state version the device worked on last.
+    pub version: u64,
+    /// The deployment of that version, if any.
+    #[serde(default)]
+    pub deployment_id: Option<String>,
+    /// How that went.
+    pub status: Option<DeploymentStatus>,
+    /// Why it failed, or what was done.
+    #[serde(default)]
+    pub message: Option<String>,
+    /// The components on the device now.
+    #[serde(default)]
+    pub components: Vec<ReportedComponent>,
+}
+
+/// A message on the control channel.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ControlFrame {
+    /// Relay → device: the desired state.
+    Desired {
+        /// The document.
+        state: DesiredState,
+    },
+    /// Device → relay: the reported state.
+    Reported {
+        /// The report.
+        state: ReportedState,
+    },
+}
+
+/// The one request line on an artifact channel.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactRequest {
+    /// sha256 of the artifact (lowercase hex).
+    pub sha256: String,
+    /// Byte offset to start from (what the device already has).
+    #[serde(default)]
+    pub offset: u64,
+}
+
+/// Whether `s` is a sha256 in lowercase hex (64 characters).
+pub fn is_sha256(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
