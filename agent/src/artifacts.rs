@@ -66,6 +66,8 @@ pub fn describe(uri: &ArtifactUri) -> String {
 pub struct Sources {
     /// Directory holding artifacts named by bare file name (`agent app deploy --artifacts`).
     pub local_dir: Option<PathBuf>,
+    /// Directory of artifacts already fetched from the relay, named by sha256.
+    pub relay_cache: Option<PathBuf>,
 }
 
 /// Copies `artifact` into `dir` under its file name, checking its digest; returns the path.
@@ -92,10 +94,21 @@ pub fn fetch(artifact: &Artifact, sources: &Sources, dir: &Path) -> Result<PathB
                 });
             }
         },
-        ArtifactUri::Https(_) | ArtifactUri::Relay(_) => {
+        ArtifactUri::Relay(digest) => match &sources.relay_cache {
+            Some(d) => d.join(digest),
+            None => {
+                return Err(ArtifactError::Unsupported {
+                    uri,
+                    message:
+                        "artifacts stored on the relay arrive with a deployment from the relay"
+                            .into(),
+                });
+            }
+        },
+        ArtifactUri::Https(_) => {
             return Err(ArtifactError::Unsupported {
                 uri,
-                message: "downloads arrive through a deployment from the relay; deploy locally with file:// or --artifacts".into(),
+                message: "https downloads are not supported yet; store the artifact on the relay (relay artifact put) or deploy locally with --artifacts".into(),
             });
         }
     };

@@ -282,12 +282,13 @@ async fn run_agent(config: AgentConfig) -> Result<()> {
         enrollment.device_id,
         enrollment.relay_url
     );
-    let ctx = LinkContext {
+    let mut ctx = LinkContext {
         config,
         enrollment,
         key: Arc::new(key),
         server: Arc::new(server),
         policy: Arc::new(policy),
+        supervisor: None,
     };
     let socket_path = ctx
         .config
@@ -326,6 +327,7 @@ async fn run_agent(config: AgentConfig) -> Result<()> {
         Some(producer.clone()),
     )
     .context("starting the application supervisor (apps settings)")?;
+    ctx.supervisor = Some(supervisor.clone());
     let recovering = supervisor.clone();
     tokio::spawn(async move {
         if let Err(e) = recovering.recover().await {

@@ -143,6 +143,8 @@ async fn handle(request: Request, sup: &Supervisor) -> Answer {
                 origin,
                 artifacts_dir: artifacts,
                 set,
+                overrides: None,
+                relay_cache: None,
             })
             .await
             .map(success),

@@ -23,6 +23,7 @@
 //! - [`supervisor`]: applications from recipes: install, start, supervise, stop, roll back.
 //! - [`component`]: a deployed component on disk: its files and its durable record.
 //! - [`artifacts`]: fetching, checking (sha256) and unpacking a component's artifacts.
+//! - [`reconcile`]: the relay's desired state applied on the device (control channel).
 //! - [`control`]: the local socket through which `agent app` reaches the supervisor.
 //! - [`app_cli`]: `agent app …`.
 //! - [`cli`]: the command line.
@@ -43,6 +44,7 @@ pub mod link;
 pub mod outbox;
 pub mod producer;
 pub mod pty;
+pub mod reconcile;
 pub mod server;
 pub mod sftp;
 pub mod socket;

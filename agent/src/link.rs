@@ -133,6 +133,8 @@ pub struct LinkContext {
     pub server: Arc<ServerSettings>,
     /// Which device-local targets may be reached.
     pub policy: Arc<ForwardPolicy>,
+    /// The application supervisor, which the relay's desired state drives.
+    pub supervisor: Option<crate::supervisor::Supervisor>,
 }
 
 /// The russh client handler of the link.
@@ -290,6 +292,7 @@ pub async fn run(ctx: LinkContext, mut shutdown: watch::Receiver<bool>) -> Resul
                     notify(&[sd_notify::NotifyState::Status("link online")]);
                     backoff.reset();
                     let uploader = start_upload(&handle, &ctx).await;
+                    let controller = start_control(&handle, &ctx).await;
                     let ended = tokio::select! {
                         r = &mut handle => r.err().map(|e| e.to_string()),
                         _ = shutdown.changed() => {
@@ -304,6 +307,9 @@ pub async fn run(ctx: LinkContext, mut shutdown: watch::Receiver<bool>) -> Resul
                     };
                     if let Some(u) = uploader {
                         u.abort();
+                    }
+                    if let Some(c) = controller {
+                        c.abort();
                     }
                     let msg = ended.unwrap_or_else(|| "relay closed the link".to_string());
                     tracing::warn!("link to {} lost: {msg}", relay.authority());
@@ -328,6 +334,35 @@ pub async fn run(ctx: LinkContext, mut shutdown: watch::Receiver<bool>) -> Resul
     }
     status::publish(&state_dir, LinkState::Stopped, None);
     Ok(())
+}
+
+/// Opens the control channel and starts following the relay's desired state on it. Like
+/// telemetry, a failure here is logged and leaves the link up.
+async fn start_control<H: client::Handler>(
+    handle: &client::Handle<H>,
+    ctx: &LinkContext,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let supervisor = ctx.supervisor.clone()?;
+    let channel = match handle.channel_open_session().await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!("cannot open the control channel: {e}");
+            return None;
+        }
+    };
+    if let Err(e) = channel
+        .request_subsystem(false, tether_protocol::fleet::CONTROL_SUBSYSTEM)
+        .await
+    {
+        tracing::warn!("cannot start the control channel: {e}");
+        return None;
+    }
+    let state_dir = ctx.config.state_dir.clone();
+    Some(tokio::spawn(async move {
+        if let Err(e) = crate::reconcile::run(channel, supervisor, state_dir).await {
+            tracing::info!("control channel stopped: {e}");
+        }
+    }))
 }
 
 /// Opens the telemetry channel and starts uploading the outbox on it. A failure here is

@@ -65,6 +65,16 @@ pub enum SupervisorError {
         /// What happened.
         message: String,
     },
+    /// A new component did not stay up.
+    #[error("{component} {version}: {message}")]
+    Unstable {
+        /// Component name.
+        component: String,
+        /// Its version.
+        version: String,
+        /// What its last failure was.
+        message: String,
+    },
     /// The deployment failed and was undone.
     #[error("{message}; {undone}")]
     RolledBack {
@@ -153,6 +163,10 @@ pub struct DeployRequest {
     pub artifacts_dir: Option<PathBuf>,
     /// `key=value` configuration assignments.
     pub set: Vec<String>,
+    /// Configuration overrides (merge patch), applied after `set`; from fleet deployments.
+    pub overrides: Option<serde_json::Value>,
+    /// Directory of recipes and artifacts fetched from the relay, by sha256.
+    pub relay_cache: Option<PathBuf>,
 }
 
 /// One component known to the supervisor.
@@ -274,6 +288,38 @@ impl Supervisor {
         Ok(())
     }
 
+    /// Deploys a recipe locally: validates, fetches and checks artifacts, stops the old
+    /// version, installs and starts the new one, and rolls back to the old one if the new one
+    /// fails to install, start or stay up for `apps.settle_time`.
+    pub async fn deploy(&self, req: DeployRequest) -> Result<ComponentStatus, SupervisorError> {
+        let this = self.clone();
+        run_to_completion(async move { this.deploy_now(req).await }).await
+    }
+
+    /// See the operation of the same name; runs to completion even if the caller goes away.
+    pub async fn start(&self, name: &str) -> Result<ComponentStatus, SupervisorError> {
+        let (this, name) = (self.clone(), name.to_string());
+        run_to_completion(async move { this.start_now(&name).await }).await
+    }
+
+    /// See the operation of the same name; runs to completion even if the caller goes away.
+    pub async fn stop(&self, name: &str) -> Result<ComponentStatus, SupervisorError> {
+        let (this, name) = (self.clone(), name.to_string());
+        run_to_completion(async move { this.stop_now(&name).await }).await
+    }
+
+    /// See the operation of the same name; runs to completion even if the caller goes away.
+    pub async fn restart(&self, name: &str) -> Result<ComponentStatus, SupervisorError> {
+        let (this, name) = (self.clone(), name.to_string());
+        run_to_completion(async move { this.restart_now(&name).await }).await
+    }
+
+    /// See the operation of the same name; runs to completion even if the caller goes away.
+    pub async fn remove(&self, name: &str) -> Result<(), SupervisorError> {
+        let (this, name) = (self.clone(), name.to_string());
+        run_to_completion(async move { this.remove_now(&name).await }).await
+    }
+
     /// Status of every component.
     pub async fn list(&self) -> Vec<ComponentStatus> {
         let slots = self.slots.lock().await;
@@ -295,7 +341,7 @@ impl Supervisor {
     /// Deploys a recipe locally: validates, fetches and checks artifacts, stops the old
     /// version, installs and starts the new one, and rolls back to the old one if the new one
     /// fails to install, start or stay up for `apps.settle_time`.
-    pub async fn deploy(&self, req: DeployRequest) -> Result<ComponentStatus, SupervisorError> {
+    async fn deploy_now(&self, req: DeployRequest) -> Result<ComponentStatus, SupervisorError> {
         let mut slots = self.slots.lock().await;
         let recipe = recipe::parse(&req.recipe, &req.origin)?;
         let manifest = recipe
@@ -306,6 +352,9 @@ impl Supervisor {
         let mut overrides = serde_json::Value::Object(Default::default());
         for assignment in &req.set {
             recipe::apply_set(&mut overrides, assignment)?;
+        }
+        if let Some(patch) = &req.overrides {
+            recipe::merge(&mut overrides, patch);
         }
         let mut configuration = recipe.configuration.clone();
         recipe::merge(&mut configuration, &overrides);
@@ -444,7 +493,7 @@ impl Supervisor {
     }
 
     /// Starts a stopped, finished or broken component (clearing its error count).
-    pub async fn start(&self, name: &str) -> Result<ComponentStatus, SupervisorError> {
+    async fn start_now(&self, name: &str) -> Result<ComponentStatus, SupervisorError> {
         let mut slots = self.slots.lock().await;
         let slot = slots
             .get(name)
@@ -459,7 +508,7 @@ impl Supervisor {
     }
 
     /// Stops a component and keeps it stopped (also across agent restarts).
-    pub async fn stop(&self, name: &str) -> Result<ComponentStatus, SupervisorError> {
+    async fn stop_now(&self, name: &str) -> Result<ComponentStatus, SupervisorError> {
         let mut slots = self.slots.lock().await;
         if !slots.contains_key(name) {
             return Err(SupervisorError::NotDeployed(name.to_string()));
@@ -472,7 +521,7 @@ impl Supervisor {
     }
 
     /// Restarts a component, and its hard dependents after it.
-    pub async fn restart(&self, name: &str) -> Result<ComponentStatus, SupervisorError> {
+    async fn restart_now(&self, name: &str) -> Result<ComponentStatus, SupervisorError> {
         let mut slots = self.slots.lock().await;
         if !slots.contains_key(name) {
             return Err(SupervisorError::NotDeployed(name.to_string()));
@@ -501,7 +550,7 @@ impl Supervisor {
 
     /// Stops and deletes a component; refused while another deployed component has a hard
     /// dependency on it.
-    pub async fn remove(&self, name: &str) -> Result<(), SupervisorError> {
+    async fn remove_now(&self, name: &str) -> Result<(), SupervisorError> {
         let mut slots = self.slots.lock().await;
         if !slots.contains_key(name) {
             return Err(SupervisorError::NotDeployed(name.to_string()));
@@ -673,10 +722,9 @@ impl Supervisor {
                 (r.state, r.errors, r.last_error.clone(), r.version.clone())
             };
             if errors > 0 || matches!(state, State::Errored | State::Broken) {
-                return Err(SupervisorError::Step {
+                return Err(SupervisorError::Unstable {
                     component: name.to_string(),
                     version,
-                    step: "run",
                     message: last_error.unwrap_or_else(|| "failed".into()),
                 });
             }
@@ -696,6 +744,20 @@ impl Supervisor {
     }
 }
 
+/// Runs an operation in its own task, so that a caller that goes away (a control client that
+/// disconnects, a control channel aborted when the link drops) does not cancel it half-way:
+/// operations either complete or undo themselves, and only they may decide which.
+async fn run_to_completion<T: Send + 'static>(
+    op: impl std::future::Future<Output = Result<T, SupervisorError>> + Send + 'static,
+) -> Result<T, SupervisorError> {
+    tokio::spawn(op).await.unwrap_or_else(|e| {
+        Err(SupervisorError::Io {
+            what: "supervisor operation".into(),
+            source: std::io::Error::other(e.to_string()),
+        })
+    })
+}
+
 /// Prepares a version directory: recipe, artifacts (checked), unpacked archives.
 async fn stage(
     layout: &Layout,
@@ -711,6 +773,7 @@ async fn stage(
         .map_err(io_err(format!("writing {}", recipe_path.display())))?;
     let sources = Sources {
         local_dir: req.artifacts_dir.clone(),
+        relay_cache: req.relay_cache.clone(),
     };
     let artifacts_dir = layout.artifacts(version);
     let unpacked_dir = layout.unpacked(version);

@@ -6,10 +6,12 @@
 //! answers with [`ReportedState`] after each reconciliation and whenever a component changes
 //! state. Both directions use [`crate::frame`] framing with [`ControlFrame`] bodies.
 //!
-//! Recipes and artifacts are content-addressed by sha256. To fetch one the device opens an
-//! [`ARTIFACT_SUBSYSTEM`] channel, sends one [`ArtifactRequest`] line (JSON) and reads the
-//! bytes from `offset` to the end; the channel then closes. An interrupted transfer resumes
-//! from what the device already has, and the device checks the digest before use.
+//! Recipes and artifacts are content-addressed by sha256 and fetched over the same channel:
+//! the device sends [`ControlFrame::Fetch`] with the offset it already has, the relay answers
+//! with [`ControlFrame::Chunk`]s up to the end (or [`ControlFrame::FetchError`]). An
+//! interrupted transfer resumes from what the device kept, and the device checks the digest
+//! before use. (One channel rather than one per download: the link's SSH handle is owned by
+//! the connection loop, and a single ordered stream keeps the exchange simple.)
 
 use std::collections::BTreeMap;
 
@@ -18,8 +20,8 @@ use serde::{Deserialize, Serialize};
 /// Subsystem of the control channel.
 pub const CONTROL_SUBSYSTEM: &str = "tether-control";
 
-/// Subsystem of artifact downloads.
-pub const ARTIFACT_SUBSYSTEM: &str = "tether-artifact";
+/// Bytes of artifact data per [`ControlFrame::Chunk`] (before base64).
+pub const CHUNK_BYTES: usize = 256 * 1024;
 
 /// One component as the relay wants it on a device.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -132,20 +134,36 @@ pub enum ControlFrame {
         /// The report.
         state: ReportedState,
     },
-}
-
-/// The one request line on an artifact channel.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ArtifactRequest {
-    /// sha256 of the artifact (lowercase hex).
-    pub sha256: String,
-    /// Byte offset to start from (what the device already has).
-    #[serde(default)]
-    pub offset: u64,
+    /// Device → relay: send the artifact (or recipe) `sha256` from byte `offset` on.
+    Fetch {
+        /// Its digest, lowercase hex.
+        sha256: String,
+        /// What the device already has.
+        offset: u64,
+    },
+    /// Relay → device: a piece of a fetched artifact.
+    Chunk {
+        /// The artifact.
+        sha256: String,
+        /// Where `data` starts.
+        offset: u64,
+        /// The bytes, base64 (standard alphabet, padded).
+        data: String,
+        /// Whether this is the last piece.
+        last: bool,
+    },
+    /// Relay → device: the artifact cannot be sent.
+    FetchError {
+        /// The artifact.
+        sha256: String,
+        /// Why.
+        message: String,
+    },
 }
 
 /// Whether `s` is a sha256 in lowercase hex (64 characters).
 pub fn is_sha256(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }

@@ -14,7 +14,6 @@ pub const TELEMETRY_SUBSYSTEM: &str = "tether-telemetry";
 
 pub use crate::frame::{FRAME_VERSION, MAX_FRAME};
 
-
 /// What a record is.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]

@@ -3,23 +3,50 @@
 //! - `GET /v1/devices`: the tenant's devices.
 //! - `GET /v1/devices/{id}`: one device, by id or name.
 //! - `GET /v1/devices/{id}/telemetry|events|logs`: its stored records, filtered and paged.
+//! - `GET /v1/devices/{id}/state`: its desired and reported state.
+//! - `PUT /v1/devices/{id}/config`: push configuration to it (`{"component": {patch}}`),
+//!   answered with its new desired state.
+//! - `GET|PUT /v1/devices/{id}/tags`: its tags; PUT `{"add": [...], "remove": [...]}`.
+//! - `POST /v1/deployments`: deploy recipes (`{"target": "tag:T" | "device:D", "recipes":
+//!   [{"name", "text"}], "set": ["[component:]key=value"]}`), answered 201 with the
+//!   deployment; bodies up to 4 MiB.
+//! - `GET /v1/deployments`, `GET /v1/deployments/{id}`: the tenant's deployments.
 //!
 //! Every answer is JSON, errors included (`{"error": "..."}`): 401 without a valid token, 404
-//! for a device the caller cannot see, 400 for bad query parameters, 500 (logged) when the
-//! store fails. A device of another tenant is answered exactly like a device that does not
+//! for a device or deployment the caller cannot see, 400 for bad query parameters or bodies
+//! (naming what is wrong), 500 (logged) when the store fails. A device of another tenant is answered exactly like a device that does not
 //! exist, so a token cannot be used to probe other tenants' device names or ids.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRef, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde_json::json;
 
-use crate::store::{ApiIdentity, Store, StoreError};
+use crate::store::{ApiIdentity, Device, NewDeployment, Store, StoreError, Target};
+
+/// Largest request body of `POST /v1/deployments` (recipes travel inline).
+const MAX_DEPLOYMENT_BODY: usize = 4 * 1024 * 1024;
+
+/// What the API's handlers share.
+#[derive(Clone)]
+struct ApiState {
+    /// The store.
+    store: Arc<Store>,
+    /// Where artifacts (and recipes) are kept.
+    artifacts_dir: Arc<PathBuf>,
+}
+
+impl FromRef<ApiState> for Arc<Store> {
+    fn from_ref(state: &ApiState) -> Arc<Store> {
+        state.store.clone()
+    }
+}
 
 /// An API failure, rendered as JSON `{"error": "..."}` with a status code.
 struct ApiError(StatusCode, String);
@@ -67,6 +94,21 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
+impl From<JsonRejection> for ApiError {
+    fn from(e: JsonRejection) -> Self {
+        // A body that is not JSON, or JSON of the wrong shape, is the client's mistake (400,
+        // with serde's message naming the field); a missing content type (415) or a body over
+        // the limit (413) keep axum's status.
+        let status = match &e {
+            JsonRejection::JsonDataError(_) | JsonRejection::JsonSyntaxError(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            other => other.status(),
+        };
+        ApiError(status, e.body_text())
+    }
+}
+
 /// Runs a blocking store call for the API.
 async fn blocking<T: Send + 'static>(
     store: &Arc<Store>,
@@ -107,15 +149,193 @@ fn no_such_device(id: &str) -> ApiError {
     ApiError(StatusCode::NOT_FOUND, format!("no device named {id:?}"))
 }
 
-/// The API routes, sharing `store`.
-pub fn router(store: Arc<Store>) -> Router {
+/// The answer for a deployment the caller cannot see (like [`no_such_device`]).
+fn no_such_deployment(id: &str) -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, format!("no deployment named {id:?}"))
+}
+
+/// The API routes, sharing `store`; deployments store recipes in `artifacts_dir`.
+pub fn router(store: Arc<Store>, artifacts_dir: PathBuf) -> Router {
+    let state = ApiState {
+        store,
+        artifacts_dir: Arc::new(artifacts_dir),
+    };
     Router::new()
         .route("/v1/devices", get(list_devices))
         .route("/v1/devices/{id}", get(show_device))
         .route("/v1/devices/{id}/telemetry", get(device_metrics))
         .route("/v1/devices/{id}/events", get(device_events))
         .route("/v1/devices/{id}/logs", get(device_logs))
-        .with_state(store)
+        .route("/v1/devices/{id}/state", get(device_state))
+        .route("/v1/devices/{id}/config", axum::routing::put(push_config))
+        .route("/v1/devices/{id}/tags", get(device_tags).put(set_tags))
+        .route(
+            "/v1/deployments",
+            post(create_deployment)
+                .layer(DefaultBodyLimit::max(MAX_DEPLOYMENT_BODY))
+                .get(list_deployments),
+        )
+        .route("/v1/deployments/{id}", get(show_deployment))
+        .with_state(state)
+}
+
+/// The caller's device `id` (id or name), or the answer for a device it cannot see.
+async fn tenant_device(
+    store: &Arc<Store>,
+    who: &ApiIdentity,
+    id: &str,
+) -> Result<Device, ApiError> {
+    let (tenant_id, key) = (who.tenant_id, id.to_string());
+    blocking(store, move |s| s.find_device(&[tenant_id], &key))
+        .await?
+        .ok_or_else(|| no_such_device(id))
+}
+
+async fn device_state(
+    State(store): State<Arc<Store>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let who = authenticate(&store, &headers).await?;
+    let device = tenant_device(&store, &who, &id).await?;
+    let state = blocking(&store, move |s| s.device_state(&device.id)).await?;
+    Ok(axum::Json(state).into_response())
+}
+
+async fn push_config(
+    State(store): State<Arc<Store>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<axum::Json<serde_json::Value>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let who = authenticate(&store, &headers).await?;
+    let axum::Json(overrides) = body?;
+    let device = tenant_device(&store, &who, &id).await?;
+    let desired = blocking(&store, move |s| s.push_config(&device.id, &overrides)).await?;
+    Ok(axum::Json(desired).into_response())
+}
+
+/// Body of `PUT /v1/devices/{id}/tags`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TagsRequest {
+    /// Tags to add.
+    #[serde(default)]
+    add: Vec<String>,
+    /// Tags to remove.
+    #[serde(default)]
+    remove: Vec<String>,
+}
+
+async fn device_tags(
+    State(store): State<Arc<Store>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let who = authenticate(&store, &headers).await?;
+    let device = tenant_device(&store, &who, &id).await?;
+    let device_id = device.id.clone();
+    let tags = blocking(&store, move |s| s.device_tags(&device_id)).await?;
+    Ok(axum::Json(json!({ "device_id": device.id, "tags": tags })).into_response())
+}
+
+async fn set_tags(
+    State(store): State<Arc<Store>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<axum::Json<TagsRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let who = authenticate(&store, &headers).await?;
+    let axum::Json(request) = body?;
+    let device = tenant_device(&store, &who, &id).await?;
+    let device_id = device.id.clone();
+    let tags = blocking(&store, move |s| {
+        s.set_tags(&device_id, &request.add, &request.remove)
+    })
+    .await?;
+    Ok(axum::Json(json!({ "device_id": device.id, "tags": tags })).into_response())
+}
+
+/// One recipe in a deployment request.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecipeBody {
+    /// File name, used in error messages and as the stored recipe's name.
+    name: String,
+    /// The recipe (YAML).
+    text: String,
+}
+
+/// Body of `POST /v1/deployments`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeploymentRequest {
+    /// `tag:T` or `device:D`.
+    target: String,
+    /// The recipes.
+    recipes: Vec<RecipeBody>,
+    /// Configuration assignments, `[component:]key=value`.
+    #[serde(default)]
+    set: Vec<String>,
+}
+
+async fn create_deployment(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<axum::Json<DeploymentRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let store = state.store.clone();
+    let who = authenticate(&store, &headers).await?;
+    let axum::Json(request) = body?;
+    let target: Target = request
+        .target
+        .parse()
+        .map_err(|e: StoreError| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let artifacts_dir = state.artifacts_dir.clone();
+    let recipes = request
+        .recipes
+        .into_iter()
+        .map(|r| (r.name, r.text))
+        .collect();
+    let set = request.set;
+    // A device of another tenant is not found, answered as `no device named ...` exactly like
+    // a device that does not exist (the store's NotFound reads like `no_such_device`).
+    let view = blocking(&store, move |s| {
+        s.create_deployment(
+            &artifacts_dir,
+            NewDeployment {
+                tenant: &who.tenant,
+                target,
+                recipes,
+                set,
+            },
+        )
+    })
+    .await?;
+    Ok((StatusCode::CREATED, axum::Json(view)).into_response())
+}
+
+async fn list_deployments(
+    State(store): State<Arc<Store>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let who = authenticate(&store, &headers).await?;
+    let views = blocking(&store, move |s| s.deployments(Some(&who.tenant))).await?;
+    Ok(axum::Json(views).into_response())
+}
+
+async fn show_deployment(
+    State(store): State<Arc<Store>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let who = authenticate(&store, &headers).await?;
+    let key = id.clone();
+    let view = blocking(&store, move |s| s.deployment(&key, Some(who.tenant_id))).await?;
+    match view {
+        Some(v) => Ok(axum::Json(v).into_response()),
+        None => Err(no_such_deployment(&id)),
+    }
 }
 
 async fn list_devices(
@@ -299,6 +519,283 @@ mod tests {
         Ok((parts.status, parts.headers, serde_json::from_slice(&bytes)?))
     }
 
+    /// A request with a method and an optional JSON body through the router in-process.
+    async fn send(
+        app: &Router,
+        method: &str,
+        path: &str,
+        authorization: Option<&str>,
+        body: Option<&serde_json::Value>,
+    ) -> Result<(StatusCode, serde_json::Value), Box<dyn std::error::Error>> {
+        use tower_service::Service;
+        let mut request = Request::builder().method(method).uri(path);
+        if let Some(a) = authorization {
+            request = request.header(header::AUTHORIZATION, a);
+        }
+        let body = match body {
+            Some(b) => {
+                request = request.header(header::CONTENT_TYPE, "application/json");
+                Body::from(serde_json::to_vec(b)?)
+            }
+            None => Body::empty(),
+        };
+        let mut app = app.clone();
+        std::future::poll_fn(|cx| Service::<Request<Body>>::poll_ready(&mut app, cx)).await?;
+        let response = app.call(request.body(body)?).await?;
+        let (parts, body) = response.into_parts();
+        let bytes = axum::body::to_bytes(body, 1 << 20).await?;
+        Ok((parts.status, serde_json::from_slice(&bytes)?))
+    }
+
+    const RECIPE: &str = "name: com.example.app\nversion: 1.2.3\nconfiguration:\n  port: 8080\nmanifests:\n  - platform: { os: linux }\n    lifecycle:\n      run:\n        script: sleep 1000\n";
+
+    fn deployment_body(target: &str) -> serde_json::Value {
+        serde_json::json!({
+            "target": target,
+            "recipes": [{ "name": "app.yaml", "text": RECIPE }],
+            "set": ["com.example.app:port=9000", "mode=fast"],
+        })
+    }
+
+    #[tokio::test]
+    async fn deployments_are_created_and_seen_by_their_tenant_only() -> TestResult {
+        let f = fixture()?;
+        f.store.set_tags(&f.board, &["edge".into()], &[])?;
+        let body = deployment_body("tag:edge");
+        let (status, view) = send(
+            &f.app,
+            "POST",
+            "/v1/deployments",
+            Some(&f.acme),
+            Some(&body),
+        )
+        .await?;
+        assert_eq!(status, StatusCode::CREATED, "{view}");
+        let id = view["id"].as_str().ok_or("no id")?.to_string();
+        assert_eq!(view["target"], "tag:edge");
+        assert_eq!(view["devices"][0]["device_name"], "board1");
+        assert_eq!(view["devices"][0]["status"], "pending");
+        assert_eq!(
+            view["components"]["com.example.app"]["configuration"],
+            serde_json::json!({ "port": 9000, "mode": "fast" })
+        );
+        // The recipe was stored as an artifact under the artifacts directory.
+        let sha = view["components"]["com.example.app"]["recipe_sha256"]
+            .as_str()
+            .ok_or("no recipe digest")?;
+        let path = f.path.with_file_name("artifacts").join(sha);
+        assert_eq!(std::fs::read_to_string(path)?, RECIPE);
+
+        let uri = format!("/v1/deployments/{id}");
+        let (status, shown) = send(&f.app, "GET", &uri, Some(&f.acme), None).await?;
+        assert_eq!((status, &shown), (StatusCode::OK, &view));
+        let (status, list) = send(&f.app, "GET", "/v1/deployments", Some(&f.acme), None).await?;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(list.as_array().map(Vec::len), Some(1));
+        // Another tenant sees neither the deployment nor the list entry.
+        let (status, hidden) = send(&f.app, "GET", &uri, Some(&f.globex), None).await?;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{hidden}");
+        let (status, missing) = send(
+            &f.app,
+            "GET",
+            "/v1/deployments/dep_000000000000",
+            Some(&f.globex),
+            None,
+        )
+        .await?;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(
+            hidden["error"].as_str().map(|e| e.replace(&id, "X")),
+            missing["error"]
+                .as_str()
+                .map(|e| e.replace("dep_000000000000", "X"))
+        );
+        let (status, list) = send(&f.app, "GET", "/v1/deployments", Some(&f.globex), None).await?;
+        assert_eq!((status, list), (StatusCode::OK, serde_json::json!([])));
+        // Deploying to another tenant's device looks like deploying to no device.
+        let (status, foreign) = send(
+            &f.app,
+            "POST",
+            "/v1/deployments",
+            Some(&f.globex),
+            Some(&deployment_body(&format!("device:{}", f.board))),
+        )
+        .await?;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let (_, _, show_foreign) =
+            get(&f.app, &format!("/v1/devices/{}", f.board), Some(&f.globex)).await?;
+        assert_eq!(foreign, show_foreign);
+        // And without a token nothing happens at all.
+        for auth in [None, Some("Bearer tet_wrong")] {
+            let (status, _) = send(&f.app, "POST", "/v1/deployments", auth, Some(&body)).await?;
+            assert_eq!(status, StatusCode::UNAUTHORIZED);
+        }
+        assert_eq!(f.store.deployments(None)?.len(), 1);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn bad_deployment_requests_are_400_naming_the_problem() -> TestResult {
+        let f = fixture()?;
+        let bad_recipe = serde_json::json!({
+            "target": "device:board1",
+            "recipes": [{ "name": "broken.yaml", "text": "name: [" }],
+        });
+        let cases = [
+            (deployment_body("group:x"), "group:x"),
+            (deployment_body("tag:nobody"), "nobody"),
+            (bad_recipe, "broken.yaml"),
+            (
+                serde_json::json!({ "target": "device:board1", "recipes": [], "extra": 1 }),
+                "extra",
+            ),
+            (
+                serde_json::json!({ "target": "device:board1", "recipes": [{ "name": "a.yaml", "text": RECIPE }], "set": ["com.example.other:x=1"] }),
+                "com.example.other",
+            ),
+            (serde_json::json!({ "recipes": [] }), "target"),
+        ];
+        for (body, expected) in cases {
+            let (status, answer) = send(
+                &f.app,
+                "POST",
+                "/v1/deployments",
+                Some(&f.acme),
+                Some(&body),
+            )
+            .await?;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {answer}");
+            let message = answer["error"].as_str().unwrap_or_default();
+            assert!(message.contains(expected), "{body}: {message}");
+        }
+        // Larger than 4 MiB: refused before it is parsed.
+        let huge = serde_json::json!({
+            "target": "device:board1",
+            "recipes": [{ "name": "a.yaml", "text": "x".repeat(5 * 1024 * 1024) }],
+        });
+        let (status, _) = send(
+            &f.app,
+            "POST",
+            "/v1/deployments",
+            Some(&f.acme),
+            Some(&huge),
+        )
+        .await?;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(f.store.deployments(None)?.is_empty());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn device_state_config_and_tags() -> TestResult {
+        let f = fixture()?;
+        let uri = format!("/v1/devices/{}/state", f.board);
+        let (status, _, state) = get(&f.app, &uri, Some(&f.acme)).await?;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(state["device_id"], f.board.as_str());
+        assert!(state["desired"].is_null() && state["reported"].is_null());
+        let (status, _, _) = get(&f.app, &uri, Some(&f.globex)).await?;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+
+        let (status, _) = send(
+            &f.app,
+            "POST",
+            "/v1/deployments",
+            Some(&f.acme),
+            Some(&deployment_body("device:board1")),
+        )
+        .await?;
+        assert_eq!(status, StatusCode::CREATED);
+        let (_, _, state) = get(&f.app, "/v1/devices/board1/state", Some(&f.acme)).await?;
+        assert_eq!(state["desired"]["version"], 1);
+
+        let patch = serde_json::json!({ "com.example.app": { "port": 9100 } });
+        let (status, desired) = send(
+            &f.app,
+            "PUT",
+            "/v1/devices/board1/config",
+            Some(&f.acme),
+            Some(&patch),
+        )
+        .await?;
+        assert_eq!(status, StatusCode::OK, "{desired}");
+        assert_eq!(desired["version"], 2);
+        assert!(desired["deployment_id"].is_null());
+        assert_eq!(
+            desired["components"]["com.example.app"]["configuration"]["port"],
+            9100
+        );
+        let unknown = serde_json::json!({ "com.example.nope": { "port": 1 } });
+        let (status, answer) = send(
+            &f.app,
+            "PUT",
+            "/v1/devices/board1/config",
+            Some(&f.acme),
+            Some(&unknown),
+        )
+        .await?;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(
+            answer["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("com.example.nope")
+        );
+        let (status, _) = send(
+            &f.app,
+            "PUT",
+            "/v1/devices/board1/config",
+            Some(&f.globex),
+            Some(&patch),
+        )
+        .await?;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+
+        let tags = serde_json::json!({ "add": ["edge", "eu"] });
+        let (status, answer) = send(
+            &f.app,
+            "PUT",
+            "/v1/devices/board1/tags",
+            Some(&f.acme),
+            Some(&tags),
+        )
+        .await?;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(answer["tags"], serde_json::json!(["edge", "eu"]));
+        let remove = serde_json::json!({ "remove": ["eu"] });
+        let (_, answer) = send(
+            &f.app,
+            "PUT",
+            "/v1/devices/board1/tags",
+            Some(&f.acme),
+            Some(&remove),
+        )
+        .await?;
+        assert_eq!(answer["tags"], serde_json::json!(["edge"]));
+        let (_, _, answer) = get(&f.app, "/v1/devices/board1/tags", Some(&f.acme)).await?;
+        assert_eq!(answer["tags"], serde_json::json!(["edge"]));
+        let bad = serde_json::json!({ "add": ["Not A Tag"] });
+        let (status, _) = send(
+            &f.app,
+            "PUT",
+            "/v1/devices/board1/tags",
+            Some(&f.acme),
+            Some(&bad),
+        )
+        .await?;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let (status, _) = send(
+            &f.app,
+            "PUT",
+            "/v1/devices/board1/tags",
+            Some(&f.globex),
+            Some(&tags),
+        )
+        .await?;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        Ok(())
+    }
+
     struct Fixture {
         _dir: tempfile::TempDir,
         path: std::path::PathBuf,
@@ -346,7 +843,7 @@ mod tests {
             )?
             .device
             .id;
-        let app = router(store.clone());
+        let app = router(store.clone(), dir.path().join("artifacts"));
         Ok(Fixture {
             _dir: dir,
             path,

@@ -17,7 +17,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
 use crate::config::{self, RelayConfig};
-use crate::store::{Device, DeviceStatus, EngineerKey, NewToken, Role, Store, TokenKind};
+use crate::store::{
+    Device, DeviceStatus, EngineerKey, NewDeployment, NewToken, Role, Store, Target, TokenKind,
+};
 
 /// Default lifetime of enrollment tokens: they are handed around, so they should not live
 /// forever unless asked to.
@@ -34,7 +36,11 @@ const DEFAULT_ENROLL_TTL: Duration = Duration::from_secs(24 * 3600);
         relay tenant add acme\n  \
         TOKEN=$(relay token create --tenant acme --ttl 24h --uses 10)\n  \
         relay user add alice --tenant acme --role operator --key alice.pub\n  \
-        relay device list --tenant acme"
+        relay device list --tenant acme\n  \
+        relay device tag board1 edge\n  \
+        relay artifact put dist/app.tar.gz\n  \
+        relay deploy create --tenant acme --target tag:edge --recipe app.yaml --set port=9000\n  \
+        relay deploy status dep_0123456789ab"
 )]
 pub struct Cli {
     /// Configuration file (YAML) [default: built-in defaults].
@@ -75,6 +81,72 @@ pub enum Command {
     /// Read devices' telemetry, logs and events.
     #[command(subcommand)]
     Telemetry(TelemetryCommand),
+    /// Store files (component artifacts) for devices to fetch.
+    #[command(subcommand)]
+    Artifact(ArtifactCommand),
+    /// Deploy components from recipes to devices.
+    #[command(subcommand)]
+    Deploy(DeployCommand),
+}
+
+/// `relay artifact …`
+#[derive(Debug, Subcommand)]
+pub enum ArtifactCommand {
+    /// Store a file; prints its sha256, for `uri: relay:sha256:<sha256>` in recipes.
+    Put {
+        /// The file.
+        file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List stored artifacts.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `relay deploy …`
+#[derive(Debug, Subcommand)]
+pub enum DeployCommand {
+    /// Deploy recipes to a device or to every accepted device with a tag; prints the
+    /// deployment id.
+    Create {
+        /// Tenant of the devices.
+        #[arg(long)]
+        tenant: String,
+        /// tag:TAG (every accepted device with the tag) or device:DEVICE (id or name).
+        #[arg(long, value_name = "tag:TAG|device:DEVICE")]
+        target: Target,
+        /// Recipe file; repeat for several components.
+        #[arg(long = "recipe", value_name = "FILE", required = true)]
+        recipes: Vec<PathBuf>,
+        /// Configuration override: COMPONENT:KEY=VALUE for one component, KEY=VALUE for all.
+        #[arg(long = "set", value_name = "[COMPONENT:]KEY=VALUE")]
+        set: Vec<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show where a deployment stands on each of its devices.
+    Status {
+        /// Deployment id (dep_…).
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List deployments.
+    List {
+        /// Only this tenant's.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `relay telemetry …`
@@ -243,6 +315,39 @@ pub enum DeviceCommand {
     Remove {
         /// Device id or name.
         id: String,
+    },
+    /// Add tags to a device (or remove them); prints its tags after.
+    Tag {
+        /// Device id or name.
+        device: String,
+        /// Tags: a-z, 0-9, '-', '_', '.', starting with a letter or digit.
+        #[arg(required = true)]
+        tags: Vec<String>,
+        /// Remove the tags instead.
+        #[arg(long)]
+        remove: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a device's desired and reported state side by side.
+    State {
+        /// Device id or name.
+        device: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Push configuration to one device; prints its new desired-state version.
+    Config {
+        /// Device id or name.
+        device: String,
+        /// Configuration override (`null` removes one): COMPONENT:KEY=VALUE.
+        #[arg(long = "set", value_name = "COMPONENT:KEY=VALUE", required = true)]
+        set: Vec<String>,
+        /// Print the new desired state as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -466,6 +571,8 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         Command::Token(cmd) => token(out, &open_store(&config)?, cmd),
         Command::User(cmd) => user(out, &open_store(&config)?, cmd),
         Command::Device(cmd) => device(out, &open_store(&config)?, cmd),
+        Command::Artifact(cmd) => artifact(out, &open_store(&config)?, &config, cmd),
+        Command::Deploy(cmd) => deploy(out, &open_store(&config)?, &config, cmd),
         Command::Telemetry(TelemetryCommand::Tail {
             device,
             topic,
@@ -635,8 +742,22 @@ fn device(out: &mut dyn Write, store: &Store, cmd: DeviceCommand) -> Result<()> 
         }
         DeviceCommand::Show { id, json } => {
             let d = store.resolve_device(&id)?;
+            let tags = store.device_tags(&d.id)?;
             if json {
-                print_json(out, &d)?;
+                /// The device with its tags.
+                #[derive(Serialize)]
+                struct Shown<'a> {
+                    #[serde(flatten)]
+                    device: &'a Device,
+                    tags: &'a [String],
+                }
+                print_json(
+                    out,
+                    &Shown {
+                        device: &d,
+                        tags: &tags,
+                    },
+                )?;
             } else {
                 let rows = [
                     ("id", d.id.clone()),
@@ -650,6 +771,7 @@ fn device(out: &mut dyn Write, store: &Store, cmd: DeviceCommand) -> Result<()> 
                     ("agent version", dash(&d.agent_version)),
                     ("key", d.fingerprint.clone()),
                     ("enrolled", d.created_at.clone()),
+                    ("tags", words(&tags)),
                 ];
                 for (label, value) in rows {
                     writeln!(out, "{:<18} {value}", format!("{label}:"))?;
@@ -670,6 +792,291 @@ fn device(out: &mut dyn Write, store: &Store, cmd: DeviceCommand) -> Result<()> 
             let d = store.resolve_device(&id)?;
             store.remove_device(&d.id)?;
             writeln!(out, "device {} ({}) removed", d.id, d.name)?;
+        }
+        DeviceCommand::Tag {
+            device,
+            tags,
+            remove,
+            json,
+        } => {
+            let d = store.resolve_device(&device)?;
+            let after = if remove {
+                store.set_tags(&d.id, &[], &tags)?
+            } else {
+                store.set_tags(&d.id, &tags, &[])?
+            };
+            if json {
+                print_json(
+                    out,
+                    &serde_json::json!({ "device_id": d.id, "tags": after }),
+                )?;
+            } else {
+                writeln!(out, "{}", words(&after))?;
+            }
+        }
+        DeviceCommand::State { device, json } => {
+            let d = store.resolve_device(&device)?;
+            let state = store.device_state(&d.id)?;
+            if json {
+                print_json(out, &state)?;
+            } else {
+                print_device_state(out, &state)?;
+            }
+        }
+        DeviceCommand::Config { device, set, json } => {
+            let d = store.resolve_device(&device)?;
+            let overrides = crate::store::config_overrides(&set)?;
+            let desired = store.push_config(&d.id, &overrides)?;
+            if json {
+                print_json(out, &desired)?;
+            } else {
+                writeln!(out, "{}", desired.version)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Words separated by blanks, or `-` when there are none.
+fn words(items: &[String]) -> String {
+    if items.is_empty() {
+        "-".into()
+    } else {
+        items.join(" ")
+    }
+}
+
+/// `relay device state` in text: the versions and outcome, then the components side by side.
+fn print_device_state(out: &mut dyn Write, state: &crate::store::DeviceState) -> Result<()> {
+    let desired = state.desired.as_ref();
+    let reported = state.reported.as_ref();
+    let desired_version = match desired {
+        Some(d) => match &d.deployment_id {
+            Some(dep) => format!("{} (deployment {dep})", d.version),
+            None => d.version.to_string(),
+        },
+        None => "-".into(),
+    };
+    let rows = [
+        ("desired version", desired_version),
+        (
+            "reported version",
+            reported.map_or_else(|| "-".into(), |r| r.version.to_string()),
+        ),
+        (
+            "status",
+            reported
+                .and_then(|r| r.status)
+                .map_or_else(|| "-".into(), |s| s.to_string()),
+        ),
+        ("message", dash(&reported.and_then(|r| r.message.clone()))),
+        ("reported at", dash(&state.reported_at)),
+    ];
+    for (label, value) in rows {
+        writeln!(out, "{:<18} {value}", format!("{label}:"))?;
+    }
+    let mut names: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
+    if let Some(d) = desired {
+        names.extend(d.components.keys().map(String::as_str));
+    }
+    if let Some(r) = reported {
+        names.extend(r.components.iter().map(|c| c.name.as_str()));
+    }
+    let table_rows: Vec<Vec<String>> = names
+        .into_iter()
+        .map(|name| {
+            let want = desired.and_then(|d| d.components.get(name));
+            let have = reported.and_then(|r| r.components.iter().find(|c| c.name == name));
+            vec![
+                name.to_string(),
+                want.map_or_else(|| "-".into(), |c| c.version.clone()),
+                have.map_or_else(|| "-".into(), |c| c.version.clone()),
+                have.map_or_else(|| "-".into(), |c| c.state.clone()),
+            ]
+        })
+        .collect();
+    writeln!(out)?;
+    out.write_all(
+        table(
+            &["NAME", "DESIRED VERSION", "REPORTED VERSION", "STATE"],
+            &table_rows,
+        )
+        .as_bytes(),
+    )?;
+    Ok(())
+}
+
+/// Where the relay keeps artifacts.
+fn artifacts_dir(config: &RelayConfig) -> PathBuf {
+    config.data_dir.join("artifacts")
+}
+
+fn artifact(
+    out: &mut dyn Write,
+    store: &Store,
+    config: &RelayConfig,
+    cmd: ArtifactCommand,
+) -> Result<()> {
+    match cmd {
+        ArtifactCommand::Put { file, json } => {
+            let data =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let name = file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .with_context(|| format!("{} is not a file name", file.display()))?;
+            let info = store.put_artifact(&artifacts_dir(config), &name, &data)?;
+            if json {
+                print_json(out, &info)?;
+            } else {
+                writeln!(out, "{}", info.sha256)?;
+            }
+        }
+        ArtifactCommand::List { json } => {
+            let artifacts = store.artifacts()?;
+            if json {
+                print_json(out, &artifacts)?;
+            } else {
+                let rows: Vec<Vec<String>> = artifacts
+                    .iter()
+                    .map(|a| {
+                        vec![
+                            a.sha256.clone(),
+                            a.size.to_string(),
+                            a.name.clone(),
+                            a.created_at.clone(),
+                        ]
+                    })
+                    .collect();
+                out.write_all(table(&["SHA256", "SIZE", "NAME", "CREATED"], &rows).as_bytes())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How many devices of a deployment are in each status, like `succeeded 2, pending 1`.
+fn status_summary(view: &crate::store::DeploymentView) -> String {
+    let mut counts: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    for d in &view.devices {
+        *counts.entry(d.status.to_string()).or_default() += 1;
+    }
+    if counts.is_empty() {
+        return "-".into();
+    }
+    counts
+        .iter()
+        .map(|(status, n)| format!("{status} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn deploy(
+    out: &mut dyn Write,
+    store: &Store,
+    config: &RelayConfig,
+    cmd: DeployCommand,
+) -> Result<()> {
+    match cmd {
+        DeployCommand::Create {
+            tenant,
+            target,
+            recipes,
+            set,
+            json,
+        } => {
+            let mut texts = Vec::with_capacity(recipes.len());
+            for path in &recipes {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading the recipe {}", path.display()))?;
+                texts.push((path.display().to_string(), text));
+            }
+            let view = store.create_deployment(
+                &artifacts_dir(config),
+                NewDeployment {
+                    tenant: &tenant,
+                    target,
+                    recipes: texts,
+                    set,
+                },
+            )?;
+            if json {
+                print_json(out, &view)?;
+            } else {
+                writeln!(out, "{}", view.id)?;
+            }
+        }
+        DeployCommand::Status { id, json } => {
+            let view = store
+                .deployment(&id, None)?
+                .with_context(|| format!("no deployment named {id:?}"))?;
+            if json {
+                print_json(out, &view)?;
+            } else {
+                let components: Vec<String> = view
+                    .components
+                    .iter()
+                    .map(|(name, c)| format!("{name} {}", c.version))
+                    .collect();
+                let rows = [
+                    ("deployment", view.id.clone()),
+                    ("tenant", view.tenant.clone()),
+                    ("target", view.target.clone()),
+                    ("created", view.created_at.clone()),
+                    ("components", components.join(", ")),
+                ];
+                for (label, value) in rows {
+                    writeln!(out, "{:<12} {value}", format!("{label}:"))?;
+                }
+                let devices: Vec<Vec<String>> = view
+                    .devices
+                    .iter()
+                    .map(|d| {
+                        vec![
+                            d.device_id.clone(),
+                            d.device_name.clone(),
+                            d.status.to_string(),
+                            dash(&d.message),
+                            d.updated_at.clone(),
+                        ]
+                    })
+                    .collect();
+                writeln!(out)?;
+                out.write_all(
+                    table(
+                        &["DEVICE", "NAME", "STATUS", "MESSAGE", "UPDATED"],
+                        &devices,
+                    )
+                    .as_bytes(),
+                )?;
+            }
+        }
+        DeployCommand::List { tenant, json } => {
+            let views = store.deployments(tenant.as_deref())?;
+            if json {
+                print_json(out, &views)?;
+            } else {
+                let rows: Vec<Vec<String>> = views
+                    .iter()
+                    .map(|v| {
+                        vec![
+                            v.id.clone(),
+                            v.tenant.clone(),
+                            v.target.clone(),
+                            v.components.keys().cloned().collect::<Vec<_>>().join(","),
+                            status_summary(v),
+                            v.created_at.clone(),
+                        ]
+                    })
+                    .collect();
+                out.write_all(
+                    table(
+                        &["ID", "TENANT", "TARGET", "COMPONENTS", "DEVICES", "CREATED"],
+                        &rows,
+                    )
+                    .as_bytes(),
+                )?;
+            }
         }
     }
     Ok(())
@@ -923,6 +1330,150 @@ mod tests {
         );
         relay(d, &["device", "remove", "board1"])?;
         assert!(store.device(&device.id)?.is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn fleet_commands_tag_store_deploy_and_configure() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let d = dir.path();
+        relay(d, &["tenant", "add", "acme"])?;
+        let secret = relay(d, &["token", "create", "--tenant", "acme"])?;
+        let store = Store::open(&d.join("relay.db"))?;
+        let device = store
+            .redeem_enroll_token(
+                secret.trim(),
+                crate::store::DeviceEnrollment {
+                    name: "board1".into(),
+                    public_key_openssh: KEY.into(),
+                    fingerprint: "SHA256:x".into(),
+                    agent_version: "0.1.0".into(),
+                    force: false,
+                },
+            )?
+            .device;
+        assert_eq!(
+            relay(d, &["device", "tag", "board1", "eu", "edge"])?,
+            "edge eu\n"
+        );
+        assert_eq!(
+            relay(d, &["device", "tag", "board1", "eu", "--remove"])?,
+            "edge\n"
+        );
+        let shown: serde_json::Value =
+            serde_json::from_str(&relay(d, &["device", "show", "board1", "--json"])?)?;
+        assert_eq!(shown["tags"], serde_json::json!(["edge"]));
+        assert_eq!(shown["name"], "board1");
+        assert!(relay(d, &["device", "show", "board1"])?.contains("tags:              edge"));
+
+        // An artifact, and a recipe that needs it.
+        let file = d.join("tool.bin");
+        std::fs::write(&file, b"tool")?;
+        let sha = relay(d, &["artifact", "put", &file.display().to_string()])?;
+        let sha = sha.trim();
+        assert!(tether_protocol::fleet::is_sha256(sha), "{sha}");
+        assert_eq!(std::fs::read(d.join("artifacts").join(sha))?, b"tool");
+        let listed = relay(d, &["artifact", "list"])?;
+        assert!(
+            listed.contains(sha) && listed.contains("tool.bin"),
+            "{listed}"
+        );
+        let recipe = d.join("app.yaml");
+        std::fs::write(
+            &recipe,
+            format!(
+                "name: com.example.app\nversion: 1.0.0\nmanifests:\n  - platform: {{ os: linux }}\n    artifacts:\n      - uri: relay:sha256:{sha}\n        sha256: {sha}\n    lifecycle:\n      run:\n        script: sleep 1000\n"
+            ),
+        )?;
+        let recipe_arg = recipe.display().to_string();
+        let id = relay(
+            d,
+            &[
+                "deploy",
+                "create",
+                "--tenant",
+                "acme",
+                "--target",
+                "tag:edge",
+                "--recipe",
+                &recipe_arg,
+                "--set",
+                "com.example.app:port=9000",
+            ],
+        )?;
+        let id = id.trim();
+        assert!(id.starts_with("dep_"), "{id}");
+        let status = relay(d, &["deploy", "status", id])?;
+        assert!(
+            status.contains("com.example.app 1.0.0") && status.contains("pending"),
+            "{status}"
+        );
+        let view: serde_json::Value =
+            serde_json::from_str(&relay(d, &["deploy", "status", id, "--json"])?)?;
+        assert_eq!(view["devices"][0]["device_id"], device.id.as_str());
+        let list = relay(d, &["deploy", "list", "--tenant", "acme"])?;
+        assert!(list.contains(id) && list.contains("pending 1"), "{list}");
+        let e = relay(d, &["deploy", "status", "dep_nope"])
+            .err()
+            .unwrap_or_default();
+        assert!(e.contains("dep_nope"), "{e}");
+        let e = relay(
+            d,
+            &[
+                "deploy",
+                "create",
+                "--tenant",
+                "acme",
+                "--target",
+                "tag:nobody",
+                "--recipe",
+                &recipe_arg,
+            ],
+        )
+        .err()
+        .unwrap_or_default();
+        assert_eq!(e, "no device of tenant acme has tag nobody");
+
+        // Desired and reported state side by side, then a configuration push.
+        let state = relay(d, &["device", "state", "board1"])?;
+        assert!(state.contains(&format!("1 (deployment {id})")), "{state}");
+        assert!(
+            state.contains("NAME             DESIRED VERSION  REPORTED VERSION  STATE"),
+            "{state}"
+        );
+        assert!(
+            state.contains("com.example.app  1.0.0            -"),
+            "{state}"
+        );
+        assert_eq!(
+            relay(
+                d,
+                &[
+                    "device",
+                    "config",
+                    "board1",
+                    "--set",
+                    "com.example.app:port=9100"
+                ]
+            )?,
+            "2\n"
+        );
+        let state: serde_json::Value =
+            serde_json::from_str(&relay(d, &["device", "state", "board1", "--json"])?)?;
+        assert_eq!(
+            state["desired"]["components"]["com.example.app"]["configuration"],
+            serde_json::json!({ "port": 9100 })
+        );
+        let e = relay(d, &["device", "config", "board1", "--set", "port=1"])
+            .err()
+            .unwrap_or_default();
+        assert!(e.contains("port=1"), "{e}");
+        // A malformed target is a usage error.
+        let e = Cli::try_parse_from([
+            "relay", "deploy", "create", "--tenant", "acme", "--target", "edge", "--recipe", "a",
+        ])
+        .err();
+        assert_eq!(e.map(|e| e.exit_code()), Some(2));
         Ok(())
     }
 

@@ -12,12 +12,14 @@
 //! - [`api`]: the JSON API routes.
 //! - [`sink`]: where telemetry is committed (embedded SQLite by default).
 //! - [`telemetry`]: the relay end of a device's telemetry channel.
+//! - [`control`]: the relay end of a device's control channel (desired and reported state, downloads).
 //! - [`server`]: `relay serve`, which starts all of the above.
 //! - [`cli`]: the command line, including the admin commands that work on the store.
 
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod hostkey;
 pub mod http;
 pub mod metrics;

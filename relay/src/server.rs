@@ -87,10 +87,11 @@ pub async fn serve(config: RelayConfig, store: Arc<Store>) -> Result<()> {
         Arc::new(ssh_config(&config, host_key)),
         Arc::new(crate::sink::SqliteSink::new(store.clone())),
         crate::metrics::Metrics::new(),
+        config.data_dir.join("artifacts"),
         stop_rx.clone(),
     );
     let router = http::router(
-        api::router(store.clone()),
+        api::router(store.clone(), config.data_dir.join("artifacts")),
         front.clone(),
         config.http.trust_forwarded_for,
     );

@@ -11,6 +11,7 @@
 //! Unknown devices and devices of other tenants get the same answer, so an engineer cannot
 //! probe which device names exist elsewhere.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,6 +22,7 @@ use russh::server::ChannelOpenHandle;
 use russh::server::{self, Auth, Msg, Session};
 use russh::{Channel, ChannelId, ChannelMsg, ChannelOpenFailure, MethodKind, MethodSet};
 use tether_protocol::enroll::{EnrollRequest, EnrollResponse, MAX_ENROLL_MESSAGE};
+use tether_protocol::fleet::CONTROL_SUBSYSTEM;
 use tether_protocol::names::{ENROLL_SUBSYSTEM, ENROLL_USER, LINK_USER};
 use tether_protocol::telemetry::TELEMETRY_SUBSYSTEM;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -60,6 +62,8 @@ pub struct Front {
     pub sink: Arc<dyn crate::sink::Sink>,
     /// Prometheus metrics.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Where recipes and artifacts are stored, for devices that fetch them.
+    pub artifacts_dir: std::path::PathBuf,
     /// Source of connection ids.
     next_conn: AtomicU64,
     /// Turns true when the relay shuts down, so every connection is told goodbye.
@@ -87,6 +91,8 @@ enum Peer {
 /// Per-connection state shared between the handler and the connection's task.
 struct ConnState {
     peer: Peer,
+    /// A device's session channels, until its subsystem request says what each is for.
+    device_channels: HashMap<ChannelId, Channel<Msg>>,
     /// Set once a device announced its link (tcpip-forward): the connection task unregisters it.
     linked_device: Option<String>,
 }
@@ -108,6 +114,7 @@ impl Front {
         config: Arc<server::Config>,
         sink: Arc<dyn crate::sink::Sink>,
         metrics: Arc<crate::metrics::Metrics>,
+        artifacts_dir: std::path::PathBuf,
         shutdown: watch::Receiver<bool>,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -116,6 +123,7 @@ impl Front {
             config,
             sink,
             metrics,
+            artifacts_dir,
             next_conn: AtomicU64::new(1),
             shutdown,
         })
@@ -129,6 +137,7 @@ impl Front {
         let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let state = Arc::new(Mutex::new(ConnState {
             peer: Peer::Unknown,
+            device_channels: HashMap::new(),
             linked_device: None,
         }));
         let handler = Conn {
@@ -483,16 +492,10 @@ impl server::Handler for Conn {
                 });
             }
             // A device's only session channel is its telemetry upload.
-            Peer::Device { device } => {
+            Peer::Device { .. } => {
                 reply.accept().await;
-                let sink = self.front.sink.clone();
-                tokio::spawn(crate::telemetry::serve(
-                    channel.into_stream(),
-                    device.id.clone(),
-                    device.tenant_id,
-                    sink,
-                    self.front.metrics.clone(),
-                ));
+                let id = channel.id();
+                lock(&self.state).device_channels.insert(id, channel);
             }
             Peer::Unknown => {
                 reply
@@ -639,7 +642,31 @@ impl server::Handler for Conn {
         let ok = match self.peer() {
             Peer::Enrolling { .. } => name == ENROLL_SUBSYSTEM,
             Peer::Engineer { .. } => name == "sftp",
-            Peer::Device { .. } => name == TELEMETRY_SUBSYSTEM,
+            Peer::Device { device } => {
+                let taken = lock(&self.state).device_channels.remove(&channel);
+                match (taken, name) {
+                    (Some(ch), TELEMETRY_SUBSYSTEM) => {
+                        tokio::spawn(crate::telemetry::serve(
+                            ch.into_stream(),
+                            device.id.clone(),
+                            device.tenant_id,
+                            self.front.sink.clone(),
+                            self.front.metrics.clone(),
+                        ));
+                        true
+                    }
+                    (Some(ch), CONTROL_SUBSYSTEM) => {
+                        tokio::spawn(crate::control::serve(
+                            ch.into_stream(),
+                            device.id.clone(),
+                            self.front.store.clone(),
+                            self.front.artifacts_dir.clone(),
+                        ));
+                        true
+                    }
+                    _ => false,
+                }
+            }
             Peer::Unknown => false,
         };
         if ok {

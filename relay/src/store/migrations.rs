@@ -93,6 +93,52 @@ CREATE INDEX telemetry_by_time ON telemetry (tenant_id, device_id, ts_ms);
 ALTER TABLE tenants ADD COLUMN retention_days INTEGER NOT NULL DEFAULT 30;
 "#,
     },
+    Migration {
+        name: "fleet: artifacts, device tags, desired and reported state, deployments",
+        sql: r#"
+CREATE TABLE artifacts (
+    sha256      TEXT PRIMARY KEY,
+    size        INTEGER NOT NULL,
+    name        TEXT NOT NULL,
+    created_at  TEXT NOT NULL
+);
+CREATE TABLE device_tags (
+    device_id   TEXT NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+    tag         TEXT NOT NULL,
+    PRIMARY KEY (device_id, tag)
+) WITHOUT ROWID;
+CREATE INDEX device_tags_by_tag ON device_tags (tag, device_id);
+CREATE TABLE desired_state (
+    device_id   TEXT PRIMARY KEY REFERENCES devices(id) ON DELETE CASCADE,
+    version     INTEGER NOT NULL,
+    doc         TEXT NOT NULL,
+    updated_at  TEXT NOT NULL
+);
+CREATE TABLE reported_state (
+    device_id   TEXT PRIMARY KEY REFERENCES devices(id) ON DELETE CASCADE,
+    doc         TEXT NOT NULL,
+    updated_at  TEXT NOT NULL
+);
+CREATE TABLE deployments (
+    id          TEXT PRIMARY KEY,
+    tenant_id   INTEGER NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+    target      TEXT NOT NULL,
+    components  TEXT NOT NULL,
+    created_at  TEXT NOT NULL
+);
+CREATE INDEX deployments_by_tenant ON deployments (tenant_id, created_at);
+CREATE TABLE deployment_devices (
+    deployment_id   TEXT NOT NULL REFERENCES deployments(id) ON DELETE CASCADE,
+    device_id       TEXT NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+    desired_version INTEGER NOT NULL,
+    status          TEXT NOT NULL,
+    message         TEXT,
+    updated_at      TEXT NOT NULL,
+    PRIMARY KEY (deployment_id, device_id)
+);
+CREATE INDEX deployment_devices_by_device ON deployment_devices (device_id);
+"#,
+    },
 ];
 
 /// The schema version this code writes and understands.

@@ -21,8 +21,13 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
+mod fleet;
 mod migrations;
 mod telemetry;
+pub use fleet::{
+    ArtifactInfo, DeploymentDevice, DeploymentView, DeviceState, NewDeployment, Target,
+    config_overrides,
+};
 pub use telemetry::{StoredRecord, TelemetryQuery};
 
 /// Why a store operation failed.

@@ -1,0 +1,512 @@
+//! Fleet desired state on the device: the agent end of the `tether-control` channel.
+//!
+//! The relay sends the device's desired state; the agent fetches the recipes and artifacts it
+//! names (resuming partial downloads, checking every digest), deploys the changed components
+//! in dependency order through the [`Supervisor`], removes the ones no longer wanted, and
+//! reports the outcome. When a component fails, the components already changed in that round
+//! are put back as they were (the supervisor has already rolled back the failing one), so a
+//! failed deployment leaves the previous good set running, and the report says why.
+//!
+//! Each desired version is worked on once: `fleet.json` in the state directory records the
+//! last version applied and the components it put there. Only a broken channel (link lost
+//! mid-way) leaves a version unapplied, and it is applied when the link is back.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use russh::Channel;
+use russh::client::Msg;
+use serde::{Deserialize, Serialize};
+use tether_protocol::fleet::{
+    ControlFrame, DeploymentStatus, DesiredComponent, DesiredState, ReportedComponent,
+    ReportedState, is_sha256,
+};
+use tether_protocol::frame::{self, FrameError};
+use tether_protocol::recipe::{self, ArtifactUri};
+use thiserror::Error;
+use tokio::io::{AsyncWriteExt, WriteHalf};
+use tokio::sync::{Mutex, mpsc, watch};
+
+use crate::supervisor::{DeployRequest, Supervisor};
+
+/// How long a download may go without a chunk before it counts as failed.
+const CHUNK_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How often the component states are reported when nothing else happens (only when they
+/// changed).
+const REPORT_EVERY: Duration = Duration::from_secs(5);
+
+/// Why the control channel stopped.
+#[derive(Debug, Error)]
+pub enum ReconcileError {
+    /// The channel failed or carried garbage.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The channel closed.
+    #[error("control channel closed")]
+    Closed,
+}
+
+/// What the device last applied, kept in `fleet.json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+struct Applied {
+    version: u64,
+    deployment_id: Option<String>,
+    status: Option<DeploymentStatus>,
+    message: Option<String>,
+    components: BTreeMap<String, DesiredComponent>,
+}
+
+fn applied_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("fleet.json")
+}
+
+fn load_applied(state_dir: &Path) -> Applied {
+    std::fs::read(applied_path(state_dir))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+fn save_applied(state_dir: &Path, applied: &Applied) -> std::io::Result<()> {
+    let path = applied_path(state_dir);
+    let tmp = path.with_extension("json.tmp");
+    let text = serde_json::to_vec_pretty(applied).map_err(std::io::Error::other)?;
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&text)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(tmp, path)
+}
+
+/// Where fetched recipes and artifacts are kept, by sha256.
+pub fn cache_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("fleet-cache")
+}
+
+type Writer = Arc<Mutex<WriteHalf<russh::ChannelStream<Msg>>>>;
+
+struct Reconciler {
+    supervisor: Supervisor,
+    state_dir: PathBuf,
+    writer: Writer,
+    chunks: mpsc::Receiver<ControlFrame>,
+}
+
+/// Serves the control channel until it closes.
+pub async fn run(
+    channel: Channel<Msg>,
+    supervisor: Supervisor,
+    state_dir: PathBuf,
+) -> Result<(), ReconcileError> {
+    let (mut rd, wr) = tokio::io::split(channel.into_stream());
+    let (desired_tx, mut desired_rx) = watch::channel::<Option<DesiredState>>(None);
+    let (chunk_tx, chunk_rx) = mpsc::channel(8);
+    let reader = tokio::spawn(async move {
+        loop {
+            match frame::read::<_, ControlFrame>(&mut rd).await? {
+                Some(ControlFrame::Desired { state }) => {
+                    let _ = desired_tx.send(Some(state));
+                }
+                Some(f @ (ControlFrame::Chunk { .. } | ControlFrame::FetchError { .. })) => {
+                    if chunk_tx.send(f).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                Some(other) => {
+                    tracing::warn!("control channel: unexpected {other:?} from the relay");
+                    return Err(ReconcileError::Closed);
+                }
+                None => return Ok::<(), ReconcileError>(()),
+            }
+        }
+    });
+    let mut r = Reconciler {
+        supervisor,
+        state_dir,
+        writer: Arc::new(Mutex::new(wr)),
+        chunks: chunk_rx,
+    };
+    let mut last_report = None;
+    let mut tick = tokio::time::interval(REPORT_EVERY);
+    let result = loop {
+        if reader.is_finished() {
+            break Err(ReconcileError::Closed);
+        }
+        let pending = desired_rx.borrow_and_update().clone();
+        if let Some(desired) = pending {
+            let applied = load_applied(&r.state_dir);
+            if desired.version > applied.version {
+                match r.apply(desired, applied).await {
+                    Ok(report) => last_report = Some(report),
+                    Err(e) => break Err(e),
+                }
+                continue;
+            }
+        }
+        tokio::select! {
+            changed = desired_rx.changed() => if changed.is_err() { break Err(ReconcileError::Closed) },
+            _ = tick.tick() => {
+                let report = r.report_now(None).await;
+                if last_report.as_ref() != Some(&report) {
+                    if let Err(e) = r.send(&ControlFrame::Reported { state: report.clone() }).await {
+                        break Err(e);
+                    }
+                    last_report = Some(report);
+                }
+            }
+        }
+    };
+    reader.abort();
+    let _ = r.writer.lock().await.shutdown().await;
+    result
+}
+
+impl Reconciler {
+    async fn send(&self, f: &ControlFrame) -> Result<(), ReconcileError> {
+        let mut w = self.writer.lock().await;
+        frame::write(&mut *w, f).await?;
+        Ok(())
+    }
+
+    /// The report as of now: the last applied version and outcome, plus every component.
+    async fn report_now(
+        &self,
+        status: Option<(DeploymentStatus, Option<String>)>,
+    ) -> ReportedState {
+        let applied = load_applied(&self.state_dir);
+        let (status, message) = match status {
+            Some((s, m)) => (Some(s), m),
+            None => (applied.status, applied.message.clone()),
+        };
+        let components = self
+            .supervisor
+            .list()
+            .await
+            .into_iter()
+            .map(|c| ReportedComponent {
+                name: c.name,
+                version: c.version,
+                state: c.state.to_string(),
+                errors: c.errors,
+                restarts: c.restarts,
+                last_error: c.last_error,
+                configuration: c.configuration,
+            })
+            .collect();
+        ReportedState {
+            version: applied.version,
+            deployment_id: applied.deployment_id,
+            status,
+            message,
+            components,
+        }
+    }
+
+    async fn progress(
+        &self,
+        desired: &DesiredState,
+        status: DeploymentStatus,
+    ) -> Result<(), ReconcileError> {
+        let mut report = self.report_now(Some((status, None))).await;
+        report.version = desired.version;
+        report.deployment_id = desired.deployment_id.clone();
+        self.send(&ControlFrame::Reported { state: report }).await
+    }
+
+    /// Works on one desired version; returns the final report (already sent).
+    async fn apply(
+        &mut self,
+        desired: DesiredState,
+        previous: Applied,
+    ) -> Result<ReportedState, ReconcileError> {
+        tracing::info!("desired state version {} received", desired.version);
+        self.progress(&desired, DeploymentStatus::Downloading)
+            .await?;
+        let cache = cache_dir(&self.state_dir);
+        let mut recipes = BTreeMap::new();
+        let mut failure = None;
+        for (name, want) in &desired.components {
+            match self.fetch_component(want, &cache).await? {
+                Ok(text) => {
+                    recipes.insert(name.clone(), text);
+                }
+                Err(message) => {
+                    failure = Some(format!("{name} {}: {message}", want.version));
+                    break;
+                }
+            }
+        }
+        let (status, message, components) = match failure {
+            Some(message) => (
+                DeploymentStatus::Failed,
+                Some(message),
+                previous.components.clone(),
+            ),
+            None => {
+                self.progress(&desired, DeploymentStatus::Installing)
+                    .await?;
+                self.install(&desired, &previous, &recipes, &cache).await
+            }
+        };
+        let applied = Applied {
+            version: desired.version,
+            deployment_id: desired.deployment_id.clone(),
+            status: Some(status),
+            message: message.clone(),
+            components,
+        };
+        if let Err(e) = save_applied(&self.state_dir, &applied) {
+            tracing::error!("saving fleet.json: {e}");
+        }
+        match (&status, &message) {
+            (DeploymentStatus::Succeeded, _) => {
+                tracing::info!("desired state version {} applied", desired.version)
+            }
+            (s, m) => tracing::warn!(
+                "desired state version {}: {s}: {}",
+                desired.version,
+                m.as_deref().unwrap_or("")
+            ),
+        }
+        let report = self.report_now(Some((status, message))).await;
+        self.send(&ControlFrame::Reported {
+            state: report.clone(),
+        })
+        .await?;
+        Ok(report)
+    }
+
+    /// Deploys what changed in dependency order; on failure puts back what this round changed.
+    async fn install(
+        &self,
+        desired: &DesiredState,
+        previous: &Applied,
+        recipes: &BTreeMap<String, String>,
+        cache: &Path,
+    ) -> (
+        DeploymentStatus,
+        Option<String>,
+        BTreeMap<String, DesiredComponent>,
+    ) {
+        let parsed: Vec<recipe::Recipe> = recipes
+            .values()
+            .filter_map(|text| recipe::parse(text, Path::new("relay")).ok())
+            .collect();
+        let refs: Vec<&recipe::Recipe> = parsed.iter().collect();
+        let order = match recipe::start_order(&refs) {
+            Ok(o) => o,
+            Err(e) => {
+                return (
+                    DeploymentStatus::Failed,
+                    Some(e.to_string()),
+                    previous.components.clone(),
+                );
+            }
+        };
+        let mut changed: Vec<String> = Vec::new();
+        let mut failure = None;
+        for name in &order {
+            let (Some(want), Some(text)) = (desired.components.get(name), recipes.get(name)) else {
+                continue;
+            };
+            let current = self.supervisor.show(name).await.ok();
+            let same = previous.components.get(name) == Some(want)
+                && current.is_some_and(|c| c.version == want.version);
+            if same {
+                continue;
+            }
+            match self.deploy(want, text, cache).await {
+                Ok(()) => changed.push(name.clone()),
+                Err(e) => {
+                    // The supervisor's errors name the component and version already.
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Some(message) = failure {
+            for name in changed.iter().rev() {
+                let restore = match previous.components.get(name) {
+                    Some(prev) => match std::fs::read_to_string(cache.join(&prev.recipe_sha256)) {
+                        Ok(text) => self.deploy(prev, &text, cache).await,
+                        Err(e) => Err(e.to_string()),
+                    },
+                    None => self
+                        .supervisor
+                        .remove(name)
+                        .await
+                        .map_err(|e| e.to_string()),
+                };
+                if let Err(e) = restore {
+                    tracing::error!("restoring {name}: {e}");
+                }
+            }
+            return (
+                DeploymentStatus::RolledBack,
+                Some(message),
+                previous.components.clone(),
+            );
+        }
+        // What the relay no longer wants goes, dependents first.
+        let mut gone: Vec<&String> = previous
+            .components
+            .keys()
+            .filter(|n| !desired.components.contains_key(*n))
+            .collect();
+        gone.reverse();
+        for name in gone {
+            if let Err(e) = self.supervisor.remove(name).await {
+                tracing::warn!("removing {name}: {e}");
+            }
+        }
+        (
+            DeploymentStatus::Succeeded,
+            None,
+            desired.components.clone(),
+        )
+    }
+
+    async fn deploy(
+        &self,
+        want: &DesiredComponent,
+        text: &str,
+        cache: &Path,
+    ) -> Result<(), String> {
+        self.supervisor
+            .deploy(DeployRequest {
+                recipe: text.to_string(),
+                origin: PathBuf::from(format!("relay:sha256:{}", want.recipe_sha256)),
+                artifacts_dir: None,
+                set: Vec::new(),
+                overrides: Some(want.configuration.clone()),
+                relay_cache: Some(cache.to_path_buf()),
+            })
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Fetches a component's recipe and the relay artifacts it names; the inner error says
+    /// what could not be had (the outer one is a broken channel).
+    async fn fetch_component(
+        &mut self,
+        want: &DesiredComponent,
+        cache: &Path,
+    ) -> Result<Result<String, String>, ReconcileError> {
+        let path = match self.fetch(&want.recipe_sha256, cache).await? {
+            Ok(p) => p,
+            Err(e) => return Ok(Err(format!("recipe: {e}"))),
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => return Ok(Err(format!("recipe: {e}"))),
+        };
+        let parsed = match recipe::parse(&text, &path) {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        let manifest = match parsed.manifest_for(std::env::consts::OS, std::env::consts::ARCH) {
+            Ok(m) => m.clone(),
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        for a in &manifest.artifacts {
+            if let ArtifactUri::Relay(digest) = &a.uri
+                && let Err(e) = self.fetch(digest, cache).await?
+            {
+                return Ok(Err(format!("artifact {digest}: {e}")));
+            }
+        }
+        Ok(Ok(text))
+    }
+
+    /// Downloads `sha256` into the cache (resuming a partial file), checking the digest.
+    async fn fetch(
+        &mut self,
+        sha256: &str,
+        cache: &Path,
+    ) -> Result<Result<PathBuf, String>, ReconcileError> {
+        if !is_sha256(sha256) {
+            return Ok(Err(format!("{sha256:?} is not a sha256")));
+        }
+        if let Err(e) = std::fs::create_dir_all(cache) {
+            return Ok(Err(format!("creating {}: {e}", cache.display())));
+        }
+        let dest = cache.join(sha256);
+        if crate::artifacts::digest_of(&dest).is_ok_and(|d| d == sha256) {
+            return Ok(Ok(dest));
+        }
+        let partial = cache.join(format!("{sha256}.partial"));
+        let mut offset = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+        self.send(&ControlFrame::Fetch {
+            sha256: sha256.to_string(),
+            offset,
+        })
+        .await?;
+        let mut file = match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&partial)
+        {
+            Ok(f) => f,
+            Err(e) => return Ok(Err(format!("{}: {e}", partial.display()))),
+        };
+        loop {
+            let next = tokio::time::timeout(CHUNK_TIMEOUT, self.chunks.recv()).await;
+            let f = match next {
+                Ok(Some(f)) => f,
+                Ok(None) => return Err(ReconcileError::Closed),
+                Err(_) => return Err(ReconcileError::Closed),
+            };
+            match f {
+                ControlFrame::Chunk {
+                    sha256: s,
+                    offset: at,
+                    data,
+                    last,
+                } if s == sha256 && at == offset => {
+                    let bytes = match base64::engine::general_purpose::STANDARD.decode(data) {
+                        Ok(b) => b,
+                        Err(e) => return Ok(Err(format!("bad chunk: {e}"))),
+                    };
+                    use std::io::Write;
+                    if let Err(e) = file.write_all(&bytes) {
+                        return Ok(Err(format!("{}: {e}", partial.display())));
+                    }
+                    offset += bytes.len() as u64;
+                    if last {
+                        break;
+                    }
+                }
+                ControlFrame::FetchError { sha256: s, message } if s == sha256 => {
+                    return Ok(Err(message));
+                }
+                other => {
+                    tracing::warn!("control channel: unexpected {other:?} while fetching {sha256}");
+                    return Err(ReconcileError::Closed);
+                }
+            }
+        }
+        if let Err(e) = file.sync_all() {
+            return Ok(Err(format!("{}: {e}", partial.display())));
+        }
+        drop(file);
+        match crate::artifacts::digest_of(&partial) {
+            Ok(d) if d == sha256 => {}
+            Ok(d) => {
+                let _ = std::fs::remove_file(&partial);
+                return Ok(Err(format!("sha256 mismatch: received content has {d}")));
+            }
+            Err(e) => return Ok(Err(format!("{}: {e}", partial.display()))),
+        }
+        if let Err(e) = std::fs::rename(&partial, &dest) {
+            return Ok(Err(format!("{}: {e}", dest.display())));
+        }
+        Ok(Ok(dest))
+    }
+}

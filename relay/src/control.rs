@@ -1,0 +1,146 @@
+//! The relay end of a device's `tether-control` channel: the device's desired state goes
+//! down (at once, and again whenever it changes), reported state comes up and is recorded,
+//! and recipes and artifacts stored on the relay are sent in chunks on request.
+//!
+//! A malformed frame closes this channel with a logged error; the link stays up and the
+//! device opens a new control channel on its next link.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use tether_protocol::fleet::{CHUNK_BYTES, ControlFrame, is_sha256};
+use tether_protocol::frame;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::ssh_front::with_store;
+use crate::store::Store;
+
+/// How often the relay looks for a changed desired state of a connected device.
+const POLL: Duration = Duration::from_secs(1);
+
+/// Serves one control channel of `device_id` until it closes.
+pub async fn serve<S>(stream: S, device_id: String, store: Arc<Store>, artifacts_dir: PathBuf)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let (frames_tx, mut frames_rx) = tokio::sync::mpsc::channel(16);
+    // Reading in its own task: a frame is never half-read when the poll tick fires.
+    let reader_id = device_id.clone();
+    let reader = tokio::spawn(async move {
+        loop {
+            match frame::read::<_, ControlFrame>(&mut rd).await {
+                Ok(Some(f)) => {
+                    if frames_tx.send(f).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::error!("device {reader_id}: {e}; closing its control channel");
+                    return;
+                }
+            }
+        }
+    });
+    let mut sent_version = 0u64;
+    let mut tick = tokio::time::interval(POLL);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let id = device_id.clone();
+                let desired = with_store(&store, move |s| s.desired_state(&id)).await;
+                match desired {
+                    Some(Ok(Some(state))) if state.version > sent_version => {
+                        sent_version = state.version;
+                        if let Err(e) = frame::write(&mut wr, &ControlFrame::Desired { state }).await {
+                            tracing::info!("device {device_id}: control channel closed: {e}");
+                            break;
+                        }
+                    }
+                    Some(Err(e)) => tracing::error!("device {device_id}: desired state: {e}"),
+                    _ => {}
+                }
+            }
+            f = frames_rx.recv() => {
+                let Some(f) = f else { break };
+                match f {
+                    ControlFrame::Reported { state } => {
+                        let id = device_id.clone();
+                        match with_store(&store, move |s| s.record_report(&id, &state)).await {
+                            Some(Ok(())) => {}
+                            Some(Err(e)) => tracing::error!("device {device_id}: recording its report: {e}"),
+                            None => {}
+                        }
+                    }
+                    ControlFrame::Fetch { sha256, offset } => {
+                        if let Err(e) = send_artifact(&mut wr, &artifacts_dir, &sha256, offset).await {
+                            tracing::info!("device {device_id}: control channel closed: {e}");
+                            break;
+                        }
+                    }
+                    other => {
+                        tracing::error!("device {device_id}: sent {other:?}, which only the relay sends; closing its control channel");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    reader.abort();
+}
+
+/// Sends `sha256` from `offset` as chunks, or a fetch error naming what is wrong.
+async fn send_artifact<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    artifacts_dir: &std::path::Path,
+    sha256: &str,
+    offset: u64,
+) -> Result<(), frame::FrameError> {
+    let refuse = |message: String| ControlFrame::FetchError {
+        sha256: sha256.to_string(),
+        message,
+    };
+    if !is_sha256(sha256) {
+        return frame::write(wr, &refuse("not a sha256".into())).await;
+    }
+    let path = artifacts_dir.join(sha256);
+    let mut file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) => {
+            return frame::write(wr, &refuse(format!("no such artifact on the relay ({e})"))).await;
+        }
+    };
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    if offset > size || file.seek(SeekFrom::Start(offset)).is_err() {
+        return frame::write(
+            wr,
+            &refuse(format!("offset {offset} is past the end ({size} bytes)")),
+        )
+        .await;
+    }
+    let mut at = offset;
+    let mut buf = vec![0u8; CHUNK_BYTES];
+    loop {
+        // Local file reads of at most 256 KiB: short enough to do inline.
+        let n = match file.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) => return frame::write(wr, &refuse(format!("reading: {e}"))).await,
+        };
+        let last = at + n as u64 >= size || n == 0;
+        let chunk = ControlFrame::Chunk {
+            sha256: sha256.to_string(),
+            offset: at,
+            data: base64::engine::general_purpose::STANDARD.encode(&buf[..n]),
+            last,
+        };
+        frame::write(wr, &chunk).await?;
+        at += n as u64;
+        if last {
+            return Ok(());
+        }
+    }
+}
