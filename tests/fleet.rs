@@ -271,3 +271,144 @@ fn a_deployment_naming_a_missing_artifact_is_refused() -> Result<()> {
     );
     Ok(())
 }
+
+fn action(relay: &Relay, args: &[&str]) -> Result<String> {
+    let mut all = vec!["action", "create"];
+    all.extend_from_slice(args);
+    Ok(relay.admin_ok(&all)?.trim().to_string())
+}
+
+fn action_done(relay: &Relay, id: &str) -> Result<serde_json::Value> {
+    let mut last = serde_json::Value::Null;
+    wait_until(
+        Duration::from_secs(30),
+        &format!("action {id} done"),
+        || {
+            last = relay
+                .admin_ok(&["action", "show", id, "--json"])
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or_default();
+            matches!(
+                last["status"].as_str(),
+                Some("succeeded" | "failed" | "expired")
+            )
+        },
+    )
+    .with_context(|| format!("last {last}"))?;
+    Ok(last)
+}
+
+#[test]
+fn remote_actions_run_queue_while_offline_and_the_inventory_is_reported() -> Result<()> {
+    let relay = Relay::start()?;
+    relay.tenant("acme")?;
+    let dir = tempfile::tempdir()?;
+    let rebooted = dir.path().join("rebooted");
+    let extra = format!("{APPS}  reboot_command: touch {}\n", rebooted.display());
+    let mut agent = Agent::with_extra_config("board1", &[], &extra)?;
+    agent.enroll(&relay, Transport::Tcp, "acme")?;
+    agent.start()?;
+    agent.wait_online()?;
+
+    // Inventory arrives with the first report.
+    let mut shown = serde_json::Value::Null;
+    wait_until(Duration::from_secs(20), "inventory", || {
+        shown = relay.device_json("board1").unwrap_or_default();
+        shown["inventory"]["kernel"]
+            .as_str()
+            .is_some_and(|k| !k.is_empty())
+    })?;
+    let inv = &shown["inventory"];
+    ensure!(
+        inv["hostname"].as_str().is_some_and(|h| !h.is_empty())
+            && inv["arch"] == std::env::consts::ARCH
+            && inv["memory_bytes"].as_u64().is_some_and(|m| m > 0)
+            && inv["agent_version"].is_string(),
+        "{inv}"
+    );
+    let text = relay.admin_ok(&["device", "show", "board1"])?;
+    ensure!(
+        text.contains("kernel:") && text.contains("interfaces:"),
+        "{text}"
+    );
+
+    // A command: exit code and both output streams come back.
+    let id = action(
+        &relay,
+        &["board1", "--run", "echo to-out; echo to-err >&2; exit 3"],
+    )?;
+    let done = action_done(&relay, &id)?;
+    ensure!(
+        done["status"] == "failed"
+            && done["exit_code"] == 3
+            && done["output"]
+                .as_str()
+                .is_some_and(|o| o.contains("to-out") && o.contains("to-err")),
+        "{done}"
+    );
+    let id = action(&relay, &["board1", "--run", "sleep 30", "--timeout", "1"])?;
+    let done = action_done(&relay, &id)?;
+    ensure!(
+        done["status"] == "failed"
+            && done["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("timed out")),
+        "{done}"
+    );
+    let id = action(
+        &relay,
+        &["board1", "--run", "head -c 200000 /dev/zero | tr '\\000' x"],
+    )?;
+    let done = action_done(&relay, &id)?;
+    ensure!(
+        done["status"] == "succeeded"
+            && done["truncated"] == true
+            && done["output"].as_str().map(str::len) == Some(64 * 1024),
+        "bounded output: status {} truncated {}",
+        done["status"],
+        done["truncated"]
+    );
+    let id = action(&relay, &["board1", "--restart", "com.example.nothing"])?;
+    let done = action_done(&relay, &id)?;
+    ensure!(
+        done["status"] == "failed"
+            && done["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("com.example.nothing")),
+        "{done}"
+    );
+    let id = action(&relay, &["board1", "--reboot"])?;
+    ensure!(action_done(&relay, &id)?["status"] == "succeeded");
+    wait_until(Duration::from_secs(10), "reboot command ran", || {
+        rebooted.exists()
+    })?;
+
+    // While the device is offline actions wait; one that expires first is never run.
+    agent
+        .proc
+        .take()
+        .map(|mut p| p.terminate(Duration::from_secs(15)));
+    let later = action(
+        &relay,
+        &["board1", "--run", "echo later", "--expires", "1h"],
+    )?;
+    let stale = action(
+        &relay,
+        &["board1", "--run", "echo stale", "--expires", "1s"],
+    )?;
+    let pending: serde_json::Value =
+        serde_json::from_str(&relay.admin_ok(&["action", "show", &later, "--json"])?)?;
+    ensure!(pending["status"] == "pending", "{pending}");
+    std::thread::sleep(Duration::from_millis(1500));
+    agent.start()?;
+    let done = action_done(&relay, &later)?;
+    ensure!(
+        done["status"] == "succeeded" && done["output"] == "later\n",
+        "{done}"
+    );
+    ensure!(action_done(&relay, &stale)?["status"] == "expired");
+    let list = relay.admin_ok(&["action", "list", "--device", "board1"])?;
+    ensure!(list.lines().count() >= 8, "{list}");
+    Ok(())
+}

@@ -71,6 +71,9 @@ pub struct AppsConfig {
     /// Bytes of output kept per component for `agent app logs` (twice this, in two files).
     /// Default 1 MiB.
     pub log_bytes: u64,
+    /// Command (run by `/bin/sh -c` as root) that reboots the board for a remote reboot
+    /// action. Default `systemctl reboot || reboot`.
+    pub reboot_command: String,
 }
 
 impl Default for AppsConfig {
@@ -86,6 +89,7 @@ impl Default for AppsConfig {
             broken_after: 3,
             settle_time: Duration::from_secs(3),
             log_bytes: 1024 * 1024,
+            reboot_command: "systemctl reboot || reboot".to_string(),
         }
     }
 }

@@ -24,11 +24,14 @@
 //! - [`component`]: a deployed component on disk: its files and its durable record.
 //! - [`artifacts`]: fetching, checking (sha256) and unpacking a component's artifacts.
 //! - [`reconcile`]: the relay's desired state applied on the device (control channel).
+//! - [`actions`]: remote actions from the relay (run a command, restart a component, reboot).
+//! - [`inventory`]: what this device is (host, kernel, OS, memory, disks, interfaces).
 //! - [`control`]: the local socket through which `agent app` reaches the supervisor.
 //! - [`app_cli`]: `agent app …`.
 //! - [`cli`]: the command line.
 
 pub mod account;
+pub mod actions;
 pub mod app_cli;
 pub mod artifacts;
 pub mod cli;
@@ -39,6 +42,7 @@ pub mod enroll;
 pub mod enrollment;
 pub mod forward;
 pub mod identity;
+pub mod inventory;
 pub mod journal;
 pub mod link;
 pub mod outbox;

@@ -21,8 +21,8 @@ use russh::Channel;
 use russh::client::Msg;
 use serde::{Deserialize, Serialize};
 use tether_protocol::fleet::{
-    ControlFrame, DeploymentStatus, DesiredComponent, DesiredState, ReportedComponent,
-    ReportedState, is_sha256,
+    Action, ControlFrame, DeploymentStatus, DesiredComponent, DesiredState, Inventory,
+    ReportedComponent, ReportedState, is_sha256,
 };
 use tether_protocol::frame::{self, FrameError};
 use tether_protocol::recipe::{self, ArtifactUri};
@@ -96,6 +96,17 @@ struct Reconciler {
     state_dir: PathBuf,
     writer: Writer,
     chunks: mpsc::Receiver<ControlFrame>,
+    inventory: Option<Inventory>,
+}
+
+/// Inventory is collected again after this many report ticks (disk space and addresses
+/// change; a minute is fresh enough).
+const INVENTORY_EVERY_TICKS: u32 = 12;
+
+async fn collect_inventory() -> Option<Inventory> {
+    tokio::task::spawn_blocking(crate::inventory::collect)
+        .await
+        .ok()
 }
 
 /// Serves the control channel until it closes.
@@ -107,11 +118,17 @@ pub async fn run(
     let (mut rd, wr) = tokio::io::split(channel.into_stream());
     let (desired_tx, mut desired_rx) = watch::channel::<Option<DesiredState>>(None);
     let (chunk_tx, chunk_rx) = mpsc::channel(8);
+    let (action_tx, mut action_rx) = mpsc::channel::<Action>(64);
     let reader = tokio::spawn(async move {
         loop {
             match frame::read::<_, ControlFrame>(&mut rd).await? {
                 Some(ControlFrame::Desired { state }) => {
                     let _ = desired_tx.send(Some(state));
+                }
+                Some(ControlFrame::Action { action }) => {
+                    if action_tx.send(action).await.is_err() {
+                        return Ok(());
+                    }
                 }
                 Some(f @ (ControlFrame::Chunk { .. } | ControlFrame::FetchError { .. })) => {
                     if chunk_tx.send(f).await.is_err() {
@@ -131,9 +148,17 @@ pub async fn run(
         state_dir,
         writer: Arc::new(Mutex::new(wr)),
         chunks: chunk_rx,
+        inventory: collect_inventory().await,
     };
+    // Results that did not make it over an earlier channel go first.
+    for result in crate::actions::undelivered(&r.state_dir) {
+        let id = result.id.clone();
+        r.send(&ControlFrame::ActionResult { result }).await?;
+        crate::actions::delivered(&r.state_dir, &id);
+    }
     let mut last_report = None;
     let mut tick = tokio::time::interval(REPORT_EVERY);
+    let mut ticks = 0u32;
     let result = loop {
         if reader.is_finished() {
             break Err(ReconcileError::Closed);
@@ -151,10 +176,26 @@ pub async fn run(
         }
         tokio::select! {
             changed = desired_rx.changed() => if changed.is_err() { break Err(ReconcileError::Closed) },
+            Some(action) = action_rx.recv() => {
+                let (sup, writer, state_dir) = (r.supervisor.clone(), r.writer.clone(), r.state_dir.clone());
+                // Actions run beside reconciliation: a long command does not hold up deployments.
+                tokio::spawn(async move {
+                    let result = crate::actions::perform(action, &sup).await;
+                    let id = result.id.clone();
+                    let mut w = writer.lock().await;
+                    if frame::write(&mut *w, &ControlFrame::ActionResult { result }).await.is_ok() {
+                        crate::actions::delivered(&state_dir, &id);
+                    }
+                });
+            }
             _ = tick.tick() => {
+                ticks += 1;
+                if ticks.is_multiple_of(INVENTORY_EVERY_TICKS) {
+                    r.inventory = collect_inventory().await;
+                }
                 let report = r.report_now(None).await;
                 if last_report.as_ref() != Some(&report) {
-                    if let Err(e) = r.send(&ControlFrame::Reported { state: report.clone() }).await {
+                    if let Err(e) = r.send(&ControlFrame::Reported { state: Box::new(report.clone()) }).await {
                         break Err(e);
                     }
                     last_report = Some(report);
@@ -205,6 +246,7 @@ impl Reconciler {
             status,
             message,
             components,
+            inventory: self.inventory.clone(),
         }
     }
 
@@ -216,7 +258,10 @@ impl Reconciler {
         let mut report = self.report_now(Some((status, None))).await;
         report.version = desired.version;
         report.deployment_id = desired.deployment_id.clone();
-        self.send(&ControlFrame::Reported { state: report }).await
+        self.send(&ControlFrame::Reported {
+            state: Box::new(report),
+        })
+        .await
     }
 
     /// Works on one desired version; returns the final report (already sent).
@@ -276,7 +321,7 @@ impl Reconciler {
         }
         let report = self.report_now(Some((status, message))).await;
         self.send(&ControlFrame::Reported {
-            state: report.clone(),
+            state: Box::new(report.clone()),
         })
         .await?;
         Ok(report)

@@ -320,6 +320,21 @@ impl Supervisor {
         run_to_completion(async move { this.remove_now(&name).await }).await
     }
 
+    /// The account lifecycle steps run as (remote `run` actions use it too).
+    pub fn step_account(&self) -> Account {
+        self.shared.account.clone()
+    }
+
+    /// The supervisor's settings.
+    pub fn config(&self) -> &AppsConfig {
+        &self.shared.config
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> &Path {
+        &self.shared.state_dir
+    }
+
     /// Status of every component.
     pub async fn list(&self) -> Vec<ComponentStatus> {
         let slots = self.slots.lock().await;
@@ -504,6 +519,7 @@ impl Supervisor {
             r.errors = 0;
         }
         self.start_slot(&mut slots, name).await?;
+        self.wait_started(&slots, name).await;
         self.status_of(&slots, name)
     }
 
@@ -544,6 +560,10 @@ impl Supervisor {
             if running && let Err(e) = self.start_slot(&mut slots, d).await {
                 tracing::error!("component {d}: {e}");
             }
+        }
+        self.wait_started(&slots, name).await;
+        for d in &dependents {
+            self.wait_started(&slots, d).await;
         }
         self.status_of(&slots, name)
     }
@@ -703,6 +723,20 @@ impl Supervisor {
         let r = lock(&slot.record).clone();
         if let Err(e) = component::save(&layout, &r) {
             tracing::error!("component {name}: saving its record: {e}");
+        }
+    }
+
+    /// Waits (up to `apps.step_timeout`) until a just-started component is past starting, so
+    /// `agent app start` and `restart` answer with the state it reached.
+    async fn wait_started(&self, slots: &BTreeMap<String, Slot>, name: &str) {
+        let Some(slot) = slots.get(name) else { return };
+        let deadline = Instant::now() + self.shared.config.step_timeout;
+        while Instant::now() < deadline {
+            let state = lock(&slot.record).state;
+            if !matches!(state, State::New | State::Installed | State::Starting) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

@@ -102,6 +102,64 @@ pub struct ReportedComponent {
     pub configuration: serde_json::Value,
 }
 
+/// A network interface of a device.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Interface {
+    /// Name, e.g. `eth0`.
+    pub name: String,
+    /// Hardware address, if it has one.
+    #[serde(default)]
+    pub mac: Option<String>,
+    /// Addresses with prefix length, e.g. `192.168.1.20/24`.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+}
+
+/// A mounted filesystem of a device.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Disk {
+    /// Mount point.
+    pub mount: String,
+    /// Device or source.
+    pub device: String,
+    /// Filesystem type.
+    pub fs: String,
+    /// Size in bytes.
+    pub total_bytes: u64,
+    /// Free bytes for unprivileged users.
+    pub available_bytes: u64,
+}
+
+/// What a device is: reported when the link comes up and whenever it changes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Inventory {
+    /// Host name.
+    pub hostname: String,
+    /// `/etc/machine-id`, if present.
+    #[serde(default)]
+    pub machine_id: Option<String>,
+    /// Kernel release (`uname -r`).
+    pub kernel: String,
+    /// `PRETTY_NAME` of `/etc/os-release`, if present.
+    #[serde(default)]
+    pub os: Option<String>,
+    /// `VERSION_ID` of `/etc/os-release`, if present.
+    #[serde(default)]
+    pub os_version: Option<String>,
+    /// CPU architecture (`x86_64`, `aarch64`, …).
+    pub arch: String,
+    /// Memory in bytes.
+    pub memory_bytes: u64,
+    /// Mounted filesystems.
+    #[serde(default)]
+    pub disks: Vec<Disk>,
+    /// Network interfaces.
+    #[serde(default)]
+    pub interfaces: Vec<Interface>,
+    /// Version of the agent.
+    pub agent_version: String,
+}
+
 /// What a device reports about its desired-state work and its components.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct ReportedState {
@@ -118,7 +176,95 @@ pub struct ReportedState {
     /// The components on the device now.
     #[serde(default)]
     pub components: Vec<ReportedComponent>,
+    /// What the device is.
+    #[serde(default)]
+    pub inventory: Option<Inventory>,
 }
+
+/// What a remote action does.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ActionKind {
+    /// Run a shell command (as the agent's application user) and report its exit code and
+    /// (bounded) output.
+    Run {
+        /// The command line, run by `/bin/sh -c`.
+        command: String,
+        /// Time limit in seconds (default 300).
+        #[serde(default)]
+        timeout_secs: Option<u64>,
+    },
+    /// Restart a component (and its hard dependents).
+    Restart {
+        /// The component.
+        component: String,
+    },
+    /// Reboot the device.
+    Reboot,
+}
+
+/// An action the relay asks a device to carry out.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Action {
+    /// Its id (`act_…`).
+    pub id: String,
+    /// What to do.
+    pub action: ActionKind,
+}
+
+/// Where an action stands.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ActionStatus {
+    /// Queued; not yet sent to the device.
+    Pending,
+    /// Sent; the device is carrying it out.
+    Running,
+    /// Done, exit code 0.
+    Succeeded,
+    /// Done with an error or a non-zero exit code.
+    Failed,
+    /// Not delivered before it expired.
+    Expired,
+}
+
+impl std::fmt::Display for ActionStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ActionStatus::Pending => "pending",
+            ActionStatus::Running => "running",
+            ActionStatus::Succeeded => "succeeded",
+            ActionStatus::Failed => "failed",
+            ActionStatus::Expired => "expired",
+        })
+    }
+}
+
+/// How an action ended on the device.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ActionResult {
+    /// The action.
+    pub id: String,
+    /// Succeeded or failed.
+    pub status: ActionStatus,
+    /// Exit code, for `run`.
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    /// Output (stdout and stderr interleaved), at most [`MAX_ACTION_OUTPUT`] bytes.
+    #[serde(default)]
+    pub output: String,
+    /// Whether output was cut at the limit.
+    #[serde(default)]
+    pub truncated: bool,
+    /// What went wrong, if it did.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// Most bytes of output an action reports.
+pub const MAX_ACTION_OUTPUT: usize = 64 * 1024;
 
 /// A message on the control channel.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -129,10 +275,10 @@ pub enum ControlFrame {
         /// The document.
         state: DesiredState,
     },
-    /// Device → relay: the reported state.
+    /// Device → relay: the reported state (boxed: it is by far the largest variant).
     Reported {
         /// The report.
-        state: ReportedState,
+        state: Box<ReportedState>,
     },
     /// Device → relay: send the artifact (or recipe) `sha256` from byte `offset` on.
     Fetch {
@@ -151,6 +297,16 @@ pub enum ControlFrame {
         data: String,
         /// Whether this is the last piece.
         last: bool,
+    },
+    /// Relay → device: carry out an action (once; the relay sends each action once per link).
+    Action {
+        /// The action.
+        action: Action,
+    },
+    /// Device → relay: how an action ended.
+    ActionResult {
+        /// The result.
+        result: ActionResult,
     },
     /// Relay → device: the artifact cannot be sent.
     FetchError {

@@ -13,13 +13,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{ArgGroup, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
 use crate::config::{self, RelayConfig};
 use crate::store::{
-    Device, DeviceStatus, EngineerKey, NewDeployment, NewToken, Role, Store, Target, TokenKind,
+    ActionView, Device, DeviceStatus, EngineerKey, NewDeployment, NewToken, Role, Store, Target,
+    TokenKind,
 };
+use tether_protocol::fleet::{ActionKind, Inventory, ReportedComponent};
 
 /// Default lifetime of enrollment tokens: they are handed around, so they should not live
 /// forever unless asked to.
@@ -40,7 +42,9 @@ const DEFAULT_ENROLL_TTL: Duration = Duration::from_secs(24 * 3600);
         relay device tag board1 edge\n  \
         relay artifact put dist/app.tar.gz\n  \
         relay deploy create --tenant acme --target tag:edge --recipe app.yaml --set port=9000\n  \
-        relay deploy status dep_0123456789ab"
+        relay deploy status dep_0123456789ab\n  \
+        relay action create board1 --run 'df -h' --timeout 30 --expires 1h\n  \
+        relay action show act_0123456789ab"
 )]
 pub struct Cli {
     /// Configuration file (YAML) [default: built-in defaults].
@@ -87,6 +91,73 @@ pub enum Command {
     /// Deploy components from recipes to devices.
     #[command(subcommand)]
     Deploy(DeployCommand),
+    /// Run commands, restart components and reboot devices remotely.
+    #[command(subcommand)]
+    Action(ActionCommand),
+}
+
+/// `relay action …`
+#[derive(Debug, Subcommand)]
+pub enum ActionCommand {
+    /// Queue an action for a device; it is sent when the device is connected. Prints the
+    /// action id.
+    #[command(group(ArgGroup::new("what").required(true).args(["run", "restart", "reboot"])))]
+    Create {
+        /// Device id, or a name unique across tenants.
+        device: String,
+        /// Run this shell command (`/bin/sh -c`, as the agent's application user).
+        #[arg(long, value_name = "COMMAND")]
+        run: Option<String>,
+        /// Time limit of --run in seconds, 1-86400 [default: 300].
+        #[arg(
+            long,
+            value_name = "SECS",
+            requires = "run",
+            conflicts_with_all = ["restart", "reboot"]
+        )]
+        timeout: Option<u64>,
+        /// Restart this component (and its hard dependents).
+        #[arg(long, value_name = "COMPONENT")]
+        restart: Option<String>,
+        /// Reboot the device.
+        #[arg(long)]
+        reboot: bool,
+        /// Give up unless sent within this time, e.g. 1h, 30m [default: never].
+        #[arg(long, value_parser = parse_expiry, value_name = "DURATION")]
+        expires: Option<Duration>,
+        /// Print the action as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List actions, newest first (at most 1000).
+    List {
+        /// Only this device's (id, or a name unique across tenants or within --tenant).
+        #[arg(long)]
+        device: Option<String>,
+        /// Only this tenant's.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show an action, its result and its output.
+    Show {
+        /// Action id (act_…).
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// An action's lifetime: a duration of at least a second.
+fn parse_expiry(text: &str) -> std::result::Result<Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if d.as_secs() == 0 {
+        return Err("must be at least 1s".into());
+    }
+    Ok(d)
 }
 
 /// `relay artifact …`
@@ -573,6 +644,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         Command::Device(cmd) => device(out, &open_store(&config)?, cmd),
         Command::Artifact(cmd) => artifact(out, &open_store(&config)?, &config, cmd),
         Command::Deploy(cmd) => deploy(out, &open_store(&config)?, &config, cmd),
+        Command::Action(cmd) => action(out, &open_store(&config)?, cmd),
         Command::Telemetry(TelemetryCommand::Tail {
             device,
             topic,
@@ -743,19 +815,26 @@ fn device(out: &mut dyn Write, store: &Store, cmd: DeviceCommand) -> Result<()> 
         DeviceCommand::Show { id, json } => {
             let d = store.resolve_device(&id)?;
             let tags = store.device_tags(&d.id)?;
+            let reported = store.device_state(&d.id)?.reported;
+            let inventory = reported.as_ref().and_then(|r| r.inventory.as_ref());
+            let components = reported.as_ref().map_or(&[][..], |r| &r.components[..]);
             if json {
-                /// The device with its tags.
+                /// The device with its tags, and what it last reported about itself.
                 #[derive(Serialize)]
                 struct Shown<'a> {
                     #[serde(flatten)]
                     device: &'a Device,
                     tags: &'a [String],
+                    inventory: Option<&'a Inventory>,
+                    components: &'a [ReportedComponent],
                 }
                 print_json(
                     out,
                     &Shown {
                         device: &d,
                         tags: &tags,
+                        inventory,
+                        components,
                     },
                 )?;
             } else {
@@ -775,6 +854,12 @@ fn device(out: &mut dyn Write, store: &Store, cmd: DeviceCommand) -> Result<()> 
                 ];
                 for (label, value) in rows {
                     writeln!(out, "{:<18} {value}", format!("{label}:"))?;
+                }
+                if let Some(inventory) = inventory {
+                    print_inventory(out, inventory)?;
+                }
+                if reported.is_some() {
+                    print_components(out, components)?;
                 }
             }
         }
@@ -835,6 +920,92 @@ fn device(out: &mut dyn Write, store: &Store, cmd: DeviceCommand) -> Result<()> 
         }
     }
     Ok(())
+}
+
+/// A byte count for people: `512B`, `3.4K`, `29.5G` (powers of 1024, as `df -h`).
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "K", "M", "G", "T", "P"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n}B")
+    } else {
+        format!("{value:.1}{}", UNITS[unit])
+    }
+}
+
+/// A list under a label, one item per line indented by two blanks; `-` beside the label when
+/// it is empty.
+fn print_list(out: &mut dyn Write, label: &str, items: &[String]) -> Result<()> {
+    if items.is_empty() {
+        writeln!(out, "{:<18} -", format!("{label}:"))?;
+    } else {
+        writeln!(out, "{label}:")?;
+        for item in items {
+            writeln!(out, "  {item}")?;
+        }
+    }
+    Ok(())
+}
+
+/// What a device reported about itself, for `relay device show`.
+fn print_inventory(out: &mut dyn Write, inventory: &Inventory) -> Result<()> {
+    let rows = [
+        ("hostname", inventory.hostname.clone()),
+        ("machine-id", dash(&inventory.machine_id)),
+        ("kernel", inventory.kernel.clone()),
+        ("os", dash(&inventory.os)),
+        ("arch", inventory.arch.clone()),
+        (
+            "memory",
+            format!("{} MiB", inventory.memory_bytes / (1024 * 1024)),
+        ),
+        ("agent", inventory.agent_version.clone()),
+    ];
+    for (label, value) in rows {
+        writeln!(out, "{:<18} {value}", format!("{label}:"))?;
+    }
+    let disks: Vec<String> = inventory
+        .disks
+        .iter()
+        .map(|d| {
+            format!(
+                "{} {} {} {} {}",
+                d.mount,
+                d.device,
+                d.fs,
+                human_bytes(d.total_bytes),
+                human_bytes(d.available_bytes)
+            )
+        })
+        .collect();
+    print_list(out, "disks", &disks)?;
+    let interfaces: Vec<String> = inventory
+        .interfaces
+        .iter()
+        .map(|i| {
+            let addresses = if i.addresses.is_empty() {
+                "-".to_string()
+            } else {
+                i.addresses.join(",")
+            };
+            format!("{} {} {addresses}", i.name, dash(&i.mac))
+        })
+        .collect();
+    print_list(out, "interfaces", &interfaces)
+}
+
+/// The components a device reported, for `relay device show`.
+fn print_components(out: &mut dyn Write, components: &[ReportedComponent]) -> Result<()> {
+    let lines: Vec<String> = components
+        .iter()
+        .map(|c| format!("{} {} {}", c.name, c.version, c.state))
+        .collect();
+    print_list(out, "components", &lines)
 }
 
 /// Words separated by blanks, or `-` when there are none.
@@ -1076,6 +1247,162 @@ fn deploy(
                     )
                     .as_bytes(),
                 )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Most characters of the ACTION column of `relay action list`.
+const ACTION_SUMMARY_CHARS: usize = 40;
+
+/// An action in one short line: `run: df -h`, `restart: com.example.app`, `reboot`; a long
+/// command is cut with `…`, and line breaks and tabs are shown as blanks.
+fn action_summary(action: &ActionKind) -> String {
+    let text = match action {
+        ActionKind::Run { command, .. } => format!("run: {command}"),
+        ActionKind::Restart { component } => format!("restart: {component}"),
+        ActionKind::Reboot => "reboot".into(),
+    };
+    let text: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if text.chars().count() <= ACTION_SUMMARY_CHARS {
+        text
+    } else {
+        let mut cut: String = text.chars().take(ACTION_SUMMARY_CHARS - 1).collect();
+        cut.push('…');
+        cut
+    }
+}
+
+fn exit_code(view: &ActionView) -> String {
+    view.exit_code.map_or_else(|| "-".into(), |c| c.to_string())
+}
+
+/// `relay action show` in text: every field, then the output as the device sent it.
+fn print_action(out: &mut dyn Write, view: &ActionView) -> Result<()> {
+    let mut rows = vec![
+        ("id", view.id.clone()),
+        ("tenant", view.tenant.clone()),
+        (
+            "device",
+            format!("{} ({})", view.device_name, view.device_id),
+        ),
+    ];
+    match &view.action {
+        ActionKind::Run {
+            command,
+            timeout_secs,
+        } => {
+            rows.push(("action", "run".into()));
+            rows.push(("command", command.clone()));
+            rows.push((
+                "timeout",
+                timeout_secs.map_or_else(|| "-".into(), |t| format!("{t}s")),
+            ));
+        }
+        ActionKind::Restart { component } => {
+            rows.push(("action", "restart".into()));
+            rows.push(("component", component.clone()));
+        }
+        ActionKind::Reboot => rows.push(("action", "reboot".into())),
+    }
+    rows.extend([
+        ("status", view.status.to_string()),
+        ("exit code", exit_code(view)),
+        ("error", dash(&view.error)),
+        ("created", view.created_at.clone()),
+        ("expires", dash(&view.expires_at)),
+        ("sent", dash(&view.sent_at)),
+        ("finished", dash(&view.finished_at)),
+        (
+            "truncated",
+            if view.truncated { "yes" } else { "no" }.into(),
+        ),
+    ]);
+    for (label, value) in rows {
+        writeln!(out, "{:<10} {value}", format!("{label}:"))?;
+    }
+    writeln!(out, "output:")?;
+    if let Some(output) = &view.output {
+        out.write_all(output.as_bytes())?;
+        // The prompt after a command's output without a final newline stays on its own line.
+        if !output.is_empty() && !output.ends_with('\n') {
+            writeln!(out)?;
+        }
+    }
+    Ok(())
+}
+
+fn action(out: &mut dyn Write, store: &Store, cmd: ActionCommand) -> Result<()> {
+    match cmd {
+        ActionCommand::Create {
+            device,
+            run,
+            timeout,
+            restart,
+            reboot,
+            expires,
+            json,
+        } => {
+            let kind = match (run, restart, reboot) {
+                (Some(command), None, false) => ActionKind::Run {
+                    command,
+                    timeout_secs: timeout,
+                },
+                (None, Some(component), false) => ActionKind::Restart { component },
+                (None, None, true) => ActionKind::Reboot,
+                // clap's group allows exactly one.
+                _ => anyhow::bail!("give exactly one of --run, --restart and --reboot"),
+            };
+            let view = store.create_action(None, &device, &kind, expires)?;
+            if json {
+                print_json(out, &view)?;
+            } else {
+                writeln!(out, "{}", view.id)?;
+            }
+        }
+        ActionCommand::List {
+            device,
+            tenant,
+            json,
+        } => {
+            let views = store.actions(tenant.as_deref(), device.as_deref())?;
+            if json {
+                print_json(out, &views)?;
+            } else {
+                let rows: Vec<Vec<String>> = views
+                    .iter()
+                    .map(|v| {
+                        vec![
+                            v.id.clone(),
+                            v.device_name.clone(),
+                            action_summary(&v.action),
+                            v.status.to_string(),
+                            exit_code(v),
+                            v.created_at.clone(),
+                        ]
+                    })
+                    .collect();
+                out.write_all(
+                    table(
+                        &["ID", "DEVICE", "ACTION", "STATUS", "EXIT", "CREATED"],
+                        &rows,
+                    )
+                    .as_bytes(),
+                )?;
+            }
+        }
+        ActionCommand::Show { id, json } => {
+            let view = store
+                .action(&id, None)?
+                .with_context(|| format!("no action named {id:?}"))?;
+            if json {
+                print_json(out, &view)?;
+            } else {
+                print_action(out, &view)?;
             }
         }
     }
@@ -1475,6 +1802,271 @@ mod tests {
         .err();
         assert_eq!(e.map(|e| e.exit_code()), Some(2));
         Ok(())
+    }
+
+    #[test]
+    fn action_commands_create_list_and_show() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let d = dir.path();
+        relay(d, &["tenant", "add", "acme"])?;
+        let secret = relay(d, &["token", "create", "--tenant", "acme"])?;
+        let store = Store::open(&d.join("relay.db"))?;
+        let device = store
+            .redeem_enroll_token(
+                secret.trim(),
+                crate::store::DeviceEnrollment {
+                    name: "board1".into(),
+                    public_key_openssh: KEY.into(),
+                    fingerprint: "SHA256:x".into(),
+                    agent_version: "0.1.0".into(),
+                    force: false,
+                },
+            )?
+            .device;
+        let long = format!("echo {}", "a".repeat(60));
+        let id = relay(
+            d,
+            &[
+                "action",
+                "create",
+                "board1",
+                "--run",
+                &long,
+                "--timeout",
+                "30",
+                "--expires",
+                "1h",
+            ],
+        )?;
+        let id = id.trim().to_string();
+        assert!(id.starts_with("act_") && id.len() == 16, "{id}");
+        let restart: serde_json::Value = serde_json::from_str(&relay(
+            d,
+            &[
+                "action",
+                "create",
+                &device.id,
+                "--restart",
+                "com.example.app",
+                "--json",
+            ],
+        )?)?;
+        assert_eq!(restart["action"]["kind"], "restart");
+        assert_eq!(restart["status"], "pending");
+        relay(d, &["action", "create", "board1", "--reboot"])?;
+
+        let list = relay(d, &["action", "list"])?;
+        let lines: Vec<&str> = list.lines().collect();
+        assert_eq!(lines.len(), 4, "{list}");
+        assert!(
+            lines[0].starts_with("ID ")
+                && lines[0].contains("DEVICE")
+                && lines[0].contains("ACTION")
+                && lines[0].contains("EXIT"),
+            "{list}"
+        );
+        // Newest first; a long command is cut to 40 characters.
+        assert!(lines[1].contains("reboot"), "{list}");
+        assert!(lines[2].contains("restart: com.example.app"), "{list}");
+        let summary: String = format!("run: {long}").chars().take(39).collect();
+        assert!(lines[3].contains(&format!("{summary}…")), "{list}");
+        assert_eq!(lines[2].find("pending"), lines[0].find("STATUS"), "{list}");
+        let listed: serde_json::Value = serde_json::from_str(&relay(
+            d,
+            &[
+                "action", "list", "--device", "board1", "--tenant", "acme", "--json",
+            ],
+        )?)?;
+        assert_eq!(listed.as_array().map(Vec::len), Some(3));
+        assert_eq!(
+            relay(d, &["action", "list", "--tenant", "nope"])
+                .err()
+                .as_deref(),
+            Some("no tenant named \"nope\"")
+        );
+
+        store.take_pending_actions(&device.id)?;
+        store.record_action_result(
+            &device.id,
+            &tether_protocol::fleet::ActionResult {
+                id: id.clone(),
+                status: tether_protocol::fleet::ActionStatus::Failed,
+                exit_code: Some(3),
+                output: "line one\nline two".into(),
+                truncated: false,
+                error: None,
+            },
+        )?;
+        let shown = relay(d, &["action", "show", &id])?;
+        assert!(shown.contains(&format!("command:   {long}\n")), "{shown}");
+        assert!(shown.contains("timeout:   30s\n"), "{shown}");
+        assert!(shown.contains("status:    failed\n"), "{shown}");
+        assert!(shown.contains("exit code: 3\n"), "{shown}");
+        assert!(
+            shown.ends_with("\noutput:\nline one\nline two\n"),
+            "{shown}"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&relay(d, &["action", "show", &id, "--json"])?)?;
+        assert_eq!(json["exit_code"], 3);
+        assert_eq!(json["device_name"], "board1");
+        let e = relay(d, &["action", "show", "act_nope"])
+            .err()
+            .unwrap_or_default();
+        assert!(e.contains("act_nope"), "{e}");
+        let e = relay(d, &["action", "create", "board1", "--run", " "])
+            .err()
+            .unwrap_or_default();
+        assert!(e.contains("command"), "{e}");
+
+        // Exactly one of --run, --restart and --reboot; --timeout only with --run.
+        for argv in [
+            vec!["relay", "action", "create", "b"],
+            vec!["relay", "action", "create", "b", "--reboot", "--run", "x"],
+            vec![
+                "relay",
+                "action",
+                "create",
+                "b",
+                "--reboot",
+                "--timeout",
+                "3",
+            ],
+            vec![
+                "relay",
+                "action",
+                "create",
+                "b",
+                "--reboot",
+                "--expires",
+                "0s",
+            ],
+        ] {
+            let e = Cli::try_parse_from(&argv).err();
+            assert_eq!(e.map(|e| e.exit_code()), Some(2), "{argv:?}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn device_show_includes_the_reported_inventory_and_components() -> TestResult {
+        use tether_protocol::fleet::{Disk, Interface, ReportedState};
+        let dir = tempfile::tempdir()?;
+        let d = dir.path();
+        relay(d, &["tenant", "add", "acme"])?;
+        let secret = relay(d, &["token", "create", "--tenant", "acme"])?;
+        let store = Store::open(&d.join("relay.db"))?;
+        let device = store
+            .redeem_enroll_token(
+                secret.trim(),
+                crate::store::DeviceEnrollment {
+                    name: "board1".into(),
+                    public_key_openssh: KEY.into(),
+                    fingerprint: "SHA256:x".into(),
+                    agent_version: "0.1.0".into(),
+                    force: false,
+                },
+            )?
+            .device;
+        // Nothing reported yet: no inventory lines, and null / [] in JSON.
+        let text = relay(d, &["device", "show", "board1"])?;
+        assert!(
+            !text.contains("hostname:") && !text.contains("components:"),
+            "{text}"
+        );
+        let shown: serde_json::Value =
+            serde_json::from_str(&relay(d, &["device", "show", "board1", "--json"])?)?;
+        assert!(shown["inventory"].is_null(), "{shown}");
+        assert_eq!(shown["components"], serde_json::json!([]));
+
+        let inventory = Inventory {
+            hostname: "board1.local".into(),
+            machine_id: Some("0123abcd".into()),
+            kernel: "6.1.0-18-arm64".into(),
+            os: Some("Debian GNU/Linux 12 (bookworm)".into()),
+            os_version: Some("12".into()),
+            arch: "aarch64".into(),
+            memory_bytes: 4 * 1024 * 1024 * 1024,
+            disks: vec![Disk {
+                mount: "/".into(),
+                device: "/dev/mmcblk0p2".into(),
+                fs: "ext4".into(),
+                total_bytes: 32 * 1024 * 1024 * 1024,
+                available_bytes: 3 * 1024 * 1024 * 1024 / 2,
+            }],
+            interfaces: vec![
+                Interface {
+                    name: "eth0".into(),
+                    mac: Some("dc:a6:32:01:02:03".into()),
+                    addresses: vec!["192.168.1.20/24".into(), "fe80::1/64".into()],
+                },
+                Interface {
+                    name: "wg0".into(),
+                    mac: None,
+                    addresses: vec![],
+                },
+            ],
+            agent_version: "0.2.0".into(),
+        };
+        store.record_report(
+            &device.id,
+            &ReportedState {
+                components: vec![ReportedComponent {
+                    name: "com.example.app".into(),
+                    version: "1.0.0".into(),
+                    state: "running".into(),
+                    errors: 0,
+                    restarts: 0,
+                    last_error: None,
+                    configuration: serde_json::json!({}),
+                }],
+                inventory: Some(inventory.clone()),
+                ..Default::default()
+            },
+        )?;
+        let text = relay(d, &["device", "show", "board1"])?;
+        for line in [
+            "hostname:          board1.local\n",
+            "machine-id:        0123abcd\n",
+            "kernel:            6.1.0-18-arm64\n",
+            "os:                Debian GNU/Linux 12 (bookworm)\n",
+            "arch:              aarch64\n",
+            "memory:            4096 MiB\n",
+            "agent:             0.2.0\n",
+            "disks:\n  / /dev/mmcblk0p2 ext4 32.0G 1.5G\n",
+            "interfaces:\n  eth0 dc:a6:32:01:02:03 192.168.1.20/24,fe80::1/64\n  wg0 - -\n",
+            "components:\n  com.example.app 1.0.0 running\n",
+        ] {
+            assert!(text.contains(line), "{line:?} in\n{text}");
+        }
+        let shown: serde_json::Value =
+            serde_json::from_str(&relay(d, &["device", "show", &device.id, "--json"])?)?;
+        assert_eq!(shown["inventory"], serde_json::to_value(&inventory)?);
+        assert_eq!(shown["components"][0]["name"], "com.example.app");
+        assert_eq!(shown["tags"], serde_json::json!([]));
+        assert_eq!(shown["name"], "board1");
+        Ok(())
+    }
+
+    #[test]
+    fn sizes_and_action_summaries_read_well() {
+        assert_eq!(human_bytes(512), "512B");
+        assert_eq!(human_bytes(1536), "1.5K");
+        assert_eq!(human_bytes(29 * 1024 * 1024 * 1024), "29.0G");
+        assert_eq!(action_summary(&ActionKind::Reboot), "reboot");
+        assert_eq!(
+            action_summary(&ActionKind::Run {
+                command: "a\nb".into(),
+                timeout_secs: None
+            }),
+            "run: a b"
+        );
+        let long = action_summary(&ActionKind::Run {
+            command: "é".repeat(50),
+            timeout_secs: None,
+        });
+        assert_eq!(long.chars().count(), 40);
+        assert!(long.ends_with('…'));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The relay end of a device's `tether-control` channel: the device's desired state goes
 //! down (at once, and again whenever it changes), reported state comes up and is recorded,
-//! and recipes and artifacts stored on the relay are sent in chunks on request.
+//! recipes and artifacts stored on the relay are sent in chunks on request, and queued remote
+//! actions go down (each once) with their results coming back.
 //!
 //! A malformed frame closes this channel with a logged error; the link stays up and the
 //! device opens a new control channel on its next link.
@@ -64,6 +65,29 @@ where
                     Some(Err(e)) => tracing::error!("device {device_id}: desired state: {e}"),
                     _ => {}
                 }
+                let id = device_id.clone();
+                match with_store(&store, move |s| s.take_pending_actions(&id)).await {
+                    Some(Ok(actions)) => {
+                        let mut unsent: Vec<String> = actions.iter().map(|a| a.id.clone()).collect();
+                        let mut failed = None;
+                        for action in actions {
+                            let id = action.id.clone();
+                            if let Err(e) = frame::write(&mut wr, &ControlFrame::Action { action }).await {
+                                failed = Some(e);
+                                break;
+                            }
+                            unsent.retain(|u| *u != id);
+                        }
+                        if let Some(e) = failed {
+                            // Never written, so never carried out: they may go next time.
+                            let _ = with_store(&store, move |s| s.requeue_unsent_actions(&unsent)).await;
+                            tracing::info!("device {device_id}: control channel closed: {e}");
+                            break;
+                        }
+                    }
+                    Some(Err(e)) => tracing::error!("device {device_id}: pending actions: {e}"),
+                    None => {}
+                }
             }
             f = frames_rx.recv() => {
                 let Some(f) = f else { break };
@@ -74,6 +98,13 @@ where
                             Some(Ok(())) => {}
                             Some(Err(e)) => tracing::error!("device {device_id}: recording its report: {e}"),
                             None => {}
+                        }
+                    }
+                    ControlFrame::ActionResult { result } => {
+                        let id = device_id.clone();
+                        match with_store(&store, move |s| s.record_action_result(&id, &result)).await {
+                            Some(Ok(())) | None => {}
+                            Some(Err(e)) => tracing::warn!("device {device_id}: action result: {e}"),
                         }
                     }
                     ControlFrame::Fetch { sha256, offset } => {

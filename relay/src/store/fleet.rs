@@ -1200,6 +1200,7 @@ mod tests {
                 last_error: None,
                 configuration: json!({}),
             }],
+            inventory: None,
         };
         let status = |id: &str| -> Result<(DeploymentStatus, Option<String>), StoreError> {
             let view = f.store.deployment(id, None)?.ok_or(StoreError::NotFound {

@@ -139,6 +139,27 @@ CREATE TABLE deployment_devices (
 CREATE INDEX deployment_devices_by_device ON deployment_devices (device_id);
 "#,
     },
+    Migration {
+        name: "remote actions",
+        sql: r#"
+CREATE TABLE actions (
+    id          TEXT PRIMARY KEY,
+    tenant_id   INTEGER NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+    device_id   TEXT NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+    action      TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    created_at  TEXT NOT NULL,
+    expires_at  INTEGER,
+    sent_at     TEXT,
+    finished_at TEXT,
+    exit_code   INTEGER,
+    output      TEXT,
+    truncated   INTEGER NOT NULL DEFAULT 0,
+    error       TEXT
+);
+CREATE INDEX actions_by_device ON actions (device_id, status);
+"#,
+    },
 ];
 
 /// The schema version this code writes and understands.

@@ -21,9 +21,11 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
+mod actions;
 mod fleet;
 mod migrations;
 mod telemetry;
+pub use actions::ActionView;
 pub use fleet::{
     ArtifactInfo, DeploymentDevice, DeploymentView, DeviceState, NewDeployment, Target,
     config_overrides,
