@@ -412,3 +412,86 @@ fn remote_actions_run_queue_while_offline_and_the_inventory_is_reported() -> Res
     ensure!(list.lines().count() >= 8, "{list}");
     Ok(())
 }
+
+#[test]
+fn downloads_resume_across_cut_links_and_broken_components_are_reported() -> Result<()> {
+    let relay = Relay::start()?;
+    relay.tenant("acme")?;
+    // The device reaches the relay through a proxy that cuts the link every 0.4–0.9 s.
+    let proxy = ChaosProxy::start(
+        relay.ssh_port,
+        Duration::from_millis(400),
+        Duration::from_millis(900),
+        7,
+    )?;
+    let mut agent = Agent::with_extra_config("board1", &[], APPS)?;
+    agent.enroll_via(&relay, &format!("ssh://127.0.0.1:{}", proxy.port), "acme")?;
+    agent.start()?;
+    agent.wait_online()?;
+    let dir = tempfile::tempdir()?;
+    let big = dir.path().join("big.bin");
+    std::fs::write(&big, pseudo_random(24 << 20, 99))?;
+    let sha = relay
+        .admin_ok(&["artifact", "put", big.to_str().unwrap_or_default()])?
+        .trim()
+        .to_string();
+    let recipe = dir.path().join("big.yaml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "name: com.example.big\nversion: 1.0.0\nmanifests:\n  - artifacts:\n      - uri: relay:sha256:{sha}\n        sha256: {sha}\n    lifecycle:\n      run: sha256sum {{artifacts:path}}/{sha} > {{work:path}}/sum; exec sleep 600\n"
+        ),
+    )?;
+    proxy.set_cutting(true);
+    let id = deploy(&relay, "device:board1", &recipe, &[])?;
+    let view = wait_final(&relay, &id).with_context(|| {
+        let log = agent.log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    })?;
+    proxy.set_cutting(false);
+    ensure!(statuses(&view) == ["board1=succeeded"], "{view}");
+    ensure!(
+        agent.log().contains("resuming the download of"),
+        "the download never had to resume: {} cuts",
+        proxy.cuts.load(std::sync::atomic::Ordering::SeqCst)
+    );
+    let sum =
+        std::fs::read_to_string(agent.dir.path().join("state/apps/com.example.big/work/sum"))?;
+    ensure!(
+        sum.starts_with(&sha),
+        "the artifact on the device is not the one stored: {sum}"
+    );
+
+    // A component that keeps crashing after it settled is reported broken at the relay, and
+    // the next deployment still goes through.
+    let crash = dir.path().join("crash.yaml");
+    std::fs::write(
+        &crash,
+        "name: com.example.crasher\nversion: 1.0.0\nmanifests:\n  - lifecycle:\n      run: sleep 1.5; exit 4\n",
+    )?;
+    let id = deploy(&relay, "device:board1", &crash, &[])?;
+    wait_final(&relay, &id)?;
+    let mut state = serde_json::Value::Null;
+    wait_until(Duration::from_secs(30), "broken reported", || {
+        state = relay
+            .admin_ok(&["device", "state", "board1", "--json"])
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        state["reported"]["components"].as_array().is_some_and(|c| {
+            c.iter()
+                .any(|c| c["name"] == "com.example.crasher" && c["state"] == "broken")
+        })
+    })
+    .with_context(|| format!("{state}"))?;
+    let fixed = dir.path().join("fixed.yaml");
+    std::fs::write(
+        &fixed,
+        "name: com.example.crasher\nversion: 1.0.1\nmanifests:\n  - lifecycle:\n      run: exec sleep 600\n",
+    )?;
+    let id = deploy(&relay, "device:board1", &fixed, &[])?;
+    let view = wait_final(&relay, &id)?;
+    ensure!(statuses(&view) == ["board1=succeeded"], "{view}");
+    Ok(())
+}

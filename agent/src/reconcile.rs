@@ -165,9 +165,12 @@ pub async fn run(
         }
         let pending = desired_rx.borrow_and_update().clone();
         if let Some(desired) = pending {
+            // An install a previous channel started may still be running: wait for it, then
+            // look at what is applied.
+            let guard = r.supervisor.reconcile_lock().lock_owned().await;
             let applied = load_applied(&r.state_dir);
             if desired.version > applied.version {
-                match r.apply(desired, applied).await {
+                match r.apply(desired, applied, guard).await {
                     Ok(report) => last_report = Some(report),
                     Err(e) => break Err(e),
                 }
@@ -265,10 +268,16 @@ impl Reconciler {
     }
 
     /// Works on one desired version; returns the final report (already sent).
+    ///
+    /// Downloads happen on this channel and may be cut off (partial files are kept). Once
+    /// everything is here, installing runs in a task of its own holding `guard`: a link that
+    /// drops mid-way does not cancel it, it records the outcome in `fleet.json`, and the next
+    /// channel waits for it before looking at what is applied.
     async fn apply(
         &mut self,
         desired: DesiredState,
         previous: Applied,
+        guard: tokio::sync::OwnedMutexGuard<()>,
     ) -> Result<ReportedState, ReconcileError> {
         tracing::info!("desired state version {} received", desired.version);
         self.progress(&desired, DeploymentStatus::Downloading)
@@ -287,154 +296,51 @@ impl Reconciler {
                 }
             }
         }
-        let (status, message, components) = match failure {
-            Some(message) => (
-                DeploymentStatus::Failed,
-                Some(message),
-                previous.components.clone(),
-            ),
-            None => {
-                self.progress(&desired, DeploymentStatus::Installing)
-                    .await?;
-                self.install(&desired, &previous, &recipes, &cache).await
-            }
-        };
-        let applied = Applied {
-            version: desired.version,
-            deployment_id: desired.deployment_id.clone(),
-            status: Some(status),
-            message: message.clone(),
-            components,
-        };
-        if let Err(e) = save_applied(&self.state_dir, &applied) {
-            tracing::error!("saving fleet.json: {e}");
+        if failure.is_none() {
+            self.progress(&desired, DeploymentStatus::Installing)
+                .await?;
         }
-        match (&status, &message) {
-            (DeploymentStatus::Succeeded, _) => {
-                tracing::info!("desired state version {} applied", desired.version)
+        let (supervisor, state_dir) = (self.supervisor.clone(), self.state_dir.clone());
+        let work = desired.clone();
+        let installing = tokio::spawn(async move {
+            let _guard = guard;
+            let (status, message, components) = match failure {
+                Some(message) => (
+                    DeploymentStatus::Failed,
+                    Some(message),
+                    previous.components.clone(),
+                ),
+                None => install(&supervisor, &work, &previous, &recipes, &cache).await,
+            };
+            let applied = Applied {
+                version: work.version,
+                deployment_id: work.deployment_id.clone(),
+                status: Some(status),
+                message: message.clone(),
+                components,
+            };
+            if let Err(e) = save_applied(&state_dir, &applied) {
+                tracing::error!("saving fleet.json: {e}");
             }
-            (s, m) => tracing::warn!(
-                "desired state version {}: {s}: {}",
-                desired.version,
-                m.as_deref().unwrap_or("")
-            ),
-        }
+            match &status {
+                DeploymentStatus::Succeeded => {
+                    tracing::info!("desired state version {} applied", work.version)
+                }
+                s => tracing::warn!(
+                    "desired state version {}: {s}: {}",
+                    work.version,
+                    message.as_deref().unwrap_or("")
+                ),
+            }
+            (status, message)
+        });
+        let (status, message) = installing.await.map_err(|_| ReconcileError::Closed)?;
         let report = self.report_now(Some((status, message))).await;
         self.send(&ControlFrame::Reported {
             state: Box::new(report.clone()),
         })
         .await?;
         Ok(report)
-    }
-
-    /// Deploys what changed in dependency order; on failure puts back what this round changed.
-    async fn install(
-        &self,
-        desired: &DesiredState,
-        previous: &Applied,
-        recipes: &BTreeMap<String, String>,
-        cache: &Path,
-    ) -> (
-        DeploymentStatus,
-        Option<String>,
-        BTreeMap<String, DesiredComponent>,
-    ) {
-        let parsed: Vec<recipe::Recipe> = recipes
-            .values()
-            .filter_map(|text| recipe::parse(text, Path::new("relay")).ok())
-            .collect();
-        let refs: Vec<&recipe::Recipe> = parsed.iter().collect();
-        let order = match recipe::start_order(&refs) {
-            Ok(o) => o,
-            Err(e) => {
-                return (
-                    DeploymentStatus::Failed,
-                    Some(e.to_string()),
-                    previous.components.clone(),
-                );
-            }
-        };
-        let mut changed: Vec<String> = Vec::new();
-        let mut failure = None;
-        for name in &order {
-            let (Some(want), Some(text)) = (desired.components.get(name), recipes.get(name)) else {
-                continue;
-            };
-            let current = self.supervisor.show(name).await.ok();
-            let same = previous.components.get(name) == Some(want)
-                && current.is_some_and(|c| c.version == want.version);
-            if same {
-                continue;
-            }
-            match self.deploy(want, text, cache).await {
-                Ok(()) => changed.push(name.clone()),
-                Err(e) => {
-                    // The supervisor's errors name the component and version already.
-                    failure = Some(e);
-                    break;
-                }
-            }
-        }
-        if let Some(message) = failure {
-            for name in changed.iter().rev() {
-                let restore = match previous.components.get(name) {
-                    Some(prev) => match std::fs::read_to_string(cache.join(&prev.recipe_sha256)) {
-                        Ok(text) => self.deploy(prev, &text, cache).await,
-                        Err(e) => Err(e.to_string()),
-                    },
-                    None => self
-                        .supervisor
-                        .remove(name)
-                        .await
-                        .map_err(|e| e.to_string()),
-                };
-                if let Err(e) = restore {
-                    tracing::error!("restoring {name}: {e}");
-                }
-            }
-            return (
-                DeploymentStatus::RolledBack,
-                Some(message),
-                previous.components.clone(),
-            );
-        }
-        // What the relay no longer wants goes, dependents first.
-        let mut gone: Vec<&String> = previous
-            .components
-            .keys()
-            .filter(|n| !desired.components.contains_key(*n))
-            .collect();
-        gone.reverse();
-        for name in gone {
-            if let Err(e) = self.supervisor.remove(name).await {
-                tracing::warn!("removing {name}: {e}");
-            }
-        }
-        (
-            DeploymentStatus::Succeeded,
-            None,
-            desired.components.clone(),
-        )
-    }
-
-    async fn deploy(
-        &self,
-        want: &DesiredComponent,
-        text: &str,
-        cache: &Path,
-    ) -> Result<(), String> {
-        self.supervisor
-            .deploy(DeployRequest {
-                recipe: text.to_string(),
-                origin: PathBuf::from(format!("relay:sha256:{}", want.recipe_sha256)),
-                artifacts_dir: None,
-                set: Vec::new(),
-                overrides: Some(want.configuration.clone()),
-                relay_cache: Some(cache.to_path_buf()),
-            })
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
     }
 
     /// Fetches a component's recipe and the relay artifacts it names; the inner error says
@@ -488,6 +394,9 @@ impl Reconciler {
         }
         let partial = cache.join(format!("{sha256}.partial"));
         let mut offset = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+        if offset > 0 {
+            tracing::info!("resuming the download of {sha256} at byte {offset}");
+        }
         self.send(&ControlFrame::Fetch {
             sha256: sha256.to_string(),
             offset,
@@ -554,4 +463,110 @@ impl Reconciler {
         }
         Ok(Ok(dest))
     }
+}
+
+/// Deploys what changed in dependency order; on failure puts back what this round changed.
+async fn install(
+    supervisor: &Supervisor,
+    desired: &DesiredState,
+    previous: &Applied,
+    recipes: &BTreeMap<String, String>,
+    cache: &Path,
+) -> (
+    DeploymentStatus,
+    Option<String>,
+    BTreeMap<String, DesiredComponent>,
+) {
+    let parsed: Vec<recipe::Recipe> = recipes
+        .values()
+        .filter_map(|text| recipe::parse(text, Path::new("relay")).ok())
+        .collect();
+    let refs: Vec<&recipe::Recipe> = parsed.iter().collect();
+    let order = match recipe::start_order(&refs) {
+        Ok(o) => o,
+        Err(e) => {
+            return (
+                DeploymentStatus::Failed,
+                Some(e.to_string()),
+                previous.components.clone(),
+            );
+        }
+    };
+    let mut changed: Vec<String> = Vec::new();
+    let mut failure = None;
+    for name in &order {
+        let (Some(want), Some(text)) = (desired.components.get(name), recipes.get(name)) else {
+            continue;
+        };
+        let current = supervisor.show(name).await.ok();
+        let same = previous.components.get(name) == Some(want)
+            && current.is_some_and(|c| c.version == want.version);
+        if same {
+            continue;
+        }
+        match deploy(supervisor, want, text, cache).await {
+            Ok(()) => changed.push(name.clone()),
+            Err(e) => {
+                // The supervisor's errors name the component and version already.
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    if let Some(message) = failure {
+        for name in changed.iter().rev() {
+            let restore = match previous.components.get(name) {
+                Some(prev) => match std::fs::read_to_string(cache.join(&prev.recipe_sha256)) {
+                    Ok(text) => deploy(supervisor, prev, &text, cache).await,
+                    Err(e) => Err(e.to_string()),
+                },
+                None => supervisor.remove(name).await.map_err(|e| e.to_string()),
+            };
+            if let Err(e) = restore {
+                tracing::error!("restoring {name}: {e}");
+            }
+        }
+        return (
+            DeploymentStatus::RolledBack,
+            Some(message),
+            previous.components.clone(),
+        );
+    }
+    // What the relay no longer wants goes, dependents first.
+    let mut gone: Vec<&String> = previous
+        .components
+        .keys()
+        .filter(|n| !desired.components.contains_key(*n))
+        .collect();
+    gone.reverse();
+    for name in gone {
+        if let Err(e) = supervisor.remove(name).await {
+            tracing::warn!("removing {name}: {e}");
+        }
+    }
+    (
+        DeploymentStatus::Succeeded,
+        None,
+        desired.components.clone(),
+    )
+}
+
+async fn deploy(
+    supervisor: &Supervisor,
+    want: &DesiredComponent,
+    text: &str,
+    cache: &Path,
+) -> Result<(), String> {
+    supervisor
+        .deploy(DeployRequest {
+            recipe: text.to_string(),
+            origin: PathBuf::from(format!("relay:sha256:{}", want.recipe_sha256)),
+            artifacts_dir: None,
+            set: Vec::new(),
+            overrides: Some(want.configuration.clone()),
+            relay_cache: Some(cache.to_path_buf()),
+        })
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }

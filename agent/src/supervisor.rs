@@ -193,6 +193,7 @@ struct Shared {
 pub struct Supervisor {
     shared: Arc<Shared>,
     slots: Arc<Mutex<BTreeMap<String, Slot>>>,
+    reconcile: Arc<Mutex<()>>,
 }
 
 impl Supervisor {
@@ -219,6 +220,7 @@ impl Supervisor {
                 root,
             }),
             slots: Arc::new(Mutex::new(BTreeMap::new())),
+            reconcile: Arc::new(Mutex::new(())),
         })
     }
 
@@ -318,6 +320,12 @@ impl Supervisor {
     pub async fn remove(&self, name: &str) -> Result<(), SupervisorError> {
         let (this, name) = (self.clone(), name.to_string());
         run_to_completion(async move { this.remove_now(&name).await }).await
+    }
+
+    /// Held while a desired state is being applied, so only one application of the relay's
+    /// desired state runs at a time (also across control channels of successive links).
+    pub fn reconcile_lock(&self) -> Arc<Mutex<()>> {
+        self.reconcile.clone()
     }
 
     /// The account lifecycle steps run as (remote `run` actions use it too).
