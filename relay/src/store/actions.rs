@@ -489,7 +489,6 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{DeviceEnrollment, NewToken, TokenKind};
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -500,27 +499,7 @@ mod tests {
 
     impl Fixture {
         fn enroll(&self, tenant: &str, name: &str) -> Result<String, StoreError> {
-            let t = self.store.create_token(NewToken {
-                tenant,
-                kind: TokenKind::Enroll,
-                ttl: None,
-                uses: None,
-                require_accept: false,
-            })?;
-            Ok(self
-                .store
-                .redeem_enroll_token(
-                    &t.secret,
-                    DeviceEnrollment {
-                        name: name.into(),
-                        public_key_openssh: format!("key-{tenant}-{name}"),
-                        fingerprint: format!("fp-{tenant}-{name}"),
-                        agent_version: "0.1.0".into(),
-                        force: false,
-                    },
-                )?
-                .device
-                .id)
+            crate::store::test_support::enroll(&self.store, tenant, name)
         }
 
         fn tenant_id(&self, name: &str) -> Result<i64, Box<dyn std::error::Error>> {

@@ -848,7 +848,6 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{DeviceEnrollment, NewToken, TokenKind};
     use serde_json::json;
     use tether_protocol::fleet::ReportedComponent;
 
@@ -879,27 +878,7 @@ mod tests {
         }
 
         fn enroll(&self, tenant: &str, name: &str) -> Result<String, StoreError> {
-            let t = self.store.create_token(NewToken {
-                tenant,
-                kind: TokenKind::Enroll,
-                ttl: None,
-                uses: None,
-                require_accept: false,
-            })?;
-            Ok(self
-                .store
-                .redeem_enroll_token(
-                    &t.secret,
-                    DeviceEnrollment {
-                        name: name.into(),
-                        public_key_openssh: format!("key-{tenant}-{name}"),
-                        fingerprint: format!("fp-{tenant}-{name}"),
-                        agent_version: "0.1.0".into(),
-                        force: false,
-                    },
-                )?
-                .device
-                .id)
+            crate::store::test_support::enroll(&self.store, tenant, name)
         }
 
         fn deploy(

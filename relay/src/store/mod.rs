@@ -1196,6 +1196,36 @@ fn is_unique_violation(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation)
 }
 
+/// Helpers shared by the store's tests.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::{DeviceEnrollment, NewToken, Store, StoreError, TokenKind};
+
+    /// Enrolls a device `name` in `tenant` with a made-up key; returns its id.
+    pub(crate) fn enroll(store: &Store, tenant: &str, name: &str) -> Result<String, StoreError> {
+        let t = store.create_token(NewToken {
+            tenant,
+            kind: TokenKind::Enroll,
+            ttl: None,
+            uses: None,
+            require_accept: false,
+        })?;
+        Ok(store
+            .redeem_enroll_token(
+                &t.secret,
+                DeviceEnrollment {
+                    name: name.into(),
+                    public_key_openssh: format!("key-{tenant}-{name}"),
+                    fingerprint: format!("fp-{tenant}-{name}"),
+                    agent_version: "0.1.0".into(),
+                    force: false,
+                },
+            )?
+            .device
+            .id)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
