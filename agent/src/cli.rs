@@ -63,6 +63,18 @@ pub enum Command {
     /// Applications from recipes: validate, deploy, list, start, stop, logs.
     #[command(subcommand)]
     App(crate::app_cli::AppCommand),
+    /// Write an ed25519 key pair for signing OS update bundles: NAME.key and NAME.pub.
+    Keygen {
+        /// Path and base name of the key files.
+        #[arg(long, value_name = "NAME")]
+        out: PathBuf,
+    },
+    /// OS update bundles: create, verify, inspect.
+    #[command(subcommand)]
+    Bundle(crate::ota_cli::BundleCommand),
+    /// A/B OS updates on this board: install, status, check, commit, rollback.
+    #[command(subcommand)]
+    Ota(crate::ota_cli::OtaCommand),
     /// Queue an event (a notification with a level) for the relay.
     Notify {
         /// Severity.
@@ -258,6 +270,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             println!("{seq}");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Keygen { out } => crate::ota_cli::keygen(out),
+        Command::Bundle(cmd) => crate::ota_cli::bundle(cmd),
+        Command::Ota(cmd) => {
+            let config = load_config(&cli)?;
+            crate::ota_cli::ota(&config, cmd)
+        }
         Command::App(cmd) => {
             let config = load_config(&cli)?;
             crate::app_cli::run(&config, cmd).await
@@ -334,6 +352,18 @@ async fn run_agent(config: AgentConfig) -> Result<()> {
             tracing::error!("bringing components back: {e}");
         }
     });
+    if ctx.config.ota.compatible.is_some() {
+        // A boot after an update: commit it if healthy, or notice the fallback.
+        let config = ctx.config.clone();
+        tokio::task::spawn_blocking(move || match crate::ota::Ota::open(&config) {
+            Ok(ota) => match ota.check_after_boot() {
+                Ok(Some(outcome)) => tracing::warn!("OS update: {outcome}"),
+                Ok(None) => {}
+                Err(e) => tracing::error!("OS update check: {e}"),
+            },
+            Err(e) => tracing::error!("OS updates: {e}"),
+        });
+    }
     let control_path = crate::control::path(&ctx.config.state_dir);
     let control = tokio::spawn(crate::control::serve(
         control_path.clone(),
@@ -425,4 +455,17 @@ fn show_status(config: &AgentConfig, json: bool) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// clap's own consistency checks (unique argument ids, valid defaults, …) for every
+    /// subcommand, which otherwise only fire when that subcommand is used.
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
 }

@@ -32,6 +32,88 @@ pub struct AgentConfig {
     pub telemetry: TelemetryConfig,
     /// Applications run from recipes.
     pub apps: AppsConfig,
+    /// A/B OS updates.
+    pub ota: OtaConfig,
+}
+
+/// Which bootloader environment selects the boot slot.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Bootloader {
+    /// U-Boot environment per `ota.uboot_config` (fw_env.config).
+    Uboot,
+    /// GRUB environment block `ota.grub_env`.
+    Grub,
+    /// A key=value file `ota.env_file` (tests, and boards whose boot script reads a file).
+    File,
+}
+
+/// One boot slot.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SlotConfig {
+    /// Boot name, as in `BOOT_ORDER` (e.g. `A`).
+    pub name: String,
+    /// Image class the slot takes from a bundle (e.g. `rootfs`).
+    pub class: String,
+    /// Block device or file the image is written to.
+    pub device: PathBuf,
+}
+
+/// Settings of A/B OS updates.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtaConfig {
+    /// Compatible string bundles must carry (board model and revision). Unset: OTA is off.
+    pub compatible: Option<String>,
+    /// Trusted bundle signing keys: a `.pub` file or a directory of them.
+    /// Default `/etc/tether/keyring`.
+    pub keyring: PathBuf,
+    /// Boot environment backend. Default `uboot`.
+    pub bootloader: Bootloader,
+    /// fw_env.config of the U-Boot environment. Default `/etc/fw_env.config`.
+    pub uboot_config: PathBuf,
+    /// GRUB environment block. Default `/boot/grub/grubenv`.
+    pub grub_env: PathBuf,
+    /// Environment file of the `file` backend. Default `<state_dir>/bootenv`.
+    pub env_file: Option<PathBuf>,
+    /// The slots (at least two of each class that is updated).
+    pub slots: Vec<SlotConfig>,
+    /// Boot attempts a newly installed slot gets before the bootloader falls back. Default 3.
+    pub tries: u32,
+    /// Command whose exit status 0 means the new slot works (run by `/bin/sh -c` after boot).
+    /// Default: none (booting is enough).
+    pub health_check: Option<String>,
+    /// Time the health check may take. Default 120s.
+    #[serde(with = "humantime_serde")]
+    pub health_timeout: Duration,
+    /// Where the booted slot is read from (`tether.slot=` or `rauc.slot=`). Default
+    /// `/proc/cmdline`.
+    pub cmdline: PathBuf,
+    /// Command that reboots into the new slot. Default `systemctl reboot || reboot`.
+    pub reboot_command: String,
+    /// Allow installing a version lower than the booted one. Default false.
+    pub allow_downgrade: bool,
+}
+
+impl Default for OtaConfig {
+    fn default() -> Self {
+        Self {
+            compatible: None,
+            keyring: PathBuf::from("/etc/tether/keyring"),
+            bootloader: Bootloader::Uboot,
+            uboot_config: PathBuf::from("/etc/fw_env.config"),
+            grub_env: PathBuf::from("/boot/grub/grubenv"),
+            env_file: None,
+            slots: Vec::new(),
+            tries: 3,
+            health_check: None,
+            health_timeout: Duration::from_secs(120),
+            cmdline: PathBuf::from("/proc/cmdline"),
+            reboot_command: "systemctl reboot || reboot".to_string(),
+            allow_downgrade: false,
+        }
+    }
 }
 
 /// Settings of the application supervisor.
@@ -202,6 +284,7 @@ impl Default for AgentConfig {
             forward: ForwardConfig::default(),
             telemetry: TelemetryConfig::default(),
             apps: AppsConfig::default(),
+            ota: OtaConfig::default(),
         }
     }
 }
@@ -341,6 +424,41 @@ impl AgentConfig {
             && user.trim().is_empty()
         {
             return Err(invalid("apps.user", "must not be empty".into()));
+        }
+        let o = &self.ota;
+        if o.tries == 0 || o.tries > 255 {
+            return Err(invalid("ota.tries", "must be between 1 and 255".into()));
+        }
+        for (i, slot) in o.slots.iter().enumerate() {
+            let ok_name = !slot.name.is_empty()
+                && slot
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ok_name {
+                return Err(invalid(
+                    &format!("ota.slots[{i}].name"),
+                    format!(
+                        "{:?} must be letters, digits or '_' (it becomes BOOT_<name>_LEFT)",
+                        slot.name
+                    ),
+                ));
+            }
+            if o.slots[..i].iter().any(|s| s.name == slot.name) {
+                return Err(invalid(
+                    &format!("ota.slots[{i}].name"),
+                    format!("{:?} is used by two slots", slot.name),
+                ));
+            }
+            if o.slots.iter().filter(|s| s.class == slot.class).count() < 2 {
+                return Err(invalid(
+                    &format!("ota.slots[{i}].class"),
+                    format!(
+                        "class {:?} needs at least two slots to update one while booted from the other",
+                        slot.class
+                    ),
+                ));
+            }
         }
         for (i, entry) in self.forward.allow.iter().enumerate() {
             let ok = entry.rsplit_once(':').is_some_and(|(host, port)| {

@@ -25,15 +25,22 @@
 //! - [`artifacts`]: fetching, checking (sha256) and unpacking a component's artifacts.
 //! - [`reconcile`]: the relay's desired state applied on the device (control channel).
 //! - [`actions`]: remote actions from the relay (run a command, restart a component, reboot).
+//! - [`bootenv`]: the bootloader environment (U-Boot, GRUB, file) that selects the boot slot.
 //! - [`inventory`]: what this device is (host, kernel, OS, memory, disks, interfaces).
 //! - [`control`]: the local socket through which `agent app` reaches the supervisor.
 //! - [`app_cli`]: `agent app …`.
+//! - [`bundle_tool`]: `agent bundle keygen|create|verify|inspect`: signing keys, building and
+//!   checking signed OS update bundles.
+//! - [`ota`]: A/B OS updates: install into the other slot, trial boot, commit or roll back.
+//! - [`ota_cli`]: `agent keygen`, `agent bundle …`, `agent ota …`.
 //! - [`cli`]: the command line.
 
 pub mod account;
 pub mod actions;
 pub mod app_cli;
 pub mod artifacts;
+pub mod bootenv;
+pub mod bundle_tool;
 pub mod cli;
 pub mod component;
 pub mod config;
@@ -45,6 +52,8 @@ pub mod identity;
 pub mod inventory;
 pub mod journal;
 pub mod link;
+pub mod ota;
+pub mod ota_cli;
 pub mod outbox;
 pub mod producer;
 pub mod pty;

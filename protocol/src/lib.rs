@@ -3,6 +3,7 @@
 //! Layout:
 //! - [`names`]: the reserved SSH user names, subsystem names and channel targets that give the
 //!   device link its meaning, and the rules for device names.
+//! - [`bundle`]: signed OS update bundles: format, signature verification, streaming image reader.
 //! - [`config_file`]: YAML configuration files with errors that name file, line and key.
 //! - [`enroll`]: the JSON messages of the enrollment exchange.
 //! - [`fleet`]: desired and reported state, the control channel, artifact downloads.
@@ -13,6 +14,7 @@
 //! - [`telemetry`]: telemetry records and the frames of the telemetry channel.
 //! - [`ws`]: the SSH byte stream carried in WebSocket binary messages.
 
+pub mod bundle;
 pub mod config_file;
 pub mod enroll;
 pub mod fleet;

@@ -1,0 +1,443 @@
+//! A/B OS updates on real loop devices holding real ext4 images, with the file boot
+//! environment and a simulated bootloader that follows the rules of the shipped boot scripts
+//! (first slot in BOOT_ORDER with attempts left; one attempt taken per boot).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail, ensure};
+use common::*;
+
+/// A loop device attached to a file, detached on drop.
+struct Loop {
+    device: PathBuf,
+}
+
+impl Loop {
+    fn attach(file: &Path) -> Result<Loop> {
+        let out = Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(file)
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "losetup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(Loop {
+            device: PathBuf::from(String::from_utf8(out.stdout)?.trim()),
+        })
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.device).status();
+    }
+}
+
+fn run_ok(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output()?;
+    ensure!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// A real ext4 filesystem image holding /etc/os-version.
+fn ext4_image(dir: &Path, version: &str) -> Result<PathBuf> {
+    let root = dir.join(format!("root-{version}"));
+    std::fs::create_dir_all(root.join("etc"))?;
+    std::fs::write(root.join("etc/os-version"), format!("{version}\n"))?;
+    let img = dir.join(format!("rootfs-{version}.ext4"));
+    run_ok(Command::new("truncate").arg("-s").arg("12M").arg(&img))?;
+    run_ok(
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-d"])
+            .arg(&root)
+            .arg(&img),
+    )?;
+    Ok(img)
+}
+
+fn sha256_prefix(device: &Path, len: u64) -> Result<String> {
+    let out = run_ok(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("head -c {len} {} | sha256sum", device.display())),
+    )?;
+    Ok(out
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string())
+}
+
+struct Board {
+    dir: tempfile::TempDir,
+    agent: Agent,
+    slots: Vec<Loop>,
+    keys: PathBuf,
+}
+
+impl Board {
+    fn env_path(&self) -> PathBuf {
+        self.dir.path().join("bootenv")
+    }
+
+    fn env(&self) -> Result<BTreeMap<String, String>> {
+        let text = std::fs::read_to_string(self.env_path())?;
+        Ok(text
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect())
+    }
+
+    fn set_env(&self, env: &BTreeMap<String, String>) -> Result<()> {
+        let text: String = env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+        let tmp = self.env_path().with_extension("tmp");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(tmp, self.env_path())?;
+        Ok(())
+    }
+
+    /// What the boot script does: the first slot in BOOT_ORDER with attempts left, one
+    /// attempt taken; its name goes on the kernel command line.
+    fn boot(&self) -> Result<String> {
+        let mut env = self.env()?;
+        let order = env.get("BOOT_ORDER").cloned().unwrap_or_default();
+        for slot in order.split_whitespace() {
+            let key = format!("BOOT_{slot}_LEFT");
+            let left: u32 = env.get(&key).and_then(|v| v.parse().ok()).unwrap_or(0);
+            if left > 0 {
+                env.insert(key, (left - 1).to_string());
+                self.set_env(&env)?;
+                std::fs::write(
+                    self.dir.path().join("cmdline"),
+                    format!("console=ttyS0 root=/dev/x rauc.slot={slot} quiet\n"),
+                )?;
+                return Ok(slot.to_string());
+            }
+        }
+        bail!("no slot left to boot: {env:?}")
+    }
+
+    /// A boot after which the agent starts and runs its after-boot check.
+    fn boot_and_check(&self) -> Result<(String, String)> {
+        let slot = self.boot()?;
+        let out = self.ota_ok(&["check"])?;
+        Ok((slot, out))
+    }
+
+    fn ota(&self, args: &[&str]) -> Result<Run> {
+        let mut all = vec!["ota"];
+        all.extend_from_slice(args);
+        self.agent.cmd(&all)
+    }
+
+    fn ota_ok(&self, args: &[&str]) -> Result<String> {
+        let r = self.ota(args)?;
+        ensure!(
+            r.status == Some(0),
+            "agent ota {args:?}: {:?} {}{}",
+            r.status,
+            r.stdout,
+            r.stderr
+        );
+        Ok(r.stdout)
+    }
+
+    fn status(&self) -> Result<serde_json::Value> {
+        Ok(serde_json::from_str(&self.ota_ok(&["status", "--json"])?)?)
+    }
+
+    fn bundle(&self, version: &str, compatible: &str, image: &Path) -> Result<PathBuf> {
+        let out = self
+            .dir
+            .path()
+            .join(format!("update-{version}-{compatible}.tbundle"));
+        let r = self.agent.cmd(&[
+            "bundle",
+            "create",
+            "--key",
+            self.keys.with_extension("key").to_str().unwrap_or_default(),
+            "--version",
+            version,
+            "--compatible",
+            compatible,
+            "--image",
+            &format!("rootfs={}", image.display()),
+            "--compress",
+            "zstd",
+            "-o",
+            out.to_str().unwrap_or_default(),
+        ])?;
+        ensure!(r.status == Some(0), "bundle create: {}", r.stderr);
+        Ok(out)
+    }
+
+    fn rebooted(&self) -> bool {
+        let marker = self.dir.path().join("rebooted");
+        let was = marker.exists();
+        let _ = std::fs::remove_file(marker);
+        was
+    }
+}
+
+fn board() -> Result<Board> {
+    let dir = tempfile::tempdir()?;
+    let mut slots = Vec::new();
+    for name in ["a", "b"] {
+        let file = dir.path().join(format!("slot-{name}.img"));
+        run_ok(Command::new("truncate").arg("-s").arg("16M").arg(&file))?;
+        slots.push(Loop::attach(&file)?);
+    }
+    let keys = dir.path().join("release");
+    let tmp_agent = Agent::new("keys", &[])?;
+    let r = tmp_agent.cmd(&["keygen", "--out", keys.to_str().unwrap_or_default()])?;
+    ensure!(r.status == Some(0), "keygen: {}", r.stderr);
+    let extra = format!(
+        "ota:\n  compatible: acme-board-rev2\n  keyring: {keyring}\n  bootloader: file\n  env_file: {env}\n  slots:\n    - {{ name: A, class: rootfs, device: {a} }}\n    - {{ name: B, class: rootfs, device: {b} }}\n  tries: 2\n  health_check: test -f {healthy}\n  health_timeout: 5s\n  cmdline: {cmdline}\n  reboot_command: touch {rebooted}\n",
+        keyring = keys.with_extension("pub").display(),
+        env = dir.path().join("bootenv").display(),
+        a = slots[0].device.display(),
+        b = slots[1].device.display(),
+        healthy = dir.path().join("healthy").display(),
+        cmdline = dir.path().join("cmdline").display(),
+        rebooted = dir.path().join("rebooted").display(),
+    );
+    let agent = Agent::with_extra_config("board1", &[], &extra)?;
+    let b = Board {
+        dir,
+        agent,
+        slots,
+        keys,
+    };
+    // As the factory image leaves it: A first, both with attempts.
+    let mut env = BTreeMap::new();
+    env.insert("BOOT_ORDER".into(), "A B".into());
+    env.insert("BOOT_A_LEFT".into(), "2".into());
+    env.insert("BOOT_B_LEFT".into(), "2".into());
+    b.set_env(&env)?;
+    ensure!(b.boot_and_check()?.0 == "A");
+    Ok(b)
+}
+
+#[test]
+fn updates_boot_on_trial_commit_when_healthy_and_fall_back_otherwise() -> Result<()> {
+    let b = board()?;
+    let image = ext4_image(b.dir.path(), "1.1.0")?;
+    let image_len = std::fs::metadata(&image)?.len();
+    let image_sha = sha256_prefix(&image, image_len)?;
+    let bundle = b.bundle("1.1.0", "acme-board-rev2", &image)?;
+    let r = b.agent.cmd(&[
+        "bundle",
+        "verify",
+        "--keyring",
+        b.keys.with_extension("pub").to_str().unwrap_or_default(),
+        bundle.to_str().unwrap_or_default(),
+    ])?;
+    ensure!(r.status == Some(0), "verify: {}", r.stderr);
+    let a_before = sha256_prefix(&b.slots[0].device, 16 << 20)?;
+
+    // 1. The new slot boots but fails its health check: marked bad, back to A.
+    let out = b.ota_ok(&["install", bundle.to_str().unwrap_or_default()])?;
+    ensure!(out.contains("into slot B"), "{out}");
+    ensure!(b.rebooted(), "install did not reboot");
+    ensure!(
+        sha256_prefix(&b.slots[1].device, image_len)? == image_sha,
+        "slot B does not hold the image"
+    );
+    ensure!(
+        sha256_prefix(&b.slots[0].device, 16 << 20)? == a_before,
+        "the running slot was touched"
+    );
+    let env = b.env()?;
+    ensure!(
+        env.get("BOOT_ORDER").map(String::as_str) == Some("B A")
+            && env.get("BOOT_B_LEFT").map(String::as_str) == Some("2"),
+        "{env:?}"
+    );
+    let (slot, out) = b.boot_and_check()?;
+    ensure!(
+        slot == "B" && out.contains("failed its health check"),
+        "{slot}: {out}"
+    );
+    ensure!(b.rebooted(), "a failed health check must reboot");
+    ensure!(b.boot_and_check()?.0 == "A", "fell back to A");
+    let st = b.status()?;
+    ensure!(
+        st["booted"] == "A" && st["slots"][1]["state"] == "bad" && st["pending"].is_null(),
+        "{st}"
+    );
+
+    // 2. The new slot never gets to commit (it hangs, twice): the bootloader falls back by
+    //    itself, and the agent on A says so.
+    b.ota_ok(&[
+        "install",
+        bundle.to_str().unwrap_or_default(),
+        "--no-reboot",
+    ])?;
+    ensure!(!b.rebooted(), "--no-reboot rebooted");
+    ensure!(b.boot()? == "B");
+    ensure!(b.boot()? == "B");
+    let (slot, out) = b.boot_and_check()?;
+    ensure!(slot == "A", "attempts exhausted: back to A, not {slot}");
+    ensure!(
+        out.contains("rolled back") && out.contains("did not commit"),
+        "{out}"
+    );
+
+    // 3. Healthy: committed, and B stays first with full attempts.
+    std::fs::write(b.dir.path().join("healthy"), "")?;
+    b.ota_ok(&["install", bundle.to_str().unwrap_or_default()])?;
+    let (slot, out) = b.boot_and_check()?;
+    ensure!(
+        slot == "B" && out.contains("committed 1.1.0 in slot B"),
+        "{slot}: {out}"
+    );
+    let env = b.env()?;
+    ensure!(
+        env.get("BOOT_ORDER").map(String::as_str) == Some("B A")
+            && env.get("BOOT_B_LEFT").map(String::as_str) == Some("2"),
+        "{env:?}"
+    );
+    ensure!(b.boot_and_check()?.0 == "B");
+    let st = b.status()?;
+    ensure!(
+        st["booted"] == "B"
+            && st["slots"][1]["state"] == "good"
+            && st["slots"][1]["version"] == "1.1.0",
+        "{st}"
+    );
+
+    // A lower version is refused unless asked for.
+    let old = ext4_image(b.dir.path(), "1.0.0")?;
+    let old_bundle = b.bundle("1.0.0", "acme-board-rev2", &old)?;
+    let r = b.ota(&["install", old_bundle.to_str().unwrap_or_default()])?;
+    ensure!(
+        r.status == Some(1) && r.stderr.contains("lower than the running 1.1.0"),
+        "{}",
+        r.stderr
+    );
+    Ok(())
+}
+
+#[test]
+fn bad_bundles_never_touch_the_running_slot_nor_become_bootable() -> Result<()> {
+    let b = board()?;
+    let image = ext4_image(b.dir.path(), "2.0.0")?;
+    let good = b.bundle("2.0.0", "acme-board-rev2", &image)?;
+    let bytes = std::fs::read(&good)?;
+    let a_before = sha256_prefix(&b.slots[0].device, 16 << 20)?;
+    let env_before = b.env()?;
+
+    // Tampered manifest: the version string in the signed JSON.
+    let at = bytes
+        .windows(7)
+        .position(|w| w == b"\"2.0.0\"")
+        .context("version in the manifest")?;
+    let mut manifest_tampered = bytes.clone();
+    manifest_tampered[at + 1] = b'9';
+    // Tampered image: a byte near the end of the payload.
+    let mut payload_tampered = bytes.clone();
+    let n = payload_tampered.len();
+    payload_tampered[n - 100] ^= 0x55;
+    let truncated = bytes[..bytes.len() / 2].to_vec();
+    let other_key = b.dir.path().join("other");
+    let r = b
+        .agent
+        .cmd(&["keygen", "--out", other_key.to_str().unwrap_or_default()])?;
+    ensure!(r.status == Some(0));
+    let foreign = b.dir.path().join("foreign.tbundle");
+    let r = b.agent.cmd(&[
+        "bundle",
+        "create",
+        "--key",
+        other_key.with_extension("key").to_str().unwrap_or_default(),
+        "--version",
+        "2.0.0",
+        "--compatible",
+        "acme-board-rev2",
+        "--image",
+        &format!("rootfs={}", image.display()),
+        "-o",
+        foreign.to_str().unwrap_or_default(),
+    ])?;
+    ensure!(r.status == Some(0), "{}", r.stderr);
+    let wrong_board = b.bundle("2.0.0", "other-board", &image)?;
+    let big = b.dir.path().join("big.img");
+    run_ok(Command::new("truncate").arg("-s").arg("20M").arg(&big))?;
+    let too_big = b.bundle("2.0.1", "acme-board-rev2", &big)?;
+
+    let cases: Vec<(&str, PathBuf, &str, bool)> = vec![
+        (
+            "manifest",
+            write(&b, "m.tbundle", &manifest_tampered)?,
+            "signature",
+            false,
+        ),
+        (
+            "payload",
+            write(&b, "p.tbundle", &payload_tampered)?,
+            "sha256",
+            true,
+        ),
+        (
+            "truncated",
+            write(&b, "t.tbundle", &truncated)?,
+            "truncated",
+            true,
+        ),
+        ("unknown key", foreign, "trusted key", false),
+        ("compatible", wrong_board, "other-board", false),
+        ("too big", too_big, "holds", false),
+    ];
+    for (what, path, expect, wrote) in cases {
+        let r = b.ota(&["install", path.to_str().unwrap_or_default()])?;
+        ensure!(
+            r.status == Some(1) && r.stderr.contains(expect),
+            "{what}: {:?} {}",
+            r.status,
+            r.stderr
+        );
+        ensure!(!b.rebooted(), "{what}: rebooted");
+        ensure!(
+            sha256_prefix(&b.slots[0].device, 16 << 20)? == a_before,
+            "{what}: the running slot was touched"
+        );
+        let env = b.env()?;
+        ensure!(
+            env.get("BOOT_ORDER") == env_before.get("BOOT_ORDER"),
+            "{what}: boot order changed: {env:?}"
+        );
+        if wrote {
+            // Half written: B must not be bootable, not even as a fallback.
+            ensure!(
+                env.get("BOOT_B_LEFT").map(String::as_str) == Some("0"),
+                "{what}: a partly written slot stays bootable: {env:?}"
+            );
+        }
+        ensure!(
+            b.boot_and_check()?.0 == "A",
+            "{what}: booted something else"
+        );
+    }
+    // And after all that a good bundle installs.
+    b.ota_ok(&["install", good.to_str().unwrap_or_default(), "--no-reboot"])?;
+    ensure!(b.boot()? == "B");
+    Ok(())
+}
+
+fn write(b: &Board, name: &str, bytes: &[u8]) -> Result<PathBuf> {
+    let p = b.dir.path().join(name);
+    std::fs::write(&p, bytes)?;
+    Ok(p)
+}
