@@ -441,3 +441,90 @@ fn write(b: &Board, name: &str, bytes: &[u8]) -> Result<PathBuf> {
     std::fs::write(&p, bytes)?;
     Ok(p)
 }
+
+#[test]
+fn killing_the_install_at_any_moment_leaves_a_bootable_board() -> Result<()> {
+    let b = board()?;
+    std::fs::write(b.dir.path().join("healthy"), "")?;
+    let image = ext4_image(b.dir.path(), "3.0.0")?;
+    let image_len = std::fs::metadata(&image)?.len();
+    let image_sha = sha256_prefix(&image, image_len)?;
+    let bundle = b.bundle("3.0.0", "acme-board-rev2", &image)?;
+    let a_sha = sha256_prefix(&b.slots[0].device, 16 << 20)?;
+    // How long a whole install takes here, so the kills spread over all of it and past it.
+    let started = std::time::Instant::now();
+    b.ota_ok(&[
+        "install",
+        bundle.to_str().unwrap_or_default(),
+        "--no-reboot",
+    ])?;
+    let whole = started.elapsed().as_millis() as u64;
+    b.ota_ok(&["rollback", "--no-reboot"])?;
+    b.rebooted();
+    ensure!(b.boot_and_check()?.0 == "A");
+    let mut outcomes = BTreeMap::new();
+    for i in 0..30u64 {
+        let delay_ms = whole * 6 / 5 * i / 29;
+        let mut child = Command::new(bin_dir()?.join("agent"))
+            .arg("--config")
+            .arg(&b.agent.config)
+            .args([
+                "ota",
+                "install",
+                bundle.to_str().unwrap_or_default(),
+                "--no-reboot",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill(); // SIGKILL
+        let status = child.wait()?;
+        let (slot, _) = b.boot_and_check()?;
+        // Whatever boots is whole: the untouched old slot, or the complete verified image.
+        match slot.as_str() {
+            "A" => ensure!(
+                sha256_prefix(&b.slots[0].device, 16 << 20)? == a_sha,
+                "after a kill at {delay_ms} ms slot A changed"
+            ),
+            "B" => ensure!(
+                sha256_prefix(&b.slots[1].device, image_len)? == image_sha,
+                "after a kill at {delay_ms} ms slot B booted without the whole image"
+            ),
+            other => bail!("booted {other}"),
+        }
+        *outcomes
+            .entry(format!(
+                "{slot} (install {})",
+                if status.success() {
+                    "finished"
+                } else {
+                    "killed"
+                }
+            ))
+            .or_insert(0u32) += 1;
+        // Back to A for the next round, as a board that was rolled back would be.
+        if slot == "B" {
+            b.ota_ok(&["rollback", "--no-reboot"])?;
+            b.rebooted();
+            ensure!(b.boot_and_check()?.0 == "A");
+        }
+    }
+    eprintln!("outcomes: {outcomes:?}");
+    ensure!(
+        outcomes.keys().any(|k| k.contains("killed")),
+        "no install was ever interrupted: {outcomes:?}"
+    );
+    // And a later install still goes through.
+    b.ota_ok(&[
+        "install",
+        bundle.to_str().unwrap_or_default(),
+        "--no-reboot",
+    ])?;
+    let (slot, out) = b.boot_and_check()?;
+    ensure!(
+        slot == "B" && out.contains("committed 3.0.0"),
+        "{slot}: {out}"
+    );
+    Ok(())
+}

@@ -416,7 +416,9 @@ impl Ota {
                 Some(self.cfg.tries.to_string()),
             );
         }
-        self.env.write(&select)?;
+        // The pending update is recorded first: if the agent dies between the two writes,
+        // the slot is still not bootable and the next check reports the update as not taken,
+        // rather than a slot booting that the health check never judged.
         for name in &target_names {
             state.slots.insert(
                 name.clone(),
@@ -432,6 +434,7 @@ impl Ota {
             from: booted.clone(),
         });
         self.save(&state)?;
+        self.env.write(&select)?;
         Ok(manifest)
     }
 
@@ -517,7 +520,19 @@ impl Ota {
     /// rollback`); returns its name.
     pub fn rollback(&self) -> Result<String, OtaError> {
         let booted = self.booted_slot()?;
-        let state = self.state();
+        let mut state = self.state();
+        // An update installed but not booted yet: cancel it; the running slot stays.
+        if let Some(pending) = state.pending.clone()
+            && pending.slot != booted
+        {
+            let outcome = format!(
+                "cancelled: {} in slot {} was not booted",
+                pending.version, pending.slot
+            );
+            self.mark_bad(&mut state, &pending.slot, &outcome)?;
+            self.refresh(&mut state, &booted)?;
+            return Ok(booted);
+        }
         let class = self
             .cfg
             .slots

@@ -85,7 +85,7 @@ pub enum OtaCommand {
     Check,
     /// Mark the running slot good now.
     Commit,
-    /// Boot the other good slot next.
+    /// Boot the other good slot next (or cancel an update that was installed but not booted).
     Rollback {
         /// Do not reboot afterwards.
         #[arg(long)]
