@@ -400,6 +400,9 @@ impl Ota {
             done_before += image.size;
         }
 
+        // A bundle with bytes after its last image is not the bundle that was signed.
+        bundle::expect_end(&mut r)?;
+
         // One atomic environment write makes the new slots the next boot, on trial.
         let mut order: Vec<String> = target_names.clone();
         let env = self.env.read()?;
