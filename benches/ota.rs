@@ -75,7 +75,12 @@ fn one_size(dir: &Path, agent: &Agent, mib: u64) -> Result<()> {
         .arg(bin_dir()?.join("agent"))
         .arg("--config")
         .arg(&agent.config)
-        .args(["ota", "install", bundle.to_str().unwrap_or_default(), "--no-reboot"]))?;
+        .args([
+            "ota",
+            "install",
+            bundle.to_str().unwrap_or_default(),
+            "--no-reboot",
+        ]))?;
     let ota = start.elapsed().as_secs_f64();
     let rss = max_rss(&report).context("no RSS in GNU time's report")?;
     let mib_f = mib as f64;
@@ -93,7 +98,8 @@ fn one_size(dir: &Path, agent: &Agent, mib: u64) -> Result<()> {
 }
 
 fn main() -> Result<()> {
-    let dir = tempfile::tempdir_in(std::env::var("TETHER_BENCH_DIR").unwrap_or_else(|_| ".".into()))?;
+    let dir =
+        tempfile::tempdir_in(std::env::var("TETHER_BENCH_DIR").unwrap_or_else(|_| ".".into()))?;
     let keys = dir.path().join("release");
     let keygen = Agent::new("keys", &[])?;
     let r = keygen.cmd(&["keygen", "--out", keys.to_str().unwrap_or_default()])?;

@@ -528,3 +528,112 @@ fn killing_the_install_at_any_moment_leaves_a_bootable_board() -> Result<()> {
     );
     Ok(())
 }
+
+fn deployment_status(relay: &Relay, id: &str) -> serde_json::Value {
+    relay
+        .admin_ok(&["deploy", "status", id, "--json"])
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
+}
+
+/// Waits for the agent to ask for a reboot, then does what a reboot does: the agent dies,
+/// the bootloader picks a slot, the agent starts again. Returns the slot booted.
+fn reboot_when_asked(b: &mut Board) -> Result<String> {
+    let marker = b.dir.path().join("rebooted");
+    wait_until(
+        std::time::Duration::from_secs(60),
+        "the agent reboots",
+        || marker.exists(),
+    )
+    .with_context(|| b.agent.log())?;
+    b.rebooted();
+    b.agent.kill();
+    let slot = b.boot()?;
+    b.agent.start()?;
+    Ok(slot)
+}
+
+#[test]
+fn an_os_bundle_deployed_from_the_relay_commits_or_rolls_back_and_says_so() -> Result<()> {
+    let mut b = board()?;
+    std::fs::write(b.dir.path().join("healthy"), "")?;
+    let relay = Relay::start()?;
+    relay.tenant("acme")?;
+    b.agent.enroll(&relay, Transport::Tcp, "acme")?;
+    b.agent.start()?;
+    b.agent.wait_online()?;
+    let image = ext4_image(b.dir.path(), "1.1.0")?;
+    let bundle = b.bundle("1.1.0", "acme-board-rev2", &image)?;
+    let id = relay
+        .admin_ok(&[
+            "deploy",
+            "create",
+            "--tenant",
+            "acme",
+            "--target",
+            "device:board1",
+            "--bundle",
+            bundle.to_str().unwrap_or_default(),
+        ])?
+        .trim()
+        .to_string();
+    ensure!(reboot_when_asked(&mut b)? == "B", "the new slot boots");
+    let mut view = serde_json::Value::Null;
+    wait_until(
+        std::time::Duration::from_secs(60),
+        "deployment succeeded",
+        || {
+            view = deployment_status(&relay, &id);
+            view["devices"][0]["status"] == "succeeded"
+        },
+    )
+    .with_context(|| format!("{view}\n{}", b.agent.log()))?;
+    let state: serde_json::Value =
+        serde_json::from_str(&relay.admin_ok(&["device", "state", "board1", "--json"])?)?;
+    ensure!(
+        state["reported"]["os_version"] == "1.1.0" && state["desired"]["os"]["version"] == "1.1.0",
+        "{state}"
+    );
+    ensure!(b.status()?["slots"][1]["state"] == "good");
+
+    // A version whose health check fails: installed into A, booted on trial, marked bad,
+    // back to B; the deployment says rolled back, and why.
+    std::fs::remove_file(b.dir.path().join("healthy"))?;
+    let image = ext4_image(b.dir.path(), "1.2.0")?;
+    let bundle = b.bundle("1.2.0", "acme-board-rev2", &image)?;
+    let id = relay
+        .admin_ok(&[
+            "deploy",
+            "create",
+            "--tenant",
+            "acme",
+            "--target",
+            "device:board1",
+            "--bundle",
+            bundle.to_str().unwrap_or_default(),
+        ])?
+        .trim()
+        .to_string();
+    ensure!(
+        reboot_when_asked(&mut b)? == "A",
+        "the new slot boots on trial"
+    );
+    ensure!(reboot_when_asked(&mut b)? == "B", "the failed slot is left");
+    wait_until(
+        std::time::Duration::from_secs(60),
+        "deployment rolled back",
+        || {
+            view = deployment_status(&relay, &id);
+            view["devices"][0]["status"] == "rolled-back"
+        },
+    )
+    .with_context(|| format!("{view}\n{}", b.agent.log()))?;
+    ensure!(
+        view["devices"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("health check")),
+        "{view}"
+    );
+    Ok(())
+}

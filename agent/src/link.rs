@@ -357,9 +357,9 @@ async fn start_control<H: client::Handler>(
         tracing::warn!("cannot start the control channel: {e}");
         return None;
     }
-    let state_dir = ctx.config.state_dir.clone();
+    let config = ctx.config.clone();
     Some(tokio::spawn(async move {
-        if let Err(e) = crate::reconcile::run(channel, supervisor, state_dir).await {
+        if let Err(e) = crate::reconcile::run(channel, supervisor, config).await {
             tracing::info!("control channel stopped: {e}");
         }
     }))

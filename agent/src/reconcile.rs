@@ -30,6 +30,7 @@ use thiserror::Error;
 use tokio::io::{AsyncWriteExt, WriteHalf};
 use tokio::sync::{Mutex, mpsc, watch};
 
+use crate::config::AgentConfig;
 use crate::supervisor::{DeployRequest, Supervisor};
 
 /// How long a download may go without a chunk before it counts as failed.
@@ -58,6 +59,9 @@ struct Applied {
     status: Option<DeploymentStatus>,
     message: Option<String>,
     components: BTreeMap<String, DesiredComponent>,
+    /// An OS version installed and rebooted into, whose commit or rollback is awaited.
+    #[serde(default)]
+    os_installing: Option<String>,
 }
 
 fn applied_path(state_dir: &Path) -> PathBuf {
@@ -97,6 +101,7 @@ struct Reconciler {
     writer: Writer,
     chunks: mpsc::Receiver<ControlFrame>,
     inventory: Option<Inventory>,
+    config: AgentConfig,
 }
 
 /// Inventory is collected again after this many report ticks (disk space and addresses
@@ -113,8 +118,9 @@ async fn collect_inventory() -> Option<Inventory> {
 pub async fn run(
     channel: Channel<Msg>,
     supervisor: Supervisor,
-    state_dir: PathBuf,
+    config: AgentConfig,
 ) -> Result<(), ReconcileError> {
+    let state_dir = config.state_dir.clone();
     let (mut rd, wr) = tokio::io::split(channel.into_stream());
     let (desired_tx, mut desired_rx) = watch::channel::<Option<DesiredState>>(None);
     let (chunk_tx, chunk_rx) = mpsc::channel(8);
@@ -149,6 +155,7 @@ pub async fn run(
         writer: Arc::new(Mutex::new(wr)),
         chunks: chunk_rx,
         inventory: collect_inventory().await,
+        config,
     };
     // Results that did not make it over an earlier channel go first.
     for result in crate::actions::undelivered(&r.state_dir) {
@@ -169,6 +176,14 @@ pub async fn run(
             // look at what is applied.
             let guard = r.supervisor.reconcile_lock().lock_owned().await;
             let applied = load_applied(&r.state_dir);
+            if desired.version == applied.version && applied.os_installing.is_some() {
+                // Back from the reboot into a new OS: report once the slot was committed or
+                // the board went back.
+                if let Some(report) = r.finish_os(&desired, applied.clone()).await? {
+                    last_report = Some(report);
+                    continue;
+                }
+            }
             if desired.version > applied.version {
                 match r.apply(desired, applied, guard).await {
                     Ok(report) => last_report = Some(report),
@@ -212,6 +227,60 @@ pub async fn run(
 }
 
 impl Reconciler {
+    /// The OS version of the running slot, as the agent recorded it.
+    fn os_version(&self) -> Option<String> {
+        let ota = crate::ota::Ota::open(&self.config).ok()?;
+        let booted = ota.booted_slot().ok()?;
+        ota.state()
+            .slots
+            .get(&booted)
+            .and_then(|s| s.version.clone())
+    }
+
+    /// After the reboot into a new OS: once the slot is committed (or the board went back),
+    /// records and reports how the deployment ended; `None` while that is still open.
+    async fn finish_os(
+        &mut self,
+        desired: &DesiredState,
+        mut applied: Applied,
+    ) -> Result<Option<ReportedState>, ReconcileError> {
+        let Some(version) = applied.os_installing.clone() else {
+            return Ok(None);
+        };
+        let Ok(ota) = crate::ota::Ota::open(&self.config) else {
+            return Ok(None);
+        };
+        let state = ota.state();
+        if state.pending.is_some() {
+            return Ok(None);
+        }
+        let (status, message) = if self.os_version().as_deref() == Some(version.as_str()) {
+            (DeploymentStatus::Succeeded, None)
+        } else {
+            (
+                DeploymentStatus::RolledBack,
+                Some(
+                    state
+                        .last_outcome
+                        .unwrap_or_else(|| format!("OS {version} is not running")),
+                ),
+            )
+        };
+        applied.status = Some(status);
+        applied.message = message.clone();
+        applied.os_installing = None;
+        if let Err(e) = save_applied(&self.state_dir, &applied) {
+            tracing::error!("saving fleet.json: {e}");
+        }
+        let mut report = self.report_now(Some((status, message))).await;
+        report.version = desired.version;
+        self.send(&ControlFrame::Reported {
+            state: Box::new(report.clone()),
+        })
+        .await?;
+        Ok(Some(report))
+    }
+
     async fn send(&self, f: &ControlFrame) -> Result<(), ReconcileError> {
         let mut w = self.writer.lock().await;
         frame::write(&mut *w, f).await?;
@@ -250,6 +319,7 @@ impl Reconciler {
             message,
             components,
             inventory: self.inventory.clone(),
+            os_version: self.os_version(),
         }
     }
 
@@ -296,10 +366,28 @@ impl Reconciler {
                 }
             }
         }
+        let mut os_bundle = None;
+        if failure.is_none()
+            && let Some(os) = &desired.os
+            && self.os_version().as_deref() != Some(os.version.as_str())
+        {
+            if self.config.ota.compatible.is_none() {
+                failure = Some(format!(
+                    "OS {}: OS updates are off on this device (ota.compatible is not set)",
+                    os.version
+                ));
+            } else {
+                match self.fetch(&os.bundle_sha256, &cache).await? {
+                    Ok(path) => os_bundle = Some((os.version.clone(), path)),
+                    Err(e) => failure = Some(format!("OS bundle {}: {e}", os.version)),
+                }
+            }
+        }
         if failure.is_none() {
             self.progress(&desired, DeploymentStatus::Installing)
                 .await?;
         }
+        let config = self.config.clone();
         let (supervisor, state_dir) = (self.supervisor.clone(), self.state_dir.clone());
         let work = desired.clone();
         let installing = tokio::spawn(async move {
@@ -312,12 +400,35 @@ impl Reconciler {
                 ),
                 None => install(&supervisor, &work, &previous, &recipes, &cache).await,
             };
+            // The OS goes last: its reboot ends this process.
+            let mut reboot = None;
+            let (status, message, os_installing) = match (status, os_bundle) {
+                (DeploymentStatus::Succeeded, Some((version, path))) => {
+                    match install_os(config.clone(), path).await {
+                        Ok(()) => {
+                            reboot = Some(config);
+                            (
+                                DeploymentStatus::Installing,
+                                Some(format!("OS {version} installed; rebooting into it")),
+                                Some(version),
+                            )
+                        }
+                        Err(e) => (
+                            DeploymentStatus::Failed,
+                            Some(format!("OS {version}: {e}")),
+                            None,
+                        ),
+                    }
+                }
+                (status, _) => (status, message, None),
+            };
             let applied = Applied {
                 version: work.version,
                 deployment_id: work.deployment_id.clone(),
                 status: Some(status),
                 message: message.clone(),
                 components,
+                os_installing,
             };
             if let Err(e) = save_applied(&state_dir, &applied) {
                 tracing::error!("saving fleet.json: {e}");
@@ -331,6 +442,15 @@ impl Reconciler {
                     work.version,
                     message.as_deref().unwrap_or("")
                 ),
+            }
+            if let Some(config) = reboot {
+                let rebooting = tokio::task::spawn_blocking(move || {
+                    crate::ota::Ota::open(&config).and_then(|o| o.reboot())
+                })
+                .await;
+                if let Ok(Err(e)) = rebooting {
+                    tracing::error!("rebooting into the new OS: {e}");
+                }
             }
             (status, message)
         });
@@ -569,4 +689,20 @@ async fn deploy(
         .await
         .map(|_| ())
         .map_err(|e| e.to_string())
+}
+
+/// Installs an OS bundle from the cache (blocking work, off the async threads).
+async fn install_os(config: AgentConfig, bundle: PathBuf) -> Result<(), String> {
+    tokio::task::spawn_blocking(move || {
+        let ota = crate::ota::Ota::open(&config).map_err(|e| e.to_string())?;
+        ota.install(
+            &bundle,
+            &crate::ota::InstallOptions::default(),
+            &mut |_, _| {},
+        )
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?
 }

@@ -48,6 +48,19 @@ pub struct DesiredState {
     /// Components by name.
     #[serde(default)]
     pub components: BTreeMap<String, DesiredComponent>,
+    /// The OS the device should run, as a signed bundle stored on the relay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os: Option<DesiredOs>,
+}
+
+/// An OS version for a device: the bundle stored on the relay that installs it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DesiredOs {
+    /// The bundle's version.
+    pub version: String,
+    /// sha256 of the bundle file stored on the relay.
+    pub bundle_sha256: String,
 }
 
 /// Where a deployment stands on one device.
@@ -179,6 +192,9 @@ pub struct ReportedState {
     /// What the device is.
     #[serde(default)]
     pub inventory: Option<Inventory>,
+    /// The OS version running (from the agent's slot records), if OS updates are set up.
+    #[serde(default)]
+    pub os_version: Option<String>,
 }
 
 /// What a remote action does.

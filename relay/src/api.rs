@@ -327,6 +327,7 @@ async fn create_deployment(
                 target,
                 recipes,
                 set,
+                os: None,
             },
         )
     })

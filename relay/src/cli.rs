@@ -192,8 +192,15 @@ pub enum DeployCommand {
         #[arg(long, value_name = "tag:TAG|device:DEVICE")]
         target: Target,
         /// Recipe file; repeat for several components.
-        #[arg(long = "recipe", value_name = "FILE", required = true)]
+        #[arg(
+            long = "recipe",
+            value_name = "FILE",
+            required_unless_present = "bundle"
+        )]
         recipes: Vec<PathBuf>,
+        /// Signed OS bundle (agent bundle create) the devices install (A/B update).
+        #[arg(long, value_name = "FILE")]
+        bundle: Option<PathBuf>,
         /// Configuration override: COMPONENT:KEY=VALUE for one component, KEY=VALUE for all.
         #[arg(long = "set", value_name = "[COMPONENT:]KEY=VALUE")]
         set: Vec<String>,
@@ -1153,9 +1160,32 @@ fn deploy(
             tenant,
             target,
             recipes,
+            bundle,
             set,
             json,
         } => {
+            let os = match &bundle {
+                Some(path) => {
+                    let mut f = std::fs::File::open(path)
+                        .with_context(|| format!("opening the bundle {}", path.display()))?;
+                    // Signatures are the devices' to check against their keyrings; here the
+                    // manifest only names the version.
+                    let (manifest, _) = tether_protocol::bundle::read_header_unverified(&mut f)
+                        .with_context(|| format!("reading the bundle {}", path.display()))?;
+                    let data = std::fs::read(path)
+                        .with_context(|| format!("reading the bundle {}", path.display()))?;
+                    let name = path
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| "bundle".into());
+                    let stored = store.put_artifact(&artifacts_dir(config), &name, &data)?;
+                    Some(tether_protocol::fleet::DesiredOs {
+                        version: manifest.version,
+                        bundle_sha256: stored.sha256,
+                    })
+                }
+                None => None,
+            };
             let mut texts = Vec::with_capacity(recipes.len());
             for path in &recipes {
                 let text = std::fs::read_to_string(path)
@@ -1169,6 +1199,7 @@ fn deploy(
                     target,
                     recipes: texts,
                     set,
+                    os,
                 },
             )?;
             if json {

@@ -25,7 +25,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tether_protocol::fleet::{
-    DeploymentStatus, DesiredComponent, DesiredState, ReportedState, is_sha256,
+    DeploymentStatus, DesiredComponent, DesiredOs, DesiredState, ReportedState, is_sha256,
 };
 use tether_protocol::recipe::{self, ArtifactUri, Recipe};
 
@@ -98,6 +98,8 @@ pub struct NewDeployment<'a> {
     /// Configuration assignments: `component:key=value` for one component, `key=value` for
     /// every component of the deployment.
     pub set: Vec<String>,
+    /// An OS bundle already stored as an artifact, and its version.
+    pub os: Option<DesiredOs>,
 }
 
 /// A deployment and where it stands on each of its devices.
@@ -570,10 +572,18 @@ impl Store {
                 what: "tenant",
                 key: new.tenant.to_string(),
             })?;
-        if new.recipes.is_empty() {
+        if new.recipes.is_empty() && new.os.is_none() {
             return Err(StoreError::Invalid(
-                "a deployment needs at least one recipe".into(),
+                "a deployment needs at least one recipe or an OS bundle".into(),
             ));
+        }
+        if let Some(os) = &new.os
+            && self.artifact(&os.bundle_sha256)?.is_none()
+        {
+            return Err(StoreError::Invalid(format!(
+                "OS bundle {} is not stored on the relay",
+                os.bundle_sha256
+            )));
         }
         let mut parsed: Vec<(&str, &str, Recipe)> = Vec::new();
         for (file, text) in &new.recipes {
@@ -662,6 +672,9 @@ impl Store {
             let mut desired = load_desired(&tx, &device.id)?.unwrap_or_default();
             for (name, component) in &components {
                 desired.components.insert(name.clone(), component.clone());
+            }
+            if let Some(os) = &new.os {
+                desired.os = Some(os.clone());
             }
             desired.deployment_id = Some(id.clone());
             desired.version += 1;
@@ -897,6 +910,7 @@ mod tests {
                         .map(|(f, t)| (f.to_string(), t.clone()))
                         .collect(),
                     set: set.iter().map(|s| s.to_string()).collect(),
+                    os: None,
                 },
             )
         }
@@ -1180,6 +1194,7 @@ mod tests {
                 configuration: json!({}),
             }],
             inventory: None,
+            os_version: None,
         };
         let status = |id: &str| -> Result<(DeploymentStatus, Option<String>), StoreError> {
             let view = f.store.deployment(id, None)?.ok_or(StoreError::NotFound {
