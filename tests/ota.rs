@@ -637,3 +637,122 @@ fn an_os_bundle_deployed_from_the_relay_commits_or_rolls_back_and_says_so() -> R
     );
     Ok(())
 }
+
+/// A static HTTPS file server with Range support that cuts its first `cuts` responses after
+/// `chunk` bytes, logging the offset each request asked for.
+const RANGE_SERVER: &str = r#"
+import http.server, os, socket, ssl, sys
+root, port, cert, key, cuts, chunk, log = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6]), sys.argv[7]
+served = [0]
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a): pass
+    def do_GET(self):
+        path = os.path.join(root, self.path.lstrip("/"))
+        if not os.path.isfile(path):
+            self.send_response(404); self.send_header("Content-Length", "0"); self.end_headers(); return
+        data = open(path, "rb").read()
+        start = 0
+        r = self.headers.get("Range", "")
+        if r.startswith("bytes="):
+            start = int(r[6:].split("-")[0] or 0)
+        with open(log, "a") as f: f.write("%d\n" % start)
+        body = data[start:]
+        if start:
+            self.send_response(206)
+            self.send_header("Content-Range", "bytes %d-%d/%d" % (start, len(data) - 1, len(data)))
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        served[0] += 1
+        if served[0] <= cuts:
+            self.wfile.write(body[:chunk]); self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        self.wfile.write(body)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", port), H)
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+srv.serve_forever()
+"#;
+
+#[test]
+fn an_https_download_resumes_where_the_link_dropped() -> Result<()> {
+    let b = board()?;
+    std::fs::write(b.dir.path().join("healthy"), "")?;
+    let image = ext4_image(b.dir.path(), "4.0.0")?;
+    let bundle = b.bundle("4.0.0", "acme-board-rev2", &image)?;
+    let bundle_len = std::fs::metadata(&bundle)?.len();
+    let (cert, key) = self_signed_cert(b.dir.path())?;
+    let script = b.dir.path().join("range_server.py");
+    std::fs::write(&script, RANGE_SERVER)?;
+    let port = free_port()?;
+    let log = b.dir.path().join("ranges.log");
+    let chunk = (bundle_len / 5).max(1);
+    let mut server = Proc {
+        child: Command::new("python3")
+            .arg(&script)
+            .arg(b.dir.path())
+            .arg(port.to_string())
+            .arg(&cert)
+            .arg(&key)
+            .arg("3")
+            .arg(chunk.to_string())
+            .arg(&log)
+            .spawn()?,
+        log: b.dir.path().join("server.log"),
+    };
+    wait_for_port(port)?;
+    let url = format!(
+        "https://127.0.0.1:{port}/{}",
+        bundle
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+    );
+    let cert_env = cert.to_string_lossy().to_string();
+    let r = b.agent.cmd_with_env(
+        &["ota", "install", &url, "--no-reboot"],
+        &[("SSL_CERT_FILE", cert_env.as_str())],
+    )?;
+    ensure!(
+        r.status == Some(0),
+        "install from {url}: {}{}",
+        r.stdout,
+        r.stderr
+    );
+    let offsets: Vec<u64> = std::fs::read_to_string(&log)?
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    ensure!(
+        offsets.len() == 4 && offsets[0] == 0 && offsets.windows(2).all(|w| w[1] > w[0]),
+        "each retry resumes further on: {offsets:?}"
+    );
+    let (slot, out) = b.boot_and_check()?;
+    ensure!(
+        slot == "B" && out.contains("committed 4.0.0"),
+        "{slot}: {out}"
+    );
+    // A server that is gone: a clear error, nothing touched.
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+    let r = b.agent.cmd_with_env(
+        &["ota", "install", &url, "--no-reboot"],
+        &[("SSL_CERT_FILE", cert_env.as_str())],
+    )?;
+    ensure!(
+        r.status == Some(1)
+            && r.stderr.contains("gave up after")
+            && r.stderr.contains("connecting"),
+        "{}",
+        r.stderr
+    );
+    ensure!(
+        b.boot_and_check()?.0 == "B",
+        "a failed download changed the boot"
+    );
+    Ok(())
+}

@@ -31,6 +31,7 @@
 //! - [`app_cli`]: `agent app …`.
 //! - [`bundle_tool`]: `agent bundle keygen|create|verify|inspect`: signing keys, building and
 //!   checking signed OS update bundles.
+//! - [`download`]: resumable HTTP(S) downloads of update bundles.
 //! - [`ota`]: A/B OS updates: install into the other slot, trial boot, commit or roll back.
 //! - [`ota_cli`]: `agent keygen`, `agent bundle …`, `agent ota …`.
 //! - [`cli`]: the command line.
@@ -45,6 +46,7 @@ pub mod cli;
 pub mod component;
 pub mod config;
 pub mod control;
+pub mod download;
 pub mod enroll;
 pub mod enrollment;
 pub mod forward;

@@ -65,7 +65,8 @@ pub enum BundleCommand {
 pub enum OtaCommand {
     /// Install a bundle into the slot that is not running and reboot into it on trial.
     Install {
-        /// Bundle file, or - for stdin.
+        /// Bundle file, - for stdin, or an https:// URL (downloaded first, resuming after
+        /// interruptions, then checked like any bundle).
         source: PathBuf,
         /// Do not reboot afterwards.
         #[arg(long)]
@@ -200,6 +201,30 @@ pub fn ota(config: &AgentConfig, cmd: &OtaCommand) -> Result<ExitCode> {
                     b.set_position(done);
                 }
             };
+            let text = source.to_string_lossy().to_string();
+            let downloaded = if text.starts_with("https://") || text.starts_with("http://") {
+                let dir = config.state_dir.join("ota-download");
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+                // Named after the URL, so an interrupted download resumes on the next try.
+                let name = {
+                    use sha2::Digest;
+                    hex::encode(&sha2::Sha256::digest(text.as_bytes())[..8])
+                };
+                let dest = dir.join(format!("{name}.tbundle"));
+                let mut shown = |done: u64, total: Option<u64>| {
+                    if let Some(b) = &bar {
+                        if let Some(t) = total {
+                            b.set_length(t);
+                        }
+                        b.set_position(done);
+                    }
+                };
+                Some(crate::download::fetch(&text, &dest, &mut shown)?)
+            } else {
+                None
+            };
+            let source = downloaded.as_deref().unwrap_or(source);
             let manifest = ota
                 .install(
                     source,
@@ -211,6 +236,9 @@ pub fn ota(config: &AgentConfig, cmd: &OtaCommand) -> Result<ExitCode> {
                 .with_context(|| format!("installing {}", source.display()))?;
             if let Some(b) = bar {
                 b.finish_and_clear();
+            }
+            if let Some(file) = &downloaded {
+                let _ = std::fs::remove_file(file);
             }
             let pending = ota.state().pending.map(|p| p.slot).unwrap_or_default();
             println!(

@@ -200,6 +200,44 @@ pub fn run_with_timeout(mut cmd: Command, input: Option<&[u8]>, timeout: Duratio
     })
 }
 
+/// A fresh self-signed certificate for 127.0.0.1 in `dir`: (certificate PEM, key PEM).
+pub fn self_signed_cert(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    let st = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ])
+        // rustls refuses a CA certificate as a server certificate.
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .context("running openssl")?;
+    if !st.success() {
+        bail!("openssl could not make a test certificate");
+    }
+    Ok((cert, key))
+}
+
 /// A relay process with its own data directory and ports.
 pub struct Relay {
     pub dir: tempfile::TempDir,
@@ -240,39 +278,7 @@ impl Relay {
     /// 127.0.0.1; returns the relay and the certificate's PEM path (for SSL_CERT_FILE).
     pub fn start_tls() -> Result<(Relay, PathBuf)> {
         let dir = tempfile::tempdir()?;
-        let cert = dir.path().join("cert.pem");
-        let key = dir.path().join("key.pem");
-        let st = Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-days",
-                "1",
-            ])
-            .args([
-                "-subj",
-                "/CN=127.0.0.1",
-                "-addext",
-                "subjectAltName=IP:127.0.0.1,DNS:localhost",
-            ])
-            // rustls refuses a CA certificate as a server certificate.
-            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .context("running openssl")?;
-        if !st.success() {
-            bail!("openssl could not make a test certificate");
-        }
+        let (cert, key) = self_signed_cert(dir.path())?;
         std::fs::write(
             dir.path().join("relay.yaml"),
             format!(
