@@ -33,6 +33,9 @@ use tokio::sync::{Mutex, mpsc, watch};
 use crate::config::AgentConfig;
 use crate::supervisor::{DeployRequest, Supervisor};
 
+/// How often the progress of an OS install is reported.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
 /// How long a download may go without a chunk before it counts as failed.
 const CHUNK_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -390,7 +393,8 @@ impl Reconciler {
         let config = self.config.clone();
         let (supervisor, state_dir) = (self.supervisor.clone(), self.state_dir.clone());
         let work = desired.clone();
-        let installing = tokio::spawn(async move {
+        let (progress_tx, mut progress_rx) = mpsc::channel::<(u64, u64)>(4);
+        let mut installing = tokio::spawn(async move {
             let _guard = guard;
             let (status, message, components) = match failure {
                 Some(message) => (
@@ -404,7 +408,7 @@ impl Reconciler {
             let mut reboot = None;
             let (status, message, os_installing) = match (status, os_bundle) {
                 (DeploymentStatus::Succeeded, Some((version, path))) => {
-                    match install_os(config.clone(), path).await {
+                    match install_os(config.clone(), path, progress_tx).await {
                         Ok(()) => {
                             reboot = Some(config);
                             (
@@ -454,7 +458,36 @@ impl Reconciler {
             }
             (status, message)
         });
-        let (status, message) = installing.await.map_err(|_| ReconcileError::Closed)?;
+        // While the OS image is written, its progress goes to the relay every few seconds (a
+        // closed channel only means the report is lost; the install goes on regardless).
+        let os_version = desired
+            .os
+            .as_ref()
+            .map(|o| o.version.clone())
+            .unwrap_or_default();
+        let mut last_progress = std::time::Instant::now();
+        let (status, message) = loop {
+            tokio::select! {
+                done = &mut installing => break done.map_err(|_| ReconcileError::Closed)?,
+                Some((written, total)) = progress_rx.recv() => {
+                    if last_progress.elapsed() >= PROGRESS_EVERY && total > 0 {
+                        last_progress = std::time::Instant::now();
+                        let pct = written.saturating_mul(100) / total;
+                        let mut report = self
+                            .report_now(Some((
+                                DeploymentStatus::Installing,
+                                Some(format!("OS {os_version}: {pct}% written")),
+                            )))
+                            .await;
+                        report.version = desired.version;
+                        report.deployment_id = desired.deployment_id.clone();
+                        let _ = self
+                            .send(&ControlFrame::Reported { state: Box::new(report) })
+                            .await;
+                    }
+                }
+            }
+        };
         let report = self.report_now(Some((status, message))).await;
         self.send(&ControlFrame::Reported {
             state: Box::new(report.clone()),
@@ -692,13 +725,20 @@ async fn deploy(
 }
 
 /// Installs an OS bundle from the cache (blocking work, off the async threads).
-async fn install_os(config: AgentConfig, bundle: PathBuf) -> Result<(), String> {
+async fn install_os(
+    config: AgentConfig,
+    bundle: PathBuf,
+    progress: mpsc::Sender<(u64, u64)>,
+) -> Result<(), String> {
     tokio::task::spawn_blocking(move || {
         let ota = crate::ota::Ota::open(&config).map_err(|e| e.to_string())?;
         ota.install(
             &bundle,
             &crate::ota::InstallOptions::default(),
-            &mut |_, _| {},
+            // Dropped when the reporter is behind: progress is advisory.
+            &mut |written, total| {
+                let _ = progress.try_send((written, total));
+            },
         )
         .map(|_| ())
         .map_err(|e| e.to_string())
