@@ -84,6 +84,9 @@ struct Board {
     agent: Agent,
     slots: Vec<Loop>,
     keys: PathBuf,
+    /// fw_env.config when the board keeps its boot environment the U-Boot way; the simulated
+    /// bootloader then reads and writes it with the real fw_printenv/fw_setenv.
+    uboot: Option<PathBuf>,
 }
 
 impl Board {
@@ -92,7 +95,10 @@ impl Board {
     }
 
     fn env(&self) -> Result<BTreeMap<String, String>> {
-        let text = std::fs::read_to_string(self.env_path())?;
+        let text = match &self.uboot {
+            Some(config) => run_ok(Command::new("fw_printenv").arg("-c").arg(config))?,
+            None => std::fs::read_to_string(self.env_path())?,
+        };
         Ok(text
             .lines()
             .filter_map(|l| l.split_once('='))
@@ -101,6 +107,18 @@ impl Board {
     }
 
     fn set_env(&self, env: &BTreeMap<String, String>) -> Result<()> {
+        if let Some(config) = &self.uboot {
+            for (k, v) in env {
+                run_ok(
+                    Command::new("fw_setenv")
+                        .arg("-c")
+                        .arg(config)
+                        .arg(k)
+                        .arg(v),
+                )?;
+            }
+            return Ok(());
+        }
         let text: String = env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
         let tmp = self.env_path().with_extension("tmp");
         std::fs::write(&tmp, text)?;
@@ -192,7 +210,36 @@ impl Board {
 }
 
 fn board() -> Result<Board> {
+    board_with(false)
+}
+
+/// A board; with `uboot`, its boot environment is a redundant U-Boot environment in a file,
+/// described by an fw_env.config.
+fn board_with(uboot: bool) -> Result<Board> {
     let dir = tempfile::tempdir()?;
+    let uboot_config = if uboot {
+        let env_dev = dir.path().join("uboot-env.bin");
+        // As the factory leaves it: one valid copy (CRC32, flags 1) and one blank.
+        run_ok(Command::new("python3").arg("-c").arg(format!(
+            "import struct, zlib\n\
+             data = b'BOOT_ORDER=A B\\0BOOT_A_LEFT=2\\0BOOT_B_LEFT=2\\0\\0'.ljust(0x4000 - 5, b'\\0')\n\
+             blob = bytearray(64 * 1024)\n\
+             blob[0:0x4000] = struct.pack('<I', zlib.crc32(data)) + b'\\x01' + data\n\
+             open('{}', 'wb').write(bytes(blob))",
+            env_dev.display()
+        )))?;
+        let config = dir.path().join("fw_env.config");
+        std::fs::write(
+            &config,
+            format!(
+                "# two copies: updates are atomic\n{dev} 0x0000 0x4000\n{dev} 0x8000 0x4000\n",
+                dev = env_dev.display()
+            ),
+        )?;
+        Some(config)
+    } else {
+        None
+    };
     let mut slots = Vec::new();
     for name in ["a", "b"] {
         let file = dir.path().join(format!("slot-{name}.img"));
@@ -204,8 +251,13 @@ fn board() -> Result<Board> {
     let r = tmp_agent.cmd(&["keygen", "--out", keys.to_str().unwrap_or_default()])?;
     ensure!(r.status == Some(0), "keygen: {}", r.stderr);
     let extra = format!(
-        "ota:\n  compatible: acme-board-rev2\n  keyring: {keyring}\n  bootloader: file\n  env_file: {env}\n  slots:\n    - {{ name: A, class: rootfs, device: {a} }}\n    - {{ name: B, class: rootfs, device: {b} }}\n  tries: 2\n  health_check: test -f {healthy}\n  health_timeout: 5s\n  cmdline: {cmdline}\n  reboot_command: touch {rebooted}\n",
+        "ota:\n  compatible: acme-board-rev2\n  keyring: {keyring}\n  bootloader: {backend}\n  env_file: {env}\n  uboot_config: {uboot_config}\n  slots:\n    - {{ name: A, class: rootfs, device: {a} }}\n    - {{ name: B, class: rootfs, device: {b} }}\n  tries: 2\n  health_check: test -f {healthy}\n  health_timeout: 5s\n  cmdline: {cmdline}\n  reboot_command: touch {rebooted}\n",
         keyring = keys.with_extension("pub").display(),
+        backend = if uboot { "uboot" } else { "file" },
+        uboot_config = uboot_config
+            .as_ref()
+            .map(|c| c.display().to_string())
+            .unwrap_or_else(|| "/nonexistent".into()),
         env = dir.path().join("bootenv").display(),
         a = slots[0].device.display(),
         b = slots[1].device.display(),
@@ -219,13 +271,20 @@ fn board() -> Result<Board> {
         agent,
         slots,
         keys,
+        uboot: uboot_config,
     };
     // As the factory image leaves it: A first, both with attempts.
-    let mut env = BTreeMap::new();
-    env.insert("BOOT_ORDER".into(), "A B".into());
-    env.insert("BOOT_A_LEFT".into(), "2".into());
-    env.insert("BOOT_B_LEFT".into(), "2".into());
-    b.set_env(&env)?;
+    if b.uboot.is_none() {
+        let mut env = BTreeMap::new();
+        env.insert("BOOT_ORDER".into(), "A B".into());
+        env.insert("BOOT_A_LEFT".into(), "2".into());
+        env.insert("BOOT_B_LEFT".into(), "2".into());
+        b.set_env(&env)?;
+    }
+    ensure!(
+        b.env()?.get("BOOT_ORDER").map(String::as_str) == Some("A B"),
+        "factory environment not readable"
+    );
     ensure!(b.boot_and_check()?.0 == "A");
     Ok(b)
 }
@@ -444,7 +503,16 @@ fn write(b: &Board, name: &str, bytes: &[u8]) -> Result<PathBuf> {
 
 #[test]
 fn killing_the_install_at_any_moment_leaves_a_bootable_board() -> Result<()> {
-    let b = board()?;
+    kill_anywhere(false)
+}
+
+#[test]
+fn killing_the_install_leaves_a_valid_u_boot_environment_that_fw_printenv_reads() -> Result<()> {
+    kill_anywhere(true)
+}
+
+fn kill_anywhere(uboot: bool) -> Result<()> {
+    let b = board_with(uboot)?;
     std::fs::write(b.dir.path().join("healthy"), "")?;
     let image = ext4_image(b.dir.path(), "3.0.0")?;
     let image_len = std::fs::metadata(&image)?.len();
