@@ -115,16 +115,10 @@ impl BootEnv for FileEnv {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bootenv::test_support::set;
     use std::error::Error;
 
     type TestResult = Result<(), Box<dyn Error>>;
-
-    fn set(pairs: &[(&str, Option<&str>)]) -> BTreeMap<String, Option<String>> {
-        pairs
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.map(str::to_string)))
-            .collect()
-    }
 
     #[test]
     fn round_trip_creates_sorts_and_deletes() -> TestResult {

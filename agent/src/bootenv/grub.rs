@@ -244,25 +244,12 @@ fn serialize(items: &[Item]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bootenv::test_support::{set, vars};
     use std::error::Error;
     use std::path::Path;
     use std::process::Command;
 
     type TestResult = Result<(), Box<dyn Error>>;
-
-    fn vars(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_string()))
-            .collect()
-    }
-
-    fn set(pairs: &[(&str, Option<&str>)]) -> BTreeMap<String, Option<String>> {
-        pairs
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.map(str::to_string)))
-            .collect()
-    }
 
     fn block_of(lines: &[u8], size: usize) -> Vec<u8> {
         let mut block = SIGNATURE.to_vec();

@@ -712,24 +712,11 @@ fn parse_hex(text: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bootenv::test_support::{set, vars};
     use std::error::Error;
     use std::process::Command;
 
     type TestResult = Result<(), Box<dyn Error>>;
-
-    fn vars(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_string()))
-            .collect()
-    }
-
-    fn set(pairs: &[(&str, Option<&str>)]) -> BTreeMap<String, Option<String>> {
-        pairs
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.map(str::to_string)))
-            .collect()
-    }
 
     /// A zero-filled 64 KiB image file in a fresh directory.
     fn image(dir: &Path) -> Result<PathBuf, Box<dyn Error>> {
