@@ -175,6 +175,7 @@ pub fn router(store: Arc<Store>, artifacts_dir: PathBuf) -> Router {
         artifacts_dir: Arc::new(artifacts_dir),
     };
     Router::new()
+        .route("/v1/audit", get(list_audit))
         .route("/v1/devices", get(list_devices))
         .route("/v1/devices/{id}", get(show_device))
         .route("/v1/devices/{id}/telemetry", get(device_metrics))
@@ -431,6 +432,33 @@ async fn show_action(
         Some(v) => Ok(axum::Json(v).into_response()),
         None => Err(no_such_action(&id)),
     }
+}
+
+/// Query parameters of `GET /v1/audit`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditParams {
+    /// Entries at or after this time (RFC 3339).
+    since: Option<String>,
+    /// Most entries (default 1000, at most 10000).
+    limit: Option<usize>,
+}
+
+/// `GET /v1/audit`: the token's tenant's audit entries, oldest first.
+async fn list_audit(
+    State(store): State<Arc<Store>>,
+    params: Result<Query<AuditParams>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let who = authenticate(&store, &headers).await?;
+    let Query(params) = params?;
+    let limit = params.limit.unwrap_or(1000).clamp(1, 10_000);
+    let tenant = who.tenant.clone();
+    let entries = blocking(&store, move |s| {
+        s.audit_entries(params.since.as_deref(), Some(&tenant), limit)
+    })
+    .await?;
+    Ok(axum::Json(entries).into_response())
 }
 
 async fn list_devices(

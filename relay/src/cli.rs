@@ -70,6 +70,9 @@ pub enum Command {
         #[arg(long, value_name = "ADDR")]
         http_listen: Option<SocketAddr>,
     },
+    /// The append-only audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Manage tenants.
     #[command(subcommand)]
     Tenant(TenantCommand),
@@ -267,6 +270,26 @@ pub enum TenantCommand {
     },
     /// List tenants.
     List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `relay audit …`
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Entries, oldest first.
+    List {
+        /// Only entries at or after this time (RFC 3339, e.g. 2026-11-24T00:00:00Z).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only this tenant's entries.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Most entries to print.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -645,13 +668,80 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(crate::server::serve(config, store))
         }
-        Command::Tenant(cmd) => tenant(out, &open_store(&config)?, cmd),
-        Command::Token(cmd) => token(out, &open_store(&config)?, cmd),
-        Command::User(cmd) => user(out, &open_store(&config)?, cmd),
-        Command::Device(cmd) => device(out, &open_store(&config)?, cmd),
-        Command::Artifact(cmd) => artifact(out, &open_store(&config)?, &config, cmd),
-        Command::Deploy(cmd) => deploy(out, &open_store(&config)?, &config, cmd),
-        Command::Action(cmd) => action(out, &open_store(&config)?, cmd),
+        Command::Tenant(cmd) => {
+            let store = open_store(&config)?;
+            let what = format!("{cmd:?}");
+            audited(&store, "tenant", &what, tenant(out, &store, cmd))
+        }
+        Command::Token(cmd) => {
+            let store = open_store(&config)?;
+            let what = format!("{cmd:?}");
+            audited(&store, "token", &what, token(out, &store, cmd))
+        }
+        Command::User(cmd) => {
+            let store = open_store(&config)?;
+            let what = format!("{cmd:?}");
+            audited(&store, "user", &what, user(out, &store, cmd))
+        }
+        Command::Device(cmd) => {
+            let store = open_store(&config)?;
+            let what = format!("{cmd:?}");
+            audited(&store, "device", &what, device(out, &store, cmd))
+        }
+        Command::Artifact(cmd) => {
+            let store = open_store(&config)?;
+            let what = format!("{cmd:?}");
+            audited(
+                &store,
+                "artifact",
+                &what,
+                artifact(out, &store, &config, cmd),
+            )
+        }
+        Command::Deploy(cmd) => {
+            let store = open_store(&config)?;
+            let what = format!("{cmd:?}");
+            audited(&store, "deploy", &what, deploy(out, &store, &config, cmd))
+        }
+        Command::Action(cmd) => {
+            let store = open_store(&config)?;
+            let what = format!("{cmd:?}");
+            audited(&store, "action", &what, action(out, &store, cmd))
+        }
+        Command::Audit(AuditCommand::List {
+            since,
+            tenant,
+            limit,
+            json,
+        }) => {
+            let store = open_store(&config)?;
+            let entries = store.audit_entries(since.as_deref(), tenant.as_deref(), limit)?;
+            if json {
+                print_json(out, &entries)?;
+            } else {
+                let rows: Vec<Vec<String>> = entries
+                    .iter()
+                    .map(|e| {
+                        vec![
+                            e.at.clone(),
+                            dash(&e.tenant),
+                            e.actor.clone(),
+                            e.action.clone(),
+                            dash(&e.target),
+                            dash(&e.source),
+                        ]
+                    })
+                    .collect();
+                out.write_all(
+                    table(
+                        &["AT", "TENANT", "ACTOR", "ACTION", "TARGET", "SOURCE"],
+                        &rows,
+                    )
+                    .as_bytes(),
+                )?;
+            }
+            Ok(())
+        }
         Command::Telemetry(TelemetryCommand::Tail {
             device,
             topic,
@@ -663,6 +753,45 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
             tail(out, &store, &device, topic.as_deref(), limit, follow, json)
         }
     }
+}
+
+/// Verbs of admin commands that change something; reads are not audited.
+const CHANGING_VERBS: &[&str] = &[
+    "Add",
+    "Retention",
+    "Create",
+    "Revoke",
+    "Accept",
+    "Reject",
+    "Remove",
+    "Tag",
+    "Config",
+    "Put",
+];
+
+/// Records an admin command that changes the store (attempted or done) in the audit trail.
+/// `what` is the parsed command (clap's arguments: no secrets are ever arguments).
+fn audited(store: &Store, group: &str, what: &str, result: Result<()>) -> Result<()> {
+    let verb: String = what.chars().take_while(|c| c.is_alphanumeric()).collect();
+    if CHANGING_VERBS.contains(&verb.as_str()) {
+        let action = format!("{group}.{}", verb.to_lowercase());
+        let detail = match &result {
+            Ok(()) => serde_json::json!({ "command": what, "ok": true }),
+            Err(e) => {
+                serde_json::json!({ "command": what, "ok": false, "error": format!("{e:#}") })
+            }
+        };
+        let entry = crate::store::NewAudit {
+            actor: "admin",
+            action: &action,
+            detail,
+            ..Default::default()
+        };
+        if let Err(e) = store.audit(entry) {
+            tracing::error!("audit trail: {e}");
+        }
+    }
+    result
 }
 
 fn tenant(out: &mut dyn Write, store: &Store, cmd: TenantCommand) -> Result<()> {

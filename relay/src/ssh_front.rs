@@ -307,6 +307,11 @@ impl server::Handler for Conn {
         offer: server::PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
         let known = self.lookup_key(user, offer.public_key).await.is_some();
+        if !known {
+            let fp = offer.public_key.fingerprint(HashAlg::Sha256).to_string();
+            self.audit(None, format!("login:{user}"), "auth.failure", user, &fp)
+                .await;
+        }
         Ok(if known { Auth::Accept } else { reject() })
     }
 
@@ -328,7 +333,22 @@ impl server::Handler for Conn {
                     },
                     self.transport
                 );
+                let (actor, tenant) = match &peer {
+                    Peer::Device { device } => {
+                        (format!("device:{}", device.id), Some(device.tenant.clone()))
+                    }
+                    Peer::Enrolling { .. } => ("enrolling device".to_string(), None),
+                    Peer::Engineer { identities, .. } => (
+                        format!(
+                            "engineer:{}",
+                            identities.first().map(|i| i.user.as_str()).unwrap_or("?")
+                        ),
+                        identities.first().map(|i| i.tenant.clone()),
+                    ),
+                    Peer::Unknown => ("unknown".to_string(), None),
+                };
                 self.set_peer(peer);
+                self.audit(tenant, actor, "auth.success", user, &fp).await;
                 Ok(Auth::Accept)
             }
             None => {
@@ -337,6 +357,8 @@ impl server::Handler for Conn {
                     self.remote,
                     self.transport
                 );
+                self.audit(None, format!("login:{user}"), "auth.failure", user, &fp)
+                    .await;
                 Ok(reject())
             }
         }
@@ -678,6 +700,37 @@ impl server::Handler for Conn {
 }
 
 impl Conn {
+    /// Appends an authentication event to the audit trail (failures to log are logged).
+    async fn audit(
+        &self,
+        tenant: Option<String>,
+        actor: String,
+        action: &'static str,
+        user: &str,
+        fingerprint: &str,
+    ) {
+        let source = self.remote.to_string();
+        let detail = serde_json::json!({
+            "user": user,
+            "fingerprint": fingerprint,
+            "transport": self.transport,
+        });
+        let written = with_store(&self.front.store, move |s| {
+            s.audit(crate::store::NewAudit {
+                tenant: tenant.as_deref(),
+                actor: &actor,
+                action,
+                target: None,
+                source: Some(&source),
+                detail,
+            })
+        })
+        .await;
+        if let Some(Err(e)) = written {
+            tracing::error!("audit trail: {e}");
+        }
+    }
+
     /// Looks up who `key` belongs to for SSH user `user`.
     async fn lookup_key(&self, user: &str, key: &PublicKey) -> Option<Peer> {
         let fp = key.fingerprint(HashAlg::Sha256).to_string();

@@ -160,6 +160,26 @@ CREATE TABLE actions (
 CREATE INDEX actions_by_device ON actions (device_id, status);
 "#,
     },
+    Migration {
+        name: "append-only audit trail",
+        sql: r#"
+CREATE TABLE audit (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    at      TEXT NOT NULL,
+    tenant  TEXT,
+    actor   TEXT NOT NULL,
+    action  TEXT NOT NULL,
+    target  TEXT,
+    source  TEXT,
+    detail  TEXT NOT NULL
+);
+CREATE INDEX audit_by_tenant ON audit (tenant, id);
+CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+"#,
+    },
 ];
 
 /// The schema version this code writes and understands.

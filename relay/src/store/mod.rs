@@ -22,10 +22,12 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 mod actions;
+mod audit;
 mod fleet;
 mod migrations;
 mod telemetry;
 pub use actions::ActionView;
+pub use audit::{AuditEntry, NewAudit};
 pub use fleet::{
     ArtifactInfo, DeploymentDevice, DeploymentView, DeviceState, NewDeployment, Target,
     config_overrides,

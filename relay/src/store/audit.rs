@@ -1,0 +1,129 @@
+//! The audit trail: who did what, when, from where. Append-only: SQLite triggers refuse every
+//! UPDATE and DELETE on the table, so not even the relay's own code can rewrite history.
+
+use rusqlite::params;
+use serde::Serialize;
+
+use super::{Store, StoreError, now};
+
+/// One audit entry.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AuditEntry {
+    /// Position in the trail.
+    pub id: i64,
+    /// When (RFC 3339, UTC).
+    pub at: String,
+    /// Tenant concerned, if any.
+    pub tenant: Option<String>,
+    /// Who: `engineer:alice`, `device:dev_…`, `admin` (the CLI on the relay host), `api:<token id>`.
+    pub actor: String,
+    /// What, e.g. `auth.success`, `auth.failure`, `link.up`, `device.accept`, `deploy.create`.
+    pub action: String,
+    /// On what (device id, user name, deployment id, …).
+    pub target: Option<String>,
+    /// Source address, for network actions.
+    pub source: Option<String>,
+    /// Anything else worth keeping (JSON).
+    pub detail: serde_json::Value,
+}
+
+/// A new entry.
+#[derive(Debug, Clone, Default)]
+pub struct NewAudit<'a> {
+    /// Tenant concerned.
+    pub tenant: Option<&'a str>,
+    /// Who.
+    pub actor: &'a str,
+    /// What.
+    pub action: &'a str,
+    /// On what.
+    pub target: Option<&'a str>,
+    /// From where.
+    pub source: Option<&'a str>,
+    /// More.
+    pub detail: serde_json::Value,
+}
+
+impl Store {
+    /// Appends an entry.
+    pub fn audit(&self, e: NewAudit<'_>) -> Result<(), StoreError> {
+        let detail = if e.detail.is_null() {
+            "{}".to_string()
+        } else {
+            e.detail.to_string()
+        };
+        self.conn().execute(
+            "INSERT INTO audit (at, tenant, actor, action, target, source, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![now(), e.tenant, e.actor, e.action, e.target, e.source, detail],
+        )?;
+        Ok(())
+    }
+
+    /// Entries oldest first, from `since` (RFC 3339, inclusive) on, of `tenant` if given, at
+    /// most `limit`.
+    pub fn audit_entries(
+        &self,
+        since: Option<&str>,
+        tenant: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, at, tenant, actor, action, target, source, detail FROM audit
+             WHERE (?1 IS NULL OR at >= ?1) AND (?2 IS NULL OR tenant = ?2)
+             ORDER BY id LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![since, tenant, limit as i64], |r| {
+            let detail: String = r.get(7)?;
+            Ok(AuditEntry {
+                id: r.get(0)?,
+                at: r.get(1)?,
+                tenant: r.get(2)?,
+                actor: r.get(3)?,
+                action: r.get(4)?,
+                target: r.get(5)?,
+                source: r.get(6)?,
+                detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_are_appended_and_never_rewritten() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(&dir.path().join("relay.db"))?;
+        store.audit(NewAudit {
+            tenant: Some("acme"),
+            actor: "admin",
+            action: "tenant.add",
+            target: Some("acme"),
+            ..Default::default()
+        })?;
+        store.audit(NewAudit {
+            actor: "engineer:alice",
+            action: "auth.failure",
+            source: Some("192.0.2.1:5000"),
+            detail: serde_json::json!({"fingerprint": "SHA256:x"}),
+            ..Default::default()
+        })?;
+        let all = store.audit_entries(None, None, 100)?;
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[1].detail["fingerprint"], "SHA256:x");
+        assert_eq!(store.audit_entries(None, Some("acme"), 100)?.len(), 1);
+        let conn = store.conn();
+        assert!(
+            conn.execute("UPDATE audit SET actor = 'mallory'", [])
+                .is_err()
+        );
+        assert!(conn.execute("DELETE FROM audit", []).is_err());
+        drop(conn);
+        assert_eq!(store.audit_entries(None, None, 100)?.len(), 2);
+        Ok(())
+    }
+}
