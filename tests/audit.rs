@@ -46,6 +46,12 @@ fn the_audit_trail_records_who_did_what_from_where() -> Result<()> {
     let r = s.relay.admin(&["device", "accept", "no-such-device"])?;
     ensure!(r.status == Some(1));
 
+    // The session's close is recorded when its proxy task ends, just after the client's exit.
+    wait_until(std::time::Duration::from_secs(10), "session.close", || {
+        s.relay
+            .admin_ok(&["audit", "list", "--json"])
+            .is_ok_and(|t| t.contains("session.close"))
+    })?;
     let trail: serde_json::Value =
         serde_json::from_str(&s.relay.admin_ok(&["audit", "list", "--json"])?)?;
     let entries = trail.as_array().cloned().unwrap_or_default();
@@ -59,6 +65,8 @@ fn the_audit_trail_records_who_did_what_from_where() -> Result<()> {
         ("admin", "token.create"),
         ("admin", "user.add"),
         ("engineer:alice", "auth.success"),
+        ("engineer:alice", "session.open"),
+        ("engineer:alice", "session.close"),
         ("device:", "auth.success"),
         ("login:board1", "auth.failure"),
         ("admin", "device.accept"),

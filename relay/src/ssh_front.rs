@@ -449,6 +449,7 @@ impl server::Handler for Conn {
                 let front_handle = session.handle();
                 let resolved = self.engineer_device(&identities, &login).await;
                 let registry = self.front.registry.clone();
+                let store = self.front.store.clone();
                 let remote = self.remote;
                 tokio::spawn(async move {
                     let engineer = identities
@@ -493,6 +494,18 @@ impl server::Handler for Conn {
                         "session: engineer {engineer} ({fingerprint}) on device {} from {remote}",
                         device.id
                     );
+                    let actor = format!("engineer:{engineer}");
+                    let event = |action: &'static str, detail: serde_json::Value| {
+                        audit_event(
+                            store.clone(),
+                            Some(device.tenant.clone()),
+                            actor.clone(),
+                            action,
+                            Some(device.id.clone()),
+                            remote.to_string(),
+                            detail,
+                        )
+                    };
                     match proxy::open_device_session(
                         &link.handle,
                         link.device_key.clone(),
@@ -501,7 +514,20 @@ impl server::Handler for Conn {
                     )
                     .await
                     {
-                        Ok(dev) => proxy::relay_session(channel, front_handle, dev).await,
+                        Ok(dev) => {
+                            event(
+                                "session.open",
+                                serde_json::json!({ "fingerprint": fingerprint }),
+                            )
+                            .await;
+                            let started = std::time::Instant::now();
+                            proxy::relay_session(channel, front_handle, dev).await;
+                            event(
+                                "session.close",
+                                serde_json::json!({ "seconds": started.elapsed().as_secs() }),
+                            )
+                            .await;
+                        }
                         Err(e) => {
                             tracing::warn!("session to device {} failed: {e}", device.id);
                             proxy::refuse_session(
@@ -699,6 +725,32 @@ impl server::Handler for Conn {
     }
 }
 
+/// Appends an event to the audit trail from a connection's task (a failure is logged).
+async fn audit_event(
+    store: Arc<Store>,
+    tenant: Option<String>,
+    actor: String,
+    action: &'static str,
+    target: Option<String>,
+    source: String,
+    detail: serde_json::Value,
+) {
+    let written = with_store(&store, move |s| {
+        s.audit(crate::store::NewAudit {
+            tenant: tenant.as_deref(),
+            actor: &actor,
+            action,
+            target: target.as_deref(),
+            source: Some(&source),
+            detail,
+        })
+    })
+    .await;
+    if let Some(Err(e)) = written {
+        tracing::error!("audit trail: {e}");
+    }
+}
+
 impl Conn {
     /// Appends an authentication event to the audit trail (failures to log are logged).
     async fn audit(
@@ -709,26 +761,21 @@ impl Conn {
         user: &str,
         fingerprint: &str,
     ) {
-        let source = self.remote.to_string();
         let detail = serde_json::json!({
             "user": user,
             "fingerprint": fingerprint,
             "transport": self.transport,
         });
-        let written = with_store(&self.front.store, move |s| {
-            s.audit(crate::store::NewAudit {
-                tenant: tenant.as_deref(),
-                actor: &actor,
-                action,
-                target: None,
-                source: Some(&source),
-                detail,
-            })
-        })
+        audit_event(
+            self.front.store.clone(),
+            tenant,
+            actor,
+            action,
+            None,
+            self.remote.to_string(),
+            detail,
+        )
         .await;
-        if let Some(Err(e)) = written {
-            tracing::error!("audit trail: {e}");
-        }
     }
 
     /// Looks up who `key` belongs to for SSH user `user`.
