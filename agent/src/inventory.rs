@@ -76,9 +76,8 @@ fn memory_bytes() -> u64 {
 /// The disks the system metrics collector reports, in inventory form.
 fn disks() -> Vec<Disk> {
     crate::sysmetrics::Collector::new()
-        .sample()
+        .disk_samples()
         .into_iter()
-        .filter(|s| s.topic == "system/disk")
         .map(|s| Disk {
             mount: s.value["mount"].as_str().unwrap_or_default().to_string(),
             device: s.value["device"].as_str().unwrap_or_default().to_string(),

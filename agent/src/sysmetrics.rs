@@ -230,6 +230,13 @@ impl Collector {
         }
     }
 
+    /// Only the `system/disk` samples (the inventory needs nothing else).
+    pub fn disk_samples(&self) -> Vec<Sample> {
+        let mut out = Vec::new();
+        self.sample_disks(&mut out);
+        out
+    }
+
     fn sample_disks(&self, out: &mut Vec<Sample>) {
         let path = self.path("proc/self/mounts");
         let Some(text) = read_text(&path) else { return };

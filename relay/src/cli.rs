@@ -1295,14 +1295,13 @@ fn deploy(
         } => {
             let os = match &bundle {
                 Some(path) => {
-                    let mut f = std::fs::File::open(path)
-                        .with_context(|| format!("opening the bundle {}", path.display()))?;
-                    // Signatures are the devices' to check against their keyrings; here the
-                    // manifest only names the version.
-                    let (manifest, _) = tether_protocol::bundle::read_header_unverified(&mut f)
-                        .with_context(|| format!("reading the bundle {}", path.display()))?;
                     let data = std::fs::read(path)
                         .with_context(|| format!("reading the bundle {}", path.display()))?;
+                    // Signatures are the devices' to check against their keyrings; here the
+                    // manifest only names the version.
+                    let (manifest, _) =
+                        tether_protocol::bundle::read_header_unverified(&mut &data[..])
+                            .with_context(|| format!("reading the bundle {}", path.display()))?;
                     let name = path
                         .file_name()
                         .map(|n| n.to_string_lossy().into_owned())

@@ -15,7 +15,7 @@ use serde::Serialize;
 use tether_protocol::fleet::{Action, ActionKind, ActionResult, ActionStatus, MAX_ACTION_OUTPUT};
 
 use super::{
-    Device, Store, StoreError, device_where, now, random_hex, rfc3339_from_unix, tenant_by_name,
+    Device, Store, StoreError, device_where, now, random_hex, rfc3339_from_unix, tenant_id,
     unix_now,
 };
 
@@ -456,17 +456,7 @@ impl Store {
         };
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let tenant_id = match tenant {
-            Some(name) => Some(
-                tenant_by_name(&tx, name)?
-                    .ok_or_else(|| StoreError::NotFound {
-                        what: "tenant",
-                        key: name.to_string(),
-                    })?
-                    .id,
-            ),
-            None => None,
-        };
+        let tenant_id = tenant.map(|name| tenant_id(&tx, name)).transpose()?;
         let device_id = match (resolved, tenant_id, device) {
             (Some(id), _, _) => Some(id),
             (None, Some(tenant_id), Some(key)) => Some(tenant_device(&tx, tenant_id, key)?.id),

@@ -31,7 +31,7 @@ use tether_protocol::recipe::{self, ArtifactUri, Recipe};
 
 use super::{
     Device, DeviceStatus, Store, StoreError, device_where, devices_where, now, random_hex,
-    tenant_by_name, validate_name,
+    tenant_by_name, tenant_id, validate_name,
 };
 
 /// An artifact stored on the relay.
@@ -717,17 +717,7 @@ impl Store {
     pub fn deployments(&self, tenant: Option<&str>) -> Result<Vec<DeploymentView>, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let tenant_id = match tenant {
-            Some(name) => Some(
-                tenant_by_name(&tx, name)?
-                    .ok_or_else(|| StoreError::NotFound {
-                        what: "tenant",
-                        key: name.to_string(),
-                    })?
-                    .id,
-            ),
-            None => None,
-        };
+        let tenant_id = tenant.map(|name| tenant_id(&tx, name)).transpose()?;
         let ids: Vec<String> = {
             let mut stmt = tx.prepare(
                 "SELECT id FROM deployments WHERE ?1 IS NULL OR tenant_id = ?1

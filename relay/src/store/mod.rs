@@ -1153,6 +1153,16 @@ impl Store {
     }
 }
 
+/// The id of tenant `name`, or NotFound naming it.
+fn tenant_id(conn: &Connection, name: &str) -> Result<i64, StoreError> {
+    tenant_by_name(conn, name)?
+        .map(|t| t.id)
+        .ok_or_else(|| StoreError::NotFound {
+            what: "tenant",
+            key: name.to_string(),
+        })
+}
+
 fn tenant_by_name(conn: &Connection, name: &str) -> Result<Option<Tenant>, StoreError> {
     Ok(conn
         .query_row(
