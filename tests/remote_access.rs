@@ -309,65 +309,6 @@ fn proxy_jump_to_device_sshd_over_websocket() -> Result<()> {
     proxy_jump(Transport::WebSocket)
 }
 
-/// A tmux server on a private socket, killed on drop.
-struct Tmux {
-    socket: String,
-}
-
-impl Tmux {
-    fn new(cmdline: &str, cols: u16, rows: u16) -> Result<Tmux> {
-        let socket = format!("tether-test-{}-{}", std::process::id(), free_port()?);
-        let st = Command::new("tmux")
-            .args([
-                "-L",
-                &socket,
-                "-f",
-                "/dev/null",
-                "new-session",
-                "-d",
-                "-x",
-                &cols.to_string(),
-                "-y",
-                &rows.to_string(),
-            ])
-            .arg(cmdline)
-            .status()
-            .context("running tmux")?;
-        ensure!(st.success(), "tmux new-session failed");
-        Ok(Tmux { socket })
-    }
-    fn tmux(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new("tmux")
-            .args(["-L", &self.socket])
-            .args(args)
-            .output()?;
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-    fn send(&self, keys: &[&str]) -> Result<()> {
-        let mut args = vec!["send-keys", "-t", "0"];
-        args.extend_from_slice(keys);
-        self.tmux(&args).map(|_| ())
-    }
-    fn screen(&self) -> String {
-        self.tmux(&["capture-pane", "-p", "-t", "0"])
-            .unwrap_or_default()
-    }
-    fn wait_for(&self, text: &str) -> Result<()> {
-        wait_until(Duration::from_secs(20), text, || {
-            self.screen().contains(text)
-        })
-        .with_context(|| format!("screen was:\n{}", self.screen()))
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .args(["-L", &self.socket, "kill-server"])
-            .status();
-    }
-}
-
 fn pty_shell(transport: Transport) -> Result<()> {
     if Command::new("tmux").arg("-V").output().is_err() {
         eprintln!("skipping: tmux not installed");

@@ -17,6 +17,10 @@
 //!   action.
 //! - `GET /v1/devices/{id}/actions`: the device's actions, newest first (at most 1000).
 //! - `GET /v1/actions/{id}`: one action, with its result and output.
+//! - `GET /v1/sessions` (`?device=&user=&limit=`): engineers' recorded sessions, newest first;
+//!   `GET /v1/sessions/{id}`: one; `GET /v1/sessions/{id}/cast`: its terminal recording
+//!   (asciicast v2, `application/x-asciicast`).
+//! - `GET /v1/audit` (`?since=&limit=`): the tenant's audit trail, oldest first.
 //!
 //! Every answer is JSON, errors included (`{"error": "..."}`): 401 without a valid token, 404
 //! for a device, deployment or action the caller cannot see, 400 for bad query parameters or
@@ -37,7 +41,7 @@ use serde_json::json;
 
 use tether_protocol::fleet::ActionKind;
 
-use crate::store::{ApiIdentity, Device, NewDeployment, Store, StoreError, Target};
+use crate::store::{ApiIdentity, Device, NewDeployment, SessionQuery, Store, StoreError, Target};
 
 /// Largest request body of `POST /v1/deployments` (recipes travel inline).
 const MAX_DEPLOYMENT_BODY: usize = 4 * 1024 * 1024;
@@ -49,6 +53,8 @@ struct ApiState {
     store: Arc<Store>,
     /// Where artifacts (and recipes) are kept.
     artifacts_dir: Arc<PathBuf>,
+    /// Where session recordings are kept.
+    sessions_dir: Arc<PathBuf>,
 }
 
 impl FromRef<ApiState> for Arc<Store> {
@@ -168,14 +174,19 @@ fn no_such_action(id: &str) -> ApiError {
     ApiError(StatusCode::NOT_FOUND, format!("no action named {id:?}"))
 }
 
-/// The API routes, sharing `store`; deployments store recipes in `artifacts_dir`.
-pub fn router(store: Arc<Store>, artifacts_dir: PathBuf) -> Router {
+/// The API routes, sharing `store`; deployments store recipes in `artifacts_dir`, recordings
+/// are read from `sessions_dir`.
+pub fn router(store: Arc<Store>, artifacts_dir: PathBuf, sessions_dir: PathBuf) -> Router {
     let state = ApiState {
         store,
         artifacts_dir: Arc::new(artifacts_dir),
+        sessions_dir: Arc::new(sessions_dir),
     };
     Router::new()
         .route("/v1/audit", get(list_audit))
+        .route("/v1/sessions", get(list_sessions))
+        .route("/v1/sessions/{id}", get(show_session))
+        .route("/v1/sessions/{id}/cast", get(session_cast))
         .route("/v1/devices", get(list_devices))
         .route("/v1/devices/{id}", get(show_device))
         .route("/v1/devices/{id}/telemetry", get(device_metrics))
@@ -432,6 +443,74 @@ async fn show_action(
         Some(v) => Ok(axum::Json(v).into_response()),
         None => Err(no_such_action(&id)),
     }
+}
+
+/// Query parameters of `GET /v1/sessions`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SessionParams {
+    /// Only sessions on this device (id or name).
+    device: Option<String>,
+    /// Only this engineer's sessions.
+    user: Option<String>,
+    /// Most sessions (default 100, at most 10000).
+    limit: Option<usize>,
+}
+
+/// `GET /v1/sessions`: the tenant's recorded sessions, newest first.
+async fn list_sessions(
+    State(store): State<Arc<Store>>,
+    params: Result<Query<SessionParams>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let who = authenticate(&store, &headers).await?;
+    let Query(params) = params?;
+    let device_id = match &params.device {
+        Some(d) => Some(tenant_device(&store, &who, d).await?.id),
+        None => None,
+    };
+    let query = SessionQuery {
+        tenant_id: Some(who.tenant_id),
+        device_id,
+        engineer: params.user,
+        limit: params.limit.unwrap_or(100).clamp(1, 10_000),
+    };
+    let sessions = blocking(&store, move |s| s.sessions(&query)).await?;
+    Ok(axum::Json(sessions).into_response())
+}
+
+/// `GET /v1/sessions/{id}`: one session's record.
+async fn show_session(
+    State(store): State<Arc<Store>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let who = authenticate(&store, &headers).await?;
+    let (tenant_id, key) = (who.tenant_id, id.clone());
+    let (session, _) = blocking(&store, move |s| s.session(&key, Some(tenant_id))).await?;
+    Ok(axum::Json(session).into_response())
+}
+
+/// `GET /v1/sessions/{id}/cast`: the session's asciicast v2 recording.
+async fn session_cast(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let who = authenticate(&state.store, &headers).await?;
+    let (tenant_id, key) = (who.tenant_id, id.clone());
+    let (_, cast_file) = blocking(&state.store, move |s| s.session(&key, Some(tenant_id))).await?;
+    let Some(name) = cast_file.filter(|n| !n.contains('/')) else {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("session {id:?} has no terminal recording"),
+        ));
+    };
+    let path = state.sessions_dir.join(name);
+    let body = tokio::fs::read(&path)
+        .await
+        .map_err(|e| ApiError::internal(format_args!("reading {}: {e}", path.display())))?;
+    Ok(([(header::CONTENT_TYPE, "application/x-asciicast")], body).into_response())
 }
 
 /// Query parameters of `GET /v1/audit`.
@@ -1117,7 +1196,11 @@ mod tests {
             )?
             .device
             .id;
-        let app = router(store.clone(), dir.path().join("artifacts"));
+        let app = router(
+            store.clone(),
+            dir.path().join("artifacts"),
+            dir.path().join("sessions"),
+        );
         Ok(Fixture {
             _dir: dir,
             path,

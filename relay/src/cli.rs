@@ -44,7 +44,9 @@ const DEFAULT_ENROLL_TTL: Duration = Duration::from_secs(24 * 3600);
         relay deploy create --tenant acme --target tag:edge --recipe app.yaml --set port=9000\n  \
         relay deploy status dep_0123456789ab\n  \
         relay action create board1 --run 'df -h' --timeout 30 --expires 1h\n  \
-        relay action show act_0123456789ab"
+        relay action show act_0123456789ab\n  \
+        relay session list --device board1\n  \
+        relay session play ses_0123456789abcdef"
 )]
 pub struct Cli {
     /// Configuration file (YAML) [default: built-in defaults].
@@ -73,6 +75,9 @@ pub enum Command {
     /// The append-only audit trail.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Engineers' recorded sessions: list, show, replay.
+    #[command(subcommand)]
+    Session(crate::session_cli::SessionCommand),
     /// Manage tenants.
     #[command(subcommand)]
     Tenant(TenantCommand),
@@ -260,13 +265,18 @@ pub enum TenantCommand {
         /// Tenant name: a-z, 0-9, '-', '_', '.', starting with a letter or digit.
         name: String,
     },
-    /// Set how many days of telemetry the tenant keeps (default 30).
+    /// Set how many days of telemetry (default 30) and of session recordings (default 90)
+    /// the tenant keeps.
+    #[command(group(ArgGroup::new("what").required(true).multiple(true).args(["days", "session_days"])))]
     Retention {
         /// Tenant name.
         name: String,
-        /// Days to keep.
+        /// Days of telemetry to keep.
         #[arg(long)]
-        days: u32,
+        days: Option<u32>,
+        /// Days of session recordings to keep.
+        #[arg(long)]
+        session_days: Option<u32>,
     },
     /// List tenants.
     List {
@@ -499,14 +509,14 @@ fn open_store(config: &RelayConfig) -> Result<Store> {
     Store::open(&path).with_context(|| format!("opening the store {}", path.display()))
 }
 
-fn print_json<T: Serialize>(out: &mut dyn Write, value: &T) -> Result<()> {
+pub(crate) fn print_json<T: Serialize>(out: &mut dyn Write, value: &T) -> Result<()> {
     serde_json::to_writer_pretty(&mut *out, value)?;
     writeln!(out)?;
     Ok(())
 }
 
 /// Rows as aligned columns under a header; trailing blanks trimmed.
-fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -529,7 +539,7 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     text
 }
 
-fn dash(v: &Option<String>) -> String {
+pub(crate) fn dash(v: &Option<String>) -> String {
     v.clone().unwrap_or_else(|| "-".into())
 }
 
@@ -703,6 +713,10 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
             let what = format!("{cmd:?}");
             audited(&store, "deploy", &what, deploy(out, &store, &config, cmd))
         }
+        Command::Session(cmd) => {
+            let store = open_store(&config)?;
+            crate::session_cli::run(out, &store, &config, cmd)
+        }
         Command::Action(cmd) => {
             let store = open_store(&config)?;
             let what = format!("{cmd:?}");
@@ -800,9 +814,19 @@ fn tenant(out: &mut dyn Write, store: &Store, cmd: TenantCommand) -> Result<()> 
             let t = store.add_tenant(&name)?;
             writeln!(out, "tenant {} created", t.name)?;
         }
-        TenantCommand::Retention { name, days } => {
-            store.set_retention(&name, days)?;
-            writeln!(out, "tenant {name} keeps {days} days of telemetry")?;
+        TenantCommand::Retention {
+            name,
+            days,
+            session_days,
+        } => {
+            if let Some(days) = days {
+                store.set_retention(&name, days)?;
+                writeln!(out, "tenant {name} keeps {days} days of telemetry")?;
+            }
+            if let Some(days) = session_days {
+                store.set_session_retention(&name, days)?;
+                writeln!(out, "tenant {name} keeps {days} days of session recordings")?;
+            }
         }
         TenantCommand::List { json } => {
             let tenants = store.tenants()?;
@@ -816,10 +840,17 @@ fn tenant(out: &mut dyn Write, store: &Store, cmd: TenantCommand) -> Result<()> 
                             t.name.clone(),
                             t.created_at.clone(),
                             format!("{}d", t.retention_days),
+                            format!("{}d", t.session_retention_days),
                         ]
                     })
                     .collect();
-                out.write_all(table(&["NAME", "CREATED", "RETENTION"], &rows).as_bytes())?;
+                out.write_all(
+                    table(
+                        &["NAME", "CREATED", "RETENTION", "SESSION RETENTION"],
+                        &rows,
+                    )
+                    .as_bytes(),
+                )?;
             }
         }
     }
@@ -1213,11 +1244,6 @@ fn print_device_state(out: &mut dyn Write, state: &crate::store::DeviceState) ->
     Ok(())
 }
 
-/// Where the relay keeps artifacts.
-fn artifacts_dir(config: &RelayConfig) -> PathBuf {
-    config.data_dir.join("artifacts")
-}
-
 fn artifact(
     out: &mut dyn Write,
     store: &Store,
@@ -1232,7 +1258,7 @@ fn artifact(
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .with_context(|| format!("{} is not a file name", file.display()))?;
-            let info = store.put_artifact(&artifacts_dir(config), &name, &data)?;
+            let info = store.put_artifact(&config.artifacts_dir(), &name, &data)?;
             if json {
                 print_json(out, &info)?;
             } else {
@@ -1306,7 +1332,7 @@ fn deploy(
                         .file_name()
                         .map(|n| n.to_string_lossy().into_owned())
                         .unwrap_or_else(|| "bundle".into());
-                    let stored = store.put_artifact(&artifacts_dir(config), &name, &data)?;
+                    let stored = store.put_artifact(&config.artifacts_dir(), &name, &data)?;
                     Some(tether_protocol::fleet::DesiredOs {
                         version: manifest.version,
                         bundle_sha256: stored.sha256,
@@ -1321,7 +1347,7 @@ fn deploy(
                 texts.push((path.display().to_string(), text));
             }
             let view = store.create_deployment(
-                &artifacts_dir(config),
+                &config.artifacts_dir(),
                 NewDeployment {
                     tenant: &tenant,
                     target,

@@ -30,6 +30,18 @@ pub struct RelayConfig {
     /// The store.
     #[serde(deserialize_with = "null_is_default")]
     pub store: StoreConfig,
+    /// Engineers' sessions: recording.
+    #[serde(deserialize_with = "null_is_default")]
+    pub sessions: SessionsConfig,
+}
+
+/// Settings of engineers' relay-terminated sessions.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionsConfig {
+    /// Record what engineers type in terminal sessions, not only what they see. Off by
+    /// default: input holds passwords typed at prompts that do not echo.
+    pub record_input: bool,
 }
 
 /// A section whose keys are all commented out (`store:` followed by comments only) is YAML
@@ -92,6 +104,7 @@ impl Default for RelayConfig {
             ssh: SshConfig::default(),
             http: HttpConfig::default(),
             store: StoreConfig::default(),
+            sessions: SessionsConfig::default(),
         }
     }
 }
@@ -120,6 +133,16 @@ impl Default for SshConfig {
 pub use tether_protocol::config_file::ConfigError;
 
 impl RelayConfig {
+    /// Where artifacts and recipes for devices are kept.
+    pub fn artifacts_dir(&self) -> PathBuf {
+        self.data_dir.join("artifacts")
+    }
+
+    /// Where session recordings (asciicast files) are kept.
+    pub fn sessions_dir(&self) -> PathBuf {
+        self.data_dir.join(crate::recording::SESSIONS_DIR)
+    }
+
     /// The SQLite file of the embedded store.
     pub fn store_path(&self) -> PathBuf {
         self.store
@@ -288,7 +311,15 @@ mod tests {
         let example = include_str!("../relay.yaml.example");
         assert_eq!(parse(example)?, RelayConfig::default());
         // Sections whose keys are all commented out mean defaults.
-        assert_eq!(parse("ssh:\nhttp:\nstore:\n")?, RelayConfig::default());
+        assert_eq!(
+            parse("ssh:\nhttp:\nstore:\nsessions:\n")?,
+            RelayConfig::default()
+        );
+        assert!(
+            parse("sessions:\n  record_input: true\n")?
+                .sessions
+                .record_input
+        );
         Ok(())
     }
 }

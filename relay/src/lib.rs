@@ -7,6 +7,7 @@
 //! - [`registry`]: the device links that are up right now on this relay.
 //! - [`ssh_front`]: the SSH port: device links, enrollment and engineers' sessions.
 //! - [`proxy`]: carrying an engineer's session channel to the device's embedded SSH server.
+//! - [`recording`]: recording engineers' sessions (asciicast, exec commands, sftp file operations).
 //! - [`http`]: the HTTP port: the WebSocket link, the JSON API and TLS.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`api`]: the JSON API routes.
@@ -14,6 +15,7 @@
 //! - [`telemetry`]: the relay end of a device's telemetry channel.
 //! - [`control`]: the relay end of a device's control channel (desired and reported state, downloads).
 //! - [`server`]: `relay serve`, which starts all of the above.
+//! - [`session_cli`]: `relay session list|show|play`.
 //! - [`cli`]: the command line, including the admin commands that work on the store.
 
 pub mod api;
@@ -24,8 +26,10 @@ pub mod hostkey;
 pub mod http;
 pub mod metrics;
 pub mod proxy;
+pub mod recording;
 pub mod registry;
 pub mod server;
+pub mod session_cli;
 pub mod sink;
 pub mod ssh_front;
 pub mod store;

@@ -15,6 +15,8 @@ use russh::keys::{PublicKey, PublicKeyOrCertificate};
 use russh::server;
 use russh::{Channel, ChannelMsg, Preferred, cipher, mac};
 use tether_protocol::names::EMBEDDED_SSH_TARGET;
+
+use crate::recording::Recording;
 use thiserror::Error;
 
 /// Why a session could not be carried to the device.
@@ -104,13 +106,24 @@ pub async fn open_device_session(
     })
 }
 
+/// Which side ended a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// The device closed the channel: its process ended.
+    Device,
+    /// The engineer's side closed or vanished first.
+    Engineer,
+}
+
 /// Relays everything between the engineer's session channel and the device session until
-/// either side closes. `front` is the engineer connection's handle (for exit signals).
+/// either side closes, reporting each request and byte to `recording`. `front` is the
+/// engineer connection's handle (for exit signals).
 pub async fn relay_session(
     engineer: Channel<server::Msg>,
     front: server::Handle,
     device: DeviceSession,
-) {
+    recording: Arc<Recording>,
+) -> Ended {
     let engineer_id = engineer.id();
     let (mut engineer_rx, engineer_tx) = engineer.split();
     let DeviceSession {
@@ -118,11 +131,16 @@ pub async fn relay_session(
         channel,
     } = device;
     let (mut device_rx, device_tx) = channel.split();
+    let rec_up = recording.clone();
+    let rec_down = recording;
 
     let upstream = async move {
         while let Some(msg) = engineer_rx.wait().await {
             let sent = match msg {
-                ChannelMsg::Data { data } => device_tx.data_bytes(data).await,
+                ChannelMsg::Data { data } => {
+                    rec_up.input(&data);
+                    device_tx.data_bytes(data).await
+                }
                 ChannelMsg::ExtendedData { .. } => Ok(()),
                 ChannelMsg::Eof => device_tx.eof().await,
                 ChannelMsg::Close => break,
@@ -135,6 +153,7 @@ pub async fn relay_session(
                     terminal_modes,
                     ..
                 } => {
+                    rec_up.pty(&term, col_width, row_height);
                     device_tx
                         .request_pty(
                             false,
@@ -147,9 +166,16 @@ pub async fn relay_session(
                         )
                         .await
                 }
-                ChannelMsg::RequestShell { .. } => device_tx.request_shell(false).await,
-                ChannelMsg::Exec { command, .. } => device_tx.exec(false, command).await,
+                ChannelMsg::RequestShell { .. } => {
+                    rec_up.shell();
+                    device_tx.request_shell(false).await
+                }
+                ChannelMsg::Exec { command, .. } => {
+                    rec_up.exec(&command);
+                    device_tx.exec(false, command).await
+                }
                 ChannelMsg::RequestSubsystem { name, .. } => {
+                    rec_up.subsystem(&name);
                     device_tx.request_subsystem(false, name).await
                 }
                 ChannelMsg::SetEnv {
@@ -167,6 +193,7 @@ pub async fn relay_session(
                     pix_width,
                     pix_height,
                 } => {
+                    rec_up.resize(col_width, row_height);
                     device_tx
                         .window_change(col_width, row_height, pix_width, pix_height)
                         .await
@@ -184,12 +211,17 @@ pub async fn relay_session(
     let downstream = async move {
         while let Some(msg) = device_rx.wait().await {
             let sent = match msg {
-                ChannelMsg::Data { data } => engineer_tx.data_bytes(data).await.is_ok(),
+                ChannelMsg::Data { data } => {
+                    rec_down.output(&data);
+                    engineer_tx.data_bytes(data).await.is_ok()
+                }
                 ChannelMsg::ExtendedData { data, ext } => {
+                    rec_down.output(&data);
                     engineer_tx.extended_data_bytes(ext, data).await.is_ok()
                 }
                 ChannelMsg::Eof => engineer_tx.eof().await.is_ok(),
                 ChannelMsg::ExitStatus { exit_status } => {
+                    rec_down.exit_status(exit_status);
                     engineer_tx.exit_status(exit_status).await.is_ok()
                 }
                 ChannelMsg::ExitSignal {
@@ -197,16 +229,19 @@ pub async fn relay_session(
                     core_dumped,
                     error_message,
                     lang_tag,
-                } => front
-                    .exit_signal_request(
-                        engineer_id,
-                        signal_name,
-                        core_dumped,
-                        error_message,
-                        lang_tag,
-                    )
-                    .await
-                    .is_ok(),
+                } => {
+                    rec_down.exit_signal(&format!("{signal_name:?}"));
+                    front
+                        .exit_signal_request(
+                            engineer_id,
+                            signal_name,
+                            core_dumped,
+                            error_message,
+                            lang_tag,
+                        )
+                        .await
+                        .is_ok()
+                }
                 ChannelMsg::Close => break,
                 _ => true,
             };
@@ -217,18 +252,30 @@ pub async fn relay_session(
         let _ = engineer_tx.close().await;
     };
 
-    let up = tokio::spawn(upstream);
-    let down = tokio::spawn(downstream);
+    let mut up = tokio::spawn(upstream);
+    let mut down = tokio::spawn(downstream);
     // The session is over when the device side closes (the process ended) or the engineer went
-    // away; either way both channels get closed by their pump.
-    let _ = down.await;
-    if !up.is_finished() {
-        // The device closed first: give the engineer side a moment to see the close and end.
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), up).await;
-    }
+    // away; either way both channels get closed by their pump. The other side gets a moment
+    // to see the close; a device that never answers must not keep the session open forever.
+    let grace = std::time::Duration::from_secs(5);
+    let ended = tokio::select! {
+        _ = &mut down => {
+            if tokio::time::timeout(grace, &mut up).await.is_err() {
+                up.abort();
+            }
+            Ended::Device
+        }
+        _ = &mut up => {
+            if tokio::time::timeout(grace, &mut down).await.is_err() {
+                down.abort();
+            }
+            Ended::Engineer
+        }
+    };
     let _ = connection
         .disconnect(russh::Disconnect::ByApplication, "session ended", "en")
         .await;
+    ended
 }
 
 /// Writes an error line to the engineer's terminal and ends the session with status 255, as

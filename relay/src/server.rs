@@ -67,6 +67,15 @@ pub async fn serve(config: RelayConfig, store: Arc<Store>) -> Result<()> {
         .await
         .context("store task failed")?
         .context("resetting device online flags")?;
+    match with_store(&store, |s| s.close_interrupted_sessions()).await {
+        Some(Ok(n)) if n > 0 => {
+            tracing::warn!(
+                "{n} sessions were open when the relay last stopped: closed as interrupted"
+            )
+        }
+        Some(Err(e)) => tracing::error!("closing interrupted sessions: {e}"),
+        _ => {}
+    }
 
     let ssh_listener = TcpListener::bind(config.ssh.listen)
         .await
@@ -87,11 +96,11 @@ pub async fn serve(config: RelayConfig, store: Arc<Store>) -> Result<()> {
         Arc::new(ssh_config(&config, host_key)),
         Arc::new(crate::sink::SqliteSink::new(store.clone())),
         crate::metrics::Metrics::new(),
-        config.data_dir.join("artifacts"),
+        &config,
         stop_rx.clone(),
     );
     let router = http::router(
-        api::router(store.clone(), config.data_dir.join("artifacts")),
+        api::router(store.clone(), config.artifacts_dir(), config.sessions_dir()),
         front.clone(),
         config.http.trust_forwarded_for,
     );
@@ -126,6 +135,7 @@ pub async fn serve(config: RelayConfig, store: Arc<Store>) -> Result<()> {
     });
 
     let retention_store = store.clone();
+    let sessions_dir = config.sessions_dir();
     let mut retention_stop = stop_rx.clone();
     let retention_task = tokio::spawn(async move {
         let mut tick = tokio::time::interval(RETENTION_INTERVAL);
@@ -136,6 +146,11 @@ pub async fn serve(config: RelayConfig, store: Arc<Store>) -> Result<()> {
                         Some(Ok(n)) if n > 0 => tracing::info!("retention: deleted {n} old telemetry records"),
                         Some(Err(e)) => tracing::error!("retention: {e}"),
                         _ => {}
+                    }
+                    match with_store(&retention_store, |s| s.expire_sessions()).await {
+                        Some(Ok(casts)) => crate::recording::delete_casts(&sessions_dir, &casts),
+                        Some(Err(e)) => tracing::error!("session retention: {e}"),
+                        None => {}
                     }
                 }
                 _ = stopped(&mut retention_stop) => return,
@@ -151,9 +166,15 @@ pub async fn serve(config: RelayConfig, store: Arc<Store>) -> Result<()> {
         let _ = http_task.await;
         let _ = evict_task.await;
         let _ = retention_task.await;
-        // Give connection tasks a moment to send their goodbyes and record devices offline.
+        // Give connection tasks a moment to send their goodbyes, record devices offline and
+        // complete the records of the sessions they carried.
         for _ in 0..30 {
-            if registry.is_empty() {
+            if registry.is_empty()
+                && front
+                    .active_sessions
+                    .load(std::sync::atomic::Ordering::SeqCst)
+                    == 0
+            {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -64,6 +64,12 @@ pub struct Front {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Where recipes and artifacts are stored, for devices that fetch them.
     pub artifacts_dir: std::path::PathBuf,
+    /// Where session recordings go.
+    pub sessions_dir: std::path::PathBuf,
+    /// Session settings.
+    pub sessions: crate::config::SessionsConfig,
+    /// Engineers' sessions being carried now; shutdown waits for their records to be written.
+    pub active_sessions: Arc<std::sync::atomic::AtomicUsize>,
     /// Source of connection ids.
     next_conn: AtomicU64,
     /// Turns true when the relay shuts down, so every connection is told goodbye.
@@ -114,7 +120,7 @@ impl Front {
         config: Arc<server::Config>,
         sink: Arc<dyn crate::sink::Sink>,
         metrics: Arc<crate::metrics::Metrics>,
-        artifacts_dir: std::path::PathBuf,
+        relay_config: &crate::config::RelayConfig,
         shutdown: watch::Receiver<bool>,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -123,7 +129,10 @@ impl Front {
             config,
             sink,
             metrics,
-            artifacts_dir,
+            artifacts_dir: relay_config.artifacts_dir(),
+            sessions_dir: relay_config.sessions_dir(),
+            sessions: relay_config.sessions.clone(),
+            active_sessions: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             next_conn: AtomicU64::new(1),
             shutdown,
         })
@@ -449,7 +458,7 @@ impl server::Handler for Conn {
                 let front_handle = session.handle();
                 let resolved = self.engineer_device(&identities, &login).await;
                 let registry = self.front.registry.clone();
-                let store = self.front.store.clone();
+                let front = self.front.clone();
                 let remote = self.remote;
                 tokio::spawn(async move {
                     let engineer = identities
@@ -494,18 +503,6 @@ impl server::Handler for Conn {
                         "session: engineer {engineer} ({fingerprint}) on device {} from {remote}",
                         device.id
                     );
-                    let actor = format!("engineer:{engineer}");
-                    let event = |action: &'static str, detail: serde_json::Value| {
-                        audit_event(
-                            store.clone(),
-                            Some(device.tenant.clone()),
-                            actor.clone(),
-                            action,
-                            Some(device.id.clone()),
-                            remote.to_string(),
-                            detail,
-                        )
-                    };
                     match proxy::open_device_session(
                         &link.handle,
                         link.device_key.clone(),
@@ -515,16 +512,15 @@ impl server::Handler for Conn {
                     .await
                     {
                         Ok(dev) => {
-                            event(
-                                "session.open",
-                                serde_json::json!({ "fingerprint": fingerprint }),
-                            )
-                            .await;
-                            let started = std::time::Instant::now();
-                            proxy::relay_session(channel, front_handle, dev).await;
-                            event(
-                                "session.close",
-                                serde_json::json!({ "seconds": started.elapsed().as_secs() }),
+                            carry_session(
+                                front,
+                                channel,
+                                front_handle,
+                                dev,
+                                device,
+                                engineer,
+                                fingerprint,
+                                remote,
                             )
                             .await;
                         }
@@ -722,6 +718,118 @@ impl server::Handler for Conn {
         } else {
             session.channel_failure(channel)
         }
+    }
+}
+
+/// Carries one engineer session to the device, recorded, with its audit entries; returns when
+/// the session is over and its record complete.
+#[allow(clippy::too_many_arguments)]
+async fn carry_session(
+    front: Arc<Front>,
+    channel: Channel<Msg>,
+    front_handle: server::Handle,
+    dev: proxy::DeviceSession,
+    device: Device,
+    engineer: String,
+    fingerprint: String,
+    remote: SocketAddr,
+) {
+    let active = SessionGuard::new(&front.active_sessions);
+    let source = remote.to_string();
+    let opened = {
+        let (device_id, device_name) = (device.id.clone(), device.name.clone());
+        let (engineer, fingerprint, source) =
+            (engineer.clone(), fingerprint.clone(), source.clone());
+        let tenant_id = device.tenant_id;
+        with_store(&front.store, move |s| {
+            s.open_session(crate::store::NewSession {
+                tenant_id,
+                device_id: &device_id,
+                device_name: &device_name,
+                engineer: &engineer,
+                fingerprint: &fingerprint,
+                source: &source,
+            })
+        })
+        .await
+    };
+    let id = match opened {
+        Some(Ok(id)) => id,
+        other => {
+            // An unrecorded session is not carried: every session can be replayed or it
+            // does not happen.
+            if let Some(Err(e)) = other {
+                tracing::error!("cannot record a session on {}: {e}", device.id);
+            }
+            proxy::refuse_session(channel, "the relay cannot record this session right now").await;
+            return;
+        }
+    };
+    let actor = format!("engineer:{engineer}");
+    let event = |action: &'static str, detail: serde_json::Value| {
+        audit_event(
+            front.store.clone(),
+            Some(device.tenant.clone()),
+            actor.clone(),
+            action,
+            Some(device.id.clone()),
+            source.clone(),
+            detail,
+        )
+    };
+    event(
+        "session.open",
+        serde_json::json!({ "session": id, "fingerprint": fingerprint }),
+    )
+    .await;
+    let recording = crate::recording::Recording::new(
+        front.store.clone(),
+        id.clone(),
+        &front.sessions_dir,
+        front.sessions.record_input,
+        format!("{engineer}@{}", device.name),
+    );
+    let started = std::time::Instant::now();
+    let ended = proxy::relay_session(channel, front_handle, dev, recording.clone()).await;
+    let reason = if *front.shutdown.borrow() {
+        "relay stopped"
+    } else {
+        match ended {
+            proxy::Ended::Device => "exited",
+            proxy::Ended::Engineer => "closed by engineer",
+        }
+    };
+    let end = recording.finish(reason).await;
+    event(
+        "session.close",
+        serde_json::json!({
+            "session": id,
+            "seconds": started.elapsed().as_secs(),
+            "kind": end.kind,
+            "command": end.command,
+            "reason": reason,
+            "exit_status": end.exit_status,
+            "bytes_in": end.bytes_in,
+            "bytes_out": end.bytes_out,
+        }),
+    )
+    .await;
+    drop(active);
+}
+
+/// Counts a running session for as long as it lives.
+struct SessionGuard(Arc<std::sync::atomic::AtomicUsize>);
+
+impl SessionGuard {
+    fn new(count: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count.clone())
+    }
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -12,6 +12,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+pub mod tmux;
+#[allow(unused_imports)] // not every test file opens a terminal
+pub use tmux::Tmux;
+
 /// Directory holding the built `relay` and `agent` binaries.
 pub fn bin_dir() -> Result<PathBuf> {
     static BUILT: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();

@@ -180,6 +180,38 @@ CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
 "#,
     },
+    Migration {
+        name: "recorded engineer sessions",
+        sql: r#"
+CREATE TABLE sessions (
+    id            TEXT PRIMARY KEY,
+    tenant_id     INTEGER NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+    device_id     TEXT NOT NULL,
+    device_name   TEXT NOT NULL,
+    engineer      TEXT NOT NULL,
+    fingerprint   TEXT NOT NULL,
+    source        TEXT NOT NULL,
+    kind          TEXT,
+    command       TEXT,
+    term          TEXT,
+    width         INTEGER,
+    height        INTEGER,
+    started_at    TEXT NOT NULL,
+    started_ms    INTEGER NOT NULL,
+    ended_at      TEXT,
+    end_reason    TEXT,
+    exit_status   INTEGER,
+    exit_signal   TEXT,
+    bytes_in      INTEGER NOT NULL DEFAULT 0,
+    bytes_out     INTEGER NOT NULL DEFAULT 0,
+    cast_file     TEXT,
+    files         TEXT NOT NULL DEFAULT '[]'
+);
+CREATE INDEX sessions_by_tenant ON sessions (tenant_id, started_ms);
+CREATE INDEX sessions_by_device ON sessions (device_id, started_ms);
+ALTER TABLE tenants ADD COLUMN session_retention_days INTEGER NOT NULL DEFAULT 90;
+"#,
+    },
 ];
 
 /// The schema version this code writes and understands.

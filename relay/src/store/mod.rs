@@ -25,6 +25,7 @@ mod actions;
 mod audit;
 mod fleet;
 mod migrations;
+mod sessions;
 mod telemetry;
 pub use actions::ActionView;
 pub use audit::{AuditEntry, NewAudit};
@@ -32,6 +33,7 @@ pub use fleet::{
     ArtifactInfo, DeploymentDevice, DeploymentView, DeviceState, NewDeployment, Target,
     config_overrides,
 };
+pub use sessions::{NewSession, SessionEnd, SessionQuery, SessionRecord};
 pub use telemetry::{StoredRecord, TelemetryQuery};
 
 /// Why a store operation failed.
@@ -104,6 +106,8 @@ pub struct Tenant {
     pub created_at: String,
     /// Days of telemetry kept.
     pub retention_days: u32,
+    /// Days session recordings are kept.
+    pub session_retention_days: u32,
 }
 
 /// What a token is good for.
@@ -558,20 +562,11 @@ impl Store {
             "INSERT INTO tenants (name, created_at) VALUES (?1, ?2)",
             params![name, created_at],
         ) {
-            Ok(_) => {
-                let id = conn.last_insert_rowid();
-                let retention_days = conn.query_row(
-                    "SELECT retention_days FROM tenants WHERE id = ?1",
-                    params![id],
-                    |r| r.get(0),
-                )?;
-                Ok(Tenant {
-                    id,
-                    name: name.to_string(),
-                    created_at,
-                    retention_days,
-                })
-            }
+            Ok(_) => Ok(conn.query_row(
+                &format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE id = ?1"),
+                params![conn.last_insert_rowid()],
+                tenant_from_row,
+            )?),
             Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(format!(
                 "tenant {name:?} already exists"
             ))),
@@ -582,16 +577,10 @@ impl Store {
     /// All tenants.
     pub fn tenants(&self) -> Result<Vec<Tenant>, StoreError> {
         let conn = self.conn();
-        let mut stmt =
-            conn.prepare("SELECT id, name, created_at, retention_days FROM tenants ORDER BY name")?;
-        let rows = stmt.query_map([], |r| {
-            Ok(Tenant {
-                id: r.get(0)?,
-                name: r.get(1)?,
-                created_at: r.get(2)?,
-                retention_days: r.get(3)?,
-            })
-        })?;
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {TENANT_COLUMNS} FROM tenants ORDER BY name"
+        ))?;
+        let rows = stmt.query_map([], tenant_from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -1166,18 +1155,24 @@ fn tenant_id(conn: &Connection, name: &str) -> Result<i64, StoreError> {
 fn tenant_by_name(conn: &Connection, name: &str) -> Result<Option<Tenant>, StoreError> {
     Ok(conn
         .query_row(
-            "SELECT id, name, created_at, retention_days FROM tenants WHERE name = ?1",
+            &format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE name = ?1"),
             params![name],
-            |r| {
-                Ok(Tenant {
-                    id: r.get(0)?,
-                    name: r.get(1)?,
-                    created_at: r.get(2)?,
-                    retention_days: r.get(3)?,
-                })
-            },
+            tenant_from_row,
         )
         .optional()?)
+}
+
+/// The columns [`tenant_from_row`] reads.
+const TENANT_COLUMNS: &str = "id, name, created_at, retention_days, session_retention_days";
+
+fn tenant_from_row(r: &Row<'_>) -> rusqlite::Result<Tenant> {
+    Ok(Tenant {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        created_at: r.get(2)?,
+        retention_days: r.get(3)?,
+        session_retention_days: r.get(4)?,
+    })
 }
 
 fn device_where(

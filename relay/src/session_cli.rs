@@ -1,0 +1,204 @@
+//! `relay session …`: engineers' recorded sessions, read from the store and the recordings
+//! directory.
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+
+use crate::cli::{dash, print_json, table};
+use crate::config::RelayConfig;
+use crate::recording::cast;
+use crate::store::{SessionQuery, Store};
+
+/// `relay session …`
+#[derive(Debug, Subcommand)]
+pub enum SessionCommand {
+    /// Recorded sessions, newest first.
+    List {
+        /// Only sessions on this device (id or name).
+        #[arg(long)]
+        device: Option<String>,
+        /// Only this engineer's sessions.
+        #[arg(long)]
+        user: Option<String>,
+        /// Only this tenant's sessions.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Most sessions to print.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One session's record: what it was, how it ended, its file operations.
+    Show {
+        /// Session id (`ses_…`).
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replay a terminal session's recording in this terminal.
+    Play {
+        /// Session id (`ses_…`).
+        id: String,
+        /// Playback speed (2 = twice as fast).
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Shorten pauses longer than this (seconds), as `asciinema play -i`.
+        #[arg(long, default_value_t = 2.0, value_name = "SECONDS")]
+        max_pause: f64,
+    },
+}
+
+/// Runs a `relay session` command.
+pub fn run(
+    out: &mut dyn Write,
+    store: &Store,
+    config: &RelayConfig,
+    cmd: SessionCommand,
+) -> Result<()> {
+    match cmd {
+        SessionCommand::List {
+            device,
+            user,
+            tenant,
+            limit,
+            json,
+        } => {
+            let device_id = match device {
+                Some(d) => Some(store.resolve_device(&d)?.id),
+                None => None,
+            };
+            let tenant_id = match tenant {
+                Some(t) => Some(
+                    store
+                        .tenant_by_name(&t)?
+                        .with_context(|| format!("no tenant named {t:?}"))?
+                        .id,
+                ),
+                None => None,
+            };
+            let sessions = store.sessions(&SessionQuery {
+                tenant_id,
+                device_id,
+                engineer: user,
+                limit,
+            })?;
+            if json {
+                return print_json(out, &sessions);
+            }
+            let rows: Vec<Vec<String>> = sessions
+                .iter()
+                .map(|s| {
+                    vec![
+                        s.id.clone(),
+                        s.started_at.clone(),
+                        s.engineer.clone(),
+                        s.device.clone(),
+                        what(s.kind.as_deref(), s.command.as_deref()),
+                        s.exit_status
+                            .map(|c| c.to_string())
+                            .or_else(|| s.exit_signal.clone())
+                            .unwrap_or_else(|| "-".into()),
+                        dash(&s.end_reason.clone().or_else(|| Some("open".into()))),
+                    ]
+                })
+                .collect();
+            out.write_all(
+                table(
+                    &["ID", "STARTED", "ENGINEER", "DEVICE", "WHAT", "EXIT", "END"],
+                    &rows,
+                )
+                .as_bytes(),
+            )?;
+            Ok(())
+        }
+        SessionCommand::Show { id, json } => {
+            let (s, _) = store.session(&id, None)?;
+            if json {
+                return print_json(out, &s);
+            }
+            writeln!(out, "session   {}", s.id)?;
+            writeln!(out, "tenant    {}", s.tenant)?;
+            writeln!(out, "device    {} ({})", s.device, s.device_id)?;
+            writeln!(
+                out,
+                "engineer  {} ({}) from {}",
+                s.engineer, s.fingerprint, s.source
+            )?;
+            writeln!(
+                out,
+                "what      {}",
+                what(s.kind.as_deref(), s.command.as_deref())
+            )?;
+            writeln!(out, "started   {}", s.started_at)?;
+            writeln!(
+                out,
+                "ended     {} ({})",
+                dash(&s.ended_at),
+                dash(&s.end_reason)
+            )?;
+            if let Some(c) = s.exit_status {
+                writeln!(out, "exit      {c}")?;
+            }
+            if let Some(sig) = &s.exit_signal {
+                writeln!(out, "signal    {sig}")?;
+            }
+            writeln!(out, "bytes     {} in, {} out", s.bytes_in, s.bytes_out)?;
+            writeln!(out, "recorded  {}", if s.recorded { "yes" } else { "no" })?;
+            for f in s.files.as_array().into_iter().flatten() {
+                writeln!(
+                    out,
+                    "file      {} {}{} ({} bytes)",
+                    f["op"].as_str().unwrap_or("?"),
+                    f["path"].as_str().unwrap_or("?"),
+                    f["to"]
+                        .as_str()
+                        .map(|t| format!(" -> {t}"))
+                        .unwrap_or_default(),
+                    f["bytes"].as_u64().unwrap_or(0)
+                )?;
+            }
+            Ok(())
+        }
+        SessionCommand::Play {
+            id,
+            speed,
+            max_pause,
+        } => {
+            if !(speed.is_finite() && speed > 0.0) {
+                bail!("--speed must be a positive number, not {speed}");
+            }
+            if !(max_pause.is_finite() && max_pause >= 0.0) {
+                bail!("--max-pause must be zero or more seconds, not {max_pause}");
+            }
+            let (s, cast_file) = store.session(&id, None)?;
+            let Some(name) = cast_file else {
+                bail!(
+                    "session {id} has no terminal recording ({}); `relay session show {id}` shows its record",
+                    what(s.kind.as_deref(), s.command.as_deref())
+                );
+            };
+            let path = config.sessions_dir().join(name);
+            let file = std::fs::File::open(&path)
+                .with_context(|| format!("opening the recording {}", path.display()))?;
+            let (_, events) = cast::read(std::io::BufReader::new(file))
+                .with_context(|| format!("reading {}", path.display()))?;
+            cast::play(&events, out, speed, Duration::from_secs_f64(max_pause))?;
+            Ok(())
+        }
+    }
+}
+
+/// A session's kind for people: `shell`, `exec: CMD`, `sftp`.
+fn what(kind: Option<&str>, command: Option<&str>) -> String {
+    match (kind, command) {
+        (Some("exec"), Some(c)) => format!("exec: {c}"),
+        (Some(k), _) => k.to_string(),
+        (None, _) => "-".into(),
+    }
+}
