@@ -33,6 +33,59 @@ pub struct RelayConfig {
     /// Engineers' sessions: recording.
     #[serde(deserialize_with = "null_is_default")]
     pub sessions: SessionsConfig,
+    /// Abuse limits.
+    #[serde(deserialize_with = "null_is_default")]
+    pub limits: LimitsConfig,
+}
+
+/// Abuse limits (see [`crate::limits`]). A count of 0 means "no limit"; the defaults suit a
+/// relay serving tens of thousands of devices.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Failed authentications (SSH keys and certificates, API tokens) one source address may
+    /// make within `auth_failure_window` before it is refused for one more window.
+    pub auth_failures_per_source: u32,
+    /// The window of `auth_failures_per_source`, and how long a source is then refused.
+    #[serde(with = "humantime_serde")]
+    pub auth_failure_window: Duration,
+    /// Authentication attempts allowed on one SSH connection (OpenSSH's MaxAuthTries).
+    pub max_auth_tries: u32,
+    /// SSH connections (TCP or WebSocket) that have not authenticated yet, in all.
+    pub max_handshakes: usize,
+    /// SSH connections that have not authenticated yet, per source address.
+    pub max_handshakes_per_source: usize,
+    /// HTTP connections open at once, in all (a WebSocket link stops counting once upgraded).
+    pub max_http_connections: usize,
+    /// HTTP connections open at once per source address.
+    pub max_http_connections_per_source: usize,
+    /// Engineers' sessions open at once on one device.
+    pub sessions_per_device: usize,
+    /// Sessions one engineer may have open at once, over all devices.
+    pub sessions_per_engineer: usize,
+    /// Channels (sessions, forwards) open at once on one SSH connection.
+    pub channels_per_connection: usize,
+    /// An engineer's session with no traffic either way for this long is closed; `0s` never.
+    #[serde(with = "humantime_serde")]
+    pub session_idle_timeout: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            auth_failures_per_source: 30,
+            auth_failure_window: Duration::from_secs(60),
+            max_auth_tries: 6,
+            max_handshakes: 256,
+            max_handshakes_per_source: 64,
+            max_http_connections: 4096,
+            max_http_connections_per_source: 256,
+            sessions_per_device: 16,
+            sessions_per_engineer: 32,
+            channels_per_connection: 64,
+            session_idle_timeout: Duration::from_secs(3600),
+        }
+    }
 }
 
 /// Settings of engineers' relay-terminated sessions.
@@ -105,6 +158,7 @@ impl Default for RelayConfig {
             http: HttpConfig::default(),
             store: StoreConfig::default(),
             sessions: SessionsConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -173,6 +227,15 @@ impl RelayConfig {
         }
         if self.ssh.keepalive_max == 0 {
             return Err(invalid("ssh.keepalive_max", "must be at least 1"));
+        }
+        if self.limits.auth_failure_window.is_zero() {
+            return Err(invalid(
+                "limits.auth_failure_window",
+                "must be greater than zero",
+            ));
+        }
+        if self.limits.max_auth_tries == 0 {
+            return Err(invalid("limits.max_auth_tries", "must be at least 1"));
         }
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must not be empty"));
@@ -312,7 +375,7 @@ mod tests {
         assert_eq!(parse(example)?, RelayConfig::default());
         // Sections whose keys are all commented out mean defaults.
         assert_eq!(
-            parse("ssh:\nhttp:\nstore:\nsessions:\n")?,
+            parse("ssh:\nhttp:\nstore:\nsessions:\nlimits:\n")?,
             RelayConfig::default()
         );
         assert!(

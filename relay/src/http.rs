@@ -29,6 +29,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tower_service::Service;
 
+use crate::limits::Limits;
 use crate::ssh_front::{Front, stopped};
 
 /// How long a client may take to send its request head (or finish TLS).
@@ -214,11 +215,13 @@ fn forwarded_for(headers: &HeaderMap) -> Option<SocketAddr> {
     })
 }
 
-/// Accepts HTTP(S) connections until `shutdown` turns true.
+/// Accepts HTTP(S) connections until `shutdown` turns true, within `limits`.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     router: Router,
+    limits: Arc<Limits>,
+    trust_forwarded_for: bool,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -235,24 +238,74 @@ pub async fn serve(
             _ = stopped(&mut shutdown) => return,
         };
         let _ = tcp.set_nodelay(true);
+        let permit = match limits.http_connection(peer.ip()) {
+            Ok(p) => p,
+            Err(hit) => {
+                tracing::warn!("http connection from {peer} refused: {hit}");
+                tokio::spawn(refuse_connection(tcp, hit.0));
+                continue;
+            }
+        };
         let router = router.clone();
         let tls = tls.clone();
+        let limits = limits.clone();
         tokio::spawn(async move {
+            let guard = AuthGuard {
+                limits,
+                trust_forwarded_for,
+            };
             match tls {
                 Some(acceptor) => {
                     match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => serve_connection(stream, peer, router).await,
+                        Ok(Ok(stream)) => serve_connection(stream, peer, router, guard).await,
                         Ok(Err(e)) => tracing::debug!("tls handshake from {peer} failed: {e}"),
                         Err(_) => tracing::debug!("tls handshake from {peer} timed out"),
                     }
                 }
-                None => serve_connection(tcp, peer, router).await,
+                None => serve_connection(tcp, peer, router, guard).await,
             }
+            drop(permit);
         });
     }
 }
 
-async fn serve_connection<S>(stream: S, peer: SocketAddr, router: Router)
+/// Answers a connection over the limits with 503 and closes it, without waiting long for a
+/// client that does not read (a plain-HTTP answer; a TLS client sees the connection close).
+async fn refuse_connection(mut tcp: tokio::net::TcpStream, message: String) {
+    use tokio::io::AsyncWriteExt;
+    let body = format!("{{\"error\": {}}}\n", serde_json::Value::String(message));
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 10\r\n\
+         Connection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let _ = tcp.write_all(answer.as_bytes()).await;
+        let _ = tcp.shutdown().await;
+    })
+    .await;
+}
+
+/// Counts the API's refused tokens against the caller's address and refuses addresses that
+/// failed too often, like failed SSH logins.
+#[derive(Clone)]
+struct AuthGuard {
+    limits: Arc<Limits>,
+    trust_forwarded_for: bool,
+}
+
+impl AuthGuard {
+    /// The address failures are counted against.
+    fn source(&self, peer: SocketAddr, headers: &HeaderMap) -> std::net::IpAddr {
+        self.trust_forwarded_for
+            .then(|| forwarded_for(headers))
+            .flatten()
+            .unwrap_or(peer)
+            .ip()
+    }
+}
+
+async fn serve_connection<S>(stream: S, peer: SocketAddr, router: Router, guard: AuthGuard)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -260,7 +313,30 @@ where
         hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(PeerAddr(peer));
             let mut router = router.clone();
-            async move { router.call(req.map(Body::new)).await }
+            let guard = guard.clone();
+            async move {
+                let source = guard.source(peer, req.headers());
+                let bearer = req.headers().contains_key(header::AUTHORIZATION);
+                if bearer && let Some(hit) = guard.limits.auth_refused(source) {
+                    let mut refused = (
+                        StatusCode::TOO_MANY_REQUESTS,
+                        axum::Json(serde_json::json!({ "error": hit.0 })),
+                    )
+                        .into_response();
+                    refused
+                        .headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+                    return Ok(refused);
+                }
+                let response = router.call(req.map(Body::new)).await;
+                if let Ok(r) = &response
+                    && r.status() == StatusCode::UNAUTHORIZED
+                    && let Some(hit) = guard.limits.auth_failed(source)
+                {
+                    tracing::warn!("http: {hit}");
+                }
+                response
+            }
         });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())

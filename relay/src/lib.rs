@@ -10,6 +10,7 @@
 //! - [`recording`]: recording engineers' sessions (asciicast, exec commands, sftp file operations).
 //! - [`http`]: the HTTP port: the WebSocket link, the JSON API and TLS.
 //! - [`metrics`]: Prometheus metrics.
+//! - [`limits`]: abuse limits (failed logins, handshakes, sessions, channels, idle sessions).
 //! - [`api`]: the JSON API routes.
 //! - [`sink`]: where telemetry is committed (embedded SQLite by default).
 //! - [`telemetry`]: the relay end of a device's telemetry channel.
@@ -24,6 +25,7 @@ pub mod config;
 pub mod control;
 pub mod hostkey;
 pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod proxy;
 pub mod recording;

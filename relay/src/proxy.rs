@@ -113,16 +113,46 @@ pub enum Ended {
     Device,
     /// The engineer's side closed or vanished first.
     Engineer,
+    /// Nothing moved either way for the idle timeout.
+    Idle,
+}
+
+/// When a session last carried data, as milliseconds since it started.
+struct Activity {
+    start: tokio::time::Instant,
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Activity {
+    fn touch(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Resolves once nothing moved for `limit`.
+    async fn idle_for(&self, limit: std::time::Duration) {
+        loop {
+            let last = std::time::Duration::from_millis(
+                self.last_ms.load(std::sync::atomic::Ordering::Relaxed),
+            );
+            let idle = self.start.elapsed().saturating_sub(last);
+            if idle >= limit {
+                return;
+            }
+            tokio::time::sleep(limit - idle).await;
+        }
+    }
 }
 
 /// Relays everything between the engineer's session channel and the device session until
-/// either side closes, reporting each request and byte to `recording`. `front` is the
-/// engineer connection's handle (for exit signals).
+/// either side closes or nothing moves for `idle_timeout`, reporting each request and byte to
+/// `recording`. `front` is the engineer connection's handle (for exit signals).
 pub async fn relay_session(
     engineer: Channel<server::Msg>,
     front: server::Handle,
     device: DeviceSession,
     recording: Arc<Recording>,
+    idle_timeout: Option<std::time::Duration>,
 ) -> Ended {
     let engineer_id = engineer.id();
     let (mut engineer_rx, engineer_tx) = engineer.split();
@@ -132,12 +162,19 @@ pub async fn relay_session(
     } = device;
     let (mut device_rx, device_tx) = channel.split();
     let rec_up = recording.clone();
-    let rec_down = recording;
+    let rec_down = recording.clone();
+    let activity = Arc::new(Activity {
+        start: tokio::time::Instant::now(),
+        last_ms: std::sync::atomic::AtomicU64::new(0),
+    });
+    let (act_up, act_down) = (activity.clone(), activity.clone());
+    let idle_front = front.clone();
 
     let upstream = async move {
         while let Some(msg) = engineer_rx.wait().await {
             let sent = match msg {
                 ChannelMsg::Data { data } => {
+                    act_up.touch();
                     rec_up.input(&data);
                     device_tx.data_bytes(data).await
                 }
@@ -212,10 +249,12 @@ pub async fn relay_session(
         while let Some(msg) = device_rx.wait().await {
             let sent = match msg {
                 ChannelMsg::Data { data } => {
+                    act_down.touch();
                     rec_down.output(&data);
                     engineer_tx.data_bytes(data).await.is_ok()
                 }
                 ChannelMsg::ExtendedData { data, ext } => {
+                    act_down.touch();
                     rec_down.output(&data);
                     engineer_tx.extended_data_bytes(ext, data).await.is_ok()
                 }
@@ -258,7 +297,31 @@ pub async fn relay_session(
     // away; either way both channels get closed by their pump. The other side gets a moment
     // to see the close; a device that never answers must not keep the session open forever.
     let grace = std::time::Duration::from_secs(5);
+    let idle = async {
+        match idle_timeout.filter(|t| !t.is_zero()) {
+            Some(limit) => activity.idle_for(limit).await,
+            None => std::future::pending().await,
+        }
+    };
     let ended = tokio::select! {
+        _ = idle => {
+            if let Some(limit) = idle_timeout {
+                let text = format!(
+                    "\r\ntether: session idle for {}, closing it (limits.session_idle_timeout)\r\n",
+                    humantime::format_duration(limit)
+                );
+                recording.output(text.as_bytes());
+                let _ = idle_front
+                    .extended_data(engineer_id, 1, text.into_bytes())
+                    .await;
+            }
+            let _ = idle_front.close(engineer_id).await;
+            if tokio::time::timeout(grace, &mut up).await.is_err() {
+                up.abort();
+            }
+            down.abort();
+            Ended::Idle
+        }
         _ = &mut down => {
             if tokio::time::timeout(grace, &mut up).await.is_err() {
                 up.abort();

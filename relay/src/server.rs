@@ -29,6 +29,9 @@ fn ssh_config(config: &RelayConfig, host_key: russh::keys::PrivateKey) -> server
         methods,
         keys: vec![host_key],
         auth_rejection_time: Duration::from_millis(300),
+        // russh disconnects with "Too many authentication attempts" past this (the "none"
+        // probe OpenSSH starts with counts as one).
+        max_auth_attempts: config.limits.max_auth_tries as usize,
         // OpenSSH probes with "none" first; answering that at once costs nothing.
         auth_rejection_time_initial: Some(Duration::ZERO),
         // Links idle for hours are normal; keepalives, not inactivity, decide when a peer is gone.
@@ -120,7 +123,14 @@ pub async fn serve(config: RelayConfig, store: Arc<Store>) -> Result<()> {
         config.data_dir.display()
     );
 
-    let http_task = tokio::spawn(http::serve(http_listener, tls, router, stop_rx.clone()));
+    let http_task = tokio::spawn(http::serve(
+        http_listener,
+        tls,
+        router,
+        front.limits.clone(),
+        config.http.trust_forwarded_for,
+        stop_rx.clone(),
+    ));
     let ssh_task = tokio::spawn(accept_ssh(ssh_listener, front.clone(), stop_rx.clone()));
     let evict_front = front.clone();
     let mut evict_stop = stop_rx.clone();

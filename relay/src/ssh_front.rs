@@ -68,6 +68,8 @@ pub struct Front {
     pub sessions_dir: std::path::PathBuf,
     /// Session settings.
     pub sessions: crate::config::SessionsConfig,
+    /// Abuse limits and what is held against them.
+    pub limits: Arc<crate::limits::Limits>,
     /// Engineers' sessions being carried now; shutdown waits for their records to be written.
     pub active_sessions: Arc<std::sync::atomic::AtomicUsize>,
     /// Source of connection ids.
@@ -101,6 +103,13 @@ struct ConnState {
     device_channels: HashMap<ChannelId, Channel<Msg>>,
     /// Set once a device announced its link (tcpip-forward): the connection task unregisters it.
     linked_device: Option<String>,
+    /// This connection's place among the handshakes in progress, given back once it
+    /// authenticated.
+    handshake: Option<crate::limits::Permit<std::net::IpAddr>>,
+    /// The connection's handle, to disconnect it with a message from within the handler.
+    handle: Option<server::Handle>,
+    /// Channels open on this connection.
+    channels: Arc<crate::limits::ChannelCount>,
 }
 
 /// The russh handler of one SSH connection.
@@ -132,6 +141,7 @@ impl Front {
             artifacts_dir: relay_config.artifacts_dir(),
             sessions_dir: relay_config.sessions_dir(),
             sessions: relay_config.sessions.clone(),
+            limits: crate::limits::Limits::new(relay_config.limits.clone()),
             active_sessions: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             next_conn: AtomicU64::new(1),
             shutdown,
@@ -144,10 +154,30 @@ impl Front {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let handshake = match self.limits.handshake(remote.ip()) {
+            Ok(p) => p,
+            Err(hit) => {
+                // Refused before the key exchange, which is the expensive part a flood is
+                // after; RFC 4253 lets a server send text lines before its version line.
+                tracing::warn!("{transport} connection from {remote} refused: {hit}");
+                let mut stream = stream;
+                let line = format!("tether: {hit}\r\n");
+                let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                    use tokio::io::AsyncWriteExt;
+                    let _ = stream.write_all(line.as_bytes()).await;
+                    let _ = stream.shutdown().await;
+                })
+                .await;
+                return;
+            }
+        };
         let state = Arc::new(Mutex::new(ConnState {
             peer: Peer::Unknown,
             device_channels: HashMap::new(),
             linked_device: None,
+            handshake: Some(handshake),
+            handle: None,
+            channels: Arc::default(),
         }));
         let handler = Conn {
             front: self.clone(),
@@ -183,6 +213,13 @@ impl Front {
             }
         };
         let handle = running.handle();
+        lock(&state).handle = Some(handle.clone());
+        if let Some(hit) = self.limits.auth_refused(remote.ip()) {
+            tracing::info!("{transport} connection from {remote} refused: {hit}");
+            disconnect(handle, hit.0);
+            let _ = tokio::time::timeout(Duration::from_secs(2), running).await;
+            return;
+        }
         let grace_state = state.clone();
         let grace_handle = handle.clone();
         let grace = tokio::spawn(async move {
@@ -253,6 +290,16 @@ impl Front {
     }
 }
 
+/// Disconnects a connection with a message for its client, from a task of its own (the
+/// handler must not wait on its own session loop).
+fn disconnect(handle: server::Handle, message: String) {
+    tokio::spawn(async move {
+        let _ = handle
+            .disconnect(russh::Disconnect::ByApplication, message, "en".into())
+            .await;
+    });
+}
+
 /// Resolves once `rx` says the relay is stopping (or its sender is gone).
 pub async fn stopped(rx: &mut watch::Receiver<bool>) {
     while !*rx.borrow_and_update() {
@@ -277,10 +324,6 @@ fn agent_version(sshid: &[u8]) -> Option<String> {
 impl Conn {
     fn peer(&self) -> Peer {
         lock(&self.state).peer.clone()
-    }
-
-    fn set_peer(&self, peer: Peer) {
-        lock(&self.state).peer = peer;
     }
 
     /// Resolves a device for an engineer: the same `None` for unknown devices and devices of
@@ -318,8 +361,7 @@ impl server::Handler for Conn {
         let known = self.lookup_key(user, offer.public_key).await.is_some();
         if !known {
             let fp = offer.public_key.fingerprint(HashAlg::Sha256).to_string();
-            self.audit(None, format!("login:{user}"), "auth.failure", user, &fp)
-                .await;
+            self.auth_failed(user, &fp).await;
         }
         Ok(if known { Auth::Accept } else { reject() })
     }
@@ -330,6 +372,10 @@ impl server::Handler for Conn {
         key: server::VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
         let fp = key.public_key.fingerprint(HashAlg::Sha256).to_string();
+        if let Some(hit) = self.front.limits.auth_refused(self.remote.ip()) {
+            self.disconnect_with(hit.0);
+            return Ok(reject());
+        }
         match self.lookup_key(user, key.public_key).await {
             Some(peer) => {
                 tracing::info!(
@@ -356,7 +402,11 @@ impl server::Handler for Conn {
                     ),
                     Peer::Unknown => ("unknown".to_string(), None),
                 };
-                self.set_peer(peer);
+                {
+                    let mut st = lock(&self.state);
+                    st.peer = peer;
+                    st.handshake = None;
+                }
                 self.audit(tenant, actor, "auth.success", user, &fp).await;
                 Ok(Auth::Accept)
             }
@@ -366,8 +416,7 @@ impl server::Handler for Conn {
                     self.remote,
                     self.transport
                 );
-                self.audit(None, format!("login:{user}"), "auth.failure", user, &fp)
-                    .await;
+                self.auth_failed(user, &fp).await;
                 Ok(reject())
             }
         }
@@ -455,6 +504,13 @@ impl server::Handler for Conn {
                 fingerprint,
             } => {
                 reply.accept().await;
+                let channel_permit = match self.open_channel() {
+                    Ok(p) => p,
+                    Err(hit) => {
+                        tokio::spawn(async move { proxy::refuse_session(channel, &hit.0).await });
+                        return Ok(());
+                    }
+                };
                 let front_handle = session.handle();
                 let resolved = self.engineer_device(&identities, &login).await;
                 let registry = self.front.registry.clone();
@@ -499,6 +555,14 @@ impl server::Handler for Conn {
                         .await;
                         return;
                     };
+                    let places = match front.limits.session(&device.id, &device.name, &engineer) {
+                        Ok(p) => p,
+                        Err(hit) => {
+                            tracing::info!("session refused: {hit}");
+                            proxy::refuse_session(channel, &hit.0).await;
+                            return;
+                        }
+                    };
                     tracing::info!(
                         "session: engineer {engineer} ({fingerprint}) on device {} from {remote}",
                         device.id
@@ -523,6 +587,7 @@ impl server::Handler for Conn {
                                 remote,
                             )
                             .await;
+                            drop((places, channel_permit));
                         }
                         Err(e) => {
                             tracing::warn!("session to device {} failed: {e}", device.id);
@@ -598,14 +663,42 @@ impl server::Handler for Conn {
             reply.reject(ChannelOpenFailure::ConnectFailed).await;
             return Ok(());
         };
+        let channel_permit = match self.open_channel() {
+            Ok(p) => p,
+            Err(hit) => {
+                // A channel-open failure carries only a code: OpenSSH prints "open failed:
+                // resource shortage"; the relay's log names the limit.
+                tracing::info!("forward refused for {}: {hit}", self.remote);
+                reply.reject(ChannelOpenFailure::ResourceShortage).await;
+                return Ok(());
+            }
+        };
         tracing::info!(
             "forward: {fingerprint} to {target_host}:{port_to_connect} on device {}",
             device.id
         );
         let originator = (originator_address.to_string(), originator_port);
+        let store = self.front.store.clone();
+        let source = self.remote.to_string();
+        let engineer = identities
+            .first()
+            .map(|i| format!("engineer:{}", i.user))
+            .unwrap_or_default();
         // Open the device side in a task: the device may take a while to dial its target, and
         // this engineer's other channels must keep moving meanwhile.
         tokio::spawn(async move {
+            let event = |action: &'static str, detail: serde_json::Value| {
+                audit_event(
+                    store.clone(),
+                    Some(device.tenant.clone()),
+                    engineer.clone(),
+                    action,
+                    Some(device.id.clone()),
+                    source.clone(),
+                    detail,
+                )
+            };
+            let to = format!("{target_host}:{port_to_connect}");
             match link
                 .handle
                 .channel_open_forwarded_tcpip(
@@ -618,15 +711,35 @@ impl server::Handler for Conn {
             {
                 Ok(device_channel) => {
                     reply.accept().await;
+                    event("forward.open", serde_json::json!({ "to": to })).await;
+                    let started = std::time::Instant::now();
                     let mut a = channel.into_stream();
                     let mut b = device_channel.into_stream();
-                    let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+                    let (sent, received) = tokio::io::copy_bidirectional(&mut a, &mut b)
+                        .await
+                        .unwrap_or((0, 0));
+                    drop(channel_permit);
+                    event(
+                        "forward.close",
+                        serde_json::json!({
+                            "to": to,
+                            "seconds": started.elapsed().as_secs(),
+                            "bytes_in": sent,
+                            "bytes_out": received,
+                        }),
+                    )
+                    .await;
                 }
                 Err(e) => {
                     tracing::info!(
                         "device {} refused forward to {target_host}:{port_to_connect}: {e}",
                         device.id
                     );
+                    event(
+                        "forward.refused",
+                        serde_json::json!({ "to": to, "error": e.to_string() }),
+                    )
+                    .await;
                     reply
                         .reject(ChannelOpenFailure::AdministrativelyProhibited)
                         .await;
@@ -790,13 +903,15 @@ async fn carry_session(
         format!("{engineer}@{}", device.name),
     );
     let started = std::time::Instant::now();
-    let ended = proxy::relay_session(channel, front_handle, dev, recording.clone()).await;
+    let idle = Some(front.limits.config.session_idle_timeout);
+    let ended = proxy::relay_session(channel, front_handle, dev, recording.clone(), idle).await;
     let reason = if *front.shutdown.borrow() {
         "relay stopped"
     } else {
         match ended {
             proxy::Ended::Device => "exited",
             proxy::Ended::Engineer => "closed by engineer",
+            proxy::Ended::Idle => "idle timeout",
         }
     };
     let end = recording.finish(reason).await;
@@ -860,6 +975,36 @@ async fn audit_event(
 }
 
 impl Conn {
+    /// Records a failed authentication (audit trail, per-source count); a source that failed
+    /// too often is disconnected with the reason.
+    async fn auth_failed(&self, user: &str, fingerprint: &str) {
+        self.audit(
+            None,
+            format!("login:{user}"),
+            "auth.failure",
+            user,
+            fingerprint,
+        )
+        .await;
+        if let Some(hit) = self.front.limits.auth_failed(self.remote.ip()) {
+            tracing::warn!("{}: {hit}", self.remote);
+            self.disconnect_with(hit.0);
+        }
+    }
+
+    /// Disconnects this connection with `message` for the client.
+    fn disconnect_with(&self, message: String) {
+        if let Some(handle) = lock(&self.state).handle.clone() {
+            disconnect(handle, message);
+        }
+    }
+
+    /// A place for one more channel on this connection.
+    fn open_channel(&self) -> Result<crate::limits::Permit<()>, crate::limits::LimitHit> {
+        let channels = lock(&self.state).channels.clone();
+        channels.open(self.front.limits.config.channels_per_connection)
+    }
+
     /// Appends an authentication event to the audit trail (failures to log are logged).
     async fn audit(
         &self,
