@@ -38,6 +38,7 @@ const DEFAULT_ENROLL_TTL: Duration = Duration::from_secs(24 * 3600);
         relay tenant add acme\n  \
         TOKEN=$(relay token create --tenant acme --ttl 24h --uses 10)\n  \
         relay user add alice --tenant acme --role operator --key alice.pub\n  \
+        relay tenant trust-ca acme --key ca.pub --role operator\n  \
         relay device list --tenant acme\n  \
         relay device tag board1 edge\n  \
         relay artifact put dist/app.tar.gz\n  \
@@ -280,6 +281,37 @@ pub enum TenantCommand {
     },
     /// List tenants.
     List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Trust an SSH certificate authority: engineers with user certificates it signed log in
+    /// without a registered key, named by the certificate's principals.
+    TrustCa {
+        /// Tenant name.
+        name: String,
+        /// The CA's public key file (OpenSSH format, e.g. ca.pub).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// Role of engineers logging in with its certificates.
+        #[arg(long, value_enum, default_value_t = RoleArg::Operator)]
+        role: RoleArg,
+        /// Accept only certificates with this principal (repeat for more) [default: any].
+        #[arg(long = "principal", value_name = "NAME")]
+        principals: Vec<String>,
+    },
+    /// Stop trusting an SSH certificate authority.
+    UntrustCa {
+        /// Tenant name.
+        name: String,
+        /// The CA's fingerprint (SHA256:…), as `relay tenant cas` shows it.
+        #[arg(long)]
+        fingerprint: String,
+    },
+    /// List trusted SSH certificate authorities.
+    Cas {
+        /// Only this tenant's.
+        name: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -772,6 +804,8 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
 /// Verbs of admin commands that change something; reads are not audited.
 const CHANGING_VERBS: &[&str] = &[
     "Add",
+    "TrustCa",
+    "UntrustCa",
     "Retention",
     "Create",
     "Revoke",
@@ -826,6 +860,55 @@ fn tenant(out: &mut dyn Write, store: &Store, cmd: TenantCommand) -> Result<()> 
             if let Some(days) = session_days {
                 store.set_session_retention(&name, days)?;
                 writeln!(out, "tenant {name} keeps {days} days of session recordings")?;
+            }
+        }
+        TenantCommand::TrustCa {
+            name,
+            key,
+            role,
+            principals,
+        } => {
+            let text = std::fs::read_to_string(&key)
+                .with_context(|| format!("reading the CA key {}", key.display()))?;
+            EngineerKey::parse(&text).with_context(|| key.display().to_string())?;
+            let ca = store.trust_ca(&name, &text, role.into(), &principals)?;
+            writeln!(
+                out,
+                "tenant {name} trusts CA {} for {} ({})",
+                ca.fingerprint,
+                if ca.principals.is_empty() {
+                    "any principal".to_string()
+                } else {
+                    format!("principals {}", ca.principals.join(", "))
+                },
+                ca.role
+            )?;
+        }
+        TenantCommand::UntrustCa { name, fingerprint } => {
+            store.untrust_ca(&name, &fingerprint)?;
+            writeln!(out, "tenant {name} no longer trusts CA {fingerprint}")?;
+        }
+        TenantCommand::Cas { name, json } => {
+            let cas = store.trusted_cas(name.as_deref())?;
+            if json {
+                print_json(out, &cas)?;
+            } else {
+                let rows: Vec<Vec<String>> = cas
+                    .iter()
+                    .map(|c| {
+                        vec![
+                            c.tenant.clone(),
+                            c.fingerprint.clone(),
+                            c.role.to_string(),
+                            if c.principals.is_empty() {
+                                "*".into()
+                            } else {
+                                c.principals.join(",")
+                            },
+                        ]
+                    })
+                    .collect();
+                out.write_all(table(&["TENANT", "CA", "ROLE", "PRINCIPALS"], &rows).as_bytes())?;
             }
         }
         TenantCommand::List { json } => {

@@ -5,6 +5,7 @@
 //! - [`store`]: every durable fact (tenants, tokens, users, devices) in SQLite.
 //! - [`hostkey`]: the relay's SSH host key.
 //! - [`registry`]: the device links that are up right now on this relay.
+//! - [`certauth`]: engineers' OpenSSH user certificates, checked against tenants' trusted CAs.
 //! - [`ssh_front`]: the SSH port: device links, enrollment and engineers' sessions.
 //! - [`proxy`]: carrying an engineer's session channel to the device's embedded SSH server.
 //! - [`recording`]: recording engineers' sessions (asciicast, exec commands, sftp file operations).
@@ -20,6 +21,7 @@
 //! - [`cli`]: the command line, including the admin commands that work on the store.
 
 pub mod api;
+pub mod certauth;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -358,12 +358,24 @@ impl server::Handler for Conn {
         user: &str,
         offer: server::PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
-        let known = self.lookup_key(user, offer.public_key).await.is_some();
-        if !known {
-            let fp = offer.public_key.fingerprint(HashAlg::Sha256).to_string();
-            self.auth_failed(user, &fp).await;
+        if self.lookup_key(user, offer.public_key).await.is_some() {
+            return Ok(Auth::Accept);
         }
-        Ok(if known { Auth::Accept } else { reject() })
+        // A certificate is offered by its inner key, which no one registered: when some tenant
+        // trusts a CA, let the client prove the key and decide on the certificate (or refuse
+        // the plain key) once it is signed for.
+        let engineer_login = user != LINK_USER && user != ENROLL_USER;
+        if engineer_login
+            && with_store(&self.front.store, |s| s.any_trusted_ca())
+                .await
+                .and_then(Result::ok)
+                .unwrap_or(false)
+        {
+            return Ok(Auth::Accept);
+        }
+        let fp = offer.public_key.fingerprint(HashAlg::Sha256).to_string();
+        self.auth_failed(user, &fp).await;
+        Ok(reject())
     }
 
     async fn auth_publickey(
@@ -417,6 +429,113 @@ impl server::Handler for Conn {
                     self.transport
                 );
                 self.auth_failed(user, &fp).await;
+                Ok(reject())
+            }
+        }
+    }
+
+    async fn auth_openssh_certificate(
+        &mut self,
+        user: &str,
+        certificate: &russh::keys::Certificate,
+    ) -> Result<Auth, Self::Error> {
+        let fp = certificate
+            .public_key()
+            .fingerprint(HashAlg::Sha256)
+            .to_string();
+        if let Some(hit) = self.front.limits.auth_refused(self.remote.ip()) {
+            self.disconnect_with(hit.0);
+            return Ok(reject());
+        }
+        if user == LINK_USER || user == ENROLL_USER {
+            self.auth_failed(user, &fp).await;
+            return Ok(reject());
+        }
+        let ca = certificate
+            .signature_key()
+            .fingerprint(HashAlg::Sha256)
+            .to_string();
+        let trusts = with_store(&self.front.store, move |s| s.cas_by_fingerprint(&ca))
+            .await
+            .and_then(|r| r.map_err(|e| tracing::error!("CA lookup failed: {e}")).ok())
+            .unwrap_or_default();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        match crate::certauth::check(certificate, &trusts, self.remote.ip(), now) {
+            Ok(granted) => {
+                let first = granted.identities.first().cloned();
+                tracing::info!(
+                    "{}: authenticated engineer {:?} with certificate {:?} (serial {}, CA {}) as {user:?} via {}",
+                    self.remote,
+                    first.as_ref().map(|i| i.user.as_str()),
+                    certificate.key_id(),
+                    certificate.serial(),
+                    granted.ca,
+                    self.transport
+                );
+                {
+                    let mut st = lock(&self.state);
+                    st.peer = Peer::Engineer {
+                        identities: granted.identities,
+                        login: user.to_string(),
+                        fingerprint: fp.clone(),
+                    };
+                    st.handshake = None;
+                }
+                let detail = serde_json::json!({
+                    "user": user,
+                    "fingerprint": fp,
+                    "transport": self.transport,
+                    "certificate": {
+                        "key_id": certificate.key_id(),
+                        "serial": certificate.serial(),
+                        "ca": granted.ca,
+                        "principals": certificate.valid_principals(),
+                    },
+                });
+                audit_event(
+                    self.front.store.clone(),
+                    first.as_ref().map(|i| i.tenant.clone()),
+                    format!(
+                        "engineer:{}",
+                        first.as_ref().map(|i| i.user.as_str()).unwrap_or("?")
+                    ),
+                    "auth.success",
+                    None,
+                    self.remote.to_string(),
+                    detail,
+                )
+                .await;
+                Ok(Auth::Accept)
+            }
+            Err(why) => {
+                tracing::info!(
+                    "{}: refused certificate {:?} for user {user:?}: {why}",
+                    self.remote,
+                    certificate.key_id()
+                );
+                let detail = serde_json::json!({
+                    "user": user,
+                    "fingerprint": fp,
+                    "transport": self.transport,
+                    "certificate": { "key_id": certificate.key_id(), "serial": certificate.serial() },
+                    "reason": why,
+                });
+                audit_event(
+                    self.front.store.clone(),
+                    None,
+                    format!("login:{user}"),
+                    "auth.failure",
+                    None,
+                    self.remote.to_string(),
+                    detail,
+                )
+                .await;
+                if let Some(hit) = self.front.limits.auth_failed(self.remote.ip()) {
+                    self.disconnect_with(hit.0);
+                }
                 Ok(reject())
             }
         }

@@ -212,6 +212,21 @@ CREATE INDEX sessions_by_device ON sessions (device_id, started_ms);
 ALTER TABLE tenants ADD COLUMN session_retention_days INTEGER NOT NULL DEFAULT 90;
 "#,
     },
+    Migration {
+        name: "SSH certificate authorities trusted by tenants",
+        sql: r#"
+CREATE TABLE trusted_cas (
+    tenant_id   INTEGER NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+    public_key  TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    role        TEXT NOT NULL CHECK (role IN ('admin', 'operator', 'viewer')),
+    principals  TEXT NOT NULL DEFAULT '[]',
+    created_at  TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, fingerprint)
+);
+CREATE INDEX trusted_cas_by_fingerprint ON trusted_cas (fingerprint);
+"#,
+    },
 ];
 
 /// The schema version this code writes and understands.

@@ -23,12 +23,14 @@ use thiserror::Error;
 
 mod actions;
 mod audit;
+mod cas;
 mod fleet;
 mod migrations;
 mod sessions;
 mod telemetry;
 pub use actions::ActionView;
 pub use audit::{AuditEntry, NewAudit};
+pub use cas::TrustedCa;
 pub use fleet::{
     ArtifactInfo, DeploymentDevice, DeploymentView, DeviceState, NewDeployment, Target,
     config_overrides,
