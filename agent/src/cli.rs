@@ -63,6 +63,9 @@ pub enum Command {
     /// Applications from recipes: validate, deploy, list, start, stop, logs.
     #[command(subcommand)]
     App(crate::app_cli::AppCommand),
+    /// The device key: rotate it.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Write an ed25519 key pair for signing OS update bundles: NAME.key and NAME.pub.
     Keygen {
         /// Path and base name of the key files.
@@ -95,6 +98,25 @@ pub enum Command {
         /// Directory relative paths start from.
         #[arg(long)]
         home: PathBuf,
+    },
+}
+
+/// `agent keys …`
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Replace the device key with a new one: the relay learns the new key over the link,
+    /// the agent switches to it, and the relay retires the old one. A rotation cut short
+    /// leaves a key the relay accepts.
+    Rotate {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the device key's fingerprint.
+    Show {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -200,6 +222,39 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 record.name, record.device_id, record.tenant, status
             );
             println!("relay host key {} pinned", record.relay_fingerprint);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys(KeysCommand::Rotate { json }) => {
+            let config = load_config(&cli)?;
+            let rotated = crate::rotate::rotate(&config)
+                .await
+                .context("rotating the device key")?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&rotated)?);
+            } else {
+                println!(
+                    "device key rotated: {} retired, {} in use",
+                    rotated.old, rotated.new
+                );
+                if !rotated.confirmed {
+                    println!("the relay switches to the new key at the agent's next login");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys(KeysCommand::Show { json }) => {
+            let config = load_config(&cli)?;
+            let key = identity::load(&config.state_dir).context("loading the device key")?;
+            let fingerprint = identity::fingerprint(&key);
+            let path = identity::key_path(&config.state_dir);
+            if *json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "fingerprint": fingerprint, "path": path })
+                );
+            } else {
+                println!("{fingerprint} {}", path.display());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Run => {

@@ -7,7 +7,6 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use russh::ChannelMsg;
 use russh::keys::HashAlg;
 use tether_protocol::enroll::{EnrollRequest, EnrollResponse, MAX_ENROLL_MESSAGE};
 use tether_protocol::names::{
@@ -145,48 +144,14 @@ pub async fn enroll(
         agent_version: crate::VERSION.to_string(),
         force: opts.force,
     };
-    let mut line =
-        serde_json::to_vec(&request).map_err(|e| EnrollError::Protocol(e.to_string()))?;
-    line.push(b'\n');
-
-    let mut channel = handle
-        .channel_open_session()
-        .await
-        .map_err(LinkError::from)?;
-    channel
-        .request_subsystem(true, ENROLL_SUBSYSTEM)
-        .await
-        .map_err(LinkError::from)?;
-    channel.data(&line[..]).await.map_err(LinkError::from)?;
-    channel.eof().await.map_err(LinkError::from)?;
-
-    let mut answer = Vec::new();
-    let exchange = async {
-        while let Some(msg) = channel.wait().await {
-            match msg {
-                ChannelMsg::Data { data } => {
-                    answer.extend_from_slice(&data);
-                    if answer.len() > MAX_ENROLL_MESSAGE {
-                        return Err(EnrollError::Protocol("answer too long".into()));
-                    }
-                    if answer.contains(&b'\n') {
-                        break;
-                    }
-                }
-                ChannelMsg::Failure => {
-                    return Err(EnrollError::Protocol(
-                        "the relay does not offer enrollment on this port".into(),
-                    ));
-                }
-                ChannelMsg::Eof | ChannelMsg::Close => break,
-                _ => {}
-            }
-        }
-        Ok(())
-    };
-    tokio::time::timeout(config.link.connect_timeout, exchange)
-        .await
-        .map_err(|_| EnrollError::Protocol("no answer from the relay in time".into()))??;
+    let answer = link::exchange_line(
+        &handle,
+        ENROLL_SUBSYSTEM,
+        &request,
+        MAX_ENROLL_MESSAGE,
+        config.link.connect_timeout,
+    )
+    .await?;
     let _ = handle
         .disconnect(russh::Disconnect::ByApplication, "enrolled", "en")
         .await;

@@ -4,6 +4,7 @@
 //! - [`config`]: the agent's YAML configuration file.
 //! - [`account`]: the unix account child processes run as, and starting them in their own session.
 //! - [`identity`]: the device's ed25519 key pair.
+//! - [`rotate`]: `agent keys rotate`: replacing the device key without losing the device.
 //! - [`enrollment`]: what enrollment recorded (relay URL, device id, pinned relay host key).
 //! - [`enroll`]: the enrollment exchange with the relay.
 //! - [`transport`]: the byte stream under the link (TCP, WebSocket, HTTP CONNECT proxy).
@@ -60,6 +61,7 @@ pub mod outbox;
 pub mod producer;
 pub mod pty;
 pub mod reconcile;
+pub mod rotate;
 pub mod server;
 pub mod sftp;
 pub mod socket;

@@ -58,6 +58,9 @@ pub enum LinkError {
     /// The SSH handshake did not finish in time.
     #[error("ssh handshake with the relay timed out")]
     Timeout,
+    /// A request/answer exchange on a subsystem went wrong.
+    #[error("{0}")]
+    Exchange(String),
 }
 
 /// Client-side SSH configuration shared by the link and enrollment.
@@ -255,22 +258,71 @@ pub async fn open(
     Ok((handle, seen))
 }
 
+/// Sends one JSON line on a new session channel for `subsystem` and returns the one line the
+/// relay answers (at most `max` bytes, within `timeout`).
+pub async fn exchange_line<H: client::Handler>(
+    handle: &client::Handle<H>,
+    subsystem: &str,
+    request: &impl serde::Serialize,
+    max: usize,
+    timeout: Duration,
+) -> Result<Vec<u8>, LinkError> {
+    let mut line = serde_json::to_vec(request).map_err(|e| LinkError::Exchange(e.to_string()))?;
+    line.push(b'\n');
+    let mut channel = handle.channel_open_session().await?;
+    channel.request_subsystem(true, subsystem).await?;
+    channel.data(&line[..]).await?;
+    channel.eof().await?;
+    let mut answer = Vec::new();
+    let exchange = async {
+        while let Some(msg) = channel.wait().await {
+            match msg {
+                russh::ChannelMsg::Data { data } => {
+                    answer.extend_from_slice(&data);
+                    if answer.len() > max {
+                        return Err(LinkError::Exchange("answer too long".into()));
+                    }
+                    if answer.contains(&b'\n') {
+                        break;
+                    }
+                }
+                russh::ChannelMsg::Failure => {
+                    return Err(LinkError::Exchange(format!(
+                        "the relay does not offer {subsystem} on this port"
+                    )));
+                }
+                russh::ChannelMsg::Eof | russh::ChannelMsg::Close => break,
+                _ => {}
+            }
+        }
+        Ok(())
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| LinkError::Exchange("no answer from the relay in time".into()))??;
+    Ok(answer)
+}
+
 /// Holds the link open until `shutdown` turns true, reconnecting after every failure.
-pub async fn run(ctx: LinkContext, mut shutdown: watch::Receiver<bool>) -> Result<(), LinkError> {
+pub async fn run(
+    mut ctx: LinkContext,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), LinkError> {
     let relay = RelayUrl::parse(&ctx.enrollment.relay_url)?;
     let pinned = PublicKey::from_openssh(&ctx.enrollment.relay_host_key)
         .map_err(|e| LinkError::BadPinnedKey(e.to_string()))?;
     let state_dir = ctx.config.state_dir.clone();
-    let link_cfg = &ctx.config.link;
+    let link_cfg = ctx.config.link.clone();
     let mut backoff = Backoff::new(link_cfg.backoff_initial, link_cfg.backoff_max);
     loop {
         if *shutdown.borrow() {
             break;
         }
         status::publish(&state_dir, LinkState::Connecting, None);
+        reload_key(&mut ctx);
         let attempt = open(
             &relay,
-            link_cfg,
+            &link_cfg,
             ctx.key.clone(),
             LINK_USER,
             HostKeyCheck {
@@ -334,6 +386,33 @@ pub async fn run(ctx: LinkContext, mut shutdown: watch::Receiver<bool>) -> Resul
     }
     status::publish(&state_dir, LinkState::Stopped, None);
     Ok(())
+}
+
+/// Picks up a device key that `agent keys rotate` replaced on disk since the last attempt (the
+/// relay retires the old key once the new one has logged in). The embedded server's host key
+/// is the device key, so it follows.
+fn reload_key(ctx: &mut LinkContext) {
+    let key = match crate::identity::load(&ctx.config.state_dir) {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::warn!("cannot reload the device key, keeping the one in use: {e}");
+            return;
+        }
+    };
+    if key.public_key().key_data() == ctx.key.public_key().key_data() {
+        return;
+    }
+    match ServerSettings::new(ctx.config.shell.clone(), key.clone()) {
+        Ok(server) => {
+            tracing::info!(
+                "device key changed on disk: now {}",
+                crate::identity::fingerprint(&key)
+            );
+            ctx.key = Arc::new(key);
+            ctx.server = Arc::new(server);
+        }
+        Err(e) => tracing::warn!("cannot use the new device key: {e}"),
+    }
 }
 
 /// Opens the control channel and starts following the relay's desired state on it. Like

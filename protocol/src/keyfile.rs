@@ -73,6 +73,12 @@ pub fn load_or_create(path: &Path) -> Result<(PrivateKey, bool), KeyFileError> {
     if path.exists() {
         return load(path).map(|k| (k, false));
     }
+    generate(path).map(|k| (k, true))
+}
+
+/// Generates an ed25519 key and writes it to `path` atomically with mode 0600, replacing any
+/// key there (the file holds the old key or the new one, never a mix, even across a power cut).
+pub fn generate(path: &Path) -> Result<PrivateKey, KeyFileError> {
     let io = |source| KeyFileError::Io {
         path: path.to_path_buf(),
         source,
@@ -96,7 +102,28 @@ pub fn load_or_create(path: &Path) -> Result<(PrivateKey, bool), KeyFileError> {
     file.write_all(text.as_bytes()).map_err(io)?;
     file.sync_all().map_err(io)?;
     fs::rename(&tmp, path).map_err(io)?;
-    Ok((key, true))
+    sync_parent(path).map_err(io)?;
+    Ok(key)
+}
+
+/// Moves the key file `from` to `to` atomically and durably.
+pub fn replace(from: &Path, to: &Path) -> Result<(), KeyFileError> {
+    fs::rename(from, to).map_err(|source| KeyFileError::Io {
+        path: to.to_path_buf(),
+        source,
+    })?;
+    sync_parent(to).map_err(|source| KeyFileError::Io {
+        path: to.to_path_buf(),
+        source,
+    })
+}
+
+/// Makes a rename in `path`'s directory durable.
+fn sync_parent(path: &Path) -> std::io::Result<()> {
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => fs::File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
 }
 
 /// The SHA-256 fingerprint of a key's public half, as OpenSSH prints it (`SHA256:…`).

@@ -9,6 +9,7 @@
 //! - [`fleet`]: desired and reported state, the control channel, artifact downloads.
 //! - [`frame`]: length-prefixed versioned JSON frames (telemetry and control channels).
 //! - [`keyfile`]: ed25519 private key files (device key, relay host key).
+//! - [`rotate`]: the JSON messages of device key rotation.
 //! - [`recipe`]: application recipes (artifacts, lifecycle steps, placeholders, dependencies).
 //! - [`shutdown`]: the stop signals both programs obey.
 //! - [`telemetry`]: telemetry records and the frames of the telemetry channel.
@@ -22,6 +23,7 @@ pub mod frame;
 pub mod keyfile;
 pub mod names;
 pub mod recipe;
+pub mod rotate;
 pub mod shutdown;
 pub mod telemetry;
 pub mod ws;

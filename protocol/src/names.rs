@@ -15,6 +15,9 @@ pub const ENROLL_USER: &str = "tether-enroll";
 /// Session subsystem that carries one enrollment request and its answer.
 pub const ENROLL_SUBSYSTEM: &str = "tether-enroll";
 
+/// Subsystem a linked device requests to register its next key (see [`crate::rotate`]).
+pub const KEYS_SUBSYSTEM: &str = "tether-keys";
+
 /// `connected_address` of a relay→device `forwarded-tcpip` channel that must reach the
 /// agent's embedded SSH server instead of a TCP address.
 pub const EMBEDDED_SSH_TARGET: &str = "tether-ssh";

@@ -23,7 +23,7 @@ use russh::server::{self, Auth, Msg, Session};
 use russh::{Channel, ChannelId, ChannelMsg, ChannelOpenFailure, MethodKind, MethodSet};
 use tether_protocol::enroll::{EnrollRequest, EnrollResponse, MAX_ENROLL_MESSAGE};
 use tether_protocol::fleet::CONTROL_SUBSYSTEM;
-use tether_protocol::names::{ENROLL_SUBSYSTEM, ENROLL_USER, LINK_USER};
+use tether_protocol::names::{ENROLL_SUBSYSTEM, ENROLL_USER, KEYS_SUBSYSTEM, LINK_USER};
 use tether_protocol::telemetry::TELEMETRY_SUBSYSTEM;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
@@ -358,7 +358,11 @@ impl server::Handler for Conn {
         user: &str,
         offer: server::PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
-        if self.lookup_key(user, offer.public_key).await.is_some() {
+        if self
+            .lookup_key(user, offer.public_key, false)
+            .await
+            .is_some()
+        {
             return Ok(Auth::Accept);
         }
         // A certificate is offered by its inner key, which no one registered: when some tenant
@@ -388,7 +392,7 @@ impl server::Handler for Conn {
             self.disconnect_with(hit.0);
             return Ok(reject());
         }
-        match self.lookup_key(user, key.public_key).await {
+        match self.lookup_key(user, key.public_key, true).await {
             Some(peer) => {
                 tracing::info!(
                     "{}: authenticated {} as {user:?} with {fp} via {}",
@@ -931,6 +935,15 @@ impl server::Handler for Conn {
                         ));
                         true
                     }
+                    (Some(ch), KEYS_SUBSYSTEM) => {
+                        tokio::spawn(keys_channel(
+                            self.front.clone(),
+                            ch,
+                            device.clone(),
+                            self.remote,
+                        ));
+                        true
+                    }
                     (Some(ch), CONTROL_SUBSYSTEM) => {
                         tokio::spawn(crate::control::serve(
                             ch.into_stream(),
@@ -1111,6 +1124,32 @@ impl Conn {
         }
     }
 
+    /// A device logged in with its registered next key, which replaced `old`: records it and
+    /// drops the link still held with the old key, so the agent comes back with the new one.
+    async fn key_rotated(&self, device: &Device, old: &str) {
+        tracing::info!(
+            "device {} rotated its key: {old} retired, {} in use",
+            device.id,
+            device.fingerprint
+        );
+        audit_event(
+            self.front.store.clone(),
+            Some(device.tenant.clone()),
+            format!("device:{}", device.id),
+            "device.key.rotate",
+            Some(device.id.clone()),
+            self.remote.to_string(),
+            serde_json::json!({ "retired": old, "fingerprint": device.fingerprint }),
+        )
+        .await;
+        // Its connection's own cleanup then unregisters it and records the device offline.
+        if let Some(link) = self.front.registry.get(&device.id)
+            && link.device_key.fingerprint(HashAlg::Sha256).to_string() == old
+        {
+            disconnect(link.handle, "device key rotated".into());
+        }
+    }
+
     /// Disconnects this connection with `message` for the client.
     fn disconnect_with(&self, message: String) {
         if let Some(handle) = lock(&self.state).handle.clone() {
@@ -1150,16 +1189,30 @@ impl Conn {
         .await;
     }
 
-    /// Looks up who `key` belongs to for SSH user `user`.
-    async fn lookup_key(&self, user: &str, key: &PublicKey) -> Option<Peer> {
+    /// Looks up who `key` belongs to for SSH user `user`. Only a `verified` key (the client
+    /// signed with it) completes a device's key rotation: an offer proves nothing.
+    async fn lookup_key(&self, user: &str, key: &PublicKey, verified: bool) -> Option<Peer> {
         let fp = key.fingerprint(HashAlg::Sha256).to_string();
         match user {
             ENROLL_USER => Some(Peer::Enrolling { key: key.clone() }),
-            LINK_USER => {
+            LINK_USER if !verified => {
                 let device = with_store(&self.front.store, move |s| s.device_by_fingerprint(&fp))
                     .await?
                     .map_err(|e| tracing::error!("device key lookup failed: {e}"))
                     .ok()??;
+                (device.status == DeviceStatus::Accepted).then(|| Peer::Device {
+                    device: Box::new(device),
+                })
+            }
+            LINK_USER => {
+                let login = with_store(&self.front.store, move |s| s.device_login(&fp))
+                    .await?
+                    .map_err(|e| tracing::error!("device key lookup failed: {e}"))
+                    .ok()??;
+                let device = login.device;
+                if let Some(old) = login.rotated_from {
+                    self.key_rotated(&device, &old).await;
+                }
                 (device.status == DeviceStatus::Accepted).then(|| Peer::Device {
                     device: Box::new(device),
                 })
@@ -1214,13 +1267,26 @@ async fn enroll_channel(
     key: PublicKey,
     remote: SocketAddr,
 ) {
+    let Some(buf) = read_request_line(&mut channel, MAX_ENROLL_MESSAGE).await else {
+        let _ = channel.close().await;
+        return;
+    };
+    let response = match parse_enroll_request(&buf) {
+        Err(message) => EnrollResponse::Refused { message },
+        Ok(request) => redeem(&front, request, &key, remote).await,
+    };
+    answer_and_close(channel, &response).await;
+}
+
+/// Reads one JSON line (at most `max` bytes) from a session channel, within the login grace.
+async fn read_request_line(channel: &mut Channel<Msg>, max: usize) -> Option<Vec<u8>> {
     let mut buf = Vec::new();
     let read = async {
         while let Some(msg) = channel.wait().await {
             match msg {
                 ChannelMsg::Data { data } => {
                     buf.extend_from_slice(&data);
-                    if buf.contains(&b'\n') || buf.len() > MAX_ENROLL_MESSAGE {
+                    if buf.contains(&b'\n') || buf.len() > max {
                         break;
                     }
                 }
@@ -1229,19 +1295,81 @@ async fn enroll_channel(
             }
         }
     };
-    if tokio::time::timeout(LOGIN_GRACE, read).await.is_err() {
-        let _ = channel.close().await;
-        return;
-    }
-    let response = match parse_enroll_request(&buf) {
-        Err(message) => EnrollResponse::Refused { message },
-        Ok(request) => redeem(&front, request, &key, remote).await,
-    };
-    let mut line = serde_json::to_vec(&response).unwrap_or_default();
+    tokio::time::timeout(LOGIN_GRACE, read).await.ok()?;
+    Some(buf)
+}
+
+/// Writes one JSON answer line and closes the channel.
+async fn answer_and_close<T: serde::Serialize>(channel: Channel<Msg>, answer: &T) {
+    let mut line = serde_json::to_vec(answer).unwrap_or_default();
     line.push(b'\n');
     let _ = channel.data(&line[..]).await;
     let _ = channel.eof().await;
     let _ = channel.close().await;
+}
+
+/// Serves the key rotation subsystem for a linked device: registers its next key.
+async fn keys_channel(
+    front: Arc<Front>,
+    mut channel: Channel<Msg>,
+    device: Box<Device>,
+    remote: SocketAddr,
+) {
+    use tether_protocol::rotate::{MAX_ROTATE_MESSAGE, RotateRequest, RotateResponse};
+    let Some(buf) = read_request_line(&mut channel, MAX_ROTATE_MESSAGE).await else {
+        let _ = channel.close().await;
+        return;
+    };
+    let line = buf.split(|b| *b == b'\n').next().unwrap_or_default();
+    let request = if buf.len() > MAX_ROTATE_MESSAGE {
+        Err("key rotation request too long".to_string())
+    } else {
+        serde_json::from_slice::<RotateRequest>(line)
+            .map_err(|e| format!("malformed key rotation request: {e}"))
+    };
+    let response = match request {
+        Err(message) => RotateResponse::Refused { message },
+        Ok(r) if r.protocol != tether_protocol::PROTOCOL_VERSION => RotateResponse::Refused {
+            message: format!(
+                "agent speaks link protocol {}, relay speaks {}",
+                r.protocol,
+                tether_protocol::PROTOCOL_VERSION
+            ),
+        },
+        Ok(r) => {
+            let id = device.id.clone();
+            match with_store(&front.store, move |s| {
+                s.register_next_key(&id, &r.public_key)
+            })
+            .await
+            {
+                Some(Ok(fingerprint)) => {
+                    tracing::info!(
+                        "device {} registered its next key {fingerprint} from {remote}",
+                        device.id
+                    );
+                    audit_event(
+                        front.store.clone(),
+                        Some(device.tenant.clone()),
+                        format!("device:{}", device.id),
+                        "device.key.register",
+                        Some(device.id.clone()),
+                        remote.to_string(),
+                        serde_json::json!({ "next": fingerprint, "current": device.fingerprint }),
+                    )
+                    .await;
+                    RotateResponse::Registered { fingerprint }
+                }
+                Some(Err(e)) => RotateResponse::Refused {
+                    message: e.to_string(),
+                },
+                None => RotateResponse::Refused {
+                    message: "internal error".into(),
+                },
+            }
+        }
+    };
+    answer_and_close(channel, &response).await;
 }
 
 fn parse_enroll_request(buf: &[u8]) -> Result<EnrollRequest, String> {

@@ -227,6 +227,14 @@ CREATE TABLE trusted_cas (
 CREATE INDEX trusted_cas_by_fingerprint ON trusted_cas (fingerprint);
 "#,
     },
+    Migration {
+        name: "device key rotation",
+        sql: r#"
+ALTER TABLE devices ADD COLUMN next_public_key TEXT;
+ALTER TABLE devices ADD COLUMN next_fingerprint TEXT;
+CREATE UNIQUE INDEX devices_by_next_fingerprint ON devices (next_fingerprint);
+"#,
+    },
 ];
 
 /// The schema version this code writes and understands.

@@ -25,6 +25,7 @@ mod actions;
 mod audit;
 mod cas;
 mod fleet;
+mod keys;
 mod migrations;
 mod sessions;
 mod telemetry;
@@ -35,6 +36,7 @@ pub use fleet::{
     ArtifactInfo, DeploymentDevice, DeploymentView, DeviceState, NewDeployment, Target,
     config_overrides,
 };
+pub use keys::DeviceLogin;
 pub use sessions::{NewSession, SessionEnd, SessionQuery, SessionRecord};
 pub use telemetry::{StoredRecord, TelemetryQuery};
 
@@ -982,7 +984,11 @@ impl Store {
 
     /// The device holding key `fingerprint`.
     pub fn device_by_fingerprint(&self, fingerprint: &str) -> Result<Option<Device>, StoreError> {
-        device_where(&self.conn(), "d.fingerprint = ?1", params![fingerprint])
+        device_where(
+            &self.conn(),
+            "d.fingerprint = ?1 OR d.next_fingerprint = ?1",
+            params![fingerprint],
+        )
     }
 
     /// The device with id `id`.
