@@ -202,6 +202,12 @@ mod tests {
             read_frame(&mut &junk[..]).await,
             Err(FrameError::Body(_))
         ));
+        // Cut inside the length prefix: an error, not a clean end of the stream.
+        let cut = [0u8, 0, 0];
+        assert!(matches!(
+            read_frame(&mut &cut[..]).await,
+            Err(FrameError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof
+        ));
         let truncated = [0u8, 0, 0, 9, 1, b'{'];
         assert!(matches!(
             read_frame(&mut &truncated[..]).await,
