@@ -249,7 +249,7 @@ pub struct LinkConfig {
 }
 
 /// Settings of the shells the embedded SSH server runs.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShellConfig {
     /// Unix user sessions run as. Default: the user the agent runs as.
@@ -272,15 +272,25 @@ pub struct ForwardConfig {
     pub allow: Vec<String>,
 }
 
+// The section's own default carries the default accept_env, so that a `shell:` section that
+// does not set it gets the default too (an explicit empty list means none).
+impl Default for ShellConfig {
+    fn default() -> Self {
+        Self {
+            user: None,
+            shell: None,
+            env: BTreeMap::new(),
+            accept_env: default_accept_env(),
+        }
+    }
+}
+
 impl Default for AgentConfig {
     fn default() -> Self {
         Self {
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             link: LinkConfig::default(),
-            shell: ShellConfig {
-                accept_env: default_accept_env(),
-                ..ShellConfig::default()
-            },
+            shell: ShellConfig::default(),
             forward: ForwardConfig::default(),
             telemetry: TelemetryConfig::default(),
             apps: AppsConfig::default(),
@@ -318,11 +328,7 @@ pub use tether_protocol::config_file::ConfigError;
 impl AgentConfig {
     /// Parses configuration text; `path` names the source in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let mut config: AgentConfig = config_file::parse(text, path)?;
-        // An absent accept_env means the default; an explicit empty list means none.
-        if !text.contains("accept_env") {
-            config.shell.accept_env = default_accept_env();
-        }
+        let config: AgentConfig = config_file::parse(text, path)?;
         config.validate(path)?;
         Ok(config)
     }
@@ -531,6 +537,19 @@ mod tests {
         assert_eq!(c.shell.env.get("SITE").map(String::as_str), Some("lab"));
         assert!(c.shell.accept_env.is_empty());
         assert_eq!(c.forward.allow.len(), 2);
+        Ok(())
+    }
+
+    #[test]
+    fn accept_env_defaults_whatever_the_comments_say() -> Result<(), ConfigError> {
+        // Found by a property test: the default used to be applied only when the text did not
+        // contain "accept_env" at all, so this commented-out line turned it into an empty list.
+        let c = parse("# accept_env: [\"LANG\"]\nshell:\n  user: bob\n")?;
+        assert_eq!(c.shell.accept_env, vec!["LANG", "LC_*"]);
+        let c = parse("shell:\n  user: bob\n  # accept_env: []\n")?;
+        assert_eq!(c.shell.accept_env, vec!["LANG", "LC_*"]);
+        let c = parse("shell:\n  accept_env: []\n")?;
+        assert!(c.shell.accept_env.is_empty());
         Ok(())
     }
 

@@ -49,3 +49,25 @@ pub enum EnrollResponse {
         message: String,
     },
 }
+
+/// Parses an enrollment request as the relay receives it: the first line of at most
+/// [`MAX_ENROLL_MESSAGE`] bytes, one [`EnrollRequest`] in JSON, speaking
+/// [`crate::PROTOCOL_VERSION`] and asking for a valid device name. The error is worded for the
+/// operator and goes back to the agent in [`EnrollResponse::Refused`].
+pub fn parse_request(buf: &[u8]) -> Result<EnrollRequest, String> {
+    if buf.len() > MAX_ENROLL_MESSAGE {
+        return Err("enrollment request too long".into());
+    }
+    let line = buf.split(|b| *b == b'\n').next().unwrap_or_default();
+    let request: EnrollRequest =
+        serde_json::from_slice(line).map_err(|e| format!("malformed enrollment request: {e}"))?;
+    if request.protocol != crate::PROTOCOL_VERSION {
+        return Err(format!(
+            "agent speaks link protocol {}, relay speaks {}",
+            request.protocol,
+            crate::PROTOCOL_VERSION
+        ));
+    }
+    crate::names::validate_device_name(&request.name).map_err(|e| e.to_string())?;
+    Ok(request)
+}

@@ -179,6 +179,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn float_payloads_arrive_exactly() -> Result<(), FrameError> {
+        // Values that JSON's shortest decimal form carries exactly, but that a parser which
+        // is not correctly rounded reads back one unit in the last place off.
+        // (-8.200421741784317e-22, -4.8214852579471443e83 and 6.872828076840475e-242, as bits
+        // so that the test does not depend on how the literals are parsed.)
+        for bits in [
+            0xbb8e_faf6_1527_a5ed_u64,
+            0xd14f_c4a5_f7fb_32b2,
+            0x0ddd_547a_895a_21d2,
+        ] {
+            let value = f64::from_bits(bits);
+            let frame = Frame::Batch {
+                records: vec![Record {
+                    payload: serde_json::json!({ "v": value }),
+                    ..record(1)
+                }],
+            };
+            let bytes = encode(&frame)?;
+            assert_eq!(read_frame(&mut &bytes[..]).await?, Some(frame), "{value:e}");
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
     async fn bad_frames_are_rejected() {
         let huge = (MAX_FRAME as u32 + 1).to_be_bytes();
         assert!(matches!(
@@ -201,6 +225,12 @@ mod tests {
         assert!(matches!(
             read_frame(&mut &junk[..]).await,
             Err(FrameError::Body(_))
+        ));
+        // Cut inside the length prefix: an error, not a clean end of the stream.
+        let cut = [0u8, 0, 0];
+        assert!(matches!(
+            read_frame(&mut &cut[..]).await,
+            Err(FrameError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof
         ));
         let truncated = [0u8, 0, 0, 9, 1, b'{'];
         assert!(matches!(

@@ -1271,7 +1271,7 @@ async fn enroll_channel(
         let _ = channel.close().await;
         return;
     };
-    let response = match parse_enroll_request(&buf) {
+    let response = match tether_protocol::enroll::parse_request(&buf) {
         Err(message) => EnrollResponse::Refused { message },
         Ok(request) => redeem(&front, request, &key, remote).await,
     };
@@ -1372,24 +1372,6 @@ async fn keys_channel(
     answer_and_close(channel, &response).await;
 }
 
-fn parse_enroll_request(buf: &[u8]) -> Result<EnrollRequest, String> {
-    if buf.len() > MAX_ENROLL_MESSAGE {
-        return Err("enrollment request too long".into());
-    }
-    let line = buf.split(|b| *b == b'\n').next().unwrap_or_default();
-    let request: EnrollRequest =
-        serde_json::from_slice(line).map_err(|e| format!("malformed enrollment request: {e}"))?;
-    if request.protocol != tether_protocol::PROTOCOL_VERSION {
-        return Err(format!(
-            "agent speaks link protocol {}, relay speaks {}",
-            request.protocol,
-            tether_protocol::PROTOCOL_VERSION
-        ));
-    }
-    tether_protocol::names::validate_device_name(&request.name).map_err(|e| e.to_string())?;
-    Ok(request)
-}
-
 async fn redeem(
     front: &Arc<Front>,
     request: EnrollRequest,
@@ -1460,15 +1442,25 @@ mod tests {
     fn enroll_requests_are_checked() {
         let ok = br#"{"protocol":1,"token":"t","name":"b1","agent_version":"0.1.0"}
 "#;
-        assert!(parse_enroll_request(ok).is_ok());
+        assert!(tether_protocol::enroll::parse_request(ok).is_ok());
         let bad_json = b"{not json\n";
-        assert!(parse_enroll_request(bad_json).is_err_and(|e| e.contains("malformed")));
+        assert!(
+            tether_protocol::enroll::parse_request(bad_json)
+                .is_err_and(|e| e.contains("malformed"))
+        );
         let bad_name = br#"{"protocol":1,"token":"t","name":"Bad Name","agent_version":"0"}"#;
-        assert!(parse_enroll_request(bad_name).is_err_and(|e| e.contains("Bad Name")));
+        assert!(
+            tether_protocol::enroll::parse_request(bad_name).is_err_and(|e| e.contains("Bad Name"))
+        );
         let future = br#"{"protocol":99,"token":"t","name":"b1","agent_version":"0"}"#;
-        assert!(parse_enroll_request(future).is_err_and(|e| e.contains("protocol 99")));
+        assert!(
+            tether_protocol::enroll::parse_request(future)
+                .is_err_and(|e| e.contains("protocol 99"))
+        );
         let unknown = br#"{"protocol":1,"token":"t","name":"b1","agent_version":"0","x":1}"#;
-        assert!(parse_enroll_request(unknown).is_err());
-        assert!(parse_enroll_request(&vec![b'a'; MAX_ENROLL_MESSAGE + 1]).is_err());
+        assert!(tether_protocol::enroll::parse_request(unknown).is_err());
+        assert!(
+            tether_protocol::enroll::parse_request(&vec![b'a'; MAX_ENROLL_MESSAGE + 1]).is_err()
+        );
     }
 }

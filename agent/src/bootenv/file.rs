@@ -12,7 +12,7 @@ use super::{BootEnv, BootEnvError, check_common_name, io_err, read_optional, rep
 /// The file holds `name=value` lines (UTF-8); empty lines and lines starting with `#` are
 /// skipped when reading, and a later line overrides an earlier one. Writes produce the
 /// variables sorted by name, one per line (comments are not kept). A missing file is an empty
-/// environment. Values cannot contain newlines.
+/// environment. Values cannot contain newlines or carriage returns.
 #[derive(Debug)]
 pub struct FileEnv {
     path: PathBuf,
@@ -72,6 +72,10 @@ impl BootEnv for FileEnv {
             if let Some(value) = value {
                 let reason = if value.contains('\n') {
                     "contains a newline"
+                } else if value.contains('\r') {
+                    // Lines are read with their `\r\n` ending removed, so a value ending in a
+                    // carriage return would not read back as written.
+                    "contains a carriage return"
                 } else if value.contains('\0') {
                     "contains a NUL byte"
                 } else {
@@ -177,6 +181,26 @@ mod tests {
         assert!(
             err.to_string()
                 .contains("invalid value for b: contains a newline"),
+            "{err}"
+        );
+        assert!(!path.exists(), "nothing was written");
+        Ok(())
+    }
+
+    #[test]
+    fn carriage_returns_in_values_are_refused() -> TestResult {
+        // Found by a property test: `a` set to "\r" was written as "a=\r\n" and read back as
+        // "" (the line ending \r\n is removed whole).
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("bootenv");
+        let env = FileEnv::new(path.clone());
+        let err = env
+            .write(&set(&[("a", Some("\r"))]))
+            .err()
+            .ok_or("write succeeded")?;
+        assert!(
+            err.to_string()
+                .contains("invalid value for a: contains a carriage return"),
             "{err}"
         );
         assert!(!path.exists(), "nothing was written");

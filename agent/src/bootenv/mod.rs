@@ -58,7 +58,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use file::FileEnv;
 pub use grub::GrubEnv;
-pub use uboot::{UbootCopy, UbootEnv};
+pub use uboot::{MAX_ENV_SIZE, UbootCopy, UbootEnv};
 
 /// A bootloader environment: variables as name → value.
 pub trait BootEnv: Send + Sync {

@@ -26,6 +26,11 @@ use super::{BootEnv, BootEnvError, check_common_name, io_err};
 /// The lock file `fw_printenv`/`fw_setenv` (libubootenv and U-Boot's own tools) `flock`.
 const DEFAULT_LOCK_FILE: &str = "/var/lock/fw_printenv.lock";
 
+/// The largest ENV_SIZE accepted: 16 MiB, far above any real U-Boot environment (8 KiB to a
+/// few hundred KiB), so that a wrong `fw_env.config` cannot make the agent allocate without
+/// bound (each copy is read whole into memory).
+pub const MAX_ENV_SIZE: usize = 16 << 20;
+
 /// Variables as stored: name bytes → value bytes (values keep their bytes as they are, so the
 /// variables the agent does not change are written back untouched).
 type RawVars = BTreeMap<Vec<u8>, Vec<u8>>;
@@ -193,6 +198,14 @@ impl UbootEnv {
                 });
             }
         }
+        if size > MAX_ENV_SIZE {
+            return Err(BootEnvError::Config {
+                what: env,
+                message: format!(
+                    "ENV_SIZE {size:#x} is larger than the {MAX_ENV_SIZE:#x} bytes a U-Boot environment may have here"
+                ),
+            });
+        }
         if size < header + 2 {
             return Err(BootEnvError::TooSmall {
                 env,
@@ -342,18 +355,29 @@ fn read_block(env: &str, copy: &UbootCopy) -> Result<Vec<u8>, BootEnvError> {
     let file = File::open(&copy.device)
         .map_err(io_err(format!("{env}: opening {}", copy.device.display())))?;
     check_device(&file, copy)?;
+    let too_small = || BootEnvError::TooSmall {
+        env: env.to_owned(),
+        message: format!(
+            "{} ends before {:#x} + ENV_SIZE {:#x}",
+            copy.device.display(),
+            copy.offset,
+            copy.size
+        ),
+    };
+    // The device's size is checked before the block is allocated, so that a configuration
+    // pointing past its end is an error rather than an allocation of ENV_SIZE bytes.
+    let device_size = (&file).seek(SeekFrom::End(0)).map_err(io_err(format!(
+        "{env}: measuring {}",
+        copy.device.display()
+    )))?;
+    let end = copy.offset.checked_add(copy.size as u64);
+    if end.is_none_or(|end| end > device_size) {
+        return Err(too_small());
+    }
     let mut block = vec![0u8; copy.size];
     match file.read_exact_at(&mut block, copy.offset) {
         Ok(()) => Ok(block),
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(BootEnvError::TooSmall {
-            env: env.to_owned(),
-            message: format!(
-                "{} ends before {:#x} + ENV_SIZE {:#x}",
-                copy.device.display(),
-                copy.offset,
-                copy.size
-            ),
-        }),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(too_small()),
         Err(e) => Err(BootEnvError::Io {
             what: format!("{env}: reading {}", copy.label()),
             source: e,
@@ -601,6 +625,15 @@ fn parse_config(path: &Path, text: &str) -> Result<Vec<UbootCopy>, BootEnvError>
             .ok()
             .filter(|&size| size > 0)
             .ok_or_else(|| line_err(line, format!("ENV_SIZE {:?} is out of range", fields[2])))?;
+        if size > MAX_ENV_SIZE {
+            return Err(line_err(
+                line,
+                format!(
+                    "ENV_SIZE {:?} is larger than the {MAX_ENV_SIZE:#x} bytes a U-Boot environment may have here",
+                    fields[2]
+                ),
+            ));
+        }
         for (name, field) in ["SECTOR_SIZE", "NUM_SECTORS"].iter().zip(&fields[3..]) {
             if parse_hex(field).is_none() {
                 return Err(line_err(
@@ -1050,6 +1083,37 @@ mod tests {
             err.to_string().contains("ENV_SIZE 0x5 leaves no room"),
             "{err}"
         );
+        Ok(())
+    }
+
+    #[test]
+    fn a_huge_env_size_is_refused_before_allocating() -> TestResult {
+        // ENV_SIZE 0x6a387817e459c802 (the size a property test found) once made the agent
+        // try to allocate that many bytes and abort.
+        let dir = tempfile::tempdir()?;
+        let dev = dir.path().join("env.img");
+        std::fs::write(&dev, vec![0u8; 0x1000])?;
+        let config = dir.path().join("fw_env.config");
+        std::fs::write(&config, format!("{} 0 6a387817e459c802\n", dev.display()))?;
+        let err = UbootEnv::from_config(&config).err().ok_or("accepted")?;
+        assert!(err.to_string().contains("line 1: ENV_SIZE"), "{err}");
+        let huge = UbootEnv::new(vec![UbootCopy {
+            device: dev.clone(),
+            offset: 0,
+            size: 0x6a38_7817_e459_c802,
+        }])
+        .with_lock_file(None);
+        let err = huge.read().err().ok_or("read succeeded")?;
+        assert!(err.to_string().contains("is larger than"), "{err}");
+        // A size within the limit but past the end of the device is refused before reading.
+        let past_end = UbootEnv::new(vec![UbootCopy {
+            device: dev.clone(),
+            offset: u64::MAX - 4,
+            size: 0x100,
+        }])
+        .with_lock_file(None);
+        let err = past_end.read().err().ok_or("read succeeded")?;
+        assert!(matches!(err, BootEnvError::TooSmall { .. }), "{err}");
         Ok(())
     }
 
