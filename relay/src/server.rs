@@ -59,6 +59,10 @@ fn ssh_config(config: &RelayConfig, host_key: russh::keys::PrivateKey) -> server
 pub async fn serve(config: RelayConfig, store: Arc<Store>) -> Result<()> {
     // Both ring and aws-lc-rs may be compiled in through dependencies; pick one explicitly.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    warn_if_readable(&config.data_dir, "data directory", 0o700);
+    if let Some(tls) = &config.http.tls {
+        warn_if_readable(&tls.key, "TLS private key", 0o600);
+    }
     let host_key = hostkey::load_or_create(&config.data_dir)
         .with_context(|| format!("loading the host key in {}", config.data_dir.display()))?;
     let fingerprint = hostkey::fingerprint(&host_key);
@@ -166,6 +170,23 @@ pub async fn serve(config: RelayConfig, store: Arc<Store>) -> Result<()> {
         .context("recording devices offline")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Logs a warning when group or others may read `path`. Not an error: an operator may share a
+/// TLS key with a group on purpose (ssl-cert), and the files inside the data directory are
+/// private by their own modes.
+fn warn_if_readable(path: &std::path::Path, what: &str, fix: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                "{what} {} has mode {mode:04o}, readable beyond the relay's user; run `chmod {fix:o} {}`",
+                path.display(),
+                path.display()
+            );
+        }
+    }
 }
 
 async fn accept_ssh(listener: TcpListener, front: Arc<Front>, mut stop: watch::Receiver<bool>) {
