@@ -6,7 +6,8 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -375,10 +376,11 @@ fn a_relay_stopped_with_sigterm_mid_stream_keeps_every_record_once() -> Result<(
 
     let stop = AtomicBool::new(false);
     let started = Instant::now();
-    let (socket_seqs, cli_seqs, stops) = std::thread::scope(|scope| -> Result<_> {
+    let (socket_seqs, cli_seqs, stops, duplicates) = std::thread::scope(|scope| -> Result<_> {
         let socket = scope.spawn(|| produce_through_socket(&agent, &stop));
         let cli = scope.spawn(|| produce_through_cli(&agent, &stop));
         let mut stops = Vec::new();
+        let mut duplicates = 0u64;
         let result = (|| -> Result<()> {
             for round in 0..ROUNDS {
                 // Let the restarted relay take the stream up again before the next SIGTERM.
@@ -392,6 +394,9 @@ fn a_relay_stopped_with_sigterm_mid_stream_keeps_every_record_once() -> Result<(
                 })
                 .with_context(|| tail_lines(&relay.log(), 40))?;
                 std::thread::sleep(Duration::from_millis(150 + 170 * round as u64));
+                // What this relay instance saw resent: batches committed by the previous one
+                // whose acknowledgement never reached the agent.
+                duplicates += duplicates_seen(&relay)?;
                 let queued = agent.queued()?;
                 let (code, took) = relay.terminate(Duration::from_secs(10))?;
                 eprintln!(
@@ -412,9 +417,11 @@ fn a_relay_stopped_with_sigterm_mid_stream_keeps_every_record_once() -> Result<(
             .join()
             .map_err(|_| anyhow::anyhow!("CLI producer panicked"))?;
         result?;
-        Ok((socket?, cli?, stops))
+        Ok((socket?, cli?, stops, duplicates))
     })?;
     agent.wait_drained(Duration::from_secs(60))?;
+    let duplicates = duplicates + duplicates_seen(&relay)?;
+    eprintln!("records resent after the SIGTERMs and skipped as duplicates: {duplicates}");
     eprintln!(
         "{} records produced in {:?} ({} socket, {} CLI)",
         socket_seqs.len() + cli_seqs.len(),
@@ -456,5 +463,77 @@ fn a_relay_stopped_with_sigterm_mid_stream_keeps_every_record_once() -> Result<(
         .collect();
     ensure!(extra.is_empty(), "records nobody produced: {extra:?}");
     ensure!(agent.queued()? == 0, "the outbox is not empty");
+    Ok(())
+}
+
+/// The relay's count of records resent by devices that it already held.
+fn duplicates_seen(relay: &Relay) -> Result<u64> {
+    let (code, body) = relay.http_get("/metrics", None)?;
+    ensure!(code == 200, "GET /metrics: {code}");
+    body.lines()
+        .find_map(|l| l.strip_prefix("tether_telemetry_records_duplicate_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .with_context(|| format!("no duplicate counter in:\n{body}"))
+}
+
+#[test]
+fn a_request_in_progress_at_sigterm_is_answered_and_new_ones_are_refused() -> Result<()> {
+    let mut relay = Relay::start()?;
+    relay.tenant("acme")?;
+    let agent = Agent::new("board1", &[])?;
+    agent.enroll(&relay, Transport::Tcp, "acme")?;
+    let device = agent.device_id()?;
+    let token = relay
+        .admin_ok(&["token", "create", "--tenant", "acme", "--api"])?
+        .trim()
+        .to_string();
+
+    // A client that sends its request head and half its body, then stalls.
+    let body = br#"{"add": ["drained"]}"#;
+    let (first, rest) = body.split_at(body.len() / 2);
+    let mut client = TcpStream::connect(("127.0.0.1", relay.http_port))?;
+    client.set_read_timeout(Some(Duration::from_secs(20)))?;
+    write!(
+        client,
+        "PUT /v1/devices/{device}/tags HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )?;
+    client.write_all(first)?;
+    client.flush()?;
+    std::thread::sleep(Duration::from_millis(300));
+
+    let mut proc = relay.proc.take().context("relay not running")?;
+    let st = Command::new("kill")
+        .args(["-TERM", &proc.child.id().to_string()])
+        .status()?;
+    ensure!(st.success(), "kill -TERM failed");
+    // Stopping: the port no longer accepts connections, but the request in progress goes on.
+    wait_until(Duration::from_secs(5), "HTTP port closed", || {
+        TcpStream::connect(("127.0.0.1", relay.http_port)).is_err()
+    })?;
+    std::thread::sleep(Duration::from_millis(500));
+    ensure!(
+        proc.child.try_wait()?.is_none(),
+        "the relay exited with a request in progress"
+    );
+    client.write_all(rest)?;
+    let mut answer = String::new();
+    client.read_to_string(&mut answer)?;
+    ensure!(
+        answer.starts_with("HTTP/1.1 200") && answer.contains("drained"),
+        "answer to the request in progress: {answer:?}\nrelay log:\n{}",
+        tail_lines(&proc.log_text(), 20)
+    );
+    let exited = proc.terminate_status(Duration::from_secs(10));
+    ensure!(
+        exited.is_some_and(|s| s.code() == Some(0)),
+        "relay exit after the drain: {exited:?}"
+    );
+    let shown = relay.device_json("board1")?;
+    ensure!(
+        shown.to_string().contains("drained"),
+        "the answered change is not stored: {shown}"
+    );
     Ok(())
 }

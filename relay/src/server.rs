@@ -17,6 +17,10 @@ use crate::{api, hostkey, http};
 /// How often telemetry older than each tenant's retention is deleted.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
 
+/// Most time a stop may take between SIGTERM and exit: longer than the HTTP drain, so requests
+/// in progress are answered, and within the 10 s a service manager usually allows.
+const SHUTDOWN_GRACE: Duration = http::DRAIN_TIMEOUT.saturating_add(Duration::from_millis(1500));
+
 /// How often the relay checks for rejected or removed devices that still hold a link.
 const EVICTION_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -148,22 +152,30 @@ pub async fn serve(config: RelayConfig, store: Arc<Store>) -> Result<()> {
     });
 
     tether_protocol::shutdown::stop_signal().await;
-    tracing::info!("shutting down: closing sessions and links");
+    // The order matters: stop accepting (the listeners close as their accept loops end), let
+    // what is in progress finish (HTTP requests get their answers, telemetry batches being
+    // committed get their acks, links their goodbye), then record devices offline and exit.
+    tracing::info!("shutting down: finishing requests in progress, closing sessions and links");
     let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(3), async {
-        let _ = ssh_task.await;
-        let _ = http_task.await;
-        let _ = evict_task.await;
-        let _ = retention_task.await;
-        // Give connection tasks a moment to send their goodbyes and record devices offline.
-        for _ in 0..30 {
-            if registry.is_empty() {
-                break;
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        let links = async {
+            let _ = ssh_task.await;
+            let _ = evict_task.await;
+            let _ = retention_task.await;
+            // Connection tasks unregister their device once their goodbye is sent.
+            for _ in 0..50 {
+                if registry.is_empty() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        };
+        let _ = tokio::join!(http_task, links);
     })
     .await;
+    if drained.is_err() {
+        tracing::warn!("shutdown: still busy after {SHUTDOWN_GRACE:?}; exiting anyway");
+    }
     with_store(&store, |s| s.mark_all_offline())
         .await
         .context("store task failed")?
