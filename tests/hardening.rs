@@ -273,6 +273,86 @@ fn state_of_agent_and_relay_is_private_to_their_user() -> Result<()> {
     Ok(())
 }
 
+/// Runs `sh -c script` as `nobody`; returns whether it succeeded.
+fn as_nobody(script: &str) -> Result<bool> {
+    let mut cmd = Command::new("runuser");
+    cmd.args(["-u", "nobody", "--", "/bin/sh", "-c", script]);
+    Ok(run_with_timeout(cmd, None, Duration::from_secs(20))?.status == Some(0))
+}
+
+#[test]
+fn an_application_running_as_another_user_reaches_its_files_and_nothing_else() -> Result<()> {
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    if !is_root || which("runuser").is_none() {
+        eprintln!("skipped: needs root and runuser to run an application as nobody");
+        return Ok(());
+    }
+    let relay = Relay::start()?;
+    relay.tenant("acme")?;
+    let mut agent = Agent::with_extra_config("board1", &[], &format!("{APPS}  user: nobody\n"))?;
+    agent.enroll(&relay, Transport::Tcp, "acme")?;
+    agent.start()?;
+    agent.wait_online()?;
+    let dir = tempfile::tempdir()?;
+    let script = dir.path().join("tick.sh");
+    std::fs::write(&script, "echo tick\n")?;
+    let sha = relay
+        .admin_ok(&["artifact", "put", &script.display().to_string()])?
+        .trim()
+        .to_string();
+    let recipe = dir.path().join("ticker.yaml");
+    std::fs::write(&recipe, ticker(&sha))?;
+    relay.admin_ok(&[
+        "deploy",
+        "create",
+        "--tenant",
+        "acme",
+        "--target",
+        "device:board1",
+        "--recipe",
+        &recipe.display().to_string(),
+    ])?;
+    // The run step, as nobody, reads its artifact and writes into its work directory.
+    let state = agent.dir.path().join("state");
+    let ticks = state.join("apps/com.example.ticker/work/ticks");
+    wait_until(Duration::from_secs(60), "the application runs", || {
+        std::fs::read_to_string(&ticks).is_ok_and(|t| t.contains("tick"))
+    })
+    .with_context(|| tail_lines(&agent.log(), 40))?;
+    // The test's own temporary directory is 0700 root; let nobody reach the agent's state.
+    std::fs::set_permissions(agent.dir.path(), std::fs::Permissions::from_mode(0o711))?;
+    let st = state.display();
+    ensure!(
+        mode_of(&state)? == 0o711,
+        "state dir {:04o}",
+        mode_of(&state)?
+    );
+    ensure!(
+        as_nobody(&format!("test -s {}", ticks.display()))?,
+        "nobody cannot reach the application's work directory"
+    );
+    for secret in ["device_ed25519", "outbox.db", "enrollment.json"] {
+        ensure!(
+            !as_nobody(&format!("cat {st}/{secret} > /dev/null"))?,
+            "nobody can read {secret}"
+        );
+    }
+    ensure!(
+        !as_nobody(&format!("ls {st}"))?,
+        "nobody can list the state directory"
+    );
+    ensure!(
+        !as_nobody(&format!(
+            "cat {st}/apps/com.example.ticker/1.0.0/recipe.yaml"
+        ))?,
+        "nobody can read the agent's copy of the recipe"
+    );
+    Ok(())
+}
+
 #[test]
 fn a_device_key_others_can_read_or_write_is_refused() -> Result<()> {
     let relay = Relay::start()?;

@@ -410,14 +410,15 @@ async fn run_agent(config: AgentConfig) -> Result<()> {
     result
 }
 
-/// Logs a warning when group or others may enter the state directory: the key and outbox are
-/// private by their own modes, but the directory should not expose even their names. The
+/// Logs a warning when group or others may list or write the state directory: the key and
+/// outbox are private by their own modes, but others must not see or replace its entries. The
 /// systemd unit's StateDirectoryMode= keeps it 0700; a directory made by hand may not be.
+/// Search permission alone is fine: the supervisor adds it when applications run as apps.user.
 fn warn_if_shared(state_dir: &std::path::Path) {
     use std::os::unix::fs::PermissionsExt;
     if let Ok(meta) = std::fs::metadata(state_dir) {
         let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
+        if mode & 0o066 != 0 {
             tracing::warn!(
                 "state directory {} has mode {mode:04o}; run `chmod 700 {}`",
                 state_dir.display(),
