@@ -440,7 +440,18 @@ fn produce_through_cli(agent: &Agent, stop: &AtomicBool) -> Result<Vec<u64>> {
 }
 
 #[test]
-fn a_relay_stopped_with_sigterm_mid_stream_keeps_every_record_once() -> Result<()> {
+fn a_relay_stopped_with_sigterm_mid_stream_keeps_every_record_once_over_tcp() -> Result<()> {
+    sigterm_mid_stream(Transport::Tcp)
+}
+
+#[test]
+fn a_relay_stopped_with_sigterm_mid_stream_keeps_every_record_once_over_websocket() -> Result<()> {
+    sigterm_mid_stream(Transport::WebSocket)
+}
+
+/// An agent streams telemetry from two producers while the relay is stopped with SIGTERM and
+/// restarted, four times; every record produced ends up stored exactly once.
+fn sigterm_mid_stream(transport: Transport) -> Result<()> {
     const ROUNDS: usize = 4;
     let mut relay = Relay::start()?;
     relay.tenant("acme")?;
@@ -449,7 +460,7 @@ fn a_relay_stopped_with_sigterm_mid_stream_keeps_every_record_once() -> Result<(
         &[],
         "telemetry:\n  batch_records: 20\n  window: 4\n",
     )?;
-    agent.enroll(&relay, Transport::Tcp, "acme")?;
+    agent.enroll(&relay, transport, "acme")?;
     agent.start()?;
     agent.wait_online()?;
     let device = agent.device_id()?;
@@ -480,7 +491,7 @@ fn a_relay_stopped_with_sigterm_mid_stream_keeps_every_record_once() -> Result<(
                 let queued = agent.queued()?;
                 let (code, took) = relay.terminate(Duration::from_secs(10))?;
                 eprintln!(
-                    "round {round}: SIGTERM with {queued} records queued; relay exited {code:?} after {took:?}"
+                    "{transport:?} round {round}: SIGTERM with {queued} records queued; relay exited {code:?} after {took:?}"
                 );
                 ensure!(code == Some(0), "relay exit status {code:?} on SIGTERM");
                 stops.push((queued, took));
@@ -501,7 +512,9 @@ fn a_relay_stopped_with_sigterm_mid_stream_keeps_every_record_once() -> Result<(
     })?;
     agent.wait_drained(Duration::from_secs(60))?;
     let duplicates = duplicates + duplicates_seen(&relay)?;
-    eprintln!("records resent after the SIGTERMs and skipped as duplicates: {duplicates}");
+    eprintln!(
+        "{transport:?}: records resent after the SIGTERMs and skipped as duplicates: {duplicates}"
+    );
     eprintln!(
         "{} records produced in {:?} ({} socket, {} CLI)",
         socket_seqs.len() + cli_seqs.len(),
