@@ -12,8 +12,7 @@ use common::*;
 
 /// Every stored record of `device`, oldest first.
 fn stored(relay: &Relay, device: &str) -> Result<Vec<serde_json::Value>> {
-    let out = relay.admin_ok(&["telemetry", "tail", device, "--limit", "1000000", "--json"])?;
-    out.lines().map(|l| Ok(serde_json::from_str(l)?)).collect()
+    relay.stored_telemetry(device)
 }
 
 fn wait_stored(relay: &Relay, device: &str, n: usize) -> Result<Vec<serde_json::Value>> {

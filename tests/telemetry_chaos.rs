@@ -8,7 +8,7 @@ mod common;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -162,7 +162,7 @@ fn chaos(transport: Transport, seed: u64) -> Result<()> {
             let producer = scope.spawn(|| produce_through_cli(&config));
             for _ in 0..2 {
                 std::thread::sleep(Duration::from_millis(1500));
-                let queued = queued(&agent)?;
+                let queued = agent.queued()?;
                 agent.kill();
                 eprintln!("killed the agent with {queued} records queued");
                 std::thread::sleep(Duration::from_millis(300));
@@ -177,7 +177,7 @@ fn chaos(transport: Transport, seed: u64) -> Result<()> {
     let _ = wait_until(Duration::from_secs(60), "four relay kills", || {
         kills.load(Ordering::SeqCst) >= 4
     });
-    let queued_at_calm = queued(&agent).unwrap_or(0);
+    let queued_at_calm = agent.queued().unwrap_or(0);
     stop.store(true, Ordering::SeqCst);
     killer
         .join()
@@ -195,50 +195,16 @@ fn chaos(transport: Transport, seed: u64) -> Result<()> {
 
     // Everything drains once the chaos stops.
     let relay = relay.lock().map_err(|_| anyhow::anyhow!("relay lock"))?;
-    wait_until(Duration::from_secs(180), "outbox drained", || {
-        status(&agent).is_ok_and(|s| s["queued_rows"] == 0 && s["acked_upto"] == s["last_seq"])
-    })
-    .with_context(|| format!("agent log:\n{}", tail(&agent.log())))?;
+    agent.wait_drained(Duration::from_secs(180))?;
     verify(&relay)
-}
-
-fn status(agent: &Agent) -> Result<serde_json::Value> {
-    let r = agent.cmd(&["telemetry", "status", "--json"])?;
-    ensure!(r.status == Some(0), "telemetry status: {}", r.stderr);
-    Ok(serde_json::from_str(&r.stdout)?)
-}
-
-fn queued(agent: &Agent) -> Result<u64> {
-    Ok(status(agent)?["queued_rows"].as_u64().unwrap_or(0))
-}
-
-fn tail(log: &str) -> String {
-    let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
 /// Storage holds exactly the 100,000 records, each once, with payload and timestamp intact.
 fn verify(relay: &Relay) -> Result<()> {
-    let mut cmd = Command::new(bin_dir()?.join("relay"));
-    cmd.arg("--data-dir")
-        .arg(relay.data_dir())
-        .args([
-            "telemetry",
-            "tail",
-            "board1",
-            "--limit",
-            "1000000",
-            "--json",
-        ])
-        .stdout(Stdio::piped());
-    let out = cmd.output()?;
-    ensure!(out.status.success(), "relay telemetry tail failed");
-    let text = String::from_utf8(out.stdout)?;
     let mut seen: HashMap<(String, u64), u32> = HashMap::new();
     let mut seqs = std::collections::HashSet::new();
     let mut count = 0usize;
-    for l in text.lines() {
-        let r: serde_json::Value = serde_json::from_str(l)?;
+    for r in relay.stored_telemetry("board1")? {
         count += 1;
         if !seqs.insert(r["seq"].as_u64().unwrap_or(0)) {
             bail!("sequence number stored twice: {r}");

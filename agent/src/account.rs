@@ -134,18 +134,21 @@ impl Account {
 }
 
 /// Makes the child a session leader (own process group, so signals reach all of it), gives it
-/// stdin as controlling terminal when `ctty`, and drops to `account`.
+/// stdin as controlling terminal when `ctty`, drops to `account`, and gives it the usual login
+/// umask (the agent itself runs with 0077 so its own state is private; what engineers and
+/// applications create should be as readable as the same work done through sshd).
 pub fn prepare_child(cmd: &mut Command, account: &Account, ctty: bool) {
     let switch = account
         .switch
         .then(|| (account.uid, account.gid, account.groups.clone()));
     // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
-    // functions may be called. It calls setsid, ioctl(TIOCSCTTY), setgroups, setgid and setuid,
-    // each a direct system call through nix/libc with no allocation or locking; the captured
+    // functions may be called. It calls setsid, umask, ioctl(TIOCSCTTY), setgroups, setgid and
+    // setuid, each a direct system call through nix/libc with no allocation or locking; the captured
     // group list was allocated before the fork and is only read.
     unsafe {
         cmd.pre_exec(move || {
             nix::unistd::setsid().map_err(std::io::Error::from)?;
+            tether_protocol::private_fs::set_child_umask();
             if ctty && nix::libc::ioctl(0, nix::libc::TIOCSCTTY as _, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }

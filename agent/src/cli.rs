@@ -160,6 +160,12 @@ pub enum TelemetryCommand {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(matches!(cli.command, Command::SftpServer { .. }));
+    if touches_state(&cli.command) {
+        // Everything the agent creates in its state directory (outbox, records, logs, staged
+        // artifacts and downloads) is private, including files created without an explicit
+        // mode; sessions and applications get the login umask back (account::prepare_child).
+        tether_protocol::private_fs::restrict_umask();
+    }
     // Both ring and aws-lc-rs may be compiled in through dependencies; pick one explicitly so
     // rustls never has to guess (it panics when it would have to).
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -177,6 +183,15 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether `command` creates files in the state directory. The others write files for the
+/// person running them (bundles, public keys, files uploaded over sftp) and keep their umask.
+fn touches_state(command: &Command) -> bool {
+    !matches!(
+        command,
+        Command::Keygen { .. } | Command::Bundle(_) | Command::SftpServer { .. }
+    )
 }
 
 fn init_logging(quiet: bool) {
@@ -343,6 +358,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 async fn run_agent(config: AgentConfig) -> Result<()> {
+    warn_if_shared(&config.state_dir);
     let enrollment = enrollment::load(&config.state_dir)?;
     let key = identity::load(&config.state_dir).context("loading the device key")?;
     let server = ServerSettings::new(config.shell.clone(), key.clone())
@@ -447,6 +463,24 @@ async fn run_agent(config: AgentConfig) -> Result<()> {
     let _ = std::fs::remove_file(&socket_path);
     let _ = std::fs::remove_file(&control_path);
     result
+}
+
+/// Logs a warning when group or others may list or write the state directory: the key and
+/// outbox are private by their own modes, but others must not see or replace its entries. The
+/// systemd unit's StateDirectoryMode= keeps it 0700; a directory made by hand may not be.
+/// Search permission alone is fine: the supervisor adds it when applications run as apps.user.
+fn warn_if_shared(state_dir: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(state_dir) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o066 != 0 {
+            tracing::warn!(
+                "state directory {} has mode {mode:04o}; run `chmod 700 {}`",
+                state_dir.display(),
+                state_dir.display()
+            );
+        }
+    }
 }
 
 /// What `agent status --json` prints.

@@ -95,8 +95,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EnrollmentError> {
         path: path.to_path_buf(),
         source,
     };
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(io)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        tether_protocol::private_fs::create_dir(dir).map_err(io)?;
     }
     let tmp = path.with_extension("tmp");
     let mut file = fs::OpenOptions::new()

@@ -201,7 +201,8 @@ impl Ota {
             what: "encoding ota.json".into(),
             source: std::io::Error::other(e),
         })?;
-        std::fs::create_dir_all(&self.state_dir).map_err(io("creating the state directory"))?;
+        tether_protocol::private_fs::create_dir(&self.state_dir)
+            .map_err(io("creating the state directory"))?;
         let mut f =
             std::fs::File::create(&tmp).map_err(io(format!("writing {}", tmp.display())))?;
         f.write_all(&text)

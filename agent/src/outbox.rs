@@ -28,6 +28,14 @@ pub enum OutboxError {
     /// SQLite failed.
     #[error("outbox: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// The outbox file could not be created.
+    #[error("creating the outbox {path}: {source}")]
+    Create {
+        /// The outbox file.
+        path: std::path::PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
     /// A record is larger than the outbox may hold at all.
     #[error("record of {size} bytes exceeds the outbox size limit of {limit} bytes")]
     TooLarge {
@@ -157,7 +165,14 @@ fn add_counter(conn: &Connection, name: &str, delta: i64) -> rusqlite::Result<()
 
 impl Outbox {
     /// Opens (creating if needed) the outbox at `path`.
+    ///
+    /// A new file is created with mode 0600 before SQLite opens it: the outbox holds what the
+    /// board's applications report, and SQLite gives its -wal and -shm files the database's mode.
     pub fn open(path: &Path, limits: Limits) -> Result<Self, OutboxError> {
+        tether_protocol::private_fs::create_file(path).map_err(|source| OutboxError::Create {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;

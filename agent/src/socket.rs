@@ -17,6 +17,10 @@ use crate::outbox::NewRecord;
 use crate::producer::{LINE_OVERHEAD, MAX_BATCH, Producer, parse_line};
 
 /// Binds the socket (replacing a stale one) with permissions `mode` and serves producers.
+///
+/// The socket is created under the agent's umask (owner only) and then given `mode`
+/// (`telemetry.socket_mode`, 0660 by default), which only ever widens it: producers in the
+/// agent's group may connect; nobody else may.
 pub async fn serve(path: PathBuf, mode: u32, producer: Producer) -> std::io::Result<()> {
     if path.exists() {
         std::fs::remove_file(&path)?;

@@ -210,6 +210,19 @@ impl Supervisor {
         } else {
             None
         };
+        if account.switch {
+            // systemd's StateDirectoryMode= resets the state directory to 0700 at every start;
+            // applications running as apps.user must still reach their directories in it.
+            let apps = component::apps_dir(&state_dir);
+            tether_protocol::private_fs::create_dir(&apps)
+                .and_then(|()| open_for_traversal(&state_dir))
+                .and_then(|()| open_for_traversal(&apps))
+                .map_err(io_err(format!(
+                    "opening {} to {} for traversal",
+                    apps.display(),
+                    account.name
+                )))?;
+        }
         Ok(Self {
             shared: Arc::new(Shared {
                 state_dir,
@@ -398,7 +411,7 @@ impl Supervisor {
         let replacing_same = old.as_ref().is_some_and(|o| o.version == version);
         let version_dir = layout.version(&version);
         let fresh_dir = !version_dir.exists();
-        if let Err(e) = stage(&layout, &version, &req, &manifest).await {
+        if let Err(e) = stage(&layout, &version, &req, &manifest, &self.shared.account).await {
             if fresh_dir {
                 let _ = std::fs::remove_dir_all(&version_dir);
             }
@@ -800,12 +813,58 @@ async fn run_to_completion<T: Send + 'static>(
     })
 }
 
-/// Prepares a version directory: recipe, artifacts (checked), unpacked archives.
+/// Adds search (x) permission for group and others to `dir`, never read: users who know a path
+/// below it can reach it, nobody else can list it.
+fn open_for_traversal(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o7777;
+    if mode & 0o011 != 0o011 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o011))?;
+    }
+    Ok(())
+}
+
+/// Gives `root` and everything below it (not following symbolic links) to `account`.
+fn chown_tree(root: &Path, account: &Account) -> std::io::Result<()> {
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(path) = todo.pop() {
+        std::os::unix::fs::lchown(
+            &path,
+            Some(account.uid.as_raw()),
+            Some(account.gid.as_raw()),
+        )?;
+        if std::fs::symlink_metadata(&path)?.is_dir() {
+            for entry in std::fs::read_dir(&path)? {
+                todo.push(entry?.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Lets a component that runs as another user than the agent use its version directory: the
+/// directories on the way are opened for traversal only, and the artifacts and unpacked archives
+/// are given to that user (keeping their modes), as is the work directory before each step. The
+/// recipe, the component's record and its logs stay the agent's.
+fn share_with(layout: &Layout, version: &str, account: &Account) -> std::io::Result<()> {
+    open_for_traversal(&layout.root)?;
+    open_for_traversal(&layout.version(version))?;
+    for dir in [layout.artifacts(version), layout.unpacked(version)] {
+        if dir.exists() {
+            chown_tree(&dir, account)?;
+        }
+    }
+    Ok(())
+}
+
+/// Prepares a version directory: recipe, artifacts (checked), unpacked archives; shared with
+/// `account` when the component's steps run as someone else.
 async fn stage(
     layout: &Layout,
     version: &str,
     req: &DeployRequest,
     manifest: &Manifest,
+    account: &Account,
 ) -> Result<(), SupervisorError> {
     let dir = layout.version(version);
     std::fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
@@ -845,6 +904,13 @@ async fn stage(
         what: "artifact task".into(),
         source: std::io::Error::other(e.to_string()),
     })??;
+    if account.switch {
+        share_with(layout, version, account).map_err(io_err(format!(
+            "sharing {} with {}",
+            layout.version(version).display(),
+            account.name
+        )))?;
+    }
     Ok(())
 }
 

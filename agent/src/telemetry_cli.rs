@@ -39,7 +39,7 @@ pub fn queue(
 
 /// Opens the outbox for a producer command, creating the state directory if needed.
 fn open_outbox(config: &AgentConfig) -> Result<crate::outbox::Outbox> {
-    std::fs::create_dir_all(&config.state_dir)
+    tether_protocol::private_fs::create_dir(&config.state_dir)
         .with_context(|| format!("creating {}", config.state_dir.display()))?;
     let path = crate::outbox::path(&config.state_dir);
     crate::outbox::Outbox::open(&path, crate::upload::limits(&config.telemetry))

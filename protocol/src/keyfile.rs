@@ -2,7 +2,7 @@
 //!
 //! Both are generated on first use, written atomically with mode 0600 (a power cut never
 //! leaves a truncated key, and the secret is never briefly readable by others), and refused
-//! when group or others can read them.
+//! when group or others can read or write them.
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -32,9 +32,12 @@ pub enum KeyFileError {
         /// What the parser said.
         message: String,
     },
-    /// Others can read the key file, so the key must be considered leaked.
+    /// Group or others may read or write the key file: the key may have been copied or
+    /// replaced, so it is not used (OpenSSH refuses such a key the same way).
     #[error(
-        "{path}: the key is readable by group or others (mode {mode:o}); run `chmod 600 {path}`"
+        "UNPROTECTED PRIVATE KEY FILE {path}: its mode {mode:04o} lets group or others read or \
+         write it, so the key is not used; run `chmod 600 {path}` (and re-enroll with a new key \
+         if someone else may have copied it)"
     )]
     TooOpen {
         /// The key file.
@@ -47,7 +50,7 @@ pub enum KeyFileError {
     Generate(String),
 }
 
-/// Loads a private key, refusing a file that group or others can read.
+/// Loads a private key, refusing a file that group or others can read or write.
 pub fn load(path: &Path) -> Result<PrivateKey, KeyFileError> {
     let io = |source| KeyFileError::Io {
         path: path.to_path_buf(),
@@ -83,8 +86,8 @@ pub fn generate(path: &Path) -> Result<PrivateKey, KeyFileError> {
         path: path.to_path_buf(),
         source,
     };
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(io)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        crate::private_fs::create_dir(dir).map_err(io)?;
     }
     let key = PrivateKey::random(&mut russh::keys::key::safe_rng(), Algorithm::Ed25519)
         .map_err(|e| KeyFileError::Generate(e.to_string()))?;
@@ -154,7 +157,19 @@ mod tests {
         let path = dir.path().join("k");
         load_or_create(&path)?;
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644))?;
-        assert!(matches!(load(&path), Err(KeyFileError::TooOpen { .. })));
+        let err = load(&path).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("UNPROTECTED PRIVATE KEY FILE"), "{err}");
+        assert!(err.contains("mode 0644"), "{err}");
+        assert!(
+            err.contains(&format!("chmod 600 {}", path.display())),
+            "{err}"
+        );
+        // Writable by group is as bad: the key could have been replaced.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o620))?;
+        assert!(matches!(
+            load(&path),
+            Err(KeyFileError::TooOpen { mode: 0o620, .. })
+        ));
         fs::write(&path, "garbage")?;
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
         assert!(matches!(load(&path), Err(KeyFileError::BadKey { .. })));

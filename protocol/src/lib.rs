@@ -9,6 +9,7 @@
 //! - [`fleet`]: desired and reported state, the control channel, artifact downloads.
 //! - [`frame`]: length-prefixed versioned JSON frames (telemetry and control channels).
 //! - [`keyfile`]: ed25519 private key files (device key, relay host key).
+//! - [`private_fs`]: the private umask and owner-only directories and files for keys and state.
 //! - [`rotate`]: the JSON messages of device key rotation.
 //! - [`recipe`]: application recipes (artifacts, lifecycle steps, placeholders, dependencies).
 //! - [`shutdown`]: the stop signals both programs obey.
@@ -22,6 +23,7 @@ pub mod fleet;
 pub mod frame;
 pub mod keyfile;
 pub mod names;
+pub mod private_fs;
 pub mod recipe;
 pub mod rotate;
 pub mod shutdown;

@@ -499,6 +499,10 @@ pub enum DeviceCommand {
 pub fn main() -> ExitCode {
     // On a usage error clap prints it and exits with 2; --help and --version exit with 0.
     let cli = Cli::parse();
+    // The data directory holds the store (device and engineer keys, token hashes, telemetry),
+    // the host key and artifacts: whatever the relay or an admin command creates there without
+    // an explicit mode must still be private to the relay's user.
+    tether_protocol::private_fs::restrict_umask();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()

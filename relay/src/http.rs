@@ -35,6 +35,10 @@ use crate::ssh_front::{Front, stopped};
 /// How long a client may take to send its request head (or finish TLS).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// How long, once the relay is stopping, requests in progress may take to finish. A client that
+/// sends its body slower than that is cut off; nothing it sent was acknowledged.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Why TLS could not be set up.
 #[derive(Debug, Error)]
 pub enum TlsError {
@@ -216,6 +220,12 @@ fn forwarded_for(headers: &HeaderMap) -> Option<SocketAddr> {
 }
 
 /// Accepts HTTP(S) connections until `shutdown` turns true, within `limits`.
+///
+/// When `shutdown` fires the listener is closed first (new connections are refused), then every
+/// connection finishes the request it is serving, answers it and closes; idle keep-alive
+/// connections close at once. A request whose handler committed something therefore always
+/// gets its answer, for at most [`DRAIN_TIMEOUT`]. WebSocket links have left hyper by then;
+/// the SSH front closes them.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
@@ -224,6 +234,7 @@ pub async fn serve(
     trust_forwarded_for: bool,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -235,7 +246,9 @@ pub async fn serve(
                     continue;
                 }
             },
-            _ = stopped(&mut shutdown) => return,
+            // Reap finished connections so the set holds only live ones.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            _ = stopped(&mut shutdown) => break,
         };
         let _ = tcp.set_nodelay(true);
         let permit = match limits.http_connection(peer.ip()) {
@@ -249,7 +262,8 @@ pub async fn serve(
         let router = router.clone();
         let tls = tls.clone();
         let limits = limits.clone();
-        tokio::spawn(async move {
+        let stop = shutdown.clone();
+        connections.spawn(async move {
             let guard = AuthGuard {
                 limits,
                 trust_forwarded_for,
@@ -257,15 +271,31 @@ pub async fn serve(
             match tls {
                 Some(acceptor) => {
                     match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => serve_connection(stream, peer, router, guard).await,
+                        Ok(Ok(stream)) => serve_connection(stream, peer, router, guard, stop).await,
                         Ok(Err(e)) => tracing::debug!("tls handshake from {peer} failed: {e}"),
                         Err(_) => tracing::debug!("tls handshake from {peer} timed out"),
                     }
                 }
-                None => serve_connection(tcp, peer, router, guard).await,
+                None => serve_connection(tcp, peer, router, guard, stop).await,
             }
             drop(permit);
         });
+    }
+    drop(listener);
+    let busy = connections.len();
+    if busy == 0 {
+        return;
+    }
+    tracing::info!("letting {busy} HTTP connections finish their requests");
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            "{} HTTP connections still busy after {DRAIN_TIMEOUT:?}; closing them",
+            connections.len()
+        );
     }
 }
 
@@ -305,8 +335,13 @@ impl AuthGuard {
     }
 }
 
-async fn serve_connection<S>(stream: S, peer: SocketAddr, router: Router, guard: AuthGuard)
-where
+async fn serve_connection<S>(
+    stream: S,
+    peer: SocketAddr,
+    router: Router,
+    guard: AuthGuard,
+    mut shutdown: watch::Receiver<bool>,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service =
@@ -343,7 +378,16 @@ where
         .header_read_timeout(HEADER_TIMEOUT)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
-    if let Err(e) = conn.await {
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = stopped(&mut shutdown) => {
+            // Finish the request in progress (answering it with Connection: close), then end.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
         tracing::debug!("http connection from {peer}: {e}");
     }
 }

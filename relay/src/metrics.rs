@@ -29,6 +29,9 @@ pub struct Metrics {
     pub ack_latency: Histogram,
     /// Batches the sink failed to commit.
     pub sink_errors: Counter,
+    /// Records a device sent again that the sink already held: their acknowledgement was lost
+    /// (a link cut or a relay stop between commit and ack).
+    pub records_duplicate: Counter,
     /// Bytes through the SSH front, by transport and direction.
     pub link_bytes: Family<Labels, Counter>,
 }
@@ -42,6 +45,7 @@ impl Metrics {
         let batches_acked = Counter::default();
         let ack_latency = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
         let sink_errors = Counter::default();
+        let records_duplicate = Counter::default();
         let link_bytes = Family::<Labels, Counter>::default();
         registry.register(
             "devices_online",
@@ -52,6 +56,11 @@ impl Metrics {
             "telemetry_records_ingested",
             "Telemetry records committed to the sink",
             records_ingested.clone(),
+        );
+        registry.register(
+            "telemetry_records_duplicate",
+            "Telemetry records sent again that the sink already held (acknowledgement lost)",
+            records_duplicate.clone(),
         );
         registry.register(
             "telemetry_batches_acked",
@@ -80,6 +89,7 @@ impl Metrics {
             batches_acked,
             ack_latency,
             sink_errors,
+            records_duplicate,
             link_bytes,
         })
     }

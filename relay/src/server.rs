@@ -17,6 +17,10 @@ use crate::{api, hostkey, http};
 /// How often telemetry older than each tenant's retention is deleted.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
 
+/// Most time a stop may take between SIGTERM and exit: longer than the HTTP drain, so requests
+/// in progress are answered, and within the 10 s a service manager usually allows.
+const SHUTDOWN_GRACE: Duration = http::DRAIN_TIMEOUT.saturating_add(Duration::from_millis(1500));
+
 /// How often the relay checks for rejected or removed devices that still hold a link.
 const EVICTION_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -62,6 +66,10 @@ fn ssh_config(config: &RelayConfig, host_key: russh::keys::PrivateKey) -> server
 pub async fn serve(config: RelayConfig, store: Arc<Store>) -> Result<()> {
     // Both ring and aws-lc-rs may be compiled in through dependencies; pick one explicitly.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    warn_if_readable(&config.data_dir, "data directory", 0o700);
+    if let Some(tls) = &config.http.tls {
+        warn_if_readable(&tls.key, "TLS private key", 0o600);
+    }
     let host_key = hostkey::load_or_create(&config.data_dir)
         .with_context(|| format!("loading the host key in {}", config.data_dir.display()))?;
     let fingerprint = hostkey::fingerprint(&host_key);
@@ -169,34 +177,59 @@ pub async fn serve(config: RelayConfig, store: Arc<Store>) -> Result<()> {
     });
 
     tether_protocol::shutdown::stop_signal().await;
-    tracing::info!("shutting down: closing sessions and links");
+    // The order matters: stop accepting (the listeners close as their accept loops end), let
+    // what is in progress finish (HTTP requests get their answers, telemetry batches being
+    // committed get their acks, links their goodbye), then record devices offline and exit.
+    tracing::info!("shutting down: finishing requests in progress, closing sessions and links");
     let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(3), async {
-        let _ = ssh_task.await;
-        let _ = http_task.await;
-        let _ = evict_task.await;
-        let _ = retention_task.await;
-        // Give connection tasks a moment to send their goodbyes, record devices offline and
-        // complete the records of the sessions they carried.
-        for _ in 0..30 {
-            if registry.is_empty()
-                && front
-                    .active_sessions
-                    .load(std::sync::atomic::Ordering::SeqCst)
-                    == 0
-            {
-                break;
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        let links = async {
+            let _ = ssh_task.await;
+            let _ = evict_task.await;
+            let _ = retention_task.await;
+            // Connection tasks unregister their device once their goodbye is sent, and
+            // complete the records of the sessions they carried.
+            for _ in 0..50 {
+                if registry.is_empty()
+                    && front
+                        .active_sessions
+                        .load(std::sync::atomic::Ordering::SeqCst)
+                        == 0
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        };
+        let _ = tokio::join!(http_task, links);
     })
     .await;
+    if drained.is_err() {
+        tracing::warn!("shutdown: still busy after {SHUTDOWN_GRACE:?}; exiting anyway");
+    }
     with_store(&store, |s| s.mark_all_offline())
         .await
         .context("store task failed")?
         .context("recording devices offline")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Logs a warning when group or others may read `path`. Not an error: an operator may share a
+/// TLS key with a group on purpose (ssl-cert), and the files inside the data directory are
+/// private by their own modes.
+fn warn_if_readable(path: &std::path::Path, what: &str, fix: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                "{what} {} has mode {mode:04o}, readable beyond the relay's user; run `chmod {fix:o} {}`",
+                path.display(),
+                path.display()
+            );
+        }
+    }
 }
 
 async fn accept_ssh(listener: TcpListener, front: Arc<Front>, mut stop: watch::Receiver<bool>) {

@@ -35,6 +35,10 @@ use crate::store::{Device, DeviceEnrollment, DeviceStatus, EngineerIdentity, Rol
 /// How long a client may take from connecting to finishing authentication.
 pub const LOGIN_GRACE: Duration = Duration::from_secs(30);
 
+/// How long a stopping relay waits for a device's telemetry channel to acknowledge the batch
+/// it is committing. A commit takes milliseconds; a stuck store must not hold the stop up.
+const TELEMETRY_DRAIN: Duration = Duration::from_secs(2);
+
 /// Runs a blocking store call off the async threads.
 pub async fn with_store<T: Send + 'static>(
     store: &Arc<Store>,
@@ -110,6 +114,9 @@ struct ConnState {
     handle: Option<server::Handle>,
     /// Channels open on this connection.
     channels: Arc<crate::limits::ChannelCount>,
+    /// The device's telemetry channel tasks: when the relay stops, the connection waits for
+    /// them to acknowledge the batch they are committing before it says goodbye.
+    telemetry: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// The russh handler of one SSH connection.
@@ -178,6 +185,7 @@ impl Front {
             handshake: Some(handshake),
             handle: None,
             channels: Arc::default(),
+            telemetry: Vec::new(),
         }));
         let handler = Conn {
             front: self.clone(),
@@ -241,11 +249,23 @@ impl Front {
         let result = tokio::select! {
             r = &mut running => r,
             _ = stopped(&mut shutdown) => {
-                let _ = handle
-                    .disconnect(russh::Disconnect::ByApplication, "relay shutting down".into(), "en".into())
-                    .await;
-                let _ = tokio::time::timeout(Duration::from_secs(2), &mut running).await;
-                Ok(())
+                // Telemetry channels stop reading at once; let them acknowledge the batch they
+                // are committing. The session keeps running meanwhile, so the ack goes out.
+                let channels = std::mem::take(&mut lock(&state).telemetry);
+                let drained = tokio::time::timeout(
+                    TELEMETRY_DRAIN,
+                    futures_util::future::join_all(channels),
+                );
+                tokio::select! {
+                    r = &mut running => r,
+                    _ = drained => {
+                        let _ = handle
+                            .disconnect(russh::Disconnect::ByApplication, "relay shutting down".into(), "en".into())
+                            .await;
+                        let _ = tokio::time::timeout(Duration::from_secs(2), &mut running).await;
+                        Ok(())
+                    }
+                }
             }
         };
         grace.abort();
@@ -926,13 +946,17 @@ impl server::Handler for Conn {
                 let taken = lock(&self.state).device_channels.remove(&channel);
                 match (taken, name) {
                     (Some(ch), TELEMETRY_SUBSYSTEM) => {
-                        tokio::spawn(crate::telemetry::serve(
+                        let task = tokio::spawn(crate::telemetry::serve(
                             ch.into_stream(),
                             device.id.clone(),
                             device.tenant_id,
                             self.front.sink.clone(),
                             self.front.metrics.clone(),
+                            self.front.shutdown.clone(),
                         ));
+                        let mut state = lock(&self.state);
+                        state.telemetry.retain(|t| !t.is_finished());
+                        state.telemetry.push(task);
                         true
                     }
                     (Some(ch), KEYS_SUBSYSTEM) => {

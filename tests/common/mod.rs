@@ -71,6 +71,12 @@ pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// The last `n` lines of `text` (of a log, for an error message).
+pub fn tail_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 /// Polls `check` every 50 ms until it returns true or `timeout` passes.
 pub fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) -> Result<()> {
     let start = Instant::now();
@@ -99,17 +105,22 @@ pub struct Proc {
 impl Proc {
     /// Sends SIGTERM and waits (bounded) for the process to exit; returns whether it did.
     pub fn terminate(&mut self, timeout: Duration) -> bool {
+        self.terminate_status(timeout).is_some()
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the process to exit; returns how it exited.
+    pub fn terminate_status(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
         let start = Instant::now();
         while start.elapsed() < timeout {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return true;
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        false
+        None
     }
 
     /// The process's log so far.
@@ -339,6 +350,44 @@ impl Relay {
             bail!("relay did not stop on SIGTERM within 10 s");
         }
         Ok(())
+    }
+
+    /// Stops the relay with SIGTERM; returns its exit code (None if killed by a signal) and how
+    /// long it took to exit. Fails if it is still running after `timeout`.
+    pub fn terminate(&mut self, timeout: Duration) -> Result<(Option<i32>, Duration)> {
+        let Some(mut p) = self.proc.take() else {
+            bail!("the relay is not running");
+        };
+        let start = Instant::now();
+        match p.terminate_status(timeout) {
+            Some(status) => Ok((status.code(), start.elapsed())),
+            None => bail!(
+                "relay did not stop on SIGTERM within {timeout:?}; log:\n{}",
+                tail_lines(&p.log_text(), 40)
+            ),
+        }
+    }
+
+    /// Every stored telemetry record of the device named `device`, oldest first, as
+    /// `relay telemetry tail --json` prints them.
+    pub fn stored_telemetry(&self, device: &str) -> Result<Vec<serde_json::Value>> {
+        let mut cmd = Command::new(bin_dir()?.join("relay"));
+        cmd.arg("--data-dir").arg(self.data_dir()).args([
+            "telemetry",
+            "tail",
+            device,
+            "--limit",
+            "1000000",
+            "--json",
+        ]);
+        let r = run_with_timeout(cmd, None, Duration::from_secs(120))?;
+        if r.status != Some(0) {
+            bail!("relay telemetry tail {device} failed: {}", r.stderr);
+        }
+        r.stdout
+            .lines()
+            .map(|l| Ok(serde_json::from_str(l)?))
+            .collect()
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -604,6 +653,32 @@ impl Agent {
             );
         }
         Ok(r)
+    }
+
+    /// `agent telemetry status --json`: queued rows and bytes, last sequence number, last
+    /// acknowledgement, drops.
+    pub fn telemetry_status(&self) -> Result<serde_json::Value> {
+        let r = self.cmd(&["telemetry", "status", "--json"])?;
+        if r.status != Some(0) {
+            bail!("telemetry status: {}", r.stderr);
+        }
+        Ok(serde_json::from_str(&r.stdout)?)
+    }
+
+    /// Records in the outbox not yet acknowledged by the relay.
+    pub fn queued(&self) -> Result<u64> {
+        Ok(self.telemetry_status()?["queued_rows"]
+            .as_u64()
+            .unwrap_or(0))
+    }
+
+    /// Waits until the relay has acknowledged everything in the outbox.
+    pub fn wait_drained(&self, timeout: Duration) -> Result<()> {
+        wait_until(timeout, "outbox drained", || {
+            self.telemetry_status()
+                .is_ok_and(|s| s["queued_rows"] == 0 && s["acked_upto"] == s["last_seq"])
+        })
+        .with_context(|| format!("agent log:\n{}", tail_lines(&self.log(), 40)))
     }
 
     pub fn device_id(&self) -> Result<String> {
