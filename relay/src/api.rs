@@ -158,6 +158,50 @@ async fn authenticate(store: &Arc<Store>, headers: &HeaderMap) -> Result<ApiIden
     blocking(store, move |s| s.api_token(&token)).await
 }
 
+/// The caller's identity, if its token may change things (role operator or admin): a viewer
+/// token reads only.
+async fn authorize_change(
+    store: &Arc<Store>,
+    headers: &HeaderMap,
+) -> Result<ApiIdentity, ApiError> {
+    let who = authenticate(store, headers).await?;
+    if who.role == crate::store::Role::Viewer {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            format!(
+                "token {} has role viewer, which may only read; create one with --role operator",
+                who.token_id
+            ),
+        ));
+    }
+    Ok(who)
+}
+
+/// Records a change made through the API in the audit trail (a failure to record is logged).
+async fn audit_change(
+    store: &Arc<Store>,
+    who: &ApiIdentity,
+    action: &'static str,
+    target: String,
+    detail: serde_json::Value,
+) {
+    let (tenant, actor) = (who.tenant.clone(), format!("api:{}", who.token_id));
+    let written = blocking(store, move |s| {
+        s.audit(crate::store::NewAudit {
+            tenant: Some(&tenant),
+            actor: &actor,
+            action,
+            target: Some(&target),
+            source: None,
+            detail,
+        })
+    })
+    .await;
+    if let Err(e) = written {
+        tracing::error!("audit trail: {}", e.1);
+    }
+}
+
 /// The answer for a device the caller cannot see, whether it exists in another tenant or not
 /// at all: one function, so the two cannot drift apart.
 fn no_such_device(id: &str) -> ApiError {
@@ -239,10 +283,13 @@ async fn push_config(
     headers: HeaderMap,
     body: Result<axum::Json<serde_json::Value>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let who = authenticate(&store, &headers).await?;
+    let who = authorize_change(&store, &headers).await?;
     let axum::Json(overrides) = body?;
     let device = tenant_device(&store, &who, &id).await?;
+    let device_id = device.id.clone();
+    let detail = json!({ "config": overrides });
     let desired = blocking(&store, move |s| s.push_config(&device.id, &overrides)).await?;
+    audit_change(&store, &who, "device.config", device_id, detail).await;
     Ok(axum::Json(desired).into_response())
 }
 
@@ -276,10 +323,12 @@ async fn set_tags(
     headers: HeaderMap,
     body: Result<axum::Json<TagsRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let who = authenticate(&store, &headers).await?;
+    let who = authorize_change(&store, &headers).await?;
     let axum::Json(request) = body?;
     let device = tenant_device(&store, &who, &id).await?;
     let device_id = device.id.clone();
+    let detail = json!({ "add": request.add, "remove": request.remove });
+    audit_change(&store, &who, "device.tag", device.id.clone(), detail).await;
     let tags = blocking(&store, move |s| {
         s.set_tags(&device_id, &request.add, &request.remove)
     })
@@ -316,7 +365,8 @@ async fn create_deployment(
     body: Result<axum::Json<DeploymentRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let store = state.store.clone();
-    let who = authenticate(&store, &headers).await?;
+    let who = authorize_change(&store, &headers).await?;
+    let tenant = who.tenant.clone();
     let axum::Json(request) = body?;
     let target: Target = request
         .target
@@ -335,7 +385,7 @@ async fn create_deployment(
         s.create_deployment(
             &artifacts_dir,
             NewDeployment {
-                tenant: &who.tenant,
+                tenant: &tenant,
                 target,
                 recipes,
                 set,
@@ -344,6 +394,9 @@ async fn create_deployment(
         )
     })
     .await?;
+    let detail = serde_json::to_value(&view).unwrap_or_default();
+    let id = detail["id"].as_str().unwrap_or_default().to_string();
+    audit_change(&store, &who, "deploy.create", id, detail).await;
     Ok((StatusCode::CREATED, axum::Json(view)).into_response())
 }
 
@@ -406,14 +459,17 @@ async fn create_action(
     headers: HeaderMap,
     body: Result<axum::Json<serde_json::Map<String, serde_json::Value>>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let who = authenticate(&store, &headers).await?;
+    let who = authorize_change(&store, &headers).await?;
     let axum::Json(body) = body?;
     let (action, ttl) = action_request(body)?;
     let device = tenant_device(&store, &who, &id).await?;
+    let (tenant_id, device_id) = (who.tenant_id, device.id.clone());
+    let detail = json!({ "action": action });
     let view = blocking(&store, move |s| {
-        s.create_action(Some(who.tenant_id), &device.id, &action, ttl)
+        s.create_action(Some(tenant_id), &device.id, &action, ttl)
     })
     .await?;
+    audit_change(&store, &who, "action.create", device_id, detail).await;
     Ok((StatusCode::CREATED, axum::Json(view)).into_response())
 }
 
@@ -1172,6 +1228,7 @@ mod tests {
                     ttl: None,
                     uses: None,
                     require_accept: false,
+                    role: crate::store::Role::Operator,
                 })?
                 .secret)
         };
@@ -1182,6 +1239,7 @@ mod tests {
             ttl: None,
             uses: None,
             require_accept: false,
+            role: crate::store::Role::Operator,
         })?;
         let board = store
             .redeem_enroll_token(
@@ -1267,6 +1325,7 @@ mod tests {
             ttl: Some(std::time::Duration::ZERO),
             uses: None,
             require_accept: false,
+            role: crate::store::Role::Operator,
         })?;
         let enroll = f.store.create_token(NewToken {
             tenant: "acme",
@@ -1274,6 +1333,7 @@ mod tests {
             ttl: None,
             uses: None,
             require_accept: false,
+            role: crate::store::Role::Operator,
         })?;
         let basic = "Basic YWxpY2U6c2VjcmV0".to_string();
         let cases = [

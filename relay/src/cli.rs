@@ -358,6 +358,10 @@ pub enum TokenCommand {
         /// An HTTP API bearer token instead of an enrollment token.
         #[arg(long)]
         api: bool,
+        /// What an API token may do: viewer reads, operator also changes devices, deploys
+        /// and runs actions.
+        #[arg(long, value_enum, requires = "api", default_value_t = RoleArg::Operator)]
+        role: RoleArg,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -952,6 +956,7 @@ fn token(out: &mut dyn Write, store: &Store, cmd: TokenCommand) -> Result<()> {
             uses,
             require_accept,
             api,
+            role,
             json,
         } => {
             let (kind, ttl) = if api {
@@ -965,6 +970,7 @@ fn token(out: &mut dyn Write, store: &Store, cmd: TokenCommand) -> Result<()> {
                 ttl,
                 uses,
                 require_accept,
+                role: role.into(),
             })?;
             if json {
                 print_json(out, &token)?;
@@ -983,7 +989,10 @@ fn token(out: &mut dyn Write, store: &Store, cmd: TokenCommand) -> Result<()> {
                         vec![
                             t.id.clone(),
                             t.tenant.clone(),
-                            t.kind.to_string(),
+                            match t.role {
+                                Some(r) => format!("{} ({r})", t.kind),
+                                None => t.kind.to_string(),
+                            },
                             dash(&t.expires_at),
                             t.uses_left
                                 .map(|u| u.to_string())

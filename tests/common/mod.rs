@@ -479,14 +479,34 @@ impl Relay {
 
     /// A plain HTTP/1.1 GET on the HTTP port; returns (status code, body).
     pub fn http_get(&self, path: &str, bearer: Option<&str>) -> Result<(u16, String)> {
+        self.http("GET", path, bearer, None)
+    }
+
+    /// A plain HTTP/1.1 request with an optional JSON body; returns (status code, body).
+    pub fn http(
+        &self,
+        method: &str,
+        path: &str,
+        bearer: Option<&str>,
+        json: Option<&str>,
+    ) -> Result<(u16, String)> {
         let mut s = TcpStream::connect(("127.0.0.1", self.http_port))?;
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
         let auth = bearer
             .map(|t| format!("Authorization: Bearer {t}\r\n"))
             .unwrap_or_default();
+        let body = json.unwrap_or_default();
+        let content = json
+            .map(|b| {
+                format!(
+                    "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                    b.len()
+                )
+            })
+            .unwrap_or_default();
         write!(
             s,
-            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}{content}Connection: close\r\n\r\n{body}"
         )?;
         let mut resp = String::new();
         s.read_to_string(&mut resp)?;

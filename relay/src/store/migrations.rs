@@ -235,6 +235,13 @@ ALTER TABLE devices ADD COLUMN next_fingerprint TEXT;
 CREATE UNIQUE INDEX devices_by_next_fingerprint ON devices (next_fingerprint);
 "#,
     },
+    Migration {
+        name: "roles of API tokens",
+        sql: r#"
+ALTER TABLE tokens ADD COLUMN role TEXT NOT NULL DEFAULT 'operator'
+    CHECK (role IN ('admin', 'operator', 'viewer'));
+"#,
+    },
 ];
 
 /// The schema version this code writes and understands.

@@ -146,6 +146,8 @@ pub struct NewToken<'a> {
     pub uses: Option<u32>,
     /// Devices enrolled with it wait for an operator to accept them.
     pub require_accept: bool,
+    /// What an API token may do (enrollment tokens only enroll).
+    pub role: Role,
 }
 
 /// A freshly minted token: the secret is shown exactly once.
@@ -159,6 +161,8 @@ pub struct CreatedToken {
     pub tenant: String,
     /// Kind.
     pub kind: TokenKind,
+    /// Role of an API token.
+    pub role: Option<Role>,
     /// Expiry (RFC 3339), if any.
     pub expires_at: Option<String>,
 }
@@ -172,6 +176,8 @@ pub struct TokenInfo {
     pub tenant: String,
     /// Kind.
     pub kind: TokenKind,
+    /// Role of an API token.
+    pub role: Option<Role>,
     /// Creation time.
     pub created_at: String,
     /// Expiry, if any.
@@ -224,6 +230,10 @@ pub struct ApiIdentity {
     pub tenant_id: i64,
     /// Tenant name.
     pub tenant: String,
+    /// What the token may do.
+    pub role: Role,
+    /// The token's id (never its secret), for the audit trail.
+    pub token_id: String,
 }
 
 /// Role of an engineer within a tenant.
@@ -626,15 +636,16 @@ impl Store {
             .ttl
             .map(|ttl| unix_now().saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX)));
         conn.execute(
-            "INSERT INTO tokens (id, tenant_id, kind, secret_hash, created_at, expires_at, uses_left, require_accept)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![id, tenant.id, new.kind.as_str(), hash_secret(&secret), now(), expires, new.uses, new.require_accept],
+            "INSERT INTO tokens (id, tenant_id, kind, secret_hash, created_at, expires_at, uses_left, require_accept, role)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![id, tenant.id, new.kind.as_str(), hash_secret(&secret), now(), expires, new.uses, new.require_accept, new.role.as_str()],
         )?;
         Ok(CreatedToken {
             id,
             secret,
             tenant: tenant.name,
             kind: new.kind,
+            role: (new.kind == TokenKind::Api).then_some(new.role),
             expires_at: expires.map(rfc3339_from_unix),
         })
     }
@@ -643,7 +654,7 @@ impl Store {
     pub fn tokens(&self, tenant: Option<&str>) -> Result<Vec<TokenInfo>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT k.id, t.name, k.kind, k.created_at, k.expires_at, k.uses_left, k.require_accept, k.revoked
+            "SELECT k.id, t.name, k.kind, k.created_at, k.expires_at, k.uses_left, k.require_accept, k.revoked, k.role
              FROM tokens k JOIN tenants t ON t.id = k.tenant_id
              WHERE ?1 IS NULL OR t.name = ?1 ORDER BY k.rowid",
         )?;
@@ -663,14 +674,19 @@ impl Store {
             } else {
                 TokenState::Active
             };
+            let kind = if r.get::<_, String>(2)? == "api" {
+                TokenKind::Api
+            } else {
+                TokenKind::Enroll
+            };
+            let role: String = r.get(8)?;
             Ok(TokenInfo {
                 id: r.get(0)?,
                 tenant: r.get(1)?,
-                kind: if r.get::<_, String>(2)? == "api" {
-                    TokenKind::Api
-                } else {
-                    TokenKind::Enroll
-                },
+                kind,
+                role: (kind == TokenKind::Api)
+                    .then(|| Role::parse(&role).ok())
+                    .flatten(),
                 created_at: r.get(3)?,
                 expires_at: expires_at.map(rfc3339_from_unix),
                 uses_left,
@@ -750,8 +766,17 @@ impl Store {
     /// The tenant an API token grants access to.
     pub fn api_token(&self, secret: &str) -> Result<ApiIdentity, StoreError> {
         let conn = self.conn();
-        let (_, tenant_id, tenant, _, _) = Self::check_token(&conn, secret, TokenKind::Api)?;
-        Ok(ApiIdentity { tenant_id, tenant })
+        let (id, tenant_id, tenant, _, _) = Self::check_token(&conn, secret, TokenKind::Api)?;
+        let role: String =
+            conn.query_row("SELECT role FROM tokens WHERE id = ?1", params![id], |r| {
+                r.get(0)
+            })?;
+        Ok(ApiIdentity {
+            tenant_id,
+            tenant,
+            role: Role::parse(&role)?,
+            token_id: id,
+        })
     }
 
     /// Enrolls a device with an enrollment token, atomically.
@@ -1224,6 +1249,7 @@ pub(crate) mod test_support {
             ttl: None,
             uses: None,
             require_accept: false,
+            role: crate::store::Role::Operator,
         })?;
         Ok(store
             .redeem_enroll_token(
@@ -1275,6 +1301,7 @@ mod tests {
                 ttl,
                 uses,
                 require_accept: false,
+                role: crate::store::Role::Operator,
             })?
             .secret)
     }
@@ -1334,6 +1361,7 @@ mod tests {
             ttl: Some(Duration::from_secs(3600)),
             uses: Some(2),
             require_accept: false,
+            role: crate::store::Role::Operator,
         })?;
         let body = t.secret.strip_prefix("tet_").ok_or("no tet_ prefix")?;
         assert_eq!(body.len(), 43);
@@ -1354,6 +1382,7 @@ mod tests {
             ttl: None,
             uses: Some(0),
             require_accept: false,
+            role: crate::store::Role::Operator,
         };
         assert!(matches!(
             s.create_token(bad.clone()),
@@ -1403,6 +1432,7 @@ mod tests {
             ttl: None,
             uses: None,
             require_accept: false,
+            role: crate::store::Role::Operator,
         })?;
         assert_eq!(s.api_token(&api.secret)?.tenant, "acme");
         assert!(matches!(s.api_token(&once), Err(StoreError::InvalidToken)));
@@ -1426,6 +1456,7 @@ mod tests {
             ttl: Some(Duration::ZERO),
             uses: None,
             require_accept: false,
+            role: crate::store::Role::Operator,
         })?;
         assert!(matches!(
             s.api_token(&expired_api.secret),
@@ -1482,6 +1513,7 @@ mod tests {
             ttl: None,
             uses: None,
             require_accept: true,
+            role: crate::store::Role::Operator,
         })?;
         let pending = s
             .redeem_enroll_token(&p.secret, enrollment("b9", "fp9"))?
