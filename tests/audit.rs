@@ -22,21 +22,8 @@ fn the_audit_trail_records_who_did_what_from_where() -> Result<()> {
     ensure!(st.success());
     let r = run_with_timeout(
         {
-            let mut c = std::process::Command::new("ssh");
-            c.args(["-F", "/dev/null", "-i"]).arg(&key).args([
-                "-p",
-                &s.relay.ssh_port.to_string(),
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "IdentitiesOnly=yes",
-                "board1@127.0.0.1",
-                "true",
-            ]);
+            let mut c = ssh_with_key(&s.relay, &key, &[], "board1@127.0.0.1");
+            c.arg("true");
             c
         },
         None,
@@ -68,6 +55,7 @@ fn the_audit_trail_records_who_did_what_from_where() -> Result<()> {
         ("engineer:alice", "session.open"),
         ("engineer:alice", "session.close"),
         ("device:", "auth.success"),
+        ("device:", "device.enroll"),
         ("login:board1", "auth.failure"),
         ("admin", "device.accept"),
     ] {

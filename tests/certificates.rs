@@ -38,28 +38,13 @@ fn sign(ca: &Path, key: &Path, id: &str, options: &[&str]) -> Result<PathBuf> {
 
 /// ssh to `device` with `key` and its certificate (if any) only.
 fn ssh_with(relay: &Relay, key: &Path, cert: Option<&Path>, command: &str) -> Result<Run> {
-    let mut c = Command::new("ssh");
-    c.args(["-F", "/dev/null", "-i"]).arg(key);
-    if let Some(cert) = cert {
-        c.arg("-o")
-            .arg(format!("CertificateFile={}", cert.display()));
-    }
-    c.args([
-        "-p",
-        &relay.ssh_port.to_string(),
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        "LogLevel=ERROR",
-        "board1@127.0.0.1",
-        command,
-    ]);
+    let cert_option = cert.map(|c| format!("CertificateFile={}", c.display()));
+    let extra: Vec<&str> = match &cert_option {
+        Some(o) => vec!["-o", o],
+        None => vec![],
+    };
+    let mut c = ssh_with_key(relay, key, &extra, "board1@127.0.0.1");
+    c.arg(command);
     run_with_timeout(c, None, Duration::from_secs(30))
 }
 

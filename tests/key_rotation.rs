@@ -23,21 +23,8 @@ fn fingerprint(agent: &Agent) -> Result<String> {
 
 /// Logs in as the device link user with `key`; true if the relay accepted the key.
 fn relay_accepts(relay: &Relay, key: &Path) -> Result<bool> {
-    let mut c = Command::new("ssh");
-    c.args(["-F", "/dev/null", "-i"]).arg(key).args([
-        "-p",
-        &relay.ssh_port.to_string(),
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "IdentitiesOnly=yes",
-        "tether-link@127.0.0.1",
-        "true",
-    ]);
+    let mut c = ssh_with_key(relay, key, &[], "tether-link@127.0.0.1");
+    c.arg("true");
     let r = run_with_timeout(c, None, Duration::from_secs(20))?;
     Ok(!r.stderr.contains("Permission denied"))
 }

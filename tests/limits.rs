@@ -33,25 +33,8 @@ fn setup(limits: &str, devices: &[&str]) -> Result<(Relay, Engineer, Vec<Agent>)
 
 /// ssh with `key` only, from local address `bind`.
 fn ssh_from(relay: &Relay, key: &std::path::Path, bind: &str, command: &str) -> Result<Run> {
-    let mut c = Command::new("ssh");
-    c.args(["-F", "/dev/null", "-b", bind, "-i"])
-        .arg(key)
-        .args([
-            "-p",
-            &relay.ssh_port.to_string(),
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "LogLevel=ERROR",
-            "board1@127.0.0.1",
-            command,
-        ]);
+    let mut c = ssh_with_key(relay, key, &["-b", bind], "board1@127.0.0.1");
+    c.arg(command);
     run_with_timeout(c, None, Duration::from_secs(30))
 }
 

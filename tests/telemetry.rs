@@ -529,26 +529,9 @@ fn the_api_serves_telemetry_events_and_logs_by_tenant() -> Result<()> {
 /// Opens a device's `tether-telemetry` channel with the stock OpenSSH client (the device's
 /// own key, as its link would) and sends `bytes`; returns when ssh ends.
 fn raw_telemetry_channel(relay: &Relay, agent: &Agent, bytes: &[u8]) -> Result<Run> {
-    let mut cmd = std::process::Command::new("ssh");
-    cmd.args(["-F", "/dev/null", "-i"])
-        .arg(agent.dir.path().join("state/device_ed25519"))
-        .args([
-            "-p",
-            &relay.ssh_port.to_string(),
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "LogLevel=ERROR",
-            "-s",
-            "tether-link@127.0.0.1",
-            "tether-telemetry",
-        ]);
+    let key = agent.dir.path().join("state/device_ed25519");
+    let mut cmd = ssh_with_key(relay, &key, &["-s"], "tether-link@127.0.0.1");
+    cmd.arg("tether-telemetry");
     run_with_timeout(cmd, Some(bytes), Duration::from_secs(30))
 }
 

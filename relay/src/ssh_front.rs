@@ -1430,6 +1430,22 @@ async fn redeem(
                 enrolled.device.name,
                 enrolled.tenant_name
             );
+            audit_event(
+                front.store.clone(),
+                Some(enrolled.tenant_name.clone()),
+                format!("device:{}", enrolled.device.id),
+                "device.enroll",
+                Some(enrolled.device.id.clone()),
+                remote.to_string(),
+                serde_json::json!({
+                    "name": enrolled.device.name,
+                    "status": enrolled.device.status.to_string(),
+                    "fingerprint": enrolled.device.fingerprint,
+                    "agent_version": request.agent_version,
+                    "force": request.force,
+                }),
+            )
+            .await;
             EnrollResponse::Enrolled {
                 device_id: enrolled.device.id.clone(),
                 name: enrolled.device.name.clone(),
@@ -1439,6 +1455,16 @@ async fn redeem(
         }
         Some(Err(e)) => {
             tracing::info!("enrollment from {remote} refused: {e}");
+            audit_event(
+                front.store.clone(),
+                None,
+                "enrolling device".into(),
+                "device.enroll",
+                None,
+                remote.to_string(),
+                serde_json::json!({ "name": request.name, "ok": false, "error": e.to_string() }),
+            )
+            .await;
             EnrollResponse::Refused {
                 message: e.to_string(),
             }

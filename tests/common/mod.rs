@@ -801,6 +801,28 @@ impl Engineer {
     }
 }
 
+/// `ssh` to `dest` on the relay's SSH port with `key` and nothing else of the user's (no
+/// config, agent keys or known hosts), unattended; `extra` goes before the destination.
+pub fn ssh_with_key(relay: &Relay, key: &Path, extra: &[&str], dest: &str) -> Command {
+    let mut cmd = Command::new("ssh");
+    cmd.args(["-F", "/dev/null", "-i"]).arg(key).args([
+        "-p",
+        &relay.ssh_port.to_string(),
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "LogLevel=ERROR",
+    ]);
+    cmd.args(extra).arg(dest);
+    cmd
+}
+
 /// A relay, one tenant, one admin engineer and one online agent: the common starting point.
 pub struct Setup {
     pub relay: Relay,

@@ -588,6 +588,32 @@ impl Store {
         }
     }
 
+    /// Sets a tenant's day count `column` (one of its retention settings, `what` in errors).
+    fn set_tenant_days(
+        &self,
+        tenant: &str,
+        column: &'static str,
+        what: &str,
+        days: u32,
+    ) -> Result<(), StoreError> {
+        if days == 0 {
+            return Err(StoreError::Invalid(format!(
+                "{what} must be at least 1 day"
+            )));
+        }
+        let n = self.conn().execute(
+            &format!("UPDATE tenants SET {column} = ?2 WHERE name = ?1"),
+            params![tenant, days],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound {
+                what: "tenant",
+                key: tenant.to_string(),
+            });
+        }
+        Ok(())
+    }
+
     /// All tenants.
     pub fn tenants(&self) -> Result<Vec<Tenant>, StoreError> {
         let conn = self.conn();

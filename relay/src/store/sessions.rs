@@ -306,22 +306,7 @@ impl Store {
 
     /// Sets how many days of session recordings a tenant keeps.
     pub fn set_session_retention(&self, tenant: &str, days: u32) -> Result<(), StoreError> {
-        if days == 0 {
-            return Err(StoreError::Invalid(
-                "session retention must be at least 1 day".into(),
-            ));
-        }
-        let n = self.conn().execute(
-            "UPDATE tenants SET session_retention_days = ?2 WHERE name = ?1",
-            params![tenant, days],
-        )?;
-        if n == 0 {
-            return Err(StoreError::NotFound {
-                what: "tenant",
-                key: tenant.to_string(),
-            });
-        }
-        Ok(())
+        self.set_tenant_days(tenant, "session_retention_days", "session retention", days)
     }
 }
 
