@@ -664,6 +664,11 @@ fn an_os_bundle_deployed_from_the_relay_commits_or_rolls_back_and_says_so() -> R
         "{state}"
     );
     ensure!(b.status()?["slots"][1]["state"] == "good");
+    let trail = relay.admin_ok(&["audit", "list", "--json"])?;
+    ensure!(
+        trail.contains("\"ota.installed\"") && trail.contains("\"to\": \"1.1.0\""),
+        "the installed update is not in the audit trail: {trail}"
+    );
 
     // A version whose health check fails: installed into A, booted on trial, marked bad,
     // back to B; the deployment says rolled back, and why.

@@ -44,19 +44,25 @@ pub struct NewAudit<'a> {
     pub detail: serde_json::Value,
 }
 
+/// Appends an entry on `conn`, inside whatever transaction it is in (so the entry commits with
+/// the change it records, or not at all).
+pub(super) fn append(conn: &rusqlite::Connection, e: NewAudit<'_>) -> Result<(), StoreError> {
+    let detail = if e.detail.is_null() {
+        "{}".to_string()
+    } else {
+        e.detail.to_string()
+    };
+    conn.execute(
+        "INSERT INTO audit (at, tenant, actor, action, target, source, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![now(), e.tenant, e.actor, e.action, e.target, e.source, detail],
+    )?;
+    Ok(())
+}
+
 impl Store {
     /// Appends an entry.
     pub fn audit(&self, e: NewAudit<'_>) -> Result<(), StoreError> {
-        let detail = if e.detail.is_null() {
-            "{}".to_string()
-        } else {
-            e.detail.to_string()
-        };
-        self.conn().execute(
-            "INSERT INTO audit (at, tenant, actor, action, target, source, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![now(), e.tenant, e.actor, e.action, e.target, e.source, detail],
-        )?;
-        Ok(())
+        append(&self.conn(), e)
     }
 
     /// Entries oldest first, from `since` (RFC 3339, inclusive) on, of `tenant` if given, at

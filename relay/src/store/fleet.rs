@@ -751,6 +751,40 @@ impl Store {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         device_exists(&tx, device_id)?;
         let at = now();
+        // An OS version that changed since the last report is an installed update (or a
+        // fallback to the other slot): the audit trail keeps it.
+        let before: Option<(String, String)> = tx
+            .query_row(
+                "SELECT r.doc, t.name FROM reported_state r JOIN devices d ON d.id = r.device_id
+                 JOIN tenants t ON t.id = d.tenant_id WHERE r.device_id = ?1",
+                params![device_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        if let Some((doc, tenant)) = before {
+            let old_os = serde_json::from_str::<ReportedState>(&doc)
+                .ok()
+                .and_then(|r| r.os_version);
+            if let Some(new_os) = &report.os_version
+                && old_os.as_ref() != Some(new_os)
+            {
+                super::audit::append(
+                    &tx,
+                    super::NewAudit {
+                        tenant: Some(&tenant),
+                        actor: &format!("device:{device_id}"),
+                        action: "ota.installed",
+                        target: Some(device_id),
+                        source: None,
+                        detail: serde_json::json!({
+                            "from": old_os,
+                            "to": new_os,
+                            "deployment": report.deployment_id,
+                        }),
+                    },
+                )?;
+            }
+        }
         tx.execute(
             "INSERT INTO reported_state (device_id, doc, updated_at) VALUES (?1, ?2, ?3)
              ON CONFLICT (device_id) DO UPDATE SET doc = excluded.doc, updated_at = excluded.updated_at",
