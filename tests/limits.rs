@@ -359,3 +359,68 @@ fn a_flood_of_connections_leaves_established_sessions_responsive() -> Result<()>
     drop(clients);
     Ok(())
 }
+
+#[test]
+fn authentication_tries_and_the_total_bounds_are_enforced() -> Result<()> {
+    let (relay, alice, _agents) = setup(
+        "  max_auth_tries: 3\n  max_handshakes: 5\n  max_handshakes_per_source: 0\n  \
+         max_http_connections: 5\n  max_http_connections_per_source: 0\n",
+        &["board1"],
+    )?;
+    // One connection offering four unknown keys: cut off after the third attempt (OpenSSH's
+    // "none" probe counts as one), with russh's words, which OpenSSH prints.
+    let dir = tempfile::tempdir()?;
+    let keys: Vec<_> = (0..4)
+        .map(|i| new_key(dir.path(), &format!("k{i}")))
+        .collect::<Result<_>>()?;
+    let mut extra: Vec<String> = Vec::new();
+    for k in &keys[1..] {
+        extra.push("-i".into());
+        extra.push(k.display().to_string());
+    }
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let mut c = ssh_with_key(&relay, &keys[0], &extra, "board1@127.0.0.1");
+    c.arg("true");
+    let r = run_with_timeout(c, None, Duration::from_secs(30))?;
+    ensure!(
+        r.status == Some(255) && r.stderr.contains("Too many authentication"),
+        "{:?} {}",
+        r.status,
+        r.stderr
+    );
+
+    // The bounds on all sources together, hit from 127.0.0.3 alone.
+    let mut ssh_flood = Vec::new();
+    let mut http_flood = Vec::new();
+    for _ in 0..12 {
+        ssh_flood.push(connect_from([127, 0, 0, 3], relay.ssh_port)?);
+        http_flood.push(connect_from([127, 0, 0, 3], relay.http_port)?);
+    }
+    let ssh_refused = ssh_flood
+        .iter_mut()
+        .map(first_bytes)
+        .filter(|b| b.contains("logins in progress (limits.max_handshakes)"))
+        .count();
+    let http_refused = http_flood
+        .iter_mut()
+        .map(first_bytes)
+        .filter(|b| b.contains("HTTP connections open (limits.max_http_connections)"))
+        .count();
+    ensure!(
+        ssh_refused >= 7,
+        "{ssh_refused} of 12 SSH connections refused"
+    );
+    ensure!(
+        http_refused >= 7,
+        "{http_refused} of 12 HTTP connections refused"
+    );
+    // The places come back once the flood is gone.
+    drop(ssh_flood);
+    drop(http_flood);
+    wait_until(Duration::from_secs(15), "a login after the flood", || {
+        alice
+            .exec("board1", "true")
+            .is_ok_and(|r| r.status == Some(0))
+    })?;
+    Ok(())
+}
