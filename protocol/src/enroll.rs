@@ -71,3 +71,24 @@ pub fn parse_request(buf: &[u8]) -> Result<EnrollRequest, String> {
     crate::names::validate_device_name(&request.name).map_err(|e| e.to_string())?;
     Ok(request)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enroll_requests_are_checked() {
+        let ok = br#"{"protocol":1,"token":"t","name":"b1","agent_version":"0.1.0"}
+"#;
+        assert!(parse_request(ok).is_ok());
+        let bad_json = b"{not json\n";
+        assert!(parse_request(bad_json).is_err_and(|e| e.contains("malformed")));
+        let bad_name = br#"{"protocol":1,"token":"t","name":"Bad Name","agent_version":"0"}"#;
+        assert!(parse_request(bad_name).is_err_and(|e| e.contains("Bad Name")));
+        let future = br#"{"protocol":99,"token":"t","name":"b1","agent_version":"0"}"#;
+        assert!(parse_request(future).is_err_and(|e| e.contains("protocol 99")));
+        let unknown = br#"{"protocol":1,"token":"t","name":"b1","agent_version":"0","x":1}"#;
+        assert!(parse_request(unknown).is_err());
+        assert!(parse_request(&vec![b'a'; MAX_ENROLL_MESSAGE + 1]).is_err());
+    }
+}

@@ -7,6 +7,7 @@
 //! - [`registry`]: the device links that are up right now on this relay.
 //! - [`certauth`]: engineers' OpenSSH user certificates, checked against tenants' trusted CAs.
 //! - [`ssh_front`]: the SSH port: device links, enrollment and engineers' sessions.
+//! - [`device_requests`]: the enrollment and key rotation subsystems of the SSH port.
 //! - [`proxy`]: carrying an engineer's session channel to the device's embedded SSH server.
 //! - [`recording`]: recording engineers' sessions (asciicast, exec commands, sftp file operations).
 //! - [`http`]: the HTTP port: the WebSocket link, the JSON API and TLS.
@@ -25,6 +26,7 @@ pub mod certauth;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod device_requests;
 pub mod hostkey;
 pub mod http;
 pub mod limits;

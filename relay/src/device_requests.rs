@@ -1,0 +1,206 @@
+//! The one-request subsystems a device uses besides its link: enrollment (an enrolling
+//! device's key and a token become a device) and key rotation (a linked device registers its
+//! next key). Each reads one JSON request line and writes one JSON answer line.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use russh::keys::{HashAlg, PublicKey};
+use russh::server::Msg;
+use russh::{Channel, ChannelMsg};
+use tether_protocol::enroll::{EnrollRequest, EnrollResponse, MAX_ENROLL_MESSAGE};
+
+use crate::ssh_front::{Front, LOGIN_GRACE, audit_event, with_store};
+use crate::store::{Device, DeviceEnrollment};
+
+/// Serves the enrollment subsystem on a session channel: one JSON request line, one JSON
+/// answer line.
+pub(crate) async fn enroll_channel(
+    front: Arc<Front>,
+    mut channel: Channel<Msg>,
+    key: PublicKey,
+    remote: SocketAddr,
+) {
+    let Some(buf) = read_request_line(&mut channel, MAX_ENROLL_MESSAGE).await else {
+        let _ = channel.close().await;
+        return;
+    };
+    let response = match tether_protocol::enroll::parse_request(&buf) {
+        Err(message) => EnrollResponse::Refused { message },
+        Ok(request) => redeem(&front, request, &key, remote).await,
+    };
+    answer_and_close(channel, &response).await;
+}
+
+/// Reads one JSON line (at most `max` bytes) from a session channel, within the login grace.
+async fn read_request_line(channel: &mut Channel<Msg>, max: usize) -> Option<Vec<u8>> {
+    let mut buf = Vec::new();
+    let read = async {
+        while let Some(msg) = channel.wait().await {
+            match msg {
+                ChannelMsg::Data { data } => {
+                    buf.extend_from_slice(&data);
+                    if buf.contains(&b'\n') || buf.len() > max {
+                        break;
+                    }
+                }
+                ChannelMsg::Eof | ChannelMsg::Close => break,
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(LOGIN_GRACE, read).await.ok()?;
+    Some(buf)
+}
+
+/// Writes one JSON answer line and closes the channel.
+async fn answer_and_close<T: serde::Serialize>(channel: Channel<Msg>, answer: &T) {
+    let mut line = serde_json::to_vec(answer).unwrap_or_default();
+    line.push(b'\n');
+    let _ = channel.data(&line[..]).await;
+    let _ = channel.eof().await;
+    let _ = channel.close().await;
+}
+
+/// Serves the key rotation subsystem for a linked device: registers its next key.
+pub(crate) async fn keys_channel(
+    front: Arc<Front>,
+    mut channel: Channel<Msg>,
+    device: Box<Device>,
+    remote: SocketAddr,
+) {
+    use tether_protocol::rotate::{MAX_ROTATE_MESSAGE, RotateRequest, RotateResponse};
+    let Some(buf) = read_request_line(&mut channel, MAX_ROTATE_MESSAGE).await else {
+        let _ = channel.close().await;
+        return;
+    };
+    let line = buf.split(|b| *b == b'\n').next().unwrap_or_default();
+    let request = if buf.len() > MAX_ROTATE_MESSAGE {
+        Err("key rotation request too long".to_string())
+    } else {
+        serde_json::from_slice::<RotateRequest>(line)
+            .map_err(|e| format!("malformed key rotation request: {e}"))
+    };
+    let response = match request {
+        Err(message) => RotateResponse::Refused { message },
+        Ok(r) if r.protocol != tether_protocol::PROTOCOL_VERSION => RotateResponse::Refused {
+            message: format!(
+                "agent speaks link protocol {}, relay speaks {}",
+                r.protocol,
+                tether_protocol::PROTOCOL_VERSION
+            ),
+        },
+        Ok(r) => {
+            let id = device.id.clone();
+            match with_store(&front.store, move |s| {
+                s.register_next_key(&id, &r.public_key)
+            })
+            .await
+            {
+                Some(Ok(fingerprint)) => {
+                    tracing::info!(
+                        "device {} registered its next key {fingerprint} from {remote}",
+                        device.id
+                    );
+                    audit_event(
+                        front.store.clone(),
+                        Some(device.tenant.clone()),
+                        format!("device:{}", device.id),
+                        "device.key.register",
+                        Some(device.id.clone()),
+                        remote.to_string(),
+                        serde_json::json!({ "next": fingerprint, "current": device.fingerprint }),
+                    )
+                    .await;
+                    RotateResponse::Registered { fingerprint }
+                }
+                Some(Err(e)) => RotateResponse::Refused {
+                    message: e.to_string(),
+                },
+                None => RotateResponse::Refused {
+                    message: "internal error".into(),
+                },
+            }
+        }
+    };
+    answer_and_close(channel, &response).await;
+}
+
+async fn redeem(
+    front: &Arc<Front>,
+    request: EnrollRequest,
+    key: &PublicKey,
+    remote: SocketAddr,
+) -> EnrollResponse {
+    let public_key_openssh = match key.to_openssh() {
+        Ok(k) => k,
+        Err(e) => {
+            return EnrollResponse::Refused {
+                message: format!("unusable device key: {e}"),
+            };
+        }
+    };
+    let enrollment = DeviceEnrollment {
+        name: request.name.clone(),
+        public_key_openssh,
+        fingerprint: key.fingerprint(HashAlg::Sha256).to_string(),
+        agent_version: request.agent_version.clone(),
+        force: request.force,
+    };
+    let token = request.token;
+    match with_store(&front.store, move |s| {
+        s.redeem_enroll_token(&token, enrollment)
+    })
+    .await
+    {
+        Some(Ok(enrolled)) => {
+            tracing::info!(
+                "enrolled device {} ({}) in tenant {} from {remote}",
+                enrolled.device.id,
+                enrolled.device.name,
+                enrolled.tenant_name
+            );
+            audit_event(
+                front.store.clone(),
+                Some(enrolled.tenant_name.clone()),
+                format!("device:{}", enrolled.device.id),
+                "device.enroll",
+                Some(enrolled.device.id.clone()),
+                remote.to_string(),
+                serde_json::json!({
+                    "name": enrolled.device.name,
+                    "status": enrolled.device.status.to_string(),
+                    "fingerprint": enrolled.device.fingerprint,
+                    "agent_version": request.agent_version,
+                    "force": request.force,
+                }),
+            )
+            .await;
+            EnrollResponse::Enrolled {
+                device_id: enrolled.device.id.clone(),
+                name: enrolled.device.name.clone(),
+                tenant: enrolled.tenant_name.clone(),
+                status: enrolled.device.status.to_string(),
+            }
+        }
+        Some(Err(e)) => {
+            tracing::info!("enrollment from {remote} refused: {e}");
+            audit_event(
+                front.store.clone(),
+                None,
+                "enrolling device".into(),
+                "device.enroll",
+                None,
+                remote.to_string(),
+                serde_json::json!({ "name": request.name, "ok": false, "error": e.to_string() }),
+            )
+            .await;
+            EnrollResponse::Refused {
+                message: e.to_string(),
+            }
+        }
+        None => EnrollResponse::Refused {
+            message: "internal error".into(),
+        },
+    }
+}
