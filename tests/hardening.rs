@@ -33,6 +33,40 @@ fn which(tool: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// Deploys the ticker application to board1 through the relay (its script stored as a relay
+/// artifact, downloaded and staged by the agent) and waits until it has written its ticks.
+/// Returns the sha256 of the script artifact.
+fn deploy_ticker(relay: &Relay, agent: &Agent) -> Result<String> {
+    let dir = tempfile::tempdir()?;
+    let script = dir.path().join("tick.sh");
+    std::fs::write(&script, "echo tick\n")?;
+    let sha = relay
+        .admin_ok(&["artifact", "put", &script.display().to_string()])?
+        .trim()
+        .to_string();
+    let recipe = dir.path().join("ticker.yaml");
+    std::fs::write(&recipe, ticker(&sha))?;
+    relay.admin_ok(&[
+        "deploy",
+        "create",
+        "--tenant",
+        "acme",
+        "--target",
+        "device:board1",
+        "--recipe",
+        &recipe.display().to_string(),
+    ])?;
+    let ticks = agent
+        .dir
+        .path()
+        .join("state/apps/com.example.ticker/work/ticks");
+    wait_until(Duration::from_secs(60), "the application runs", || {
+        std::fs::read_to_string(&ticks).is_ok_and(|t| t.contains("tick"))
+    })
+    .with_context(|| tail_lines(&agent.log(), 40))?;
+    Ok(sha)
+}
+
 #[test]
 fn the_systemd_unit_verifies_and_keeps_its_sandbox() -> Result<()> {
     let Some(analyze) = which("systemd-analyze") else {
@@ -167,31 +201,9 @@ fn state_of_agent_and_relay_is_private_to_their_user() -> Result<()> {
 
     // An application deployed from the relay: the artifact is stored by the relay, downloaded
     // and staged by the agent, and its output kept in the component's log.
-    let dir = tempfile::tempdir()?;
-    let script = dir.path().join("tick.sh");
-    std::fs::write(&script, "echo tick\n")?;
-    let sha = relay
-        .admin_ok(&["artifact", "put", &script.display().to_string()])?
-        .trim()
-        .to_string();
-    let recipe = dir.path().join("ticker.yaml");
-    std::fs::write(&recipe, ticker(&sha))?;
-    relay.admin_ok(&[
-        "deploy",
-        "create",
-        "--tenant",
-        "acme",
-        "--target",
-        "device:board1",
-        "--recipe",
-        &recipe.display().to_string(),
-    ])?;
+    let sha = deploy_ticker(&relay, &agent)?;
     let state = agent.dir.path().join("state");
     let ticks = state.join("apps/com.example.ticker/work/ticks");
-    wait_until(Duration::from_secs(60), "the application runs", || {
-        std::fs::read_to_string(&ticks).is_ok_and(|t| t.contains("tick"))
-    })
-    .with_context(|| tail_lines(&agent.log(), 40))?;
     agent.wait_drained(Duration::from_secs(30))?;
 
     // The agent's state directory, while it runs (sockets, -wal and -shm files exist).
@@ -296,32 +308,10 @@ fn an_application_running_as_another_user_reaches_its_files_and_nothing_else() -
     agent.enroll(&relay, Transport::Tcp, "acme")?;
     agent.start()?;
     agent.wait_online()?;
-    let dir = tempfile::tempdir()?;
-    let script = dir.path().join("tick.sh");
-    std::fs::write(&script, "echo tick\n")?;
-    let sha = relay
-        .admin_ok(&["artifact", "put", &script.display().to_string()])?
-        .trim()
-        .to_string();
-    let recipe = dir.path().join("ticker.yaml");
-    std::fs::write(&recipe, ticker(&sha))?;
-    relay.admin_ok(&[
-        "deploy",
-        "create",
-        "--tenant",
-        "acme",
-        "--target",
-        "device:board1",
-        "--recipe",
-        &recipe.display().to_string(),
-    ])?;
+    deploy_ticker(&relay, &agent)?;
     // The run step, as nobody, reads its artifact and writes into its work directory.
     let state = agent.dir.path().join("state");
     let ticks = state.join("apps/com.example.ticker/work/ticks");
-    wait_until(Duration::from_secs(60), "the application runs", || {
-        std::fs::read_to_string(&ticks).is_ok_and(|t| t.contains("tick"))
-    })
-    .with_context(|| tail_lines(&agent.log(), 40))?;
     // The test's own temporary directory is 0700 root; let nobody reach the agent's state.
     std::fs::set_permissions(agent.dir.path(), std::fs::Permissions::from_mode(0o711))?;
     let st = state.display();

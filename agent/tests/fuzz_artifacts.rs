@@ -6,6 +6,9 @@
 //! Each property runs [`CASES`] cases; set `TETHER_FUZZ_CASES` to run more, e.g.
 //! `TETHER_FUZZ_CASES=20000 cargo test -p tether-agent --test fuzz_artifacts`.
 
+mod common;
+
+use common::fail;
 use std::io::{Cursor, Write};
 use std::path::{Path, PathBuf};
 
@@ -19,26 +22,12 @@ use tether_protocol::recipe::Unarchive;
 /// a 2-core machine and the file stays well under the 30 s budget of a bounded run.
 const CASES: u32 = 256;
 
-/// Shrinking is stopped after 10 s so that even a failing property ends promptly.
-const SHRINK_MS: u32 = 10_000;
-
 /// Where archives unpack, relative to the test's directory: deep enough that every `..` an
 /// entry can hold (at most four) still lands inside the test's directory, never above it.
 const INTO: &str = "l1/l2/l3/l4/into";
 
-/// The configuration of every property: [`CASES`] cases, or `TETHER_FUZZ_CASES`.
 fn config() -> ProptestConfig {
-    let cases = std::env::var("TETHER_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(CASES);
-    let mut config = ProptestConfig::with_cases(cases);
-    config.max_shrink_time = SHRINK_MS;
-    config
-}
-
-fn fail<E: std::fmt::Display>(e: E) -> TestCaseError {
-    TestCaseError::fail(e.to_string())
+    common::config(CASES)
 }
 
 /// A path an entry may name: up to four components, some of them `..` or `.`, relative or

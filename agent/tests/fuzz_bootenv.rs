@@ -8,6 +8,9 @@
 //! Each property runs [`CASES`] cases; set `TETHER_FUZZ_CASES` to run more, e.g.
 //! `TETHER_FUZZ_CASES=20000 cargo test -p tether-agent --test fuzz_bootenv`.
 
+mod common;
+
+use common::fail;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -20,25 +23,11 @@ use tether_agent::bootenv::{BootEnv, BootEnvError, FileEnv, GrubEnv, UbootCopy, 
 /// 2-core machine and the file stays well under the 30 s budget of a bounded run.
 const CASES: u32 = 256;
 
-/// Shrinking is stopped after 10 s so that even a failing property ends promptly.
-const SHRINK_MS: u32 = 10_000;
-
 /// ENV_SIZE of the U-Boot environments under test: small, so that random data fills them.
 const ENV_SIZE: usize = 0x100;
 
-/// The configuration of every property: [`CASES`] cases, or `TETHER_FUZZ_CASES`.
 fn config() -> ProptestConfig {
-    let cases = std::env::var("TETHER_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(CASES);
-    let mut config = ProptestConfig::with_cases(cases);
-    config.max_shrink_time = SHRINK_MS;
-    config
-}
-
-fn fail<E: std::fmt::Display>(e: E) -> TestCaseError {
-    TestCaseError::fail(e.to_string())
+    common::config(CASES)
 }
 
 /// A change set: variables to set (`Some`) or delete (`None`).

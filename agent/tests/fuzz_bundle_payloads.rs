@@ -7,6 +7,9 @@
 //! Each property runs [`CASES`] cases; set `TETHER_FUZZ_CASES` to run more, e.g.
 //! `TETHER_FUZZ_CASES=20000 cargo test -p tether-agent --test fuzz_bundle_payloads`.
 
+mod common;
+
+use common::fail;
 use std::io::Cursor;
 
 use proptest::prelude::*;
@@ -20,22 +23,8 @@ use tether_protocol::bundle::{Compression, ImageEntry, ZSTD_LEVEL, ZSTD_WINDOW_L
 /// a second on a 2-core machine and the file stays well under the 30 s budget of a bounded run.
 const CASES: u32 = 1024;
 
-/// Shrinking is stopped after 10 s so that even a failing property ends promptly.
-const SHRINK_MS: u32 = 10_000;
-
-/// The configuration of every property: [`CASES`] cases, or `TETHER_FUZZ_CASES`.
 fn config() -> ProptestConfig {
-    let cases = std::env::var("TETHER_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(CASES);
-    let mut config = ProptestConfig::with_cases(cases);
-    config.max_shrink_time = SHRINK_MS;
-    config
-}
-
-fn fail<E: std::fmt::Display>(e: E) -> TestCaseError {
-    TestCaseError::fail(e.to_string())
+    common::config(CASES)
 }
 
 /// Images that compress (repeated runs) and images that do not (noise).

@@ -7,6 +7,9 @@
 //! Each property runs [`CASES`] cases; set `TETHER_FUZZ_CASES` to run more, e.g.
 //! `TETHER_FUZZ_CASES=100000 cargo test -p tether-agent --test fuzz_producer`.
 
+mod common;
+
+use common::fail;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use serde_json::{Value, json};
@@ -18,25 +21,11 @@ use tether_protocol::telemetry::{Kind, Level};
 /// below the 30 s budget of a bounded run.
 const CASES: u32 = 1024;
 
-/// Shrinking is stopped after 10 s so that even a failing property ends promptly.
-const SHRINK_MS: u32 = 10_000;
-
 /// The payload limit the lines are checked against.
 const MAX_PAYLOAD: usize = 256;
 
-/// The configuration of every property: [`CASES`] cases, or `TETHER_FUZZ_CASES`.
 fn config() -> ProptestConfig {
-    let cases = std::env::var("TETHER_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(CASES);
-    let mut config = ProptestConfig::with_cases(cases);
-    config.max_shrink_time = SHRINK_MS;
-    config
-}
-
-fn fail<E: std::fmt::Display>(e: E) -> TestCaseError {
-    TestCaseError::fail(e.to_string())
+    common::config(CASES)
 }
 
 fn json_value() -> impl Strategy<Value = Value> {

@@ -6,12 +6,14 @@
 //! Each property runs [`CASES`] cases; set `TETHER_FUZZ_CASES` to run more, e.g.
 //! `TETHER_FUZZ_CASES=100000 cargo test -p tether-relay --test fuzz_config`.
 
+mod common;
+
+use common::fail;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use proptest::prelude::*;
-use proptest::test_runner::TestCaseError;
 use tether_relay::config::{LimitsConfig, RelayConfig, TlsConfig};
 
 /// Cases per property: 512. A case parses a short YAML file, well under a millisecond in a
@@ -19,22 +21,8 @@ use tether_relay::config::{LimitsConfig, RelayConfig, TlsConfig};
 /// well under the 30 s budget of a bounded run.
 const CASES: u32 = 512;
 
-/// Shrinking is stopped after 10 s so that even a failing property ends promptly.
-const SHRINK_MS: u32 = 10_000;
-
-/// The configuration of every property: [`CASES`] cases, or `TETHER_FUZZ_CASES`.
 fn config() -> ProptestConfig {
-    let cases = std::env::var("TETHER_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(CASES);
-    let mut config = ProptestConfig::with_cases(cases);
-    config.max_shrink_time = SHRINK_MS;
-    config
-}
-
-fn fail<E: std::fmt::Display>(e: E) -> TestCaseError {
-    TestCaseError::fail(e.to_string())
+    common::config(CASES)
 }
 
 const FILE: &str = "/etc/tether/relay.yaml";

@@ -8,6 +8,8 @@
 //! Each property runs [`CASES`] cases; set `TETHER_FUZZ_CASES` to run more, e.g.
 //! `TETHER_FUZZ_CASES=100000 cargo test -p tether-relay --test fuzz_recording`.
 
+mod common;
+
 use std::time::Duration;
 
 use proptest::prelude::*;
@@ -19,13 +21,7 @@ use tether_relay::recording::sftp::{MAX_OPS, SftpObserver};
 const CASES: u32 = 256;
 
 fn config() -> ProptestConfig {
-    let cases = std::env::var("TETHER_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(CASES);
-    let mut config = ProptestConfig::with_cases(cases);
-    config.max_shrink_time = 10_000;
-    config
+    common::config(CASES)
 }
 
 /// Splits `data` at the given cut points.
