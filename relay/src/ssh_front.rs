@@ -1062,6 +1062,16 @@ async fn carry_session(
         format!("{engineer}@{}", device.name),
     );
     let started = std::time::Instant::now();
+    let flusher = {
+        let recording = recording.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tick.tick().await;
+                recording.flush();
+            }
+        })
+    };
     let idle = Some(front.limits.config.session_idle_timeout);
     let ended = proxy::relay_session(channel, front_handle, dev, recording.clone(), idle).await;
     let reason = if *front.shutdown.borrow() {
@@ -1073,6 +1083,7 @@ async fn carry_session(
             proxy::Ended::Idle => "idle timeout",
         }
     };
+    flusher.abort();
     let end = recording.finish(reason).await;
     event(
         "session.close",

@@ -189,6 +189,12 @@ impl Recording {
         self.with_cast(|c| c.output(data));
     }
 
+    /// Writes what is buffered to the cast file (called periodically, so a relay that dies
+    /// loses at most the last moments of a quiet session's output).
+    pub fn flush(&self) {
+        self.with_cast(|c| c.flush());
+    }
+
     /// The remote process exited.
     pub fn exit_status(&self, status: u32) {
         self.state().exit_status = Some(status);
