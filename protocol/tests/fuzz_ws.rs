@@ -47,6 +47,20 @@ enum Sent {
     Text(String),
 }
 
+/// A WebSocket peer (the agent's side, as a client) and the relay's byte stream over it,
+/// joined by an in-memory pipe.
+async fn link_pair() -> (
+    WebSocketStream<tokio::io::DuplexStream>,
+    WsByteStream<tokio::io::DuplexStream>,
+) {
+    let (theirs, ours) = tokio::io::duplex(1 << 16);
+    let (peer, ws) = tokio::join!(
+        WebSocketStream::from_raw_socket(theirs, Role::Client, Some(link_ws_config())),
+        WebSocketStream::from_raw_socket(ours, Role::Server, Some(link_ws_config())),
+    );
+    (peer, WsByteStream::new(ws))
+}
+
 fn sent() -> impl Strategy<Value = Sent> {
     prop_oneof![
         6 => prop::collection::vec(any::<u8>(), 0..300).prop_map(Sent::Binary),
@@ -103,13 +117,7 @@ proptest! {
         let rt = runtime()?;
         let sent_messages = messages.clone();
         let outcome = rt.block_on(async move {
-            let (theirs, ours) = tokio::io::duplex(1 << 16);
-            let (peer, ws) = tokio::join!(
-                WebSocketStream::from_raw_socket(theirs, Role::Client, Some(link_ws_config())),
-                WebSocketStream::from_raw_socket(ours, Role::Server, Some(link_ws_config())),
-            );
-            let mut peer = peer;
-            let mut stream = WsByteStream::new(ws);
+            let (mut peer, mut stream) = link_pair().await;
             let writer = async move {
                 for m in sent_messages {
                     let msg = match m {
@@ -157,13 +165,7 @@ proptest! {
         let rt = runtime()?;
         let to_send = chunks.clone();
         let outcome = rt.block_on(async move {
-            let (theirs, ours) = tokio::io::duplex(1 << 16);
-            let (peer, ws) = tokio::join!(
-                WebSocketStream::from_raw_socket(theirs, Role::Client, Some(link_ws_config())),
-                WebSocketStream::from_raw_socket(ours, Role::Server, Some(link_ws_config())),
-            );
-            let mut peer = peer;
-            let mut stream = WsByteStream::new(ws);
+            let (mut peer, mut stream) = link_pair().await;
             let writer = async move {
                 for c in &to_send {
                     stream.write_all(c).await?;
