@@ -284,7 +284,9 @@ fn first_bytes(s: &mut TcpStream) -> String {
 #[test]
 fn a_flood_of_connections_leaves_established_sessions_responsive() -> Result<()> {
     let (relay, alice, _agents) = setup(
-        "  max_handshakes_per_source: 20\n  max_http_connections_per_source: 20\n",
+        // The rate of new connections is bounded too; this test is about how many are held.
+        "  max_handshakes_per_source: 20\n  max_http_connections_per_source: 20\n  \
+         handshake_rate_per_source: 0\n",
         &["board1"],
     )?;
     // An established interactive session: cat echoes each line back.
@@ -364,7 +366,8 @@ fn a_flood_of_connections_leaves_established_sessions_responsive() -> Result<()>
 fn authentication_tries_and_the_total_bounds_are_enforced() -> Result<()> {
     let (relay, alice, _agents) = setup(
         "  max_auth_tries: 3\n  max_handshakes: 5\n  max_handshakes_per_source: 0\n  \
-         max_http_connections: 5\n  max_http_connections_per_source: 0\n",
+         max_http_connections: 5\n  max_http_connections_per_source: 0\n  \
+         handshake_rate_per_source: 0\n",
         &["board1"],
     )?;
     // One connection offering four unknown keys: cut off after the third attempt (OpenSSH's

@@ -2,9 +2,12 @@
 //!
 //! The agent is the SSH client. It authenticates as [`LINK_USER`] with the device key, checks
 //! the relay's host key against the one pinned at enrollment, and announces itself with a
-//! `tcpip-forward` request. From then on the relay opens `forwarded-tcpip` channels towards
-//! the device: [`EMBEDDED_SSH_TARGET`] channels are served by the embedded SSH server, other
-//! targets are dialled if the forward policy allows them. Keepalives keep NAT mappings and
+//! `tcpip-forward` request. From then on the relay opens channels towards the device: a
+//! `session` channel is served by the embedded SSH server, a `forwarded-tcpip` channel is an
+//! engineer's forward and is dialled only if the forward policy allows its target. No name an
+//! engineer can put in a forward reaches the embedded server: an engineer's request can only
+//! ever become a `forwarded-tcpip` channel, and those are never served by it. Every other
+//! channel type is refused. Keepalives keep NAT mappings and
 //! load-balancer idle timers from closing an idle link; any failure leads to a reconnect after a
 //! jittered, capped exponential backoff.
 
@@ -16,7 +19,7 @@ use russh::client::ChannelOpenHandle;
 use russh::client::{self, Msg, Session};
 use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
 use russh::{Channel, ChannelOpenFailure, Preferred, SshId, cipher};
-use tether_protocol::names::{EMBEDDED_SSH_TARGET, LINK_FORWARD_ADDRESS, LINK_USER};
+use tether_protocol::names::{LINK_FORWARD_ADDRESS, LINK_USER};
 use tether_protocol::telemetry::TELEMETRY_SUBSYSTEM;
 use thiserror::Error;
 use tokio::sync::watch;
@@ -163,6 +166,82 @@ impl client::Handler for LinkHandler {
         Ok(true)
     }
 
+    /// The relay's own path to the embedded SSH server: only the relay can open a `session`
+    /// channel towards the device, and it does so only for a relay-terminated session that it
+    /// records and audits.
+    async fn server_channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        reply.accept().await;
+        let settings = self.server.clone();
+        tokio::spawn(async move {
+            if let Err(e) = server::serve(channel.into_stream(), settings).await {
+                tracing::info!("embedded ssh session ended with error: {e}");
+            }
+        });
+        Ok(())
+    }
+
+    async fn server_channel_open_direct_tcpip(
+        &mut self,
+        _channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        tracing::warn!("refused direct-tcpip channel to {host_to_connect}:{port_to_connect}");
+        reply
+            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        Ok(())
+    }
+
+    async fn server_channel_open_forwarded_streamlocal(
+        &mut self,
+        _channel: Channel<Msg>,
+        socket_path: &str,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        tracing::warn!("refused streamlocal channel to {socket_path:?}");
+        reply
+            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        Ok(())
+    }
+
+    async fn server_channel_open_agent_forward(
+        &mut self,
+        _channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        reply
+            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        Ok(())
+    }
+
+    async fn server_channel_open_x11(
+        &mut self,
+        _channel: Channel<Msg>,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        reply
+            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        Ok(())
+    }
+
     async fn server_channel_open_forwarded_tcpip(
         &mut self,
         channel: Channel<Msg>,
@@ -173,17 +252,9 @@ impl client::Handler for LinkHandler {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if connected_address == EMBEDDED_SSH_TARGET {
-            reply.accept().await;
-            let settings = self.server.clone();
-            tracing::debug!("session channel from {originator_address}:{originator_port}");
-            tokio::spawn(async move {
-                if let Err(e) = server::serve(channel.into_stream(), settings).await {
-                    tracing::info!("embedded ssh session ended with error: {e}");
-                }
-            });
-            return Ok(());
-        }
+        tracing::debug!(
+            "forward to {connected_address}:{connected_port} from {originator_address}:{originator_port}"
+        );
         if !self.policy.allows(connected_address, connected_port) {
             tracing::warn!(
                 "refused forward to {connected_address}:{connected_port}: not in forward.allow"

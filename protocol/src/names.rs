@@ -18,9 +18,24 @@ pub const ENROLL_SUBSYSTEM: &str = "tether-enroll";
 /// Subsystem a linked device requests to register its next key (see [`crate::rotate`]).
 pub const KEYS_SUBSYSTEM: &str = "tether-keys";
 
-/// `connected_address` of a relay→device `forwarded-tcpip` channel that must reach the
-/// agent's embedded SSH server instead of a TCP address.
-pub const EMBEDDED_SSH_TARGET: &str = "tether-ssh";
+/// Host name that earlier agents served with their embedded SSH server when a `forwarded-tcpip`
+/// channel named it. Relay-terminated sessions now travel on a `session` channel from relay to
+/// device, which no engineer request can produce; the relay still refuses forwards to this and
+/// every other `tether-` host so that an older agent's embedded server stays out of reach.
+pub const LEGACY_EMBEDDED_SSH_TARGET: &str = "tether-ssh";
+
+/// Whether a forward target host is one of the link's reserved names, in any spelling a
+/// resolver or an older agent might accept: any case, with trailing dots, in brackets, or with
+/// surrounding white space.
+pub fn is_reserved_host(host: &str) -> bool {
+    let h = host
+        .trim()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .trim_end_matches('.')
+        .to_ascii_lowercase();
+    h.starts_with("tether-") || h == "tether"
+}
 
 /// Address the device announces with `tcpip-forward` once its link is ready for channels.
 pub const LINK_FORWARD_ADDRESS: &str = "tether";
@@ -127,6 +142,25 @@ mod tests {
             validate_device_name(&"a".repeat(64)),
             Err(NameError::TooLong)
         );
+    }
+
+    #[test]
+    fn reserved_hosts_in_any_spelling() {
+        for h in [
+            "tether-ssh",
+            "TETHER-SSH",
+            "tether-ssh.",
+            "tether-ssh..",
+            " tether-ssh",
+            "[tether-ssh]",
+            "Tether-Link",
+            "tether",
+        ] {
+            assert!(is_reserved_host(h), "{h:?}");
+        }
+        for h in ["127.0.0.1", "localhost", "tethered", "my-tether-ssh", "::1"] {
+            assert!(!is_reserved_host(h), "{h:?}");
+        }
     }
 
     #[test]

@@ -1228,6 +1228,7 @@ mod tests {
                     ttl: None,
                     uses: None,
                     require_accept: false,
+                    allow_replace: false,
                     role: crate::store::Role::Operator,
                 })?
                 .secret)
@@ -1239,6 +1240,7 @@ mod tests {
             ttl: None,
             uses: None,
             require_accept: false,
+            allow_replace: false,
             role: crate::store::Role::Operator,
         })?;
         let board = store
@@ -1325,6 +1327,7 @@ mod tests {
             ttl: Some(std::time::Duration::ZERO),
             uses: None,
             require_accept: false,
+            allow_replace: false,
             role: crate::store::Role::Operator,
         })?;
         let enroll = f.store.create_token(NewToken {
@@ -1333,6 +1336,7 @@ mod tests {
             ttl: None,
             uses: None,
             require_accept: false,
+            allow_replace: false,
             role: crate::store::Role::Operator,
         })?;
         let basic = "Basic YWxpY2U6c2VjcmV0".to_string();

@@ -355,6 +355,11 @@ pub enum TokenCommand {
         /// Devices enrolled with it wait for `relay device accept`.
         #[arg(long, conflicts_with = "api")]
         require_accept: bool,
+        /// `agent enroll --force` with it may replace a same-named device that holds another
+        /// key (a board whose storage was wiped); the replacement is audited as
+        /// device.replace. Without it a name in use is refused.
+        #[arg(long, conflicts_with_all = ["api", "require_accept"])]
+        allow_replace: bool,
         /// An HTTP API bearer token instead of an enrollment token.
         #[arg(long)]
         api: bool,
@@ -955,6 +960,7 @@ fn token(out: &mut dyn Write, store: &Store, cmd: TokenCommand) -> Result<()> {
             ttl,
             uses,
             require_accept,
+            allow_replace,
             api,
             role,
             json,
@@ -970,6 +976,7 @@ fn token(out: &mut dyn Write, store: &Store, cmd: TokenCommand) -> Result<()> {
                 ttl,
                 uses,
                 require_accept,
+                allow_replace,
                 role: role.into(),
             })?;
             if json {
@@ -998,6 +1005,7 @@ fn token(out: &mut dyn Write, store: &Store, cmd: TokenCommand) -> Result<()> {
                                 .map(|u| u.to_string())
                                 .unwrap_or_else(|| "-".into()),
                             if t.require_accept { "yes" } else { "no" }.into(),
+                            if t.allow_replace { "yes" } else { "no" }.into(),
                             t.state.to_string(),
                         ]
                     })
@@ -1009,6 +1017,7 @@ fn token(out: &mut dyn Write, store: &Store, cmd: TokenCommand) -> Result<()> {
                     "EXPIRES",
                     "USES-LEFT",
                     "REQUIRE-ACCEPT",
+                    "ALLOW-REPLACE",
                     "STATE",
                 ];
                 out.write_all(table(&header, &rows).as_bytes())?;

@@ -53,8 +53,21 @@ pub struct LimitsConfig {
     pub max_auth_tries: u32,
     /// SSH connections (TCP or WebSocket) that have not authenticated yet, in all.
     pub max_handshakes: usize,
-    /// SSH connections that have not authenticated yet, per source address.
+    /// SSH connections that have not authenticated yet, per source address. A connection
+    /// that logged in to enroll keeps its place until the login grace closes it.
     pub max_handshakes_per_source: usize,
+    /// New SSH connections one source address may open per second, on average (a token
+    /// bucket refilled at this rate); past it a connection is refused before the key
+    /// exchange, which is what a DHEat flood is after. Raise it for a carrier NAT in front
+    /// of many boards.
+    pub handshake_rate_per_source: u32,
+    /// New SSH connections one source may open at once before `handshake_rate_per_source`
+    /// applies (the bucket's size).
+    pub handshake_burst_per_source: u32,
+    /// How long a connection may take from connecting to a useful login (OpenSSH's
+    /// LoginGraceTime); connections that logged in only to enroll are closed after it too.
+    #[serde(with = "humantime_serde")]
+    pub login_grace: Duration,
     /// HTTP connections open at once, in all (a WebSocket link stops counting once upgraded).
     pub max_http_connections: usize,
     /// HTTP connections open at once per source address.
@@ -78,6 +91,9 @@ impl Default for LimitsConfig {
             max_auth_tries: 6,
             max_handshakes: 256,
             max_handshakes_per_source: 64,
+            handshake_rate_per_source: 10,
+            handshake_burst_per_source: 10,
+            login_grace: Duration::from_secs(30),
             max_http_connections: 4096,
             max_http_connections_per_source: 256,
             sessions_per_device: 16,
@@ -118,6 +134,11 @@ pub struct SshConfig {
     pub keepalive_interval: Duration,
     /// Unanswered keepalives after which a peer is considered gone.
     pub keepalive_max: u32,
+    /// Also offer the older algorithms some clients still need: finite-field
+    /// Diffie-Hellman key exchange (group14, group16, group18) and encrypt-and-MAC
+    /// `hmac-sha2-256`/`-512`. Off by default: every OpenSSH since 7.4 and every agent speaks
+    /// curve25519 and the encrypt-then-MAC or AEAD modes.
+    pub legacy_algorithms: bool,
 }
 
 /// Settings of the HTTP port.
@@ -179,6 +200,7 @@ impl Default for SshConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 2222)),
             keepalive_interval: Duration::from_secs(30),
             keepalive_max: 3,
+            legacy_algorithms: false,
         }
     }
 }

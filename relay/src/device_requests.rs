@@ -10,7 +10,7 @@ use russh::server::Msg;
 use russh::{Channel, ChannelMsg};
 use tether_protocol::enroll::{EnrollRequest, EnrollResponse, MAX_ENROLL_MESSAGE};
 
-use crate::ssh_front::{Front, LOGIN_GRACE, audit_event, with_store};
+use crate::ssh_front::{Front, audit_event, with_store};
 use crate::store::{Device, DeviceEnrollment};
 
 /// Serves the enrollment subsystem on a session channel: one JSON request line, one JSON
@@ -21,7 +21,8 @@ pub(crate) async fn enroll_channel(
     key: PublicKey,
     remote: SocketAddr,
 ) {
-    let Some(buf) = read_request_line(&mut channel, MAX_ENROLL_MESSAGE).await else {
+    let grace = front.limits.config.login_grace;
+    let Some(buf) = read_request_line(&mut channel, MAX_ENROLL_MESSAGE, grace).await else {
         let _ = channel.close().await;
         return;
     };
@@ -33,7 +34,11 @@ pub(crate) async fn enroll_channel(
 }
 
 /// Reads one JSON line (at most `max` bytes) from a session channel, within the login grace.
-async fn read_request_line(channel: &mut Channel<Msg>, max: usize) -> Option<Vec<u8>> {
+async fn read_request_line(
+    channel: &mut Channel<Msg>,
+    max: usize,
+    grace: std::time::Duration,
+) -> Option<Vec<u8>> {
     let mut buf = Vec::new();
     let read = async {
         while let Some(msg) = channel.wait().await {
@@ -49,7 +54,7 @@ async fn read_request_line(channel: &mut Channel<Msg>, max: usize) -> Option<Vec
             }
         }
     };
-    tokio::time::timeout(LOGIN_GRACE, read).await.ok()?;
+    tokio::time::timeout(grace, read).await.ok()?;
     Some(buf)
 }
 
@@ -70,7 +75,8 @@ pub(crate) async fn keys_channel(
     remote: SocketAddr,
 ) {
     use tether_protocol::rotate::{MAX_ROTATE_MESSAGE, RotateRequest, RotateResponse};
-    let Some(buf) = read_request_line(&mut channel, MAX_ROTATE_MESSAGE).await else {
+    let grace = front.limits.config.login_grace;
+    let Some(buf) = read_request_line(&mut channel, MAX_ROTATE_MESSAGE, grace).await else {
         let _ = channel.close().await;
         return;
     };
@@ -173,9 +179,39 @@ async fn redeem(
                     "fingerprint": enrolled.device.fingerprint,
                     "agent_version": request.agent_version,
                     "force": request.force,
+                    "token": enrolled.token_id,
                 }),
             )
             .await;
+            if let Some(old) = &enrolled.replaced {
+                tracing::warn!(
+                    "enrollment from {remote} replaced device {} ({}) in tenant {}: key {} -> {}",
+                    old.id,
+                    old.name,
+                    enrolled.tenant_name,
+                    old.fingerprint,
+                    enrolled.device.fingerprint
+                );
+                audit_event(
+                    front.store.clone(),
+                    Some(enrolled.tenant_name.clone()),
+                    format!("device:{}", enrolled.device.id),
+                    "device.replace",
+                    Some(old.id.clone()),
+                    remote.to_string(),
+                    serde_json::json!({
+                        "name": old.name,
+                        "old_fingerprint": old.fingerprint,
+                        "new_fingerprint": enrolled.device.fingerprint,
+                        "new_device": enrolled.device.id,
+                        "token": enrolled.token_id,
+                    }),
+                )
+                .await;
+                // The replaced device's link (if any) holds a key that no longer belongs to
+                // any device.
+                front.evict_unwelcome().await;
+            }
             EnrollResponse::Enrolled {
                 device_id: enrolled.device.id.clone(),
                 name: enrolled.device.name.clone(),

@@ -114,11 +114,19 @@ struct Failures {
     refused_until: Option<Instant>,
 }
 
+/// A source's bucket of new connections: `tokens` left as of `at`.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
 /// The relay's limits and what is held against them right now.
 pub struct Limits {
     /// The configured bounds.
     pub config: LimitsConfig,
     failures: Mutex<HashMap<IpAddr, Failures>>,
+    new_connections: Mutex<HashMap<IpAddr, Bucket>>,
     handshakes: Arc<Counter<IpAddr>>,
     http: Arc<Counter<IpAddr>>,
     device_sessions: Arc<Counter<String>>,
@@ -135,6 +143,7 @@ impl Limits {
         Arc::new(Limits {
             config,
             failures: Mutex::new(HashMap::new()),
+            new_connections: Mutex::new(HashMap::new()),
             handshakes: Arc::default(),
             http: Arc::default(),
             device_sessions: Arc::default(),
@@ -189,6 +198,44 @@ impl Limits {
             }
         }
         self.auth_refused(source)
+    }
+
+    /// Takes one new connection of `source` from its bucket, or says it comes too fast.
+    pub fn new_connection(&self, source: IpAddr) -> Result<(), LimitHit> {
+        self.new_connection_at(source, Instant::now())
+    }
+
+    fn new_connection_at(&self, source: IpAddr, now: Instant) -> Result<(), LimitHit> {
+        let rate = f64::from(self.config.handshake_rate_per_source);
+        if rate <= 0.0 {
+            return Ok(());
+        }
+        let burst = f64::from(self.config.handshake_burst_per_source.max(1));
+        let mut buckets = lock(&self.new_connections);
+        if buckets.len() >= MAX_TRACKED_SOURCES && !buckets.contains_key(&source) {
+            // A full bucket is the same as a forgotten one, so dropping them loses nothing.
+            buckets.retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * rate < burst);
+            if buckets.len() >= MAX_TRACKED_SOURCES {
+                return Err(LimitHit(format!(
+                    "the relay tracks too many sources opening connections (limits.handshake_rate_per_source: {})",
+                    self.config.handshake_rate_per_source
+                )));
+            }
+        }
+        let b = buckets.entry(source).or_insert(Bucket {
+            tokens: burst,
+            at: now,
+        });
+        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(burst);
+        b.at = now;
+        if b.tokens < 1.0 {
+            return Err(LimitHit(format!(
+                "too many new connections from {source} (limits.handshake_rate_per_source: {} per second); try again later",
+                self.config.handshake_rate_per_source
+            )));
+        }
+        b.tokens -= 1.0;
+        Ok(())
     }
 
     /// A place for one connection of `source` that has not authenticated yet.
@@ -293,6 +340,50 @@ mod tests {
             sessions_per_engineer: 2,
             ..LimitsConfig::default()
         })
+    }
+
+    #[test]
+    fn new_connections_are_rate_limited_per_source() {
+        let l = Limits::new(LimitsConfig {
+            handshake_rate_per_source: 10,
+            handshake_burst_per_source: 3,
+            ..LimitsConfig::default()
+        });
+        let a: IpAddr = [192, 0, 2, 1].into();
+        let b: IpAddr = [192, 0, 2, 2].into();
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            assert!(l.new_connection_at(a, t0).is_ok());
+        }
+        let hit = l
+            .new_connection_at(a, t0)
+            .err()
+            .map(|h| h.0)
+            .unwrap_or_default();
+        assert!(
+            hit.contains("192.0.2.1") && hit.contains("limits.handshake_rate_per_source"),
+            "{hit}"
+        );
+        // Another source has its own bucket.
+        assert!(l.new_connection_at(b, t0).is_ok());
+        // 100 ms refill one connection at 10 per second, and no more.
+        let t1 = t0 + std::time::Duration::from_millis(100);
+        assert!(l.new_connection_at(a, t1).is_ok());
+        assert!(l.new_connection_at(a, t1).is_err());
+        // A long pause refills only up to the burst.
+        let t2 = t0 + std::time::Duration::from_secs(60);
+        for _ in 0..3 {
+            assert!(l.new_connection_at(a, t2).is_ok());
+        }
+        assert!(l.new_connection_at(a, t2).is_err());
+        // 0 turns the bound off.
+        let off = Limits::new(LimitsConfig {
+            handshake_rate_per_source: 0,
+            ..LimitsConfig::default()
+        });
+        for _ in 0..1000 {
+            assert!(off.new_connection_at(a, t0).is_ok());
+        }
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! Relay-terminated engineer sessions: one engineer session channel carried to the device's
 //! embedded SSH server.
 //!
-//! For each session channel the relay opens a `forwarded-tcpip` channel to the device's
-//! [`EMBEDDED_SSH_TARGET`], runs an SSH client on it (verifying the device key as host key, and
+//! For each session channel the relay opens a `session` channel towards the device over its
+//! link, which the agent serves with its embedded SSH server, runs an SSH client on it (verifying the device key as host key, and
 //! negotiating the `none` cipher because the link around it is already encrypted and
 //! authenticated), opens one session channel there and relays every request, byte, EOF, exit
 //! status and signal between the two channels. Each direction is pumped by its own task, so
@@ -14,7 +14,6 @@ use russh::client;
 use russh::keys::{PublicKey, PublicKeyOrCertificate};
 use russh::server;
 use russh::{Channel, ChannelMsg, Preferred, cipher, mac};
-use tether_protocol::names::EMBEDDED_SSH_TARGET;
 
 use crate::recording::Recording;
 use thiserror::Error;
@@ -82,14 +81,11 @@ pub async fn open_device_session(
     engineer: &str,
     originator: std::net::SocketAddr,
 ) -> Result<DeviceSession, ProxyError> {
-    let link_channel = link
-        .channel_open_forwarded_tcpip(
-            EMBEDDED_SSH_TARGET,
-            0,
-            originator.ip().to_string(),
-            u32::from(originator.port()),
-        )
-        .await?;
+    // A `session` channel from relay to device is a request only the relay can make: an
+    // engineer's forward always becomes `forwarded-tcpip`, which the agent never serves with
+    // its embedded server.
+    tracing::debug!("session for {engineer} from {originator}");
+    let link_channel = link.channel_open_session().await?;
     let mut connection = client::connect_stream(
         inner_config(),
         link_channel.into_stream(),

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use russh::{MethodKind, MethodSet, Preferred, SshId, cipher, server};
+use russh::{MethodKind, MethodSet, Preferred, SshId, cipher, compression, kex, mac, server};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -23,6 +23,45 @@ const SHUTDOWN_GRACE: Duration = http::DRAIN_TIMEOUT.saturating_add(Duration::fr
 
 /// How often the relay checks for rejected or removed devices that still hold a link.
 const EVICTION_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Key exchanges the relay offers: the post-quantum hybrid first, then curve25519 for the
+/// clients without it (OpenSSH before 9.9, which prefers its own sntrup761 hybrid that russh
+/// lacks), then the extension markers (ext-info and strict kex, the Terrapin fix).
+const KEX: &[kex::Name] = &[
+    kex::MLKEM768X25519_SHA256,
+    kex::CURVE25519,
+    kex::CURVE25519_PRE_RFC_8731,
+    kex::EXTENSION_SUPPORT_AS_SERVER,
+    kex::EXTENSION_OPENSSH_STRICT_KEX_AS_SERVER,
+];
+
+/// [`KEX`] with the finite-field groups of `ssh.legacy_algorithms` before the markers.
+const KEX_LEGACY: &[kex::Name] = &[
+    kex::MLKEM768X25519_SHA256,
+    kex::CURVE25519,
+    kex::CURVE25519_PRE_RFC_8731,
+    kex::DH_G16_SHA512,
+    kex::DH_G18_SHA512,
+    kex::DH_G14_SHA256,
+    kex::EXTENSION_SUPPORT_AS_SERVER,
+    kex::EXTENSION_OPENSSH_STRICT_KEX_AS_SERVER,
+];
+
+/// MACs, used only with the CTR ciphers (GCM authenticates itself): encrypt-then-MAC only.
+const MACS: &[mac::Name] = &[mac::HMAC_SHA512_ETM, mac::HMAC_SHA256_ETM];
+
+/// [`MACS`] and the encrypt-and-MAC forms of `ssh.legacy_algorithms`.
+const MACS_LEGACY: &[mac::Name] = &[
+    mac::HMAC_SHA512_ETM,
+    mac::HMAC_SHA256_ETM,
+    mac::HMAC_SHA512,
+    mac::HMAC_SHA256,
+];
+
+/// No compression: offering zlib before authentication gives an unauthenticated peer a
+/// decompressor to attack, and what the link carries (artifacts, bundles, SSH inside SSH)
+/// is compressed or encrypted already.
+const COMPRESSION: &[compression::Name] = &[compression::NONE];
 
 /// SSH server settings of the relay.
 fn ssh_config(config: &RelayConfig, host_key: russh::keys::PrivateKey) -> server::Config {
@@ -56,6 +95,17 @@ fn ssh_config(config: &RelayConfig, host_key: russh::keys::PrivateKey) -> server
                 cipher::AES_256_CTR,
                 cipher::AES_128_CTR,
             ]),
+            kex: std::borrow::Cow::Borrowed(if config.ssh.legacy_algorithms {
+                KEX_LEGACY
+            } else {
+                KEX
+            }),
+            mac: std::borrow::Cow::Borrowed(if config.ssh.legacy_algorithms {
+                MACS_LEGACY
+            } else {
+                MACS
+            }),
+            compression: std::borrow::Cow::Borrowed(COMPRESSION),
             ..Preferred::default()
         },
         ..Default::default()

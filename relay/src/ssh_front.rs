@@ -31,10 +31,7 @@ use tokio::sync::watch;
 
 use crate::proxy;
 use crate::registry::{LiveLink, Registry};
-use crate::store::{Device, DeviceStatus, EngineerIdentity, Role, Store};
-
-/// How long a client may take from connecting to finishing authentication.
-pub const LOGIN_GRACE: Duration = Duration::from_secs(30);
+use crate::store::{Device, DeviceStatus, EngineerIdentity, Store};
 
 /// How long a stopping relay waits for a device's telemetry channel to acknowledge the batch
 /// it is committing. A commit takes milliseconds; a stuck store must not hold the stop up.
@@ -118,6 +115,8 @@ struct ConnState {
     /// The device's telemetry channel tasks: when the relay stops, the connection waits for
     /// them to acknowledge the batch they are committing before it says goodbye.
     telemetry: Vec<tokio::task::JoinHandle<()>>,
+    /// Whether an enrolling peer already opened its one enrollment channel.
+    enroll_channel_used: bool,
 }
 
 /// The russh handler of one SSH connection.
@@ -162,7 +161,11 @@ impl Front {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let handshake = match self.limits.handshake(remote.ip()) {
+        let handshake = match self
+            .limits
+            .new_connection(remote.ip())
+            .and_then(|()| self.limits.handshake(remote.ip()))
+        {
             Ok(p) => p,
             Err(hit) => {
                 // Refused before the key exchange, which is the expensive part a flood is
@@ -187,6 +190,7 @@ impl Front {
             handle: None,
             channels: Arc::default(),
             telemetry: Vec::new(),
+            enroll_channel_used: false,
         }));
         let handler = Conn {
             front: self.clone(),
@@ -197,8 +201,9 @@ impl Front {
         };
         // The version exchange happens inside run_stream; bound it so half-open connections
         // and clients that never speak cannot pile up.
+        let login_grace = self.limits.config.login_grace;
         let running = match tokio::time::timeout(
-            LOGIN_GRACE,
+            login_grace,
             server::run_stream(
                 self.config.clone(),
                 crate::metrics::Counted::new(
@@ -232,8 +237,13 @@ impl Front {
         let grace_state = state.clone();
         let grace_handle = handle.clone();
         let grace = tokio::spawn(async move {
-            tokio::time::sleep(LOGIN_GRACE).await;
-            let unauthenticated = matches!(lock(&grace_state).peer, Peer::Unknown);
+            tokio::time::sleep(login_grace).await;
+            // An enrolling peer has proven nothing but that it holds some key; its request
+            // takes milliseconds, so one still connected after the grace is squatting.
+            let unauthenticated = matches!(
+                lock(&grace_state).peer,
+                Peer::Unknown | Peer::Enrolling { .. }
+            );
             if unauthenticated {
                 tracing::info!("{remote}: authentication not completed in time, disconnecting");
                 let _ = grace_handle
@@ -348,12 +358,14 @@ impl Conn {
     }
 
     /// Resolves a device for an engineer: the same `None` for unknown devices and devices of
-    /// other tenants.
+    /// other tenants. The identity returned is the engineer's in the device's own tenant: one
+    /// key may be registered to engineers of several tenants, and each tenant's records must
+    /// name its own engineer.
     async fn engineer_device(
         &self,
         identities: &[EngineerIdentity],
         name: &str,
-    ) -> Option<(Device, Role)> {
+    ) -> Option<(Device, EngineerIdentity)> {
         let tenants: Vec<i64> = identities.iter().map(|i| i.tenant_id).collect();
         let name = name.to_string();
         let device = with_store(&self.front.store, move |s| s.find_device(&tenants, &name))
@@ -363,11 +375,39 @@ impl Conn {
         if device.status != DeviceStatus::Accepted {
             return None;
         }
-        let role = identities
+        let identity = identities
             .iter()
             .find(|i| i.tenant_id == device.tenant_id)?
-            .role;
-        Some((device, role))
+            .clone();
+        Some((device, identity))
+    }
+
+    /// Audits an engineer's login in the tenants it concerns, under each tenant's own
+    /// engineer name: the tenant of the device the login names, or, when it names none (a
+    /// ProxyJump login), every tenant the key belongs to. No tenant's trail learns of another
+    /// tenant's device.
+    async fn audit_engineer_login(
+        &self,
+        identities: &[EngineerIdentity],
+        login: &str,
+        detail: serde_json::Value,
+    ) {
+        let targets: Vec<EngineerIdentity> = match self.engineer_device(identities, login).await {
+            Some((_, identity)) => vec![identity],
+            None => identities.to_vec(),
+        };
+        for identity in targets {
+            audit_event(
+                self.front.store.clone(),
+                Some(identity.tenant.clone()),
+                format!("engineer:{}", identity.user),
+                "auth.success",
+                None,
+                self.remote.to_string(),
+                detail.clone(),
+            )
+            .await;
+        }
     }
 }
 
@@ -425,26 +465,37 @@ impl server::Handler for Conn {
                     },
                     self.transport
                 );
-                let (actor, tenant) = match &peer {
+                let audited = match &peer {
                     Peer::Device { device } => {
-                        (format!("device:{}", device.id), Some(device.tenant.clone()))
+                        Some((Some(device.tenant.clone()), format!("device:{}", device.id)))
                     }
-                    Peer::Enrolling { .. } => ("enrolling device".to_string(), None),
-                    Peer::Engineer { identities, .. } => (
-                        format!(
-                            "engineer:{}",
-                            identities.first().map(|i| i.user.as_str()).unwrap_or("?")
-                        ),
-                        identities.first().map(|i| i.tenant.clone()),
-                    ),
-                    Peer::Unknown => ("unknown".to_string(), None),
+                    // A key that names the enrollment user proves nothing yet: the enrollment
+                    // result is audited instead, and the connection keeps its place among the
+                    // handshakes in progress until the login grace closes it.
+                    Peer::Enrolling { .. } | Peer::Unknown | Peer::Engineer { .. } => None,
+                };
+                let engineer = match &peer {
+                    Peer::Engineer { identities, .. } => Some(identities.clone()),
+                    _ => None,
                 };
                 {
                     let mut st = lock(&self.state);
+                    if !matches!(peer, Peer::Enrolling { .. }) {
+                        st.handshake = None;
+                    }
                     st.peer = peer;
-                    st.handshake = None;
                 }
-                self.audit(tenant, actor, "auth.success", user, &fp).await;
+                if let Some((tenant, actor)) = audited {
+                    self.audit(tenant, actor, "auth.success", user, &fp).await;
+                }
+                if let Some(identities) = engineer {
+                    let detail = serde_json::json!({
+                        "user": user,
+                        "fingerprint": fp,
+                        "transport": self.transport,
+                    });
+                    self.audit_engineer_login(&identities, user, detail).await;
+                }
                 Ok(Auth::Accept)
             }
             None => {
@@ -500,6 +551,7 @@ impl server::Handler for Conn {
                     granted.ca,
                     self.transport
                 );
+                let identities = granted.identities.clone();
                 {
                     let mut st = lock(&self.state);
                     st.peer = Peer::Engineer {
@@ -520,19 +572,7 @@ impl server::Handler for Conn {
                         "principals": certificate.valid_principals(),
                     },
                 });
-                audit_event(
-                    self.front.store.clone(),
-                    first.as_ref().map(|i| i.tenant.clone()),
-                    format!(
-                        "engineer:{}",
-                        first.as_ref().map(|i| i.user.as_str()).unwrap_or("?")
-                    ),
-                    "auth.success",
-                    None,
-                    self.remote.to_string(),
-                    detail,
-                )
-                .await;
+                self.audit_engineer_login(&identities, user, detail).await;
                 Ok(Auth::Accept)
             }
             Err(why) => {
@@ -637,6 +677,14 @@ impl server::Handler for Conn {
     ) -> Result<(), Self::Error> {
         match self.peer() {
             Peer::Enrolling { key } => {
+                // One enrollment per connection: a key that proved nothing gets no more.
+                let first = !std::mem::replace(&mut lock(&self.state).enroll_channel_used, true);
+                if !first {
+                    reply
+                        .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                        .await;
+                    return Ok(());
+                }
                 reply.accept().await;
                 let front = self.front.clone();
                 let remote = self.remote;
@@ -663,11 +711,7 @@ impl server::Handler for Conn {
                 let front = self.front.clone();
                 let remote = self.remote;
                 tokio::spawn(async move {
-                    let engineer = identities
-                        .first()
-                        .map(|i| i.user.clone())
-                        .unwrap_or_default();
-                    let Some((device, role)) = resolved else {
+                    let Some((device, identity)) = resolved else {
                         let names: Vec<&str> = identities.iter().map(|i| i.user.as_str()).collect();
                         let hint = if names.contains(&login.as_str()) {
                             "; log in as DEVICE@relay to open a shell on a device".to_string()
@@ -678,7 +722,8 @@ impl server::Handler for Conn {
                             .await;
                         return;
                     };
-                    if role == Role::Viewer {
+                    let engineer = identity.user.clone();
+                    if !identity.role.may_open_sessions() {
                         proxy::refuse_session(
                             channel,
                             &format!(
@@ -791,15 +836,42 @@ impl server::Handler for Conn {
                 "127.0.0.1".to_string(),
             ),
         };
-        let Some((device, role)) = device else {
+        let Some((device, identity)) = device else {
             reply.reject(ChannelOpenFailure::ConnectFailed).await;
             return Ok(());
         };
-        if role == Role::Viewer {
+        let engineer = format!("engineer:{}", identity.user);
+        if !identity.role.may_open_sessions() {
             tracing::info!(
                 "forward refused: viewer {fingerprint} on device {}",
                 device.id
             );
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        }
+        if tether_protocol::names::is_reserved_host(&target_host) {
+            // Only the relay reaches the device's embedded server, on a channel of its own; a
+            // forward naming a link-reserved host is an attempt to reach it unrecorded (an
+            // older agent would serve it).
+            tracing::warn!(
+                "forward refused: {fingerprint} named the reserved host {target_host:?} on device {}",
+                device.id
+            );
+            audit_event(
+                self.front.store.clone(),
+                Some(device.tenant.clone()),
+                engineer.clone(),
+                "forward.refused",
+                Some(device.id.clone()),
+                self.remote.to_string(),
+                serde_json::json!({
+                    "to": format!("{target_host}:{port_to_connect}"),
+                    "error": "reserved host",
+                }),
+            )
+            .await;
             reply
                 .reject(ChannelOpenFailure::AdministrativelyProhibited)
                 .await;
@@ -826,10 +898,6 @@ impl server::Handler for Conn {
         let originator = (originator_address.to_string(), originator_port);
         let store = self.front.store.clone();
         let source = self.remote.to_string();
-        let engineer = identities
-            .first()
-            .map(|i| format!("engineer:{}", i.user))
-            .unwrap_or_default();
         // Open the device side in a task: the device may take a while to dial its target, and
         // this engineer's other channels must keep moving meanwhile.
         tokio::spawn(async move {

@@ -111,6 +111,7 @@ mod tests {
             ttl: None,
             uses: None,
             require_accept: false,
+            allow_replace: false,
             role: crate::store::Role::Operator,
         })?;
         let old = EngineerKey::parse(&key(1)?)?;

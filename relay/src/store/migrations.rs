@@ -242,6 +242,12 @@ ALTER TABLE tokens ADD COLUMN role TEXT NOT NULL DEFAULT 'operator'
     CHECK (role IN ('admin', 'operator', 'viewer'));
 "#,
     },
+    Migration {
+        name: "enrollment tokens that may replace a device",
+        sql: r#"
+ALTER TABLE tokens ADD COLUMN allow_replace INTEGER NOT NULL DEFAULT 0;
+"#,
+    },
 ];
 
 /// The schema version this code writes and understands.

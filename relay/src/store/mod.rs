@@ -146,6 +146,8 @@ pub struct NewToken<'a> {
     pub uses: Option<u32>,
     /// Devices enrolled with it wait for an operator to accept them.
     pub require_accept: bool,
+    /// An enrollment with `force` may replace a same-named device that holds another key.
+    pub allow_replace: bool,
     /// What an API token may do (enrollment tokens only enroll).
     pub role: Role,
 }
@@ -186,6 +188,8 @@ pub struct TokenInfo {
     pub uses_left: Option<i64>,
     /// Whether devices need acceptance.
     pub require_accept: bool,
+    /// Whether a forced enrollment may replace a same-named device holding another key.
+    pub allow_replace: bool,
     /// Whether the token was revoked.
     pub revoked: bool,
     /// Whether it can still be used, and if not, why.
@@ -249,6 +253,12 @@ pub enum Role {
 }
 
 impl Role {
+    /// Whether the role may open shells, exec, sftp and forwards on a device (viewers only
+    /// read).
+    pub fn may_open_sessions(self) -> bool {
+        self != Role::Viewer
+    }
+
     fn as_str(self) -> &'static str {
         match self {
             Role::Admin => "admin",
@@ -428,6 +438,20 @@ pub struct EnrolledDevice {
     pub device: Device,
     /// Its tenant's name.
     pub tenant_name: String,
+    /// Id of the token redeemed (never its secret).
+    pub token_id: String,
+    /// The same-named device (with another key) that this enrollment replaced, if any.
+    pub replaced: Option<Device>,
+}
+
+/// A valid, unexpired, unrevoked token and what it grants.
+struct CheckedToken {
+    id: String,
+    tenant_id: i64,
+    tenant: String,
+    require_accept: bool,
+    uses_left: Option<i64>,
+    allow_replace: bool,
 }
 
 /// The relay's store.
@@ -631,12 +655,22 @@ impl Store {
 
     /// Mints a token; the returned secret is never stored.
     ///
-    /// `uses` and `require_accept` are about enrollment and refused for API tokens rather than
-    /// silently ignored; `uses: Some(0)` would mint a dead token and is refused too.
+    /// `uses`, `require_accept` and `allow_replace` are about enrollment and refused for API
+    /// tokens rather than silently ignored; `uses: Some(0)` would mint a dead token and is
+    /// refused too. A token may not both require acceptance and replace devices: a pending
+    /// enrollment must never remove a device an operator already trusts.
     pub fn create_token(&self, new: NewToken<'_>) -> Result<CreatedToken, StoreError> {
-        if new.kind == TokenKind::Api && (new.uses.is_some() || new.require_accept) {
+        if new.kind == TokenKind::Api
+            && (new.uses.is_some() || new.require_accept || new.allow_replace)
+        {
             return Err(StoreError::Invalid(
-                "a use limit and require-accept apply to enrollment tokens only, not to API tokens"
+                "a use limit, require-accept and allow-replace apply to enrollment tokens only, not to API tokens"
+                    .into(),
+            ));
+        }
+        if new.require_accept && new.allow_replace {
+            return Err(StoreError::Invalid(
+                "a token cannot both require acceptance and allow replacing devices: devices enrolled with it would be pending, and a pending device never replaces one"
                     .into(),
             ));
         }
@@ -662,9 +696,9 @@ impl Store {
             .ttl
             .map(|ttl| unix_now().saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX)));
         conn.execute(
-            "INSERT INTO tokens (id, tenant_id, kind, secret_hash, created_at, expires_at, uses_left, require_accept, role)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![id, tenant.id, new.kind.as_str(), hash_secret(&secret), now(), expires, new.uses, new.require_accept, new.role.as_str()],
+            "INSERT INTO tokens (id, tenant_id, kind, secret_hash, created_at, expires_at, uses_left, require_accept, role, allow_replace)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![id, tenant.id, new.kind.as_str(), hash_secret(&secret), now(), expires, new.uses, new.require_accept, new.role.as_str(), new.allow_replace],
         )?;
         Ok(CreatedToken {
             id,
@@ -680,7 +714,7 @@ impl Store {
     pub fn tokens(&self, tenant: Option<&str>) -> Result<Vec<TokenInfo>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT k.id, t.name, k.kind, k.created_at, k.expires_at, k.uses_left, k.require_accept, k.revoked, k.role
+            "SELECT k.id, t.name, k.kind, k.created_at, k.expires_at, k.uses_left, k.require_accept, k.revoked, k.role, k.allow_replace
              FROM tokens k JOIN tenants t ON t.id = k.tenant_id
              WHERE ?1 IS NULL OR t.name = ?1 ORDER BY k.rowid",
         )?;
@@ -717,6 +751,7 @@ impl Store {
                 expires_at: expires_at.map(rfc3339_from_unix),
                 uses_left,
                 require_accept: r.get(6)?,
+                allow_replace: r.get(9)?,
                 revoked,
                 state,
             })
@@ -748,24 +783,27 @@ impl Store {
         Ok(())
     }
 
-    /// Checks a token of `kind` and returns (token id, tenant id, tenant name, require_accept).
+    /// Checks a token of `kind` and returns what redeeming it grants.
     fn check_token(
         conn: &Connection,
         secret: &str,
         kind: TokenKind,
-    ) -> Result<(String, i64, String, bool, Option<i64>), StoreError> {
+    ) -> Result<CheckedToken, StoreError> {
         let row = conn
             .query_row(
-                "SELECT k.id, k.tenant_id, t.name, k.require_accept, k.uses_left, k.expires_at, k.revoked, k.kind
+                "SELECT k.id, k.tenant_id, t.name, k.require_accept, k.uses_left, k.expires_at, k.revoked, k.kind, k.allow_replace
                  FROM tokens k JOIN tenants t ON t.id = k.tenant_id WHERE k.secret_hash = ?1",
                 params![hash_secret(secret)],
                 |r| {
                     Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, bool>(3)?,
-                        r.get::<_, Option<i64>>(4)?,
+                        CheckedToken {
+                            id: r.get(0)?,
+                            tenant_id: r.get(1)?,
+                            tenant: r.get(2)?,
+                            require_accept: r.get(3)?,
+                            uses_left: r.get(4)?,
+                            allow_replace: r.get(8)?,
+                        },
                         r.get::<_, Option<i64>>(5)?,
                         r.get::<_, bool>(6)?,
                         r.get::<_, String>(7)?,
@@ -773,8 +811,7 @@ impl Store {
                 },
             )
             .optional()?;
-        let Some((id, tenant_id, tenant, require_accept, uses_left, expires_at, revoked, k)) = row
-        else {
+        let Some((token, expires_at, revoked, k)) = row else {
             return Err(StoreError::InvalidToken);
         };
         if revoked || k != kind.as_str() {
@@ -783,16 +820,21 @@ impl Store {
         if expires_at.is_some_and(|e| e <= unix_now()) {
             return Err(StoreError::TokenExpired);
         }
-        if uses_left.is_some_and(|u| u <= 0) {
+        if token.uses_left.is_some_and(|u| u <= 0) {
             return Err(StoreError::TokenUsedUp);
         }
-        Ok((id, tenant_id, tenant, require_accept, uses_left))
+        Ok(token)
     }
 
     /// The tenant an API token grants access to.
     pub fn api_token(&self, secret: &str) -> Result<ApiIdentity, StoreError> {
         let conn = self.conn();
-        let (id, tenant_id, tenant, _, _) = Self::check_token(&conn, secret, TokenKind::Api)?;
+        let CheckedToken {
+            id,
+            tenant_id,
+            tenant,
+            ..
+        } = Self::check_token(&conn, secret, TokenKind::Api)?;
         let role: String =
             conn.query_row("SELECT role FROM tokens WHERE id = ?1", params![id], |r| {
                 r.get(0)
@@ -815,8 +857,14 @@ impl Store {
             .map_err(|e| StoreError::Invalid(e.to_string()))?;
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let (token_id, tenant_id, tenant_name, require_accept, uses_left) =
-            Self::check_token(&tx, secret, TokenKind::Enroll)?;
+        let CheckedToken {
+            id: token_id,
+            tenant_id,
+            tenant: tenant_name,
+            require_accept,
+            uses_left,
+            allow_replace,
+        } = Self::check_token(&tx, secret, TokenKind::Enroll)?;
         let by_key = device_where(&tx, "d.fingerprint = ?1", params![enrollment.fingerprint])?;
         let by_name = device_where(
             &tx,
@@ -836,12 +884,32 @@ impl Store {
         {
             if !enrollment.force {
                 return Err(StoreError::Conflict(format!(
-                    "device name {:?} is already used by another device in tenant {tenant_name}; choose another --name, or re-enroll with --force to replace it",
+                    "device name {:?} is already used by another device in tenant {tenant_name}; choose another --name, or re-enroll with --force and a token minted with --allow-replace to replace it",
                     enrollment.name
                 )));
             }
-            tx.execute("DELETE FROM devices WHERE id = ?1", params![other.id])?;
+            // Every check comes before the deletion: a device is never removed by an
+            // enrollment that then turns out pending or refused.
+            if require_accept {
+                return Err(StoreError::Conflict(format!(
+                    "device name {:?} is already used by another device in tenant {tenant_name}; a token minted with --require-accept enrolls devices as pending and never replaces one: choose another --name",
+                    enrollment.name
+                )));
+            }
+            if !allow_replace {
+                return Err(StoreError::Conflict(format!(
+                    "device name {:?} is already used by another device in tenant {tenant_name}; replacing it needs an enrollment token minted with --allow-replace",
+                    enrollment.name
+                )));
+            }
         }
+        let replaced = match &by_name {
+            Some(other) if other.fingerprint != enrollment.fingerprint => {
+                tx.execute("DELETE FROM devices WHERE id = ?1", params![other.id])?;
+                Some(other.clone())
+            }
+            _ => None,
+        };
         let status = if require_accept {
             DeviceStatus::Pending
         } else {
@@ -908,6 +976,8 @@ impl Store {
         Ok(EnrolledDevice {
             device,
             tenant_name,
+            token_id,
+            replaced,
         })
     }
 
@@ -1275,6 +1345,7 @@ pub(crate) mod test_support {
             ttl: None,
             uses: None,
             require_accept: false,
+            allow_replace: false,
             role: crate::store::Role::Operator,
         })?;
         Ok(store
@@ -1327,6 +1398,7 @@ mod tests {
                 ttl,
                 uses,
                 require_accept: false,
+                allow_replace: false,
                 role: crate::store::Role::Operator,
             })?
             .secret)
@@ -1387,6 +1459,7 @@ mod tests {
             ttl: Some(Duration::from_secs(3600)),
             uses: Some(2),
             require_accept: false,
+            allow_replace: false,
             role: crate::store::Role::Operator,
         })?;
         let body = t.secret.strip_prefix("tet_").ok_or("no tet_ prefix")?;
@@ -1408,6 +1481,7 @@ mod tests {
             ttl: None,
             uses: Some(0),
             require_accept: false,
+            allow_replace: false,
             role: crate::store::Role::Operator,
         };
         assert!(matches!(
@@ -1458,6 +1532,7 @@ mod tests {
             ttl: None,
             uses: None,
             require_accept: false,
+            allow_replace: false,
             role: crate::store::Role::Operator,
         })?;
         assert_eq!(s.api_token(&api.secret)?.tenant, "acme");
@@ -1482,6 +1557,7 @@ mod tests {
             ttl: Some(Duration::ZERO),
             uses: None,
             require_accept: false,
+            allow_replace: false,
             role: crate::store::Role::Operator,
         })?;
         assert!(matches!(
@@ -1523,8 +1599,39 @@ mod tests {
         ));
         let mut forced = enrollment("b1-renamed", "fp2");
         forced.force = true;
-        let replaced = s.redeem_enroll_token(&t, forced)?.device;
+        // Nor with force and a token that does not allow replacing, nor with one whose
+        // devices would be pending; the device stays as it was.
+        assert!(matches!(
+            s.redeem_enroll_token(&t, forced.clone()),
+            Err(StoreError::Conflict(m)) if m.contains("--allow-replace")
+        ));
+        let new_token = |require_accept: bool, allow_replace: bool| {
+            s.create_token(NewToken {
+                tenant: "acme",
+                kind: TokenKind::Enroll,
+                ttl: None,
+                uses: None,
+                require_accept,
+                allow_replace,
+                role: crate::store::Role::Operator,
+            })
+        };
+        let pending_token = new_token(true, false)?;
+        assert!(matches!(
+            s.redeem_enroll_token(&pending_token.secret, forced.clone()),
+            Err(StoreError::Conflict(m)) if m.contains("require-accept")
+        ));
+        assert_eq!(
+            s.device(&first.id)?.map(|d| (d.fingerprint, d.status)),
+            Some(("fp1".to_string(), DeviceStatus::Accepted))
+        );
+        assert!(matches!(new_token(true, true), Err(StoreError::Invalid(_))));
+        let replacing = new_token(false, true)?;
+        let enrolled = s.redeem_enroll_token(&replacing.secret, forced)?;
+        let replaced = enrolled.device;
         assert_ne!(replaced.id, first.id);
+        assert_eq!(enrolled.replaced.map(|d| d.id), Some(first.id.clone()));
+        assert_eq!(enrolled.token_id, replacing.id);
         assert!(s.device(&first.id)?.is_none());
         // A key of another tenant is refused.
         let g = token(&s, "globex", None, None)?;
@@ -1539,6 +1646,7 @@ mod tests {
             ttl: None,
             uses: None,
             require_accept: true,
+            allow_replace: false,
             role: crate::store::Role::Operator,
         })?;
         let pending = s
