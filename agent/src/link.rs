@@ -19,7 +19,7 @@ use russh::client::ChannelOpenHandle;
 use russh::client::{self, Msg, Session};
 use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
 use russh::{Channel, ChannelOpenFailure, Preferred, SshId, cipher};
-use tether_protocol::names::{LINK_FORWARD_ADDRESS, LINK_USER};
+use tether_protocol::names::{LINK_FORWARD_ADDRESS, LINK_SESSION_CHANNELS, LINK_USER};
 use tether_protocol::telemetry::TELEMETRY_SUBSYSTEM;
 use thiserror::Error;
 use tokio::sync::watch;
@@ -408,7 +408,10 @@ pub async fn run(
             _ = shutdown.changed() => break,
         };
         let error = match attempt {
-            Ok((mut handle, _)) => match handle.tcpip_forward(LINK_FORWARD_ADDRESS, 0).await {
+            Ok((mut handle, _)) => match handle
+                .tcpip_forward(LINK_FORWARD_ADDRESS, LINK_SESSION_CHANNELS)
+                .await
+            {
                 Ok(_) => {
                     tracing::info!("link to {} is up", relay.authority());
                     status::publish(&state_dir, LinkState::Online, None);

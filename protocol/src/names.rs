@@ -40,6 +40,11 @@ pub fn is_reserved_host(host: &str) -> bool {
 /// Address the device announces with `tcpip-forward` once its link is ready for channels.
 pub const LINK_FORWARD_ADDRESS: &str = "tether";
 
+/// Port the device announces with [`LINK_FORWARD_ADDRESS`]: this value says that its embedded
+/// SSH server is served on `session` channels the relay opens. Earlier agents announce 0 and
+/// serve it on a `forwarded-tcpip` channel to [`LEGACY_EMBEDDED_SSH_TARGET`].
+pub const LINK_SESSION_CHANNELS: u32 = 1;
+
 /// HTTP path of the WebSocket transport of the device link.
 pub const WS_LINK_PATH: &str = "/v1/link";
 

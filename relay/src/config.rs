@@ -92,7 +92,7 @@ impl Default for LimitsConfig {
             max_handshakes: 256,
             max_handshakes_per_source: 64,
             handshake_rate_per_source: 10,
-            handshake_burst_per_source: 10,
+            handshake_burst_per_source: 20,
             login_grace: Duration::from_secs(30),
             max_http_connections: 4096,
             max_http_connections_per_source: 256,

@@ -76,16 +76,28 @@ pub struct DeviceSession {
 
 /// Opens a session on the device's embedded SSH server through its link.
 pub async fn open_device_session(
-    link: &server::Handle,
-    device_key: PublicKey,
+    link: &crate::registry::LiveLink,
     engineer: &str,
     originator: std::net::SocketAddr,
 ) -> Result<DeviceSession, ProxyError> {
     // A `session` channel from relay to device is a request only the relay can make: an
     // engineer's forward always becomes `forwarded-tcpip`, which the agent never serves with
     // its embedded server.
-    tracing::debug!("session for {engineer} from {originator}");
-    let link_channel = link.channel_open_session().await?;
+    let link_channel = if link.session_channels {
+        link.handle.channel_open_session().await?
+    } else {
+        // An agent from before session channels. The relay refuses engineers' forwards to
+        // this name, so only this path reaches its embedded server.
+        link.handle
+            .channel_open_forwarded_tcpip(
+                tether_protocol::names::LEGACY_EMBEDDED_SSH_TARGET,
+                0,
+                originator.ip().to_string(),
+                u32::from(originator.port()),
+            )
+            .await?
+    };
+    let device_key = link.device_key.clone();
     let mut connection = client::connect_stream(
         inner_config(),
         link_channel.into_stream(),

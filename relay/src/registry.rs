@@ -18,6 +18,10 @@ pub struct LiveLink {
     pub handle: Handle,
     /// The device's public key, which is also the host key of its embedded SSH server.
     pub device_key: russh::keys::PublicKey,
+    /// Whether the agent serves its embedded SSH server on relay-opened `session` channels
+    /// (it announced [`tether_protocol::names::LINK_SESSION_CHANNELS`]); earlier agents are
+    /// reached on a `forwarded-tcpip` channel to the legacy name.
+    pub session_channels: bool,
 }
 
 /// Live device links by device id.

@@ -626,10 +626,18 @@ impl server::Handler for Conn {
                 return Ok(false);
             }
         };
+        let session_channels = *port == tether_protocol::names::LINK_SESSION_CHANNELS;
+        if !session_channels {
+            tracing::info!(
+                "device {} runs an agent that predates session channels; reaching its embedded server the legacy way",
+                device.id
+            );
+        }
         let link = LiveLink {
             conn_id: self.conn_id,
             handle: session.handle(),
             device_key,
+            session_channels,
         };
         if let Some(old) = self.front.registry.insert(&device.id, link) {
             tracing::info!(
@@ -758,14 +766,7 @@ impl server::Handler for Conn {
                         "session: engineer {engineer} ({fingerprint}) on device {} from {remote}",
                         device.id
                     );
-                    match proxy::open_device_session(
-                        &link.handle,
-                        link.device_key.clone(),
-                        &engineer,
-                        remote,
-                    )
-                    .await
-                    {
+                    match proxy::open_device_session(&link, &engineer, remote).await {
                         Ok(dev) => {
                             carry_session(
                                 front,
