@@ -623,3 +623,71 @@ fn archives_daemons_skip_if_timeouts_and_users() -> Result<()> {
     })?;
     Ok(())
 }
+
+/// Configuration values an operator sets reach a step's script through `|sh` as one quoted
+/// word each: printed exactly, never run. The same payload through the raw form does run,
+/// which shows the payloads are live.
+#[test]
+fn operator_values_through_sh_placeholders_are_printed_not_run() -> Result<()> {
+    let (_relay, agent) = setup("board1")?;
+    let dir = tempfile::tempdir()?;
+    let pwned = dir.path().join("PWNED");
+    let p = pwned.display();
+    let values: Vec<(&str, String)> = vec![
+        ("quote", format!("x'; touch {p}; '")),
+        ("subst", format!("$(touch {p})")),
+        ("backtick", format!("`touch {p}`")),
+        ("lines", format!("one\ntouch {p}\ntwo")),
+        ("spaces", "  two  words; echo ran ".to_string()),
+        ("empty", String::new()),
+    ];
+    let mut script = String::new();
+    for (key, _) in &values {
+        script.push_str(&format!(
+            "        printf '%s' {{configuration:/{key}|sh}} > {key}.out\n        printf 'value %s: [%s]\\n' {key} {{configuration:/{key}|sh}}\n"
+        ));
+    }
+    let recipe = write_recipe(
+        dir.path(),
+        "quoting.yaml",
+        &format!(
+            "name: com.example.quoting\nversion: 1.0.0\nconfiguration: {{quote: a, subst: a, backtick: a, lines: a, spaces: a, empty: a}}\nmanifests:\n  - lifecycle:\n      run: |\n{script}"
+        ),
+    )?;
+    let sets: Vec<String> = values.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut args = vec!["deploy", path_str(&recipe)];
+    for s in &sets {
+        args.extend(["--set", s.as_str()]);
+    }
+    app_ok(&agent, &args)?;
+    wait_until(Duration::from_secs(20), "the step finishes", || {
+        show(&agent, "com.example.quoting").is_ok_and(|s| s["state"] == "finished")
+    })
+    .with_context(|| agent.log())?;
+    let work = agent.dir.path().join("state/apps/com.example.quoting/work");
+    for (key, value) in &values {
+        let got = std::fs::read_to_string(work.join(format!("{key}.out")))?;
+        ensure!(got == *value, "{key}: printed {got:?}, set {value:?}");
+    }
+    ensure!(!pwned.exists(), "a configuration value ran as shell code");
+    let logs = app_ok(&agent, &["logs", "com.example.quoting"])?;
+    ensure!(
+        logs.contains(&format!("value quote: [x'; touch {p}; ']"))
+            && logs.contains(&format!("value subst: [$(touch {p})]"))
+            && logs.contains("value spaces: [  two  words; echo ran ]")
+            && logs.contains("value empty: []")
+            && !logs.contains("run/stdout: ran"),
+        "{logs}"
+    );
+
+    // The raw form inside single quotes, as a script written without |sh would have it:
+    // the first payload breaks out and runs (the step then fails on the stray `''`).
+    let raw = write_recipe(
+        dir.path(),
+        "raw.yaml",
+        "name: com.example.raw\nversion: 1.0.0\nmanifests:\n  - lifecycle:\n      run: echo '{configuration:/quote}'\n",
+    )?;
+    app(&agent, &["deploy", path_str(&raw), "--set", &sets[0]])?;
+    ensure!(pwned.exists(), "the raw form did not run the payload");
+    Ok(())
+}

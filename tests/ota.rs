@@ -209,13 +209,18 @@ impl Board {
     }
 }
 
+/// A board flashed with OS 1.0.0 at the factory (`ota.factory_version`).
 fn board() -> Result<Board> {
     board_with(false)
 }
 
-/// A board; with `uboot`, its boot environment is a redundant U-Boot environment in a file,
-/// described by an fw_env.config.
 fn board_with(uboot: bool) -> Result<Board> {
+    board_from(uboot, "  factory_version: 1.0.0\n")
+}
+
+/// A board; with `uboot`, its boot environment is a redundant U-Boot environment in a file,
+/// described by an fw_env.config. `ota_extra` goes at the end of the `ota:` section.
+fn board_from(uboot: bool, ota_extra: &str) -> Result<Board> {
     let dir = tempfile::tempdir()?;
     let uboot_config = if uboot {
         let env_dev = dir.path().join("uboot-env.bin");
@@ -251,7 +256,7 @@ fn board_with(uboot: bool) -> Result<Board> {
     let r = tmp_agent.cmd(&["keygen", "--out", keys.to_str().unwrap_or_default()])?;
     ensure!(r.status == Some(0), "keygen: {}", r.stderr);
     let extra = format!(
-        "ota:\n  compatible: acme-board-rev2\n  keyring: {keyring}\n  bootloader: {backend}\n  env_file: {env}\n  uboot_config: {uboot_config}\n  slots:\n    - {{ name: A, class: rootfs, device: {a} }}\n    - {{ name: B, class: rootfs, device: {b} }}\n  tries: 2\n  health_check: test -f {healthy}\n  health_timeout: 5s\n  cmdline: {cmdline}\n  reboot_command: touch {rebooted}\n",
+        "ota:\n  compatible: acme-board-rev2\n  keyring: {keyring}\n  bootloader: {backend}\n  env_file: {env}\n  uboot_config: {uboot_config}\n  slots:\n    - {{ name: A, class: rootfs, device: {a} }}\n    - {{ name: B, class: rootfs, device: {b} }}\n  tries: 2\n  health_check: test -f {healthy}\n  health_timeout: 5s\n  cmdline: {cmdline}\n  reboot_command: touch {rebooted}\n{ota_extra}",
         keyring = keys.with_extension("pub").display(),
         backend = if uboot { "uboot" } else { "file" },
         uboot_config = uboot_config
@@ -826,6 +831,144 @@ fn an_https_download_resumes_where_the_link_dropped() -> Result<()> {
     ensure!(
         b.boot_and_check()?.0 == "B",
         "a failed download changed the boot"
+    );
+    Ok(())
+}
+
+/// A board whose running version nobody knows (the agent installed nothing yet and
+/// `ota.factory_version` is not set) refuses every bundle, touching nothing, until told to
+/// accept one; once that one is committed its version is known and only older bundles are
+/// refused. A board with a factory version is checked against that.
+#[test]
+fn a_board_with_no_known_version_installs_only_with_allow_downgrade() -> Result<()> {
+    let b = board_from(false, "")?;
+    std::fs::write(b.dir.path().join("healthy"), "")?;
+    let image = ext4_image(b.dir.path(), "1.1.0")?;
+    let bundle = b.bundle("1.1.0", "acme-board-rev2", &image)?;
+    let path = bundle.to_str().unwrap_or_default();
+    let env_before = b.env()?;
+    let b_before = sha256_prefix(&b.slots[1].device, 16 << 20)?;
+
+    let r = b.ota(&["install", path])?;
+    ensure!(
+        r.status == Some(1)
+            && r.stderr.contains("the running OS version is unknown")
+            && r.stderr.contains("slot A")
+            && r.stderr.contains("--allow-downgrade")
+            && r.stderr.contains("ota.factory_version"),
+        "{:?} {}",
+        r.status,
+        r.stderr
+    );
+    ensure!(!b.rebooted(), "a refused install rebooted");
+    ensure!(
+        b.env()? == env_before,
+        "a refused install changed the boot environment"
+    );
+    ensure!(
+        sha256_prefix(&b.slots[1].device, 16 << 20)? == b_before,
+        "a refused install wrote slot B"
+    );
+    ensure!(
+        b.status()?["pending"].is_null(),
+        "a refused install is pending"
+    );
+
+    let out = b.ota_ok(&["install", path, "--allow-downgrade"])?;
+    ensure!(out.contains("into slot B"), "{out}");
+    ensure!(b.rebooted(), "install did not reboot");
+    let (slot, out) = b.boot_and_check()?;
+    ensure!(
+        slot == "B" && out.contains("committed 1.1.0 in slot B"),
+        "{slot}: {out}"
+    );
+
+    // Now the running version is known: older is refused, newer needs no flag.
+    let old = ext4_image(b.dir.path(), "1.0.5")?;
+    let old_bundle = b.bundle("1.0.5", "acme-board-rev2", &old)?;
+    let r = b.ota(&["install", old_bundle.to_str().unwrap_or_default()])?;
+    ensure!(
+        r.status == Some(1) && r.stderr.contains("lower than the running 1.1.0"),
+        "{}",
+        r.stderr
+    );
+    let newer = ext4_image(b.dir.path(), "1.2.0")?;
+    let newer_bundle = b.bundle("1.2.0", "acme-board-rev2", &newer)?;
+    b.ota_ok(&[
+        "install",
+        newer_bundle.to_str().unwrap_or_default(),
+        "--no-reboot",
+    ])?;
+
+    // ota.factory_version stands for the running version of a slot the agent never wrote.
+    let flashed = board_from(false, "  factory_version: 2.0.0\n")?;
+    let bundle = flashed.bundle("1.1.0", "acme-board-rev2", &image)?;
+    let r = flashed.ota(&["install", bundle.to_str().unwrap_or_default()])?;
+    ensure!(
+        r.status == Some(1) && r.stderr.contains("lower than the running 2.0.0"),
+        "{}",
+        r.stderr
+    );
+    Ok(())
+}
+
+/// The same refusal reaches the relay when the bundle comes in a fleet deployment: the
+/// deployment fails with the reason, the bundle is not downloaded, nothing is installed and
+/// the board does not reboot.
+#[test]
+fn an_os_deployment_to_a_board_with_no_known_version_fails_and_says_why() -> Result<()> {
+    let mut b = board_from(false, "")?;
+    std::fs::write(b.dir.path().join("healthy"), "")?;
+    let relay = Relay::start()?;
+    relay.tenant("acme")?;
+    b.agent.enroll(&relay, Transport::Tcp, "acme")?;
+    b.agent.start()?;
+    b.agent.wait_online()?;
+    let env_before = b.env()?;
+    let image = ext4_image(b.dir.path(), "1.1.0")?;
+    let bundle = b.bundle("1.1.0", "acme-board-rev2", &image)?;
+    let id = relay
+        .admin_ok(&[
+            "deploy",
+            "create",
+            "--tenant",
+            "acme",
+            "--target",
+            "device:board1",
+            "--bundle",
+            bundle.to_str().unwrap_or_default(),
+        ])?
+        .trim()
+        .to_string();
+    let mut view = serde_json::Value::Null;
+    wait_until(
+        std::time::Duration::from_secs(60),
+        "deployment failed",
+        || {
+            view = deployment_status(&relay, &id);
+            view["devices"][0]["status"] == "failed"
+        },
+    )
+    .with_context(|| format!("{view}\n{}", b.agent.log()))?;
+    ensure!(
+        view["devices"][0]["message"].as_str().is_some_and(|m| {
+            m.contains("OS 1.1.0")
+                && m.contains("the running OS version is unknown")
+                && m.contains("ota.factory_version")
+        }),
+        "{view}"
+    );
+    ensure!(!b.rebooted(), "the board rebooted");
+    ensure!(b.env()? == env_before, "the boot environment changed");
+    let cache = b.agent.dir.path().join("state/fleet-cache");
+    let cached: Vec<_> = std::fs::read_dir(&cache)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    ensure!(cached.is_empty(), "the bundle was downloaded: {cached:?}");
+    let st = b.status()?;
+    ensure!(
+        st["pending"].is_null() && st["slots"][1]["state"] == "unknown",
+        "{st}"
     );
     Ok(())
 }

@@ -92,8 +92,13 @@ pub struct OtaConfig {
     pub cmdline: PathBuf,
     /// Command that reboots into the new slot. Default `systemctl reboot || reboot`.
     pub reboot_command: String,
-    /// Allow installing a version lower than the booted one. Default false.
+    /// Allow installing a version lower than the booted one, or any version while the booted
+    /// one is unknown. Default false.
     pub allow_downgrade: bool,
+    /// Version of the OS the board was flashed with, taken as the running version while the
+    /// booted slot has none recorded (it was not installed by the agent). Unset: such a board
+    /// refuses bundles unless downgrades are allowed. Default unset.
+    pub factory_version: Option<String>,
 }
 
 impl Default for OtaConfig {
@@ -112,6 +117,7 @@ impl Default for OtaConfig {
             cmdline: PathBuf::from("/proc/cmdline"),
             reboot_command: "systemctl reboot || reboot".to_string(),
             allow_downgrade: false,
+            factory_version: None,
         }
     }
 }
@@ -435,6 +441,14 @@ impl AgentConfig {
         if o.tries == 0 || o.tries > 255 {
             return Err(invalid("ota.tries", "must be between 1 and 255".into()));
         }
+        if let Some(version) = &o.factory_version
+            && let Err(e) = semver::Version::parse(version)
+        {
+            return Err(invalid(
+                "ota.factory_version",
+                format!("{version:?} is not a semantic version like 1.0.0: {e}"),
+            ));
+        }
         for (i, slot) in o.slots.iter().enumerate() {
             let ok_name = !slot.name.is_empty()
                 && slot
@@ -570,6 +584,11 @@ mod tests {
         assert!(e.contains("forward.allow[0]"), "{e}");
         let e = msg("link:\n  backoff_initial: 2m\n  backoff_max: 1m\n");
         assert!(e.contains("link.backoff_initial"), "{e}");
+        let e = msg("ota:\n  factory_version: '1.0'\n");
+        assert!(
+            e.contains("ota.factory_version") && e.contains("\"1.0\" is not a semantic version"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -61,6 +61,21 @@ pub enum OtaError {
         /// The running version.
         running: String,
     },
+    /// The running version is unknown, so the bundle cannot be checked against it.
+    #[error(
+        "the running OS version is unknown (slot {slot} has no version recorded: the agent did not \
+         install it, and ota.factory_version is not set), so bundle version {bundle} cannot be \
+         checked for a downgrade; if {bundle} is right for this board, install it with \
+         `agent ota install --allow-downgrade`, or set ota.factory_version to the version the \
+         board was flashed with (deployments from the relay need one of the two in the agent \
+         configuration: ota.factory_version, or ota.allow_downgrade: true)"
+    )]
+    UnknownVersion {
+        /// The bundle's version.
+        bundle: String,
+        /// The running slot.
+        slot: String,
+    },
     /// The running slot cannot be determined.
     #[error("cannot tell which slot is running: {0}")]
     Booted(String),
@@ -148,7 +163,8 @@ pub struct SlotStatus {
 /// Options of an install.
 #[derive(Debug, Clone, Default)]
 pub struct InstallOptions {
-    /// Install even if the version is lower than the running one.
+    /// Install even if the version is lower than the running one, or the running one is
+    /// unknown.
     pub allow_downgrade: bool,
 }
 
@@ -237,6 +253,30 @@ impl Ota {
         Ok(name.to_string())
     }
 
+    /// The OS version of slot `booted`: the one recorded when the agent installed it, else
+    /// `ota.factory_version` (a slot the agent never installed holds the factory image).
+    pub fn running_version(&self, state: &OtaState, booted: &str) -> Option<String> {
+        state
+            .slots
+            .get(booted)
+            .and_then(|s| s.version.clone())
+            .or_else(|| self.cfg.factory_version.clone())
+    }
+
+    /// Whether a bundle of `version` may be installed over the running slot: not when it is
+    /// older, nor while the running version is unknown, unless `allow_downgrade` (or
+    /// `ota.allow_downgrade`) says so. Checked by `install`, and by a fleet deployment before
+    /// it downloads the bundle.
+    pub fn check_version(&self, version: &str, allow_downgrade: bool) -> Result<(), OtaError> {
+        let booted = self.booted_slot()?;
+        check_version(
+            version,
+            self.running_version(&self.state(), &booted).as_deref(),
+            &booted,
+            allow_downgrade || self.cfg.allow_downgrade,
+        )
+    }
+
     fn order(&self, env: &BTreeMap<String, String>) -> Vec<String> {
         env.get("BOOT_ORDER")
             .map(|o| o.split_whitespace().map(String::from).collect())
@@ -303,17 +343,8 @@ impl Ota {
             });
         }
         let booted = self.booted_slot()?;
+        self.check_version(&manifest.version, opts.allow_downgrade)?;
         let mut state = self.state();
-        if let Some(running) = state.slots.get(&booted).and_then(|s| s.version.clone())
-            && !opts.allow_downgrade
-            && !self.cfg.allow_downgrade
-            && older(&manifest.version, &running)
-        {
-            return Err(OtaError::Downgrade {
-                bundle: manifest.version.clone(),
-                running,
-            });
-        }
         // Every image needs a slot of its class that is not the running one.
         let mut targets: Vec<&SlotConfig> = Vec::new();
         for image in &manifest.images {
@@ -648,6 +679,32 @@ impl Ota {
     }
 }
 
+/// The downgrade policy: a bundle older than the running version is refused, and so is any
+/// bundle while the running version is unknown, since an unknown version could be newer than
+/// the bundle: a board moves to an older, or possibly older, version only when told to.
+/// `allow` (`--allow-downgrade`, `ota.allow_downgrade`) accepts both.
+fn check_version(
+    bundle: &str,
+    running: Option<&str>,
+    booted: &str,
+    allow: bool,
+) -> Result<(), OtaError> {
+    if allow {
+        return Ok(());
+    }
+    match running {
+        None => Err(OtaError::UnknownVersion {
+            bundle: bundle.to_string(),
+            slot: booted.to_string(),
+        }),
+        Some(running) if older(bundle, running) => Err(OtaError::Downgrade {
+            bundle: bundle.to_string(),
+            running: running.to_string(),
+        }),
+        Some(_) => Ok(()),
+    }
+}
+
 /// Whether semver `a` is lower than `b` (unparsable versions never count as lower).
 fn older(a: &str, b: &str) -> bool {
     match (semver::Version::parse(a), semver::Version::parse(b)) {
@@ -692,4 +749,97 @@ fn hash_prefix(r: &mut dyn Read, len: u64) -> std::io::Result<String> {
         left -= n as u64;
     }
     Ok(hex::encode(hasher.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    #[test]
+    fn an_unknown_running_version_accepts_nothing_unless_allowed() -> TestResult {
+        let e = check_version("1.1.0", None, "A", false)
+            .err()
+            .ok_or("accepted with an unknown running version")?
+            .to_string();
+        for part in [
+            "running OS version is unknown",
+            "slot A",
+            "bundle version 1.1.0",
+            "--allow-downgrade",
+            "ota.factory_version",
+            "ota.allow_downgrade: true",
+        ] {
+            assert!(e.contains(part), "{e} lacks {part}");
+        }
+        check_version("1.1.0", None, "A", true)?;
+        Ok(())
+    }
+
+    #[test]
+    fn a_known_running_version_refuses_only_older_bundles() -> TestResult {
+        let e = check_version("1.0.0", Some("1.1.0"), "B", false)
+            .err()
+            .ok_or("downgrade accepted")?;
+        assert!(matches!(e, OtaError::Downgrade { .. }), "{e}");
+        assert!(
+            e.to_string().contains("lower than the running 1.1.0"),
+            "{e}"
+        );
+        check_version("1.0.0", Some("1.1.0"), "B", true)?;
+        check_version("1.1.0", Some("1.1.0"), "B", false)?;
+        check_version("1.2.0", Some("1.1.0"), "B", false)?;
+        check_version("1.2.0-rc.1", Some("1.1.0"), "B", false)?;
+        Ok(())
+    }
+
+    fn ota(dir: &Path, factory_version: Option<&str>) -> Result<Ota, OtaError> {
+        let mut config = AgentConfig {
+            state_dir: dir.to_path_buf(),
+            ..AgentConfig::default()
+        };
+        config.ota.compatible = Some("board".into());
+        config.ota.bootloader = Bootloader::File;
+        config.ota.factory_version = factory_version.map(String::from);
+        config.ota.slots = ["A", "B"]
+            .iter()
+            .map(|name| SlotConfig {
+                name: (*name).into(),
+                class: "rootfs".into(),
+                device: dir.join(format!("slot-{name}")),
+            })
+            .collect();
+        Ota::open(&config)
+    }
+
+    #[test]
+    fn the_running_version_is_the_recorded_one_else_the_factory_version() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let mut state = OtaState::default();
+        state.slots.insert(
+            "A".into(),
+            SlotInfo {
+                version: None,
+                state: "good".into(),
+            },
+        );
+        state.slots.insert(
+            "B".into(),
+            SlotInfo {
+                version: Some("2.0.0".into()),
+                state: "good".into(),
+            },
+        );
+        let without = ota(dir.path(), None)?;
+        assert_eq!(without.running_version(&state, "A"), None);
+        assert_eq!(
+            without.running_version(&state, "B").as_deref(),
+            Some("2.0.0")
+        );
+        let with = ota(dir.path(), Some("1.0.0"))?;
+        assert_eq!(with.running_version(&state, "A").as_deref(), Some("1.0.0"));
+        assert_eq!(with.running_version(&state, "B").as_deref(), Some("2.0.0"));
+        Ok(())
+    }
 }

@@ -71,7 +71,8 @@ pub enum OtaCommand {
         /// Do not reboot afterwards.
         #[arg(long)]
         no_reboot: bool,
-        /// Install even a version lower than the running one.
+        /// Install even a version lower than the running one, or any version while the running
+        /// one is unknown (no version recorded and no ota.factory_version).
         #[arg(long)]
         allow_downgrade: bool,
     },

@@ -230,14 +230,12 @@ pub async fn run(
 }
 
 impl Reconciler {
-    /// The OS version of the running slot, as the agent recorded it.
+    /// The OS version of the running slot, as the agent recorded it (or, for a slot it never
+    /// installed, `ota.factory_version`).
     fn os_version(&self) -> Option<String> {
         let ota = crate::ota::Ota::open(&self.config).ok()?;
         let booted = ota.booted_slot().ok()?;
-        ota.state()
-            .slots
-            .get(&booted)
-            .and_then(|s| s.version.clone())
+        ota.running_version(&ota.state(), &booted)
     }
 
     /// After the reboot into a new OS: once the slot is committed (or the board went back),
@@ -379,6 +377,11 @@ impl Reconciler {
                     "OS {}: OS updates are off on this device (ota.compatible is not set)",
                     os.version
                 ));
+            } else if let Err(e) = crate::ota::Ota::open(&self.config)
+                .and_then(|ota| ota.check_version(&os.version, false))
+            {
+                // Refused before the bundle is downloaded: install would refuse it anyway.
+                failure = Some(format!("OS {}: {e}", os.version));
             } else {
                 match self.fetch(&os.bundle_sha256, &cache).await? {
                     Ok(path) => os_bundle = Some((os.version.clone(), path)),

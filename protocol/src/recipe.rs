@@ -6,7 +6,8 @@
 //! list of `manifests`. The first manifest whose `platform` matches the device is used; it
 //! lists the `artifacts` to fetch (each checked by sha256) and the `lifecycle` steps
 //! (`install`, `startup` or `run`, `shutdown`, `recover`). Scripts may contain placeholders
-//! such as `{configuration:/port}` that [`interpolate`] fills in.
+//! such as `{configuration:/port}` that [`interpolate`] fills in, raw or, with the `|sh`
+//! filter (`{configuration:/message|sh}`), quoted as one shell word (see [`sh_quote`]).
 //!
 //! [`parse`] and [`load`] read and validate a recipe: unknown keys and wrong types are
 //! reported with file, line and column; semantic errors name the file and the key path, such
@@ -651,6 +652,8 @@ impl<'de> Deserialize<'de> for RawTimeout {
 
 struct Check<'a> {
     origin: &'a Path,
+    /// The recipe's `name`, for messages that must say which component.
+    component: &'a str,
 }
 
 impl Check<'_> {
@@ -673,7 +676,10 @@ fn show(s: &str) -> String {
 }
 
 fn validate(raw: RawRecipe, origin: &Path) -> Result<Recipe, RecipeError> {
-    let c = Check { origin };
+    let c = Check {
+        origin,
+        component: &raw.name,
+    };
 
     check_name(&raw.name).map_err(|m| c.err("name", m))?;
     let version = semver::Version::parse(raw.version.trim()).map_err(|e| {
@@ -1036,7 +1042,7 @@ fn validate_env(
         if value.contains('\0') {
             return Err(c.err(vkey, "the value contains a NUL character"));
         }
-        check_placeholders(value, deps).map_err(|m| c.err(&vkey, m))?;
+        check_placeholders(c, value, deps).map_err(|m| c.err(&vkey, m))?;
     }
     Ok(env)
 }
@@ -1089,7 +1095,7 @@ fn validate_step(
             "the script contains a NUL character",
         ));
     }
-    check_placeholders(&raw.script, deps).map_err(|m| c.err(format!("{key}.script"), m))?;
+    check_placeholders(c, &raw.script, deps).map_err(|m| c.err(format!("{key}.script"), m))?;
     let timeout = raw.timeout.map(|t| t.0);
     if timeout == Some(Duration::ZERO) {
         return Err(c.err(
@@ -1102,7 +1108,7 @@ fn validate_step(
         None => None,
         Some(text) => {
             let skey = format!("{key}.skip_if");
-            check_placeholders(&text, deps).map_err(|m| c.err(&skey, m))?;
+            check_placeholders(c, &text, deps).map_err(|m| c.err(&skey, m))?;
             Some(parse_skip_if(&text).map_err(|m| c.err(&skey, m))?)
         }
     };
@@ -1163,6 +1169,46 @@ enum Piece<'a> {
     Text(&'a str),
     /// The text inside the braces of a placeholder.
     Placeholder(&'a str),
+}
+
+/// How a placeholder's value is written into the text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Filter {
+    /// As it is (`{configuration:/port}`).
+    Raw,
+    /// Quoted for POSIX sh as one word (`{configuration:/port|sh}`).
+    Sh,
+}
+
+/// Splits `configuration:/message|sh` into the reference and its filter. `|` always starts a
+/// filter, so a configuration key containing `|` cannot be named by a placeholder.
+fn split_filter(inner: &str) -> Result<(&str, Filter), String> {
+    match inner.split_once('|') {
+        None => Ok((inner, Filter::Raw)),
+        Some((reference, "sh")) => Ok((reference, Filter::Sh)),
+        Some((_, other)) => Err(format!(
+            "unknown filter `{}`; the only filter is `sh`, as in {{configuration:/message|sh}}, \
+             which quotes the value as one shell word",
+            show(other)
+        )),
+    }
+}
+
+/// Quotes `value` for POSIX sh as exactly one word: in single quotes, each `'` written as
+/// `'\''`. Inside single quotes the shell expands nothing (`$`, backticks, `\`, newlines are
+/// literal), so the word is the value, whatever it holds; the empty string becomes `''`.
+pub fn sh_quote(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('\'');
+    for ch in value.chars() {
+        if ch == '\'' {
+            out.push_str("'\\''");
+        } else {
+            out.push(ch);
+        }
+    }
+    out.push('\'');
+    out
 }
 
 /// What a placeholder refers to.
@@ -1295,12 +1341,25 @@ fn classify(inner: &str) -> Result<Placeholder<'_>, String> {
 }
 
 /// Checks the placeholders of recipe text; dependency placeholders must name a declared
-/// dependency.
-fn check_placeholders(text: &str, deps: &BTreeMap<String, Dependency>) -> Result<(), String> {
+/// dependency, and filters must be known.
+fn check_placeholders(
+    c: &Check<'_>,
+    text: &str,
+    deps: &BTreeMap<String, Dependency>,
+) -> Result<(), String> {
     for piece in pieces(text) {
         if let Piece::Placeholder(inner) = piece {
             let shown = format!("{{{}}}", show(inner));
-            match classify(inner) {
+            let reference = match split_filter(inner) {
+                Ok((reference, _)) => reference,
+                Err(m) => {
+                    return Err(format!(
+                        "placeholder {shown} in component {}: {m}",
+                        show(c.component)
+                    ));
+                }
+            };
+            match classify(reference) {
                 Err(m) => return Err(format!("placeholder {shown}: {m}")),
                 Ok(Placeholder::DependencyConfiguration(dep, _)) if !deps.contains_key(dep) => {
                     return Err(format!(
@@ -1339,7 +1398,10 @@ fn value_text(value: &Value, placeholder: &str) -> Result<String, RecipeError> {
 /// `{device:id}` in `text`.
 ///
 /// Strings are inserted raw, numbers, booleans and null as JSON text, objects and arrays as
-/// compact JSON. `{{` and `}}` are literal braces. Only `{word:…}` without whitespace inside
+/// compact JSON. Any placeholder followed by `|sh` (`{configuration:/message|sh}`) has that
+/// text quoted by [`sh_quote`] instead, so a value from an operator stays one word of a
+/// script and is never run; the raw form is for trusted values only. `{{` and `}}` are
+/// literal braces. Only `{word:…}` without whitespace inside
 /// is a placeholder, and never right after `$`, so shell `${VAR}` and `{ a; b; }` are left
 /// alone. An unknown placeholder, an unknown dependency or a pointer that resolves to nothing
 /// is an error naming the placeholder.
@@ -1358,7 +1420,8 @@ pub fn interpolate(text: &str, with: &Interpolation<'_>) -> Result<String, Recip
             placeholder: placeholder.clone(),
             message,
         };
-        let kind = classify(inner).map_err(fail)?;
+        let (reference, filter) = split_filter(inner).map_err(fail)?;
+        let kind = classify(reference).map_err(fail)?;
         let value = match kind {
             Placeholder::ArtifactsPath => path_text(with.artifacts_path, &placeholder)?,
             Placeholder::UnpackedPath => path_text(with.unpacked_path, &placeholder)?,
@@ -1390,7 +1453,16 @@ pub fn interpolate(text: &str, with: &Interpolation<'_>) -> Result<String, Recip
                 value_text(v, &placeholder)?
             }
         };
-        out.push_str(&value);
+        match filter {
+            Filter::Raw => out.push_str(&value),
+            // A shell word cannot hold NUL, and the script could not be passed to sh at all.
+            Filter::Sh if value.contains('\0') => {
+                return Err(fail(
+                    "the value contains a NUL character, which a shell word cannot hold".to_owned(),
+                ));
+            }
+            Filter::Sh => out.push_str(&sh_quote(&value)),
+        }
     }
     Ok(out)
 }
@@ -2255,6 +2327,185 @@ manifests:
             }
         }
         Ok(())
+    }
+
+    /// Values an operator could set that a shell would otherwise split, expand or run.
+    const HOSTILE: &[&str] = &[
+        "two words",
+        "it's",
+        "x'; touch PWNED1; '",
+        "$(touch PWNED2)",
+        "`touch PWNED3`",
+        "line one\nline two",
+        "",
+        "'",
+        "''",
+        "\\'",
+        "back\\slash $HOME ${X:-y} * ? [a] ~ # ; & | < > ( ) { } !",
+        "  leading and trailing  ",
+        "tab\there",
+        "ünïcödé ✓",
+    ];
+
+    #[test]
+    fn sh_quote_writes_one_single_quoted_word() {
+        let cases = [
+            ("two words", "'two words'"),
+            ("it's", "'it'\\''s'"),
+            ("x'; touch PWNED; '", "'x'\\''; touch PWNED; '\\'''"),
+            ("$(touch PWNED)", "'$(touch PWNED)'"),
+            ("`touch PWNED`", "'`touch PWNED`'"),
+            ("a\nb", "'a\nb'"),
+            ("", "''"),
+            ("'", "''\\'''"),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(sh_quote(value), expected, "for {value:?}");
+        }
+    }
+
+    /// The real /bin/sh reads each quoted value back as exactly one word equal to the value,
+    /// and nothing in it runs.
+    #[test]
+    fn sh_quote_survives_a_real_shell() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        for value in HOSTILE {
+            let script = format!(
+                "set -- {q}; printf '%s' \"$#\"; printf '|%s' \"$1\"",
+                q = sh_quote(value)
+            );
+            let out = std::process::Command::new("/bin/sh")
+                .arg("-c")
+                .arg(&script)
+                .current_dir(dir.path())
+                .output()?;
+            assert!(out.status.success(), "{script}: {out:?}");
+            assert_eq!(
+                String::from_utf8(out.stdout)?,
+                format!("1|{value}"),
+                "for {value:?}"
+            );
+        }
+        let left: Vec<_> = std::fs::read_dir(dir.path())?.collect();
+        assert!(left.is_empty(), "a quoted value ran: {left:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn interpolate_sh_filter_quotes_every_kind_of_placeholder() -> TestResult {
+        let config = json!({
+            "message": "x'; touch PWNED; '", "port": 8080, "empty": "",
+            "list": [1, "a b"], "sub": "$(id)\n`id`"
+        });
+        let mut deps = BTreeMap::new();
+        deps.insert("com.example.base".to_owned(), json!({"url": "it's"}));
+        let with = Interpolation {
+            artifacts_path: Path::new("/var/lib/tether/my app/artifacts"),
+            unpacked_path: Path::new("/var/lib/tether/my app/unpacked"),
+            work_path: Path::new("/var/lib/tether/it's/work"),
+            configuration: &config,
+            dependencies: &deps,
+            device_id: "dev 1",
+        };
+        let cases = [
+            (
+                "echo {configuration:/message|sh}",
+                "echo 'x'\\''; touch PWNED; '\\'''",
+            ),
+            ("--port {configuration:/port|sh}", "--port '8080'"),
+            ("[{configuration:/empty|sh}]", "['']"),
+            ("{configuration:/list|sh}", "'[1,\"a b\"]'"),
+            ("{configuration:/sub|sh}", "'$(id)\n`id`'"),
+            ("{configuration:/list/1|sh}", "'a b'"),
+            ("{com.example.base:configuration:/url|sh}", "'it'\\''s'"),
+            ("{device:id|sh}", "'dev 1'"),
+            (
+                "{artifacts:path|sh}/x",
+                "'/var/lib/tether/my app/artifacts'/x",
+            ),
+            (
+                "{artifacts:unpacked_path|sh}",
+                "'/var/lib/tether/my app/unpacked'",
+            ),
+            ("cd {work:path|sh}", "cd '/var/lib/tether/it'\\''s/work'"),
+            // The raw form is unchanged.
+            ("echo {configuration:/message}", "echo x'; touch PWNED; '"),
+            ("{{configuration:/port|sh}}", "{configuration:/port|sh}"),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(interpolate(text, &with)?, expected, "for {text}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn interpolate_sh_filter_refuses_nul() -> TestResult {
+        let config = json!({"v": "a\u{0}b"});
+        let deps = BTreeMap::new();
+        let with = sample_interpolation(&config, &deps);
+        let e = interpolate("echo {configuration:/v|sh}", &with)
+            .err()
+            .ok_or("accepted")?;
+        assert_contains(
+            &e.to_string(),
+            &["placeholder {configuration:/v|sh}", "NUL"],
+        )
+    }
+
+    #[test]
+    fn unknown_filters_are_errors_naming_filter_component_and_step() -> TestResult {
+        for (lifecycle, parts) in [
+            (
+                "      run: echo {configuration:/msg|foo}\n",
+                &[
+                    "hello.yaml: manifests[0].lifecycle.run.script",
+                    "placeholder {configuration:/msg|foo}",
+                    "component com.example.hello",
+                    "unknown filter `foo`",
+                    "`sh`",
+                ][..],
+            ),
+            (
+                "      install: echo {device:id|}\n      run: x\n",
+                &["lifecycle.install.script", "unknown filter ``"][..],
+            ),
+            (
+                "      shutdown: echo {artifacts:path|sh|sh}\n",
+                &["lifecycle.shutdown.script", "unknown filter `sh|sh`"][..],
+            ),
+            (
+                "      setenv: {A: \"{work:path|SH}\"}\n      run: x\n",
+                &["lifecycle.setenv[A]", "unknown filter `SH`"][..],
+            ),
+            (
+                "      run: {script: x, skip_if: \"exists {configuration:/f|quote}\"}\n",
+                &["run.skip_if", "unknown filter `quote`"][..],
+            ),
+        ] {
+            let e = fails(&with_lifecycle(lifecycle))?;
+            assert_contains(&e, parts)?;
+        }
+        // The filter does not hide a bad reference.
+        let e = fails(&with_lifecycle("      run: echo {work:dir|sh}\n"))?;
+        assert_contains(&e, &["placeholder {work:dir|sh}", "unknown placeholder"])?;
+        // Known filters pass validation everywhere.
+        ok(&with_lifecycle(
+            "      setenv: {A: \"{configuration:/a|sh}\"}\n      run: echo {configuration:/a|sh} {device:id|sh} {artifacts:path|sh} {artifacts:unpacked_path|sh} {work:path|sh}\n",
+        ))?;
+        // At run time too, naming the placeholder.
+        let config = json!({"msg": "hi"});
+        let deps = BTreeMap::new();
+        let with = sample_interpolation(&config, &deps);
+        let e = interpolate("{configuration:/msg|foo}", &with)
+            .err()
+            .ok_or("accepted")?;
+        assert_contains(
+            &e.to_string(),
+            &[
+                "placeholder {configuration:/msg|foo}",
+                "unknown filter `foo`",
+            ],
+        )
     }
 
     #[test]

@@ -419,7 +419,7 @@ proptest! {
     }
 
     /// A `{configuration:/key}` placeholder is replaced by the value at that key: strings raw,
-    /// anything else as JSON.
+    /// anything else as JSON; `{configuration:/key|sh}` by that text quoted for the shell.
     #[test]
     fn configuration_placeholders_insert_the_value(key in "[a-z]{1,8}", value in json_value()) {
         let config = json!({ key.clone(): value.clone() });
@@ -438,6 +438,13 @@ proptest! {
         };
         let got = recipe::interpolate(&format!("<{{configuration:/{key}}}>"), &with).map_err(fail)?;
         prop_assert_eq!(got, format!("<{expected}>"));
+        // With `|sh` the same text comes quoted as one shell word (NUL cannot be one).
+        let quoted = recipe::interpolate(&format!("<{{configuration:/{key}|sh}}>"), &with);
+        if expected.contains('\0') {
+            prop_assert!(quoted.is_err());
+        } else {
+            prop_assert_eq!(quoted.map_err(fail)?, format!("<{}>", recipe::sh_quote(&expected)));
+        }
     }
 
     /// `apply_set` never panics; when it succeeds on a JSON pointer key, the value is then at
