@@ -1,5 +1,6 @@
 //! Fleet desired state: deployments by tag to real agents through the relay, artifacts stored
-//! on the relay, configuration push, offline devices, and rollback of a failed deployment.
+//! on the relay (and fetched only by devices of the tenant that stored them), configuration
+//! push, offline devices, and rollback of a failed deployment.
 
 mod common;
 
@@ -119,7 +120,13 @@ fn deployments_by_tag_reach_every_device_with_artifacts_from_the_relay() -> Resu
     let script = dir.path().join("tick.sh");
     std::fs::write(&script, "echo \"$1 $(date +%s)\"\n")?;
     let sha = relay
-        .admin_ok(&["artifact", "put", script.to_str().unwrap_or_default()])?
+        .admin_ok(&[
+            "artifact",
+            "put",
+            "--tenant",
+            "acme",
+            script.to_str().unwrap_or_default(),
+        ])?
         .trim()
         .to_string();
     ensure!(sha.len() == 64, "artifact put printed {sha:?}");
@@ -432,7 +439,13 @@ fn downloads_resume_across_cut_links_and_broken_components_are_reported() -> Res
     let big = dir.path().join("big.bin");
     std::fs::write(&big, pseudo_random(24 << 20, 99))?;
     let sha = relay
-        .admin_ok(&["artifact", "put", big.to_str().unwrap_or_default()])?
+        .admin_ok(&[
+            "artifact",
+            "put",
+            "--tenant",
+            "acme",
+            big.to_str().unwrap_or_default(),
+        ])?
         .trim()
         .to_string();
     let recipe = dir.path().join("big.yaml");
@@ -493,5 +506,62 @@ fn downloads_resume_across_cut_links_and_broken_components_are_reported() -> Res
     let id = deploy(&relay, "device:board1", &fixed, &[])?;
     let view = wait_final(&relay, &id)?;
     ensure!(statuses(&view) == ["board1=succeeded"], "{view}");
+    Ok(())
+}
+
+#[test]
+fn a_device_fetches_only_its_own_tenants_artifacts_even_by_digest() -> Result<()> {
+    let relay = Relay::start()?;
+    relay.tenant("acme")?;
+    relay.tenant("globex")?;
+    // Enrolled devices with no agent running: their own keys speak for them.
+    let mine = Agent::new("board1", &[])?;
+    mine.enroll(&relay, Transport::Tcp, "acme")?;
+    let theirs = Agent::new("board-g", &[])?;
+    theirs.enroll(&relay, Transport::Tcp, "globex")?;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("secret.bin");
+    std::fs::write(&file, b"acme only, 24 bytes long")?;
+    let file = file.to_str().unwrap_or_default();
+    let put = |tenant: &str| -> Result<String> {
+        Ok(relay
+            .admin_ok(&["artifact", "put", "--tenant", tenant, file])?
+            .trim()
+            .to_string())
+    };
+    let sha = put("acme")?;
+    const DATA: &str = "YWNtZSBvbmx5LCAyNCBieXRlcyBsb25n"; // base64 of the file
+
+    // globex's device asking for acme's digest hears what a digest never stored gets.
+    let missing = "0".repeat(64);
+    let foreign = fetch_over_control(&relay, &theirs, &sha)?;
+    let absent = fetch_over_control(&relay, &theirs, &missing)?;
+    ensure!(
+        foreign["type"] == "fetch_error" && foreign.get("data").is_none(),
+        "globex's device was sent acme's artifact: {foreign}"
+    );
+    ensure!(
+        absent["type"] == "fetch_error" && foreign["message"] == absent["message"],
+        "acme's digest answered {foreign}, a missing one {absent}"
+    );
+    let listed = relay.admin_ok(&["artifact", "list", "--tenant", "globex"])?;
+    ensure!(
+        !listed.contains(&sha),
+        "globex lists acme's artifact: {listed}"
+    );
+
+    // acme's own device is sent it, so the refusal above was about the tenant.
+    let own = fetch_over_control(&relay, &mine, &sha)?;
+    ensure!(
+        own["type"] == "chunk" && own["data"] == DATA && own["last"] == true,
+        "acme's device: {own}"
+    );
+    // globex putting the same bytes gets the same digest and then its device may fetch them.
+    ensure!(put("globex")? == sha, "same bytes, another digest");
+    let theirs_now = fetch_over_control(&relay, &theirs, &sha)?;
+    ensure!(
+        theirs_now["type"] == "chunk" && theirs_now["data"] == DATA,
+        "globex's device after globex put it: {theirs_now}"
+    );
     Ok(())
 }

@@ -41,7 +41,13 @@ fn deploy_ticker(relay: &Relay, agent: &Agent) -> Result<String> {
     let script = dir.path().join("tick.sh");
     std::fs::write(&script, "echo tick\n")?;
     let sha = relay
-        .admin_ok(&["artifact", "put", &script.display().to_string()])?
+        .admin_ok(&[
+            "artifact",
+            "put",
+            "--tenant",
+            "acme",
+            &script.display().to_string(),
+        ])?
         .trim()
         .to_string();
     let recipe = dir.path().join("ticker.yaml");

@@ -1,6 +1,7 @@
 //! Tenant isolation: with credentials of tenant globex, every HTTP endpoint and every SSH path
-//! (shell, exec, sftp, scp, -L forward, -J jump) aimed at tenant acme's device, deployment,
-//! action or session gets nothing, and the same answer as for something that does not exist.
+//! (shell, exec, sftp, scp, -L forward, -J jump, a device's control channel) aimed at tenant
+//! acme's device, deployment, action, session or artifact gets nothing, and the same answer as
+//! for something that does not exist.
 //! API token roles: a viewer token reads and may not change anything.
 
 mod common;
@@ -62,6 +63,19 @@ fn another_tenants_credentials_reach_nothing() -> Result<()> {
         .context("deployment id")?
         .to_string();
     let session_id = wait_for_session(relay)?;
+    let files = tempfile::tempdir()?;
+    let file = files.path().join("acme-tool.bin");
+    std::fs::write(&file, b"acme's tool")?;
+    let artifact = relay
+        .admin_ok(&[
+            "artifact",
+            "put",
+            "--tenant",
+            "acme",
+            file.to_str().context("path")?,
+        ])?
+        .trim()
+        .to_string();
 
     // Every endpoint, with globex's token, by acme's device name and id.
     for device in ["board1", device_id.as_str()] {
@@ -113,6 +127,49 @@ fn another_tenants_credentials_reach_nothing() -> Result<()> {
         let (code, answer) = relay.http("POST", "/v1/deployments", Some(&globex), Some(body))?;
         ensure!(code == 404, "deploy to acme's device: {code} {answer}");
     }
+    // acme's artifact by its digest: a globex recipe naming it is refused as one naming a
+    // digest never stored, and a globex device asking for it hears what a missing one gets.
+    let never_stored = "0".repeat(64);
+    let needs = |sha: &str| {
+        serde_json::json!({
+            "target": "device:board-g",
+            "recipes": [{
+                "name": "leak.yaml",
+                "text": format!(
+                    "name: com.example.leak\nversion: 1.0.0\nmanifests:\n  - artifacts:\n      - uri: relay:sha256:{sha}\n        sha256: {sha}\n    lifecycle:\n      run: sleep 600\n"
+                ),
+            }],
+        })
+        .to_string()
+    };
+    let (code, answer) = relay.http(
+        "POST",
+        "/v1/deployments",
+        Some(&globex),
+        Some(&needs(&artifact)),
+    )?;
+    let (missing_code, missing) = relay.http(
+        "POST",
+        "/v1/deployments",
+        Some(&globex),
+        Some(&needs(&never_stored)),
+    )?;
+    ensure!(
+        code == 400
+            && missing_code == 400
+            && answer.replace(&artifact, "X") == missing.replace(&never_stored, "X"),
+        "deploying acme's artifact: {code} {answer}; a missing one: {missing_code} {missing}"
+    );
+    let spy = Agent::new("board-g2", &[])?;
+    spy.enroll(relay, Transport::Tcp, "globex")?;
+    let foreign = fetch_over_control(relay, &spy, &artifact)?;
+    let absent = fetch_over_control(relay, &spy, &never_stored)?;
+    ensure!(
+        foreign["type"] == "fetch_error"
+            && absent["type"] == "fetch_error"
+            && foreign["message"] == absent["message"],
+        "fetching acme's artifact: {foreign}; a missing one: {absent}"
+    );
     for path in [
         format!("/v1/actions/{action_id}"),
         format!("/v1/deployments/{deployment_id}"),

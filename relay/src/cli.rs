@@ -41,7 +41,7 @@ const DEFAULT_ENROLL_TTL: Duration = Duration::from_secs(24 * 3600);
         relay tenant trust-ca acme --key ca.pub --role operator\n  \
         relay device list --tenant acme\n  \
         relay device tag board1 edge\n  \
-        relay artifact put dist/app.tar.gz\n  \
+        relay artifact put --tenant acme dist/app.tar.gz\n  \
         relay deploy create --tenant acme --target tag:edge --recipe app.yaml --set port=9000\n  \
         relay deploy status dep_0123456789ab\n  \
         relay action create board1 --run 'df -h' --timeout 30 --expires 1h\n  \
@@ -172,16 +172,24 @@ fn parse_expiry(text: &str) -> std::result::Result<Duration, String> {
 /// `relay artifact …`
 #[derive(Debug, Subcommand)]
 pub enum ArtifactCommand {
-    /// Store a file; prints its sha256, for `uri: relay:sha256:<sha256>` in recipes.
+    /// Store a file for a tenant; prints its sha256, for `uri: relay:sha256:<sha256>` in
+    /// that tenant's recipes. Only that tenant's deployments may name it and only its devices
+    /// fetch it: each tenant puts its own files, even the same bytes.
     Put {
+        /// Tenant whose devices may fetch it (required).
+        #[arg(long)]
+        tenant: String,
         /// The file.
         file: PathBuf,
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
-    /// List stored artifacts.
+    /// List stored artifacts and their tenants.
     List {
+        /// Only this tenant's.
+        #[arg(long)]
+        tenant: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -1356,22 +1364,22 @@ fn artifact(
     cmd: ArtifactCommand,
 ) -> Result<()> {
     match cmd {
-        ArtifactCommand::Put { file, json } => {
+        ArtifactCommand::Put { tenant, file, json } => {
             let data =
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let name = file
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .with_context(|| format!("{} is not a file name", file.display()))?;
-            let info = store.put_artifact(&config.artifacts_dir(), &name, &data)?;
+            let info = store.put_artifact(&config.artifacts_dir(), &tenant, &name, &data)?;
             if json {
                 print_json(out, &info)?;
             } else {
                 writeln!(out, "{}", info.sha256)?;
             }
         }
-        ArtifactCommand::List { json } => {
-            let artifacts = store.artifacts()?;
+        ArtifactCommand::List { tenant, json } => {
+            let artifacts = store.artifacts(tenant.as_deref())?;
             if json {
                 print_json(out, &artifacts)?;
             } else {
@@ -1379,6 +1387,7 @@ fn artifact(
                     .iter()
                     .map(|a| {
                         vec![
+                            a.tenant.clone(),
                             a.sha256.clone(),
                             a.size.to_string(),
                             a.name.clone(),
@@ -1386,7 +1395,9 @@ fn artifact(
                         ]
                     })
                     .collect();
-                out.write_all(table(&["SHA256", "SIZE", "NAME", "CREATED"], &rows).as_bytes())?;
+                out.write_all(
+                    table(&["TENANT", "SHA256", "SIZE", "NAME", "CREATED"], &rows).as_bytes(),
+                )?;
             }
         }
     }
@@ -1437,7 +1448,8 @@ fn deploy(
                         .file_name()
                         .map(|n| n.to_string_lossy().into_owned())
                         .unwrap_or_else(|| "bundle".into());
-                    let stored = store.put_artifact(&config.artifacts_dir(), &name, &data)?;
+                    let stored =
+                        store.put_artifact(&config.artifacts_dir(), &tenant, &name, &data)?;
                     Some(tether_protocol::fleet::DesiredOs {
                         version: manifest.version,
                         bundle_sha256: stored.sha256,
@@ -1986,15 +1998,29 @@ mod tests {
         // An artifact, and a recipe that needs it.
         let file = d.join("tool.bin");
         std::fs::write(&file, b"tool")?;
-        let sha = relay(d, &["artifact", "put", &file.display().to_string()])?;
+        let file_arg = file.display().to_string();
+        // Whose it is must be said: there is no default tenant for a file.
+        let e = relay(d, &["artifact", "put", &file_arg])
+            .err()
+            .unwrap_or_default();
+        assert!(e.contains("--tenant"), "{e}");
+        let e = relay(d, &["artifact", "put", "--tenant", "nope", &file_arg])
+            .err()
+            .unwrap_or_default();
+        assert!(e.contains("nope"), "{e}");
+        let sha = relay(d, &["artifact", "put", "--tenant", "acme", &file_arg])?;
         let sha = sha.trim();
         assert!(tether_protocol::fleet::is_sha256(sha), "{sha}");
         assert_eq!(std::fs::read(d.join("artifacts").join(sha))?, b"tool");
-        let listed = relay(d, &["artifact", "list"])?;
+        let listed = relay(d, &["artifact", "list", "--tenant", "acme"])?;
         assert!(
-            listed.contains(sha) && listed.contains("tool.bin"),
+            listed.contains(sha) && listed.contains("tool.bin") && listed.contains("acme"),
             "{listed}"
         );
+        let listed: serde_json::Value =
+            serde_json::from_str(&relay(d, &["artifact", "list", "--json"])?)?;
+        assert_eq!(listed[0]["tenant"], "acme");
+        assert_eq!(listed[0]["sha256"], sha);
         let recipe = d.join("app.yaml");
         std::fs::write(
             &recipe,

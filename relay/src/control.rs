@@ -5,6 +5,10 @@
 //!
 //! A malformed frame closes this channel with a logged error; the link stays up and the
 //! device opens a new control channel on its next link.
+//!
+//! A device is sent only artifacts of its own tenant: another tenant's digest gets the very
+//! refusal a digest never stored gets, so knowing a digest is not enough to read the bytes,
+//! nor to learn that some tenant has them.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
@@ -108,7 +112,8 @@ where
                         }
                     }
                     ControlFrame::Fetch { sha256, offset } => {
-                        if let Err(e) = send_artifact(&mut wr, &artifacts_dir, &sha256, offset).await {
+                        let sent = send_artifact(&mut wr, &store, &device_id, &artifacts_dir, &sha256, offset).await;
+                        if let Err(e) = sent {
                             tracing::info!("device {device_id}: control channel closed: {e}");
                             break;
                         }
@@ -124,9 +129,16 @@ where
     reader.abort();
 }
 
-/// Sends `sha256` from `offset` as chunks, or a fetch error naming what is wrong.
+/// The refusal of an artifact the device's tenant did not store, whether another tenant did
+/// or nobody: one text for both.
+pub const NO_SUCH_ARTIFACT: &str = "no such artifact on the relay";
+
+/// Sends `sha256` from `offset` as chunks if the tenant of `device_id` stored it, or a fetch
+/// error naming what is wrong.
 async fn send_artifact<W: AsyncWrite + Unpin>(
     wr: &mut W,
+    store: &Arc<Store>,
+    device_id: &str,
     artifacts_dir: &std::path::Path,
     sha256: &str,
     offset: u64,
@@ -138,11 +150,29 @@ async fn send_artifact<W: AsyncWrite + Unpin>(
     if !is_sha256(sha256) {
         return frame::write(wr, &refuse("not a sha256".into())).await;
     }
+    let (id, digest) = (device_id.to_string(), sha256.to_string());
+    match with_store(store, move |s| s.device_artifact(&id, &digest)).await {
+        Some(Ok(Some(_))) => {}
+        Some(Ok(None)) => return frame::write(wr, &refuse(NO_SUCH_ARTIFACT.into())).await,
+        Some(Err(e)) => {
+            tracing::error!("device {device_id}: looking up artifact {sha256}: {e}");
+            return frame::write(wr, &refuse("the relay's store failed; try again".into())).await;
+        }
+        None => {
+            return frame::write(wr, &refuse("the relay's store failed; try again".into())).await;
+        }
+    }
     let path = artifacts_dir.join(sha256);
     let mut file = match std::fs::File::open(&path) {
         Ok(f) => f,
         Err(e) => {
-            return frame::write(wr, &refuse(format!("no such artifact on the relay ({e})"))).await;
+            // Recorded for the tenant but gone from disk: the owner may hear why.
+            tracing::error!("device {device_id}: artifact {}: {e}", path.display());
+            return frame::write(
+                wr,
+                &refuse(format!("the relay cannot read this artifact's file ({e})")),
+            )
+            .await;
         }
     };
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);

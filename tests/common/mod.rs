@@ -823,6 +823,36 @@ pub fn ssh_with_key(relay: &Relay, key: &Path, extra: &[&str], dest: &str) -> Co
     cmd
 }
 
+/// Asks for artifact `sha256` on a `tether-control` channel opened with the stock OpenSSH
+/// client on `agent`'s own device key, as its link would (the agent itself need not run);
+/// returns the relay's answer to that fetch: a `chunk` or a `fetch_error` frame, as JSON.
+pub fn fetch_over_control(relay: &Relay, agent: &Agent, sha256: &str) -> Result<serde_json::Value> {
+    let key = agent.dir.path().join("state/device_ed25519");
+    let body = format!(r#"{{"type":"fetch","sha256":"{sha256}","offset":0}}"#);
+    let mut frame = u32::try_from(body.len() + 1)?.to_be_bytes().to_vec();
+    frame.push(1);
+    frame.extend_from_slice(body.as_bytes());
+    let mut cmd = ssh_with_key(relay, &key, &["-s"], "tether-link@127.0.0.1");
+    cmd.arg("tether-control");
+    let r = run_with_timeout(cmd, Some(&frame), Duration::from_secs(30))?;
+    // Length prefixes are binary, the bodies JSON objects: read each where it starts.
+    r.stdout
+        .match_indices(r#"{"type":"#)
+        .filter_map(|(at, _)| {
+            serde_json::Deserializer::from_str(&r.stdout[at..])
+                .into_iter::<serde_json::Value>()
+                .next()?
+                .ok()
+        })
+        .find(|f| f["sha256"] == sha256 && (f["type"] == "chunk" || f["type"] == "fetch_error"))
+        .with_context(|| {
+            format!(
+                "no answer to the fetch of {sha256} ({:?}): {:?} {}",
+                r.status, r.stdout, r.stderr
+            )
+        })
+}
+
 /// A relay, one tenant, one admin engineer and one online agent: the common starting point.
 pub struct Setup {
     pub relay: Relay,

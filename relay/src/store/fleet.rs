@@ -3,8 +3,13 @@
 //!
 //! Artifacts (component files and the recipes themselves) are content-addressed: the bytes
 //! live in `<data_dir>/artifacts/<sha256>`, written to a temporary name, synced and renamed
-//! into place, and a row in `artifacts` records the size and the original file name. Putting
-//! the same content twice is harmless and yields the same digest.
+//! into place, and a row in `artifacts` records which tenant put them, their size and the
+//! original file name. Putting the same content twice is harmless and yields the same digest.
+//!
+//! The digest alone is no permission: a tenant's deployments may name, and its devices may
+//! fetch, only the artifacts that tenant put (or that its deployments stored). Two tenants
+//! putting the same bytes share one file and each have their own row; another tenant's
+//! digest looks exactly like one that was never stored.
 //!
 //! A deployment resolves its target (one device, or every accepted device of the tenant with
 //! a tag) once, when it is created, and merges its components into each target device's
@@ -34,16 +39,18 @@ use super::{
     tenant_by_name, tenant_id, validate_name,
 };
 
-/// An artifact stored on the relay.
+/// An artifact stored on the relay for a tenant.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct ArtifactInfo {
+    /// The tenant whose devices may fetch it.
+    pub tenant: String,
     /// Its digest, lowercase hex; also its file name in the artifacts directory.
     pub sha256: String,
     /// Size in bytes.
     pub size: u64,
-    /// The file name it was first uploaded as.
+    /// The file name the tenant first uploaded it as.
     pub name: String,
-    /// When it was first stored (RFC 3339).
+    /// When the tenant first stored it (RFC 3339).
     pub created_at: String,
 }
 
@@ -334,19 +341,33 @@ fn status_parse(s: &str) -> DeploymentStatus {
     }
 }
 
-fn artifact_row(conn: &Connection, sha256: &str) -> Result<Option<ArtifactInfo>, StoreError> {
+/// The columns [`artifact_from_row`] reads, from `artifacts a JOIN tenants t`.
+const ARTIFACT_COLUMNS: &str = "t.name, a.sha256, a.size, a.name, a.created_at";
+
+fn artifact_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ArtifactInfo> {
+    Ok(ArtifactInfo {
+        tenant: r.get(0)?,
+        sha256: r.get(1)?,
+        size: u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+        name: r.get(3)?,
+        created_at: r.get(4)?,
+    })
+}
+
+/// The artifact `sha256` of tenant `tenant_id`; another tenant's is `None` like a missing one.
+fn artifact_row(
+    conn: &Connection,
+    tenant_id: i64,
+    sha256: &str,
+) -> Result<Option<ArtifactInfo>, StoreError> {
     Ok(conn
         .query_row(
-            "SELECT sha256, size, name, created_at FROM artifacts WHERE sha256 = ?1",
-            params![sha256],
-            |r| {
-                Ok(ArtifactInfo {
-                    sha256: r.get(0)?,
-                    size: u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
-                    name: r.get(2)?,
-                    created_at: r.get(3)?,
-                })
-            },
+            &format!(
+                "SELECT {ARTIFACT_COLUMNS} FROM artifacts a JOIN tenants t ON t.id = a.tenant_id
+                 WHERE a.tenant_id = ?1 AND a.sha256 = ?2"
+            ),
+            params![tenant_id, sha256],
+            artifact_from_row,
         )
         .optional()?)
 }
@@ -458,15 +479,18 @@ fn deployment_row(
 }
 
 impl Store {
-    /// Stores `data` as an artifact under `artifacts_dir` (created if missing) and returns
-    /// it; content already stored keeps its first name and creation time.
+    /// Stores `data` as an artifact of `tenant` under `artifacts_dir` (created if missing)
+    /// and returns it; content the tenant already stored keeps its first name and creation
+    /// time. The same bytes put by another tenant share the file but not the row.
     pub fn put_artifact(
         &self,
         artifacts_dir: &Path,
+        tenant: &str,
         name: &str,
         data: &[u8],
     ) -> Result<ArtifactInfo, StoreError> {
         check_artifact_name(name)?;
+        let tenant_id = tenant_id(&self.conn(), tenant)?;
         let sha256 = hex::encode(Sha256::digest(data));
         let size = i64::try_from(data.len())
             .map_err(|_| StoreError::Invalid(format!("artifact {name:?} is too large")))?;
@@ -474,33 +498,55 @@ impl Store {
         write_artifact_file(artifacts_dir, &sha256, data)?;
         let conn = self.conn();
         conn.execute(
-            "INSERT OR IGNORE INTO artifacts (sha256, size, name, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![sha256, size, name, now()],
+            "INSERT OR IGNORE INTO artifacts (tenant_id, sha256, size, name, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![tenant_id, sha256, size, name, now()],
         )?;
-        artifact_row(&conn, &sha256)?.ok_or(StoreError::NotFound {
+        artifact_row(&conn, tenant_id, &sha256)?.ok_or(StoreError::NotFound {
             what: "artifact",
             key: sha256,
         })
     }
 
-    /// The artifact with digest `sha256`.
-    pub fn artifact(&self, sha256: &str) -> Result<Option<ArtifactInfo>, StoreError> {
-        artifact_row(&self.conn(), sha256)
+    /// The artifact with digest `sha256` if `tenant` stored it.
+    pub fn artifact(&self, tenant: &str, sha256: &str) -> Result<Option<ArtifactInfo>, StoreError> {
+        let conn = self.conn();
+        let tenant_id = tenant_id(&conn, tenant)?;
+        artifact_row(&conn, tenant_id, sha256)
     }
 
-    /// All artifacts, oldest first.
-    pub fn artifacts(&self) -> Result<Vec<ArtifactInfo>, StoreError> {
+    /// The artifact with digest `sha256` if the tenant of device `device_id` stored it: what
+    /// the device may fetch. An unknown device, another tenant's artifact and one never
+    /// stored are all `None`, so the answer to a device tells it nothing about other tenants.
+    pub fn device_artifact(
+        &self,
+        device_id: &str,
+        sha256: &str,
+    ) -> Result<Option<ArtifactInfo>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                &format!(
+                    "SELECT {ARTIFACT_COLUMNS} FROM devices d
+                     JOIN artifacts a ON a.tenant_id = d.tenant_id
+                     JOIN tenants t ON t.id = a.tenant_id
+                     WHERE d.id = ?1 AND a.sha256 = ?2"
+                ),
+                params![device_id, sha256],
+                artifact_from_row,
+            )
+            .optional()?)
+    }
+
+    /// Artifacts of `tenant` (of every tenant if `None`), oldest first.
+    pub fn artifacts(&self, tenant: Option<&str>) -> Result<Vec<ArtifactInfo>, StoreError> {
         let conn = self.conn();
-        let mut stmt =
-            conn.prepare("SELECT sha256, size, name, created_at FROM artifacts ORDER BY rowid")?;
-        let rows = stmt.query_map([], |r| {
-            Ok(ArtifactInfo {
-                sha256: r.get(0)?,
-                size: u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
-                name: r.get(2)?,
-                created_at: r.get(3)?,
-            })
-        })?;
+        let tenant_id = tenant.map(|name| tenant_id(&conn, name)).transpose()?;
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {ARTIFACT_COLUMNS} FROM artifacts a JOIN tenants t ON t.id = a.tenant_id
+             WHERE ?1 IS NULL OR a.tenant_id = ?1 ORDER BY a.rowid"
+        ))?;
+        let rows = stmt.query_map(params![tenant_id], artifact_from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -556,8 +602,9 @@ impl Store {
     /// devices.
     ///
     /// Every recipe is validated (errors name its file), every `relay:sha256:` artifact a
-    /// recipe names must be stored already (the error names recipe and digest), and the
-    /// recipe texts are stored as artifacts. The target is resolved within the tenant: a
+    /// recipe names, and the OS bundle, must be stored already for the tenant (the error
+    /// names recipe and digest, and reads the same for another tenant's digest), and the
+    /// recipe texts are stored as the tenant's artifacts. The target is resolved within the tenant: a
     /// device by id or name, or every accepted device with the tag (none is an error). Then,
     /// in one transaction, each device's desired state gets the deployment's components (a
     /// component of the same name is replaced), the deployment's id and the next version,
@@ -578,11 +625,11 @@ impl Store {
             ));
         }
         if let Some(os) = &new.os
-            && self.artifact(&os.bundle_sha256)?.is_none()
+            && artifact_row(&self.conn(), tenant.id, &os.bundle_sha256)?.is_none()
         {
             return Err(StoreError::Invalid(format!(
-                "OS bundle {} is not stored on the relay",
-                os.bundle_sha256
+                "OS bundle {} is not stored on the relay for tenant {}",
+                os.bundle_sha256, tenant.name
             )));
         }
         let mut parsed: Vec<(&str, &str, Recipe)> = Vec::new();
@@ -598,11 +645,11 @@ impl Store {
             for manifest in &r.manifests {
                 for artifact in &manifest.artifacts {
                     if let ArtifactUri::Relay(sha256) = &artifact.uri
-                        && self.artifact(sha256)?.is_none()
+                        && artifact_row(&self.conn(), tenant.id, sha256)?.is_none()
                     {
                         return Err(StoreError::Invalid(format!(
-                            "{file}: {} needs artifact relay:sha256:{sha256}, which is not stored on the relay; upload it first (relay artifact put)",
-                            r.name
+                            "{file}: {} needs artifact relay:sha256:{sha256}, which is not stored on the relay for tenant {}; upload it first (relay artifact put --tenant {})",
+                            r.name, tenant.name, tenant.name
                         )));
                     }
                 }
@@ -615,6 +662,7 @@ impl Store {
         for (file, text, r) in &parsed {
             let stored = self.put_artifact(
                 artifacts_dir,
+                &tenant.name,
                 &recipe_artifact_name(file, r),
                 text.as_bytes(),
             )?;
@@ -958,26 +1006,101 @@ mod tests {
     #[test]
     fn put_artifact_is_idempotent_and_stores_the_bytes() -> TestResult {
         let f = fixture()?;
-        let a = f.store.put_artifact(&f.artifacts(), "abc.txt", b"abc")?;
+        let a = f
+            .store
+            .put_artifact(&f.artifacts(), "acme", "abc.txt", b"abc")?;
         assert_eq!(
             a.sha256,
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
-        assert_eq!((a.size, a.name.as_str()), (3, "abc.txt"));
+        assert_eq!(
+            (a.tenant.as_str(), a.size, a.name.as_str()),
+            ("acme", 3, "abc.txt")
+        );
         let path = Store::artifact_path(&f.artifacts(), &a.sha256).ok_or("no path")?;
         assert_eq!(std::fs::read(&path)?, b"abc");
         // The same bytes again: same digest, first name kept, one row, no stray temp files.
-        let again = f.store.put_artifact(&f.artifacts(), "other.txt", b"abc")?;
+        let again = f
+            .store
+            .put_artifact(&f.artifacts(), "acme", "other.txt", b"abc")?;
         assert_eq!(again, a);
-        assert_eq!(f.store.artifacts()?, vec![a.clone()]);
-        assert_eq!(f.store.artifact(&a.sha256)?, Some(a));
+        assert_eq!(f.store.artifacts(Some("acme"))?, vec![a.clone()]);
+        assert_eq!(f.store.artifact("acme", &a.sha256)?, Some(a));
         assert_eq!(std::fs::read_dir(f.artifacts())?.count(), 1);
-        assert_eq!(f.store.artifact(SHA_A)?, None);
+        assert_eq!(f.store.artifact("acme", SHA_A)?, None);
         assert_eq!(Store::artifact_path(&f.artifacts(), "../relay.db"), None);
         assert!(matches!(
-            f.store.put_artifact(&f.artifacts(), "a/b", b"x"),
+            f.store.put_artifact(&f.artifacts(), "acme", "a/b", b"x"),
             Err(StoreError::Invalid(_))
         ));
+        assert!(matches!(
+            f.store.put_artifact(&f.artifacts(), "nope", "a", b"x"),
+            Err(StoreError::NotFound { what: "tenant", .. })
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn artifacts_belong_to_the_tenant_that_put_them() -> TestResult {
+        let f = fixture()?;
+        let mine = f.enroll("acme", "b1")?;
+        let theirs = f.enroll("globex", "g1")?;
+        let a = f
+            .store
+            .put_artifact(&f.artifacts(), "acme", "tool.bin", b"acme's tool")?;
+        // Only acme and acme's devices see it; for globex it is exactly as if never stored.
+        assert_eq!(f.store.device_artifact(&mine, &a.sha256)?, Some(a.clone()));
+        assert_eq!(f.store.device_artifact(&theirs, &a.sha256)?, None);
+        assert_eq!(f.store.device_artifact(&theirs, SHA_A)?, None);
+        assert_eq!(f.store.device_artifact("dev_nope", &a.sha256)?, None);
+        assert_eq!(f.store.artifact("globex", &a.sha256)?, None);
+        assert!(f.store.artifacts(Some("globex"))?.is_empty());
+        assert!(matches!(
+            f.store.artifacts(Some("nope")),
+            Err(StoreError::NotFound { what: "tenant", .. })
+        ));
+        // A globex recipe naming acme's digest is refused in the words used for a missing one.
+        let needs = |sha: &str| {
+            vec![(
+                "needs.yaml".to_string(),
+                recipe_text("com.example.a", "1.0.0", Some(sha)),
+            )]
+        };
+        let deploy_globex = |sha: &str| {
+            f.store.create_deployment(
+                &f.artifacts(),
+                NewDeployment {
+                    tenant: "globex",
+                    target: Target::Device("g1".into()),
+                    recipes: needs(sha),
+                    set: Vec::new(),
+                    os: None,
+                },
+            )
+        };
+        let foreign = err_text(deploy_globex(&a.sha256));
+        let missing = err_text(deploy_globex(SHA_A));
+        assert!(foreign.contains("not stored on the relay"), "{foreign}");
+        assert_eq!(foreign.replace(&a.sha256, "X"), missing.replace(SHA_A, "X"));
+        // The same bytes put by globex: one file, a row each, and now globex's device may.
+        let g = f
+            .store
+            .put_artifact(&f.artifacts(), "globex", "copy.bin", b"acme's tool")?;
+        assert_eq!(
+            (g.sha256.as_str(), g.tenant.as_str()),
+            (a.sha256.as_str(), "globex")
+        );
+        assert_eq!(
+            f.store.device_artifact(&theirs, &a.sha256)?,
+            Some(g.clone())
+        );
+        assert_eq!(std::fs::read_dir(f.artifacts())?.count(), 1);
+        assert_eq!(f.store.artifacts(None)?, vec![a.clone(), g]);
+        // A deployment's recipe is its tenant's artifact, not another's.
+        let view = deploy_globex(&a.sha256)?;
+        let recipe = &view.components["com.example.a"].recipe_sha256;
+        assert!(f.store.device_artifact(&theirs, recipe)?.is_some());
+        assert_eq!(f.store.device_artifact(&mine, recipe)?, None);
         Ok(())
     }
 
@@ -1058,7 +1181,7 @@ mod tests {
         assert_eq!(a.configuration, json!({}));
         let stored = f
             .store
-            .artifact(&a.recipe_sha256)?
+            .artifact("acme", &a.recipe_sha256)?
             .ok_or("recipe not stored")?;
         assert_eq!(stored.name, "a.yaml");
         let desired = f.store.desired_state(&b1)?.ok_or("no desired state")?;
@@ -1132,7 +1255,8 @@ mod tests {
         // Once the artifact is stored the recipe deploys.
         let data = b"tool";
         let sha = hex::encode(Sha256::digest(data));
-        f.store.put_artifact(&f.artifacts(), "tool.bin", data)?;
+        f.store
+            .put_artifact(&f.artifacts(), "acme", "tool.bin", data)?;
         f.deploy(
             "device:b1",
             &[(

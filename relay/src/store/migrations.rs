@@ -248,6 +248,40 @@ ALTER TABLE tokens ADD COLUMN role TEXT NOT NULL DEFAULT 'operator'
 ALTER TABLE tokens ADD COLUMN allow_replace INTEGER NOT NULL DEFAULT 0;
 "#,
     },
+    // The bytes stay content-addressed on disk; a row now says which tenant may use them.
+    // What an older store cannot tell apart is left unowned (dropped) rather than guessed:
+    // only a tenant's own deployments' recipes and OS bundles are attributed to it, and with
+    // a single tenant every artifact is that tenant's. Others must be put again per tenant.
+    Migration {
+        name: "artifacts owned by tenants",
+        sql: r#"
+ALTER TABLE artifacts RENAME TO artifacts_unowned;
+CREATE TABLE artifacts (
+    tenant_id   INTEGER NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+    sha256      TEXT NOT NULL,
+    size        INTEGER NOT NULL,
+    name        TEXT NOT NULL,
+    created_at  TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, sha256)
+);
+INSERT OR IGNORE INTO artifacts (tenant_id, sha256, size, name, created_at)
+    SELECT p.tenant_id, a.sha256, a.size, a.name, a.created_at
+    FROM deployments p, json_each(p.components) c
+    JOIN artifacts_unowned a ON a.sha256 = json_extract(c.value, '$.recipe_sha256')
+    ORDER BY a.rowid;
+INSERT OR IGNORE INTO artifacts (tenant_id, sha256, size, name, created_at)
+    SELECT d.tenant_id, a.sha256, a.size, a.name, a.created_at
+    FROM desired_state s JOIN devices d ON d.id = s.device_id
+    JOIN artifacts_unowned a ON a.sha256 = json_extract(s.doc, '$.os.bundle_sha256')
+    ORDER BY a.rowid;
+INSERT OR IGNORE INTO artifacts (tenant_id, sha256, size, name, created_at)
+    SELECT t.id, a.sha256, a.size, a.name, a.created_at
+    FROM artifacts_unowned a, tenants t
+    WHERE (SELECT count(*) FROM tenants) = 1
+    ORDER BY a.rowid;
+DROP TABLE artifacts_unowned;
+"#,
+    },
 ];
 
 /// The schema version this code writes and understands.
@@ -332,6 +366,61 @@ mod tests {
             |r| r.get(0),
         )?;
         assert_eq!(days, 30);
+        Ok(())
+    }
+
+    /// The step before artifacts had tenants.
+    fn before_artifact_owners() -> usize {
+        MIGRATIONS
+            .iter()
+            .position(|m| m.name == "artifacts owned by tenants")
+            .unwrap_or(MIGRATIONS.len())
+    }
+
+    fn owners(conn: &Connection) -> rusqlite::Result<Vec<(i64, String)>> {
+        let mut stmt = conn.prepare("SELECT tenant_id, sha256 FROM artifacts ORDER BY 1, 2")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect()
+    }
+
+    #[test]
+    fn old_artifacts_go_to_the_tenants_whose_deployments_used_them_and_no_others() -> TestResult {
+        let mut conn = Connection::open_in_memory()?;
+        apply(&mut conn, &MIGRATIONS[..before_artifact_owners()])?;
+        conn.execute_batch(
+            r#"
+INSERT INTO tenants (id, name, created_at) VALUES (1, 'acme', 't'), (2, 'globex', 't');
+INSERT INTO devices (id, tenant_id, name, public_key, fingerprint, status, created_at)
+    VALUES ('dev_g', 2, 'g1', 'k', 'fp', 'accepted', 't');
+INSERT INTO artifacts (sha256, size, name, created_at) VALUES
+    ('aaaa', 1, 'acme-recipe.yaml', 't'),
+    ('bbbb', 1, 'globex-bundle.raucb', 't'),
+    ('cccc', 1, 'who-knows.bin', 't');
+INSERT INTO deployments (id, tenant_id, target, components, created_at) VALUES
+    ('dep_a', 1, 'tag:edge', '{"com.example.a": {"version": "1", "recipe_sha256": "aaaa"}}', 't');
+INSERT INTO desired_state (device_id, version, doc, updated_at) VALUES
+    ('dev_g', 1, '{"version": 1, "os": {"version": "2", "bundle_sha256": "bbbb"}}', 't');
+"#,
+        )?;
+        migrate(&mut conn)?;
+        // A component file nothing ties to one tenant belongs to none: it must be put again.
+        assert_eq!(
+            owners(&conn)?,
+            vec![(1, "aaaa".to_string()), (2, "bbbb".to_string())]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn with_a_single_tenant_every_old_artifact_is_its() -> TestResult {
+        let mut conn = Connection::open_in_memory()?;
+        apply(&mut conn, &MIGRATIONS[..before_artifact_owners()])?;
+        conn.execute_batch(
+            "INSERT INTO tenants (id, name, created_at) VALUES (7, 'acme', 't');
+             INSERT INTO artifacts (sha256, size, name, created_at) VALUES ('cccc', 1, 'x', 't');",
+        )?;
+        migrate(&mut conn)?;
+        assert_eq!(owners(&conn)?, vec![(7, "cccc".to_string())]);
         Ok(())
     }
 
