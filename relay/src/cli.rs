@@ -324,9 +324,10 @@ pub enum TenantCommand {
 pub enum AuditCommand {
     /// Entries, oldest first.
     List {
-        /// Only entries at or after this time (RFC 3339, e.g. 2026-11-24T00:00:00Z).
-        #[arg(long)]
-        since: Option<String>,
+        /// Only entries at or after this time (RFC 3339, e.g. 2026-11-24T00:00:00Z or
+        /// 2026-11-24T02:00:00+02:00).
+        #[arg(long, value_parser = crate::timestamp::parse_rfc3339)]
+        since: Option<std::time::SystemTime>,
         /// Only this tenant's entries.
         #[arg(long)]
         tenant: Option<String>,
@@ -827,7 +828,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
             json,
         }) => {
             let store = open_store(&config)?;
-            let entries = store.audit_entries(since.as_deref(), tenant.as_deref(), limit)?;
+            let entries = store.audit_entries(since, tenant.as_deref(), limit)?;
             if json {
                 print_json(out, &entries)?;
             } else {
