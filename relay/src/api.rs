@@ -644,9 +644,16 @@ struct RecordsParams {
 /// The time parameter `name` (RFC 3339, any form), or 400 naming the parameter and its value.
 fn parse_time(name: &str, text: &Option<String>) -> Result<Option<SystemTime>, ApiError> {
     let Some(t) = text else { return Ok(None) };
-    crate::timestamp::parse_rfc3339(t)
-        .map(Some)
-        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("{name}={t:?}: {e}")))
+    crate::timestamp::parse_rfc3339(t).map(Some).map_err(|e| {
+        // An unencoded `+` of an offset arrives as a blank: say so rather than leave the
+        // caller staring at a time that looks right.
+        let hint = if t.contains(' ') {
+            " (a '+' in a query string must be sent as %2B)"
+        } else {
+            ""
+        };
+        ApiError(StatusCode::BAD_REQUEST, format!("{name}={t:?}: {e}{hint}"))
+    })
 }
 
 /// The time parameter `name` as ms since the Unix epoch, the form telemetry times are stored in.
