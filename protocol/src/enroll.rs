@@ -54,12 +54,16 @@ pub enum EnrollResponse {
 /// [`MAX_ENROLL_MESSAGE`] bytes, one [`EnrollRequest`] in JSON, speaking
 /// [`crate::PROTOCOL_VERSION`] and asking for a valid device name. The error is worded for the
 /// operator and goes back to the agent in [`EnrollResponse::Refused`].
+///
+/// The name is refused when it is not valid, because it identifies the device; the agent
+/// version is only descriptive, so one longer than [`crate::fleet::MAX_REPORTED_SHORT`] bytes
+/// is cut to it (ending with [`crate::fleet::TRUNCATED_MARKER`]) rather than refused.
 pub fn parse_request(buf: &[u8]) -> Result<EnrollRequest, String> {
     if buf.len() > MAX_ENROLL_MESSAGE {
         return Err("enrollment request too long".into());
     }
     let line = buf.split(|b| *b == b'\n').next().unwrap_or_default();
-    let request: EnrollRequest =
+    let mut request: EnrollRequest =
         serde_json::from_slice(line).map_err(|e| format!("malformed enrollment request: {e}"))?;
     if request.protocol != crate::PROTOCOL_VERSION {
         return Err(format!(
@@ -69,6 +73,7 @@ pub fn parse_request(buf: &[u8]) -> Result<EnrollRequest, String> {
         ));
     }
     crate::names::validate_device_name(&request.name).map_err(|e| e.to_string())?;
+    crate::fleet::truncate_reported(&mut request.agent_version, crate::fleet::MAX_REPORTED_SHORT);
     Ok(request)
 }
 
@@ -90,5 +95,21 @@ mod tests {
         let unknown = br#"{"protocol":1,"token":"t","name":"b1","agent_version":"0","x":1}"#;
         assert!(parse_request(unknown).is_err());
         assert!(parse_request(&vec![b'a'; MAX_ENROLL_MESSAGE + 1]).is_err());
+    }
+
+    #[test]
+    fn a_long_agent_version_is_cut_not_refused() -> Result<(), String> {
+        let version = r"\u001b[31m".repeat(5000);
+        let line =
+            format!(r#"{{"protocol":1,"token":"t","name":"b1","agent_version":"{version}"}}"#);
+        let request = parse_request(line.as_bytes())?;
+        assert!(request.agent_version.len() <= crate::fleet::MAX_REPORTED_SHORT);
+        assert!(request.agent_version.starts_with("\u{1b}[31m"));
+        assert!(
+            request
+                .agent_version
+                .ends_with(crate::fleet::TRUNCATED_MARKER)
+        );
+        Ok(())
     }
 }

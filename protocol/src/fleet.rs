@@ -333,9 +333,201 @@ pub enum ControlFrame {
     },
 }
 
+/// Most bytes the relay keeps of a short string a device reports about itself: versions, host
+/// and interface names, kernel, architecture, addresses, mounts, component names and states.
+/// Generous for any real value, small enough that one field cannot flood a table or a store.
+pub const MAX_REPORTED_SHORT: usize = 256;
+
+/// Most bytes the relay keeps of a free-text string a device reports: a deployment's message
+/// and a component's or an action's last error.
+pub const MAX_REPORTED_TEXT: usize = 4096;
+
+/// What a reported string the relay cut at its limit ends with, so nobody takes it for the
+/// whole value.
+pub const TRUNCATED_MARKER: &str = "…[truncated]";
+
+/// Cuts `s` to at most `max` bytes (at a char boundary), ending with [`TRUNCATED_MARKER`],
+/// when it is longer than `max`; returns whether it was cut. A report is not refused for one
+/// long field: refusing would lose everything else in it.
+pub fn truncate_reported(s: &mut String, max: usize) -> bool {
+    if s.len() <= max {
+        return false;
+    }
+    let mut end = max.saturating_sub(TRUNCATED_MARKER.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    if s.len() + TRUNCATED_MARKER.len() <= max {
+        s.push_str(TRUNCATED_MARKER);
+    }
+    true
+}
+
+/// Bounds `field` (named `name` for the list of cut fields) with [`truncate_reported`].
+fn bound(cut: &mut Vec<String>, name: impl FnOnce() -> String, field: &mut String, max: usize) {
+    if truncate_reported(field, max) {
+        cut.push(name());
+    }
+}
+
+/// Like [`bound`] for an optional field.
+fn bound_opt(
+    cut: &mut Vec<String>,
+    name: impl FnOnce() -> String,
+    field: &mut Option<String>,
+    max: usize,
+) {
+    if let Some(f) = field {
+        bound(cut, name, f, max);
+    }
+}
+
+impl ReportedState {
+    /// Cuts every string of the report to [`MAX_REPORTED_SHORT`] or [`MAX_REPORTED_TEXT`]
+    /// bytes (see [`truncate_reported`]); returns the names of the fields that were cut, like
+    /// `inventory.agent_version` or `components[2].last_error`, for the relay's log.
+    /// Component configurations are JSON documents, not strings, and are left as they are.
+    pub fn bound_strings(&mut self) -> Vec<String> {
+        let mut cut = Vec::new();
+        let c = &mut cut;
+        bound_opt(
+            c,
+            || "deployment_id".into(),
+            &mut self.deployment_id,
+            MAX_REPORTED_SHORT,
+        );
+        bound_opt(c, || "message".into(), &mut self.message, MAX_REPORTED_TEXT);
+        bound_opt(
+            c,
+            || "os_version".into(),
+            &mut self.os_version,
+            MAX_REPORTED_SHORT,
+        );
+        for (i, comp) in self.components.iter_mut().enumerate() {
+            let at = |f: &str| format!("components[{i}].{f}");
+            bound(c, || at("name"), &mut comp.name, MAX_REPORTED_SHORT);
+            bound(c, || at("version"), &mut comp.version, MAX_REPORTED_SHORT);
+            bound(c, || at("state"), &mut comp.state, MAX_REPORTED_SHORT);
+            bound_opt(
+                c,
+                || at("last_error"),
+                &mut comp.last_error,
+                MAX_REPORTED_TEXT,
+            );
+        }
+        if let Some(inv) = &mut self.inventory {
+            let short = MAX_REPORTED_SHORT;
+            bound(c, || "inventory.hostname".into(), &mut inv.hostname, short);
+            bound_opt(
+                c,
+                || "inventory.machine_id".into(),
+                &mut inv.machine_id,
+                short,
+            );
+            bound(c, || "inventory.kernel".into(), &mut inv.kernel, short);
+            bound_opt(c, || "inventory.os".into(), &mut inv.os, short);
+            bound_opt(
+                c,
+                || "inventory.os_version".into(),
+                &mut inv.os_version,
+                short,
+            );
+            bound(c, || "inventory.arch".into(), &mut inv.arch, short);
+            bound(
+                c,
+                || "inventory.agent_version".into(),
+                &mut inv.agent_version,
+                short,
+            );
+            for (i, d) in inv.disks.iter_mut().enumerate() {
+                let at = |f: &str| format!("inventory.disks[{i}].{f}");
+                bound(c, || at("mount"), &mut d.mount, short);
+                bound(c, || at("device"), &mut d.device, short);
+                bound(c, || at("fs"), &mut d.fs, short);
+            }
+            for (i, n) in inv.interfaces.iter_mut().enumerate() {
+                let at = |f: &str| format!("inventory.interfaces[{i}].{f}");
+                bound(c, || at("name"), &mut n.name, short);
+                bound_opt(c, || at("mac"), &mut n.mac, short);
+                for (j, a) in n.addresses.iter_mut().enumerate() {
+                    bound(c, || at(&format!("addresses[{j}]")), a, short);
+                }
+            }
+        }
+        cut
+    }
+}
+
 /// Whether `s` is a sha256 in lowercase hex (64 characters).
 pub fn is_sha256(s: &str) -> bool {
     s.len() == 64
         && s.bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_reported_strings_are_cut_at_a_char_boundary_with_the_marker() {
+        let mut short = "0.1.0".to_string();
+        assert!(!truncate_reported(&mut short, MAX_REPORTED_SHORT));
+        assert_eq!(short, "0.1.0");
+        // Multi-byte characters across the cut: the result stays valid UTF-8 within the limit.
+        let mut long = "é".repeat(1000);
+        assert!(truncate_reported(&mut long, MAX_REPORTED_SHORT));
+        assert!(long.len() <= MAX_REPORTED_SHORT, "{} bytes", long.len());
+        assert!(long.ends_with(TRUNCATED_MARKER) && long.starts_with("éé"));
+        let mut exact = "x".repeat(MAX_REPORTED_SHORT);
+        assert!(!truncate_reported(&mut exact, MAX_REPORTED_SHORT));
+    }
+
+    #[test]
+    fn a_report_is_bounded_field_by_field_and_names_what_was_cut() {
+        let huge = "\u{1b}[2J\n".repeat(10_000);
+        let mut report = ReportedState {
+            message: Some(huge.clone()),
+            components: vec![ReportedComponent {
+                name: "app".into(),
+                version: huge.clone(),
+                state: "running".into(),
+                errors: 0,
+                restarts: 0,
+                last_error: Some(huge.clone()),
+                configuration: serde_json::Value::Null,
+            }],
+            inventory: Some(Inventory {
+                hostname: huge.clone(),
+                kernel: "6.1".into(),
+                arch: "x86_64".into(),
+                agent_version: huge.clone(),
+                interfaces: vec![Interface {
+                    name: "eth0".into(),
+                    mac: None,
+                    addresses: vec!["10.0.0.2/24".into(), huge],
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let cut = report.bound_strings();
+        assert_eq!(
+            cut,
+            [
+                "message",
+                "components[0].version",
+                "components[0].last_error",
+                "inventory.hostname",
+                "inventory.agent_version",
+                "inventory.interfaces[0].addresses[1]",
+            ]
+        );
+        let inventory = report.inventory.as_ref().map(|i| i.agent_version.len());
+        assert!(inventory.is_some_and(|n| n <= MAX_REPORTED_SHORT));
+        assert!(report.message.is_some_and(|m| m.len() <= MAX_REPORTED_TEXT));
+        assert_eq!(report.components[0].name, "app");
+        assert_eq!(report.components[0].state, "running");
+    }
 }

@@ -30,6 +30,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -573,7 +574,7 @@ async fn session_cast(
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AuditParams {
-    /// Entries at or after this time (RFC 3339).
+    /// Entries at or after this time (RFC 3339, any offset; compared to the second).
     since: Option<String>,
     /// Most entries (default 1000, at most 10000).
     limit: Option<usize>,
@@ -587,10 +588,11 @@ async fn list_audit(
 ) -> Result<Response, ApiError> {
     let who = authenticate(&store, &headers).await?;
     let Query(params) = params?;
+    let since = parse_time("since", &params.since)?;
     let limit = params.limit.unwrap_or(1000).clamp(1, 10_000);
     let tenant = who.tenant.clone();
     let entries = blocking(&store, move |s| {
-        s.audit_entries(params.since.as_deref(), Some(&tenant), limit)
+        s.audit_entries(since, Some(&tenant), limit)
     })
     .await?;
     Ok(axum::Json(entries).into_response())
@@ -639,20 +641,30 @@ struct RecordsParams {
     follow: Option<bool>,
 }
 
-fn parse_time(name: &str, text: &Option<String>) -> Result<Option<i64>, ApiError> {
+/// The time parameter `name` (RFC 3339, any form), or 400 naming the parameter and its value.
+fn parse_time(name: &str, text: &Option<String>) -> Result<Option<SystemTime>, ApiError> {
     let Some(t) = text else { return Ok(None) };
-    let time = humantime::parse_rfc3339_weak(t)
-        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("{name}={t:?}: {e}")))?;
-    let ms = time
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_err(|_| {
-            ApiError(
-                StatusCode::BAD_REQUEST,
-                format!("{name}={t:?} is before 1970"),
-            )
-        })?
-        .as_millis() as i64;
-    Ok(Some(ms))
+    crate::timestamp::parse_rfc3339(t).map(Some).map_err(|e| {
+        // An unencoded `+` of an offset arrives as a blank: say so rather than leave the
+        // caller staring at a time that looks right.
+        let hint = if t.contains(' ') {
+            " (a '+' in a query string must be sent as %2B)"
+        } else {
+            ""
+        };
+        ApiError(StatusCode::BAD_REQUEST, format!("{name}={t:?}: {e}{hint}"))
+    })
+}
+
+/// The time parameter `name` as ms since the Unix epoch, the form telemetry times are stored in.
+fn parse_time_ms(name: &str, text: &Option<String>) -> Result<Option<i64>, ApiError> {
+    Ok(parse_time(name, text)?.map(|time| {
+        let ms = time
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        i64::try_from(ms).unwrap_or(i64::MAX)
+    }))
 }
 
 async fn device_records(
@@ -678,8 +690,8 @@ async fn device_records(
             format!("level={level:?}: expected info, warning or critical"),
         ));
     }
-    let from_ms = parse_time("from", &params.from)?;
-    let to_ms = parse_time("to", &params.to)?;
+    let from_ms = parse_time_ms("from", &params.from)?;
+    let to_ms = parse_time_ms("to", &params.to)?;
     let limit = params.limit.unwrap_or(100).clamp(1, 10_000);
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(25);
     loop {

@@ -5,6 +5,7 @@
 //! (clap's own). Commands print results on stdout and nothing else, so they compose in shell
 //! scripts (`TOKEN=$(relay token create --tenant acme)`); `--json` prints the same data as JSON.
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -331,9 +332,10 @@ pub enum TenantCommand {
 pub enum AuditCommand {
     /// Entries, oldest first.
     List {
-        /// Only entries at or after this time (RFC 3339, e.g. 2026-11-24T00:00:00Z).
-        #[arg(long)]
-        since: Option<String>,
+        /// Only entries at or after this time (RFC 3339, e.g. 2026-11-24T00:00:00Z or
+        /// 2026-11-24T02:00:00+02:00).
+        #[arg(long, value_parser = crate::timestamp::parse_rfc3339)]
+        since: Option<std::time::SystemTime>,
         /// Only this tenant's entries.
         #[arg(long)]
         tenant: Option<String>,
@@ -568,10 +570,67 @@ pub(crate) fn print_json<T: Serialize>(out: &mut dyn Write, value: &T) -> Result
     Ok(())
 }
 
-/// Rows as aligned columns under a header; trailing blanks trimmed.
+/// Whether `c` must not reach a terminal as it is: a control character (C0, DEL, C1), a
+/// Unicode line or paragraph separator, or a bidirectional override or isolate (which reorder
+/// what is shown around them).
+fn is_unsafe_for_terminal(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{200e}' | '\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+        )
+}
+
+/// `text` fit for an operator's terminal: each character [`is_unsafe_for_terminal`] is shown
+/// as a visible escape (`\n`, `\r`, `\t`, `\x1b`, `\x7f`, `\u{85}`, `\u{202e}`), so a string
+/// a device or a user chose can neither move the cursor, recolour the screen nor forge lines
+/// of a table. Every human (not `--json`) output of a string from the store goes through this
+/// one function; JSON output stays exact.
+pub(crate) fn escape_controls(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(is_unsafe_for_terminal) {
+        return Cow::Borrowed(text);
+    }
+    let mut escaped = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c {
+            '\n' => escaped.push_str("\\n"),
+            '\r' => escaped.push_str("\\r"),
+            '\t' => escaped.push_str("\\t"),
+            c if c.is_ascii() && is_unsafe_for_terminal(c) => {
+                escaped.push_str(&format!("\\x{:02x}", u32::from(c)));
+            }
+            c if is_unsafe_for_terminal(c) => {
+                escaped.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+            }
+            c => escaped.push(c),
+        }
+    }
+    Cow::Owned(escaped)
+}
+
+/// Writes `label: value` lines with the values aligned after `width` columns, each value
+/// escaped with [`escape_controls`].
+fn print_fields(out: &mut dyn Write, width: usize, rows: &[(&str, String)]) -> Result<()> {
+    for (label, value) in rows {
+        writeln!(
+            out,
+            "{:<width$} {}",
+            format!("{label}:"),
+            escape_controls(value)
+        )?;
+    }
+    Ok(())
+}
+
+/// Rows as aligned columns under a header; trailing blanks trimmed. Cells are escaped with
+/// [`escape_controls`], so one cell is always one line.
 pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<Cow<'_, str>>> = rows
+        .iter()
+        .map(|row| row.iter().map(|c| escape_controls(c)).collect())
+        .collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
+    for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
@@ -586,8 +645,8 @@ pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         s
     };
     let mut text = line(&mut header.iter().copied());
-    for row in rows {
-        text.push_str(&line(&mut row.iter().map(String::as_str)));
+    for row in &rows {
+        text.push_str(&line(&mut row.iter().map(|c| c.as_ref())));
     }
     text
 }
@@ -644,11 +703,11 @@ fn print_record(out: &mut dyn Write, r: &crate::store::StoredRecord, json: bool)
             .as_deref()
             .map(|l| format!(" [{l}]"))
             .unwrap_or_default();
-        writeln!(
-            out,
+        let line = format!(
             "{} #{} {} {}{} {}",
             r.ts, r.seq, r.kind, r.topic, level, r.payload
-        )?;
+        );
+        writeln!(out, "{}", escape_controls(&line))?;
     }
     Ok(())
 }
@@ -782,7 +841,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
             json,
         }) => {
             let store = open_store(&config)?;
-            let entries = store.audit_entries(since.as_deref(), tenant.as_deref(), limit)?;
+            let entries = store.audit_entries(since, tenant.as_deref(), limit)?;
             if json {
                 print_json(out, &entries)?;
             } else {
@@ -1132,9 +1191,7 @@ fn device(out: &mut dyn Write, store: &Store, cmd: DeviceCommand) -> Result<()> 
                     ("enrolled", d.created_at.clone()),
                     ("tags", words(&tags)),
                 ];
-                for (label, value) in rows {
-                    writeln!(out, "{:<18} {value}", format!("{label}:"))?;
-                }
+                print_fields(out, 18, &rows)?;
                 if let Some(inventory) = inventory {
                     print_inventory(out, inventory)?;
                 }
@@ -1226,7 +1283,7 @@ fn print_list(out: &mut dyn Write, label: &str, items: &[String]) -> Result<()> 
     } else {
         writeln!(out, "{label}:")?;
         for item in items {
-            writeln!(out, "  {item}")?;
+            writeln!(out, "  {}", escape_controls(item))?;
         }
     }
     Ok(())
@@ -1246,9 +1303,7 @@ fn print_inventory(out: &mut dyn Write, inventory: &Inventory) -> Result<()> {
         ),
         ("agent", inventory.agent_version.clone()),
     ];
-    for (label, value) in rows {
-        writeln!(out, "{:<18} {value}", format!("{label}:"))?;
-    }
+    print_fields(out, 18, &rows)?;
     let disks: Vec<String> = inventory
         .disks
         .iter()
@@ -1323,9 +1378,7 @@ fn print_device_state(out: &mut dyn Write, state: &crate::store::DeviceState) ->
         ("message", dash(&reported.and_then(|r| r.message.clone()))),
         ("reported at", dash(&state.reported_at)),
     ];
-    for (label, value) in rows {
-        writeln!(out, "{:<18} {value}", format!("{label}:"))?;
-    }
+    print_fields(out, 18, &rows)?;
     let mut names: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
     if let Some(d) = desired {
         names.extend(d.components.keys().map(String::as_str));
@@ -1498,9 +1551,7 @@ fn deploy(
                     ("created", view.created_at.clone()),
                     ("components", components.join(", ")),
                 ];
-                for (label, value) in rows {
-                    writeln!(out, "{:<12} {value}", format!("{label}:"))?;
-                }
+                print_fields(out, 12, &rows)?;
                 let devices: Vec<Vec<String>> = view
                     .devices
                     .iter()
@@ -1624,15 +1675,13 @@ fn print_action(out: &mut dyn Write, view: &ActionView) -> Result<()> {
             if view.truncated { "yes" } else { "no" }.into(),
         ),
     ]);
-    for (label, value) in rows {
-        writeln!(out, "{:<10} {value}", format!("{label}:"))?;
-    }
+    print_fields(out, 10, &rows)?;
     writeln!(out, "output:")?;
     if let Some(output) = &view.output {
-        out.write_all(output.as_bytes())?;
-        // The prompt after a command's output without a final newline stays on its own line.
-        if !output.is_empty() && !output.ends_with('\n') {
-            writeln!(out)?;
+        // Line by line, so the output keeps its lines while nothing in it reaches the
+        // terminal as a control sequence.
+        for line in output.lines() {
+            writeln!(out, "{}", escape_controls(line))?;
         }
     }
     Ok(())
@@ -1785,6 +1834,27 @@ mod tests {
         assert_eq!(
             table(&["ONE", "TWO", "THREE"], &rows),
             "ONE     TWO         THREE\na       long value  x\nlonger  b\n"
+        );
+    }
+
+    #[test]
+    fn control_characters_are_shown_as_escapes() {
+        assert!(matches!(
+            escape_controls("0.1.0 é ✓"),
+            Cow::Borrowed("0.1.0 é ✓")
+        ));
+        assert_eq!(
+            escape_controls("a\x1b[31mred\nfake row\r\tx\x00\x7f\u{9b}2J\u{85}\u{202e}z"),
+            "a\\x1b[31mred\\nfake row\\r\\tx\\x00\\x7f\\u{9b}2J\\u{85}\\u{202e}z"
+        );
+        // One cell stays one line, and the columns stay aligned on what is shown.
+        let rows = vec![
+            vec!["a\nb".to_string(), "x".to_string()],
+            vec!["\x1b".to_string(), "y".to_string()],
+        ];
+        assert_eq!(
+            table(&["ONE", "TWO"], &rows),
+            "ONE   TWO\na\\nb  x\n\\x1b  y\n"
         );
     }
 

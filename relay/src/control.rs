@@ -3,6 +3,10 @@
 //! recipes and artifacts stored on the relay are sent in chunks on request, and queued remote
 //! actions go down (each once) with their results coming back.
 //!
+//! Strings a device reports are cut to their limits (see
+//! [`tether_protocol::fleet::ReportedState::bound_strings`]) before they are stored, and what
+//! was cut is logged.
+//!
 //! A malformed frame closes this channel with a logged error; the link stays up and the
 //! device opens a new control channel on its next link.
 //!
@@ -16,7 +20,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use tether_protocol::fleet::{CHUNK_BYTES, ControlFrame, is_sha256};
+use tether_protocol::fleet::{
+    CHUNK_BYTES, ControlFrame, MAX_REPORTED_TEXT, is_sha256, truncate_reported,
+};
 use tether_protocol::frame;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -96,7 +102,16 @@ where
             f = frames_rx.recv() => {
                 let Some(f) = f else { break };
                 match f {
-                    ControlFrame::Reported { state } => {
+                    ControlFrame::Reported { mut state } => {
+                        // Bounded before it is stored: operators' tables and the store must not
+                        // take a device's word for how long a version or a host name may be.
+                        let cut = state.bound_strings();
+                        if !cut.is_empty() {
+                            tracing::warn!(
+                                "device {device_id}: report fields over their limits were cut: {}",
+                                cut.join(", ")
+                            );
+                        }
                         let id = device_id.clone();
                         match with_store(&store, move |s| s.record_report(&id, &state)).await {
                             Some(Ok(())) => {}
@@ -104,7 +119,12 @@ where
                             None => {}
                         }
                     }
-                    ControlFrame::ActionResult { result } => {
+                    ControlFrame::ActionResult { mut result } => {
+                        if let Some(error) = &mut result.error
+                            && truncate_reported(error, MAX_REPORTED_TEXT)
+                        {
+                            tracing::warn!("device {device_id}: the error of action {:?} was cut to {MAX_REPORTED_TEXT} bytes", result.id);
+                        }
                         let id = device_id.clone();
                         match with_store(&store, move |s| s.record_action_result(&id, &result)).await {
                             Some(Ok(())) | None => {}

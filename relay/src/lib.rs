@@ -20,6 +20,7 @@
 //! - [`server`]: `relay serve`, which starts all of the above.
 //! - [`session_cli`]: `relay session list|show|play`.
 //! - [`cli`]: the command line, including the admin commands that work on the store.
+//! - [`timestamp`]: RFC 3339 times of query parameters and options, parsed and normalised.
 
 pub mod api;
 pub mod certauth;
@@ -40,6 +41,7 @@ pub mod sink;
 pub mod ssh_front;
 pub mod store;
 pub mod telemetry;
+pub mod timestamp;
 
 /// The relay's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 
-use crate::cli::{dash, print_json, table};
+use crate::cli::{dash, escape_controls, print_json, table};
 use crate::config::RelayConfig;
 use crate::recording::cast;
 use crate::store::{SessionQuery, Store};
@@ -122,37 +122,34 @@ pub fn run(
             if json {
                 return print_json(out, &s);
             }
-            writeln!(out, "session   {}", s.id)?;
-            writeln!(out, "tenant    {}", s.tenant)?;
-            writeln!(out, "device    {} ({})", s.device, s.device_id)?;
-            writeln!(
-                out,
-                "engineer  {} ({}) from {}",
-                s.engineer, s.fingerprint, s.source
-            )?;
-            writeln!(
-                out,
-                "what      {}",
-                what(s.kind.as_deref(), s.command.as_deref())
-            )?;
-            writeln!(out, "started   {}", s.started_at)?;
-            writeln!(
-                out,
-                "ended     {} ({})",
-                dash(&s.ended_at),
-                dash(&s.end_reason)
-            )?;
+            let mut lines = vec![
+                format!("session   {}", s.id),
+                format!("tenant    {}", s.tenant),
+                format!("device    {} ({})", s.device, s.device_id),
+                format!(
+                    "engineer  {} ({}) from {}",
+                    s.engineer, s.fingerprint, s.source
+                ),
+                format!(
+                    "what      {}",
+                    what(s.kind.as_deref(), s.command.as_deref())
+                ),
+                format!("started   {}", s.started_at),
+                format!("ended     {} ({})", dash(&s.ended_at), dash(&s.end_reason)),
+            ];
             if let Some(c) = s.exit_status {
-                writeln!(out, "exit      {c}")?;
+                lines.push(format!("exit      {c}"));
             }
             if let Some(sig) = &s.exit_signal {
-                writeln!(out, "signal    {sig}")?;
+                lines.push(format!("signal    {sig}"));
             }
-            writeln!(out, "bytes     {} in, {} out", s.bytes_in, s.bytes_out)?;
-            writeln!(out, "recorded  {}", if s.recorded { "yes" } else { "no" })?;
+            lines.push(format!("bytes     {} in, {} out", s.bytes_in, s.bytes_out));
+            lines.push(format!(
+                "recorded  {}",
+                if s.recorded { "yes" } else { "no" }
+            ));
             for f in s.files.as_array().into_iter().flatten() {
-                writeln!(
-                    out,
+                lines.push(format!(
                     "file      {} {}{} ({} bytes)",
                     f["op"].as_str().unwrap_or("?"),
                     f["path"].as_str().unwrap_or("?"),
@@ -161,7 +158,11 @@ pub fn run(
                         .map(|t| format!(" -> {t}"))
                         .unwrap_or_default(),
                     f["bytes"].as_u64().unwrap_or(0)
-                )?;
+                ));
+            }
+            // Commands and paths are the engineer's, signals the device's: one line each.
+            for line in lines {
+                writeln!(out, "{}", escape_controls(&line))?;
             }
             Ok(())
         }

@@ -1,6 +1,8 @@
 //! The audit trail: who did what, when, from where. Append-only: SQLite triggers refuse every
 //! UPDATE and DELETE on the table, so not even the relay's own code can rewrite history.
 
+use std::time::SystemTime;
+
 use rusqlite::params;
 use serde::Serialize;
 
@@ -65,14 +67,17 @@ impl Store {
         append(&self.conn(), e)
     }
 
-    /// Entries oldest first, from `since` (RFC 3339, inclusive) on, of `tenant` if given, at
-    /// most `limit`.
+    /// Entries oldest first, from `since` (inclusive, to the second) on, of `tenant` if given,
+    /// at most `limit`.
     pub fn audit_entries(
         &self,
-        since: Option<&str>,
+        since: Option<SystemTime>,
         tenant: Option<&str>,
         limit: usize,
     ) -> Result<Vec<AuditEntry>, StoreError> {
+        // `at` is text in the one form `now()` writes; the bound is written the same way so
+        // that comparing them as text compares the times.
+        let since = since.map(crate::timestamp::store_form);
         let conn = self.conn();
         let mut stmt = conn.prepare(
             "SELECT id, at, tenant, actor, action, target, source, detail FROM audit
@@ -122,6 +127,10 @@ mod tests {
         assert_eq!(all.len(), 2);
         assert_eq!(all[1].detail["fingerprint"], "SHA256:x");
         assert_eq!(store.audit_entries(None, Some("acme"), 100)?.len(), 1);
+        let hour = std::time::Duration::from_secs(3600);
+        let since = |t| store.audit_entries(Some(t), None, 100).map(|e| e.len());
+        assert_eq!(since(SystemTime::now() - hour)?, 2);
+        assert_eq!(since(SystemTime::now() + hour)?, 0);
         let conn = store.conn();
         assert!(
             conn.execute("UPDATE audit SET actor = 'mallory'", [])

@@ -461,7 +461,7 @@ pub struct Store {
 
 /// Current time as RFC 3339 UTC.
 pub fn now() -> String {
-    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+    crate::timestamp::store_form(SystemTime::now())
 }
 
 fn unix_now() -> i64 {
