@@ -2,7 +2,8 @@
 //! (shell, exec, sftp, scp, -L forward, -J jump, a device's control channel) aimed at tenant
 //! acme's device, deployment, action, session or artifact gets nothing, and the same answer as
 //! for something that does not exist.
-//! API token roles: a viewer token reads and may not change anything.
+//! One key registered in both tenants is each tenant's own engineer there. API token roles: a
+//! viewer token reads and may not change anything.
 
 mod common;
 
@@ -271,6 +272,45 @@ fn another_tenants_credentials_reach_nothing() -> Result<()> {
         "{}",
         r.stderr
     );
+
+    // One key, two tenants: acme's alice's key registered for globex too, as gwen. On
+    // globex's device it is gwen, in globex's records only; acme learns nothing of it.
+    let pubkey = format!("{}.pub", s.engineer.key.display());
+    relay.admin_ok(&[
+        "user", "add", "gwen", "--tenant", "globex", "--role", "operator", "--key", &pubkey,
+    ])?;
+    let r = s.engineer.exec("board-g", "echo as-gwen")?;
+    ensure!(
+        r.status == Some(0) && r.stdout.trim() == "as-gwen",
+        "the shared key on globex's device: {:?} {}",
+        r.status,
+        r.stderr
+    );
+    wait_until(Duration::from_secs(10), "gwen's session closed", || {
+        relay
+            .http("GET", "/v1/sessions", Some(&globex), None)
+            .is_ok_and(|(_, b)| b.contains("as-gwen") && b.contains("\"ended_at\":\""))
+    })?;
+    let (_, theirs) = relay.http("GET", "/v1/sessions", Some(&globex), None)?;
+    let sessions: Value = serde_json::from_str(&theirs)?;
+    ensure!(
+        sessions.as_array().is_some_and(|a| a
+            .iter()
+            .any(|x| x["engineer"] == "gwen" && x["command"] == "echo as-gwen")),
+        "globex's session of the shared key: {theirs}"
+    );
+    for path in ["/v1/sessions", "/v1/audit"] {
+        let (_, ours) = relay.http("GET", path, Some(&acme), None)?;
+        ensure!(
+            !ours.contains("board-g") && !ours.contains("gwen") && !ours.contains("as-gwen"),
+            "acme's {path} learns of globex: {ours}"
+        );
+        let (_, theirs) = relay.http("GET", path, Some(&globex), None)?;
+        ensure!(
+            !theirs.contains("engineer:alice") && !theirs.contains("\"alice\""),
+            "globex's {path} names acme's engineer: {theirs}"
+        );
+    }
     Ok(())
 }
 
