@@ -133,7 +133,8 @@ pub enum TelemetryCommand {
         /// Topic, e.g. sensors/temperature.
         #[arg(required_unless_present = "batch")]
         topic: Option<String>,
-        /// Value: a number or any JSON.
+        /// Value: a number or any JSON; with --kind log, text that is not JSON is sent as a
+        /// string (`hello` is `"hello"`).
         #[arg(required_unless_present = "batch")]
         value: Option<String>,
         /// Measurement time (RFC 3339) [default: now].
@@ -296,8 +297,16 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let (Some(topic), Some(value)) = (topic, value) else {
                 anyhow::bail!("TOPIC and VALUE are required without --batch");
             };
-            let payload: serde_json::Value = serde_json::from_str(value)
-                .with_context(|| format!("VALUE {value:?} is neither a number nor JSON"))?;
+            // A log line is text: asking for JSON quotes around it only trips people up.
+            let payload: serde_json::Value = match serde_json::from_str(value) {
+                Ok(v) => v,
+                Err(_) if kind == "log" => serde_json::Value::String(value.clone()),
+                Err(e) => {
+                    return Err(anyhow::anyhow!(e).context(format!(
+                        "VALUE {value:?} is neither a number nor JSON (quote text as '\"text\"', or send it with --kind log)"
+                    )));
+                }
+            };
             let ts_ms = match ts {
                 Some(t) => parse_rfc3339_ms(t).map_err(|e| anyhow::anyhow!("--{e}"))?,
                 None => crate::outbox::now_ms(),

@@ -1160,7 +1160,7 @@ pub struct Interpolation<'a> {
     pub configuration: &'a Value,
     /// Dependency name -> its effective configuration (`{name:configuration:/pointer}`).
     pub dependencies: &'a BTreeMap<String, Value>,
-    /// The device's name (`{device:id}`).
+    /// The device's id from its enrollment (`{device:id}`), e.g. `dev_…`.
     pub device_id: &'a str,
 }
 

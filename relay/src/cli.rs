@@ -104,6 +104,16 @@ pub enum Command {
     /// Run commands, restart components and reboot devices remotely.
     #[command(subcommand)]
     Action(ActionCommand),
+    /// Copy the store (a consistent snapshot, also while `relay serve` runs), the host key,
+    /// artifacts and recordings into a new directory, which is itself a data directory:
+    /// restore by starting `relay serve --data-dir DIR` on it.
+    Backup {
+        /// New or empty directory to write the backup into.
+        dir: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `relay action …`
@@ -789,6 +799,29 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
             let store = Arc::new(open_store(&config)?);
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(crate::server::serve(config, store))
+        }
+        Command::Backup { dir, json } => {
+            let store = open_store(&config)?;
+            let summary = crate::backup::backup(&config, &store, &dir)
+                .with_context(|| format!("backing up to {}", dir.display()))?;
+            if json {
+                print_json(out, &summary)?;
+            } else {
+                writeln!(
+                    out,
+                    "backup in {}: store {} bytes, host key {}, {} artifacts, {} recordings",
+                    summary.dir.display(),
+                    summary.store_bytes,
+                    if summary.host_key {
+                        "copied"
+                    } else {
+                        "none yet"
+                    },
+                    summary.artifacts,
+                    summary.recordings
+                )?;
+            }
+            Ok(())
         }
         Command::Tenant(cmd) => {
             let store = open_store(&config)?;

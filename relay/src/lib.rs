@@ -23,6 +23,7 @@
 //! - [`timestamp`]: RFC 3339 times of query parameters and options, parsed and normalised.
 
 pub mod api;
+pub mod backup;
 pub mod certauth;
 pub mod cli;
 pub mod config;

@@ -525,6 +525,22 @@ fn device_from_row(row: &Row<'_>) -> rusqlite::Result<Device> {
 }
 
 impl Store {
+    /// Writes a consistent copy of the whole database to `path` (which must not exist), mode
+    /// 0600, while other connections go on reading and writing: one snapshot, WAL included.
+    pub fn snapshot_into(&self, path: &Path) -> Result<(), StoreError> {
+        use std::os::unix::fs::PermissionsExt;
+        let target = path
+            .to_str()
+            .ok_or_else(|| StoreError::Invalid(format!("{} is not UTF-8", path.display())))?;
+        self.conn().execute("VACUUM INTO ?1", params![target])?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
+            StoreError::Io {
+                path: path.display().to_string(),
+                source,
+            }
+        })
+    }
+
     /// Opens (creating if needed) the store at `path` and brings its schema up to date.
     ///
     /// A new file is created with mode 0600 and a missing parent directory with mode 0700: the
