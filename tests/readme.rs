@@ -151,7 +151,9 @@ fn the_quickstart_demo_starts_a_relay_and_agent_that_ssh_reaches() -> Result<()>
         .env("TETHER_DEMO_HTTP_PORT", http_port.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::from(std::fs::File::create(
+            home.path().join("demo.err"),
+        )?))
         .process_group(0)
         .spawn()?;
     let result = (|| -> Result<()> {
@@ -165,12 +167,18 @@ fn the_quickstart_demo_starts_a_relay_and_agent_that_ssh_reaches() -> Result<()>
                 }
             }
         });
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_secs(120);
         let (mut shell, mut command) = (None, None);
+        let mut printed = String::new();
         while (shell.is_none() || command.is_none()) && Instant::now() < deadline {
-            let Ok(line) = rx.recv_timeout(Duration::from_secs(1)) else {
-                continue;
+            let line = match rx.recv_timeout(Duration::from_secs(1)) {
+                Ok(line) => line,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+                // The demo ended before printing its ssh lines.
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
             };
+            printed.push_str(&line);
+            printed.push('\n');
             if let Some(l) = line.trim().strip_prefix("open a shell:") {
                 shell = Some(l.trim().to_string());
             }
@@ -179,7 +187,16 @@ fn the_quickstart_demo_starts_a_relay_and_agent_that_ssh_reaches() -> Result<()>
             }
         }
         let (Some(shell), Some(command)) = (shell, command) else {
-            bail!("the demo printed no ssh lines within 60 s");
+            let err = std::fs::read_to_string(home.path().join("demo.err")).unwrap_or_default();
+            let logs: Vec<String> = ["relay.log", "agent.log"]
+                .iter()
+                .map(|f| std::fs::read_to_string(demo_dir.join(f)).unwrap_or_default())
+                .map(|l| tail_lines(&l, 20))
+                .collect();
+            bail!(
+                "the demo printed no ssh lines within 120 s:\n{printed}\nstderr:\n{err}\nlogs:\n{}",
+                logs.join("\n---\n")
+            );
         };
         // The shell line, as printed, with a command instead of a terminal; it also records
         // the relay's host key, which the command line then relies on, as a person would.
