@@ -202,10 +202,12 @@ fn describe_tls_error(e: &rustls::Error) -> String {
         C::InvalidPurpose | C::InvalidPurposeContext { .. } => {
             "is not meant for a TLS server".to_string()
         }
+        // rustls never accepts a CA certificate as a server's own, trusted or not.
         other if format!("{other:?}").contains("CaUsedAsEndEntity") => {
-            "is a CA certificate used as the server's own (self-signed with CA:TRUE); \
-             the relay needs a server certificate signed by that CA"
-                .to_string()
+            return "the relay's TLS certificate is a CA certificate (basicConstraints CA:TRUE), \
+                which is refused as a server's own; give the relay a server certificate \
+                (CA:FALSE) and this board its issuer with SSL_CERT_FILE=/path/to/ca.pem"
+                .to_string();
         }
         other => format!("was refused ({other:?})"),
     };
@@ -373,6 +375,23 @@ mod tests {
         assert!(!unknown.contains("UnknownIssuer"), "{unknown}");
         let expired = describe_ws_error(&wrapped(rustls::CertificateError::Expired));
         assert!(expired.contains("has expired"), "{expired}");
+        // webpki's error behind rustls' OtherError, as a CA:TRUE server certificate gives.
+        #[derive(Debug)]
+        struct CaUsedAsEndEntity;
+        impl std::fmt::Display for CaUsedAsEndEntity {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("CaUsedAsEndEntity")
+            }
+        }
+        impl std::error::Error for CaUsedAsEndEntity {}
+        let ca = describe_ws_error(&wrapped(rustls::CertificateError::Other(
+            rustls::OtherError(std::sync::Arc::new(CaUsedAsEndEntity)),
+        )));
+        assert!(
+            ca.contains("CA:TRUE") && ca.contains("SSL_CERT_FILE"),
+            "{ca}"
+        );
+        assert!(!ca.contains("OtherError"), "{ca}");
         let plain = describe_ws_error(&WsError::ConnectionClosed);
         assert_eq!(plain, WsError::ConnectionClosed.to_string());
     }

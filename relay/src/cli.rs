@@ -1802,8 +1802,10 @@ mod tests {
     const KEY: &str =
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ alice";
 
-    /// Runs `relay --data-dir <dir> args…`; returns stdout or the error as printed.
+    /// Runs `relay --data-dir <dir> args…` on the store there (created first, as `relay init`
+    /// would); returns stdout or the error as printed.
     fn relay(dir: &std::path::Path, args: &[&str]) -> Result<String, String> {
+        Store::open(&dir.join("relay.db")).map_err(|e| e.to_string())?;
         let mut argv = vec!["relay", "--data-dir"];
         let dir = dir.display().to_string();
         argv.push(&dir);
@@ -2201,7 +2203,7 @@ mod tests {
                     "com.example.app:port=9100"
                 ]
             )?,
-            "2\n"
+            "configuration version 2 pushed to board1\n"
         );
         let state: serde_json::Value =
             serde_json::from_str(&relay(d, &["device", "state", "board1", "--json"])?)?;
