@@ -87,6 +87,9 @@ pub enum AppCommand {
         /// Keep printing new output.
         #[arg(long, short)]
         follow: bool,
+        /// Print one JSON object per line: {"ts", "step", "stream", "line"}.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -123,67 +126,69 @@ pub async fn run(config: &AgentConfig, cmd: &AppCommand) -> Result<ExitCode> {
             )
             .await?;
             if *json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
+                outln!("{}", serde_json::to_string_pretty(&status)?)?;
             } else {
-                println!(
+                outln!(
                     "deployed {} {}: {}",
-                    status.name, status.version, status.state
-                );
+                    status.name,
+                    status.version,
+                    status.state
+                )?;
             }
             Ok(ExitCode::SUCCESS)
         }
         AppCommand::List { json } => {
             let list: Vec<ComponentStatus> = ask(config, &Request::List).await?;
             if *json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
+                outln!("{}", serde_json::to_string_pretty(&list)?)?;
             } else {
-                print_table(&list);
+                print_table(&list)?;
             }
             Ok(ExitCode::SUCCESS)
         }
         AppCommand::Show { name, json } => {
             let s: ComponentStatus = ask(config, &Request::Show { name: name.clone() }).await?;
             if *json {
-                println!("{}", serde_json::to_string_pretty(&s)?);
+                outln!("{}", serde_json::to_string_pretty(&s)?)?;
             } else {
                 let dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
-                println!("name:           {}", s.name);
-                println!("version:        {}", s.version);
-                println!("state:          {}", s.state);
-                println!("desired:        {:?}", s.desired);
-                println!("pid:            {}", dash(s.pid.map(|p| p.to_string())));
-                println!("restarts:       {}", s.restarts);
-                println!("errors:         {}", s.errors);
-                println!("last error:     {}", dash(s.last_error.clone()));
-                println!("previous:       {}", dash(s.previous_version.clone()));
-                println!(
+                outln!("name:           {}", s.name)?;
+                outln!("version:        {}", s.version)?;
+                outln!("state:          {}", s.state)?;
+                outln!("desired:        {:?}", s.desired)?;
+                outln!("pid:            {}", dash(s.pid.map(|p| p.to_string())))?;
+                outln!("restarts:       {}", s.restarts)?;
+                outln!("errors:         {}", s.errors)?;
+                outln!("last error:     {}", dash(s.last_error.clone()))?;
+                outln!("previous:       {}", dash(s.previous_version.clone()))?;
+                outln!(
                     "configuration:  {}",
                     serde_json::to_string_pretty(&s.configuration)?
-                );
+                )?;
             }
             Ok(ExitCode::SUCCESS)
         }
         AppCommand::Start { name } => {
             let s: ComponentStatus = ask(config, &Request::Start { name: name.clone() }).await?;
-            println!("{} {}: {}", s.name, s.version, s.state);
+            outln!("{} {}: {}", s.name, s.version, s.state)?;
             Ok(ExitCode::SUCCESS)
         }
         AppCommand::Stop { name } => {
             let s: ComponentStatus = ask(config, &Request::Stop { name: name.clone() }).await?;
-            println!("{} {}: {}", s.name, s.version, s.state);
+            outln!("{} {}: {}", s.name, s.version, s.state)?;
             Ok(ExitCode::SUCCESS)
         }
         AppCommand::Restart { name } => {
             let s: ComponentStatus = ask(config, &Request::Restart { name: name.clone() }).await?;
-            println!("{} {}: {}", s.name, s.version, s.state);
+            outln!("{} {}: {}", s.name, s.version, s.state)?;
             Ok(ExitCode::SUCCESS)
         }
         AppCommand::Remove { name } => {
             let _: serde_json::Value = ask(config, &Request::Remove { name: name.clone() }).await?;
-            println!("removed {name}");
+            outln!("removed {name}")?;
             Ok(ExitCode::SUCCESS)
         }
-        AppCommand::Logs { name, follow } => logs(config, name, *follow).await,
+        AppCommand::Logs { name, follow, json } => logs(config, name, *follow, *json).await,
     }
 }
 
@@ -191,7 +196,7 @@ fn validate(path: &Path, json: bool) -> Result<ExitCode> {
     let r = recipe::load(path)?;
     let manifest = r.manifest_for(std::env::consts::OS, std::env::consts::ARCH)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        outln!("{}", serde_json::to_string_pretty(&r)?)?;
         return Ok(ExitCode::SUCCESS);
     }
     let l = &manifest.lifecycle;
@@ -205,17 +210,17 @@ fn validate(path: &Path, json: bool) -> Result<ExitCode> {
     .into_iter()
     .filter_map(|(n, present)| present.then_some(n))
     .collect();
-    println!("{}: valid", path.display());
-    println!("component:     {} {}", r.name, r.version);
-    println!("artifacts:     {}", manifest.artifacts.len());
-    println!("steps:         {}", steps.join(", "));
+    outln!("{}: valid", path.display())?;
+    outln!("component:     {} {}", r.name, r.version)?;
+    outln!("artifacts:     {}", manifest.artifacts.len())?;
+    outln!("steps:         {}", steps.join(", "))?;
     if !r.dependencies.is_empty() {
         let deps: Vec<String> = r
             .dependencies
             .iter()
             .map(|(n, d)| format!("{n} {}", d.version))
             .collect();
-        println!("dependencies:  {}", deps.join(", "));
+        outln!("dependencies:  {}", deps.join(", "))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -228,31 +233,88 @@ async fn ask<T: serde::de::DeserializeOwned>(config: &AgentConfig, request: &Req
     Ok(serde_json::from_value(answer.result)?)
 }
 
-fn print_table(list: &[ComponentStatus]) {
-    println!(
+fn print_table(list: &[ComponentStatus]) -> Result<()> {
+    outln!(
         "{:<32} {:<12} {:<10} {:>8} {:>8}",
-        "NAME", "VERSION", "STATE", "PID", "RESTARTS"
-    );
+        "NAME",
+        "VERSION",
+        "STATE",
+        "PID",
+        "RESTARTS"
+    )?;
     for s in list {
-        println!(
+        outln!(
             "{:<32} {:<12} {:<10} {:>8} {:>8}",
             s.name,
             s.version,
             s.state.to_string(),
             s.pid.map_or_else(|| "-".into(), |p| p.to_string()),
             s.restarts
-        );
+        )?;
     }
+    Ok(())
+}
+
+/// One line of a component's output log as `--json` prints it. The supervisor writes
+/// `TS STEP/STREAM: LINE`; a line not of that form keeps its text in `line` alone.
+#[derive(Debug, PartialEq, Eq, serde::Serialize)]
+struct LogLine<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ts: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    step: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream: Option<&'a str>,
+    line: &'a str,
+}
+
+fn parse_log_line(text: &str) -> LogLine<'_> {
+    let parsed = text.split_once(' ').and_then(|(ts, rest)| {
+        let (source, line) = rest.split_once(": ")?;
+        let (step, stream) = source.split_once('/')?;
+        (!step.is_empty() && !stream.is_empty() && !source.contains(' ')).then_some(LogLine {
+            ts: Some(ts),
+            step: Some(step),
+            stream: Some(stream),
+            line,
+        })
+    });
+    parsed.unwrap_or(LogLine {
+        ts: None,
+        step: None,
+        stream: None,
+        line: text,
+    })
+}
+
+/// Writes log bytes as they are, or with `json` each complete line as a JSON object. Returns
+/// how many bytes were used: with `json` a last line without its newline waits for the next
+/// round.
+fn write_log(out: &mut dyn Write, data: &[u8], json: bool) -> Result<usize> {
+    if !json {
+        out.write_all(data)?;
+        return Ok(data.len());
+    }
+    let used = data.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    for raw in data[..used].split(|b| *b == b'\n') {
+        if raw.is_empty() {
+            continue;
+        }
+        let text = String::from_utf8_lossy(raw);
+        serde_json::to_writer(&mut *out, &parse_log_line(&text))?;
+        writeln!(out)?;
+    }
+    Ok(used)
 }
 
 /// Prints the component's output log (the older file first), then follows it.
-async fn logs(config: &AgentConfig, name: &str, follow: bool) -> Result<ExitCode> {
+async fn logs(config: &AgentConfig, name: &str, follow: bool, json: bool) -> Result<ExitCode> {
     let layout = Layout::new(&config.state_dir, name);
     if !layout.root.exists() {
         bail!("no component named {name:?} is deployed");
     }
     let old = std::fs::read(layout.old_log()).unwrap_or_default();
-    std::io::stdout().write_all(&old)?;
+    write_log(&mut std::io::stdout().lock(), &old, json)?;
     let mut offset = 0u64;
     let printed = |offset: &mut u64| -> Result<()> {
         let mut out = std::io::stdout().lock();
@@ -264,9 +326,9 @@ async fn logs(config: &AgentConfig, name: &str, follow: bool) -> Result<ExitCode
         let start = usize::try_from(*offset)
             .unwrap_or(usize::MAX)
             .min(data.len());
-        out.write_all(&data[start..])?;
+        let used = write_log(&mut out, &data[start..], json)?;
         out.flush()?;
-        *offset = data.len() as u64;
+        *offset = (start + used) as u64;
         Ok(())
     };
     printed(&mut offset)?;
@@ -276,5 +338,34 @@ async fn logs(config: &AgentConfig, name: &str, follow: bool) -> Result<ExitCode
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
         printed(&mut offset)?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_lines_become_json_objects_and_partial_lines_wait() {
+        let data = b"2026-01-01T00:00:00Z run/stdout: hello: world\nnot a log line\n2026-01-01T00:00:01Z run/std";
+        let mut out = Vec::new();
+        let used = write_log(&mut out, data, true).expect("write to a Vec");
+        assert_eq!(&data[used..], b"2026-01-01T00:00:01Z run/std");
+        let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+            .collect();
+        assert_eq!(
+            lines,
+            vec![
+                serde_json::json!({
+                    "ts": "2026-01-01T00:00:00Z",
+                    "step": "run",
+                    "stream": "stdout",
+                    "line": "hello: world",
+                }),
+                serde_json::json!({ "line": "not a log line" }),
+            ]
+        );
     }
 }

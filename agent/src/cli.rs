@@ -179,8 +179,10 @@ pub fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
+        // `agent app list | head -1`: the reader left, which is not our failure.
+        Err(e) if tether_protocol::report::is_broken_pipe(e.as_ref()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", tether_protocol::report::chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }
@@ -199,9 +201,11 @@ fn init_logging(quiet: bool) {
     let default = if quiet { "warn" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Colour codes only for a person watching: a log file or journal gets plain text.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 
@@ -233,11 +237,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let (record, status) = enroll::enroll(&config, &opts)
                 .await
                 .with_context(|| format!("enrolling with {url}"))?;
-            println!(
+            outln!(
                 "enrolled as {} ({}) in tenant {}; status {}",
-                record.name, record.device_id, record.tenant, status
-            );
-            println!("relay host key {} pinned", record.relay_fingerprint);
+                record.name,
+                record.device_id,
+                record.tenant,
+                status
+            )?;
+            outln!("relay host key {} pinned", record.relay_fingerprint)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Keys(KeysCommand::Rotate { json }) => {
@@ -246,14 +253,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 .await
                 .context("rotating the device key")?;
             if *json {
-                println!("{}", serde_json::to_string_pretty(&rotated)?);
+                outln!("{}", serde_json::to_string_pretty(&rotated)?)?;
             } else {
-                println!(
+                outln!(
                     "device key rotated: {} retired, {} in use",
-                    rotated.old, rotated.new
-                );
+                    rotated.old,
+                    rotated.new
+                )?;
                 if !rotated.confirmed {
-                    println!("the relay switches to the new key at the agent's next login");
+                    outln!("the relay switches to the new key at the agent's next login")?;
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -264,12 +272,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let fingerprint = identity::fingerprint(&key);
             let path = identity::key_path(&config.state_dir);
             if *json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({ "fingerprint": fingerprint, "path": path })
-                );
+                )?;
             } else {
-                println!("{fingerprint} {}", path.display());
+                outln!("{fingerprint} {}", path.display())?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -313,7 +321,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             };
             let kind = kind.parse().map_err(anyhow::Error::msg)?;
             let seq = crate::telemetry_cli::queue(&config, kind, topic, None, &payload, ts_ms)?;
-            println!("{seq}");
+            outln!("{seq}")?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Telemetry(TelemetryCommand::Status { json }) => {
@@ -346,7 +354,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 &payload,
                 crate::outbox::now_ms(),
             )?;
-            println!("{seq}");
+            outln!("{seq}")?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Keygen { out } => crate::ota_cli::keygen(out),
@@ -530,26 +538,26 @@ fn show_status(config: &AgentConfig, json: bool) -> Result<ExitCode> {
         last_error: link.last_error,
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?)?;
     } else {
         let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
-        println!(
+        outln!(
             "enrolled:           {}",
             if report.enrolled { "yes" } else { "no" }
-        );
-        println!("device id:          {}", dash(&report.device_id));
-        println!("name:               {}", dash(&report.name));
-        println!("tenant:             {}", dash(&report.tenant));
-        println!("relay:              {}", dash(&report.relay_url));
-        println!("relay host key:     {}", dash(&report.relay_fingerprint));
-        println!("device key:         {}", dash(&report.device_fingerprint));
-        println!(
+        )?;
+        outln!("device id:          {}", dash(&report.device_id))?;
+        outln!("name:               {}", dash(&report.name))?;
+        outln!("tenant:             {}", dash(&report.tenant))?;
+        outln!("relay:              {}", dash(&report.relay_url))?;
+        outln!("relay host key:     {}", dash(&report.relay_fingerprint))?;
+        outln!("device key:         {}", dash(&report.device_fingerprint))?;
+        outln!(
             "link:               {} since {}",
             report.link,
             dash(&report.since)
-        );
+        )?;
         if let Some(e) = &report.last_error {
-            println!("last error:         {e}");
+            outln!("last error:         {e}")?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -37,6 +37,16 @@
 //! - [`ota_cli`]: `agent keygen`, `agent bundle …`, `agent ota …`.
 //! - [`cli`]: the command line.
 
+/// `println!` that returns the write's error instead of panicking: a command whose reader left
+/// (`agent app list | head -1`) then ends quietly with 0 (see `cli::main`) rather than with a
+/// panic on a closed pipe.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
 pub mod account;
 pub mod actions;
 pub mod app_cli;

@@ -50,6 +50,17 @@ pub enum LinkError {
         /// Fingerprint the relay showed.
         presented: String,
     },
+    /// At enrollment, the relay's host key is not the one `--fingerprint` named: either the
+    /// fingerprint was mistyped or something else answers at the relay's address.
+    #[error(
+        "the relay presented host key {presented}, not the {expected} given with --fingerprint; check the fingerprint (the relay logs its host key when it starts) and the relay URL"
+    )]
+    FingerprintMismatch {
+        /// Fingerprint given with `--fingerprint`.
+        expected: String,
+        /// Fingerprint the relay showed.
+        presented: String,
+    },
     /// The relay refused the device key.
     #[error(
         "the relay refused this device's key (device removed, rejected or still pending acceptance)"
@@ -100,7 +111,9 @@ pub struct HostKeyCheck {
 }
 
 impl HostKeyCheck {
-    /// Returns the presented key if it is acceptable, else a mismatch naming both fingerprints.
+    /// Returns the presented key if it is acceptable, else a mismatch naming both fingerprints:
+    /// [`LinkError::HostKeyMismatch`] against the pinned key, [`LinkError::FingerprintMismatch`]
+    /// against the fingerprint given at enrollment.
     fn verify(&self, presented: &PublicKeyOrCertificate) -> Result<PublicKey, LinkError> {
         let key = match presented {
             PublicKeyOrCertificate::PublicKey { key, .. } => key.clone(),
@@ -109,19 +122,21 @@ impl HostKeyCheck {
             }
         };
         let fp = key.fingerprint(HashAlg::Sha256).to_string();
-        let mismatch = |pinned: String| LinkError::HostKeyMismatch {
-            pinned,
-            presented: fp.clone(),
-        };
         if let Some(pinned) = &self.pinned
             && pinned.key_data() != key.key_data()
         {
-            return Err(mismatch(pinned.fingerprint(HashAlg::Sha256).to_string()));
+            return Err(LinkError::HostKeyMismatch {
+                pinned: pinned.fingerprint(HashAlg::Sha256).to_string(),
+                presented: fp,
+            });
         }
         if let Some(expected) = &self.expected_fingerprint
             && expected.trim() != fp
         {
-            return Err(mismatch(expected.trim().to_string()));
+            return Err(LinkError::FingerprintMismatch {
+                expected: expected.trim().to_string(),
+                presented: fp,
+            });
         }
         Ok(key)
     }

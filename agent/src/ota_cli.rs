@@ -98,11 +98,11 @@ pub enum OtaCommand {
 /// `agent keygen --out NAME`.
 pub fn keygen(out: &std::path::Path) -> Result<ExitCode> {
     let (secret, public, id) = crate::bundle_tool::keygen(out)?;
-    println!("secret key {} (keep it off the boards)", secret.display());
-    println!(
+    outln!("secret key {} (keep it off the boards)", secret.display())?;
+    outln!(
         "public key {} (key id {id}): copy it into ota.keyring on the boards",
         public.display()
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -132,44 +132,48 @@ pub fn bundle(cmd: &BundleCommand) -> Result<ExitCode> {
                 compress: compress == "zstd",
                 output: output.clone(),
             })?;
-            println!(
+            outln!(
                 "{}: {} {} with {} image(s)",
                 output.display(),
                 manifest.compatible,
                 manifest.version,
                 manifest.images.len()
-            );
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         BundleCommand::Verify { keyring, bundle } => {
             let keyring = Keyring::load(keyring)?;
             let manifest = crate::bundle_tool::verify(bundle, &keyring)?;
-            println!(
+            outln!(
                 "{}: valid: {} {}, signature and {} image hash(es) check out",
                 bundle.display(),
                 manifest.compatible,
                 manifest.version,
                 manifest.images.len()
-            );
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         BundleCommand::Inspect { bundle, json } => {
             let (manifest, signatures) = crate::bundle_tool::inspect(bundle)?;
             if *json {
                 let value = serde_json::json!({ "manifest": manifest, "signatures": signatures });
-                println!("{}", serde_json::to_string_pretty(&value)?);
+                outln!("{}", serde_json::to_string_pretty(&value)?)?;
             } else {
-                println!("version:     {}", manifest.version);
-                println!("compatible:  {}", manifest.compatible);
-                println!("created:     {}", manifest.created);
+                outln!("version:     {}", manifest.version)?;
+                outln!("compatible:  {}", manifest.compatible)?;
+                outln!("created:     {}", manifest.created)?;
                 for i in &manifest.images {
-                    println!(
+                    outln!(
                         "image:       {} {} bytes sha256 {} ({:?}, {} stored)",
-                        i.class, i.size, i.sha256, i.compression, i.stored_size
-                    );
+                        i.class,
+                        i.size,
+                        i.sha256,
+                        i.compression,
+                        i.stored_size
+                    )?;
                 }
                 for s in &signatures {
-                    println!("signed by:   key {}", s.key_id);
+                    outln!("signed by:   key {}", s.key_id)?;
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -242,10 +246,11 @@ pub fn ota(config: &AgentConfig, cmd: &OtaCommand) -> Result<ExitCode> {
                 let _ = std::fs::remove_file(file);
             }
             let pending = ota.state().pending.map(|p| p.slot).unwrap_or_default();
-            println!(
+            outln!(
                 "installed {} {} into slot {pending}; it boots next, on trial",
-                manifest.compatible, manifest.version
-            );
+                manifest.compatible,
+                manifest.version
+            )?;
             if !no_reboot {
                 ota.reboot()?;
             }
@@ -254,13 +259,13 @@ pub fn ota(config: &AgentConfig, cmd: &OtaCommand) -> Result<ExitCode> {
         OtaCommand::Status { json } => {
             let st = ota.status()?;
             if *json {
-                println!("{}", serde_json::to_string_pretty(&st)?);
+                outln!("{}", serde_json::to_string_pretty(&st)?)?;
             } else {
                 let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
-                println!("booted:      {}", dash(&st.booted));
-                println!("boot order:  {}", dash(&st.boot_order));
+                outln!("booted:      {}", dash(&st.booted))?;
+                outln!("boot order:  {}", dash(&st.boot_order))?;
                 for s in &st.slots {
-                    println!(
+                    outln!(
                         "slot {:<6} {:<8} {:<10} {:<12} attempts {} ({})",
                         s.name,
                         s.class,
@@ -269,32 +274,34 @@ pub fn ota(config: &AgentConfig, cmd: &OtaCommand) -> Result<ExitCode> {
                         s.attempts_left
                             .map_or_else(|| "-".into(), |a| a.to_string()),
                         s.device.display()
-                    );
+                    )?;
                 }
                 if let Some(p) = &st.pending {
-                    println!(
+                    outln!(
                         "pending:     {} in slot {} (from {})",
-                        p.version, p.slot, p.from
-                    );
+                        p.version,
+                        p.slot,
+                        p.from
+                    )?;
                 }
-                println!("last:        {}", dash(&st.last_outcome));
+                outln!("last:        {}", dash(&st.last_outcome))?;
             }
             Ok(ExitCode::SUCCESS)
         }
         OtaCommand::Check => {
             match ota.check_after_boot()? {
-                Some(outcome) => println!("{outcome}"),
-                None => println!("no update pending"),
+                Some(outcome) => outln!("{outcome}")?,
+                None => outln!("no update pending")?,
             }
             Ok(ExitCode::SUCCESS)
         }
         OtaCommand::Commit => {
-            println!("{}", ota.commit()?);
+            outln!("{}", ota.commit()?)?;
             Ok(ExitCode::SUCCESS)
         }
         OtaCommand::Rollback { no_reboot } => {
             let slot = ota.rollback()?;
-            println!("slot {slot} boots next");
+            outln!("slot {slot} boots next")?;
             if !no_reboot {
                 ota.reboot()?;
             }

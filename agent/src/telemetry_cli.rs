@@ -124,7 +124,7 @@ pub fn show_status(config: &AgentConfig, json: bool) -> Result<ExitCode> {
         crate::outbox::OutboxStatus::default()
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&st)?);
+        outln!("{}", serde_json::to_string_pretty(&st)?)?;
         return Ok(ExitCode::SUCCESS);
     }
     let ago = |ms: Option<i64>| {
@@ -134,13 +134,13 @@ pub fn show_status(config: &AgentConfig, json: bool) -> Result<ExitCode> {
         })
         .unwrap_or_else(|| "-".into())
     };
-    println!("queued records:     {}", st.queued_rows);
-    println!("queued bytes:       {}", st.queued_bytes);
-    println!("oldest queued:      {}", ago(st.oldest_ts_ms));
-    println!("upload rate:        {:.0} records/s", st.upload_rate);
-    println!("dropped (total):    {}", st.dropped_total);
-    println!("acknowledged up to: {}", st.acked_upto);
-    println!("last acknowledged:  {}", ago(st.last_ack_ms));
-    println!("last sequence:      {}", st.last_seq);
+    outln!("queued records:     {}", st.queued_rows)?;
+    outln!("queued bytes:       {}", st.queued_bytes)?;
+    outln!("oldest queued:      {}", ago(st.oldest_ts_ms))?;
+    outln!("upload rate:        {:.0} records/s", st.upload_rate)?;
+    outln!("dropped (total):    {}", st.dropped_total)?;
+    outln!("acknowledged up to: {}", st.acked_upto)?;
+    outln!("last acknowledged:  {}", ago(st.last_ack_ms))?;
+    outln!("last sequence:      {}", st.last_seq)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -156,10 +156,62 @@ async fn connect_inner(relay: &RelayUrl) -> Result<Box<dyn LinkStream>, Transpor
                 None,
             )
             .await
-            .map_err(|e| ws_err(e.to_string()))?;
+            .map_err(|e| ws_err(describe_ws_error(&e)))?;
             Ok(Box::new(WsByteStream::new(ws)))
         }
     }
+}
+
+/// A WebSocket handshake failure in words an operator can act on. rustls' certificate errors
+/// print as enum names (`Other(OtherError(CaUsedAsEndEntity))`); those say what is wrong with
+/// the relay's certificate and how to make the board trust it.
+fn describe_ws_error(e: &tokio_tungstenite::tungstenite::Error) -> String {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    use tokio_tungstenite::tungstenite::error::TlsError;
+    let tls = match e {
+        WsError::Tls(TlsError::Rustls(r)) => Some(r.as_ref()),
+        // tokio-rustls reports a failed handshake as an I/O error around the rustls error.
+        WsError::Io(io) => io
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+        _ => None,
+    };
+    match tls {
+        Some(tls) => describe_tls_error(tls),
+        None => e.to_string(),
+    }
+}
+
+/// What a rustls error says about the relay's certificate (see [`describe_ws_error`]).
+fn describe_tls_error(e: &rustls::Error) -> String {
+    use rustls::CertificateError as C;
+    const TRUST: &str = "if the relay uses a private or self-signed certificate, give its CA \
+        certificate (PEM) with SSL_CERT_FILE=/path/to/ca.pem or add it to the system's CA store";
+    let rustls::Error::InvalidCertificate(cert) = e else {
+        return format!("TLS failed: {e}");
+    };
+    let problem = match cert {
+        C::UnknownIssuer => "is signed by a CA this board does not trust".to_string(),
+        C::BadSignature => "has a signature that does not verify".to_string(),
+        C::Expired | C::ExpiredContext { .. } => "has expired".to_string(),
+        C::NotValidYet | C::NotValidYetContext { .. } => "is not valid yet".to_string(),
+        C::Revoked => "is revoked".to_string(),
+        C::NotValidForName | C::NotValidForNameContext { .. } => {
+            "does not name the host of the relay URL".to_string()
+        }
+        C::InvalidPurpose | C::InvalidPurposeContext { .. } => {
+            "is not meant for a TLS server".to_string()
+        }
+        // rustls never accepts a CA certificate as a server's own, trusted or not.
+        other if format!("{other:?}").contains("CaUsedAsEndEntity") => {
+            return "the relay's TLS certificate is a CA certificate (basicConstraints CA:TRUE), \
+                which is refused as a server's own; give the relay a server certificate \
+                (CA:FALSE) and this board its issuer with SSL_CERT_FILE=/path/to/ca.pem"
+                .to_string();
+        }
+        other => format!("was refused ({other:?})"),
+    };
+    format!("the relay's TLS certificate {problem}; {TRUST}")
 }
 
 async fn tcp(host: &str, port: u16) -> Result<TcpStream, TransportError> {
@@ -303,5 +355,44 @@ mod tests {
         for bad in ["http://x/", "relay:2222", "ssh://", "ssh://h:1/path"] {
             assert!(RelayUrl::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn certificate_errors_read_as_advice_not_enum_names() {
+        use tokio_tungstenite::tungstenite::Error as WsError;
+        let wrapped = |cert: rustls::CertificateError| {
+            WsError::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                rustls::Error::InvalidCertificate(cert),
+            ))
+        };
+        let unknown = describe_ws_error(&wrapped(rustls::CertificateError::UnknownIssuer));
+        assert!(
+            unknown.contains("CA this board does not trust"),
+            "{unknown}"
+        );
+        assert!(unknown.contains("SSL_CERT_FILE"), "{unknown}");
+        assert!(!unknown.contains("UnknownIssuer"), "{unknown}");
+        let expired = describe_ws_error(&wrapped(rustls::CertificateError::Expired));
+        assert!(expired.contains("has expired"), "{expired}");
+        // webpki's error behind rustls' OtherError, as a CA:TRUE server certificate gives.
+        #[derive(Debug)]
+        struct CaUsedAsEndEntity;
+        impl std::fmt::Display for CaUsedAsEndEntity {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("CaUsedAsEndEntity")
+            }
+        }
+        impl std::error::Error for CaUsedAsEndEntity {}
+        let ca = describe_ws_error(&wrapped(rustls::CertificateError::Other(
+            rustls::OtherError(std::sync::Arc::new(CaUsedAsEndEntity)),
+        )));
+        assert!(
+            ca.contains("CA:TRUE") && ca.contains("SSL_CERT_FILE"),
+            "{ca}"
+        );
+        assert!(!ca.contains("OtherError"), "{ca}");
+        let plain = describe_ws_error(&WsError::ConnectionClosed);
+        assert_eq!(plain, WsError::ConnectionClosed.to_string());
     }
 }

@@ -10,6 +10,7 @@
 //! - [`frame`]: length-prefixed versioned JSON frames (telemetry and control channels).
 //! - [`keyfile`]: ed25519 private key files (device key, relay host key).
 //! - [`private_fs`]: the private umask and owner-only directories and files for keys and state.
+//! - [`report`]: printing an error chain once, and telling a closed stdout from a failure.
 //! - [`rotate`]: the JSON messages of device key rotation.
 //! - [`recipe`]: application recipes (artifacts, lifecycle steps, placeholders, dependencies).
 //! - [`shutdown`]: the stop signals both programs obey.
@@ -25,6 +26,7 @@ pub mod keyfile;
 pub mod names;
 pub mod private_fs;
 pub mod recipe;
+pub mod report;
 pub mod rotate;
 pub mod shutdown;
 pub mod telemetry;

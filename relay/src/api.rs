@@ -24,9 +24,10 @@
 //!
 //! Every answer is JSON, errors included (`{"error": "..."}`): 401 without a valid token, 404
 //! for a device, deployment or action the caller cannot see, 400 for bad query parameters or
-//! bodies (naming what is wrong), 500 (logged) when the store fails. A device of another
-//! tenant is answered exactly like a device that does not exist, so a token cannot be used to
-//! probe other tenants' device names or ids.
+//! bodies (naming what is wrong; a `limit` outside 1-10000 too, never quietly capped), 500
+//! (logged) when the store fails. A device of another tenant is answered exactly like a
+//! device that does not exist, so a token cannot be used to probe other tenants' device names
+//! or ids.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -530,7 +531,7 @@ async fn list_sessions(
         tenant_id: Some(who.tenant_id),
         device_id,
         engineer: params.user,
-        limit: params.limit.unwrap_or(100).clamp(1, 10_000),
+        limit: page_limit(params.limit, 100)?,
     };
     let sessions = blocking(&store, move |s| s.sessions(&query)).await?;
     Ok(axum::Json(sessions).into_response())
@@ -589,7 +590,7 @@ async fn list_audit(
     let who = authenticate(&store, &headers).await?;
     let Query(params) = params?;
     let since = parse_time("since", &params.since)?;
-    let limit = params.limit.unwrap_or(1000).clamp(1, 10_000);
+    let limit = page_limit(params.limit, 1000)?;
     let tenant = who.tenant.clone();
     let entries = blocking(&store, move |s| {
         s.audit_entries(since, Some(&tenant), limit)
@@ -639,6 +640,23 @@ struct RecordsParams {
     limit: Option<usize>,
     /// Wait up to 25 s for records when there are none yet (logs).
     follow: Option<bool>,
+}
+
+/// Largest `limit` of any list endpoint.
+const MAX_LIMIT: usize = 10_000;
+
+/// The `limit` query parameter: `default` when absent, else 1 to [`MAX_LIMIT`]. A value out
+/// of range is a 400 naming the parameter and its bounds rather than quietly capped, so a
+/// caller never takes a short page for the whole of what it asked.
+fn page_limit(limit: Option<usize>, default: usize) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(default),
+        Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+        Some(n) => Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("limit={n}: must be between 1 and {MAX_LIMIT} (the maximum)"),
+        )),
+    }
 }
 
 /// The time parameter `name` (RFC 3339, any form), or 400 naming the parameter and its value.
@@ -692,7 +710,7 @@ async fn device_records(
     }
     let from_ms = parse_time_ms("from", &params.from)?;
     let to_ms = parse_time_ms("to", &params.to)?;
-    let limit = params.limit.unwrap_or(100).clamp(1, 10_000);
+    let limit = page_limit(params.limit, 100)?;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(25);
     loop {
         let (device_id, topic, level) = (

@@ -35,6 +35,7 @@ const DEFAULT_ENROLL_TTL: Duration = Duration::from_secs(24 * 3600);
     version,
     propagate_version = true,
     after_help = "Examples:\n  \
+        relay --config /etc/tether/relay.yaml init\n  \
         relay --config /etc/tether/relay.yaml serve\n  \
         relay tenant add acme\n  \
         TOKEN=$(relay token create --tenant acme --ttl 24h --uses 10)\n  \
@@ -74,6 +75,10 @@ pub enum Command {
         #[arg(long, value_name = "ADDR")]
         http_listen: Option<SocketAddr>,
     },
+    /// Create the store (and its data directory) if there is none; `serve` does too. The
+    /// other commands only open an existing store, so a mistyped --data-dir is an error
+    /// rather than an empty fleet.
+    Init,
     /// The append-only audit trail.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -510,7 +515,8 @@ pub enum DeviceCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Push configuration to one device; prints its new desired-state version.
+    /// Push configuration to one device; prints the new desired-state version
+    /// (`configuration version N pushed to DEVICE`).
     Config {
         /// Device id or name.
         device: String,
@@ -534,27 +540,22 @@ pub fn main() -> ExitCode {
     tether_protocol::private_fs::restrict_umask();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour codes only for a person watching: a log file or journal gets plain text.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
     let stdout = std::io::stdout();
     match run(cli, &mut stdout.lock()) {
         Ok(()) => ExitCode::SUCCESS,
         // `relay device list | head -1`: the reader left, which is not our failure.
-        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) if tether_protocol::report::is_broken_pipe(e.as_ref()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", tether_protocol::report::chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }
-}
-
-fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-    })
 }
 
 /// The configuration: the file if one was given, else the defaults; then `--data-dir`.
@@ -569,8 +570,23 @@ fn load_config(cli: &Cli) -> Result<RelayConfig> {
     Ok(config)
 }
 
+/// Opens the store, creating it when there is none: for `serve` and `init` only.
+fn create_store(config: &RelayConfig) -> Result<Store> {
+    let path = config.store_path();
+    Store::open(&path).with_context(|| format!("opening the store {}", path.display()))
+}
+
+/// Opens the existing store of an admin command. A missing one is an error naming the path:
+/// creating it would answer a mistyped --data-dir with an empty fleet.
 fn open_store(config: &RelayConfig) -> Result<Store> {
     let path = config.store_path();
+    if !path.exists() {
+        anyhow::bail!(
+            "no store at {}; create one with `relay init` or start `relay serve` (check --data-dir, --config and store.path)",
+            path.display()
+        );
+    }
+    tracing::debug!("using the store {}", path.display());
     Store::open(&path).with_context(|| format!("opening the store {}", path.display()))
 }
 
@@ -796,7 +812,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
             if let Some(a) = http_listen {
                 config.http.listen = a;
             }
-            let store = Arc::new(open_store(&config)?);
+            let store = Arc::new(create_store(&config)?);
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(crate::server::serve(config, store))
         }
@@ -820,6 +836,17 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
                     summary.artifacts,
                     summary.recordings
                 )?;
+            }
+            Ok(())
+        }
+        Command::Init => {
+            let path = config.store_path();
+            let existed = path.exists();
+            create_store(&config)?;
+            if existed {
+                writeln!(out, "store {} exists already", path.display())?;
+            } else {
+                writeln!(out, "created the store {}", path.display())?;
             }
             Ok(())
         }
@@ -1285,7 +1312,12 @@ fn device(out: &mut dyn Write, store: &Store, cmd: DeviceCommand) -> Result<()> 
             if json {
                 print_json(out, &desired)?;
             } else {
-                writeln!(out, "{}", desired.version)?;
+                writeln!(
+                    out,
+                    "configuration version {} pushed to {}",
+                    desired.version,
+                    escape_controls(&d.name)
+                )?;
             }
         }
     }
@@ -1803,8 +1835,10 @@ mod tests {
     const KEY: &str =
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ alice";
 
-    /// Runs `relay --data-dir <dir> args…`; returns stdout or the error as printed.
+    /// Runs `relay --data-dir <dir> args…` on the store there (created first, as `relay init`
+    /// would); returns stdout or the error as printed.
     fn relay(dir: &std::path::Path, args: &[&str]) -> Result<String, String> {
+        Store::open(&dir.join("relay.db")).map_err(|e| e.to_string())?;
         let mut argv = vec!["relay", "--data-dir"];
         let dir = dir.display().to_string();
         argv.push(&dir);
@@ -2202,7 +2236,7 @@ mod tests {
                     "com.example.app:port=9100"
                 ]
             )?,
-            "2\n"
+            "configuration version 2 pushed to board1\n"
         );
         let state: serde_json::Value =
             serde_json::from_str(&relay(d, &["device", "state", "board1", "--json"])?)?;

@@ -382,6 +382,29 @@ impl Conn {
         Some((device, identity))
     }
 
+    /// Why a login names no device the engineer may use, when the device is in one of the
+    /// engineer's own tenants but not accepted yet: that tenant's engineers may know it waits
+    /// for an operator. For anyone else it stays `None`, so another tenant hears exactly the
+    /// answer for a device that does not exist.
+    async fn pending_device_hint(
+        &self,
+        identities: &[EngineerIdentity],
+        name: &str,
+    ) -> Option<String> {
+        let tenants: Vec<i64> = identities.iter().map(|i| i.tenant_id).collect();
+        let key = name.to_string();
+        let device = with_store(&self.front.store, move |s| s.find_device(&tenants, &key))
+            .await?
+            .ok()??;
+        let own = identities.iter().any(|i| i.tenant_id == device.tenant_id);
+        (own && device.status == DeviceStatus::Pending).then(|| {
+            format!(
+                "device {} is pending acceptance (relay device accept {})",
+                device.name, device.id
+            )
+        })
+    }
+
     /// Audits an engineer's login in the tenants it concerns, under each tenant's own
     /// engineer name: the tenant of the device the login names, or, when it names none (a
     /// ProxyJump login), every tenant the key belongs to. No tenant's trail learns of another
@@ -715,11 +738,19 @@ impl server::Handler for Conn {
                 };
                 let front_handle = session.handle();
                 let resolved = self.engineer_device(&identities, &login).await;
+                let pending = match resolved {
+                    Some(_) => None,
+                    None => self.pending_device_hint(&identities, &login).await,
+                };
                 let registry = self.front.registry.clone();
                 let front = self.front.clone();
                 let remote = self.remote;
                 tokio::spawn(async move {
                     let Some((device, identity)) = resolved else {
+                        if let Some(pending) = pending {
+                            proxy::refuse_session(channel, &pending).await;
+                            return;
+                        }
                         let names: Vec<&str> = identities.iter().map(|i| i.user.as_str()).collect();
                         let hint = if names.contains(&login.as_str()) {
                             "; log in as DEVICE@relay to open a shell on a device".to_string()
