@@ -529,7 +529,7 @@ fn start_upload(
     ctx: &LinkContext,
 ) -> (
     tokio::task::JoinHandle<()>,
-    tokio::sync::mpsc::Receiver<tokio::sync::oneshot::Sender<Option<Channel<Msg>>>>,
+    tokio::sync::mpsc::Receiver<crate::upload::ChannelReply>,
 ) {
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     let path = crate::outbox::path(&ctx.config.state_dir);

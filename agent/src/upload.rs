@@ -33,10 +33,13 @@ const REOPEN_FIRST: Duration = Duration::from_millis(200);
 /// Longest wait before a closed telemetry channel is reopened.
 const REOPEN_MAX: Duration = Duration::from_secs(10);
 
-/// How the uploader asks the link for a new telemetry channel: it sends where to put the
-/// channel, and gets `None` if the link could not open one. The link's task owns the SSH
+/// Where the link puts a telemetry channel it opened for the uploader, or `None` if it could
+/// not open one.
+pub type ChannelReply = oneshot::Sender<Option<Channel<Msg>>>;
+
+/// How the uploader asks the link for a new telemetry channel. The link's task owns the SSH
 /// handle, so it opens the channels.
-pub type ChannelRequests = mpsc::Sender<oneshot::Sender<Option<Channel<Msg>>>>;
+pub type ChannelRequests = mpsc::Sender<ChannelReply>;
 
 /// Uploads over telemetry channels of one link for as long as the link lives: whenever a
 /// channel closes or fails, asks `open` for a new one after a backoff (reset by a channel that
