@@ -128,19 +128,24 @@ fn count(log: &str, line: &str) -> usize {
     log.matches(line).count()
 }
 
-#[test]
-fn telemetry_resumes_by_itself_once_the_relays_disk_has_space_again() -> Result<()> {
+/// A relay whose data directory is a small tmpfs, with one linked agent that has stored
+/// [`BEFORE`] records. Fields drop in order: the agent, the relay, then the unmount.
+struct Rig {
+    agent: Agent,
+    relay: Relay,
+    tmpfs: Tmpfs,
+}
+
+/// Starts the rig, or `None` (after saying so) where no tmpfs can be mounted outside CI.
+fn rig(test: &str) -> Result<Option<Rig>> {
     let tmpfs = match Tmpfs::mount("24m")? {
         Ok(t) => t,
         Err(why) if std::env::var_os("CI").is_some() => {
             bail!("cannot mount a tmpfs for the relay's data directory: {why}")
         }
         Err(why) => {
-            eprintln!(
-                "SKIPPED telemetry_resumes_by_itself_once_the_relays_disk_has_space_again: \
-                 cannot mount a tmpfs (needs root): {why}"
-            );
-            return Ok(());
+            eprintln!("SKIPPED {test}: cannot mount a tmpfs (needs root): {why}");
+            return Ok(None);
         }
     };
     // The relay's data directory is the tmpfs (through a link, so removing the relay's own
@@ -169,101 +174,166 @@ fn telemetry_resumes_by_itself_once_the_relays_disk_has_space_again() -> Result<
         metric(&relay, "tether_telemetry_sink_failing")? == Some(0.0),
         "sink reported failing while healthy"
     );
+    Ok(Some(Rig {
+        agent,
+        relay,
+        tmpfs,
+    }))
+}
 
-    // The disk fills up; the device goes on producing.
-    let filler: PathBuf = tmpfs.path().join("filler");
-    let filled = fill(&filler)?;
-    ensure!(filled > 0, "nothing was written to fill the tmpfs");
-    produce(&agent, BEFORE, RECORDS)?;
+impl Rig {
+    /// Fills the disk and returns the filler file.
+    fn fill(&self) -> Result<PathBuf> {
+        let filler = self.tmpfs.path().join("filler");
+        ensure!(fill(&filler)? > 0, "nothing was written to fill the tmpfs");
+        Ok(filler)
+    }
 
-    wait_until(
-        Duration::from_secs(30),
-        "the relay to say its sink fails",
-        || relay.log().contains(FAILING),
-    )
-    .with_context(|| format!("relay log:\n{}", tail_lines(&relay.log(), 30)))?;
+    /// Waits until the relay says its sink fails.
+    fn wait_failing(&self) -> Result<()> {
+        wait_until(
+            Duration::from_secs(30),
+            "the relay to say its sink fails",
+            || self.relay.log().contains(FAILING),
+        )
+        .with_context(|| format!("relay log:\n{}", tail_lines(&self.relay.log(), 30)))
+    }
+
+    /// Checks that within seconds of the disk having room again (at `freed`) every record is
+    /// stored exactly once, the outbox drained, and the outage was logged once each way, over
+    /// the same link.
+    fn check_recovered(&self, freed: Instant) -> Result<()> {
+        self.agent
+            .wait_drained(Duration::from_secs(20).saturating_sub(freed.elapsed()))
+            .context("outbox not drained within 20 s of freeing the disk")?;
+        eprintln!(
+            "drained {:?} after the disk had space again",
+            freed.elapsed()
+        );
+
+        let records = self.relay.stored_telemetry("board1")?;
+        let seqs: BTreeSet<u64> = records.iter().filter_map(|r| r["seq"].as_u64()).collect();
+        ensure!(
+            records.len() == BEFORE + RECORDS && seqs.len() == records.len(),
+            "stored {} records ({} distinct), expected {} each once",
+            records.len(),
+            seqs.len(),
+            BEFORE + RECORDS
+        );
+        let payloads: BTreeSet<u64> = records
+            .iter()
+            .filter_map(|r| r["payload"]["i"].as_u64())
+            .collect();
+        ensure!(
+            payloads.len() == BEFORE + RECORDS
+                && payloads.last() == Some(&((BEFORE + RECORDS - 1) as u64)),
+            "some payloads missing"
+        );
+
+        wait_until(
+            Duration::from_secs(10),
+            "the relay to say its sink recovered",
+            || self.relay.log().contains(RECOVERED),
+        )
+        .with_context(|| format!("relay log:\n{}", tail_lines(&self.relay.log(), 30)))?;
+        let log = self.relay.log();
+        ensure!(
+            count(&log, FAILING) == 1 && count(&log, RECOVERED) == 1,
+            "the outage should be logged once as it starts and once as it ends:\n{}",
+            tail_lines(&log, 40)
+        );
+        ensure!(
+            !log.contains("closing its telemetry channel"),
+            "a failing sink was logged per batch:\n{}",
+            tail_lines(&log, 40)
+        );
+        ensure!(
+            metric(&self.relay, "tether_telemetry_sink_failing")? == Some(0.0),
+            "tether_telemetry_sink_failing still 1 after recovery"
+        );
+        // Over the same link: a reconnect would have resumed upload the old way.
+        ensure!(
+            !self.agent.log().lines().any(
+                |l| l.contains("link to") && (l.contains(" lost: ") || l.contains(" failed: "))
+            ),
+            "the link dropped, so this proves nothing about the telemetry channel:\n{}",
+            tail_lines(&self.agent.log(), 30)
+        );
+        Ok(())
+    }
+
+    fn stop(mut self) -> Result<()> {
+        drop(self.agent);
+        self.relay.stop()?;
+        drop(self.relay);
+        drop(self.tmpfs);
+        Ok(())
+    }
+}
+
+#[test]
+fn telemetry_resumes_by_itself_once_the_relays_disk_has_space_again() -> Result<()> {
+    let Some(rig) = rig("telemetry_resumes_by_itself_once_the_relays_disk_has_space_again")? else {
+        return Ok(());
+    };
+    let filler = rig.fill()?;
+    produce(&rig.agent, BEFORE, RECORDS)?;
+    rig.wait_failing()?;
     ensure!(
-        metric(&relay, "tether_telemetry_sink_failing")? == Some(1.0),
+        metric(&rig.relay, "tether_telemetry_sink_failing")? == Some(1.0),
         "tether_telemetry_sink_failing not 1 while the disk is full"
     );
     ensure!(
-        metric(&relay, "tether_telemetry_sink_errors_total")?.is_some_and(|n| n >= 1.0),
+        metric(&rig.relay, "tether_telemetry_sink_errors_total")?.is_some_and(|n| n >= 1.0),
         "no sink error counted"
     );
-    ensure!(agent.queued()? > 0, "the device let go of unstored records");
-
+    ensure!(
+        rig.agent.queued()? > 0,
+        "the device let go of unstored records"
+    );
     // The disk stays full past the relay's own retries, so it closes the telemetry channel and
-    // only the device reopening one can bring the records over.
+    // only the device reopening one on the same link can bring the records over.
     wait_until(
         Duration::from_secs(40),
         "the agent to reopen its telemetry channel",
-        || agent.log().contains("reopening it in"),
+        || rig.agent.log().contains("reopening it in"),
     )
-    .with_context(|| format!("agent log:\n{}", tail_lines(&agent.log(), 30)))?;
-    ensure!(agent.queued()? > 0, "the device let go of unstored records");
-
+    .with_context(|| format!("agent log:\n{}", tail_lines(&rig.agent.log(), 30)))?;
+    ensure!(
+        rig.agent.queued()? > 0,
+        "the device let go of unstored records"
+    );
     std::fs::remove_file(&filler)?;
-    let freed = Instant::now();
-    agent
-        .wait_drained(Duration::from_secs(20))
-        .context("outbox not drained within 20 s of freeing the disk")?;
-    let took = freed.elapsed();
+    rig.check_recovered(Instant::now())?;
+    rig.stop()
+}
 
-    let records = relay.stored_telemetry("board1")?;
-    let seqs: BTreeSet<u64> = records.iter().filter_map(|r| r["seq"].as_u64()).collect();
+#[test]
+fn a_short_sink_outage_is_ridden_out_by_the_relay_on_the_same_channel() -> Result<()> {
+    let Some(rig) = rig("a_short_sink_outage_is_ridden_out_by_the_relay_on_the_same_channel")?
+    else {
+        return Ok(());
+    };
+    let filler = rig.fill()?;
+    // The disk has room again about a second after the sink first failed, while the device
+    // may still be producing: well within the relay's retries of one batch.
+    let freed = std::thread::scope(|scope| -> Result<Instant> {
+        let producer = scope.spawn(|| produce(&rig.agent, BEFORE, RECORDS));
+        rig.wait_failing()?;
+        std::thread::sleep(Duration::from_secs(1));
+        std::fs::remove_file(&filler)?;
+        let freed = Instant::now();
+        producer
+            .join()
+            .map_err(|_| anyhow::anyhow!("producer thread panicked"))??;
+        Ok(freed)
+    })?;
+    rig.check_recovered(freed)?;
+    // The relay's retries bridged the outage: the device never had to reopen the channel.
     ensure!(
-        records.len() == BEFORE + RECORDS && seqs.len() == records.len(),
-        "stored {} records ({} distinct), expected {} each once",
-        records.len(),
-        seqs.len(),
-        BEFORE + RECORDS
+        !rig.agent.log().contains("reopening it in"),
+        "the telemetry channel was closed during a short outage:\n{}",
+        tail_lines(&rig.agent.log(), 30)
     );
-    let payloads: BTreeSet<u64> = records
-        .iter()
-        .filter_map(|r| r["payload"]["i"].as_u64())
-        .collect();
-    ensure!(
-        payloads.len() == BEFORE + RECORDS
-            && payloads.last() == Some(&((BEFORE + RECORDS - 1) as u64)),
-        "some payloads missing"
-    );
-
-    let log = relay.log();
-    wait_until(
-        Duration::from_secs(10),
-        "the relay to say its sink recovered",
-        || relay.log().contains(RECOVERED),
-    )
-    .with_context(|| format!("relay log:\n{}", tail_lines(&log, 30)))?;
-    let log = relay.log();
-    ensure!(
-        count(&log, FAILING) == 1 && count(&log, RECOVERED) == 1,
-        "the outage should be logged once as it starts and once as it ends:\n{}",
-        tail_lines(&log, 40)
-    );
-    ensure!(
-        !log.contains("closing its telemetry channel"),
-        "a failing sink was logged per batch:\n{}",
-        tail_lines(&log, 40)
-    );
-    ensure!(
-        metric(&relay, "tether_telemetry_sink_failing")? == Some(0.0),
-        "tether_telemetry_sink_failing still 1 after recovery"
-    );
-    // Over the same link: the device never had to reconnect.
-    ensure!(
-        !agent
-            .log()
-            .lines()
-            .any(|l| l.contains("link to") && (l.contains(" lost: ") || l.contains(" failed: "))),
-        "the link dropped, so this proves nothing about the telemetry channel:\n{}",
-        tail_lines(&agent.log(), 30)
-    );
-    eprintln!("drained {took:?} after the disk had space again");
-
-    drop(agent);
-    relay.stop()?;
-    drop(relay);
-    drop(tmpfs);
-    Ok(())
+    rig.stop()
 }

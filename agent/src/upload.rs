@@ -46,6 +46,8 @@ pub type ChannelRequests = mpsc::Sender<ChannelReply>;
 /// got an acknowledgement). Returns when the link no longer answers requests.
 pub async fn supervise(open: ChannelRequests, outbox_path: PathBuf, cfg: TelemetryConfig) {
     let mut backoff = Backoff::new(REOPEN_FIRST, REOPEN_MAX);
+    // A relay that keeps closing the channel is reported once, until a channel works again.
+    let mut reported = false;
     loop {
         let (tx, rx) = oneshot::channel();
         if open.send(tx).await.is_err() {
@@ -56,9 +58,11 @@ pub async fn supervise(open: ChannelRequests, outbox_path: PathBuf, cfg: Telemet
         };
         let why = match channel {
             Some(channel) => match run(channel, outbox_path.clone(), cfg.clone()).await {
-                Ok(0) => "the relay closed the telemetry channel".to_string(),
-                Ok(_) => {
-                    backoff.reset();
+                Ok(acks) => {
+                    if acks > 0 {
+                        backoff.reset();
+                        reported = false;
+                    }
                     "the relay closed the telemetry channel".to_string()
                 }
                 Err(e) => format!("telemetry upload stopped: {e}"),
@@ -66,10 +70,15 @@ pub async fn supervise(open: ChannelRequests, outbox_path: PathBuf, cfg: Telemet
             None => "cannot open a telemetry channel".to_string(),
         };
         let delay = backoff.next_delay();
-        tracing::warn!(
-            "{why}; reopening it in {:.1}s (records stay in the outbox)",
-            delay.as_secs_f64()
-        );
+        if reported {
+            tracing::debug!("{why}; reopening it in {:.1}s", delay.as_secs_f64());
+        } else {
+            tracing::warn!(
+                "{why}; reopening it in {:.1}s (records stay in the outbox)",
+                delay.as_secs_f64()
+            );
+            reported = true;
+        }
         tokio::time::sleep(delay).await;
     }
 }
