@@ -432,23 +432,27 @@ pub async fn run(
                     status::publish(&state_dir, LinkState::Online, None);
                     notify(&[sd_notify::NotifyState::Status("link online")]);
                     backoff.reset();
-                    let uploader = start_upload(&handle, &ctx).await;
+                    let (uploader, mut telemetry_requests) = start_upload(&ctx);
                     let controller = start_control(&handle, &ctx).await;
-                    let ended = tokio::select! {
-                        r = &mut handle => r.err().map(|e| e.to_string()),
-                        _ = shutdown.changed() => {
-                            let _ = handle
-                                .disconnect(russh::Disconnect::ByApplication, "agent stopping", "en")
-                                .await;
-                            if let Some(u) = uploader {
-                                u.abort();
+                    let ended = loop {
+                        tokio::select! {
+                            r = &mut handle => break r.err().map(|e| e.to_string()),
+                            // The uploader asks for a telemetry channel when it starts and
+                            // whenever the relay closed its last one.
+                            Some(reply) = telemetry_requests.recv() => {
+                                let _ = reply.send(open_telemetry(&handle).await);
                             }
-                            break;
+                            _ = shutdown.changed() => {
+                                let _ = handle
+                                    .disconnect(russh::Disconnect::ByApplication, "agent stopping", "en")
+                                    .await;
+                                uploader.abort();
+                                status::publish(&state_dir, LinkState::Stopped, None);
+                                return Ok(());
+                            }
                         }
                     };
-                    if let Some(u) = uploader {
-                        u.abort();
-                    }
+                    uploader.abort();
                     if let Some(c) = controller {
                         c.abort();
                     }
@@ -533,12 +537,23 @@ async fn start_control<H: client::Handler>(
     }))
 }
 
-/// Opens the telemetry channel and starts uploading the outbox on it. A failure here is
+/// Starts uploading the outbox over telemetry channels of this link; the link's task opens
+/// them (see [`open_telemetry`]) on the returned receiver's requests. A failure of telemetry is
 /// logged and leaves the link up: remote access matters more than telemetry.
-async fn start_upload<H: client::Handler>(
-    handle: &client::Handle<H>,
+fn start_upload(
     ctx: &LinkContext,
-) -> Option<tokio::task::JoinHandle<()>> {
+) -> (
+    tokio::task::JoinHandle<()>,
+    tokio::sync::mpsc::Receiver<crate::upload::ChannelReply>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let path = crate::outbox::path(&ctx.config.state_dir);
+    let cfg = ctx.config.telemetry.clone();
+    (tokio::spawn(crate::upload::supervise(tx, path, cfg)), rx)
+}
+
+/// Opens a session channel and starts the telemetry subsystem on it.
+async fn open_telemetry<H: client::Handler>(handle: &client::Handle<H>) -> Option<Channel<Msg>> {
     let channel = match handle.channel_open_session().await {
         Ok(c) => c,
         Err(e) => {
@@ -550,13 +565,7 @@ async fn start_upload<H: client::Handler>(
         tracing::warn!("cannot start telemetry upload: {e}");
         return None;
     }
-    let path = crate::outbox::path(&ctx.config.state_dir);
-    let cfg = ctx.config.telemetry.clone();
-    Some(tokio::spawn(async move {
-        if let Err(e) = crate::upload::run(channel, path, cfg).await {
-            tracing::warn!("telemetry upload stopped: {e}");
-        }
-    }))
+    Some(channel)
 }
 
 fn notify(state: &[sd_notify::NotifyState]) {

@@ -5,6 +5,11 @@
 //! and the agent then deletes up to it. After any reconnect upload starts again at the oldest
 //! record still in the outbox, so a batch whose acknowledgement was lost is sent again and the
 //! relay's sink, which deduplicates on (device, seq), stores it once.
+//!
+//! The relay may close the telemetry channel while the link stays up (its sink kept failing,
+//! say, on a full disk). [`supervise`] then opens a new one on the same link after a capped,
+//! jittered backoff, so upload resumes by itself once the relay can commit again instead of
+//! waiting for the link to drop.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -15,13 +20,68 @@ use russh::Channel;
 use russh::client::Msg;
 use tether_protocol::telemetry::{Frame, FrameError, read_frame, write_frame};
 use thiserror::Error;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::TelemetryConfig;
+use crate::link::Backoff;
 use crate::outbox::{Limits, Outbox, OutboxError};
 
 /// How often an idle uploader looks for new records (producers may be other processes).
 const POLL: Duration = Duration::from_millis(100);
+/// First wait before a closed telemetry channel is reopened on the same link.
+const REOPEN_FIRST: Duration = Duration::from_millis(200);
+/// Longest wait before a closed telemetry channel is reopened.
+const REOPEN_MAX: Duration = Duration::from_secs(10);
+
+/// Where the link puts a telemetry channel it opened for the uploader, or `None` if it could
+/// not open one.
+pub type ChannelReply = oneshot::Sender<Option<Channel<Msg>>>;
+
+/// How the uploader asks the link for a new telemetry channel. The link's task owns the SSH
+/// handle, so it opens the channels.
+pub type ChannelRequests = mpsc::Sender<ChannelReply>;
+
+/// Uploads over telemetry channels of one link for as long as the link lives: whenever a
+/// channel closes or fails, asks `open` for a new one after a backoff (reset by a channel that
+/// got an acknowledgement). Returns when the link no longer answers requests.
+pub async fn supervise(open: ChannelRequests, outbox_path: PathBuf, cfg: TelemetryConfig) {
+    let mut backoff = Backoff::new(REOPEN_FIRST, REOPEN_MAX);
+    // A relay that keeps closing the channel is reported once, until a channel works again.
+    let mut reported = false;
+    loop {
+        let (tx, rx) = oneshot::channel();
+        if open.send(tx).await.is_err() {
+            return;
+        }
+        let Ok(channel) = rx.await else {
+            return;
+        };
+        let why = match channel {
+            Some(channel) => match run(channel, outbox_path.clone(), cfg.clone()).await {
+                Ok(acks) => {
+                    if acks > 0 {
+                        backoff.reset();
+                        reported = false;
+                    }
+                    "the relay closed the telemetry channel".to_string()
+                }
+                Err(e) => format!("telemetry upload stopped: {e}"),
+            },
+            None => "cannot open a telemetry channel".to_string(),
+        };
+        let delay = backoff.next_delay();
+        if reported {
+            tracing::debug!("{why}; reopening it in {:.1}s", delay.as_secs_f64());
+        } else {
+            tracing::warn!(
+                "{why}; reopening it in {:.1}s (records stay in the outbox)",
+                delay.as_secs_f64()
+            );
+            reported = true;
+        }
+        tokio::time::sleep(delay).await;
+    }
+}
 
 /// Why the upload stopped.
 #[derive(Debug, Error)]
@@ -62,12 +122,12 @@ async fn with_outbox<T: Send + 'static>(
     .map_err(UploadError::from)
 }
 
-/// Uploads until the channel closes.
+/// Uploads until the channel closes; returns how many acknowledgements the relay sent on it.
 pub async fn run(
     channel: Channel<Msg>,
     outbox_path: PathBuf,
     cfg: TelemetryConfig,
-) -> Result<(), UploadError> {
+) -> Result<u64, UploadError> {
     let limits = limits(&cfg);
     let open = |path: PathBuf| tokio::task::spawn_blocking(move || Outbox::open(&path, limits));
     let writer_box = Arc::new(Mutex::new(
@@ -82,12 +142,15 @@ pub async fn run(
     ));
     let (mut rd, mut wr) = tokio::io::split(channel.into_stream());
     let (acked_tx, mut acked_rx) = watch::channel(0u64);
+    let acks = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let acks_seen = acks.clone();
 
     let acker = tokio::spawn(async move {
         loop {
             match read_frame(&mut rd).await? {
                 Some(Frame::Ack { upto }) => {
                     with_outbox(&acker_box, move |o| o.ack(upto)).await?;
+                    acks_seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let _ = acked_tx.send(upto);
                 }
                 Some(Frame::Batch { .. }) => return Err(UploadError::Unexpected),
@@ -136,5 +199,5 @@ pub async fn run(
         in_flight.push_back(last);
     };
     acker.abort();
-    result
+    result.map(|()| acks.load(std::sync::atomic::Ordering::Relaxed))
 }

@@ -1,9 +1,10 @@
 //! The relay's Prometheus metrics, served as text at `GET /metrics`.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::AtomicI64;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -27,8 +28,13 @@ pub struct Metrics {
     pub batches_acked: Counter,
     /// Time from receiving a batch to acknowledging it.
     pub ack_latency: Histogram,
-    /// Batches the sink failed to commit.
+    /// Commit attempts the sink failed (each retry of a batch counts).
     pub sink_errors: Counter,
+    /// 1 while the sink is failing (from its first failed commit to its next successful one).
+    pub sink_failing: Gauge<i64, AtomicI64>,
+    /// When the current sink outage began and how many commits failed since; `None` while
+    /// the sink is healthy. Kept so the outage is logged once, not once per batch.
+    sink_outage: Mutex<Option<Outage>>,
     /// Records a device sent again that the sink already held: their acknowledgement was lost
     /// (a link cut or a relay stop between commit and ack).
     pub records_duplicate: Counter,
@@ -45,6 +51,7 @@ impl Metrics {
         let batches_acked = Counter::default();
         let ack_latency = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
         let sink_errors = Counter::default();
+        let sink_failing = Gauge::<i64, AtomicI64>::default();
         let records_duplicate = Counter::default();
         let link_bytes = Family::<Labels, Counter>::default();
         registry.register(
@@ -74,8 +81,13 @@ impl Metrics {
         );
         registry.register(
             "telemetry_sink_errors",
-            "Telemetry batches the sink failed to commit",
+            "Telemetry commit attempts the sink failed (retries included)",
             sink_errors.clone(),
+        );
+        registry.register(
+            "telemetry_sink_failing",
+            "1 while the telemetry sink fails to commit batches, 0 once it commits again",
+            sink_failing.clone(),
         );
         registry.register(
             "link_bytes",
@@ -89,6 +101,8 @@ impl Metrics {
             batches_acked,
             ack_latency,
             sink_errors,
+            sink_failing,
+            sink_outage: Mutex::new(None),
             records_duplicate,
             link_bytes,
         })
@@ -110,6 +124,48 @@ impl Metrics {
             .clone()
     }
 
+    /// Records a failed commit. The first failure of an outage is logged (once, whichever
+    /// device's batch hit it) and raises `tether_telemetry_sink_failing`; later ones only count.
+    pub fn sink_failed(&self, error: &dyn std::fmt::Display) {
+        self.sink_errors.inc();
+        let mut outage = self.sink_outage.lock().unwrap_or_else(|p| p.into_inner());
+        match outage.as_mut() {
+            Some(o) => o.failed += 1,
+            None => {
+                *outage = Some(Outage {
+                    since: Instant::now(),
+                    failed: 1,
+                });
+                self.sink_failing.set(1);
+                tracing::error!(
+                    "telemetry sink failing: {error}; devices keep their records and batches are \
+                     retried until it commits again"
+                );
+            }
+        }
+    }
+
+    /// Records a successful commit; ends an outage, if any, with one log line.
+    pub fn sink_committed(&self) {
+        // The common case, a healthy sink, takes no lock.
+        if self.sink_failing.get() == 0 {
+            return;
+        }
+        let ended = self
+            .sink_outage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(o) = ended {
+            self.sink_failing.set(0);
+            tracing::info!(
+                "telemetry sink recovered after {:.1} s, {} batches retried",
+                o.since.elapsed().as_secs_f64(),
+                o.failed
+            );
+        }
+    }
+
     /// Counter of bytes for one transport and direction.
     pub fn bytes(&self, transport: &str, direction: &str) -> Counter {
         self.link_bytes
@@ -119,6 +175,13 @@ impl Metrics {
             ])
             .clone()
     }
+}
+
+/// A sink outage in progress.
+struct Outage {
+    since: Instant,
+    /// Commits that failed since it began; each was (or will be) retried.
+    failed: u64,
 }
 
 /// A stream that counts the bytes read from and written to it.
