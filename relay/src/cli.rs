@@ -1109,9 +1109,9 @@ fn describe_tenant(cmd: &TenantCommand) -> Change {
             Change::new("tenant.untrust_ca", Some(name), Some(fingerprint))
                 .with("fingerprint", fingerprint)
         }
-        TenantCommand::Retention { .. } | TenantCommand::List { .. } | TenantCommand::Cas { .. } => {
-            Change::read()
-        }
+        TenantCommand::Retention { .. }
+        | TenantCommand::List { .. }
+        | TenantCommand::Cas { .. } => Change::read(),
     }
 }
 
@@ -1185,11 +1185,10 @@ fn describe_device(cmd: &DeviceCommand) -> Change {
             tags,
             remove,
             ..
-        } => device("device.tag", id)
-            .with(if *remove { "removed" } else { "added" }, tags),
-        DeviceCommand::Config { device: id, set, .. } => {
-            device("device.config", id).with("set", set)
-        }
+        } => device("device.tag", id).with(if *remove { "removed" } else { "added" }, tags),
+        DeviceCommand::Config {
+            device: id, set, ..
+        } => device("device.config", id).with("set", set),
         DeviceCommand::List { .. } | DeviceCommand::Show { .. } | DeviceCommand::State { .. } => {
             Change::read()
         }
@@ -1198,11 +1197,12 @@ fn describe_device(cmd: &DeviceCommand) -> Change {
 
 fn describe_artifact(cmd: &ArtifactCommand) -> Change {
     match cmd {
-        ArtifactCommand::Put { tenant, file, .. } => Change::new("artifact.put", Some(tenant), None)
-            .with(
+        ArtifactCommand::Put { tenant, file, .. } => {
+            Change::new("artifact.put", Some(tenant), None).with(
                 "name",
                 file.file_name().map(|n| n.to_string_lossy().into_owned()),
-            ),
+            )
+        }
         ArtifactCommand::List { .. } => Change::read(),
     }
 }
@@ -1626,7 +1626,10 @@ fn user(out: &mut dyn Write, store: &Store, cmd: UserCommand, change: &mut Chang
             let (text, parsed) = read_public_key(&key)?;
             change.set("fingerprint", &parsed.fingerprint);
             let fingerprint = store.add_user_key(&tenant, &name, &text)?;
-            writeln!(out, "user {name} of tenant {tenant} holds key {fingerprint}")?;
+            writeln!(
+                out,
+                "user {name} of tenant {tenant} holds key {fingerprint}"
+            )?;
         }
         UserCommand::RemoveKey {
             name,

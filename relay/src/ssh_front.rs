@@ -404,7 +404,8 @@ impl Front {
                         let trust = grants.trusted.iter().find(|t| {
                             &t.fingerprint == ca
                                 && t.tenant_id == identity.tenant_id
-                                && (t.principals.is_empty() || t.principals.contains(&identity.user))
+                                && (t.principals.is_empty()
+                                    || t.principals.contains(&identity.user))
                         });
                         match trust {
                             Some(t) => Ok(t.role),
@@ -1429,7 +1430,10 @@ impl Conn {
             let fp = fingerprint.to_string();
             with_store(&self.front.store, move |s| s.disabled_engineers(&fp))
                 .await
-                .and_then(|r| r.map_err(|e| tracing::error!("engineer lookup failed: {e}")).ok())
+                .and_then(|r| {
+                    r.map_err(|e| tracing::error!("engineer lookup failed: {e}"))
+                        .ok()
+                })
                 .unwrap_or_default()
         };
         let mut detail = serde_json::json!({

@@ -130,9 +130,16 @@ mod tests {
         let all = store.audit_entries(None, None, 100, false)?;
         assert_eq!(all.len(), 2);
         assert_eq!(all[1].detail["fingerprint"], "SHA256:x");
-        assert_eq!(store.audit_entries(None, Some("acme"), 100, false)?.len(), 1);
+        assert_eq!(
+            store.audit_entries(None, Some("acme"), 100, false)?.len(),
+            1
+        );
         let hour = std::time::Duration::from_secs(3600);
-        let since = |t| store.audit_entries(Some(t), None, 100, false).map(|e| e.len());
+        let since = |t| {
+            store
+                .audit_entries(Some(t), None, 100, false)
+                .map(|e| e.len())
+        };
         assert_eq!(since(SystemTime::now() - hour)?, 2);
         assert_eq!(since(SystemTime::now() + hour)?, 0);
         let conn = store.conn();

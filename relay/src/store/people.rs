@@ -169,14 +169,26 @@ fn count(conn: &Connection, sql: &str, tenant_id: i64) -> Result<u64, StoreError
 
 fn contents(conn: &Connection, tenant_id: i64) -> Result<TenantContents, StoreError> {
     Ok(TenantContents {
-        devices: count(conn, "SELECT count(*) FROM devices WHERE tenant_id = ?1", tenant_id)?,
+        devices: count(
+            conn,
+            "SELECT count(*) FROM devices WHERE tenant_id = ?1",
+            tenant_id,
+        )?,
         telemetry: count(
             conn,
             "SELECT count(*) FROM telemetry WHERE tenant_id = ?1",
             tenant_id,
         )?,
-        tokens: count(conn, "SELECT count(*) FROM tokens WHERE tenant_id = ?1", tenant_id)?,
-        engineers: count(conn, "SELECT count(*) FROM users WHERE tenant_id = ?1", tenant_id)?,
+        tokens: count(
+            conn,
+            "SELECT count(*) FROM tokens WHERE tenant_id = ?1",
+            tenant_id,
+        )?,
+        engineers: count(
+            conn,
+            "SELECT count(*) FROM users WHERE tenant_id = ?1",
+            tenant_id,
+        )?,
         cas: count(
             conn,
             "SELECT count(*) FROM trusted_cas WHERE tenant_id = ?1",
@@ -208,7 +220,9 @@ impl Store {
         users_where(&conn, "u.id = ?1", params![id])?
             .into_iter()
             .next()
-            .ok_or_else(|| StoreError::Invalid(format!("no user named {name:?} in tenant {tenant}")))
+            .ok_or_else(|| {
+                StoreError::Invalid(format!("no user named {name:?} in tenant {tenant}"))
+            })
     }
 
     /// Deletes engineer `name` of `tenant` and its keys. Its sessions' records and its audit
@@ -241,9 +255,10 @@ impl Store {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let (id, _) = user_id(&tx, tenant, name)?;
-        let old: String = tx.query_row("SELECT role FROM users WHERE id = ?1", params![id], |r| {
-            r.get(0)
-        })?;
+        let old: String =
+            tx.query_row("SELECT role FROM users WHERE id = ?1", params![id], |r| {
+                r.get(0)
+            })?;
         tx.execute(
             "UPDATE users SET role = ?2 WHERE id = ?1",
             params![id, role.as_str()],
@@ -284,11 +299,7 @@ impl Store {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let (id, _) = user_id(&tx, tenant, name)?;
-        let keys = count(
-            &tx,
-            "SELECT count(*) FROM user_keys WHERE user_id = ?1",
-            id,
-        )?;
+        let keys = count(&tx, "SELECT count(*) FROM user_keys WHERE user_id = ?1", id)?;
         let n = tx.execute(
             "DELETE FROM user_keys WHERE user_id = ?1 AND fingerprint = ?2",
             params![id, fingerprint],
@@ -434,7 +445,11 @@ impl Store {
     /// session records and artifact records. The audit trail stays (it is append-only and
     /// names the tenant in text). A tenant with devices is refused unless `with_devices`.
     /// The caller deletes the returned files.
-    pub fn remove_tenant(&self, name: &str, with_devices: bool) -> Result<RemovedTenant, StoreError> {
+    pub fn remove_tenant(
+        &self,
+        name: &str,
+        with_devices: bool,
+    ) -> Result<RemovedTenant, StoreError> {
         validate_name("tenant", name)?;
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -522,7 +537,8 @@ mod tests {
             store.set_user_role("acme", "alice", Role::Viewer)?,
             Role::Operator
         );
-        let live = store.live_engineer_grants(&[alice.fingerprint.clone()], &[], &[])?;
+        let live =
+            store.live_engineer_grants(std::slice::from_ref(&alice.fingerprint), &[], &[])?;
         assert_eq!(live.engineers.len(), 1);
         assert_eq!(live.engineers[0].role, Role::Viewer);
 
