@@ -323,6 +323,18 @@ fn removed_disabled_and_re_keyed_engineers_lose_their_sessions_and_forwards() ->
         sessions.as_array().is_some_and(|a| a.len() >= 3),
         "bob's recordings are gone: {sessions:#}"
     );
+    // The session the relay closed says why in its record.
+    wait_until(
+        Duration::from_secs(10),
+        "the closed session's record",
+        || {
+            s.relay
+                .admin_ok(&["session", "list", "--user", "bob", "--json"])
+                .is_ok_and(|t| {
+                    t.contains("closed by the relay: engineer bob of tenant acme was removed")
+                })
+        },
+    )?;
     // alice, another engineer of the tenant, is untouched.
     let r = s.engineer.exec("board1", "echo alice")?;
     ensure!(r.status == Some(0), "{}", show(&r));

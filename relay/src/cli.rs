@@ -39,6 +39,7 @@ const DEFAULT_ENROLL_TTL: Duration = Duration::from_secs(24 * 3600);
         relay tenant add acme\n  \
         TOKEN=$(relay token create --tenant acme --ttl 24h --uses 10)\n  \
         relay user add alice --tenant acme --role operator --key alice.pub\n  \
+        relay user disable alice --tenant acme\n  \
         relay tenant trust-ca acme --key ca.pub --role operator\n  \
         relay device list --tenant acme\n  \
         relay device tag board1 edge\n  \

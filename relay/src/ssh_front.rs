@@ -133,6 +133,9 @@ struct ConnState {
     telemetry: Vec<tokio::task::JoinHandle<()>>,
     /// Whether an enrolling peer already opened its one enrollment channel.
     enroll_channel_used: bool,
+    /// Why the relay closed this engineer's connection, if it did: the end reason of the
+    /// sessions it carried.
+    evicted: Option<String>,
 }
 
 /// The russh handler of one SSH connection.
@@ -208,6 +211,7 @@ impl Front {
             channels: Arc::default(),
             telemetry: Vec::new(),
             enroll_channel_used: false,
+            evicted: None,
         }));
         let handler = Conn {
             front: self.clone(),
@@ -441,7 +445,11 @@ impl Front {
                 }
                 continue;
             };
-            let handle = lock(&h.state).handle.clone();
+            let handle = {
+                let mut st = lock(&h.state);
+                st.evicted = Some(why.clone());
+                st.handle.clone()
+            };
             self.live_logins().remove(&h.conn_id);
             tracing::info!("closing connection {} of an engineer: {why}", h.conn_id);
             audit_event(
@@ -887,6 +895,7 @@ impl server::Handler for Conn {
                 let registry = self.front.registry.clone();
                 let front = self.front.clone();
                 let remote = self.remote;
+                let conn_state = self.state.clone();
                 tokio::spawn(async move {
                     let Some((device, identity)) = resolved else {
                         let names: Vec<&str> = identities.iter().map(|i| i.user.as_str()).collect();
@@ -956,6 +965,7 @@ impl server::Handler for Conn {
                                 engineer,
                                 fingerprint,
                                 remote,
+                                conn_state,
                             )
                             .await;
                             drop((places, channel_permit));
@@ -1267,6 +1277,7 @@ async fn carry_session(
     engineer: String,
     fingerprint: String,
     remote: SocketAddr,
+    conn_state: Arc<Mutex<ConnState>>,
 ) {
     let active = SessionGuard::new(&front.active_sessions);
     let source = remote.to_string();
@@ -1336,17 +1347,21 @@ async fn carry_session(
     };
     let idle = Some(front.limits.config.session_idle_timeout);
     let ended = proxy::relay_session(channel, front_handle, dev, recording.clone(), idle).await;
+    let evicted = lock(&conn_state).evicted.clone();
     let reason = if *front.shutdown.borrow() {
-        "relay stopped"
+        "relay stopped".to_string()
+    } else if let Some(why) = evicted {
+        format!("closed by the relay: {why}")
     } else {
         match ended {
             proxy::Ended::Device => "exited",
             proxy::Ended::Engineer => "closed by engineer",
             proxy::Ended::Idle => "idle timeout",
         }
+        .to_string()
     };
     flusher.abort();
-    let end = recording.finish(reason).await;
+    let end = recording.finish(&reason).await;
     event(
         "session.close",
         serde_json::json!({
