@@ -20,7 +20,8 @@
 //! - `GET /v1/sessions` (`?device=&user=&limit=`): engineers' recorded sessions, newest first;
 //!   `GET /v1/sessions/{id}`: one; `GET /v1/sessions/{id}/cast`: its terminal recording
 //!   (asciicast v2, `application/x-asciicast`).
-//! - `GET /v1/audit` (`?since=&limit=`): the tenant's audit trail, oldest first.
+//! - `GET /v1/audit` (`?since=&limit=&oldest=`): the tenant's audit trail, oldest first; a
+//!   limit keeps the newest entries unless `oldest=true`.
 //!
 //! Every answer is JSON, errors included (`{"error": "..."}`): 401 without a valid token, 404
 //! for a device, deployment or action the caller cannot see, 400 for bad query parameters or
@@ -577,11 +578,14 @@ async fn session_cast(
 struct AuditParams {
     /// Entries at or after this time (RFC 3339, any offset; compared to the second).
     since: Option<String>,
-    /// Most entries (default 1000, at most 10000).
+    /// Most entries (default 1000, at most 10000): the newest ones unless `oldest`.
     limit: Option<usize>,
+    /// `true`: the oldest `limit` entries instead of the newest.
+    oldest: Option<bool>,
 }
 
-/// `GET /v1/audit`: the token's tenant's audit entries, oldest first.
+/// `GET /v1/audit`: the token's tenant's audit entries, the newest `limit` (or with
+/// `oldest=true` the oldest), listed oldest first.
 async fn list_audit(
     State(store): State<Arc<Store>>,
     params: Result<Query<AuditParams>, QueryRejection>,
@@ -593,7 +597,7 @@ async fn list_audit(
     let limit = page_limit(params.limit, 1000)?;
     let tenant = who.tenant.clone();
     let entries = blocking(&store, move |s| {
-        s.audit_entries(since, Some(&tenant), limit)
+        s.audit_entries(since, Some(&tenant), limit, params.oldest.unwrap_or(false))
     })
     .await?;
     Ok(axum::Json(entries).into_response())

@@ -40,6 +40,7 @@ const DEFAULT_ENROLL_TTL: Duration = Duration::from_secs(24 * 3600);
         relay tenant add acme\n  \
         TOKEN=$(relay token create --tenant acme --ttl 24h --uses 10)\n  \
         relay user add alice --tenant acme --role operator --key alice.pub\n  \
+        relay user disable alice --tenant acme\n  \
         relay tenant trust-ca acme --key ca.pub --role operator\n  \
         relay device list --tenant acme\n  \
         relay device tag board1 edge\n  \
@@ -290,9 +291,8 @@ pub enum TenantCommand {
         /// Tenant name: a-z, 0-9, '-', '_', '.', starting with a letter or digit.
         name: String,
     },
-    /// Set how many days of telemetry (default 30) and of session recordings (default 90)
-    /// the tenant keeps.
-    #[command(group(ArgGroup::new("what").required(true).multiple(true).args(["days", "session_days"])))]
+    /// Show, or with --days / --session-days set, how many days of telemetry (default 30)
+    /// and of session recordings (default 90) the tenant keeps.
     Retention {
         /// Tenant name.
         name: String,
@@ -302,6 +302,24 @@ pub enum TenantCommand {
         /// Days of session recordings to keep.
         #[arg(long)]
         session_days: Option<u32>,
+        /// Print the retention as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a tenant and everything it holds: devices (their links are dropped within
+    /// seconds), telemetry, tokens, engineers (their sessions are closed), trusted CAs,
+    /// deployments, actions, artifacts and session recordings. The audit trail stays. A
+    /// tenant with devices needs --with-devices --yes; without --yes nothing is deleted and
+    /// the command says what would be, exiting with 1.
+    Remove {
+        /// Tenant name.
+        name: String,
+        /// Also delete the tenant's devices and their data.
+        #[arg(long)]
+        with_devices: bool,
+        /// Confirm deleting the devices and their data.
+        #[arg(long, requires = "with_devices")]
+        yes: bool,
     },
     /// List tenants.
     List {
@@ -354,9 +372,13 @@ pub enum AuditCommand {
         /// Only this tenant's entries.
         #[arg(long)]
         tenant: Option<String>,
-        /// Most entries to print.
+        /// Most entries to print: the newest ones (still printed oldest first) unless
+        /// --oldest.
         #[arg(long, default_value_t = 1000)]
         limit: usize,
+        /// Print the oldest --limit entries instead of the newest.
+        #[arg(long)]
+        oldest: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -410,6 +432,14 @@ pub enum TokenCommand {
         /// Token id (tok_…).
         id: String,
     },
+    /// Change what an API token may do; takes effect with its next request.
+    SetRole {
+        /// Token id (tok_…) of an API token.
+        id: String,
+        /// The new role.
+        #[arg(long, value_enum)]
+        role: RoleArg,
+    },
 }
 
 /// Engineer roles on the command line.
@@ -449,6 +479,66 @@ pub enum UserCommand {
         /// OpenSSH public key file (e.g. ~/.ssh/id_ed25519.pub).
         #[arg(long, value_name = "PUBKEY_FILE")]
         key: PathBuf,
+    },
+    /// Delete an engineer and its keys; its live sessions and forwards are closed within
+    /// seconds. Its session recordings and audit entries stay.
+    Remove {
+        /// User name.
+        name: String,
+        /// Tenant.
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Refuse an engineer's logins and close its live sessions and forwards within seconds,
+    /// keeping the account for `relay user enable`.
+    Disable {
+        /// User name.
+        name: String,
+        /// Tenant.
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Let a disabled engineer log in again.
+    Enable {
+        /// User name.
+        name: String,
+        /// Tenant.
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Change an engineer's role. Made a viewer, its open sessions and forwards are closed.
+    SetRole {
+        /// User name.
+        name: String,
+        /// Tenant.
+        #[arg(long)]
+        tenant: String,
+        /// The new role.
+        #[arg(long, value_enum)]
+        role: RoleArg,
+    },
+    /// Register one more public key for an engineer.
+    AddKey {
+        /// User name.
+        name: String,
+        /// Tenant.
+        #[arg(long)]
+        tenant: String,
+        /// OpenSSH public key file.
+        #[arg(long, value_name = "PUBKEY_FILE")]
+        key: PathBuf,
+    },
+    /// Unregister one of an engineer's keys (not its last); sessions and forwards logged in
+    /// with it are closed within seconds.
+    RemoveKey {
+        /// User name.
+        name: String,
+        /// Tenant.
+        #[arg(long)]
+        tenant: String,
+        /// The key's fingerprint (SHA256:…), as `relay user list` shows it.
+        #[arg(long)]
+        fingerprint: String,
     },
     /// List engineers.
     List {
@@ -852,38 +942,39 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         }
         Command::Tenant(cmd) => {
             let store = open_store(&config)?;
-            let what = format!("{cmd:?}");
-            audited(&store, "tenant", &what, tenant(out, &store, cmd))
+            let mut change = describe_tenant(&cmd);
+            let result = tenant(out, &store, &config, cmd, &mut change);
+            record(&store, change, result)
         }
         Command::Token(cmd) => {
             let store = open_store(&config)?;
-            let what = format!("{cmd:?}");
-            audited(&store, "token", &what, token(out, &store, cmd))
+            let mut change = describe_token(&cmd);
+            let result = token(out, &store, cmd, &mut change);
+            record(&store, change, result)
         }
         Command::User(cmd) => {
             let store = open_store(&config)?;
-            let what = format!("{cmd:?}");
-            audited(&store, "user", &what, user(out, &store, cmd))
+            let mut change = describe_user(&cmd);
+            let result = user(out, &store, cmd, &mut change);
+            record(&store, change, result)
         }
         Command::Device(cmd) => {
             let store = open_store(&config)?;
-            let what = format!("{cmd:?}");
-            audited(&store, "device", &what, device(out, &store, cmd))
+            let mut change = describe_device(&cmd);
+            let result = device(out, &store, cmd, &mut change);
+            record(&store, change, result)
         }
         Command::Artifact(cmd) => {
             let store = open_store(&config)?;
-            let what = format!("{cmd:?}");
-            audited(
-                &store,
-                "artifact",
-                &what,
-                artifact(out, &store, &config, cmd),
-            )
+            let mut change = describe_artifact(&cmd);
+            let result = artifact(out, &store, &config, cmd, &mut change);
+            record(&store, change, result)
         }
         Command::Deploy(cmd) => {
             let store = open_store(&config)?;
-            let what = format!("{cmd:?}");
-            audited(&store, "deploy", &what, deploy(out, &store, &config, cmd))
+            let change = describe_deploy(&cmd);
+            let result = deploy(out, &store, &config, cmd);
+            record(&store, change, result)
         }
         Command::Session(cmd) => {
             let store = open_store(&config)?;
@@ -891,17 +982,19 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         }
         Command::Action(cmd) => {
             let store = open_store(&config)?;
-            let what = format!("{cmd:?}");
-            audited(&store, "action", &what, action(out, &store, cmd))
+            let mut change = describe_action(&cmd);
+            let result = action(out, &store, cmd, &mut change);
+            record(&store, change, result)
         }
         Command::Audit(AuditCommand::List {
             since,
             tenant,
             limit,
+            oldest,
             json,
         }) => {
             let store = open_store(&config)?;
-            let entries = store.audit_entries(since, tenant.as_deref(), limit)?;
+            let entries = store.audit_entries(since, tenant.as_deref(), limit, oldest)?;
             if json {
                 print_json(out, &entries)?;
             } else {
@@ -941,65 +1034,414 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
     }
 }
 
-/// Verbs of admin commands that change something; reads are not audited.
-const CHANGING_VERBS: &[&str] = &[
-    "Add",
-    "TrustCa",
-    "UntrustCa",
-    "Retention",
-    "Create",
-    "Revoke",
-    "Accept",
-    "Reject",
-    "Remove",
-    "Tag",
-    "Config",
-    "Put",
-];
+/// The longest string an audit entry keeps of an argument: a name or path is far shorter,
+/// and a megabyte of garbage in an argument must not become a megabyte in every listing.
+const AUDIT_STRING_LIMIT: usize = 256;
 
-/// Records an admin command that changes the store (attempted or done) in the audit trail.
-/// `what` is the parsed command (clap's arguments: no secrets are ever arguments).
-fn audited(store: &Store, group: &str, what: &str, result: Result<()>) -> Result<()> {
-    let verb: String = what.chars().take_while(|c| c.is_alphanumeric()).collect();
-    if CHANGING_VERBS.contains(&verb.as_str()) {
-        let action = format!("{group}.{}", verb.to_lowercase());
-        let detail = match &result {
-            Ok(()) => serde_json::json!({ "command": what, "ok": true }),
-            Err(e) => {
-                serde_json::json!({ "command": what, "ok": false, "error": format!("{e:#}") })
-            }
-        };
-        let entry = crate::store::NewAudit {
-            actor: "admin",
-            action: &action,
-            detail,
-            ..Default::default()
-        };
-        if let Err(e) = store.audit(entry) {
-            tracing::error!("audit trail: {e}");
+/// `text` cut to [`AUDIT_STRING_LIMIT`] characters, with a visible marker when it was cut.
+fn bounded(text: &str) -> String {
+    if text.chars().count() <= AUDIT_STRING_LIMIT {
+        return text.to_string();
+    }
+    let kept: String = text.chars().take(AUDIT_STRING_LIMIT).collect();
+    format!("{kept}… ({} bytes)", text.len())
+}
+
+/// An admin change as the audit trail records it: its action, tenant and target, and a
+/// detail of the fields the README's audit table documents. Built from the parsed arguments
+/// before the command runs and completed by the command with what it learned (a token's id,
+/// a device's tenant). It never holds a secret: token secrets are never arguments and are
+/// never put here, and keys appear only as fingerprints.
+struct Change {
+    /// The audit action, e.g. `user.remove`; empty for a read, which is not recorded.
+    action: &'static str,
+    tenant: Option<String>,
+    target: Option<String>,
+    detail: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Change {
+    /// A change of `tenant` (a name as given) to `target`.
+    fn new(action: &'static str, tenant: Option<&str>, target: Option<&str>) -> Change {
+        Change {
+            action,
+            // A tenant that is not even a valid name is not a tenant's entry.
+            tenant: tenant
+                .filter(|t| crate::store::validate_name("tenant", t).is_ok())
+                .map(str::to_string),
+            target: target.map(bounded),
+            detail: serde_json::Map::new(),
         }
+    }
+
+    /// A read: nothing to record.
+    fn read() -> Change {
+        Change::new("", None, None)
+    }
+
+    /// Adds a detail field; strings (also inside lists and objects) are bounded.
+    fn with(mut self, key: &str, value: impl Serialize) -> Change {
+        self.set(key, value);
+        self
+    }
+
+    /// Sets a detail field.
+    fn set(&mut self, key: &str, value: impl Serialize) {
+        fn bound(v: serde_json::Value) -> serde_json::Value {
+            match v {
+                serde_json::Value::String(s) => serde_json::Value::String(bounded(&s)),
+                serde_json::Value::Array(a) => a.into_iter().map(bound).collect(),
+                serde_json::Value::Object(o) => {
+                    serde_json::Value::Object(o.into_iter().map(|(k, v)| (k, bound(v))).collect())
+                }
+                other => other,
+            }
+        }
+        let value = serde_json::to_value(value).unwrap_or(serde_json::Value::Null);
+        self.detail.insert(key.to_string(), bound(value));
+    }
+
+    /// The change concerns device `d`: its tenant, its id as the target, its name.
+    fn device(&mut self, d: &Device) {
+        self.tenant = Some(d.tenant.clone());
+        self.target = Some(d.id.clone());
+        self.set("device_id", &d.id);
+        self.set("device_name", &d.name);
+    }
+}
+
+/// Records an admin change (attempted or done: `ok`, and `error` when it failed) in the audit
+/// trail as actor `admin`; reads are not recorded.
+fn record(store: &Store, change: Change, result: Result<()>) -> Result<()> {
+    if change.action.is_empty() {
+        return result;
+    }
+    let mut detail = change.detail;
+    detail.insert("ok".into(), result.is_ok().into());
+    if let Err(e) = &result {
+        detail.insert("error".into(), bounded(&format!("{e:#}")).into());
+    }
+    let entry = crate::store::NewAudit {
+        tenant: change.tenant.as_deref(),
+        actor: "admin",
+        action: change.action,
+        target: change.target.as_deref(),
+        source: None,
+        detail: serde_json::Value::Object(detail),
+    };
+    if let Err(e) = store.audit(entry) {
+        tracing::error!("audit trail: {e}");
     }
     result
 }
 
-fn tenant(out: &mut dyn Write, store: &Store, cmd: TenantCommand) -> Result<()> {
+fn describe_tenant(cmd: &TenantCommand) -> Change {
+    match cmd {
+        TenantCommand::Add { name } => {
+            Change::new("tenant.add", Some(name), Some(name)).with("name", name)
+        }
+        TenantCommand::Remove {
+            name,
+            with_devices,
+            yes,
+        } => Change::new("tenant.remove", Some(name), Some(name))
+            .with("name", name)
+            .with("with_devices", with_devices)
+            .with("confirmed", yes),
+        TenantCommand::Retention {
+            name,
+            days,
+            session_days,
+            ..
+        } if days.is_some() || session_days.is_some() => {
+            Change::new("tenant.retention", Some(name), Some(name))
+                .with("days", days)
+                .with("session_days", session_days)
+        }
+        TenantCommand::TrustCa {
+            name,
+            role,
+            principals,
+            ..
+        } => Change::new("tenant.trust_ca", Some(name), None)
+            .with("role", Role::from(*role))
+            .with("principals", principals),
+        TenantCommand::UntrustCa { name, fingerprint } => {
+            Change::new("tenant.untrust_ca", Some(name), Some(fingerprint))
+                .with("fingerprint", fingerprint)
+        }
+        TenantCommand::Retention { .. }
+        | TenantCommand::List { .. }
+        | TenantCommand::Cas { .. } => Change::read(),
+    }
+}
+
+fn describe_token(cmd: &TokenCommand) -> Change {
+    match cmd {
+        TokenCommand::Create {
+            tenant,
+            ttl,
+            uses,
+            require_accept,
+            allow_replace,
+            api,
+            role,
+            ..
+        } => {
+            let c = Change::new("token.create", Some(tenant), None)
+                .with("kind", if *api { "api" } else { "enroll" });
+            if *api {
+                c.with("role", Role::from(*role))
+                    .with("ttl_seconds", ttl.map(|t| t.as_secs()))
+            } else {
+                c.with(
+                    "ttl_seconds",
+                    ttl.or(Some(DEFAULT_ENROLL_TTL)).map(|t| t.as_secs()),
+                )
+                .with("uses", uses)
+                .with("require_accept", require_accept)
+                .with("allow_replace", allow_replace)
+            }
+        }
+        TokenCommand::Revoke { id } => Change::new("token.revoke", None, Some(id)).with("id", id),
+        TokenCommand::SetRole { id, role } => Change::new("token.set_role", None, Some(id))
+            .with("id", id)
+            .with("role", Role::from(*role)),
+        TokenCommand::List { .. } => Change::read(),
+    }
+}
+
+fn describe_user(cmd: &UserCommand) -> Change {
+    let user = |action, name: &String, tenant: &String| {
+        Change::new(action, Some(tenant), Some(name)).with("name", name)
+    };
+    match cmd {
+        UserCommand::Add {
+            name, tenant, role, ..
+        } => user("user.add", name, tenant).with("role", Role::from(*role)),
+        UserCommand::Remove { name, tenant } => user("user.remove", name, tenant),
+        UserCommand::Disable { name, tenant } => user("user.disable", name, tenant),
+        UserCommand::Enable { name, tenant } => user("user.enable", name, tenant),
+        UserCommand::SetRole { name, tenant, role } => {
+            user("user.set_role", name, tenant).with("role", Role::from(*role))
+        }
+        UserCommand::AddKey { name, tenant, .. } => user("user.add_key", name, tenant),
+        UserCommand::RemoveKey {
+            name,
+            tenant,
+            fingerprint,
+        } => user("user.remove_key", name, tenant).with("fingerprint", fingerprint),
+        UserCommand::List { .. } => Change::read(),
+    }
+}
+
+fn describe_device(cmd: &DeviceCommand) -> Change {
+    let device = |action, id: &String| Change::new(action, None, Some(id));
+    match cmd {
+        DeviceCommand::Accept { id } => device("device.accept", id),
+        DeviceCommand::Reject { id } => device("device.reject", id),
+        DeviceCommand::Remove { id } => device("device.remove", id),
+        DeviceCommand::Tag {
+            device: id,
+            tags,
+            remove,
+            ..
+        } => device("device.tag", id).with(if *remove { "removed" } else { "added" }, tags),
+        DeviceCommand::Config {
+            device: id, set, ..
+        } => device("device.config", id).with("set", set),
+        DeviceCommand::List { .. } | DeviceCommand::Show { .. } | DeviceCommand::State { .. } => {
+            Change::read()
+        }
+    }
+}
+
+fn describe_artifact(cmd: &ArtifactCommand) -> Change {
+    match cmd {
+        ArtifactCommand::Put { tenant, file, .. } => {
+            Change::new("artifact.put", Some(tenant), None).with(
+                "name",
+                file.file_name().map(|n| n.to_string_lossy().into_owned()),
+            )
+        }
+        ArtifactCommand::List { .. } => Change::read(),
+    }
+}
+
+fn describe_deploy(cmd: &DeployCommand) -> Change {
+    match cmd {
+        DeployCommand::Create {
+            tenant,
+            target,
+            recipes,
+            bundle,
+            set,
+            ..
+        } => {
+            let target = match target {
+                Target::Tag(t) => format!("tag:{t}"),
+                Target::Device(d) => format!("device:{d}"),
+            };
+            let file = |p: &PathBuf| p.file_name().map(|n| n.to_string_lossy().into_owned());
+            Change::new("deploy.create", Some(tenant), Some(&target))
+                .with("target", &target)
+                .with("recipes", recipes.iter().map(file).collect::<Vec<_>>())
+                .with("bundle", bundle.as_ref().and_then(file))
+                .with("set", set)
+        }
+        DeployCommand::Status { .. } | DeployCommand::List { .. } => Change::read(),
+    }
+}
+
+fn describe_action(cmd: &ActionCommand) -> Change {
+    match cmd {
+        ActionCommand::Create {
+            device,
+            run,
+            timeout,
+            restart,
+            reboot,
+            expires,
+            ..
+        } => {
+            let kind = match (run, restart, reboot) {
+                (Some(command), _, _) => serde_json::json!({
+                    "kind": "run", "command": command, "timeout_secs": timeout,
+                }),
+                (None, Some(component), _) => {
+                    serde_json::json!({ "kind": "restart", "component": component })
+                }
+                _ => serde_json::json!({ "kind": "reboot" }),
+            };
+            Change::new("action.create", None, Some(device))
+                .with("action", kind)
+                .with("expires_seconds", expires.map(|e| e.as_secs()))
+        }
+        ActionCommand::List { .. } | ActionCommand::Show { .. } => Change::read(),
+    }
+}
+
+/// What removing a tenant deletes, for people: `2 devices, 40 telemetry records, …`.
+fn describe_contents(c: &crate::store::TenantContents) -> String {
+    let parts = [
+        (c.devices, "device", "devices"),
+        (c.telemetry, "telemetry record", "telemetry records"),
+        (c.tokens, "token", "tokens"),
+        (c.engineers, "engineer", "engineers"),
+        (c.cas, "trusted CA", "trusted CAs"),
+        (c.deployments, "deployment", "deployments"),
+        (c.sessions, "session recording", "session recordings"),
+        (c.artifacts, "artifact", "artifacts"),
+    ];
+    let text: Vec<String> = parts
+        .iter()
+        .filter(|(n, _, _)| *n > 0)
+        .map(|(n, one, many)| format!("{n} {}", if *n == 1 { one } else { many }))
+        .collect();
+    if text.is_empty() {
+        "nothing but its name".into()
+    } else {
+        text.join(", ")
+    }
+}
+
+fn tenant(
+    out: &mut dyn Write,
+    store: &Store,
+    config: &RelayConfig,
+    cmd: TenantCommand,
+    change: &mut Change,
+) -> Result<()> {
     match cmd {
         TenantCommand::Add { name } => {
             let t = store.add_tenant(&name)?;
             writeln!(out, "tenant {} created", t.name)?;
         }
+        TenantCommand::Remove {
+            name,
+            with_devices,
+            yes,
+        } => {
+            let contents = store.tenant_contents(&name)?;
+            change.set("would_delete", &contents);
+            if contents.devices > 0 && !with_devices {
+                anyhow::bail!(
+                    "tenant {name} still has {}; nothing was deleted. relay tenant remove {name} --with-devices --yes deletes it with {}",
+                    describe_contents(&crate::store::TenantContents {
+                        devices: contents.devices,
+                        ..Default::default()
+                    }),
+                    describe_contents(&contents)
+                );
+            }
+            if with_devices && !yes {
+                anyhow::bail!(
+                    "removing tenant {name} would delete {}; nothing was deleted: add --yes to confirm",
+                    describe_contents(&contents)
+                );
+            }
+            let removed = store.remove_tenant(&name, with_devices)?;
+            change.detail.remove("would_delete");
+            change.set("deleted", &removed.deleted);
+            change.set("devices", &removed.device_ids);
+            let sessions_dir = config.sessions_dir();
+            for cast in &removed.cast_files {
+                // Names come from the store, written by the recorder: plain file names.
+                if !cast.contains('/') && !cast.starts_with('.') {
+                    remove_file_if_there(&sessions_dir.join(cast));
+                }
+            }
+            for sha in &removed.orphaned_artifacts {
+                if let Some(path) = Store::artifact_path(&config.artifacts_dir(), sha) {
+                    remove_file_if_there(&path);
+                }
+            }
+            writeln!(
+                out,
+                "tenant {name} removed with {}",
+                describe_contents(&removed.deleted)
+            )?;
+        }
         TenantCommand::Retention {
             name,
             days,
             session_days,
+            json,
         } => {
             if let Some(days) = days {
                 store.set_retention(&name, days)?;
-                writeln!(out, "tenant {name} keeps {days} days of telemetry")?;
+                if !json {
+                    writeln!(out, "tenant {name} keeps {days} days of telemetry")?;
+                }
             }
             if let Some(days) = session_days {
                 store.set_session_retention(&name, days)?;
-                writeln!(out, "tenant {name} keeps {days} days of session recordings")?;
+                if !json {
+                    writeln!(out, "tenant {name} keeps {days} days of session recordings")?;
+                }
+            }
+            let changed = days.is_some() || session_days.is_some();
+            if json || !changed {
+                crate::store::validate_name("tenant", &name)?;
+                let t = store
+                    .tenant_by_name(&name)?
+                    .with_context(|| format!("no tenant named {name:?}"))?;
+                if json {
+                    print_json(
+                        out,
+                        &serde_json::json!({
+                            "tenant": t.name,
+                            "days": t.retention_days,
+                            "session_days": t.session_retention_days,
+                        }),
+                    )?;
+                } else {
+                    writeln!(
+                        out,
+                        "tenant {} keeps {} days of telemetry and {} days of session recordings",
+                        t.name, t.retention_days, t.session_retention_days
+                    )?;
+                }
             }
         }
         TenantCommand::TrustCa {
@@ -1012,6 +1454,8 @@ fn tenant(out: &mut dyn Write, store: &Store, cmd: TenantCommand) -> Result<()> 
                 .with_context(|| format!("reading the CA key {}", key.display()))?;
             EngineerKey::parse(&text).with_context(|| key.display().to_string())?;
             let ca = store.trust_ca(&name, &text, role.into(), &principals)?;
+            change.target = Some(ca.fingerprint.clone());
+            change.set("fingerprint", &ca.fingerprint);
             writeln!(
                 out,
                 "tenant {name} trusts CA {} for {} ({})",
@@ -1080,7 +1524,17 @@ fn tenant(out: &mut dyn Write, store: &Store, cmd: TenantCommand) -> Result<()> 
     Ok(())
 }
 
-fn token(out: &mut dyn Write, store: &Store, cmd: TokenCommand) -> Result<()> {
+/// Deletes a file the store no longer refers to; a file already gone is fine, any other
+/// failure is logged (the store change stands).
+fn remove_file_if_there(path: &std::path::Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!("cannot delete {}: {e}", path.display()),
+    }
+}
+
+fn token(out: &mut dyn Write, store: &Store, cmd: TokenCommand, change: &mut Change) -> Result<()> {
     match cmd {
         TokenCommand::Create {
             tenant,
@@ -1106,6 +1560,8 @@ fn token(out: &mut dyn Write, store: &Store, cmd: TokenCommand) -> Result<()> {
                 allow_replace,
                 role: role.into(),
             })?;
+            change.target = Some(token.id.clone());
+            change.set("id", &token.id);
             if json {
                 print_json(out, &token)?;
             } else {
@@ -1151,14 +1607,42 @@ fn token(out: &mut dyn Write, store: &Store, cmd: TokenCommand) -> Result<()> {
             }
         }
         TokenCommand::Revoke { id } => {
+            change.tenant = store.token_tenant(&id)?;
             store.revoke_token(&id)?;
             writeln!(out, "token {id} revoked")?;
+        }
+        TokenCommand::SetRole { id, role } => {
+            change.tenant = store.token_tenant(&id)?;
+            let role = Role::from(role);
+            store.set_token_role(&id, role)?;
+            writeln!(out, "token {id} now has role {role}")?;
         }
     }
     Ok(())
 }
 
-fn user(out: &mut dyn Write, store: &Store, cmd: UserCommand) -> Result<()> {
+/// The largest public key file read: a key line is well under 16 KiB (even RSA 16384 with a
+/// long comment), and a file far larger is not a key.
+const MAX_KEY_FILE: u64 = 64 * 1024;
+
+/// Reads and checks an OpenSSH public key file; errors name the file.
+fn read_public_key(path: &std::path::Path) -> Result<(String, EngineerKey)> {
+    let size = std::fs::metadata(path)
+        .with_context(|| format!("reading the public key {}", path.display()))?
+        .len();
+    if size > MAX_KEY_FILE {
+        anyhow::bail!(
+            "{}: {size} bytes is too large for a public key file (at most {MAX_KEY_FILE})",
+            path.display()
+        );
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the public key {}", path.display()))?;
+    let key = EngineerKey::parse(&text).with_context(|| path.display().to_string())?;
+    Ok((text, key))
+}
+
+fn user(out: &mut dyn Write, store: &Store, cmd: UserCommand, change: &mut Change) -> Result<()> {
     match cmd {
         UserCommand::Add {
             name,
@@ -1166,16 +1650,57 @@ fn user(out: &mut dyn Write, store: &Store, cmd: UserCommand) -> Result<()> {
             role,
             key,
         } => {
-            let text = std::fs::read_to_string(&key)
-                .with_context(|| format!("reading the public key {}", key.display()))?;
             // Checked here first so that a bad key is reported with its file name, while a
             // missing tenant or a taken name is not.
-            EngineerKey::parse(&text).with_context(|| key.display().to_string())?;
+            let (text, parsed) = read_public_key(&key)?;
+            change.set("fingerprint", &parsed.fingerprint);
             let user = store.add_user(&name, &tenant, role.into(), &text)?;
             writeln!(
                 out,
                 "user {} added to tenant {} as {} ({})",
                 user.name, user.tenant, user.role, user.fingerprint
+            )?;
+        }
+        UserCommand::Remove { name, tenant } => {
+            let user = store.remove_user(&tenant, &name)?;
+            change.set("role", user.role);
+            change.set("fingerprints", &user.fingerprints);
+            writeln!(out, "user {name} removed from tenant {tenant}")?;
+        }
+        UserCommand::Disable { name, tenant } => {
+            let changed = store.set_user_disabled(&tenant, &name, true)?;
+            change.set("changed", changed);
+            writeln!(out, "user {name} of tenant {tenant} disabled")?;
+        }
+        UserCommand::Enable { name, tenant } => {
+            let changed = store.set_user_disabled(&tenant, &name, false)?;
+            change.set("changed", changed);
+            writeln!(out, "user {name} of tenant {tenant} enabled")?;
+        }
+        UserCommand::SetRole { name, tenant, role } => {
+            let role = Role::from(role);
+            let previous = store.set_user_role(&tenant, &name, role)?;
+            change.set("previous_role", previous);
+            writeln!(out, "user {name} of tenant {tenant} now has role {role}")?;
+        }
+        UserCommand::AddKey { name, tenant, key } => {
+            let (text, parsed) = read_public_key(&key)?;
+            change.set("fingerprint", &parsed.fingerprint);
+            let fingerprint = store.add_user_key(&tenant, &name, &text)?;
+            writeln!(
+                out,
+                "user {name} of tenant {tenant} holds key {fingerprint}"
+            )?;
+        }
+        UserCommand::RemoveKey {
+            name,
+            tenant,
+            fingerprint,
+        } => {
+            store.remove_user_key(&tenant, &name, &fingerprint)?;
+            writeln!(
+                out,
+                "user {name} of tenant {tenant} no longer holds key {fingerprint}"
             )?;
         }
         UserCommand::List { json } => {
@@ -1190,18 +1715,26 @@ fn user(out: &mut dyn Write, store: &Store, cmd: UserCommand) -> Result<()> {
                             u.name.clone(),
                             u.tenant.clone(),
                             u.role.to_string(),
-                            u.fingerprint.clone(),
+                            if u.disabled { "disabled" } else { "enabled" }.into(),
+                            u.fingerprints.join(","),
                         ]
                     })
                     .collect();
-                out.write_all(table(&["NAME", "TENANT", "ROLE", "KEY"], &rows).as_bytes())?;
+                out.write_all(
+                    table(&["NAME", "TENANT", "ROLE", "STATUS", "KEYS"], &rows).as_bytes(),
+                )?;
             }
         }
     }
     Ok(())
 }
 
-fn device(out: &mut dyn Write, store: &Store, cmd: DeviceCommand) -> Result<()> {
+fn device(
+    out: &mut dyn Write,
+    store: &Store,
+    cmd: DeviceCommand,
+    change: &mut Change,
+) -> Result<()> {
     match cmd {
         DeviceCommand::List { tenant, json } => {
             let devices = store.devices(tenant.as_deref())?;
@@ -1262,16 +1795,19 @@ fn device(out: &mut dyn Write, store: &Store, cmd: DeviceCommand) -> Result<()> 
         }
         DeviceCommand::Accept { id } => {
             let d = store.resolve_device(&id)?;
+            change.device(&d);
             store.set_device_status(&d.id, DeviceStatus::Accepted)?;
             writeln!(out, "device {} ({}) accepted", d.id, d.name)?;
         }
         DeviceCommand::Reject { id } => {
             let d = store.resolve_device(&id)?;
+            change.device(&d);
             store.set_device_status(&d.id, DeviceStatus::Rejected)?;
             writeln!(out, "device {} ({}) rejected", d.id, d.name)?;
         }
         DeviceCommand::Remove { id } => {
             let d = store.resolve_device(&id)?;
+            change.device(&d);
             store.remove_device(&d.id)?;
             writeln!(out, "device {} ({}) removed", d.id, d.name)?;
         }
@@ -1282,6 +1818,7 @@ fn device(out: &mut dyn Write, store: &Store, cmd: DeviceCommand) -> Result<()> 
             json,
         } => {
             let d = store.resolve_device(&device)?;
+            change.device(&d);
             let after = if remove {
                 store.set_tags(&d.id, &[], &tags)?
             } else {
@@ -1307,8 +1844,10 @@ fn device(out: &mut dyn Write, store: &Store, cmd: DeviceCommand) -> Result<()> 
         }
         DeviceCommand::Config { device, set, json } => {
             let d = store.resolve_device(&device)?;
+            change.device(&d);
             let overrides = crate::store::config_overrides(&set)?;
             let desired = store.push_config(&d.id, &overrides)?;
+            change.set("version", desired.version);
             if json {
                 print_json(out, &desired)?;
             } else {
@@ -1480,6 +2019,7 @@ fn artifact(
     store: &Store,
     config: &RelayConfig,
     cmd: ArtifactCommand,
+    change: &mut Change,
 ) -> Result<()> {
     match cmd {
         ArtifactCommand::Put { tenant, file, json } => {
@@ -1490,6 +2030,9 @@ fn artifact(
                 .map(|n| n.to_string_lossy().into_owned())
                 .with_context(|| format!("{} is not a file name", file.display()))?;
             let info = store.put_artifact(&config.artifacts_dir(), &tenant, &name, &data)?;
+            change.target = Some(info.sha256.clone());
+            change.set("sha256", &info.sha256);
+            change.set("size", data.len());
             if json {
                 print_json(out, &info)?;
             } else {
@@ -1752,7 +2295,12 @@ fn print_action(out: &mut dyn Write, view: &ActionView) -> Result<()> {
     Ok(())
 }
 
-fn action(out: &mut dyn Write, store: &Store, cmd: ActionCommand) -> Result<()> {
+fn action(
+    out: &mut dyn Write,
+    store: &Store,
+    cmd: ActionCommand,
+    change: &mut Change,
+) -> Result<()> {
     match cmd {
         ActionCommand::Create {
             device,
@@ -1774,6 +2322,11 @@ fn action(out: &mut dyn Write, store: &Store, cmd: ActionCommand) -> Result<()> 
                 _ => anyhow::bail!("give exactly one of --run, --restart and --reboot"),
             };
             let view = store.create_action(None, &device, &kind, expires)?;
+            change.tenant = Some(view.tenant.clone());
+            change.target = Some(view.device_id.clone());
+            change.set("id", &view.id);
+            change.set("device_id", &view.device_id);
+            change.set("device_name", &view.device_name);
             if json {
                 print_json(out, &view)?;
             } else {

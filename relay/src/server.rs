@@ -21,7 +21,8 @@ const RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
 /// in progress are answered, and within the 10 s a service manager usually allows.
 const SHUTDOWN_GRACE: Duration = http::DRAIN_TIMEOUT.saturating_add(Duration::from_millis(1500));
 
-/// How often the relay checks for rejected or removed devices that still hold a link.
+/// How often the relay checks for rejected or removed devices that still hold a link, and for
+/// engineers removed, disabled or re-keyed since they logged in.
 const EVICTION_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Key exchanges the relay offers: the post-quantum hybrid first, then curve25519 for the
@@ -196,7 +197,10 @@ pub async fn serve(config: RelayConfig, store: Arc<Store>) -> Result<()> {
         let mut tick = tokio::time::interval(EVICTION_INTERVAL);
         loop {
             tokio::select! {
-                _ = tick.tick() => evict_front.evict_unwelcome().await,
+                _ = tick.tick() => {
+                    evict_front.evict_unwelcome().await;
+                    evict_front.evict_engineers().await;
+                }
                 _ = stopped(&mut evict_stop) => return,
             }
         }

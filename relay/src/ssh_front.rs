@@ -76,6 +76,9 @@ pub struct Front {
     pub active_sessions: Arc<std::sync::atomic::AtomicUsize>,
     /// Source of connection ids.
     next_conn: AtomicU64,
+    /// Engineer logins held now, by connection id: re-checked against the store every few
+    /// seconds ([`Front::evict_engineers`]).
+    engineers: Mutex<HashMap<u64, LiveLogin>>,
     /// Turns true when the relay shuts down, so every connection is told goodbye.
     shutdown: watch::Receiver<bool>,
 }
@@ -98,6 +101,19 @@ enum Peer {
     },
 }
 
+/// An engineer login the relay holds, as [`Front::evict_engineers`] re-checks it.
+struct LiveLogin {
+    /// The connection's state: its handle, and its identities (whose roles the check keeps
+    /// current).
+    state: Arc<Mutex<ConnState>>,
+    /// The key the engineer logged in with (a certificate's own key for certificate logins).
+    fingerprint: String,
+    /// For a certificate login, the fingerprint of the CA that signed it.
+    ca: Option<String>,
+    /// Where the engineer connected from, for the audit trail.
+    remote: SocketAddr,
+}
+
 /// Per-connection state shared between the handler and the connection's task.
 struct ConnState {
     peer: Peer,
@@ -117,6 +133,9 @@ struct ConnState {
     telemetry: Vec<tokio::task::JoinHandle<()>>,
     /// Whether an enrolling peer already opened its one enrollment channel.
     enroll_channel_used: bool,
+    /// Why the relay closed this engineer's connection, if it did: the end reason of the
+    /// sessions it carried.
+    evicted: Option<String>,
 }
 
 /// The russh handler of one SSH connection.
@@ -151,6 +170,7 @@ impl Front {
             limits: crate::limits::Limits::new(relay_config.limits.clone()),
             active_sessions: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             next_conn: AtomicU64::new(1),
+            engineers: Mutex::new(HashMap::new()),
             shutdown,
         })
     }
@@ -191,6 +211,7 @@ impl Front {
             channels: Arc::default(),
             telemetry: Vec::new(),
             enroll_channel_used: false,
+            evicted: None,
         }));
         let handler = Conn {
             front: self.clone(),
@@ -280,6 +301,7 @@ impl Front {
             }
         };
         grace.abort();
+        self.live_logins().remove(&conn_id);
         if let Err(e) = result {
             tracing::debug!("{transport} connection from {remote} ended: {e:?}");
         }
@@ -291,6 +313,157 @@ impl Front {
             let id = device_id.clone();
             if let Some(Err(e)) = with_store(&self.store, move |s| s.mark_offline(&id)).await {
                 tracing::error!("cannot record device {device_id} offline: {e}");
+            }
+        }
+    }
+
+    fn live_logins(&self) -> std::sync::MutexGuard<'_, HashMap<u64, LiveLogin>> {
+        self.engineers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Closes the connections of engineers removed or disabled since they logged in, of keys
+    /// no longer registered to them and of certificates whose CA their tenant no longer
+    /// trusts (admin commands change the store from another process; this is how the serving
+    /// relay notices). Roles follow the store: an engineer made a viewer loses its sessions
+    /// and forwards. One store query covers every live login.
+    pub async fn evict_engineers(&self) {
+        struct Held {
+            conn_id: u64,
+            state: Arc<Mutex<ConnState>>,
+            fingerprint: String,
+            ca: Option<String>,
+            remote: SocketAddr,
+            identities: Vec<EngineerIdentity>,
+        }
+        let held: Vec<Held> = self
+            .live_logins()
+            .iter()
+            .filter_map(|(id, l)| match &lock(&l.state).peer {
+                Peer::Engineer { identities, .. } => Some(Held {
+                    conn_id: *id,
+                    state: l.state.clone(),
+                    fingerprint: l.fingerprint.clone(),
+                    ca: l.ca.clone(),
+                    remote: l.remote,
+                    identities: identities.clone(),
+                }),
+                _ => None,
+            })
+            .collect();
+        if held.is_empty() {
+            return;
+        }
+        let keys: Vec<String> = held
+            .iter()
+            .filter(|h| h.ca.is_none())
+            .map(|h| h.fingerprint.clone())
+            .collect();
+        let cas: Vec<String> = held.iter().filter_map(|h| h.ca.clone()).collect();
+        let users: Vec<(i64, String)> = held
+            .iter()
+            .filter(|h| h.ca.is_none())
+            .flat_map(|h| h.identities.iter().map(|i| (i.tenant_id, i.user.clone())))
+            .collect();
+        let Some(Ok(grants)) = with_store(&self.store, move |s| {
+            s.live_engineer_grants(&keys, &cas, &users)
+        })
+        .await
+        else {
+            return;
+        };
+        for h in held {
+            let mut gone: Option<(EngineerIdentity, String)> = None;
+            let mut current = Vec::with_capacity(h.identities.len());
+            for identity in &h.identities {
+                let role = match &h.ca {
+                    None => {
+                        let row = grants.engineers.iter().find(|e| {
+                            e.fingerprint == h.fingerprint
+                                && e.tenant_id == identity.tenant_id
+                                && e.user == identity.user
+                        });
+                        match row {
+                            Some(e) if e.disabled => Err(format!(
+                                "engineer {} of tenant {} was disabled",
+                                identity.user, identity.tenant
+                            )),
+                            Some(e) => Ok(e.role),
+                            None if grants
+                                .existing
+                                .iter()
+                                .any(|(t, u)| *t == identity.tenant_id && *u == identity.user) =>
+                            {
+                                Err(format!(
+                                    "the key {} of engineer {} of tenant {} was removed",
+                                    h.fingerprint, identity.user, identity.tenant
+                                ))
+                            }
+                            None => Err(format!(
+                                "engineer {} of tenant {} was removed",
+                                identity.user, identity.tenant
+                            )),
+                        }
+                    }
+                    Some(ca) => {
+                        let trust = grants.trusted.iter().find(|t| {
+                            &t.fingerprint == ca
+                                && t.tenant_id == identity.tenant_id
+                                && (t.principals.is_empty()
+                                    || t.principals.contains(&identity.user))
+                        });
+                        match trust {
+                            Some(t) => Ok(t.role),
+                            None => Err(format!(
+                                "tenant {} no longer trusts the CA {ca} that signed the certificate of engineer {}",
+                                identity.tenant, identity.user
+                            )),
+                        }
+                    }
+                };
+                match role {
+                    Ok(role) if role.may_open_sessions() || !identity.role.may_open_sessions() => {
+                        current.push(EngineerIdentity {
+                            role,
+                            ..identity.clone()
+                        });
+                    }
+                    Ok(role) => {
+                        gone = Some((
+                            identity.clone(),
+                            format!(
+                                "engineer {} of tenant {} is now a {role} and may not hold sessions or forwards",
+                                identity.user, identity.tenant
+                            ),
+                        ));
+                    }
+                    Err(why) => gone = Some((identity.clone(), why)),
+                }
+            }
+            let Some((identity, why)) = gone else {
+                if let Peer::Engineer { identities, .. } = &mut lock(&h.state).peer {
+                    *identities = current;
+                }
+                continue;
+            };
+            let handle = {
+                let mut st = lock(&h.state);
+                st.evicted = Some(why.clone());
+                st.handle.clone()
+            };
+            self.live_logins().remove(&h.conn_id);
+            tracing::info!("closing connection {} of an engineer: {why}", h.conn_id);
+            audit_event(
+                self.store.clone(),
+                Some(identity.tenant.clone()),
+                format!("engineer:{}", identity.user),
+                "engineer.disconnect",
+                None,
+                h.remote.to_string(),
+                serde_json::json!({ "reason": why, "fingerprint": h.fingerprint, "ca": h.ca }),
+            )
+            .await;
+            if let Some(handle) = handle {
+                disconnect(handle, format!("{why}; the relay closed this connection"));
             }
         }
     }
@@ -501,6 +674,9 @@ impl server::Handler for Conn {
                     Peer::Engineer { identities, .. } => Some(identities.clone()),
                     _ => None,
                 };
+                if engineer.is_some() {
+                    self.hold_login(fp.clone(), None);
+                }
                 {
                     let mut st = lock(&self.state);
                     if !matches!(peer, Peer::Enrolling { .. }) {
@@ -575,6 +751,7 @@ impl server::Handler for Conn {
                     self.transport
                 );
                 let identities = granted.identities.clone();
+                self.hold_login(fp.clone(), Some(granted.ca.clone()));
                 {
                     let mut st = lock(&self.state);
                     st.peer = Peer::Engineer {
@@ -745,6 +922,7 @@ impl server::Handler for Conn {
                 let registry = self.front.registry.clone();
                 let front = self.front.clone();
                 let remote = self.remote;
+                let conn_state = self.state.clone();
                 tokio::spawn(async move {
                     let Some((device, identity)) = resolved else {
                         if let Some(pending) = pending {
@@ -763,6 +941,16 @@ impl server::Handler for Conn {
                     };
                     let engineer = identity.user.clone();
                     if !identity.role.may_open_sessions() {
+                        audit_event(
+                            front.store.clone(),
+                            Some(device.tenant.clone()),
+                            format!("engineer:{engineer}"),
+                            "session.refused",
+                            Some(device.id.clone()),
+                            remote.to_string(),
+                            serde_json::json!({ "reason": "role viewer", "fingerprint": fingerprint }),
+                        )
+                        .await;
                         proxy::refuse_session(
                             channel,
                             &format!(
@@ -808,6 +996,7 @@ impl server::Handler for Conn {
                                 engineer,
                                 fingerprint,
                                 remote,
+                                conn_state,
                             )
                             .await;
                             drop((places, channel_permit));
@@ -878,6 +1067,20 @@ impl server::Handler for Conn {
                 "forward refused: viewer {fingerprint} on device {}",
                 device.id
             );
+            audit_event(
+                self.front.store.clone(),
+                Some(device.tenant.clone()),
+                engineer.clone(),
+                "forward.refused",
+                Some(device.id.clone()),
+                self.remote.to_string(),
+                serde_json::json!({
+                    "to": format!("{target_host}:{port_to_connect}"),
+                    "reason": "role viewer",
+                    "fingerprint": fingerprint,
+                }),
+            )
+            .await;
             reply
                 .reject(ChannelOpenFailure::AdministrativelyProhibited)
                 .await;
@@ -1105,6 +1308,7 @@ async fn carry_session(
     engineer: String,
     fingerprint: String,
     remote: SocketAddr,
+    conn_state: Arc<Mutex<ConnState>>,
 ) {
     let active = SessionGuard::new(&front.active_sessions);
     let source = remote.to_string();
@@ -1174,17 +1378,21 @@ async fn carry_session(
     };
     let idle = Some(front.limits.config.session_idle_timeout);
     let ended = proxy::relay_session(channel, front_handle, dev, recording.clone(), idle).await;
+    let evicted = lock(&conn_state).evicted.clone();
     let reason = if *front.shutdown.borrow() {
-        "relay stopped"
+        "relay stopped".to_string()
+    } else if let Some(why) = evicted {
+        format!("closed by the relay: {why}")
     } else {
         match ended {
             proxy::Ended::Device => "exited",
             proxy::Ended::Engineer => "closed by engineer",
             proxy::Ended::Idle => "idle timeout",
         }
+        .to_string()
     };
     flusher.abort();
-    let end = recording.finish(reason).await;
+    let end = recording.finish(&reason).await;
     event(
         "session.close",
         serde_json::json!({
@@ -1245,15 +1453,53 @@ pub(crate) async fn audit_event(
 }
 
 impl Conn {
+    /// Registers this connection's engineer login for [`Front::evict_engineers`].
+    fn hold_login(&self, fingerprint: String, ca: Option<String>) {
+        self.front.live_logins().insert(
+            self.conn_id,
+            LiveLogin {
+                state: self.state.clone(),
+                fingerprint,
+                ca,
+                remote: self.remote,
+            },
+        );
+    }
+
     /// Records a failed authentication (audit trail, per-source count); a source that failed
-    /// too often is disconnected with the reason.
+    /// too often is disconnected with the reason. A key of a disabled engineer is recorded
+    /// with that reason, in the engineer's tenant.
     async fn auth_failed(&self, user: &str, fingerprint: &str) {
-        self.audit(
-            None,
+        let disabled = if user == LINK_USER || user == ENROLL_USER {
+            Vec::new()
+        } else {
+            let fp = fingerprint.to_string();
+            with_store(&self.front.store, move |s| s.disabled_engineers(&fp))
+                .await
+                .and_then(|r| {
+                    r.map_err(|e| tracing::error!("engineer lookup failed: {e}"))
+                        .ok()
+                })
+                .unwrap_or_default()
+        };
+        let mut detail = serde_json::json!({
+            "user": user,
+            "fingerprint": fingerprint,
+            "transport": self.transport,
+        });
+        let mut tenant = None;
+        if let Some((t, name)) = disabled.first() {
+            detail["reason"] = format!("engineer {name} of tenant {t} is disabled").into();
+            tenant = Some(t.clone());
+        }
+        audit_event(
+            self.front.store.clone(),
+            tenant,
             format!("login:{user}"),
             "auth.failure",
-            user,
-            fingerprint,
+            None,
+            self.remote.to_string(),
+            detail,
         )
         .await;
         if let Some(hit) = self.front.limits.auth_failed(self.remote.ip()) {

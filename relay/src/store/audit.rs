@@ -67,24 +67,28 @@ impl Store {
         append(&self.conn(), e)
     }
 
-    /// Entries oldest first, from `since` (inclusive, to the second) on, of `tenant` if given,
-    /// at most `limit`.
+    /// Entries from `since` (inclusive, to the second) on, of `tenant` if given: at most
+    /// `limit` of them, the newest unless `oldest`, listed oldest first either way.
     pub fn audit_entries(
         &self,
         since: Option<SystemTime>,
         tenant: Option<&str>,
         limit: usize,
+        oldest: bool,
     ) -> Result<Vec<AuditEntry>, StoreError> {
         // `at` is text in the one form `now()` writes; the bound is written the same way so
         // that comparing them as text compares the times.
         let since = since.map(crate::timestamp::store_form);
+        let order = if oldest { "ASC" } else { "DESC" };
         let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT id, at, tenant, actor, action, target, source, detail FROM audit
-             WHERE (?1 IS NULL OR at >= ?1) AND (?2 IS NULL OR tenant = ?2)
-             ORDER BY id LIMIT ?3",
-        )?;
-        let rows = stmt.query_map(params![since, tenant, limit as i64], |r| {
+        let mut stmt = conn.prepare(&format!(
+            "SELECT * FROM (SELECT id, at, tenant, actor, action, target, source, detail FROM audit
+                 WHERE (?1 IS NULL OR at >= ?1) AND (?2 IS NULL OR tenant = ?2)
+                 ORDER BY id {order} LIMIT ?3)
+             ORDER BY id"
+        ))?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = stmt.query_map(params![since, tenant, limit], |r| {
             let detail: String = r.get(7)?;
             Ok(AuditEntry {
                 id: r.get(0)?,
@@ -123,12 +127,19 @@ mod tests {
             detail: serde_json::json!({"fingerprint": "SHA256:x"}),
             ..Default::default()
         })?;
-        let all = store.audit_entries(None, None, 100)?;
+        let all = store.audit_entries(None, None, 100, false)?;
         assert_eq!(all.len(), 2);
         assert_eq!(all[1].detail["fingerprint"], "SHA256:x");
-        assert_eq!(store.audit_entries(None, Some("acme"), 100)?.len(), 1);
+        assert_eq!(
+            store.audit_entries(None, Some("acme"), 100, false)?.len(),
+            1
+        );
         let hour = std::time::Duration::from_secs(3600);
-        let since = |t| store.audit_entries(Some(t), None, 100).map(|e| e.len());
+        let since = |t| {
+            store
+                .audit_entries(Some(t), None, 100, false)
+                .map(|e| e.len())
+        };
         assert_eq!(since(SystemTime::now() - hour)?, 2);
         assert_eq!(since(SystemTime::now() + hour)?, 0);
         let conn = store.conn();
@@ -138,7 +149,14 @@ mod tests {
         );
         assert!(conn.execute("DELETE FROM audit", []).is_err());
         drop(conn);
-        assert_eq!(store.audit_entries(None, None, 100)?.len(), 2);
+        assert_eq!(store.audit_entries(None, None, 100, false)?.len(), 2);
+        // A limit keeps the newest entries unless the oldest are asked for; oldest first.
+        let newest = store.audit_entries(None, None, 1, false)?;
+        assert_eq!(newest[0].action, "auth.failure");
+        let oldest = store.audit_entries(None, None, 1, true)?;
+        assert_eq!(oldest[0].action, "tenant.add");
+        let both = store.audit_entries(None, None, 2, false)?;
+        assert!(both[0].id < both[1].id);
         Ok(())
     }
 }

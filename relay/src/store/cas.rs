@@ -26,7 +26,7 @@ pub struct TrustedCa {
     pub created_at: String,
 }
 
-fn ca_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(TrustedCa, String, String)> {
+pub(super) fn ca_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(TrustedCa, String, String)> {
     Ok((
         TrustedCa {
             tenant_id: r.get(0)?,
@@ -42,14 +42,14 @@ fn ca_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(TrustedCa, String, St
     ))
 }
 
-fn finish(row: (TrustedCa, String, String)) -> Result<TrustedCa, StoreError> {
+pub(super) fn finish(row: (TrustedCa, String, String)) -> Result<TrustedCa, StoreError> {
     let (mut ca, role, principals) = row;
     ca.role = Role::parse(&role)?;
     ca.principals = serde_json::from_str(&principals).unwrap_or_default();
     Ok(ca)
 }
 
-const CA_COLUMNS: &str =
+pub(super) const CA_COLUMNS: &str =
     "c.tenant_id, t.name, c.public_key, c.fingerprint, c.role, c.principals, c.created_at";
 
 impl Store {

@@ -282,6 +282,38 @@ INSERT OR IGNORE INTO artifacts (tenant_id, sha256, size, name, created_at)
 DROP TABLE artifacts_unowned;
 "#,
     },
+    // An engineer holds any number of keys (one key is still one engineer within a tenant)
+    // and may be disabled without losing the name, role and history of the account.
+    Migration {
+        name: "engineers with several keys, disabled engineers",
+        sql: r#"
+CREATE TABLE users_v2 (
+    id          INTEGER PRIMARY KEY,
+    tenant_id   INTEGER NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+    name        TEXT NOT NULL,
+    role        TEXT NOT NULL CHECK (role IN ('admin', 'operator', 'viewer')),
+    disabled    INTEGER NOT NULL DEFAULT 0,
+    created_at  TEXT NOT NULL,
+    UNIQUE (tenant_id, name)
+);
+INSERT INTO users_v2 (id, tenant_id, name, role, created_at)
+    SELECT id, tenant_id, name, role, created_at FROM users;
+CREATE TABLE user_keys (
+    user_id     INTEGER NOT NULL REFERENCES users_v2(id) ON DELETE CASCADE,
+    tenant_id   INTEGER NOT NULL,
+    public_key  TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    created_at  TEXT NOT NULL,
+    PRIMARY KEY (user_id, fingerprint),
+    UNIQUE (tenant_id, fingerprint)
+);
+INSERT INTO user_keys (user_id, tenant_id, public_key, fingerprint, created_at)
+    SELECT id, tenant_id, public_key, fingerprint, created_at FROM users;
+DROP TABLE users;
+ALTER TABLE users_v2 RENAME TO users;
+CREATE INDEX user_keys_by_fingerprint ON user_keys (fingerprint);
+"#,
+    },
 ];
 
 /// The schema version this code writes and understands.
@@ -366,6 +398,33 @@ mod tests {
             |r| r.get(0),
         )?;
         assert_eq!(days, 30);
+        Ok(())
+    }
+
+    #[test]
+    fn engineers_keep_their_key_when_keys_get_a_table_of_their_own() -> TestResult {
+        let mut conn = Connection::open_in_memory()?;
+        let before = MIGRATIONS
+            .iter()
+            .position(|m| m.name == "engineers with several keys, disabled engineers")
+            .unwrap_or(MIGRATIONS.len());
+        apply(&mut conn, &MIGRATIONS[..before])?;
+        conn.execute_batch(
+            "INSERT INTO tenants (id, name, created_at) VALUES (1, 'acme', 't');
+             INSERT INTO users (id, tenant_id, name, role, public_key, fingerprint, created_at)
+                 VALUES (5, 1, 'alice', 'operator', 'ssh-ed25519 AAAA', 'SHA256:a', 't');",
+        )?;
+        migrate(&mut conn)?;
+        let row: (i64, String, bool) = conn.query_row(
+            "SELECT k.user_id, k.fingerprint, u.disabled FROM user_keys k JOIN users u ON u.id = k.user_id",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        assert_eq!(row, (5, "SHA256:a".to_string(), false));
+        // Deleting the engineer deletes its keys: the foreign key follows the renamed table.
+        conn.execute_batch("PRAGMA foreign_keys = ON; DELETE FROM users;")?;
+        let keys: i64 = conn.query_row("SELECT count(*) FROM user_keys", [], |r| r.get(0))?;
+        assert_eq!(keys, 0);
         Ok(())
     }
 

@@ -27,6 +27,7 @@ mod cas;
 mod fleet;
 mod keys;
 mod migrations;
+mod people;
 mod sessions;
 mod telemetry;
 pub use actions::ActionView;
@@ -37,6 +38,7 @@ pub use fleet::{
     config_overrides,
 };
 pub use keys::DeviceLogin;
+pub use people::{LiveEngineer, LiveGrants, RemovedTenant, TenantContents};
 pub use sessions::{NewSession, SessionEnd, SessionQuery, SessionRecord};
 pub use telemetry::{StoredRecord, TelemetryQuery};
 
@@ -300,8 +302,12 @@ pub struct User {
     pub tenant: String,
     /// Role.
     pub role: Role,
-    /// SHA-256 fingerprint of the key.
+    /// Whether the engineer is disabled (refused at login, sessions closed).
+    pub disabled: bool,
+    /// SHA-256 fingerprint of the engineer's first key (see `fingerprints` for all).
     pub fingerprint: String,
+    /// SHA-256 fingerprints of all the engineer's keys, oldest first.
+    pub fingerprints: Vec<String>,
     /// Creation time.
     pub created_at: String,
 }
@@ -495,12 +501,18 @@ pub fn validate_name(what: &str, name: &str) -> Result<(), StoreError> {
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'));
     if ok {
-        Ok(())
-    } else {
-        Err(StoreError::Invalid(format!(
-            "{what} name {name:?} must be 1-63 characters of a-z, 0-9, '-', '_', '.' starting with a letter or digit"
-        )))
+        return Ok(());
     }
+    // A name of a megabyte is reported by its start and length, not echoed whole.
+    let shown = if name.chars().count() > 64 {
+        let start: String = name.chars().take(32).collect();
+        format!("{start:?}… ({} bytes)", name.len())
+    } else {
+        format!("{name:?}")
+    };
+    Err(StoreError::Invalid(format!(
+        "{what} name {shown} must be 1-63 characters of a-z, 0-9, '-', '_', '.' starting with a letter or digit"
+    )))
 }
 
 const DEVICE_COLUMNS: &str = "d.id, d.tenant_id, t.name, d.name, d.public_key, d.fingerprint, d.status, \
@@ -1016,24 +1028,11 @@ impl Store {
             what: "tenant",
             key: tenant.to_string(),
         })?;
-        // One key is one engineer within a tenant; two users with the same key would leave
-        // the SSH front guessing which role applies.
-        let holder: Option<String> = tx
-            .query_row(
-                "SELECT name FROM users WHERE tenant_id = ?1 AND fingerprint = ?2",
-                params![t.id, fingerprint],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if let Some(holder) = holder {
-            return Err(StoreError::Conflict(format!(
-                "key {fingerprint} is already registered in tenant {tenant} as user {holder:?}"
-            )));
-        }
+        people::refuse_key_held(&tx, t.id, tenant, &fingerprint)?;
         let created_at = now();
         let inserted = tx.execute(
-            "INSERT INTO users (tenant_id, name, role, public_key, fingerprint, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![t.id, name, role.as_str(), canonical, fingerprint, created_at],
+            "INSERT INTO users (tenant_id, name, role, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![t.id, name, role.as_str(), created_at],
         );
         match inserted {
             Ok(_) => {}
@@ -1045,58 +1044,39 @@ impl Store {
             Err(e) => return Err(e.into()),
         }
         let id = tx.last_insert_rowid();
+        tx.execute(
+            "INSERT INTO user_keys (user_id, tenant_id, public_key, fingerprint, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![id, t.id, canonical, fingerprint, created_at],
+        )?;
         tx.commit()?;
         Ok(User {
             id,
             name: name.to_string(),
             tenant: t.name,
             role,
-            fingerprint,
+            disabled: false,
+            fingerprint: fingerprint.clone(),
+            fingerprints: vec![fingerprint],
             created_at,
         })
     }
 
     /// All engineers.
     pub fn users(&self) -> Result<Vec<User>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT u.id, u.name, t.name, u.role, u.fingerprint, u.created_at
-             FROM users u JOIN tenants t ON t.id = u.tenant_id ORDER BY t.name, u.name",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get::<_, String>(3)?,
-                r.get(4)?,
-                r.get(5)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (id, name, tenant, role, fingerprint, created_at) = row?;
-            out.push(User {
-                id,
-                name,
-                tenant,
-                role: Role::parse(&role)?,
-                fingerprint,
-                created_at,
-            });
-        }
-        Ok(out)
+        people::users_where(&self.conn(), "1", params![])
     }
 
-    /// Everyone a key belongs to (a key may be registered in several tenants).
+    /// Every enabled engineer a key belongs to (a key may be registered in several tenants).
     pub fn engineer_identities(
         &self,
         fingerprint: &str,
     ) -> Result<Vec<EngineerIdentity>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT u.name, t.id, t.name, u.role FROM users u JOIN tenants t ON t.id = u.tenant_id
-             WHERE u.fingerprint = ?1 ORDER BY t.id",
+            "SELECT u.name, t.id, t.name, u.role FROM user_keys k
+             JOIN users u ON u.id = k.user_id JOIN tenants t ON t.id = u.tenant_id
+             WHERE k.fingerprint = ?1 AND u.disabled = 0 ORDER BY t.id",
         )?;
         let rows = stmt.query_map(params![fingerprint], |r| {
             Ok((
