@@ -38,6 +38,13 @@ fn a_backup_taken_while_serving_restores_a_relay_the_boards_reconnect_to() -> Re
         again.stderr
     );
 
+    // Taking a copy of the whole store is in the audit trail.
+    let trail = s.relay.admin_ok(&["audit", "list", "--json"])?;
+    ensure!(
+        trail.contains("store.backup"),
+        "the backup is not audited: {trail}"
+    );
+
     // Changes after the backup are not in it.
     s.relay.admin_ok(&["tenant", "add", "after-backup"])?;
 

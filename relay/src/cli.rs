@@ -908,26 +908,32 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         }
         Command::Backup { dir, json } => {
             let store = open_store(&config)?;
-            let summary = crate::backup::backup(&config, &store, &dir)
-                .with_context(|| format!("backing up to {}", dir.display()))?;
-            if json {
-                print_json(out, &summary)?;
-            } else {
-                writeln!(
-                    out,
-                    "backup in {}: store {} bytes, host key {}, {} artifacts, {} recordings",
-                    summary.dir.display(),
-                    summary.store_bytes,
-                    if summary.host_key {
-                        "copied"
+            // A copy of the whole store leaves the relay: that is worth a line in the trail.
+            let shown = dir.display().to_string();
+            let change = Change::new("store.backup", None, Some(&shown)).with("dir", &shown);
+            let result = crate::backup::backup(&config, &store, &dir)
+                .with_context(|| format!("backing up to {}", dir.display()))
+                .and_then(|summary| {
+                    if json {
+                        print_json(out, &summary)
                     } else {
-                        "none yet"
-                    },
-                    summary.artifacts,
-                    summary.recordings
-                )?;
-            }
-            Ok(())
+                        writeln!(
+                            out,
+                            "backup in {}: store {} bytes, host key {}, {} artifacts, {} recordings",
+                            summary.dir.display(),
+                            summary.store_bytes,
+                            if summary.host_key {
+                                "copied"
+                            } else {
+                                "none yet"
+                            },
+                            summary.artifacts,
+                            summary.recordings
+                        )
+                        .map_err(anyhow::Error::from)
+                    }
+                });
+            record(&store, change, result)
         }
         Command::Init => {
             let path = config.store_path();
