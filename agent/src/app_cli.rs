@@ -150,7 +150,7 @@ pub async fn run(config: &AgentConfig, cmd: &AppCommand) -> Result<ExitCode> {
                 println!("name:           {}", s.name);
                 println!("version:        {}", s.version);
                 println!("state:          {}", s.state);
-                println!("desired:        {:?}", s.desired);
+                println!("desired:        {}", s.desired);
                 println!("pid:            {}", dash(s.pid.map(|p| p.to_string())));
                 println!("restarts:       {}", s.restarts);
                 println!("errors:         {}", s.errors);

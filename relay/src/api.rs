@@ -8,8 +8,10 @@
 //!   answered with its new desired state.
 //! - `GET|PUT /v1/devices/{id}/tags`: its tags; PUT `{"add": [...], "remove": [...]}`.
 //! - `POST /v1/deployments`: deploy recipes (`{"target": "tag:T" | "device:D", "recipes":
-//!   [{"name", "text"}], "set": ["[component:]key=value"]}`), answered 201 with the
-//!   deployment; bodies up to 4 MiB.
+//!   [{"name", "text"}], "artifacts": [{"name", "base64"}], "remove": ["component"], "set":
+//!   ["[component:]key=value"]}`), answered 201 with the deployment; bodies up to 4 MiB.
+//!   `artifacts` carries the files recipes name by bare file name, as `relay deploy create
+//!   --artifacts` does; larger files are put with `relay artifact put` first.
 //! - `GET /v1/deployments`, `GET /v1/deployments/{id}`: the tenant's deployments.
 //! - `POST /v1/devices/{id}/actions`: queue a remote action for the device (`{"kind": "run",
 //!   "command": "...", "timeout_secs": 10}`, `{"kind": "restart", "component": "..."}` or
@@ -347,6 +349,16 @@ struct RecipeBody {
     text: String,
 }
 
+/// One file a recipe names by bare file name, in a deployment request.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ArtifactBody {
+    /// The bare file name the recipe's `uri` gives.
+    name: String,
+    /// The file's bytes, base64 (standard alphabet, padded).
+    base64: String,
+}
+
 /// Body of `POST /v1/deployments`.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -354,7 +366,14 @@ struct DeploymentRequest {
     /// `tag:T` or `device:D`.
     target: String,
     /// The recipes.
+    #[serde(default)]
     recipes: Vec<RecipeBody>,
+    /// Files the recipes name by bare file name (like `relay deploy create --artifacts`).
+    #[serde(default)]
+    artifacts: Vec<ArtifactBody>,
+    /// Components to remove from the devices.
+    #[serde(default)]
+    remove: Vec<String>,
     /// Configuration assignments, `[component:]key=value`.
     #[serde(default)]
     set: Vec<String>,
@@ -380,6 +399,20 @@ async fn create_deployment(
         .map(|r| (r.name, r.text))
         .collect();
     let set = request.set;
+    let remove = request.remove;
+    let mut artifacts = Vec::with_capacity(request.artifacts.len());
+    for (i, a) in request.artifacts.into_iter().enumerate() {
+        use base64::Engine;
+        let data = base64::engine::general_purpose::STANDARD
+            .decode(a.base64.as_bytes())
+            .map_err(|e| {
+                ApiError(
+                    StatusCode::BAD_REQUEST,
+                    format!("artifacts[{i}].base64 ({}): {e}", a.name),
+                )
+            })?;
+        artifacts.push((a.name, data));
+    }
     // A device of another tenant is not found, answered as `no device named ...` exactly like
     // a device that does not exist (the store's NotFound reads like `no_such_device`).
     let view = blocking(&store, move |s| {
@@ -391,6 +424,8 @@ async fn create_deployment(
                 recipes,
                 set,
                 os: None,
+                artifacts,
+                remove,
             },
         )
     })

@@ -282,6 +282,12 @@ INSERT OR IGNORE INTO artifacts (tenant_id, sha256, size, name, created_at)
 DROP TABLE artifacts_unowned;
 "#,
     },
+    Migration {
+        name: "deployments that remove components",
+        sql: r#"
+ALTER TABLE deployments ADD COLUMN removed TEXT NOT NULL DEFAULT '[]';
+"#,
+    },
 ];
 
 /// The schema version this code writes and understands.

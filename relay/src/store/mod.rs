@@ -34,7 +34,7 @@ pub use audit::{AuditEntry, NewAudit};
 pub use cas::TrustedCa;
 pub use fleet::{
     ArtifactInfo, DeploymentDevice, DeploymentView, DeviceState, NewDeployment, Target,
-    config_overrides,
+    config_overrides, read_local_artifacts,
 };
 pub use keys::DeviceLogin;
 pub use sessions::{NewSession, SessionEnd, SessionQuery, SessionRecord};
