@@ -692,7 +692,11 @@ async fn plan(supervisor: &Supervisor, desired: &DesiredState, previous: &Applie
                     .show(name)
                     .await
                     .is_ok_and(|c| c.version == want.version)
-        } else if previous.failed.get(name).is_some_and(|f| f.component == *want) {
+        } else if previous
+            .failed
+            .get(name)
+            .is_some_and(|f| f.component == *want)
+        {
             is_named
         } else {
             true

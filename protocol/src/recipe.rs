@@ -201,10 +201,7 @@ impl fmt::Display for ArtifactUri {
         match self {
             ArtifactUri::Https(url) => f.write_str(url),
             ArtifactUri::File(path) => write!(f, "file://{}", path.display()),
-            ArtifactUri::Relay {
-                sha256,
-                name: None,
-            } => write!(f, "relay:sha256:{sha256}"),
+            ArtifactUri::Relay { sha256, name: None } => write!(f, "relay:sha256:{sha256}"),
             ArtifactUri::Relay {
                 sha256,
                 name: Some(name),

@@ -1430,7 +1430,13 @@ fn print_device_state(out: &mut dyn Write, state: &crate::store::DeviceState) ->
     writeln!(out)?;
     out.write_all(
         table(
-            &["NAME", "DESIRED VERSION", "REPORTED VERSION", "STATE", "NOTE"],
+            &[
+                "NAME",
+                "DESIRED VERSION",
+                "REPORTED VERSION",
+                "STATE",
+                "NOTE",
+            ],
             &table_rows,
         )
         .as_bytes(),

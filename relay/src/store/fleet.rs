@@ -309,8 +309,8 @@ pub fn read_local_artifacts(
     let root = std::fs::canonicalize(dir).map_err(io(dir))?;
     let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     for (file, text) in recipes {
-        let r = recipe::parse(text, Path::new(file))
-            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let r =
+            recipe::parse(text, Path::new(file)).map_err(|e| StoreError::Invalid(e.to_string()))?;
         for (m, manifest) in r.manifests.iter().enumerate() {
             for (i, artifact) in manifest.artifacts.iter().enumerate() {
                 let ArtifactUri::Local(name) = &artifact.uri else {
