@@ -2244,6 +2244,32 @@ mod tests {
     }
 
     #[test]
+    fn deploy_create_takes_several_recipes_after_one_flag_and_removals() -> TestResult {
+        let recipes = |args: &[&str]| -> Result<(Vec<PathBuf>, Vec<String>), String> {
+            let mut all = vec![
+                "relay", "deploy", "create", "--tenant", "acme", "--target", "tag:edge",
+            ];
+            all.extend_from_slice(args);
+            match Cli::try_parse_from(all).map_err(|e| e.to_string())?.command {
+                Command::Deploy(DeployCommand::Create {
+                    recipes, remove, ..
+                }) => Ok((recipes, remove)),
+                other => Err(format!("parsed as {other:?}")),
+            }
+        };
+        let (r, _) = recipes(&["--recipe", "a.yaml", "b.yaml", "--set", "port=1"])?;
+        assert_eq!(r, [PathBuf::from("a.yaml"), PathBuf::from("b.yaml")]);
+        let (r, _) = recipes(&["--recipe", "a.yaml", "--recipe", "b.yaml", "c.yaml"])?;
+        assert_eq!(r.len(), 3);
+        // Only removals: no recipe needed.
+        let (r, remove) = recipes(&["--remove", "com.example.a", "--remove", "com.example.b"])?;
+        assert!(r.is_empty());
+        assert_eq!(remove, ["com.example.a", "com.example.b"]);
+        assert!(recipes(&[]).is_err(), "nothing to deploy was accepted");
+        Ok(())
+    }
+
+    #[test]
     fn action_commands_create_list_and_show() -> TestResult {
         let dir = tempfile::tempdir()?;
         let d = dir.path();

@@ -1662,6 +1662,126 @@ mod tests {
     }
 
     #[test]
+    fn bare_named_artifacts_are_stored_and_the_recipe_names_them_on_the_relay() -> TestResult {
+        let f = fixture()?;
+        let b1 = f.enroll("acme", "b1")?;
+        let data = b"#!/bin/sh\necho hi\n";
+        let sha = hex::encode(Sha256::digest(data));
+        let text = format!(
+            "name: com.example.a\nversion: 1.0.0\nmanifests:\n  - artifacts:\n      - uri: tool.sh\n        sha256: {sha}\n    lifecycle:\n      run: sh {{artifacts:path}}/tool.sh\n"
+        );
+        let deploy = |artifacts: Vec<(String, Vec<u8>)>, remove: Vec<String>| {
+            f.store.create_deployment(
+                &f.artifacts(),
+                NewDeployment {
+                    tenant: "acme",
+                    target: Target::Device("b1".into()),
+                    recipes: vec![("app.yaml".into(), text.clone())],
+                    set: Vec::new(),
+                    os: None,
+                    artifacts,
+                    remove,
+                },
+            )
+        };
+        // Neither supplied nor stored: refused, naming recipe, artifact and the way out.
+        let e = err_text(deploy(Vec::new(), Vec::new()));
+        assert!(
+            e.contains("app.yaml: manifests[0].artifacts[0]")
+                && e.contains("artifact tool.sh of com.example.a")
+                && e.contains("--artifacts DIR"),
+            "{e}"
+        );
+        let e = err_text(deploy(vec![("tool.sh".into(), b"other".to_vec())], Vec::new()));
+        assert!(e.contains("tool.sh") && e.contains(&sha), "{e}");
+        let e = err_text(deploy(
+            vec![
+                ("tool.sh".into(), data.to_vec()),
+                ("extra.bin".into(), b"x".to_vec()),
+            ],
+            Vec::new(),
+        ));
+        assert!(e.contains("extra.bin"), "{e}");
+        assert_eq!(f.store.desired_state(&b1)?, None);
+        let view = deploy(vec![("tool.sh".into(), data.to_vec())], Vec::new())?;
+        let stored = f.store.artifact("acme", &sha)?.ok_or("artifact not stored")?;
+        assert_eq!(stored.name, "tool.sh");
+        let recipe_sha = &view.components["com.example.a"].recipe_sha256;
+        let path = Store::artifact_path(&f.artifacts(), recipe_sha).ok_or("no path")?;
+        let deployed = recipe::parse(&std::fs::read_to_string(&path)?, &path)?;
+        assert_eq!(
+            deployed.manifests[0].artifacts[0].uri,
+            ArtifactUri::Relay {
+                sha256: sha.clone(),
+                name: Some("tool.sh".into())
+            }
+        );
+        let desired = f.store.desired_state(&b1)?.ok_or("no desired state")?;
+        assert_eq!(desired.changes, Some(vec!["com.example.a".to_string()]));
+        // Stored now, the same recipe deploys without the file.
+        deploy(Vec::new(), Vec::new())?;
+        Ok(())
+    }
+
+    #[test]
+    fn removals_take_components_out_and_name_only_what_they_change() -> TestResult {
+        let f = fixture()?;
+        let b1 = f.enroll("acme", "b1")?;
+        let base = "name: com.example.base\nversion: 1.0.0\nmanifests:\n  - lifecycle:\n      run: sleep 1000\n";
+        let user = "name: com.example.user\nversion: 1.0.0\ndependencies:\n  com.example.base:\n    version: \">=1.0.0\"\nmanifests:\n  - lifecycle:\n      run: sleep 1000\n";
+        f.deploy(
+            "device:b1",
+            &[
+                ("base.yaml", base.to_string()),
+                ("user.yaml", user.to_string()),
+                ("a.yaml", recipe_text("com.example.a", "1.0.0", None)),
+            ],
+            &[],
+        )?;
+        let remove = |names: &[&str]| {
+            f.store.create_deployment(
+                &f.artifacts(),
+                NewDeployment {
+                    tenant: "acme",
+                    target: Target::Device("b1".into()),
+                    recipes: Vec::new(),
+                    set: Vec::new(),
+                    os: None,
+                    artifacts: Vec::new(),
+                    remove: names.iter().map(|n| n.to_string()).collect(),
+                },
+            )
+        };
+        let e = err_text(remove(&["com.example.base"]));
+        assert!(
+            e.contains("com.example.user") && e.contains("--remove com.example.user"),
+            "{e}"
+        );
+        let e = err_text(remove(&["com.example.nothing"]));
+        assert!(e.contains("com.example.nothing"), "{e}");
+        assert!(remove(&["bad name"]).is_err());
+        let view = remove(&["com.example.a"])?;
+        assert_eq!(view.removed, vec!["com.example.a"]);
+        assert!(view.components.is_empty());
+        let desired = f.store.desired_state(&b1)?.ok_or("no desired state")?;
+        assert!(!desired.components.contains_key("com.example.a"));
+        assert_eq!(desired.changes, Some(vec!["com.example.a".to_string()]));
+        assert_eq!(f.store.deployment(&view.id, None)?, Some(view));
+        // Both at once is fine; a configuration push names only what it patches.
+        remove(&["com.example.base", "com.example.user"])?;
+        f.deploy(
+            "device:b1",
+            &[("a.yaml", recipe_text("com.example.a", "1.0.0", None))],
+            &[],
+        )?;
+        let pushed = f
+            .store
+            .push_config(&b1, &json!({"com.example.a": {"port": 1}}))?;
+        assert_eq!(pushed.changes, Some(vec!["com.example.a".to_string()]));
+        Ok(())
+    }
+
+    #[test]
     fn device_state_before_anything_happened() -> TestResult {
         let f = fixture()?;
         let b1 = f.enroll("acme", "b1")?;
