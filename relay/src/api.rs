@@ -863,6 +863,73 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_deployment_carries_the_files_its_recipe_names_and_removals() -> TestResult {
+        use base64::Engine;
+        let f = fixture()?;
+        let data = b"print('hi')\n";
+        let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(data));
+        let recipe = format!(
+            "name: com.example.py\nversion: 1.0.0\nmanifests:\n  - artifacts:\n      - uri: app.py\n        sha256: {sha}\n    lifecycle:\n      run: python3 {{artifacts:path}}/app.py\n"
+        );
+        let body = |b64: &str| {
+            serde_json::json!({
+                "target": format!("device:{}", f.board),
+                "recipes": [{ "name": "py.yaml", "text": recipe }],
+                "artifacts": [{ "name": "app.py", "base64": b64 }],
+            })
+        };
+        let (status, e) = send(
+            &f.app,
+            "POST",
+            "/v1/deployments",
+            Some(&f.acme),
+            Some(&body("%%%")),
+        )
+        .await?;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
+        assert!(
+            e["error"]
+                .as_str()
+                .is_some_and(|m| m.contains("artifacts[0]")),
+            "{e}"
+        );
+        let b64 = base64::engine::general_purpose::STANDARD.encode(data);
+        let (status, view) = send(
+            &f.app,
+            "POST",
+            "/v1/deployments",
+            Some(&f.acme),
+            Some(&body(&b64)),
+        )
+        .await?;
+        assert_eq!(status, StatusCode::CREATED, "{view}");
+        assert!(f.store.artifact("acme", &sha)?.is_some());
+        let recipe_sha = view["components"]["com.example.py"]["recipe_sha256"]
+            .as_str()
+            .ok_or("no recipe digest")?;
+        let stored = std::fs::read_to_string(f.path.with_file_name("artifacts").join(recipe_sha))?;
+        assert!(
+            stored.contains(&format!("relay:sha256:{sha}/app.py")),
+            "{stored}"
+        );
+        let removal = serde_json::json!({
+            "target": format!("device:{}", f.board),
+            "remove": ["com.example.py"],
+        });
+        let (status, view) = send(
+            &f.app,
+            "POST",
+            "/v1/deployments",
+            Some(&f.acme),
+            Some(&removal),
+        )
+        .await?;
+        assert_eq!(status, StatusCode::CREATED, "{view}");
+        assert_eq!(view["removed"], serde_json::json!(["com.example.py"]));
+        Ok(())
+    }
+
+    #[tokio::test]
     async fn deployments_are_created_and_seen_by_their_tenant_only() -> TestResult {
         let f = fixture()?;
         f.store.set_tags(&f.board, &["edge".into()], &[])?;

@@ -1692,7 +1692,10 @@ mod tests {
                 && e.contains("--artifacts DIR"),
             "{e}"
         );
-        let e = err_text(deploy(vec![("tool.sh".into(), b"other".to_vec())], Vec::new()));
+        let e = err_text(deploy(
+            vec![("tool.sh".into(), b"other".to_vec())],
+            Vec::new(),
+        ));
         assert!(e.contains("tool.sh") && e.contains(&sha), "{e}");
         let e = err_text(deploy(
             vec![
@@ -1704,7 +1707,10 @@ mod tests {
         assert!(e.contains("extra.bin"), "{e}");
         assert_eq!(f.store.desired_state(&b1)?, None);
         let view = deploy(vec![("tool.sh".into(), data.to_vec())], Vec::new())?;
-        let stored = f.store.artifact("acme", &sha)?.ok_or("artifact not stored")?;
+        let stored = f
+            .store
+            .artifact("acme", &sha)?
+            .ok_or("artifact not stored")?;
         assert_eq!(stored.name, "tool.sh");
         let recipe_sha = &view.components["com.example.a"].recipe_sha256;
         let path = Store::artifact_path(&f.artifacts(), recipe_sha).ok_or("no path")?;
