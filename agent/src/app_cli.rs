@@ -155,7 +155,7 @@ pub async fn run(config: &AgentConfig, cmd: &AppCommand) -> Result<ExitCode> {
                 outln!("name:           {}", s.name)?;
                 outln!("version:        {}", s.version)?;
                 outln!("state:          {}", s.state)?;
-                outln!("desired:        {:?}", s.desired)?;
+                outln!("desired:        {}", s.desired)?;
                 outln!("pid:            {}", dash(s.pid.map(|p| p.to_string())))?;
                 outln!("restarts:       {}", s.restarts)?;
                 outln!("errors:         {}", s.errors)?;

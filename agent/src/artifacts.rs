@@ -56,7 +56,7 @@ pub fn describe(uri: &ArtifactUri) -> String {
     match uri {
         ArtifactUri::Https(u) => u.clone(),
         ArtifactUri::File(p) => format!("file://{}", p.display()),
-        ArtifactUri::Relay(d) => format!("relay:sha256:{d}"),
+        ArtifactUri::Relay { .. } => uri.to_string(),
         ArtifactUri::Local(n) => n.clone(),
     }
 }
@@ -94,7 +94,7 @@ pub fn fetch(artifact: &Artifact, sources: &Sources, dir: &Path) -> Result<PathB
                 });
             }
         },
-        ArtifactUri::Relay(digest) => match &sources.relay_cache {
+        ArtifactUri::Relay { sha256: digest, .. } => match &sources.relay_cache {
             Some(d) => d.join(digest),
             None => {
                 return Err(ArtifactError::Unsupported {

@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// Lifecycle state of a component (as Greengrass names them).
+/// Lifecycle state of a component (as Greengrass names them, plus `stopped`). One vocabulary
+/// for `agent app list|show|stop|start`, the relay's reports and `recipes/README.md`, which
+/// has the table of what leads to each.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
@@ -28,7 +30,10 @@ pub enum State {
     Running,
     /// Shutdown in progress.
     Stopping,
-    /// Run step exited 0, or stopped on request.
+    /// Stopped on request (`agent app stop`, or the agent stopping); with desired `stopped`
+    /// it stays so until `agent app start`, else it starts with the agent.
+    Stopped,
+    /// Run step exited 0, or there is nothing to run.
     Finished,
     /// A step failed; a restart is pending.
     Errored,
@@ -46,7 +51,7 @@ impl std::fmt::Display for State {
     }
 }
 
-/// What the operator wants of a component.
+/// What the operator wants of a component; named with the words of [`State`].
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Desired {
@@ -54,6 +59,15 @@ pub enum Desired {
     Running,
     /// Keep it stopped.
     Stopped,
+}
+
+impl std::fmt::Display for Desired {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Desired::Running => "running",
+            Desired::Stopped => "stopped",
+        })
+    }
 }
 
 /// The durable record of one component.

@@ -11,7 +11,7 @@
 //! last version applied and the components it put there. Only a broken channel (link lost
 //! mid-way) leaves a version unapplied, and it is applied when the link is back.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,8 +21,8 @@ use russh::Channel;
 use russh::client::Msg;
 use serde::{Deserialize, Serialize};
 use tether_protocol::fleet::{
-    Action, ControlFrame, DeploymentStatus, DesiredComponent, DesiredState, Inventory,
-    ReportedComponent, ReportedState, is_sha256,
+    Action, ControlFrame, DeploymentStatus, DesiredComponent, DesiredState, FailedComponent,
+    Inventory, ReportedComponent, ReportedState, is_sha256,
 };
 use tether_protocol::frame::{self, FrameError};
 use tether_protocol::recipe::{self, ArtifactUri};
@@ -65,6 +65,17 @@ struct Applied {
     /// An OS version installed and rebooted into, whose commit or rollback is awaited.
     #[serde(default)]
     os_installing: Option<String>,
+    /// Desired components that were tried and not applied, with the spec that failed: they
+    /// are tried again only when a version names them (or their spec changes).
+    #[serde(default)]
+    failed: BTreeMap<String, FailedSpec>,
+}
+
+/// A desired component that could not be applied, and why.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct FailedSpec {
+    component: DesiredComponent,
+    error: String,
 }
 
 fn applied_path(state_dir: &Path) -> PathBuf {
@@ -313,6 +324,15 @@ impl Reconciler {
                 configuration: c.configuration,
             })
             .collect();
+        let failed = applied
+            .failed
+            .iter()
+            .map(|(name, f)| FailedComponent {
+                name: name.clone(),
+                version: f.component.version.clone(),
+                error: f.error.clone(),
+            })
+            .collect();
         ReportedState {
             version: applied.version,
             deployment_id: applied.deployment_id,
@@ -321,6 +341,7 @@ impl Reconciler {
             components,
             inventory: self.inventory.clone(),
             os_version: self.os_version(),
+            failed,
         }
     }
 
@@ -354,15 +375,22 @@ impl Reconciler {
         self.progress(&desired, DeploymentStatus::Downloading)
             .await?;
         let cache = cache_dir(&self.state_dir);
+        let plan = plan(&self.supervisor, &desired, &previous).await;
         let mut recipes = BTreeMap::new();
         let mut failure = None;
-        for (name, want) in &desired.components {
+        for name in &plan.work {
+            let Some(want) = desired.components.get(name) else {
+                continue;
+            };
             match self.fetch_component(want, &cache).await? {
                 Ok(text) => {
                     recipes.insert(name.clone(), text);
                 }
                 Err(message) => {
-                    failure = Some(format!("{name} {}: {message}", want.version));
+                    failure = Some((
+                        Some(name.clone()),
+                        format!("{name} {}: {message}", want.version),
+                    ));
                     break;
                 }
             }
@@ -373,19 +401,22 @@ impl Reconciler {
             && self.os_version().as_deref() != Some(os.version.as_str())
         {
             if self.config.ota.compatible.is_none() {
-                failure = Some(format!(
-                    "OS {}: OS updates are off on this device (ota.compatible is not set)",
-                    os.version
+                failure = Some((
+                    None,
+                    format!(
+                        "OS {}: OS updates are off on this device (ota.compatible is not set)",
+                        os.version
+                    ),
                 ));
             } else if let Err(e) = crate::ota::Ota::open(&self.config)
                 .and_then(|ota| ota.check_version(&os.version, false))
             {
                 // Refused before the bundle is downloaded: install would refuse it anyway.
-                failure = Some(format!("OS {}: {e}", os.version));
+                failure = Some((None, format!("OS {}: {e}", os.version)));
             } else {
                 match self.fetch(&os.bundle_sha256, &cache).await? {
                     Ok(path) => os_bundle = Some((os.version.clone(), path)),
-                    Err(e) => failure = Some(format!("OS bundle {}: {e}", os.version)),
+                    Err(e) => failure = Some((None, format!("OS bundle {}: {e}", os.version))),
                 }
             }
         }
@@ -399,14 +430,18 @@ impl Reconciler {
         let (progress_tx, mut progress_rx) = mpsc::channel::<(u64, u64)>(4);
         let mut installing = tokio::spawn(async move {
             let _guard = guard;
-            let (status, message, components) = match failure {
-                Some(message) => (
-                    DeploymentStatus::Failed,
-                    Some(message),
-                    previous.components.clone(),
-                ),
-                None => install(&supervisor, &work, &previous, &recipes, &cache).await,
+            let outcome = match failure {
+                Some((failing, message)) => {
+                    refused(&previous, &work, &plan, failing.as_deref(), message)
+                }
+                None => install(&supervisor, &work, &previous, &plan, &recipes, &cache).await,
             };
+            let Outcome {
+                status,
+                message,
+                components,
+                failed,
+            } = outcome;
             // The OS goes last: its reboot ends this process.
             let mut reboot = None;
             let (status, message, os_installing) = match (status, os_bundle) {
@@ -436,6 +471,7 @@ impl Reconciler {
                 message: message.clone(),
                 components,
                 os_installing,
+                failed,
             };
             if let Err(e) = save_applied(&state_dir, &applied) {
                 tracing::error!("saving fleet.json: {e}");
@@ -523,7 +559,7 @@ impl Reconciler {
             Err(e) => return Ok(Err(e.to_string())),
         };
         for a in &manifest.artifacts {
-            if let ArtifactUri::Relay(digest) = &a.uri
+            if let ArtifactUri::Relay { sha256: digest, .. } = &a.uri
                 && let Err(e) = self.fetch(digest, cache).await?
             {
                 return Ok(Err(format!("artifact {digest}: {e}")));
@@ -621,32 +657,148 @@ impl Reconciler {
     }
 }
 
-/// Deploys what changed in dependency order; on failure puts back what this round changed.
+/// What one desired version asks of the device.
+#[derive(Debug, Default, Clone)]
+struct Plan {
+    /// Components to deploy: new or changed ones, ones never tried, and ones the version
+    /// names that are not on the device as applied. In name order; [`install`] orders them.
+    work: Vec<String>,
+    /// Components to remove: applied ones the relay no longer wants, and ones the version
+    /// names that are not desired but on the device.
+    remove: Vec<String>,
+}
+
+/// Works out what `desired` changes against what was applied. A component the version does
+/// not name is left alone when it was applied (even if it was removed on the device by hand:
+/// the relay then shows it desired but not reported) or when this very spec failed before:
+/// an unrelated deployment neither retries nor fails on it.
+async fn plan(supervisor: &Supervisor, desired: &DesiredState, previous: &Applied) -> Plan {
+    let named: BTreeSet<&str> = match &desired.changes {
+        Some(list) => list.iter().map(String::as_str).collect(),
+        // A document from before `changes`: every component is the version's business.
+        None => desired
+            .components
+            .keys()
+            .chain(previous.components.keys())
+            .map(String::as_str)
+            .collect(),
+    };
+    let mut plan = Plan::default();
+    for (name, want) in &desired.components {
+        let is_named = named.contains(name.as_str());
+        let needed = if previous.components.get(name) == Some(want) {
+            is_named
+                && !supervisor
+                    .show(name)
+                    .await
+                    .is_ok_and(|c| c.version == want.version)
+        } else if previous
+            .failed
+            .get(name)
+            .is_some_and(|f| f.component == *want)
+        {
+            is_named
+        } else {
+            true
+        };
+        if needed {
+            plan.work.push(name.clone());
+        }
+    }
+    let mut remove: BTreeSet<String> = previous
+        .components
+        .keys()
+        .filter(|n| !desired.components.contains_key(*n))
+        .cloned()
+        .collect();
+    for name in &named {
+        if !desired.components.contains_key(*name) && supervisor.show(name).await.is_ok() {
+            remove.insert(name.to_string());
+        }
+    }
+    plan.remove = remove.into_iter().collect();
+    plan
+}
+
+/// How a round ended: its status and message, what is applied after it, and what failed.
+struct Outcome {
+    status: DeploymentStatus,
+    message: Option<String>,
+    components: BTreeMap<String, DesiredComponent>,
+    failed: BTreeMap<String, FailedSpec>,
+}
+
+/// `previous`'s failures plus every component of `plan.work` as failed: `failing` with
+/// `message`, the others as undone with it.
+fn failed_round(
+    previous: &Applied,
+    desired: &DesiredState,
+    plan: &Plan,
+    failing: Option<&str>,
+    message: &str,
+) -> BTreeMap<String, FailedSpec> {
+    let mut failed = previous.failed.clone();
+    for name in &plan.work {
+        let Some(want) = desired.components.get(name) else {
+            continue;
+        };
+        let error = match failing {
+            Some(f) if f != name => {
+                format!("not applied: the deployment was rolled back because {f} failed: {message}")
+            }
+            _ => message.to_string(),
+        };
+        failed.insert(
+            name.clone(),
+            FailedSpec {
+                component: want.clone(),
+                error,
+            },
+        );
+    }
+    failed.retain(|n, _| desired.components.contains_key(n));
+    failed
+}
+
+/// The failure outcome of a round that changed nothing.
+fn refused(
+    previous: &Applied,
+    desired: &DesiredState,
+    plan: &Plan,
+    failing: Option<&str>,
+    message: String,
+) -> Outcome {
+    Outcome {
+        status: DeploymentStatus::Failed,
+        failed: failed_round(previous, desired, plan, failing, &message),
+        message: Some(message),
+        components: previous.components.clone(),
+    }
+}
+
+/// Deploys `plan.work` in dependency order, then removes `plan.remove` (dependents first); on
+/// failure puts back what this round changed, so the outcome is the round's alone.
 async fn install(
     supervisor: &Supervisor,
     desired: &DesiredState,
     previous: &Applied,
+    plan: &Plan,
     recipes: &BTreeMap<String, String>,
     cache: &Path,
-) -> (
-    DeploymentStatus,
-    Option<String>,
-    BTreeMap<String, DesiredComponent>,
-) {
-    let parsed: Vec<recipe::Recipe> = recipes
+) -> Outcome {
+    // Only the round's components are ordered: dependencies outside it are deployed already
+    // (the supervisor checks them), so they are left out of the ordering.
+    let mut parsed: Vec<recipe::Recipe> = recipes
         .values()
         .filter_map(|text| recipe::parse(text, Path::new("relay")).ok())
         .collect();
+    for r in &mut parsed {
+        r.dependencies.retain(|d, _| recipes.contains_key(d));
+    }
     let refs: Vec<&recipe::Recipe> = parsed.iter().collect();
     let order = match recipe::start_order(&refs) {
         Ok(o) => o,
-        Err(e) => {
-            return (
-                DeploymentStatus::Failed,
-                Some(e.to_string()),
-                previous.components.clone(),
-            );
-        }
+        Err(e) => return refused(previous, desired, plan, None, e.to_string()),
     };
     let mut changed: Vec<String> = Vec::new();
     let mut failure = None;
@@ -654,22 +806,39 @@ async fn install(
         let (Some(want), Some(text)) = (desired.components.get(name), recipes.get(name)) else {
             continue;
         };
-        let current = supervisor.show(name).await.ok();
-        let same = previous.components.get(name) == Some(want)
-            && current.is_some_and(|c| c.version == want.version);
-        if same {
-            continue;
-        }
         match deploy(supervisor, want, text, cache).await {
             Ok(()) => changed.push(name.clone()),
             Err(e) => {
                 // The supervisor's errors name the component and version already.
-                failure = Some(e);
+                failure = Some((name.clone(), e));
                 break;
             }
         }
     }
-    if let Some(message) = failure {
+    if failure.is_none() {
+        // A removal must not leave a component without a hard dependency it needs.
+        for name in &plan.remove {
+            let blocking: Vec<String> = supervisor
+                .hard_dependents(name)
+                .await
+                .into_iter()
+                .filter(|d| !plan.remove.contains(d))
+                .collect();
+            if !blocking.is_empty() {
+                failure = Some((
+                    name.clone(),
+                    format!(
+                        "cannot remove {name}: {} {} a hard dependency on it; remove {} in the same deployment",
+                        blocking.join(", "),
+                        if blocking.len() == 1 { "has" } else { "have" },
+                        if blocking.len() == 1 { "it" } else { "them" },
+                    ),
+                ));
+                break;
+            }
+        }
+    }
+    if let Some((failing, message)) = failure {
         for name in changed.iter().rev() {
             let restore = match previous.components.get(name) {
                 Some(prev) => match std::fs::read_to_string(cache.join(&prev.recipe_sha256)) {
@@ -682,29 +851,53 @@ async fn install(
                 tracing::error!("restoring {name}: {e}");
             }
         }
-        return (
-            DeploymentStatus::RolledBack,
-            Some(message),
-            previous.components.clone(),
-        );
+        let failing = desired.components.contains_key(&failing).then_some(failing);
+        return Outcome {
+            status: DeploymentStatus::RolledBack,
+            failed: failed_round(previous, desired, plan, failing.as_deref(), &message),
+            message: Some(message),
+            components: previous.components.clone(),
+        };
     }
-    // What the relay no longer wants goes, dependents first.
-    let mut gone: Vec<&String> = previous
-        .components
-        .keys()
-        .filter(|n| !desired.components.contains_key(*n))
-        .collect();
-    gone.reverse();
-    for name in gone {
-        if let Err(e) = supervisor.remove(name).await {
-            tracing::warn!("removing {name}: {e}");
+    let mut components = previous.components.clone();
+    let mut failed = previous.failed.clone();
+    for name in &changed {
+        if let Some(want) = desired.components.get(name) {
+            components.insert(name.clone(), want.clone());
         }
+        failed.remove(name);
     }
-    (
-        DeploymentStatus::Succeeded,
-        None,
-        desired.components.clone(),
-    )
+    // Dependents first: each pass removes those nothing left in the list depends on.
+    let mut left = plan.remove.clone();
+    while !left.is_empty() {
+        let mut next = Vec::new();
+        for name in &left {
+            let dependents = supervisor.hard_dependents(name).await;
+            if dependents.iter().any(|d| d != name && left.contains(d)) {
+                next.push(name.clone());
+                continue;
+            }
+            match supervisor.remove(name).await {
+                Ok(()) | Err(crate::supervisor::SupervisorError::NotDeployed(_)) => {
+                    tracing::info!("removed {name}: the relay no longer wants it")
+                }
+                Err(e) => tracing::warn!("removing {name}: {e}"),
+            }
+            components.remove(name);
+        }
+        if next.len() == left.len() {
+            tracing::warn!("could not order the removal of {}", next.join(", "));
+            break;
+        }
+        left = next;
+    }
+    failed.retain(|n, _| desired.components.contains_key(n));
+    Outcome {
+        status: DeploymentStatus::Succeeded,
+        message: None,
+        components,
+        failed,
+    }
 }
 
 async fn deploy(

@@ -303,6 +303,12 @@ impl Supervisor {
         Ok(())
     }
 
+    /// The deployed components with a hard dependency on `name`, directly or through others.
+    pub async fn hard_dependents(&self, name: &str) -> Vec<String> {
+        let slots = self.slots.lock().await;
+        dependents_of(&slots, name)
+    }
+
     /// Deploys a recipe locally: validates, fetches and checks artifacts, stops the old
     /// version, installs and starts the new one, and rolls back to the old one if the new one
     /// fails to install, start or stay up for `apps.settle_time`.
@@ -739,6 +745,11 @@ impl Supervisor {
         }
         if let Some(task) = slot.task.take() {
             let _ = task.await;
+        }
+        if keep_stopped {
+            // Also a component that had finished or broken: stopped on request is `stopped`,
+            // as `desired` says, whatever it was doing before.
+            lock(&slot.record).state = State::Stopped;
         }
         let layout = Layout::new(&self.shared.state_dir, name);
         let r = lock(&slot.record).clone();
@@ -1293,7 +1304,7 @@ async fn supervise(ctx: Arc<ComponentCtx>, mut stop: watch::Receiver<bool>) {
                     let _ = stop.wait_for(|s| *s).await;
                     let pgid = lock(&ctx.record).pgid;
                     ctx.shut_down(pgid, None).await;
-                    ctx.set_state(State::Finished);
+                    ctx.set_state(State::Stopped);
                     return;
                 }
                 Err(message) => {
@@ -1347,7 +1358,7 @@ async fn supervise(ctx: Arc<ComponentCtx>, mut stop: watch::Receiver<bool>) {
             match exit {
                 None => {
                     ctx.shut_down(pgid, Some(&mut child)).await;
-                    ctx.set_state(State::Finished);
+                    ctx.set_state(State::Stopped);
                     return;
                 }
                 Some(Ok(status)) if status.success() => {
@@ -1404,7 +1415,7 @@ async fn supervise(ctx: Arc<ComponentCtx>, mut stop: watch::Receiver<bool>) {
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             _ = stop.wait_for(|s| *s) => {
-                ctx.set_state(State::Finished);
+                ctx.set_state(State::Stopped);
                 return;
             }
         }

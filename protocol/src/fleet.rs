@@ -51,6 +51,13 @@ pub struct DesiredState {
     /// The OS the device should run, as a signed bundle stored on the relay.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub os: Option<DesiredOs>,
+    /// The components this version's deployment (or configuration push) adds, changes or
+    /// removes. The device works on these (and on components it never tried), and the
+    /// version's outcome is theirs: a component that failed in an earlier version and that
+    /// this one does not name is left as it is, not retried. `None` (documents from before
+    /// this field) means every component.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changes: Option<Vec<String>>,
 }
 
 /// An OS version for a device: the bundle stored on the relay that installs it.
@@ -101,7 +108,8 @@ pub struct ReportedComponent {
     pub name: String,
     /// Deployed version.
     pub version: String,
-    /// Lifecycle state (new, installed, starting, running, stopping, finished, errored, broken).
+    /// Lifecycle state (new, installed, starting, running, stopping, stopped, finished,
+    /// errored, broken; `recipes/README.md` says what each means).
     pub state: String,
     /// Failures since the last successful run.
     pub errors: u32,
@@ -195,6 +203,21 @@ pub struct ReportedState {
     /// The OS version running (from the agent's slot records), if OS updates are set up.
     #[serde(default)]
     pub os_version: Option<String>,
+    /// Components of the desired state that the device tried and could not apply (the
+    /// deployment was rolled back); they are tried again when a deployment names them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<FailedComponent>,
+}
+
+/// A desired component that a device could not apply.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FailedComponent {
+    /// Name.
+    pub name: String,
+    /// The desired version that failed.
+    pub version: String,
+    /// Why.
+    pub error: String,
 }
 
 /// What a remote action does.
@@ -415,6 +438,12 @@ impl ReportedState {
                 &mut comp.last_error,
                 MAX_REPORTED_TEXT,
             );
+        }
+        for (i, f) in self.failed.iter_mut().enumerate() {
+            let at = |x: &str| format!("failed[{i}].{x}");
+            bound(c, || at("name"), &mut f.name, MAX_REPORTED_SHORT);
+            bound(c, || at("version"), &mut f.version, MAX_REPORTED_SHORT);
+            bound(c, || at("error"), &mut f.error, MAX_REPORTED_TEXT);
         }
         if let Some(inv) = &mut self.inventory {
             let short = MAX_REPORTED_SHORT;

@@ -161,7 +161,7 @@ pub struct Artifact {
 
 impl Artifact {
     /// File name the artifact is stored under in the component's artifacts dir (last path
-    /// segment of the URI; for Relay: the sha256).
+    /// segment of the URI; for a relay artifact the name after the digest, else the sha256).
     pub fn file_name(&self) -> String {
         match &self.uri {
             ArtifactUri::Https(url) => https_file_name(url).to_owned(),
@@ -169,7 +169,7 @@ impl Artifact {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default(),
-            ArtifactUri::Relay(sha256) => sha256.clone(),
+            ArtifactUri::Relay { sha256, name } => name.clone().unwrap_or_else(|| sha256.clone()),
             ArtifactUri::Local(name) => name.clone(),
         }
     }
@@ -182,8 +182,16 @@ pub enum ArtifactUri {
     Https(String),
     /// Copied from this absolute path on the device (`file:///…`).
     File(PathBuf),
-    /// Fetched from the relay's artifact store by its sha256 (`relay:sha256:<hex>`).
-    Relay(String),
+    /// Fetched from the relay's artifact store by its sha256: `relay:sha256:<hex>`, stored on
+    /// the device under the digest, or `relay:sha256:<hex>/<name>`, stored under `name` (what
+    /// `relay deploy create --artifacts` writes for a bare file name, so that
+    /// `{artifacts:path}/<name>` is the same file locally and from the relay).
+    Relay {
+        /// The digest, 64 lowercase hex digits.
+        sha256: String,
+        /// The file name on the device, if not the digest.
+        name: Option<String>,
+    },
     /// A bare file name, resolved against the `--artifacts` directory at deploy time.
     Local(String),
 }
@@ -193,7 +201,11 @@ impl fmt::Display for ArtifactUri {
         match self {
             ArtifactUri::Https(url) => f.write_str(url),
             ArtifactUri::File(path) => write!(f, "file://{}", path.display()),
-            ArtifactUri::Relay(sha256) => write!(f, "relay:sha256:{sha256}"),
+            ArtifactUri::Relay { sha256, name: None } => write!(f, "relay:sha256:{sha256}"),
+            ArtifactUri::Relay {
+                sha256,
+                name: Some(name),
+            } => write!(f, "relay:sha256:{sha256}/{name}"),
             ArtifactUri::Local(name) => f.write_str(name),
         }
     }
@@ -465,6 +477,24 @@ pub fn parse(text: &str, origin: &Path) -> Result<Recipe, RecipeError> {
         message: e.to_string(),
     })?;
     validate(raw, origin)
+}
+
+/// Writes a recipe back as recipe text (YAML), for a recipe changed after parsing (the relay
+/// rewrites artifact URIs). The text is parsed again and must give the same recipe, so what is
+/// stored is exactly what was meant; comments and formatting of the original are not kept.
+pub fn to_text(recipe: &Recipe) -> Result<String, RecipeError> {
+    let origin = || PathBuf::from(format!("{}.yaml", recipe.name));
+    let text = serde_saphyr::to_string(recipe).map_err(|e| RecipeError::Parse {
+        path: origin(),
+        message: format!("writing the recipe: {e}"),
+    })?;
+    if parse(&text, &origin())? != *recipe {
+        return Err(RecipeError::Parse {
+            path: origin(),
+            message: "the written recipe does not read back the same".to_owned(),
+        });
+    }
+    Ok(text)
 }
 
 /// Reads and parses a recipe file.
@@ -883,7 +913,7 @@ fn validate_artifact(c: &Check<'_>, key: &str, raw: RawArtifact) -> Result<Artif
         return Err(c.err(format!("{key}.sha256"), sha256_problem(&raw.sha256)));
     }
     let uri = parse_uri(&raw.uri).map_err(|m| c.err(format!("{key}.uri"), m))?;
-    if let ArtifactUri::Relay(h) = &uri
+    if let ArtifactUri::Relay { sha256: h, .. } = &uri
         && *h != raw.sha256
     {
         return Err(c.err(
@@ -984,11 +1014,26 @@ fn parse_uri(uri: &str) -> Result<ArtifactUri, String> {
         check_file_name(&name, &format!("`{shown}`"))?;
         return Ok(ArtifactUri::File(path));
     }
-    if let Some(hash) = uri.strip_prefix("relay:sha256:") {
+    if let Some(rest) = uri.strip_prefix("relay:sha256:") {
+        let (hash, name) = match rest.split_once('/') {
+            Some((hash, name)) => (hash, Some(name)),
+            None => (rest, None),
+        };
         if !is_sha256(hash) {
             return Err(format!("`{shown}`: {}", sha256_problem(hash)));
         }
-        return Ok(ArtifactUri::Relay(hash.to_owned()));
+        if let Some(name) = name {
+            if name.contains('/') {
+                return Err(format!(
+                    "`{shown}`: the name after the digest is a bare file name (no '/')"
+                ));
+            }
+            check_file_name(name, &format!("`{shown}`"))?;
+        }
+        return Ok(ArtifactUri::Relay {
+            sha256: hash.to_owned(),
+            name: name.map(str::to_owned),
+        });
     }
     // A scheme: a letter, then letters, digits, '+', '-', '.', then ':'.
     if let Some(colon) = uri.find(':') {
@@ -1843,7 +1888,13 @@ manifests:
             m.artifacts[1].uri,
             ArtifactUri::Https("https://example.com/dl/tool.bin?x=1".into())
         );
-        assert_eq!(m.artifacts[2].uri, ArtifactUri::Relay(SHA.into()));
+        assert_eq!(
+            m.artifacts[2].uri,
+            ArtifactUri::Relay {
+                sha256: SHA.into(),
+                name: None
+            }
+        );
         assert_eq!(m.artifacts[3].uri, ArtifactUri::Local("hello.zip".into()));
         assert_eq!(m.artifacts[3].unarchive, Some(Unarchive::Zip));
         let names: Vec<String> = m.artifacts.iter().map(Artifact::file_name).collect();
@@ -2016,6 +2067,10 @@ manifests:
             ("dist/a.bin", "bare file name"),
             ("..", "file name"),
             ("relay:sha256:abc", "not a sha256"),
+            ("relay:sha256:abc/a.bin", "not a sha256"),
+            (format!("relay:sha256:{SHA}/..").as_str(), "file name"),
+            (format!("relay:sha256:{SHA}/").as_str(), "file name"),
+            (format!("relay:sha256:{SHA}/x/y").as_str(), "bare file name"),
         ] {
             let e = fails(&with_artifact(&format!(
                 "{{uri: \"{uri}\", sha256: {SHA}}}"
@@ -2727,6 +2782,26 @@ manifests:
         let missing = dir.path().join("missing.yaml");
         let e = load(&missing).err().ok_or("accepted")?;
         assert_contains(&e.to_string(), &["missing.yaml"])
+    }
+
+    #[test]
+    fn a_relay_artifact_may_keep_a_file_name() -> TestResult {
+        let r = ok(&with_artifact(&format!(
+            "{{uri: \"relay:sha256:{SHA}/server.py\", sha256: {SHA}}}"
+        )))?;
+        let a = &r.manifests[0].artifacts[0];
+        assert_eq!(
+            a.uri,
+            ArtifactUri::Relay {
+                sha256: SHA.into(),
+                name: Some("server.py".into())
+            }
+        );
+        assert_eq!(a.file_name(), "server.py");
+        assert_eq!(a.uri.to_string(), format!("relay:sha256:{SHA}/server.py"));
+        // Written back as text, it reads the same.
+        assert_eq!(parse(&to_text(&r)?, Path::new("again.yaml"))?, r);
+        Ok(())
     }
 
     #[test]

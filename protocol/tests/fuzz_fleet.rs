@@ -55,16 +55,20 @@ fn desired_state() -> impl Strategy<Value = DesiredState> {
         prop::option::of(text()),
         prop::collection::btree_map(text(), desired_component(), 0..3),
         prop::option::of((text(), sha256())),
+        prop::option::of(prop::collection::vec(text(), 0..3)),
     )
-        .prop_map(|(version, deployment_id, components, os)| DesiredState {
-            version,
-            deployment_id,
-            components,
-            os: os.map(|(version, bundle_sha256)| DesiredOs {
+        .prop_map(
+            |(version, deployment_id, components, os, changes)| DesiredState {
                 version,
-                bundle_sha256,
-            }),
-        })
+                deployment_id,
+                components,
+                os: os.map(|(version, bundle_sha256)| DesiredOs {
+                    version,
+                    bundle_sha256,
+                }),
+                changes,
+            },
+        )
 }
 
 fn deployment_status() -> impl Strategy<Value = DeploymentStatus> {
@@ -172,6 +176,7 @@ fn reported_state() -> impl Strategy<Value = ReportedState> {
                     components,
                     inventory,
                     os_version,
+                    failed: Vec::new(),
                 }
             },
         )

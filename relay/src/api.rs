@@ -8,8 +8,10 @@
 //!   answered with its new desired state.
 //! - `GET|PUT /v1/devices/{id}/tags`: its tags; PUT `{"add": [...], "remove": [...]}`.
 //! - `POST /v1/deployments`: deploy recipes (`{"target": "tag:T" | "device:D", "recipes":
-//!   [{"name", "text"}], "set": ["[component:]key=value"]}`), answered 201 with the
-//!   deployment; bodies up to 4 MiB.
+//!   [{"name", "text"}], "artifacts": [{"name", "base64"}], "remove": ["component"], "set":
+//!   ["[component:]key=value"]}`), answered 201 with the deployment; bodies up to 4 MiB.
+//!   `artifacts` carries the files recipes name by bare file name, as `relay deploy create
+//!   --artifacts` does; larger files are put with `relay artifact put` first.
 //! - `GET /v1/deployments`, `GET /v1/deployments/{id}`: the tenant's deployments.
 //! - `POST /v1/devices/{id}/actions`: queue a remote action for the device (`{"kind": "run",
 //!   "command": "...", "timeout_secs": 10}`, `{"kind": "restart", "component": "..."}` or
@@ -349,6 +351,16 @@ struct RecipeBody {
     text: String,
 }
 
+/// One file a recipe names by bare file name, in a deployment request.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ArtifactBody {
+    /// The bare file name the recipe's `uri` gives.
+    name: String,
+    /// The file's bytes, base64 (standard alphabet, padded).
+    base64: String,
+}
+
 /// Body of `POST /v1/deployments`.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -356,7 +368,14 @@ struct DeploymentRequest {
     /// `tag:T` or `device:D`.
     target: String,
     /// The recipes.
+    #[serde(default)]
     recipes: Vec<RecipeBody>,
+    /// Files the recipes name by bare file name (like `relay deploy create --artifacts`).
+    #[serde(default)]
+    artifacts: Vec<ArtifactBody>,
+    /// Components to remove from the devices.
+    #[serde(default)]
+    remove: Vec<String>,
     /// Configuration assignments, `[component:]key=value`.
     #[serde(default)]
     set: Vec<String>,
@@ -382,6 +401,20 @@ async fn create_deployment(
         .map(|r| (r.name, r.text))
         .collect();
     let set = request.set;
+    let remove = request.remove;
+    let mut artifacts = Vec::with_capacity(request.artifacts.len());
+    for (i, a) in request.artifacts.into_iter().enumerate() {
+        use base64::Engine;
+        let data = base64::engine::general_purpose::STANDARD
+            .decode(a.base64.as_bytes())
+            .map_err(|e| {
+                ApiError(
+                    StatusCode::BAD_REQUEST,
+                    format!("artifacts[{i}].base64 ({}): {e}", a.name),
+                )
+            })?;
+        artifacts.push((a.name, data));
+    }
     // A device of another tenant is not found, answered as `no device named ...` exactly like
     // a device that does not exist (the store's NotFound reads like `no_such_device`).
     let view = blocking(&store, move |s| {
@@ -393,6 +426,8 @@ async fn create_deployment(
                 recipes,
                 set,
                 os: None,
+                artifacts,
+                remove,
             },
         )
     })
@@ -847,6 +882,73 @@ mod tests {
             "recipes": [{ "name": "app.yaml", "text": RECIPE }],
             "set": ["com.example.app:port=9000", "mode=fast"],
         })
+    }
+
+    #[tokio::test]
+    async fn a_deployment_carries_the_files_its_recipe_names_and_removals() -> TestResult {
+        use base64::Engine;
+        let f = fixture()?;
+        let data = b"print('hi')\n";
+        let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(data));
+        let recipe = format!(
+            "name: com.example.py\nversion: 1.0.0\nmanifests:\n  - artifacts:\n      - uri: app.py\n        sha256: {sha}\n    lifecycle:\n      run: python3 {{artifacts:path}}/app.py\n"
+        );
+        let body = |b64: &str| {
+            serde_json::json!({
+                "target": format!("device:{}", f.board),
+                "recipes": [{ "name": "py.yaml", "text": recipe }],
+                "artifacts": [{ "name": "app.py", "base64": b64 }],
+            })
+        };
+        let (status, e) = send(
+            &f.app,
+            "POST",
+            "/v1/deployments",
+            Some(&f.acme),
+            Some(&body("%%%")),
+        )
+        .await?;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
+        assert!(
+            e["error"]
+                .as_str()
+                .is_some_and(|m| m.contains("artifacts[0]")),
+            "{e}"
+        );
+        let b64 = base64::engine::general_purpose::STANDARD.encode(data);
+        let (status, view) = send(
+            &f.app,
+            "POST",
+            "/v1/deployments",
+            Some(&f.acme),
+            Some(&body(&b64)),
+        )
+        .await?;
+        assert_eq!(status, StatusCode::CREATED, "{view}");
+        assert!(f.store.artifact("acme", &sha)?.is_some());
+        let recipe_sha = view["components"]["com.example.py"]["recipe_sha256"]
+            .as_str()
+            .ok_or("no recipe digest")?;
+        let stored = std::fs::read_to_string(f.path.with_file_name("artifacts").join(recipe_sha))?;
+        assert!(
+            stored.contains(&format!("relay:sha256:{sha}/app.py")),
+            "{stored}"
+        );
+        let removal = serde_json::json!({
+            "target": format!("device:{}", f.board),
+            "remove": ["com.example.py"],
+        });
+        let (status, view) = send(
+            &f.app,
+            "POST",
+            "/v1/deployments",
+            Some(&f.acme),
+            Some(&removal),
+        )
+        .await?;
+        assert_eq!(status, StatusCode::CREATED, "{view}");
+        assert_eq!(view["removed"], serde_json::json!(["com.example.py"]));
+        Ok(())
     }
 
     #[tokio::test]

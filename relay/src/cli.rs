@@ -225,13 +225,24 @@ pub enum DeployCommand {
         /// tag:TAG (every accepted device with the tag) or device:DEVICE (id or name).
         #[arg(long, value_name = "tag:TAG|device:DEVICE")]
         target: Target,
-        /// Recipe file; repeat for several components.
+        /// Recipe files, one component each: `--recipe a.yaml b.yaml`, or the flag repeated.
         #[arg(
             long = "recipe",
             value_name = "FILE",
-            required_unless_present = "bundle"
+            num_args = 1..,
+            required_unless_present_any = ["bundle", "remove"]
         )]
         recipes: Vec<PathBuf>,
+        /// Directory holding the files the recipes name by bare file name (`uri: server.py`,
+        /// as for `agent app deploy --artifacts`): each is checked against its sha256, stored
+        /// as the tenant's artifact, and the recipe deployed names it on the relay, under the
+        /// same file name on the device.
+        #[arg(long, value_name = "DIR")]
+        artifacts: Option<PathBuf>,
+        /// Component to take off the devices (undeploy); repeatable. Only this deployment's
+        /// outcome depends on it.
+        #[arg(long = "remove", value_name = "COMPONENT")]
+        remove: Vec<String>,
         /// Signed OS bundle (agent bundle create) the devices install (A/B update).
         #[arg(long, value_name = "FILE")]
         bundle: Option<PathBuf>,
@@ -2001,18 +2012,41 @@ fn print_device_state(out: &mut dyn Write, state: &crate::store::DeviceState) ->
         .map(|name| {
             let want = desired.and_then(|d| d.components.get(name));
             let have = reported.and_then(|r| r.components.iter().find(|c| c.name == name));
+            let failed = reported.and_then(|r| {
+                r.failed
+                    .iter()
+                    .find(|f| f.name == name && want.is_some_and(|w| w.version == f.version))
+            });
+            // Says how the two sides differ, so a component removed on the device by hand, or
+            // one that failed, does not read as if it were running.
+            let note = match (want, have, failed) {
+                (_, _, Some(f)) => format!("failed: {}", f.error),
+                (Some(_), None, None) if reported.is_some() => "not on the device".into(),
+                (Some(w), Some(h), None) if w.version != h.version => {
+                    "device runs another version".into()
+                }
+                (None, Some(_), None) => "not desired (deployed on the device)".into(),
+                _ => "-".into(),
+            };
             vec![
                 name.to_string(),
                 want.map_or_else(|| "-".into(), |c| c.version.clone()),
                 have.map_or_else(|| "-".into(), |c| c.version.clone()),
                 have.map_or_else(|| "-".into(), |c| c.state.clone()),
+                note,
             ]
         })
         .collect();
     writeln!(out)?;
     out.write_all(
         table(
-            &["NAME", "DESIRED VERSION", "REPORTED VERSION", "STATE"],
+            &[
+                "NAME",
+                "DESIRED VERSION",
+                "REPORTED VERSION",
+                "STATE",
+                "NOTE",
+            ],
             &table_rows,
         )
         .as_bytes(),
@@ -2098,6 +2132,8 @@ fn deploy(
             tenant,
             target,
             recipes,
+            artifacts,
+            remove,
             bundle,
             set,
             json,
@@ -2130,6 +2166,11 @@ fn deploy(
                     .with_context(|| format!("reading the recipe {}", path.display()))?;
                 texts.push((path.display().to_string(), text));
             }
+            let files = match &artifacts {
+                Some(dir) => crate::store::read_local_artifacts(dir, &texts)
+                    .with_context(|| format!("--artifacts {}", dir.display()))?,
+                None => Vec::new(),
+            };
             let view = store.create_deployment(
                 &config.artifacts_dir(),
                 NewDeployment {
@@ -2138,6 +2179,8 @@ fn deploy(
                     recipes: texts,
                     set,
                     os,
+                    artifacts: files,
+                    remove,
                 },
             )?;
             if json {
@@ -2164,7 +2207,12 @@ fn deploy(
                     ("target", view.target.clone()),
                     ("created", view.created_at.clone()),
                     ("components", components.join(", ")),
+                    ("removes", view.removed.join(", ")),
                 ];
+                let rows: Vec<(&str, String)> = rows
+                    .into_iter()
+                    .filter(|(k, v)| *k != "removes" || !v.is_empty())
+                    .collect();
                 print_fields(out, 12, &rows)?;
                 let devices: Vec<Vec<String>> = view
                     .devices
@@ -2201,7 +2249,12 @@ fn deploy(
                             v.id.clone(),
                             v.tenant.clone(),
                             v.target.clone(),
-                            v.components.keys().cloned().collect::<Vec<_>>().join(","),
+                            v.components
+                                .keys()
+                                .cloned()
+                                .chain(v.removed.iter().map(|r| format!("-{r}")))
+                                .collect::<Vec<_>>()
+                                .join(","),
                             status_summary(v),
                             v.created_at.clone(),
                         ]
@@ -2813,6 +2866,32 @@ mod tests {
         ])
         .err();
         assert_eq!(e.map(|e| e.exit_code()), Some(2));
+        Ok(())
+    }
+
+    #[test]
+    fn deploy_create_takes_several_recipes_after_one_flag_and_removals() -> TestResult {
+        let recipes = |args: &[&str]| -> Result<(Vec<PathBuf>, Vec<String>), String> {
+            let mut all = vec![
+                "relay", "deploy", "create", "--tenant", "acme", "--target", "tag:edge",
+            ];
+            all.extend_from_slice(args);
+            match Cli::try_parse_from(all).map_err(|e| e.to_string())?.command {
+                Command::Deploy(DeployCommand::Create {
+                    recipes, remove, ..
+                }) => Ok((recipes, remove)),
+                other => Err(format!("parsed as {other:?}")),
+            }
+        };
+        let (r, _) = recipes(&["--recipe", "a.yaml", "b.yaml", "--set", "port=1"])?;
+        assert_eq!(r, [PathBuf::from("a.yaml"), PathBuf::from("b.yaml")]);
+        let (r, _) = recipes(&["--recipe", "a.yaml", "--recipe", "b.yaml", "c.yaml"])?;
+        assert_eq!(r.len(), 3);
+        // Only removals: no recipe needed.
+        let (r, remove) = recipes(&["--remove", "com.example.a", "--remove", "com.example.b"])?;
+        assert!(r.is_empty());
+        assert_eq!(remove, ["com.example.a", "com.example.b"]);
+        assert!(recipes(&[]).is_err(), "nothing to deploy was accepted");
         Ok(())
     }
 

@@ -107,6 +107,11 @@ pub struct NewDeployment<'a> {
     pub set: Vec<String>,
     /// An OS bundle already stored as an artifact, and its version.
     pub os: Option<DesiredOs>,
+    /// Files the recipes name by bare file name (`uri: server.py`), by that name: stored as
+    /// the tenant's artifacts, and the recipes rewritten to name them on the relay.
+    pub artifacts: Vec<(String, Vec<u8>)>,
+    /// Components to take off the devices (undeploy).
+    pub remove: Vec<String>,
 }
 
 /// A deployment and where it stands on each of its devices.
@@ -122,6 +127,8 @@ pub struct DeploymentView {
     pub created_at: String,
     /// The components it deploys, by name.
     pub components: BTreeMap<String, DesiredComponent>,
+    /// The components it removes.
+    pub removed: Vec<String>,
     /// Its devices, by name.
     pub devices: Vec<DeploymentDevice>,
 }
@@ -245,6 +252,108 @@ fn check_artifact_name(name: &str) -> Result<(), StoreError> {
             "artifact name {name:?} must be a file name of 1-255 bytes without '/' or control characters"
         )))
     }
+}
+
+/// The supplied file's own key (borrowed from the deployment, not from the recipe).
+fn supplied_key<'a>(supplied: &BTreeMap<&'a str, &[u8]>, name: &str) -> &'a str {
+    supplied
+        .get_key_value(name)
+        .map(|(k, _)| *k)
+        .unwrap_or_default()
+}
+
+/// Checks a component name given to remove: what a recipe's `name` may be.
+fn validate_component_name(name: &str) -> Result<(), StoreError> {
+    let ok = !name.is_empty()
+        && name.len() <= recipe::MAX_NAME_LEN
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(format!(
+            "cannot remove {name:?}: not a component name (letters, digits, '.', '-', '_')"
+        )))
+    }
+}
+
+/// Whether the stored recipe of `component` has a hard dependency on `name`; a recipe that
+/// cannot be read is taken to have none (the device checks again before it removes anything).
+fn hard_dependency(artifacts_dir: &Path, component: &DesiredComponent, name: &str) -> bool {
+    let Some(path) = Store::artifact_path(artifacts_dir, &component.recipe_sha256) else {
+        return false;
+    };
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return false;
+    };
+    recipe::parse(&text, &path).is_ok_and(|r| {
+        r.dependencies
+            .get(name)
+            .is_some_and(|d| d.kind == recipe::DependencyKind::Hard)
+    })
+}
+
+/// Reads the recipes a deployment names and, from `dir`, each file they name by bare file
+/// name (`uri: server.py`), for [`NewDeployment::artifacts`]. A name is only ever a plain file
+/// name in `dir` (recipe validation refuses `/`, `..` and absolute paths, naming the recipe and
+/// the artifact), and a file that leads out of `dir` through a symbolic link is refused too.
+pub fn read_local_artifacts(
+    dir: &Path,
+    recipes: &[(String, String)],
+) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    let io = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| StoreError::Io { path, source }
+    };
+    let root = std::fs::canonicalize(dir).map_err(io(dir))?;
+    let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for (file, text) in recipes {
+        let r =
+            recipe::parse(text, Path::new(file)).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        for (m, manifest) in r.manifests.iter().enumerate() {
+            for (i, artifact) in manifest.artifacts.iter().enumerate() {
+                let ArtifactUri::Local(name) = &artifact.uri else {
+                    continue;
+                };
+                if files.contains_key(name) {
+                    continue;
+                }
+                let at = format!("{file}: manifests[{m}].artifacts[{i}]: artifact {name}");
+                let plain = matches!(
+                    Path::new(name).components().collect::<Vec<_>>().as_slice(),
+                    [std::path::Component::Normal(_)]
+                );
+                if !plain {
+                    return Err(StoreError::Invalid(format!(
+                        "{at}: not a plain file name in {}",
+                        dir.display()
+                    )));
+                }
+                let path = root.join(name);
+                let real = std::fs::canonicalize(&path).map_err(|e| {
+                    StoreError::Invalid(format!("{at}: {}: {e}", dir.join(name).display()))
+                })?;
+                if real.parent() != Some(root.as_path()) {
+                    return Err(StoreError::Invalid(format!(
+                        "{at}: {} leads out of {} (to {}); refused",
+                        dir.join(name).display(),
+                        dir.display(),
+                        real.display()
+                    )));
+                }
+                if !real.is_file() {
+                    return Err(StoreError::Invalid(format!(
+                        "{at}: {} is not a regular file",
+                        dir.join(name).display()
+                    )));
+                }
+                let data = std::fs::read(&real).map_err(io(&real))?;
+                files.insert(name.clone(), data);
+            }
+        }
+    }
+    Ok(files.into_iter().collect())
 }
 
 /// The name a recipe's text is stored under: the last component of the name it came with.
@@ -407,6 +516,17 @@ fn load_desired(conn: &Connection, device_id: &str) -> Result<Option<DesiredStat
     doc.map(|d| decode(&d)).transpose()
 }
 
+fn load_reported(conn: &Connection, device_id: &str) -> Result<Option<ReportedState>, StoreError> {
+    let doc: Option<String> = conn
+        .query_row(
+            "SELECT doc FROM reported_state WHERE device_id = ?1",
+            params![device_id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    doc.map(|d| decode(&d)).transpose()
+}
+
 fn save_desired(
     conn: &Connection,
     device_id: &str,
@@ -434,7 +554,7 @@ fn deployment_row(
 ) -> Result<Option<DeploymentView>, StoreError> {
     let row = conn
         .query_row(
-            "SELECT p.id, t.name, p.target, p.created_at, p.components
+            "SELECT p.id, t.name, p.target, p.created_at, p.components, p.removed
              FROM deployments p JOIN tenants t ON t.id = p.tenant_id
              WHERE p.id = ?1 AND (?2 IS NULL OR p.tenant_id = ?2)",
             params![id, tenant_id],
@@ -445,11 +565,12 @@ fn deployment_row(
                     r.get::<_, String>(2)?,
                     r.get::<_, String>(3)?,
                     r.get::<_, String>(4)?,
+                    r.get::<_, String>(5)?,
                 ))
             },
         )
         .optional()?;
-    let Some((id, tenant, target, created_at, components)) = row else {
+    let Some((id, tenant, target, created_at, components, removed)) = row else {
         return Ok(None);
     };
     let mut stmt = conn.prepare_cached(
@@ -474,6 +595,7 @@ fn deployment_row(
         target,
         created_at,
         components: decode(&components)?,
+        removed: decode(&removed)?,
         devices,
     }))
 }
@@ -619,9 +741,10 @@ impl Store {
                 what: "tenant",
                 key: new.tenant.to_string(),
             })?;
-        if new.recipes.is_empty() && new.os.is_none() {
+        if new.recipes.is_empty() && new.os.is_none() && new.remove.is_empty() {
             return Err(StoreError::Invalid(
-                "a deployment needs at least one recipe or an OS bundle".into(),
+                "a deployment needs at least one recipe, a component to remove or an OS bundle"
+                    .into(),
             ));
         }
         if let Some(os) = &new.os
@@ -632,9 +755,18 @@ impl Store {
                 os.bundle_sha256, tenant.name
             )));
         }
-        let mut parsed: Vec<(&str, &str, Recipe)> = Vec::new();
+        let supplied: BTreeMap<&str, &[u8]> = new
+            .artifacts
+            .iter()
+            .map(|(name, data)| (name.as_str(), data.as_slice()))
+            .collect();
+        for name in supplied.keys() {
+            check_artifact_name(name)?;
+        }
+        let mut used: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
+        let mut parsed: Vec<(&str, String, Recipe)> = Vec::new();
         for (file, text) in &new.recipes {
-            let r = recipe::parse(text, Path::new(file))
+            let mut r = recipe::parse(text, Path::new(file))
                 .map_err(|e| StoreError::Invalid(e.to_string()))?;
             if let Some((first, _, _)) = parsed.iter().find(|(_, _, p)| p.name == r.name) {
                 return Err(StoreError::Invalid(format!(
@@ -642,19 +774,81 @@ impl Store {
                     r.name
                 )));
             }
-            for manifest in &r.manifests {
-                for artifact in &manifest.artifacts {
-                    if let ArtifactUri::Relay(sha256) = &artifact.uri
-                        && artifact_row(&self.conn(), tenant.id, sha256)?.is_none()
-                    {
-                        return Err(StoreError::Invalid(format!(
-                            "{file}: {} needs artifact relay:sha256:{sha256}, which is not stored on the relay for tenant {}; upload it first (relay artifact put --tenant {})",
-                            r.name, tenant.name, tenant.name
-                        )));
+            if new.remove.contains(&r.name) {
+                return Err(StoreError::Invalid(format!(
+                    "{file}: component {} is both deployed and removed by this deployment",
+                    r.name
+                )));
+            }
+            let mut rewritten = Vec::new();
+            let component = r.name.clone();
+            for (m, manifest) in r.manifests.iter_mut().enumerate() {
+                for (i, artifact) in manifest.artifacts.iter_mut().enumerate() {
+                    match &artifact.uri {
+                        ArtifactUri::Relay { sha256, .. } => {
+                            if artifact_row(&self.conn(), tenant.id, sha256)?.is_none() {
+                                return Err(StoreError::Invalid(format!(
+                                    "{file}: {component} needs artifact relay:sha256:{sha256}, which is not stored on the relay for tenant {}; upload it first (relay artifact put --tenant {})",
+                                    tenant.name, tenant.name
+                                )));
+                            }
+                        }
+                        ArtifactUri::Local(name) => {
+                            let name = name.clone();
+                            let at = format!("{file}: manifests[{m}].artifacts[{i}]");
+                            match supplied.get(name.as_str()) {
+                                Some(data) => {
+                                    let actual = hex::encode(Sha256::digest(data));
+                                    if actual != artifact.sha256 {
+                                        return Err(StoreError::Invalid(format!(
+                                            "{at}: artifact {name} of {component}: the file supplied has sha256 {actual}, the recipe says {}",
+                                            artifact.sha256
+                                        )));
+                                    }
+                                    self.put_artifact(artifacts_dir, &tenant.name, &name, data)?;
+                                    used.insert(supplied_key(&supplied, &name));
+                                }
+                                None => {
+                                    if artifact_row(&self.conn(), tenant.id, &artifact.sha256)?
+                                        .is_none()
+                                    {
+                                        return Err(StoreError::Invalid(format!(
+                                            "{at}: artifact {name} of {component} is a bare file name: pass the directory that holds it (relay deploy create --artifacts DIR, or \"artifacts\" in the API), or put it first (relay artifact put --tenant {} {name})",
+                                            tenant.name
+                                        )));
+                                    }
+                                }
+                            }
+                            // Stored by digest on the relay, kept under its name on the device.
+                            artifact.uri = ArtifactUri::Relay {
+                                sha256: artifact.sha256.clone(),
+                                name: Some(name.clone()),
+                            };
+                            rewritten.push(name);
+                        }
+                        ArtifactUri::Https(_) | ArtifactUri::File(_) => {}
                     }
                 }
             }
+            let text = if rewritten.is_empty() {
+                text.clone()
+            } else {
+                let body =
+                    recipe::to_text(&r).map_err(|e| StoreError::Invalid(format!("{file}: {e}")))?;
+                format!(
+                    "# {file} as deployed from the relay: {} stored on the relay by sha256.\n{body}",
+                    rewritten.join(", ")
+                )
+            };
             parsed.push((file, text, r));
+        }
+        if let Some(unused) = supplied.keys().find(|n| !used.contains(**n)) {
+            return Err(StoreError::Invalid(format!(
+                "artifact {unused} is supplied but no recipe of this deployment names it"
+            )));
+        }
+        for name in &new.remove {
+            validate_component_name(name)?;
         }
         let names: Vec<&str> = parsed.iter().map(|(_, _, r)| r.name.as_str()).collect();
         let mut configurations = deployment_configurations(&names, &new.set)?;
@@ -677,6 +871,15 @@ impl Store {
                 },
             );
         }
+        let removed: Vec<String> = {
+            let mut r = new.remove.clone();
+            r.sort();
+            r.dedup();
+            r
+        };
+        let mut changes: Vec<String> = components.keys().cloned().collect();
+        changes.extend(removed.iter().cloned());
+        changes.sort();
 
         let id = format!("dep_{}", random_hex(6));
         let created_at = now();
@@ -712,15 +915,56 @@ impl Store {
             }
         };
         tx.execute(
-            "INSERT INTO deployments (id, tenant_id, target, components, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![id, tenant.id, target, encode(&components)?, created_at],
+            "INSERT INTO deployments (id, tenant_id, target, components, removed, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                id,
+                tenant.id,
+                target,
+                encode(&components)?,
+                encode(&removed)?,
+                created_at
+            ],
         )?;
+        // A removal must be about something: a component desired on (or reported by) at
+        // least one device of the target, and none may leave a component there without a
+        // hard dependency it needs.
+        for name in &removed {
+            let mut known = false;
+            for device in &devices {
+                let desired = load_desired(&tx, &device.id)?.unwrap_or_default();
+                let reported = load_reported(&tx, &device.id)?;
+                known |= desired.components.contains_key(name)
+                    || reported
+                        .as_ref()
+                        .is_some_and(|r| r.components.iter().any(|c| c.name == *name));
+                for (other, component) in &desired.components {
+                    if removed.contains(other) || components.contains_key(other) {
+                        continue;
+                    }
+                    if hard_dependency(artifacts_dir, component, name) {
+                        return Err(StoreError::Invalid(format!(
+                            "cannot remove {name} from device {}: {other}, desired there, has a hard dependency on it; remove {other} too (--remove {other})",
+                            device.name
+                        )));
+                    }
+                }
+            }
+            if !known {
+                return Err(StoreError::Invalid(format!(
+                    "cannot remove {name}: no device of {target} has it in its desired state or reports it"
+                )));
+            }
+        }
         for device in &devices {
             let mut desired = load_desired(&tx, &device.id)?.unwrap_or_default();
             for (name, component) in &components {
                 desired.components.insert(name.clone(), component.clone());
             }
+            for name in &removed {
+                desired.components.remove(name);
+            }
+            desired.changes = Some(changes.clone());
             if let Some(os) = &new.os {
                 desired.os = Some(os.clone());
             }
@@ -922,6 +1166,7 @@ impl Store {
             };
             recipe::merge(&mut component.configuration, patch);
         }
+        desired.changes = Some(patches.keys().cloned().collect());
         desired.deployment_id = None;
         desired.version += 1;
         save_desired(&tx, device_id, &desired)?;
@@ -983,6 +1228,8 @@ mod tests {
                         .collect(),
                     set: set.iter().map(|s| s.to_string()).collect(),
                     os: None,
+                    artifacts: Vec::new(),
+                    remove: Vec::new(),
                 },
             )
         }
@@ -1075,6 +1322,8 @@ mod tests {
                     recipes: needs(sha),
                     set: Vec::new(),
                     os: None,
+                    artifacts: Vec::new(),
+                    remove: Vec::new(),
                 },
             )
         };
@@ -1343,6 +1592,7 @@ mod tests {
             }],
             inventory: None,
             os_version: None,
+            failed: Vec::new(),
         };
         let status = |id: &str| -> Result<(DeploymentStatus, Option<String>), StoreError> {
             let view = f.store.deployment(id, None)?.ok_or(StoreError::NotFound {
@@ -1408,6 +1658,132 @@ mod tests {
         assert!(e.contains("com.example.zzz"), "{e}");
         assert!(f.store.push_config(&b1, &json!([1])).is_err());
         assert_eq!(f.store.desired_state(&b1)?.map(|d| d.version), Some(2));
+        Ok(())
+    }
+
+    #[test]
+    fn bare_named_artifacts_are_stored_and_the_recipe_names_them_on_the_relay() -> TestResult {
+        let f = fixture()?;
+        let b1 = f.enroll("acme", "b1")?;
+        let data = b"#!/bin/sh\necho hi\n";
+        let sha = hex::encode(Sha256::digest(data));
+        let text = format!(
+            "name: com.example.a\nversion: 1.0.0\nmanifests:\n  - artifacts:\n      - uri: tool.sh\n        sha256: {sha}\n    lifecycle:\n      run: sh {{artifacts:path}}/tool.sh\n"
+        );
+        let deploy = |artifacts: Vec<(String, Vec<u8>)>, remove: Vec<String>| {
+            f.store.create_deployment(
+                &f.artifacts(),
+                NewDeployment {
+                    tenant: "acme",
+                    target: Target::Device("b1".into()),
+                    recipes: vec![("app.yaml".into(), text.clone())],
+                    set: Vec::new(),
+                    os: None,
+                    artifacts,
+                    remove,
+                },
+            )
+        };
+        // Neither supplied nor stored: refused, naming recipe, artifact and the way out.
+        let e = err_text(deploy(Vec::new(), Vec::new()));
+        assert!(
+            e.contains("app.yaml: manifests[0].artifacts[0]")
+                && e.contains("artifact tool.sh of com.example.a")
+                && e.contains("--artifacts DIR"),
+            "{e}"
+        );
+        let e = err_text(deploy(
+            vec![("tool.sh".into(), b"other".to_vec())],
+            Vec::new(),
+        ));
+        assert!(e.contains("tool.sh") && e.contains(&sha), "{e}");
+        let e = err_text(deploy(
+            vec![
+                ("tool.sh".into(), data.to_vec()),
+                ("extra.bin".into(), b"x".to_vec()),
+            ],
+            Vec::new(),
+        ));
+        assert!(e.contains("extra.bin"), "{e}");
+        assert_eq!(f.store.desired_state(&b1)?, None);
+        let view = deploy(vec![("tool.sh".into(), data.to_vec())], Vec::new())?;
+        let stored = f
+            .store
+            .artifact("acme", &sha)?
+            .ok_or("artifact not stored")?;
+        assert_eq!(stored.name, "tool.sh");
+        let recipe_sha = &view.components["com.example.a"].recipe_sha256;
+        let path = Store::artifact_path(&f.artifacts(), recipe_sha).ok_or("no path")?;
+        let deployed = recipe::parse(&std::fs::read_to_string(&path)?, &path)?;
+        assert_eq!(
+            deployed.manifests[0].artifacts[0].uri,
+            ArtifactUri::Relay {
+                sha256: sha.clone(),
+                name: Some("tool.sh".into())
+            }
+        );
+        let desired = f.store.desired_state(&b1)?.ok_or("no desired state")?;
+        assert_eq!(desired.changes, Some(vec!["com.example.a".to_string()]));
+        // Stored now, the same recipe deploys without the file.
+        deploy(Vec::new(), Vec::new())?;
+        Ok(())
+    }
+
+    #[test]
+    fn removals_take_components_out_and_name_only_what_they_change() -> TestResult {
+        let f = fixture()?;
+        let b1 = f.enroll("acme", "b1")?;
+        let base = "name: com.example.base\nversion: 1.0.0\nmanifests:\n  - lifecycle:\n      run: sleep 1000\n";
+        let user = "name: com.example.user\nversion: 1.0.0\ndependencies:\n  com.example.base:\n    version: \">=1.0.0\"\nmanifests:\n  - lifecycle:\n      run: sleep 1000\n";
+        f.deploy(
+            "device:b1",
+            &[
+                ("base.yaml", base.to_string()),
+                ("user.yaml", user.to_string()),
+                ("a.yaml", recipe_text("com.example.a", "1.0.0", None)),
+            ],
+            &[],
+        )?;
+        let remove = |names: &[&str]| {
+            f.store.create_deployment(
+                &f.artifacts(),
+                NewDeployment {
+                    tenant: "acme",
+                    target: Target::Device("b1".into()),
+                    recipes: Vec::new(),
+                    set: Vec::new(),
+                    os: None,
+                    artifacts: Vec::new(),
+                    remove: names.iter().map(|n| n.to_string()).collect(),
+                },
+            )
+        };
+        let e = err_text(remove(&["com.example.base"]));
+        assert!(
+            e.contains("com.example.user") && e.contains("--remove com.example.user"),
+            "{e}"
+        );
+        let e = err_text(remove(&["com.example.nothing"]));
+        assert!(e.contains("com.example.nothing"), "{e}");
+        assert!(remove(&["bad name"]).is_err());
+        let view = remove(&["com.example.a"])?;
+        assert_eq!(view.removed, vec!["com.example.a"]);
+        assert!(view.components.is_empty());
+        let desired = f.store.desired_state(&b1)?.ok_or("no desired state")?;
+        assert!(!desired.components.contains_key("com.example.a"));
+        assert_eq!(desired.changes, Some(vec!["com.example.a".to_string()]));
+        assert_eq!(f.store.deployment(&view.id, None)?, Some(view));
+        // Both at once is fine; a configuration push names only what it patches.
+        remove(&["com.example.base", "com.example.user"])?;
+        f.deploy(
+            "device:b1",
+            &[("a.yaml", recipe_text("com.example.a", "1.0.0", None))],
+            &[],
+        )?;
+        let pushed = f
+            .store
+            .push_config(&b1, &json!({"com.example.a": {"port": 1}}))?;
+        assert_eq!(pushed.changes, Some(vec!["com.example.a".to_string()]));
         Ok(())
     }
 

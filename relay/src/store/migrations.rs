@@ -314,6 +314,12 @@ ALTER TABLE users_v2 RENAME TO users;
 CREATE INDEX user_keys_by_fingerprint ON user_keys (fingerprint);
 "#,
     },
+    Migration {
+        name: "deployments that remove components",
+        sql: r#"
+ALTER TABLE deployments ADD COLUMN removed TEXT NOT NULL DEFAULT '[]';
+"#,
+    },
 ];
 
 /// The schema version this code writes and understands.

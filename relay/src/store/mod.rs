@@ -35,7 +35,7 @@ pub use audit::{AuditEntry, NewAudit};
 pub use cas::TrustedCa;
 pub use fleet::{
     ArtifactInfo, DeploymentDevice, DeploymentView, DeviceState, NewDeployment, Target,
-    config_overrides,
+    config_overrides, read_local_artifacts,
 };
 pub use keys::DeviceLogin;
 pub use people::{LiveEngineer, LiveGrants, RemovedTenant, TenantContents};
