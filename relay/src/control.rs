@@ -33,8 +33,22 @@ use crate::store::Store;
 const POLL: Duration = Duration::from_secs(1);
 
 /// Serves one control channel of `device_id` until it closes.
-pub async fn serve<S>(stream: S, device_id: String, store: Arc<Store>, artifacts_dir: PathBuf)
-where
+/// What the agent at the other end understands beyond the first protocol version.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AgentFeatures {
+    /// It reads [`tether_protocol::fleet::DesiredState::changes`]; agents before it refuse a
+    /// document that has the field, and get each version as a whole desired state instead.
+    pub desired_changes: bool,
+}
+
+/// Serves a device's control channel until it closes.
+pub async fn serve<S>(
+    stream: S,
+    device_id: String,
+    store: Arc<Store>,
+    artifacts_dir: PathBuf,
+    features: AgentFeatures,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
@@ -65,8 +79,11 @@ where
                 let id = device_id.clone();
                 let desired = with_store(&store, move |s| s.desired_state(&id)).await;
                 match desired {
-                    Some(Ok(Some(state))) if state.version > sent_version => {
+                    Some(Ok(Some(mut state))) if state.version > sent_version => {
                         sent_version = state.version;
+                        if !features.desired_changes {
+                            state.changes = None;
+                        }
                         if let Err(e) = frame::write(&mut wr, &ControlFrame::Desired { state }).await {
                             tracing::info!("device {device_id}: control channel closed: {e}");
                             break;

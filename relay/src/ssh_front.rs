@@ -1275,11 +1275,21 @@ impl server::Handler for Conn {
                         true
                     }
                     (Some(ch), CONTROL_SUBSYSTEM) => {
+                        // An agent that announced session channels is of the release that
+                        // also reads the changes of a desired state.
+                        let features = crate::control::AgentFeatures {
+                            desired_changes: self
+                                .front
+                                .registry
+                                .get(&device.id)
+                                .is_some_and(|l| l.session_channels),
+                        };
                         tokio::spawn(crate::control::serve(
                             ch.into_stream(),
                             device.id.clone(),
                             self.front.store.clone(),
                             self.front.artifacts_dir.clone(),
+                            features,
                         ));
                         true
                     }
