@@ -198,8 +198,10 @@ pub async fn serve(config: RelayConfig, store: Arc<Store>) -> Result<()> {
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    evict_front.evict_unwelcome().await;
+                    // Engineers first: when a tenant goes, its engineers are told why before
+                    // their sessions end with the device links they ran on.
                     evict_front.evict_engineers().await;
+                    evict_front.evict_unwelcome().await;
                 }
                 _ = stopped(&mut evict_stop) => return,
             }
