@@ -7,6 +7,10 @@
 //! [`tether_protocol::fleet::ReportedState::bound_strings`]) before they are stored, and what
 //! was cut is logged.
 //!
+//! The channel reads the desired state and the pending actions when it opens and then only when
+//! the store notifies it of a change for its device ([`crate::store::notify`]): an idle device
+//! costs the relay nothing.
+//!
 //! A malformed frame closes this channel with a logged error; the link stays up and the
 //! device opens a new control channel on its next link.
 //!
@@ -17,7 +21,6 @@
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use base64::Engine;
 use tether_protocol::fleet::{
@@ -28,9 +31,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::ssh_front::with_store;
 use crate::store::Store;
-
-/// How often the relay looks for a changed desired state of a connected device.
-const POLL: Duration = Duration::from_secs(1);
 
 /// Serves one control channel of `device_id` until it closes.
 /// What the agent at the other end understands beyond the first protocol version.
@@ -53,7 +53,7 @@ pub async fn serve<S>(
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
     let (frames_tx, mut frames_rx) = tokio::sync::mpsc::channel(16);
-    // Reading in its own task: a frame is never half-read when the poll tick fires.
+    // Reading in its own task: a frame is never half-read when a change arrives.
     let reader_id = device_id.clone();
     let reader = tokio::spawn(async move {
         loop {
@@ -72,10 +72,12 @@ pub async fn serve<S>(
         }
     });
     let mut sent_version = 0u64;
-    let mut tick = tokio::time::interval(POLL);
+    // Subscribed before the first read, and its first wait returns at once: the state is sent
+    // when the channel opens, and a change made meanwhile is not missed.
+    let mut changes = store.notifier().subscribe(&device_id);
     loop {
         tokio::select! {
-            _ = tick.tick() => {
+            _ = changes.changed() => {
                 let id = device_id.clone();
                 let desired = with_store(&store, move |s| s.desired_state(&id)).await;
                 match desired {

@@ -150,6 +150,8 @@ pub async fn serve(config: RelayConfig, store: Arc<Store>) -> Result<()> {
         None => None,
     };
 
+    // Changes the admin CLI writes reach connected devices through this one watcher.
+    let _changes = crate::store::notify::Watcher::spawn(store.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     let registry = Arc::new(Registry::new());
     let front = Front::new(

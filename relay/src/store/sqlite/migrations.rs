@@ -320,6 +320,17 @@ CREATE INDEX user_keys_by_fingerprint ON user_keys (fingerprint);
 ALTER TABLE deployments ADD COLUMN removed TEXT NOT NULL DEFAULT '[]';
 "#,
     },
+    Migration {
+        name: "device change feed",
+        sql: r#"
+CREATE TABLE device_changes (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    device_id TEXT NOT NULL,
+    at        INTEGER NOT NULL
+);
+CREATE INDEX device_changes_by_time ON device_changes (at);
+"#,
+    },
 ];
 
 /// The schema version this code writes and understands.
@@ -360,7 +371,7 @@ fn apply(conn: &mut Connection, migrations: &[Migration]) -> Result<(), StoreErr
             .map_err(|source| StoreError::Migration {
                 version: version + 1,
                 name: step.name,
-                source,
+                source: source.into(),
             })?;
         tx.pragma_update(None, "user_version", version + 1)?;
         tx.commit()?;
