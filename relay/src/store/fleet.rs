@@ -387,3 +387,29 @@ pub trait FleetStore {
     /// is an error naming it. Returns the new desired state.
     fn push_config(&self, device_id: &str, overrides: &Value) -> Result<DesiredState, StoreError>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse_and_name_bad_input() {
+        assert_eq!(
+            "tag:edge".parse::<Target>().ok(),
+            Some(Target::Tag("edge".into()))
+        );
+        assert_eq!(
+            "device:b1".parse::<Target>().ok(),
+            Some(Target::Device("b1".into()))
+        );
+        assert_eq!(Target::Tag("edge".into()).to_string(), "tag:edge");
+        for bad in ["edge", "tag:", "device:", "group:x", "tag:Bad"] {
+            let e = bad
+                .parse::<Target>()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(e.contains(&format!("{bad:?}")), "{bad}: {e}");
+        }
+    }
+}

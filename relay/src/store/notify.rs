@@ -107,6 +107,14 @@ impl DeviceChanges {
     pub fn has_changed(&self) -> bool {
         self.receiver.has_changed().unwrap_or(false)
     }
+
+    /// Whether a change arrived since the last wait or take, marking it seen: the
+    /// non-blocking form of [`DeviceChanges::changed`].
+    pub fn take_change(&mut self) -> bool {
+        let changed = self.has_changed();
+        self.receiver.borrow_and_update();
+        changed
+    }
 }
 
 impl Drop for DeviceChanges {

@@ -51,6 +51,16 @@ impl Feed {
     }
 }
 
+#[cfg(test)]
+impl Feed {
+    /// Makes the next [`pick_up`] prune at once.
+    pub(super) fn age_for_tests(&mut self) {
+        self.pruned_at = Instant::now()
+            .checked_sub(PRUNE_EVERY)
+            .unwrap_or(self.pruned_at);
+    }
+}
+
 fn data_version(conn: &Connection) -> Result<i64, StoreError> {
     Ok(conn.query_row("PRAGMA data_version", [], |r| r.get(0))?)
 }

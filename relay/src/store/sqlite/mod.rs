@@ -149,3 +149,326 @@ impl From<rusqlite::Error> for StoreError {
 fn is_unique_violation(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::conformance::{TestResult, enroll, enrollment, run, token};
+    use crate::store::{
+        ActionStore, AuditStore, DeviceStatus, DeviceStore, NewAudit, NewSession, SessionStore,
+        TenantStore, TokenKind, TokenStore,
+    };
+
+    /// A fresh SQLite store in a temporary directory, for the conformance suite.
+    fn fresh() -> Result<(tempfile::TempDir, Box<dyn Backend>), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = SqliteStore::open(&dir.path().join("relay.db"))?;
+        Ok((dir, Box::new(store)))
+    }
+
+    crate::store::conformance::suite!(fresh);
+
+    #[test]
+    fn migrations_are_idempotent_and_newer_files_refused() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("sub/relay.db");
+        {
+            let s = SqliteStore::open(&path)?;
+            s.add_tenant("acme")?;
+        }
+        let s = SqliteStore::open(&path)?;
+        assert_eq!(s.tenants()?.len(), 1);
+        drop(s);
+        let conn = Connection::open(&path)?;
+        conn.pragma_update(None, "user_version", 99)?;
+        drop(conn);
+        assert!(matches!(
+            SqliteStore::open(&path),
+            Err(StoreError::TooNew { found: 99, .. })
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn new_files_are_private_and_wal() -> TestResult {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("state/relay.db");
+        let s = SqliteStore::open(&path)?;
+        s.add_tenant("acme")?;
+        let mode = |p: &Path| -> std::io::Result<u32> {
+            Ok(std::fs::metadata(p)?.permissions().mode() & 0o777)
+        };
+        assert_eq!(mode(&dir.path().join("state"))?, 0o700);
+        assert_eq!(mode(&path)?, 0o600);
+        let journal: String = s
+            .conn()
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+        assert_eq!(journal, "wal");
+        let fk: bool = s
+            .conn()
+            .query_row("PRAGMA foreign_keys", [], |r| r.get(0))?;
+        assert!(fk);
+        Ok(())
+    }
+
+    #[test]
+    fn concurrent_redemptions_from_several_processes_respect_the_use_limit() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("relay.db");
+        let s = SqliteStore::open(&path)?;
+        s.add_tenant("acme")?;
+        let secret = token(&s, "acme", None, Some(3))?;
+        // Each thread has its own connection, as separate relay processes would.
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let (path, secret) = (path.clone(), secret.clone());
+                std::thread::spawn(move || -> Result<bool, String> {
+                    let store = SqliteStore::open(&path).map_err(|e| e.to_string())?;
+                    match store.redeem_enroll_token(
+                        &secret,
+                        enrollment(&format!("b{i}"), &format!("fp{i}")),
+                    ) {
+                        Ok(_) => Ok(true),
+                        Err(StoreError::TokenUsedUp) => Ok(false),
+                        Err(e) => Err(e.to_string()),
+                    }
+                })
+            })
+            .collect();
+        let mut enrolled = 0;
+        for h in handles {
+            if h.join().map_err(|_| "thread panicked")?? {
+                enrolled += 1;
+            }
+        }
+        assert_eq!(enrolled, 3);
+        assert_eq!(s.devices(Some("acme"))?.len(), 3);
+        assert_eq!(s.tokens(None)?[0].uses_left, Some(0));
+        Ok(())
+    }
+
+    #[test]
+    fn two_handles_on_one_file() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("relay.db");
+        let a = SqliteStore::open(&path)?;
+        let b = SqliteStore::open(&path)?;
+        a.add_tenant("acme")?;
+        assert!(b.tenant_by_name("acme")?.is_some());
+        assert!(matches!(b.add_tenant("acme"), Err(StoreError::Conflict(_))));
+        // A change made through one handle is seen by the other at once (the admin CLI
+        // rejecting a device while the relay serves it).
+        let t = token(&a, "acme", None, None)?;
+        let d = b.redeem_enroll_token(&t, enrollment("b1", "fp1"))?.device;
+        assert!(b.unwelcome_devices(std::slice::from_ref(&d.id))?.is_empty());
+        a.set_device_status(&d.id, DeviceStatus::Rejected)?;
+        assert_eq!(
+            b.unwelcome_devices(std::slice::from_ref(&d.id))?,
+            vec![d.id.clone()]
+        );
+        a.remove_device(&d.id)?;
+        assert!(b.device(&d.id)?.is_none());
+        assert!(matches!(
+            b.remove_device(&d.id),
+            Err(StoreError::NotFound { .. })
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn token_secrets_are_stored_hashed() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("relay.db");
+        let s = SqliteStore::open(&path)?;
+        s.add_tenant("acme")?;
+        let once = token(&s, "acme", None, Some(1))?;
+        let api = s.create_token(crate::store::NewToken {
+            tenant: "acme",
+            kind: TokenKind::Api,
+            ttl: None,
+            uses: None,
+            require_accept: false,
+            allow_replace: false,
+            role: crate::store::Role::Operator,
+        })?;
+        drop(s);
+        let mut bytes = std::fs::read(&path)?;
+        if let Ok(wal) = std::fs::read(dir.path().join("relay.db-wal")) {
+            bytes.extend(wal);
+        }
+        for secret in [&once, &api.secret] {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "secret stored in clear"
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn an_unreadable_stored_action_fails_without_blocking_the_others() -> TestResult {
+        let (_dir, store) = fresh_sqlite()?;
+        store.add_tenant("acme")?;
+        let b1 = enroll(&store, "acme", "b1")?;
+        let broken = store.create_action(None, &b1, &run("a"), None)?;
+        let fine = store.create_action(None, &b1, &run("b"), None)?;
+        store.conn().execute(
+            "UPDATE actions SET action = '{\"kind\":\"dance\"}' WHERE id = ?1",
+            params![broken.id],
+        )?;
+        let taken = store.take_pending_actions(&b1)?;
+        assert_eq!(
+            taken.iter().map(|x| x.id.as_str()).collect::<Vec<_>>(),
+            vec![fine.id.as_str()]
+        );
+        let status: String = store.conn().query_row(
+            "SELECT status FROM actions WHERE id = ?1",
+            params![broken.id],
+            |r| r.get(0),
+        )?;
+        assert_eq!(status, "failed");
+        Ok(())
+    }
+
+    #[test]
+    fn a_pending_action_past_its_expiry_reads_expired_before_it_is_taken() -> TestResult {
+        let (_dir, store) = fresh_sqlite()?;
+        store.add_tenant("acme")?;
+        let b1 = enroll(&store, "acme", "b1")?;
+        let past = store.create_action(
+            None,
+            &b1,
+            &run("later"),
+            Some(std::time::Duration::from_secs(3600)),
+        )?;
+        store.conn().execute(
+            "UPDATE actions SET expires_at = ?2 WHERE id = ?1",
+            params![past.id, crate::store::unix_now() - 10],
+        )?;
+        let view = store.action(&past.id, None)?.ok_or("missing")?;
+        assert_eq!(
+            (view.status, view.finished_at),
+            (tether_protocol::fleet::ActionStatus::Expired, None)
+        );
+        assert!(store.take_pending_actions(&b1)?.is_empty());
+        let view = store.action(&past.id, None)?.ok_or("missing")?;
+        assert!(view.finished_at.is_some() && view.sent_at.is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn the_audit_table_refuses_updates_and_deletes() -> TestResult {
+        let (_dir, store) = fresh_sqlite()?;
+        store.audit(NewAudit {
+            actor: "admin",
+            action: "tenant.add",
+            ..Default::default()
+        })?;
+        let conn = store.conn();
+        assert!(
+            conn.execute("UPDATE audit SET actor = 'mallory'", [])
+                .is_err()
+        );
+        assert!(conn.execute("DELETE FROM audit", []).is_err());
+        drop(conn);
+        assert_eq!(store.audit_entries(None, None, 100, false)?.len(), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn sessions_past_their_tenants_retention_expire() -> TestResult {
+        let (_dir, store) = fresh_sqlite()?;
+        let acme = store.add_tenant("acme")?;
+        let a = store.open_session(NewSession {
+            tenant_id: acme.id,
+            device_id: "dev_1",
+            device_name: "board1",
+            engineer: "alice",
+            fingerprint: "SHA256:x",
+            source: "127.0.0.1:1",
+        })?;
+        store.close_session(
+            &a,
+            &crate::store::SessionEnd {
+                reason: "exited".into(),
+                cast_file: Some("a.cast".into()),
+                ..Default::default()
+            },
+        )?;
+        store.set_session_retention("acme", 1)?;
+        store.conn().execute(
+            "UPDATE sessions SET started_ms = started_ms - 2 * 86400000 WHERE id = ?1",
+            params![a],
+        )?;
+        assert_eq!(store.expire_sessions()?, vec!["a.cast".to_string()]);
+        assert!(store.session(&a, None).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn another_processs_writes_reach_this_ones_devices_through_the_change_feed() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("relay.db");
+        let relay = SqliteStore::open(&path)?;
+        let cli = SqliteStore::open(&path)?;
+        relay.add_tenant("acme")?;
+        let b1 = enroll(&relay, "acme", "b1")?;
+        let b2 = enroll(&relay, "acme", "b2")?;
+        let mut c1 = relay.notifier().subscribe(&b1);
+        let mut c2 = relay.notifier().subscribe(&b2);
+        c1.take_change();
+        c2.take_change();
+        // Nothing written elsewhere: the check reads no table and notifies nobody.
+        assert_eq!(relay.pick_up_changes()?, 0);
+        cli.create_action(None, &b1, &run("uptime"), None)?;
+        // The other handle's notifier is not this one's.
+        assert!(!c1.has_changed());
+        assert_eq!(relay.pick_up_changes()?, 1);
+        assert!(c1.take_change());
+        assert!(!c2.take_change());
+        // Each change is picked up once.
+        assert_eq!(relay.pick_up_changes()?, 0);
+        // Writes by this handle notified at once and do not come back as another's.
+        relay.create_action(None, &b2, &run("uptime"), None)?;
+        assert!(c2.take_change());
+        assert_eq!(relay.pick_up_changes()?, 0);
+        // Writes that change no device's state or queue (here a tenant) notify nobody.
+        cli.add_tenant("globex")?;
+        assert_eq!(
+            relay.pick_up_changes()?,
+            1,
+            "b2's own change is listed once more"
+        );
+        assert_eq!(relay.pick_up_changes()?, 0);
+        Ok(())
+    }
+
+    #[test]
+    fn old_change_rows_are_pruned() -> TestResult {
+        let (_dir, store) = fresh_sqlite()?;
+        store.add_tenant("acme")?;
+        let b1 = enroll(&store, "acme", "b1")?;
+        store.create_action(None, &b1, &run("uptime"), None)?;
+        let rows = |s: &SqliteStore| -> rusqlite::Result<i64> {
+            s.conn()
+                .query_row("SELECT count(*) FROM device_changes", [], |r| r.get(0))
+        };
+        assert_eq!(rows(&store)?, 1);
+        store.conn().execute(
+            "UPDATE device_changes SET at = at - ?1",
+            params![changes::KEEP_SECS + 1],
+        )?;
+        store.feed.lock().map_err(|_| "poisoned")?.age_for_tests();
+        store.pick_up_changes()?;
+        assert_eq!(rows(&store)?, 0);
+        Ok(())
+    }
+
+    /// A fresh SQLite store as itself, for tests that look inside.
+    fn fresh_sqlite() -> Result<(tempfile::TempDir, SqliteStore), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = SqliteStore::open(&dir.path().join("relay.db"))?;
+        Ok((dir, store))
+    }
+}
