@@ -3,8 +3,10 @@
 //! The upload path only knows [`Sink`]: commit a batch of one device's records durably, with
 //! (device, seq) deduplication, then return. The relay acknowledges the batch to the device only
 //! after `commit` returned, so a sink that loses nothing it committed gives exactly-once storage.
-//! The embedded SQLite sink is the default; PostgreSQL or NATS JetStream sinks implement the same
-//! trait (JetStream with message id `device/seq`).
+//! The default sink is the relay's own store, through the store interface: the embedded SQLite
+//! file, or whichever backend the store runs on (PostgreSQL keeps telemetry with every other
+//! durable fact). A NATS JetStream sink would implement the same trait (message id
+//! `device/seq`).
 
 use std::sync::Arc;
 
@@ -16,7 +18,7 @@ use crate::store::{Store, StoreError};
 /// Why a batch could not be committed.
 #[derive(Debug, Error)]
 pub enum SinkError {
-    /// The embedded store failed.
+    /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -33,7 +35,8 @@ pub trait Sink: Send + Sync {
     ) -> Result<usize, SinkError>;
 }
 
-/// The embedded SQLite sink: the relay's own store.
+/// The store sink: telemetry committed into the relay's own store, whatever its backend (the
+/// name is from when SQLite was the only one).
 pub struct SqliteSink {
     store: Arc<Store>,
 }

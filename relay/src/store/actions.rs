@@ -1,9 +1,9 @@
 //! Remote actions in the relay's store: commands to run, components to restart and reboots,
 //! queued for one device each and carried out when its control channel is up.
 //!
-//! An action is `pending` until the control channel takes it ([`Store::take_pending_actions`],
+//! An action is `pending` until the control channel takes it ([`ActionStore::take_pending_actions`],
 //! which marks it `running`), and `succeeded` or `failed` once the device reports how it went
-//! ([`Store::record_action_result`]). A pending action past its expiry becomes `expired`
+//! ([`ActionStore::record_action_result`]). A pending action past its expiry becomes `expired`
 //! instead of being sent. The agent keeps a result until it was delivered and sends it again
 //! over the next channel, so recording a result is idempotent: a repeated result for an
 //! action that already has one is ignored.
@@ -51,7 +51,7 @@ pub struct ActionView {
     pub exit_code: Option<i32>,
     /// Output the device reported (stdout and stderr interleaved).
     pub output: Option<String>,
-    /// Whether the output was cut at [`MAX_ACTION_OUTPUT`] bytes.
+    /// Whether the output was cut at [`MAX_ACTION_OUTPUT`](tether_protocol::fleet::MAX_ACTION_OUTPUT) bytes.
     pub truncated: bool,
     /// What went wrong, if it did.
     pub error: Option<String>,
@@ -115,7 +115,7 @@ pub trait ActionStore {
     ///
     /// With `tenant_id` the device (id or name) is looked up in that tenant only, and one of
     /// another tenant is not found; without it, the device is an id or a name unique across
-    /// tenants (see [`Store::resolve_device`]). A `run` command must not be empty and at most
+    /// tenants (see [`DeviceStore::resolve_device`](super::DeviceStore::resolve_device)). A `run` command must not be empty and at most
     /// 64 KiB, its `timeout_secs` 1 to 86400 when given; a `restart` must name a component.
     /// `ttl` is how long the action may wait for the device; `None` waits forever, and an
     /// action past it becomes `expired` instead of being sent.
@@ -139,7 +139,7 @@ pub trait ActionStore {
     /// Records how one of the device's actions ended.
     ///
     /// The status must be `succeeded` or `failed`. An action of another device, or one that
-    /// does not exist, is not found. Output is kept up to [`MAX_ACTION_OUTPUT`] bytes (cut at
+    /// does not exist, is not found. Output is kept up to [`MAX_ACTION_OUTPUT`](tether_protocol::fleet::MAX_ACTION_OUTPUT) bytes (cut at
     /// a character boundary, and then marked truncated). A result for an action that already
     /// has one is ignored: the agent re-sends results it is not sure were delivered.
     fn record_action_result(

@@ -132,7 +132,7 @@ pub struct DeviceState {
 
 /// Builds the configuration overrides of a per-device push from `component:key=value`
 /// assignments: a JSON object of component name → configuration patch (for
-/// [`Store::push_config`]). Every assignment must name its component.
+/// [`FleetStore::push_config`]). Every assignment must name its component.
 pub fn config_overrides(assignments: &[String]) -> Result<Value, StoreError> {
     let mut overrides = serde_json::Map::new();
     for assignment in assignments {

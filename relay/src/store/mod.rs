@@ -7,7 +7,7 @@
 //! behind it. [`Store`] is what callers hold: it dereferences to `dyn Backend`, so
 //! `store.devices(..)` needs no import, and [`Store::open`] opens the SQLite backend
 //! ([`sqlite`]), the default and today the only one. PostgreSQL is to implement the same
-//! traits and run the same [`conformance`] suite unchanged.
+//! traits and run the same conformance suite (`store/conformance/`) unchanged.
 //!
 //! Every operation is blocking. The SQLite backend does file I/O under a mutex, and the
 //! PostgreSQL one is to use the blocking `postgres` client; async callers run operations on

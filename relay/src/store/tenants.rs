@@ -64,7 +64,7 @@ pub trait TenantStore {
     /// The tenant called `name`.
     fn tenant_by_name(&self, name: &str) -> Result<Option<Tenant>, StoreError>;
 
-    /// What tenant `name` holds, i.e. what [`Store::remove_tenant`] would delete.
+    /// What tenant `name` holds, i.e. what [`TenantStore::remove_tenant`] would delete.
     fn tenant_contents(&self, name: &str) -> Result<TenantContents, StoreError>;
 
     /// Deletes tenant `name` and everything it holds: devices (tags, desired and reported

@@ -133,7 +133,7 @@ pub struct LiveEngineer {
     pub disabled: bool,
 }
 
-/// What [`Store::live_engineer_grants`] found.
+/// What [`UserStore::live_engineer_grants`] found.
 #[derive(Debug, Clone, Default)]
 pub struct LiveGrants {
     /// Every engineer holding one of the keys asked about.

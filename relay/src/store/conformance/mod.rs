@@ -16,7 +16,7 @@ use tether_protocol::fleet::{
 };
 use tether_protocol::telemetry::{Kind, Level, Record};
 
-pub(crate) use super::*;
+use super::*;
 
 pub(crate) mod actions;
 pub(crate) mod audit;

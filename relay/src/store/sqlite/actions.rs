@@ -11,7 +11,10 @@ use crate::store::actions::{LIST_LIMIT, cap_output, validate};
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use super::SqliteStore;
-use crate::store::*;
+use crate::store::{
+    ActionStore, ActionView, Device, DeviceStore, StoreError, now, random_hex, rfc3339_from_unix,
+    unix_now,
+};
 
 fn status_as_str(status: ActionStatus) -> &'static str {
     match status {
@@ -53,7 +56,7 @@ const VIEW_SELECT: &str = "SELECT a.id, t.name, a.device_id, d.name, a.action, a
      FROM actions a JOIN tenants t ON t.id = a.tenant_id JOIN devices d ON d.id = a.device_id";
 
 /// Reads an action; a pending one past its expiry reads as expired even before
-/// [`Store::take_pending_actions`] records that (the device may never connect again).
+/// [`ActionStore::take_pending_actions`] records that (the device may never connect again).
 fn view_from_row(r: &Row<'_>) -> rusqlite::Result<ActionView> {
     let expires_at: Option<i64> = r.get(7)?;
     let mut status = status_parse(&r.get::<_, String>(5)?);

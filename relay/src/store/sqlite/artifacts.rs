@@ -1,12 +1,14 @@
 //! Artifact records in SQLite.
 
 use rusqlite::{Connection, OptionalExtension, params};
+use std::path::Path;
+
 use sha2::{Digest, Sha256};
 
 use super::SqliteStore;
 use super::tenants::tenant_id;
 use crate::store::artifacts::{check_artifact_name, write_artifact_file};
-use crate::store::*;
+use crate::store::{ArtifactInfo, ArtifactStore, StoreError, now};
 
 /// The columns [`artifact_from_row`] reads, from `artifacts a JOIN tenants t`.
 const ARTIFACT_COLUMNS: &str = "t.name, a.sha256, a.size, a.name, a.created_at";

@@ -6,7 +6,7 @@ use rusqlite::params;
 use std::time::SystemTime;
 
 use super::SqliteStore;
-use crate::store::*;
+use crate::store::{AuditEntry, AuditStore, NewAudit, StoreError, now};
 
 /// Appends an entry on `conn`, inside whatever transaction it is in (so the entry commits with
 /// the change it records, or not at all).

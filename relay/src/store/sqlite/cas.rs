@@ -4,7 +4,7 @@ use super::tenants::tenant_id;
 use rusqlite::params;
 
 use super::SqliteStore;
-use crate::store::*;
+use crate::store::{CaStore, EngineerKey, Role, StoreError, TrustedCa, now, validate_name};
 
 pub(super) fn ca_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(TrustedCa, String, String)> {
     Ok((

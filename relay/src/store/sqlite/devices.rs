@@ -4,7 +4,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::SqliteStore;
 use super::tenants::tenant_by_name;
-use crate::store::*;
+use crate::store::{Device, DeviceStatus, DeviceStore, StoreError, now};
 
 const DEVICE_COLUMNS: &str = "d.id, d.tenant_id, t.name, d.name, d.public_key, d.fingerprint, d.status, \
      d.created_at, d.online, d.last_connected, d.last_disconnected, d.remote_addr, d.agent_version";

@@ -23,7 +23,10 @@ use crate::store::fleet::{
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::SqliteStore;
-use crate::store::*;
+use crate::store::{
+    ArtifactStore, DeploymentDevice, DeploymentView, Device, DeviceState, DeviceStatus, FleetStore,
+    NewAudit, NewDeployment, StoreError, Target, now, random_hex, validate_name,
+};
 
 /// A stored JSON document that does not decode: a damaged file, reported like any other
 /// value SQLite cannot convert.

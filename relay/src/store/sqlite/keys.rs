@@ -4,7 +4,7 @@ use rusqlite::{OptionalExtension, params};
 
 use super::SqliteStore;
 use super::devices::device_where;
-use crate::store::*;
+use crate::store::{DeviceKeyStore, DeviceLogin, EngineerKey, StoreError};
 
 impl DeviceKeyStore for SqliteStore {
     fn register_next_key(&self, id: &str, public_key: &str) -> Result<String, StoreError> {

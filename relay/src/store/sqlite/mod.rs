@@ -4,11 +4,11 @@
 //! mode with a busy timeout, and every change that touches more than one row is a single
 //! transaction. The schema is versioned with `PRAGMA user_version`; migrations run in order,
 //! each in its own transaction, and a database newer than this code is refused rather than
-//! misread (see [`migrations`]). Token secrets are stored only as SHA-256 hashes: the secret
+//! misread (see `migrations.rs`). Token secrets are stored only as SHA-256 hashes: the secret
 //! is shown once when minted and a copy of the database file gives no usable token.
 //!
 //! Every write that changes a device's desired state or queues an action for it also inserts a
-//! row into `device_changes` in the same transaction (see [`changes`]), so the serving relay
+//! row into `device_changes` in the same transaction (see `changes.rs`), so the serving relay
 //! hears about the admin CLI's writes without polling any device's state.
 
 use std::path::Path;

@@ -5,7 +5,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rusqlite::{Row, params};
 
 use super::SqliteStore;
-use crate::store::*;
+use crate::store::{
+    NewSession, SessionEnd, SessionQuery, SessionRecord, SessionStore, StoreError, now, random_hex,
+};
 
 const SESSION_COLUMNS: &str = "s.id, t.name, s.device_id, s.device_name, s.engineer, \
     s.fingerprint, s.source, s.kind, s.command, s.term, s.width, s.height, s.started_at, \

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{TransactionBehavior, params};
 
 use super::SqliteStore;
-use crate::store::*;
+use crate::store::{StoreError, StoredRecord, TelemetryQuery, TelemetryStore};
 
 impl TelemetryStore for SqliteStore {
     fn insert_telemetry(

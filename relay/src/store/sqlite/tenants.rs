@@ -3,7 +3,9 @@
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use super::{SqliteStore, is_unique_violation};
-use crate::store::*;
+use crate::store::{
+    RemovedTenant, StoreError, Tenant, TenantContents, TenantStore, now, validate_name,
+};
 
 /// The id of tenant `name`, or NotFound naming it.
 pub(super) fn tenant_id(conn: &Connection, name: &str) -> Result<i64, StoreError> {

@@ -7,7 +7,11 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use super::SqliteStore;
 use super::devices::device_where;
 use super::tenants::tenant_by_name;
-use crate::store::*;
+use crate::store::{
+    ApiIdentity, CreatedToken, DeviceEnrollment, DeviceStatus, EnrolledDevice, NewToken, Role,
+    StoreError, TokenInfo, TokenKind, TokenState, TokenStore, hash_secret, now, random_hex,
+    rfc3339_from_unix, unix_now,
+};
 
 /// A valid, unexpired, unrevoked token and what it grants.
 struct CheckedToken {

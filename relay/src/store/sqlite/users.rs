@@ -10,7 +10,10 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use super::cas::{CA_COLUMNS, ca_from_row, finish};
 use super::tenants::{count, tenant_by_name};
 use super::{SqliteStore, is_unique_violation};
-use crate::store::*;
+use crate::store::{
+    EngineerIdentity, EngineerKey, LiveEngineer, LiveGrants, Role, StoreError, User, UserStore,
+    now, validate_name,
+};
 
 /// Engineers matching `filter` (on `u`, `t`), with all their keys.
 pub(super) fn users_where(
