@@ -1,5 +1,6 @@
-//! The audit trail: who did what, when, from where. Append-only: SQLite triggers refuse every
-//! UPDATE and DELETE on the table, so not even the relay's own code can rewrite history.
+//! The audit trail: who did what, when, from where. Append-only: the interface has no way to
+//! change or delete an entry, and a backend enforces that below the relay's code too (SQLite
+//! with triggers that refuse every UPDATE and DELETE on the table).
 
 use std::time::SystemTime;
 

@@ -1,4 +1,5 @@
-//! Telemetry in the relay's store: what the SQLite sink commits and what the API and CLI read.
+//! Telemetry in the relay's store: what the store sink commits and what the API and CLI read.
+//! Records are deduplicated on (device, seq), so a batch committed twice is stored once.
 
 use serde::Serialize;
 
