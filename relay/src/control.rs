@@ -21,6 +21,7 @@
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine;
 use tether_protocol::fleet::{
@@ -30,7 +31,20 @@ use tether_protocol::frame;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::ssh_front::with_store;
-use crate::store::Store;
+use crate::store::{DeviceChanges, Store};
+
+/// How soon the channel reads the store again after a read failed (the store busy, say),
+/// change or no change.
+const RETRY_AFTER_ERROR: Duration = Duration::from_secs(1);
+
+/// Waits for the device's next change; after a failed read, for a moment at most.
+async fn next_check(changes: &mut DeviceChanges, retry: bool) {
+    if retry {
+        let _ = tokio::time::timeout(RETRY_AFTER_ERROR, changes.changed()).await;
+    } else {
+        changes.changed().await;
+    }
+}
 
 /// Serves one control channel of `device_id` until it closes.
 /// What the agent at the other end understands beyond the first protocol version.
@@ -75,9 +89,11 @@ pub async fn serve<S>(
     // Subscribed before the first read, and its first wait returns at once: the state is sent
     // when the channel opens, and a change made meanwhile is not missed.
     let mut changes = store.notifier().subscribe(&device_id);
+    let mut retry = false;
     loop {
         tokio::select! {
-            _ = changes.changed() => {
+            _ = next_check(&mut changes, retry) => {
+                retry = false;
                 let id = device_id.clone();
                 let desired = with_store(&store, move |s| s.desired_state(&id)).await;
                 match desired {
@@ -91,7 +107,11 @@ pub async fn serve<S>(
                             break;
                         }
                     }
-                    Some(Err(e)) => tracing::error!("device {device_id}: desired state: {e}"),
+                    Some(Err(e)) => {
+                        tracing::error!("device {device_id}: desired state: {e}");
+                        retry = true;
+                    }
+                    None => retry = true,
                     _ => {}
                 }
                 let id = device_id.clone();
@@ -114,8 +134,11 @@ pub async fn serve<S>(
                             break;
                         }
                     }
-                    Some(Err(e)) => tracing::error!("device {device_id}: pending actions: {e}"),
-                    None => {}
+                    Some(Err(e)) => {
+                        tracing::error!("device {device_id}: pending actions: {e}");
+                        retry = true;
+                    }
+                    None => retry = true,
                 }
             }
             f = frames_rx.recv() => {

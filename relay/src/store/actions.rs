@@ -133,7 +133,7 @@ pub trait ActionStore {
     /// returned ones `running` with `sent_at` set: each action is handed out once. A stored
     /// action that no longer decodes is marked `failed` rather than blocking the others. An
     /// unknown device has no actions. The control channel calls this when a device connects
-    /// and then every second.
+    /// and then whenever the device is notified of a change.
     fn take_pending_actions(&self, device_id: &str) -> Result<Vec<Action>, StoreError>;
 
     /// Records how one of the device's actions ended.
