@@ -17,8 +17,8 @@
 //!
 //! The full format is documented in `recipes/README.md`, next to the example recipes.
 //!
-//! Layout: `types` (the validated recipe), `raw` (the recipe as written), `parse` (text and
-//! files), `validate` (rules and key paths), `uri` (artifact URIs), `placeholder`
+//! Layout: `types` (the validated recipe), `raw` (the recipe as written), `text` (parsing
+//! text and files), `validate` (rules and key paths), `uri` (artifact URIs), `placeholder`
 //! (interpolation and the `|sh` filter), `config` (assignments and merge), `order` (start
 //! order) and `error`.
 
@@ -27,11 +27,11 @@ use std::time::Duration;
 mod config;
 mod error;
 mod order;
-mod parse;
 mod placeholder;
 mod raw;
 #[cfg(test)]
 mod test_support;
+mod text;
 mod types;
 mod uri;
 mod validate;
@@ -39,8 +39,8 @@ mod validate;
 pub use config::{apply_set, merge};
 pub use error::RecipeError;
 pub use order::start_order;
-pub use parse::{load, parse, to_text};
 pub use placeholder::{Interpolation, interpolate, sh_quote};
+pub use text::{load, parse, to_text};
 pub use types::{
     Artifact, Dependency, DependencyKind, Lifecycle, Manifest, Platform, Recipe, SkipIf, Step,
     Unarchive,

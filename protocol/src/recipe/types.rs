@@ -16,7 +16,7 @@ use super::uri::{ArtifactUri, https_file_name};
 /// A validated recipe.
 ///
 /// Serializes to the recipe format (YAML or JSON) and deserializes from it with the same
-/// validation as [`parse`].
+/// validation as [`parse`](super::parse).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Recipe {
     /// Reverse-DNS component name, like `com.example.hello`.

@@ -1,5 +1,5 @@
-//! Reading recipe text and files: the size limit, YAML parsing whose errors carry file, line
-//! and column, and writing a recipe back as text that reads the same.
+//! Recipe text and files: the size limit, YAML parsing whose errors carry file, line and
+//! column, and writing a recipe back as text that reads the same.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
