@@ -3,99 +3,15 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use common::*;
 
-/// Fast supervision timings so the tests do not wait for production defaults.
-const APPS: &str = "apps:\n  backoff_initial: 100ms\n  backoff_max: 400ms\n  stable_after: 2s\n  settle_time: 1s\n  stop_timeout: 2s\n";
-
-fn recipes_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes")
-}
-
-/// A relay and one linked agent with fast supervision.
-fn setup(name: &str) -> Result<(Relay, Agent)> {
-    let relay = Relay::start()?;
-    relay.tenant("acme")?;
-    let mut agent = Agent::with_extra_config(name, &[], APPS)?;
-    agent.enroll(&relay, Transport::Tcp, "acme")?;
-    agent.start()?;
-    agent.wait_online()?;
-    wait_until(Duration::from_secs(10), "control socket", || {
-        agent.dir.path().join("state/control.sock").exists()
-    })?;
-    Ok((relay, agent))
-}
-
-fn app(agent: &Agent, args: &[&str]) -> Result<Run> {
-    let mut all = vec!["app"];
-    all.extend_from_slice(args);
-    agent.cmd(&all)
-}
-
-fn app_ok(agent: &Agent, args: &[&str]) -> Result<String> {
-    let r = app(agent, args)?;
-    ensure!(
-        r.status == Some(0),
-        "agent app {args:?} failed ({:?}): {}{}\nagent log:\n{}",
-        r.status,
-        r.stdout,
-        r.stderr,
-        agent.log()
-    );
-    Ok(r.stdout)
-}
-
-fn show(agent: &Agent, name: &str) -> Result<serde_json::Value> {
-    Ok(serde_json::from_str(&app_ok(
-        agent,
-        &["show", name, "--json"],
-    )?)?)
-}
-
-fn http_get(port: u16) -> Result<String> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET / HTTP/1.0\r\nHost: x\r\n\r\n")?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp)?;
-    Ok(resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.trim().to_string())
-        .unwrap_or_default())
-}
-
-fn wait_http(port: u16, expect: &str) -> Result<()> {
-    let mut last = String::new();
-    wait_until(
-        Duration::from_secs(20),
-        &format!("HTTP says {expect}"),
-        || {
-            last = http_get(port).unwrap_or_default();
-            last == expect
-        },
-    )
-    .with_context(|| format!("last answer {last:?}"))
-}
-
-/// Writes a recipe into `dir` and returns its path.
-fn write_recipe(dir: &Path, file: &str, text: &str) -> Result<PathBuf> {
-    let p = dir.join(file);
-    std::fs::write(&p, text)?;
-    Ok(p)
-}
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().unwrap_or_default()
-}
-
 #[test]
 fn the_http_example_deploys_and_takes_new_configuration() -> Result<()> {
-    let (relay, agent) = setup("board1")?;
+    let (relay, agent) = apps_setup("board1")?;
     let port = free_port()?;
     let recipe = recipes_dir().join("hello-http/recipe.yaml");
     let artifacts = recipes_dir().join("hello-http");
@@ -112,7 +28,7 @@ fn the_http_example_deploys_and_takes_new_configuration() -> Result<()> {
     )?;
     ensure!(out.contains("com.example.hello-http 1.0.0"), "{out}");
     wait_http(port, "hello from tether")?;
-    let s = show(&agent, "com.example.hello-http")?;
+    let s = app_show(&agent, "com.example.hello-http")?;
     ensure!(
         s["state"] == "running" && s["configuration"]["port"] == port && s["pid"].is_i64(),
         "{s}"
@@ -135,8 +51,8 @@ fn the_http_example_deploys_and_takes_new_configuration() -> Result<()> {
         ],
     )?;
     wait_http(port2, "bonjour, it's me")?;
-    ensure!(http_get(port).is_err() || http_get(port)? != "hello from tether");
-    let s = show(&agent, "com.example.hello-http")?;
+    ensure!(http_body(port).is_err() || http_body(port)? != "hello from tether");
+    let s = app_show(&agent, "com.example.hello-http")?;
     ensure!(s["pid"] != first_pid, "not restarted: {s}");
 
     let list: serde_json::Value = serde_json::from_str(&app_ok(&agent, &["list", "--json"])?)?;
@@ -173,8 +89,8 @@ fn the_http_example_deploys_and_takes_new_configuration() -> Result<()> {
         stopped.trim() == "com.example.hello-http 1.0.0: stopped",
         "{stopped}"
     );
-    ensure!(http_get(port2).is_err(), "still serving after stop");
-    let s = show(&agent, "com.example.hello-http")?;
+    ensure!(http_body(port2).is_err(), "still serving after stop");
+    let s = app_show(&agent, "com.example.hello-http")?;
     ensure!(s["state"] == "stopped" && s["desired"] == "stopped", "{s}");
     let text = app_ok(&agent, &["show", "com.example.hello-http"])?;
     ensure!(
@@ -193,25 +109,25 @@ fn the_http_example_deploys_and_takes_new_configuration() -> Result<()> {
 
 #[test]
 fn a_crashing_component_becomes_broken_and_the_next_deployment_succeeds() -> Result<()> {
-    let (_relay, agent) = setup("board1")?;
+    let (_relay, agent) = apps_setup("board1")?;
     let dir = tempfile::tempdir()?;
-    let good = write_recipe(
+    let good = write_file(
         dir.path(),
         "good.yaml",
         "name: com.example.flaky\nversion: 1.0.0\nmanifests:\n  - lifecycle:\n      run: sleep 600\n",
     )?;
     app_ok(&agent, &["deploy", path_str(&good)])?;
     // Later it starts crashing: a second component that fails only after the settle time.
-    let crashing = write_recipe(
+    let crashing = write_file(
         dir.path(),
         "crash.yaml",
         "name: com.example.crasher\nversion: 1.0.0\nmanifests:\n  - lifecycle:\n      run: sleep 1.5; echo dying >&2; exit 3\n      recover: echo recovering\n",
     )?;
     app_ok(&agent, &["deploy", path_str(&crashing)])?;
     wait_until(Duration::from_secs(30), "crasher broken", || {
-        show(&agent, "com.example.crasher").is_ok_and(|s| s["state"] == "broken")
+        app_show(&agent, "com.example.crasher").is_ok_and(|s| s["state"] == "broken")
     })?;
-    let s = show(&agent, "com.example.crasher")?;
+    let s = app_show(&agent, "com.example.crasher")?;
     ensure!(
         s["errors"] == 3
             && s["restarts"] == 2
@@ -226,28 +142,28 @@ fn a_crashing_component_becomes_broken_and_the_next_deployment_succeeds() -> Res
         "{logs}"
     );
     // A broken component blocks nothing: the next deployment goes through.
-    let v2 = write_recipe(
+    let v2 = write_file(
         dir.path(),
         "good2.yaml",
         "name: com.example.flaky\nversion: 1.1.0\nmanifests:\n  - lifecycle:\n      run: sleep 600\n",
     )?;
     app_ok(&agent, &["deploy", path_str(&v2)])?;
-    let s = show(&agent, "com.example.flaky")?;
+    let s = app_show(&agent, "com.example.flaky")?;
     ensure!(s["version"] == "1.1.0" && s["state"] == "running", "{s}");
     Ok(())
 }
 
 #[test]
 fn a_bad_new_version_rolls_back_to_the_previous_one() -> Result<()> {
-    let (_relay, agent) = setup("board1")?;
+    let (_relay, agent) = apps_setup("board1")?;
     let dir = tempfile::tempdir()?;
-    let v1 = write_recipe(
+    let v1 = write_file(
         dir.path(),
         "v1.yaml",
         "name: com.example.svc\nversion: 1.0.0\nconfiguration: { n: 1 }\nmanifests:\n  - lifecycle:\n      install: echo installed-1 >> {work:path}/installs\n      run: echo up-{configuration:/n}; exec sleep 600\n",
     )?;
     app_ok(&agent, &["deploy", path_str(&v1)])?;
-    let before = show(&agent, "com.example.svc")?;
+    let before = app_show(&agent, "com.example.svc")?;
     for (file, text, expect) in [
         (
             "v2-run.yaml",
@@ -260,7 +176,7 @@ fn a_bad_new_version_rolls_back_to_the_previous_one() -> Result<()> {
             "install step exited with status 7",
         ),
     ] {
-        let v2 = write_recipe(dir.path(), file, text)?;
+        let v2 = write_file(dir.path(), file, text)?;
         let r = app(&agent, &["deploy", path_str(&v2)])?;
         ensure!(
             r.status == Some(1)
@@ -273,7 +189,7 @@ fn a_bad_new_version_rolls_back_to_the_previous_one() -> Result<()> {
         // The restored version may still be starting when the deploy answers.
         let mut s = serde_json::Value::Null;
         wait_until(Duration::from_secs(20), "the old version running", || {
-            s = show(&agent, "com.example.svc").unwrap_or_default();
+            s = app_show(&agent, "com.example.svc").unwrap_or_default();
             s["state"] == "running"
         })
         .with_context(|| format!("{file}: after rollback {s}"))?;
@@ -296,18 +212,18 @@ fn a_bad_new_version_rolls_back_to_the_previous_one() -> Result<()> {
 
 #[test]
 fn components_come_back_after_kill_9_without_reinstalling() -> Result<()> {
-    let (_relay, mut agent) = setup("board1")?;
+    let (_relay, mut agent) = apps_setup("board1")?;
     let dir = tempfile::tempdir()?;
-    let recipe = write_recipe(
+    let recipe = write_file(
         dir.path(),
         "svc.yaml",
         "name: com.example.keeper\nversion: 1.0.0\nmanifests:\n  - lifecycle:\n      install: echo once >> {work:path}/installs\n      run: sh -c 'sleep 600 & sleep 600'\n",
     )?;
     app_ok(&agent, &["deploy", path_str(&recipe)])?;
-    let pid = show(&agent, "com.example.keeper")?["pid"]
+    let pid = app_show(&agent, "com.example.keeper")?["pid"]
         .as_i64()
         .context("pid")?;
-    let stopped = write_recipe(
+    let stopped = write_file(
         dir.path(),
         "stopped.yaml",
         "name: com.example.idle\nversion: 1.0.0\nmanifests:\n  - lifecycle:\n      run: sleep 600\n",
@@ -318,7 +234,7 @@ fn components_come_back_after_kill_9_without_reinstalling() -> Result<()> {
     agent.kill();
     agent.start()?;
     wait_until(Duration::from_secs(30), "component running again", || {
-        show(&agent, "com.example.keeper")
+        app_show(&agent, "com.example.keeper")
             .is_ok_and(|s| s["state"] == "running" && s["pid"].as_i64().is_some_and(|p| p != pid))
     })?;
     // The processes the killed agent left behind were ended, not duplicated.
@@ -343,7 +259,7 @@ fn components_come_back_after_kill_9_without_reinstalling() -> Result<()> {
         "install ran again: {installs:?}"
     );
     ensure!(
-        show(&agent, "com.example.idle")?["state"] == "stopped",
+        app_show(&agent, "com.example.idle")?["state"] == "stopped",
         "a stopped component stays stopped"
     );
     Ok(())
@@ -351,7 +267,7 @@ fn components_come_back_after_kill_9_without_reinstalling() -> Result<()> {
 
 #[test]
 fn dependencies_start_in_order_and_restart_with_their_dependency() -> Result<()> {
-    let (_relay, agent) = setup("board1")?;
+    let (_relay, agent) = apps_setup("board1")?;
     let dir = tempfile::tempdir()?;
     let value_file = dir.path().join("value");
     let store = recipes_dir().join("pair/store.yaml");
@@ -381,9 +297,9 @@ fn dependencies_start_in_order_and_restart_with_their_dependency() -> Result<()>
                 .any(|l| l.contains("value: ") && !l.contains("none"))
         })
     })?;
-    let before = show(&agent, "com.example.pair.reporter")?["pid"].clone();
+    let before = app_show(&agent, "com.example.pair.reporter")?["pid"].clone();
     app_ok(&agent, &["restart", "com.example.pair.store"])?;
-    let after = show(&agent, "com.example.pair.reporter")?;
+    let after = app_show(&agent, "com.example.pair.reporter")?;
     ensure!(
         after["pid"] != before && after["state"] == "running",
         "dependent not restarted: {after}"
@@ -402,15 +318,15 @@ fn dependencies_start_in_order_and_restart_with_their_dependency() -> Result<()>
 
 #[test]
 fn bad_recipes_and_artifacts_are_refused_and_change_nothing() -> Result<()> {
-    let (_relay, agent) = setup("board1")?;
+    let (_relay, agent) = apps_setup("board1")?;
     let dir = tempfile::tempdir()?;
-    let good = write_recipe(
+    let good = write_file(
         dir.path(),
         "a.yaml",
         "name: com.example.a\nversion: 1.0.0\nmanifests:\n  - lifecycle:\n      run: sleep 600\n",
     )?;
     app_ok(&agent, &["deploy", path_str(&good)])?;
-    let before = show(&agent, "com.example.a")?;
+    let before = app_show(&agent, "com.example.a")?;
     std::fs::write(dir.path().join("payload.bin"), b"the real bytes")?;
     let cases: Vec<(&str, String, Vec<&str>)> = vec![
         (
@@ -445,14 +361,14 @@ fn bad_recipes_and_artifacts_are_refused_and_change_nothing() -> Result<()> {
         ),
     ];
     // Half of a cycle: y only softly needs x, so it deploys on its own; x then closes the loop.
-    let y = write_recipe(
+    let y = write_file(
         dir.path(),
         "cycle-y.yaml",
         "name: com.example.y\nversion: 1.0.0\ndependencies:\n  com.example.x:\n    version: '*'\n    type: soft\nmanifests:\n  - lifecycle:\n      run: sleep 600\n",
     )?;
     app_ok(&agent, &["deploy", path_str(&y)])?;
     for (file, text, expect) in &cases {
-        let path = write_recipe(dir.path(), file, text)?;
+        let path = write_file(dir.path(), file, text)?;
         let r = app(
             &agent,
             &[
@@ -468,7 +384,7 @@ fn bad_recipes_and_artifacts_are_refused_and_change_nothing() -> Result<()> {
                 bail!("{file}: error lacks {e:?}: {}", r.stderr);
             }
         }
-        let after = show(&agent, "com.example.a")?;
+        let after = app_show(&agent, "com.example.a")?;
         ensure!(
             after["version"] == "1.0.0"
                 && after["pid"] == before["pid"]
@@ -493,7 +409,7 @@ fn bad_recipes_and_artifacts_are_refused_and_change_nothing() -> Result<()> {
 
 #[test]
 fn the_periodic_example_ticks_and_shuts_down_cleanly() -> Result<()> {
-    let (_relay, agent) = setup("board1")?;
+    let (_relay, agent) = apps_setup("board1")?;
     let recipe = recipes_dir().join("periodic-job/recipe.yaml");
     app_ok(
         &agent,
@@ -574,7 +490,7 @@ fn archives_daemons_skip_if_timeouts_and_users() -> Result<()> {
     ensure!(st.success(), "tar failed");
     let digest = sha256sum(&tarball)?;
     let pidfile = dir.path().join("daemon.pid");
-    let recipe = write_recipe(
+    let recipe = write_file(
         dir.path(),
         "daemon.yaml",
         &format!(
@@ -599,7 +515,7 @@ fn archives_daemons_skip_if_timeouts_and_users() -> Result<()> {
             path_str(dir.path()),
         ],
     )?;
-    let s = show(&agent, "com.example.daemon")?;
+    let s = app_show(&agent, "com.example.daemon")?;
     ensure!(s["state"] == "running", "{s}");
     let logs = app_ok(&agent, &["logs", "com.example.daemon"])?;
     ensure!(logs.contains("install/stdout: unpacked says hi"), "{logs}");
@@ -625,14 +541,14 @@ fn archives_daemons_skip_if_timeouts_and_users() -> Result<()> {
     // skip_if skips; a run step over its timeout fails like a crash.
     let marker = work.join("skip-me");
     std::fs::write(&marker, "")?;
-    let recipe = write_recipe(
+    let recipe = write_file(
         dir.path(),
         "skip.yaml",
         "name: com.example.skip\nversion: 1.0.0\nmanifests:\n  - lifecycle:\n      install:\n        script: exit 1\n        skip_if: exists {work:path}/../../com.example.daemon/work/skip-me\n      run:\n        script: sleep 600\n        timeout: 1500ms\n",
     )?;
     app_ok(&agent, &["deploy", path_str(&recipe)])?;
     wait_until(Duration::from_secs(20), "timed-out run is errored", || {
-        show(&agent, "com.example.skip").is_ok_and(|s| {
+        app_show(&agent, "com.example.skip").is_ok_and(|s| {
             s["last_error"]
                 .as_str()
                 .is_some_and(|e| e.contains("timed out after 1s 500ms"))
@@ -646,7 +562,7 @@ fn archives_daemons_skip_if_timeouts_and_users() -> Result<()> {
 /// which shows the payloads are live.
 #[test]
 fn operator_values_through_sh_placeholders_are_printed_not_run() -> Result<()> {
-    let (_relay, agent) = setup("board1")?;
+    let (_relay, agent) = apps_setup("board1")?;
     let dir = tempfile::tempdir()?;
     let pwned = dir.path().join("PWNED");
     let p = pwned.display();
@@ -664,7 +580,7 @@ fn operator_values_through_sh_placeholders_are_printed_not_run() -> Result<()> {
             "        printf '%s' {{configuration:/{key}|sh}} > {key}.out\n        printf 'value %s: [%s]\\n' {key} {{configuration:/{key}|sh}}\n"
         ));
     }
-    let recipe = write_recipe(
+    let recipe = write_file(
         dir.path(),
         "quoting.yaml",
         &format!(
@@ -678,7 +594,7 @@ fn operator_values_through_sh_placeholders_are_printed_not_run() -> Result<()> {
     }
     app_ok(&agent, &args)?;
     wait_until(Duration::from_secs(20), "the step finishes", || {
-        show(&agent, "com.example.quoting").is_ok_and(|s| s["state"] == "finished")
+        app_show(&agent, "com.example.quoting").is_ok_and(|s| s["state"] == "finished")
     })
     .with_context(|| agent.log())?;
     let work = agent.dir.path().join("state/apps/com.example.quoting/work");
@@ -699,7 +615,7 @@ fn operator_values_through_sh_placeholders_are_printed_not_run() -> Result<()> {
 
     // The raw form inside single quotes, as a script written without |sh would have it:
     // the first payload breaks out and runs (the step then fails on the stray `''`).
-    let raw = write_recipe(
+    let raw = write_file(
         dir.path(),
         "raw.yaml",
         "name: com.example.raw\nversion: 1.0.0\nmanifests:\n  - lifecycle:\n      run: echo '{configuration:/quote}'\n",

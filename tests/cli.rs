@@ -11,9 +11,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use common::*;
 
-/// Fast supervision timings so a deployed component is up within a second or two.
-const APPS: &str = "apps:\n  backoff_initial: 100ms\n  backoff_max: 400ms\n  stable_after: 2s\n  settle_time: 1s\n  stop_timeout: 2s\n";
-
 /// Runs `cmd` with its stdout a pipe whose reading end is closed before the command writes:
 /// `cmd | head -c 10` where head has already left. Returns the exit code and stderr.
 fn with_closed_stdout(mut cmd: Command) -> Result<(Option<i32>, String)> {

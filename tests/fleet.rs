@@ -4,85 +4,13 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use common::*;
 
-const APPS: &str = "apps:\n  backoff_initial: 100ms\n  backoff_max: 400ms\n  stable_after: 2s\n  settle_time: 1s\n  stop_timeout: 2s\n";
-
-fn agent_for(relay: &Relay, name: &str) -> Result<Agent> {
-    let mut agent = Agent::with_extra_config(name, &[], APPS)?;
-    agent.enroll(relay, Transport::Tcp, "acme")?;
-    agent.start()?;
-    agent.wait_online()?;
-    Ok(agent)
-}
-
-fn deploy(relay: &Relay, target: &str, recipe: &Path, set: &[&str]) -> Result<String> {
-    let mut args = vec![
-        "deploy",
-        "create",
-        "--tenant",
-        "acme",
-        "--target",
-        target,
-        "--recipe",
-        recipe.to_str().unwrap_or_default(),
-    ];
-    for s in set {
-        args.push("--set");
-        args.push(s);
-    }
-    Ok(relay.admin_ok(&args)?.trim().to_string())
-}
-
-fn deployment(relay: &Relay, id: &str) -> Result<serde_json::Value> {
-    Ok(serde_json::from_str(
-        &relay.admin_ok(&["deploy", "status", id, "--json"])?,
-    )?)
-}
-
-/// Waits until every device of deployment `id` has a final status; returns the view.
-fn wait_final(relay: &Relay, id: &str) -> Result<serde_json::Value> {
-    let mut last = serde_json::Value::Null;
-    wait_until(
-        Duration::from_secs(60),
-        &format!("deployment {id} done"),
-        || {
-            last = deployment(relay, id).unwrap_or_default();
-            last["devices"].as_array().is_some_and(|d| {
-                !d.is_empty()
-                    && d.iter().all(|x| {
-                        matches!(
-                            x["status"].as_str(),
-                            Some("succeeded" | "failed" | "rolled-back")
-                        )
-                    })
-            })
-        },
-    )
-    .with_context(|| format!("last status {last}"))?;
-    Ok(last)
-}
-
-fn statuses(view: &serde_json::Value) -> Vec<String> {
-    view["devices"]
-        .as_array()
-        .map(|d| {
-            d.iter()
-                .map(|x| {
-                    format!(
-                        "{}={}",
-                        x["device_name"].as_str().unwrap_or(""),
-                        x["status"].as_str().unwrap_or("")
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
+/// How long a deployment to the test boards may take to be final.
+const DEPLOYED: Duration = Duration::from_secs(60);
 
 fn ticker(version: &str, script_sha: &str, exit_code: Option<u8>) -> String {
     let run = match exit_code {
@@ -111,8 +39,8 @@ fn ticks(agent: &Agent) -> String {
 fn deployments_by_tag_reach_every_device_with_artifacts_from_the_relay() -> Result<()> {
     let relay = Relay::start()?;
     relay.tenant("acme")?;
-    let board1 = agent_for(&relay, "board1")?;
-    let mut board2 = agent_for(&relay, "board2")?;
+    let board1 = apps_agent(&relay, "board1")?;
+    let mut board2 = apps_agent(&relay, "board2")?;
     for b in ["board1", "board2"] {
         relay.admin_ok(&["device", "tag", b, "edge"])?;
     }
@@ -132,8 +60,8 @@ fn deployments_by_tag_reach_every_device_with_artifacts_from_the_relay() -> Resu
     ensure!(sha.len() == 64, "artifact put printed {sha:?}");
     let v1 = dir.path().join("ticker-1.yaml");
     std::fs::write(&v1, ticker("1.0.0", &sha, None))?;
-    let id = deploy(&relay, "tag:edge", &v1, &[])?;
-    let view = wait_final(&relay, &id)?;
+    let id = deploy(&relay, "tag:edge", &["--recipe", path_str(&v1)])?;
+    let view = wait_final(&relay, &id, DEPLOYED)?;
     ensure!(
         statuses(&view) == ["board1=succeeded", "board2=succeeded"],
         "{view}"
@@ -182,7 +110,11 @@ fn deployments_by_tag_reach_every_device_with_artifacts_from_the_relay() -> Resu
     })?;
     let v2 = dir.path().join("ticker-2.yaml");
     std::fs::write(&v2, ticker("2.0.0", &sha, None))?;
-    let id2 = deploy(&relay, "tag:edge", &v2, &["label=two"])?;
+    let id2 = deploy(
+        &relay,
+        "tag:edge",
+        &["--recipe", path_str(&v2), "--set", "label=two"],
+    )?;
     wait_until(Duration::from_secs(30), "board1 on 2.0.0", || {
         deployment(&relay, &id2)
             .is_ok_and(|v| statuses(&v).contains(&"board1=succeeded".to_string()))
@@ -193,7 +125,7 @@ fn deployments_by_tag_reach_every_device_with_artifacts_from_the_relay() -> Resu
         "offline device not pending: {view}"
     );
     board2.start()?;
-    let view = wait_final(&relay, &id2)?;
+    let view = wait_final(&relay, &id2, DEPLOYED)?;
     ensure!(
         statuses(&view) == ["board1=succeeded", "board2=succeeded"],
         "{view}"
@@ -208,8 +140,8 @@ fn deployments_by_tag_reach_every_device_with_artifacts_from_the_relay() -> Resu
     // A version that fails rolls back to the previous one on every device, and says why.
     let bad = dir.path().join("ticker-3.yaml");
     std::fs::write(&bad, ticker("3.0.0", &sha, Some(9)))?;
-    let id3 = deploy(&relay, "tag:edge", &bad, &[])?;
-    let view = wait_final(&relay, &id3)?;
+    let id3 = deploy(&relay, "tag:edge", &["--recipe", path_str(&bad)])?;
+    let view = wait_final(&relay, &id3, DEPLOYED)?;
     ensure!(
         statuses(&view) == ["board1=rolled-back", "board2=rolled-back"],
         "{view}"
@@ -243,8 +175,8 @@ fn deployments_by_tag_reach_every_device_with_artifacts_from_the_relay() -> Resu
     // And the next good deployment goes through.
     let v4 = dir.path().join("ticker-4.yaml");
     std::fs::write(&v4, ticker("4.0.0", &sha, None))?;
-    let id4 = deploy(&relay, "tag:edge", &v4, &[])?;
-    let view = wait_final(&relay, &id4)?;
+    let id4 = deploy(&relay, "tag:edge", &["--recipe", path_str(&v4)])?;
+    let view = wait_final(&relay, &id4, DEPLOYED)?;
     ensure!(
         statuses(&view) == ["board1=succeeded", "board2=succeeded"],
         "{view}"
@@ -456,8 +388,8 @@ fn downloads_resume_across_cut_links_and_broken_components_are_reported() -> Res
         ),
     )?;
     proxy.set_cutting(true);
-    let id = deploy(&relay, "device:board1", &recipe, &[])?;
-    let view = wait_final(&relay, &id).with_context(|| {
+    let id = deploy(&relay, "device:board1", &["--recipe", path_str(&recipe)])?;
+    let view = wait_final(&relay, &id, DEPLOYED).with_context(|| {
         let log = agent.log();
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
@@ -483,8 +415,8 @@ fn downloads_resume_across_cut_links_and_broken_components_are_reported() -> Res
         &crash,
         "name: com.example.crasher\nversion: 1.0.0\nmanifests:\n  - lifecycle:\n      run: sleep 1.5; exit 4\n",
     )?;
-    let id = deploy(&relay, "device:board1", &crash, &[])?;
-    wait_final(&relay, &id)?;
+    let id = deploy(&relay, "device:board1", &["--recipe", path_str(&crash)])?;
+    wait_final(&relay, &id, DEPLOYED)?;
     let mut state = serde_json::Value::Null;
     wait_until(Duration::from_secs(30), "broken reported", || {
         state = relay
@@ -503,8 +435,8 @@ fn downloads_resume_across_cut_links_and_broken_components_are_reported() -> Res
         &fixed,
         "name: com.example.crasher\nversion: 1.0.1\nmanifests:\n  - lifecycle:\n      run: exec sleep 600\n",
     )?;
-    let id = deploy(&relay, "device:board1", &fixed, &[])?;
-    let view = wait_final(&relay, &id)?;
+    let id = deploy(&relay, "device:board1", &["--recipe", path_str(&fixed)])?;
+    let view = wait_final(&relay, &id, DEPLOYED)?;
     ensure!(statuses(&view) == ["board1=succeeded"], "{view}");
     Ok(())
 }

@@ -5,118 +5,15 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use common::*;
 
-const APPS: &str = "apps:\n  backoff_initial: 100ms\n  backoff_max: 400ms\n  stable_after: 2s\n  settle_time: 1s\n  stop_timeout: 2s\n";
-
-fn recipes_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes")
-}
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().unwrap_or_default()
-}
-
-fn setup() -> Result<(Relay, Agent)> {
-    let relay = Relay::start()?;
-    relay.tenant("acme")?;
-    let mut agent = Agent::with_extra_config("board1", &[], APPS)?;
-    agent.enroll(&relay, Transport::Tcp, "acme")?;
-    agent.start()?;
-    agent.wait_online()?;
-    wait_until(Duration::from_secs(10), "control socket", || {
-        agent.dir.path().join("state/control.sock").exists()
-    })?;
-    Ok((relay, agent))
-}
-
-/// `relay deploy create --tenant acme --target device:board1 ARGS…`; the deployment id.
-fn deploy(relay: &Relay, args: &[&str]) -> Result<String> {
-    let mut all = vec![
-        "deploy",
-        "create",
-        "--tenant",
-        "acme",
-        "--target",
-        "device:board1",
-    ];
-    all.extend_from_slice(args);
-    Ok(relay.admin_ok(&all)?.trim().to_string())
-}
-
-/// Waits until the deployment has a final status on board1; returns it and its message.
-fn outcome(relay: &Relay, agent: &Agent, id: &str) -> Result<(String, String)> {
-    let mut last = serde_json::Value::Null;
-    wait_until(
-        Duration::from_secs(90),
-        &format!("deployment {id} done"),
-        || {
-            last = relay
-                .admin_ok(&["deploy", "status", id, "--json"])
-                .ok()
-                .and_then(|t| serde_json::from_str(&t).ok())
-                .unwrap_or_default();
-            matches!(
-                last["devices"][0]["status"].as_str(),
-                Some("succeeded" | "failed" | "rolled-back")
-            )
-        },
-    )
-    .with_context(|| format!("last status {last}\nagent log:\n{}", agent.log()))?;
-    let device = &last["devices"][0];
-    Ok((
-        device["status"].as_str().unwrap_or_default().to_string(),
-        device["message"].as_str().unwrap_or_default().to_string(),
-    ))
-}
-
-fn device_state(relay: &Relay) -> Result<serde_json::Value> {
-    Ok(serde_json::from_str(
-        &relay.admin_ok(&["device", "state", "board1", "--json"])?,
-    )?)
-}
-
-/// The component `name` as board1 last reported it (`Null` when it reports no such component).
-fn reported(state: &serde_json::Value, name: &str) -> serde_json::Value {
-    state["reported"]["components"]
-        .as_array()
-        .and_then(|c| c.iter().find(|c| c["name"] == name).cloned())
-        .unwrap_or_default()
-}
-
-fn http_get(port: u16) -> Result<String> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET / HTTP/1.0\r\nHost: x\r\n\r\n")?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp)?;
-    Ok(resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.trim().to_string())
-        .unwrap_or_default())
-}
-
-fn app_ok(agent: &Agent, args: &[&str]) -> Result<String> {
-    let mut all = vec!["app"];
-    all.extend_from_slice(args);
-    let r = agent.cmd(&all)?;
-    ensure!(
-        r.status == Some(0),
-        "agent app {args:?} failed: {}{}",
-        r.stdout,
-        r.stderr
-    );
-    Ok(r.stdout)
-}
-
 #[test]
 fn every_shipped_example_deploys_from_the_relay_and_runs() -> Result<()> {
-    let (relay, agent) = setup()?;
+    let (relay, agent) = apps_setup("board1")?;
     let port = free_port()?;
     let tmp = tempfile::tempdir()?;
     let value_file = tmp.path().join("pair-value");
@@ -150,8 +47,8 @@ fn every_shipped_example_deploys_from_the_relay_and_runs() -> Result<()> {
         for s in &set {
             args.extend(["--set", s.as_str()]);
         }
-        let id = deploy(&relay, &args)?;
-        let (status, message) = outcome(&relay, &agent, &id)?;
+        let id = deploy(&relay, "device:board1", &args)?;
+        let (status, message) = deployment_outcome(&relay, &agent, &id)?;
         ensure!(
             status == "succeeded",
             "example {example}: {status}: {message}\nagent log:\n{}",
@@ -171,7 +68,7 @@ fn every_shipped_example_deploys_from_the_relay_and_runs() -> Result<()> {
     // Each answers or works as its recipe says.
     let mut answer = String::new();
     wait_until(Duration::from_secs(20), "hello-http answers", || {
-        answer = http_get(port).unwrap_or_default();
+        answer = http_body(port).unwrap_or_default();
         answer == "hello from tether"
     })
     .with_context(|| format!("last answer {answer:?}"))?;
@@ -203,7 +100,7 @@ fn every_shipped_example_deploys_from_the_relay_and_runs() -> Result<()> {
     ensure!(server.is_file(), "{} missing", server.display());
     let mut state = serde_json::Value::Null;
     wait_until(Duration::from_secs(20), "all reported running", || {
-        state = device_state(&relay).unwrap_or_default();
+        state = device_state(&relay, "board1").unwrap_or_default();
         names
             .iter()
             .all(|n| reported(&state, n)["state"] == "running")
@@ -239,16 +136,10 @@ fn every_shipped_example_deploys_from_the_relay_and_runs() -> Result<()> {
         "{shown}"
     );
     wait_until(Duration::from_secs(20), "stopped reported", || {
-        device_state(&relay)
+        device_state(&relay, "board1")
             .is_ok_and(|s| reported(&s, "com.example.periodic-job")["state"] == "stopped")
     })?;
     Ok(())
-}
-
-fn write(dir: &Path, file: &str, text: &str) -> Result<PathBuf> {
-    let p = dir.join(file);
-    std::fs::write(&p, text)?;
-    Ok(p)
 }
 
 fn sleeper(name: &str, version: &str) -> String {
@@ -259,32 +150,32 @@ fn sleeper(name: &str, version: &str) -> String {
 
 #[test]
 fn deployments_compose_remove_and_show_local_removals() -> Result<()> {
-    let (relay, agent) = setup()?;
+    let (relay, agent) = apps_setup("board1")?;
     let dir = tempfile::tempdir()?;
-    let a = write(dir.path(), "a.yaml", &sleeper("com.example.a", "1.0.0"))?;
-    let bad = write(
+    let a = write_file(dir.path(), "a.yaml", &sleeper("com.example.a", "1.0.0"))?;
+    let bad = write_file(
         dir.path(),
         "bad.yaml",
         "name: com.example.bad\nversion: 1.0.0\nmanifests:\n  - lifecycle:\n      run: exit 3\n",
     )?;
-    let c = write(dir.path(), "c.yaml", &sleeper("com.example.c", "1.0.0"))?;
-    let d = write(dir.path(), "d.yaml", &sleeper("com.example.d", "1.0.0"))?;
+    let c = write_file(dir.path(), "c.yaml", &sleeper("com.example.c", "1.0.0"))?;
+    let d = write_file(dir.path(), "d.yaml", &sleeper("com.example.d", "1.0.0"))?;
 
-    let id = deploy(&relay, &["--recipe", path_str(&a)])?;
-    ensure!(outcome(&relay, &agent, &id)?.0 == "succeeded");
-    let id = deploy(&relay, &["--recipe", path_str(&bad)])?;
-    let (status, message) = outcome(&relay, &agent, &id)?;
+    let id = deploy(&relay, "device:board1", &["--recipe", path_str(&a)])?;
+    ensure!(deployment_outcome(&relay, &agent, &id)?.0 == "succeeded");
+    let id = deploy(&relay, "device:board1", &["--recipe", path_str(&bad)])?;
+    let (status, message) = deployment_outcome(&relay, &agent, &id)?;
     ensure!(
         status == "rolled-back" && message.contains("exited with status 3"),
         "{status}: {message}"
     );
     // An unrelated deployment after it is judged on its own component alone.
-    let id = deploy(&relay, &["--recipe", path_str(&c)])?;
-    let (status, message) = outcome(&relay, &agent, &id)?;
+    let id = deploy(&relay, "device:board1", &["--recipe", path_str(&c)])?;
+    let (status, message) = deployment_outcome(&relay, &agent, &id)?;
     ensure!(status == "succeeded", "{status}: {message}");
     let mut state = serde_json::Value::Null;
     wait_until(Duration::from_secs(20), "c running, bad failed", || {
-        state = device_state(&relay).unwrap_or_default();
+        state = device_state(&relay, "board1").unwrap_or_default();
         reported(&state, "com.example.c")["state"] == "running"
             && state["reported"]["failed"]
                 .as_array()
@@ -309,12 +200,13 @@ fn deployments_compose_remove_and_show_local_removals() -> Result<()> {
     // --remove undeploys: the agent stops and deletes it, and neither side lists it after.
     let id = deploy(
         &relay,
+        "device:board1",
         &["--remove", "com.example.c", "--remove", "com.example.bad"],
     )?;
-    let (status, message) = outcome(&relay, &agent, &id)?;
+    let (status, message) = deployment_outcome(&relay, &agent, &id)?;
     ensure!(status == "succeeded", "{status}: {message}");
     wait_until(Duration::from_secs(20), "c gone on both sides", || {
-        device_state(&relay).is_ok_and(|s| {
+        device_state(&relay, "board1").is_ok_and(|s| {
             reported(&s, "com.example.c").is_null()
                 && s["desired"]["components"]["com.example.c"].is_null()
                 && s["desired"]["components"]["com.example.bad"].is_null()
@@ -354,7 +246,7 @@ fn deployments_compose_remove_and_show_local_removals() -> Result<()> {
     // unrelated deployment does not put it back behind the operator's back.
     app_ok(&agent, &["remove", "com.example.a"])?;
     wait_until(Duration::from_secs(20), "a no longer reported", || {
-        device_state(&relay).is_ok_and(|s| {
+        device_state(&relay, "board1").is_ok_and(|s| {
             reported(&s, "com.example.a").is_null()
                 && s["desired"]["components"]["com.example.a"]["version"] == "1.0.0"
         })
@@ -365,15 +257,15 @@ fn deployments_compose_remove_and_show_local_removals() -> Result<()> {
         .find(|l| l.starts_with("com.example.a"))
         .unwrap_or_default();
     ensure!(a_line.contains("not on the device"), "{text}");
-    let id = deploy(&relay, &["--recipe", path_str(&d)])?;
-    ensure!(outcome(&relay, &agent, &id)?.0 == "succeeded");
+    let id = deploy(&relay, "device:board1", &["--recipe", path_str(&d)])?;
+    ensure!(deployment_outcome(&relay, &agent, &id)?.0 == "succeeded");
     ensure!(
         !app_ok(&agent, &["list"])?.contains("com.example.a"),
         "an unrelated deployment reinstalled a"
     );
     // Deploying it again by name brings it back.
-    let id = deploy(&relay, &["--recipe", path_str(&a)])?;
-    ensure!(outcome(&relay, &agent, &id)?.0 == "succeeded");
+    let id = deploy(&relay, "device:board1", &["--recipe", path_str(&a)])?;
+    ensure!(deployment_outcome(&relay, &agent, &id)?.0 == "succeeded");
     ensure!(app_ok(&agent, &["list"])?.contains("com.example.a"));
     Ok(())
 }
@@ -422,7 +314,7 @@ fn artifacts_dir_refuses_files_outside_it_naming_artifact_and_recipe() -> Result
         ("dotdot.yaml", "../../etc/passwd"),
         ("absolute.yaml", "/etc/passwd"),
     ] {
-        let recipe = write(dir.path(), file, &with_uri(uri))?;
+        let recipe = write_file(dir.path(), file, &with_uri(uri))?;
         let r = try_deploy(&recipe)?;
         ensure!(
             r.status == Some(1)
@@ -436,7 +328,7 @@ fn artifacts_dir_refuses_files_outside_it_naming_artifact_and_recipe() -> Result
     }
     // A bare name that is a symbolic link out of the directory, even with the right digest.
     std::os::unix::fs::symlink("/etc/passwd", artifacts.join("passwd"))?;
-    let recipe = write(dir.path(), "link.yaml", &with_uri("passwd"))?;
+    let recipe = write_file(dir.path(), "link.yaml", &with_uri("passwd"))?;
     let r = try_deploy(&recipe)?;
     ensure!(
         r.status == Some(1)
@@ -449,7 +341,7 @@ fn artifacts_dir_refuses_files_outside_it_naming_artifact_and_recipe() -> Result
     );
     // A file whose content is not what the recipe says.
     std::fs::write(artifacts.join("tool"), b"not passwd")?;
-    let recipe = write(dir.path(), "mismatch.yaml", &with_uri("tool"))?;
+    let recipe = write_file(dir.path(), "mismatch.yaml", &with_uri("tool"))?;
     let r = try_deploy(&recipe)?;
     ensure!(
         r.status == Some(1)

@@ -18,9 +18,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use common::*;
 
-/// Fast supervision timings so the deployment settles quickly.
-const APPS: &str = "apps:\n  backoff_initial: 100ms\n  backoff_max: 400ms\n  stable_after: 2s\n  settle_time: 1s\n  stop_timeout: 2s\n";
-
 /// The exposure `systemd-analyze security` gave the unit when its sandbox was last reviewed;
 /// a change that loosens the sandbox must raise this figure on purpose.
 const MAX_EXPOSURE: f64 = 6.2;

@@ -7,6 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use common::*;
@@ -602,23 +603,13 @@ fn kill_anywhere(uboot: bool) -> Result<()> {
     Ok(())
 }
 
-fn deployment_status(relay: &Relay, id: &str) -> serde_json::Value {
-    relay
-        .admin_ok(&["deploy", "status", id, "--json"])
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default()
-}
-
 /// Waits for the agent to ask for a reboot, then does what a reboot does: the agent dies,
 /// the bootloader picks a slot, the agent starts again. Returns the slot booted.
 fn reboot_when_asked(b: &mut Board) -> Result<String> {
     let marker = b.dir.path().join("rebooted");
-    wait_until(
-        std::time::Duration::from_secs(60),
-        "the agent reboots",
-        || marker.exists(),
-    )
+    wait_until(Duration::from_secs(60), "the agent reboots", || {
+        marker.exists()
+    })
     .with_context(|| b.agent.log())?;
     b.rebooted();
     b.agent.kill();
@@ -638,32 +629,11 @@ fn an_os_bundle_deployed_from_the_relay_commits_or_rolls_back_and_says_so() -> R
     b.agent.wait_online()?;
     let image = ext4_image(b.dir.path(), "1.1.0")?;
     let bundle = b.bundle("1.1.0", "acme-board-rev2", &image)?;
-    let id = relay
-        .admin_ok(&[
-            "deploy",
-            "create",
-            "--tenant",
-            "acme",
-            "--target",
-            "device:board1",
-            "--bundle",
-            bundle.to_str().unwrap_or_default(),
-        ])?
-        .trim()
-        .to_string();
+    let id = deploy(&relay, "device:board1", &["--bundle", path_str(&bundle)])?;
     ensure!(reboot_when_asked(&mut b)? == "B", "the new slot boots");
-    let mut view = serde_json::Value::Null;
-    wait_until(
-        std::time::Duration::from_secs(60),
-        "deployment succeeded",
-        || {
-            view = deployment_status(&relay, &id);
-            view["devices"][0]["status"] == "succeeded"
-        },
-    )
-    .with_context(|| format!("{view}\n{}", b.agent.log()))?;
-    let state: serde_json::Value =
-        serde_json::from_str(&relay.admin_ok(&["device", "state", "board1", "--json"])?)?;
+    wait_deployment_status(&relay, &id, "succeeded", Duration::from_secs(60))
+        .with_context(|| b.agent.log())?;
+    let state = device_state(&relay, "board1")?;
     ensure!(
         state["reported"]["os_version"] == "1.1.0" && state["desired"]["os"]["version"] == "1.1.0",
         "{state}"
@@ -680,33 +650,14 @@ fn an_os_bundle_deployed_from_the_relay_commits_or_rolls_back_and_says_so() -> R
     std::fs::remove_file(b.dir.path().join("healthy"))?;
     let image = ext4_image(b.dir.path(), "1.2.0")?;
     let bundle = b.bundle("1.2.0", "acme-board-rev2", &image)?;
-    let id = relay
-        .admin_ok(&[
-            "deploy",
-            "create",
-            "--tenant",
-            "acme",
-            "--target",
-            "device:board1",
-            "--bundle",
-            bundle.to_str().unwrap_or_default(),
-        ])?
-        .trim()
-        .to_string();
+    let id = deploy(&relay, "device:board1", &["--bundle", path_str(&bundle)])?;
     ensure!(
         reboot_when_asked(&mut b)? == "A",
         "the new slot boots on trial"
     );
     ensure!(reboot_when_asked(&mut b)? == "B", "the failed slot is left");
-    wait_until(
-        std::time::Duration::from_secs(60),
-        "deployment rolled back",
-        || {
-            view = deployment_status(&relay, &id);
-            view["devices"][0]["status"] == "rolled-back"
-        },
-    )
-    .with_context(|| format!("{view}\n{}", b.agent.log()))?;
+    let view = wait_deployment_status(&relay, &id, "rolled-back", Duration::from_secs(60))
+        .with_context(|| b.agent.log())?;
     ensure!(
         view["devices"][0]["message"]
             .as_str()
@@ -927,29 +878,9 @@ fn an_os_deployment_to_a_board_with_no_known_version_fails_and_says_why() -> Res
     let env_before = b.env()?;
     let image = ext4_image(b.dir.path(), "1.1.0")?;
     let bundle = b.bundle("1.1.0", "acme-board-rev2", &image)?;
-    let id = relay
-        .admin_ok(&[
-            "deploy",
-            "create",
-            "--tenant",
-            "acme",
-            "--target",
-            "device:board1",
-            "--bundle",
-            bundle.to_str().unwrap_or_default(),
-        ])?
-        .trim()
-        .to_string();
-    let mut view = serde_json::Value::Null;
-    wait_until(
-        std::time::Duration::from_secs(60),
-        "deployment failed",
-        || {
-            view = deployment_status(&relay, &id);
-            view["devices"][0]["status"] == "failed"
-        },
-    )
-    .with_context(|| format!("{view}\n{}", b.agent.log()))?;
+    let id = deploy(&relay, "device:board1", &["--bundle", path_str(&bundle)])?;
+    let view = wait_deployment_status(&relay, &id, "failed", Duration::from_secs(60))
+        .with_context(|| b.agent.log())?;
     ensure!(
         view["devices"][0]["message"].as_str().is_some_and(|m| {
             m.contains("OS 1.1.0")

@@ -114,6 +114,101 @@ fn run_script(script: &str, dir: &Path, env: &[(&str, &str)]) -> Result<Run> {
     run_with_timeout(cmd, None, Duration::from_secs(120))
 }
 
+/// The Quickstart section of the README: from its heading to the next one.
+fn quickstart_section(text: &str) -> Result<&str> {
+    let at = text
+        .find("## Quickstart")
+        .context("README has no Quickstart")?;
+    let rest = &text[at..];
+    let end = rest[2..].find("\n## ").map_or(rest.len(), |n| n + 2);
+    Ok(&rest[..end])
+}
+
+/// The second quickstart command is the one script CI runs (it cannot run itself inside the
+/// suite): `.ci/run` calls it, it runs the checks the README names, and the README names every
+/// package it installs.
+#[test]
+fn the_quickstart_test_command_is_the_script_ci_runs() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+
+    let text = readme()?;
+    let quickstart = block_after(&text, "## Quickstart")?;
+    let second = quickstart
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .nth(1)
+        .context("the quickstart has no second command")?
+        .split('#')
+        .next()
+        .unwrap_or_default()
+        .trim();
+    ensure!(
+        second == "./scripts/test",
+        "the second quickstart command is {second:?}"
+    );
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let path = root.join("scripts/test");
+    ensure!(
+        std::fs::metadata(&path)?.permissions().mode() & 0o111 != 0,
+        "scripts/test is not executable"
+    );
+    for script in ["scripts/test", ".ci/run"] {
+        let mut cmd = Command::new("bash");
+        cmd.arg("-n").arg(root.join(script));
+        let r = run_with_timeout(cmd, None, Duration::from_secs(10))?;
+        ensure!(r.status == Some(0), "{script} does not parse: {}", r.stderr);
+    }
+    let ci = std::fs::read_to_string(root.join(".ci/run"))?;
+    ensure!(
+        ci.lines()
+            .any(|l| l.trim_start().starts_with("./scripts/test")),
+        ".ci/run does not run scripts/test:\n{ci}"
+    );
+
+    let script = std::fs::read_to_string(&path)?;
+    let section = quickstart_section(&text)?;
+    for check in [
+        "cargo fmt --all --check",
+        "cargo clippy --workspace --all-targets -- -D warnings",
+        "cargo test --workspace --no-fail-fast",
+    ] {
+        ensure!(
+            script.lines().any(|l| l.trim() == format!("step {check}")),
+            "scripts/test does not run `{check}`"
+        );
+        ensure!(
+            section.contains(&format!("`{check}`")),
+            "the Quickstart does not name `{check}`"
+        );
+    }
+    // The table of tools: lines like `"ssh openssh-client"`, the package last.
+    let packages: Vec<&str> = script
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix('"')?.strip_suffix('"'))
+        .filter_map(
+            |entry| match entry.split_whitespace().collect::<Vec<_>>()[..] {
+                [_, package] => Some(package),
+                _ => None,
+            },
+        )
+        .chain(["python3-pip", "ssh-audit", "asciinema"])
+        .collect();
+    ensure!(packages.len() > 3, "no tools table in scripts/test");
+    for package in packages {
+        ensure!(
+            script.contains(package),
+            "scripts/test does not install {package}"
+        );
+        if package != "python3-pip" {
+            ensure!(
+                section.contains(&format!("`{package}`")),
+                "the Quickstart does not name `{package}`, which scripts/test installs"
+            );
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn the_quickstart_demo_starts_a_relay_and_agent_that_ssh_reaches() -> Result<()> {
     let text = readme()?;

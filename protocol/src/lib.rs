@@ -17,6 +17,8 @@
 //! - [`telemetry`]: telemetry records and the frames of the telemetry channel.
 //! - [`ws`]: the SSH byte stream carried in WebSocket binary messages.
 
+#![forbid(unsafe_code)]
+
 pub mod bundle;
 pub mod config_file;
 pub mod enroll;

@@ -24,9 +24,6 @@ use tether_protocol::bundle::{
 /// near 3 s on a 2-core machine and the file well under the 30 s budget of a bounded run.
 const CASES: u32 = 128;
 
-/// Shrinking is stopped after 10 s so that even a failing property ends promptly.
-const SHRINK_MS: u32 = 10_000;
-
 /// A bundle as the writer makes it, with what went into it.
 #[derive(Debug, Clone)]
 struct Sample {
@@ -154,7 +151,7 @@ fn check_unverified(bytes: &[u8]) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(common::config(common::cases(CASES), SHRINK_MS))]
+    #![proptest_config(common::config(CASES))]
 
     /// Arbitrary bytes are refused without a panic (they almost never carry the magic).
     #[test]

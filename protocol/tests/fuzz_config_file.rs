@@ -21,9 +21,6 @@ use tether_protocol::config_file::{self, ConfigError};
 /// well under the 30 s budget of a bounded run.
 const CASES: u32 = 512;
 
-/// Shrinking is stopped after 10 s so that even a failing property ends promptly.
-const SHRINK_MS: u32 = 10_000;
-
 /// A configuration shaped like the programs' own: nested sections, defaults, strict keys.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -91,7 +88,7 @@ fn sample() -> impl Strategy<Value = Sample> {
 }
 
 proptest! {
-    #![proptest_config(common::config(common::cases(CASES), SHRINK_MS))]
+    #![proptest_config(common::config(CASES))]
 
     /// Any text is a configuration or an error naming the file.
     #[test]

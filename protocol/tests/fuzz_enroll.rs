@@ -22,9 +22,6 @@ use tether_protocol::names::{
 /// of a bounded run.
 const CASES: u32 = 1024;
 
-/// Shrinking is stopped after 10 s so that even a failing property ends promptly.
-const SHRINK_MS: u32 = 10_000;
-
 /// Names that follow the rules (and sometimes start like the reserved prefix without taking it).
 fn valid_name() -> impl Strategy<Value = String> {
     prop_oneof![
@@ -88,7 +85,7 @@ fn check_request(bytes: &[u8]) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(common::config(common::cases(CASES), SHRINK_MS))]
+    #![proptest_config(common::config(CASES))]
 
     /// Arbitrary bytes are a request or a refusal.
     #[test]

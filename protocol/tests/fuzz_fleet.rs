@@ -28,9 +28,6 @@ use tether_protocol::frame;
 /// budget of a bounded run of the file.
 const CASES: u32 = 256;
 
-/// Shrinking is stopped after 10 s so that even a failing property ends promptly.
-const SHRINK_MS: u32 = 10_000;
-
 fn text() -> impl Strategy<Value = String> {
     ".{0,12}"
 }
@@ -282,7 +279,7 @@ fn with_extra_key(mut doc: Value, depth: usize) -> Value {
 }
 
 proptest! {
-    #![proptest_config(common::config(common::cases(CASES), SHRINK_MS))]
+    #![proptest_config(common::config(CASES))]
 
     /// Arbitrary bytes never panic the decoders; whatever they accept re-encodes consistently.
     #[test]

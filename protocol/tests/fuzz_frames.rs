@@ -21,9 +21,6 @@ use tether_protocol::telemetry::{self, Frame, Kind, Level, Record};
 /// budget of a bounded run.
 const CASES: u32 = 512;
 
-/// Shrinking is stopped after 10 s so that even a failing property ends promptly.
-const SHRINK_MS: u32 = 10_000;
-
 /// Runs a future to completion on a fresh single-threaded runtime (the reader is async).
 fn block_on<F: std::future::Future>(future: F) -> Result<F::Output, TestCaseError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -168,7 +165,7 @@ fn check_read(bytes: &[u8]) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(common::config(common::cases(CASES), SHRINK_MS))]
+    #![proptest_config(common::config(CASES))]
 
     /// Arbitrary bytes: a frame, or the error the format calls for.
     #[test]

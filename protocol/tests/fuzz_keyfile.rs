@@ -22,9 +22,6 @@ use tether_protocol::keyfile::{self, KeyFileError};
 /// and the file stays well under the 30 s budget of a bounded run.
 const CASES: u32 = 256;
 
-/// Shrinking is stopped after 10 s so that even a failing property ends promptly.
-const SHRINK_MS: u32 = 10_000;
-
 /// The OpenSSH text of the ed25519 key with this seed (what `load_or_create` writes).
 fn key_text(seed: [u8; 32]) -> Result<(PrivateKey, String), TestCaseError> {
     let key = PrivateKey::new(
@@ -45,7 +42,7 @@ fn load(dir: &Path, bytes: &[u8]) -> Result<Result<PrivateKey, KeyFileError>, Te
 }
 
 proptest! {
-    #![proptest_config(common::config(common::cases(CASES), SHRINK_MS))]
+    #![proptest_config(common::config(CASES))]
 
     /// Any contents load as a key or as an error that names the file.
     #[test]

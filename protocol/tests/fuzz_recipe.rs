@@ -22,9 +22,6 @@ use tether_protocol::recipe::{self, Interpolation, Recipe};
 /// under the 30 s budget of a bounded run.
 const CASES: u32 = 256;
 
-/// Shrinking is stopped after 10 s so that even a failing property ends promptly.
-const SHRINK_MS: u32 = 10_000;
-
 const SHA: &str = "3a7bd3e2360a3d29eea436fcfb7e44c735d117c42d1c1835420b6b9942dd4f1b";
 
 /// Parses as a file named `fuzz.yaml`; the error as its message.
@@ -366,7 +363,7 @@ fn damage(text: &str, at: usize, how: u8, with: char) -> String {
 }
 
 proptest! {
-    #![proptest_config(common::config(common::cases(CASES), SHRINK_MS))]
+    #![proptest_config(common::config(CASES))]
 
     /// Arbitrary text never panics the parser, and what it accepts round-trips.
     #[test]

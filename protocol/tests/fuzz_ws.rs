@@ -26,9 +26,6 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 /// bounded run.
 const CASES: u32 = 256;
 
-/// Shrinking is stopped after 10 s so that even a failing property ends promptly.
-const SHRINK_MS: u32 = 10_000;
-
 /// How long one exchange may take before it counts as hung.
 const EXCHANGE_LIMIT: Duration = Duration::from_secs(5);
 
@@ -70,7 +67,7 @@ fn sent() -> impl Strategy<Value = Sent> {
 }
 
 proptest! {
-    #![proptest_config(common::config(common::cases(CASES), SHRINK_MS))]
+    #![proptest_config(common::config(CASES))]
 
     /// Raw bytes that are not (or not only) WebSocket frames end the stream or fail it, and
     /// promptly: the reader never panics and never waits for what will not come.

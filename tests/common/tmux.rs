@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 
-use super::{free_port, wait_until};
+use super::net::free_port;
+use super::process::wait_until;
 
 /// A tmux server on a private socket, killed on drop.
 pub struct Tmux {

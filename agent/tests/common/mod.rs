@@ -1,29 +1,8 @@
-//! Helpers shared by this crate's property tests: the bounded case count and shrink time of
-//! every property, and turning errors into test failures.
+//! Helpers shared by this crate's property tests: the settings every property test of the
+//! workspace shares, from the one file that holds them.
 
 #![allow(dead_code)] // Each test binary uses a different part of this module.
 
-use std::fmt::Display;
-
-use proptest::prelude::*;
-use proptest::test_runner::TestCaseError;
-
-/// Shrinking stops after 10 s, so that even a failing property ends promptly.
-pub const SHRINK_MS: u32 = 10_000;
-
-/// `cases` cases, or `TETHER_FUZZ_CASES` if set (for a longer run), shrinking bounded by
-/// [`SHRINK_MS`].
-pub fn config(cases: u32) -> ProptestConfig {
-    let cases = std::env::var("TETHER_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(cases);
-    let mut config = ProptestConfig::with_cases(cases);
-    config.max_shrink_time = SHRINK_MS;
-    config
-}
-
-/// Turns any error into a test failure (the tests may not unwrap).
-pub fn fail<E: Display>(e: E) -> TestCaseError {
-    TestCaseError::fail(e.to_string())
-}
+#[path = "../../../protocol/tests/common/fuzz.rs"]
+mod fuzz;
+pub use fuzz::*;

@@ -1,34 +1,13 @@
-//! Strategies and helpers shared by the property tests of the wire formats.
+//! Strategies and helpers shared by the property tests of the wire formats, over the settings
+//! every property test of the workspace shares (`fuzz`).
 
 #![allow(dead_code)] // Each test binary uses a different part of this module.
 
-use std::fmt::Display;
-
 use proptest::prelude::*;
-use proptest::test_runner::TestCaseError;
 use serde_json::Value;
 
-/// The number of cases a property runs: `TETHER_FUZZ_CASES` if set (for a longer run), else
-/// `default`.
-pub fn cases(default: u32) -> u32 {
-    std::env::var("TETHER_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// A proptest configuration of `cases` cases whose shrinking stops after `shrink_ms`, so a
-/// failing property still ends in bounded time.
-pub fn config(cases: u32, shrink_ms: u32) -> ProptestConfig {
-    let mut config = ProptestConfig::with_cases(cases);
-    config.max_shrink_time = shrink_ms;
-    config
-}
-
-/// Turns any error into a test failure (the tests may not unwrap).
-pub fn fail<E: Display>(e: E) -> TestCaseError {
-    TestCaseError::fail(e.to_string())
-}
+mod fuzz;
+pub use fuzz::*;
 
 /// Any JSON value, up to a few levels deep: the payloads, configurations and documents that
 /// travel inside frames.
