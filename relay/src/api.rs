@@ -46,6 +46,7 @@ use serde_json::json;
 
 use tether_protocol::fleet::ActionKind;
 
+use crate::store::blocking::{TaskFailed, with_store};
 use crate::store::{ApiIdentity, Device, NewDeployment, SessionQuery, Store, StoreError, Target};
 
 /// Largest request body of `POST /v1/deployments` (recipes travel inline).
@@ -129,18 +130,11 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
-/// Runs a blocking store call for the API.
-async fn blocking<T: Send + 'static>(
-    store: &Arc<Store>,
-    f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, ApiError> {
-    let store = store.clone();
-    // SQLite calls block (and may wait up to the busy timeout for the admin CLI's writes);
-    // on the runtime's own threads they would stall every other connection.
-    tokio::task::spawn_blocking(move || f(&store))
-        .await
-        .map_err(|e| ApiError::internal(format_args!("store task failed: {e}")))?
-        .map_err(ApiError::from)
+impl From<TaskFailed> for ApiError {
+    fn from(_: TaskFailed) -> Self {
+        // Logged where it failed; the caller hears only that the relay did.
+        ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into())
+    }
 }
 
 /// The token of an `Authorization: Bearer <token>` header (the scheme name is
@@ -160,7 +154,7 @@ async fn authenticate(store: &Arc<Store>, headers: &HeaderMap) -> Result<ApiIden
             "missing bearer token (Authorization: Bearer <api token>)".into(),
         )
     })?;
-    blocking(store, move |s| s.api_token(&token)).await
+    Ok(with_store(store, move |s| s.api_token(&token)).await??)
 }
 
 /// The caller's identity, if its token may change things (role operator or admin): a viewer
@@ -191,7 +185,7 @@ async fn audit_change(
     detail: serde_json::Value,
 ) {
     let (tenant, actor) = (who.tenant.clone(), format!("api:{}", who.token_id));
-    let written = blocking(store, move |s| {
+    let written = with_store(store, move |s| {
         s.audit(crate::store::NewAudit {
             tenant: Some(&tenant),
             actor: &actor,
@@ -202,8 +196,8 @@ async fn audit_change(
         })
     })
     .await;
-    if let Err(e) = written {
-        tracing::error!("audit trail: {}", e.1);
+    if let Ok(Err(e)) = written {
+        tracing::error!("audit trail: {e}");
     }
 }
 
@@ -266,8 +260,8 @@ async fn tenant_device(
     id: &str,
 ) -> Result<Device, ApiError> {
     let (tenant_id, key) = (who.tenant_id, id.to_string());
-    blocking(store, move |s| s.find_device(&[tenant_id], &key))
-        .await?
+    with_store(store, move |s| s.find_device(&[tenant_id], &key))
+        .await??
         .ok_or_else(|| no_such_device(id))
 }
 
@@ -278,7 +272,7 @@ async fn device_state(
 ) -> Result<Response, ApiError> {
     let who = authenticate(&store, &headers).await?;
     let device = tenant_device(&store, &who, &id).await?;
-    let state = blocking(&store, move |s| s.device_state(&device.id)).await?;
+    let state = with_store(&store, move |s| s.device_state(&device.id)).await??;
     Ok(axum::Json(state).into_response())
 }
 
@@ -293,7 +287,7 @@ async fn push_config(
     let device = tenant_device(&store, &who, &id).await?;
     let device_id = device.id.clone();
     let detail = json!({ "config": overrides });
-    let desired = blocking(&store, move |s| s.push_config(&device.id, &overrides)).await?;
+    let desired = with_store(&store, move |s| s.push_config(&device.id, &overrides)).await??;
     audit_change(&store, &who, "device.config", device_id, detail).await;
     Ok(axum::Json(desired).into_response())
 }
@@ -318,7 +312,7 @@ async fn device_tags(
     let who = authenticate(&store, &headers).await?;
     let device = tenant_device(&store, &who, &id).await?;
     let device_id = device.id.clone();
-    let tags = blocking(&store, move |s| s.device_tags(&device_id)).await?;
+    let tags = with_store(&store, move |s| s.device_tags(&device_id)).await??;
     Ok(axum::Json(json!({ "device_id": device.id, "tags": tags })).into_response())
 }
 
@@ -334,10 +328,10 @@ async fn set_tags(
     let device_id = device.id.clone();
     let detail = json!({ "add": request.add, "remove": request.remove });
     audit_change(&store, &who, "device.tag", device.id.clone(), detail).await;
-    let tags = blocking(&store, move |s| {
+    let tags = with_store(&store, move |s| {
         s.set_tags(&device_id, &request.add, &request.remove)
     })
-    .await?;
+    .await??;
     Ok(axum::Json(json!({ "device_id": device.id, "tags": tags })).into_response())
 }
 
@@ -417,7 +411,7 @@ async fn create_deployment(
     }
     // A device of another tenant is not found, answered as `no device named ...` exactly like
     // a device that does not exist (the store's NotFound reads like `no_such_device`).
-    let view = blocking(&store, move |s| {
+    let view = with_store(&store, move |s| {
         s.create_deployment(
             &artifacts_dir,
             NewDeployment {
@@ -431,7 +425,7 @@ async fn create_deployment(
             },
         )
     })
-    .await?;
+    .await??;
     let detail = serde_json::to_value(&view).unwrap_or_default();
     let id = detail["id"].as_str().unwrap_or_default().to_string();
     audit_change(&store, &who, "deploy.create", id, detail).await;
@@ -443,7 +437,7 @@ async fn list_deployments(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let who = authenticate(&store, &headers).await?;
-    let views = blocking(&store, move |s| s.deployments(Some(&who.tenant))).await?;
+    let views = with_store(&store, move |s| s.deployments(Some(&who.tenant))).await??;
     Ok(axum::Json(views).into_response())
 }
 
@@ -454,7 +448,7 @@ async fn show_deployment(
 ) -> Result<Response, ApiError> {
     let who = authenticate(&store, &headers).await?;
     let key = id.clone();
-    let view = blocking(&store, move |s| s.deployment(&key, Some(who.tenant_id))).await?;
+    let view = with_store(&store, move |s| s.deployment(&key, Some(who.tenant_id))).await??;
     match view {
         Some(v) => Ok(axum::Json(v).into_response()),
         None => Err(no_such_deployment(&id)),
@@ -503,10 +497,10 @@ async fn create_action(
     let device = tenant_device(&store, &who, &id).await?;
     let (tenant_id, device_id) = (who.tenant_id, device.id.clone());
     let detail = json!({ "action": action });
-    let view = blocking(&store, move |s| {
+    let view = with_store(&store, move |s| {
         s.create_action(Some(tenant_id), &device.id, &action, ttl)
     })
-    .await?;
+    .await??;
     audit_change(&store, &who, "action.create", device_id, detail).await;
     Ok((StatusCode::CREATED, axum::Json(view)).into_response())
 }
@@ -518,10 +512,10 @@ async fn device_actions(
 ) -> Result<Response, ApiError> {
     let who = authenticate(&store, &headers).await?;
     let device = tenant_device(&store, &who, &id).await?;
-    let views = blocking(&store, move |s| {
+    let views = with_store(&store, move |s| {
         s.actions(Some(&who.tenant), Some(&device.id))
     })
-    .await?;
+    .await??;
     Ok(axum::Json(views).into_response())
 }
 
@@ -532,7 +526,7 @@ async fn show_action(
 ) -> Result<Response, ApiError> {
     let who = authenticate(&store, &headers).await?;
     let key = id.clone();
-    let view = blocking(&store, move |s| s.action(&key, Some(who.tenant_id))).await?;
+    let view = with_store(&store, move |s| s.action(&key, Some(who.tenant_id))).await??;
     match view {
         Some(v) => Ok(axum::Json(v).into_response()),
         None => Err(no_such_action(&id)),
@@ -569,7 +563,7 @@ async fn list_sessions(
         engineer: params.user,
         limit: page_limit(params.limit, 100)?,
     };
-    let sessions = blocking(&store, move |s| s.sessions(&query)).await?;
+    let sessions = with_store(&store, move |s| s.sessions(&query)).await??;
     Ok(axum::Json(sessions).into_response())
 }
 
@@ -581,7 +575,7 @@ async fn show_session(
 ) -> Result<Response, ApiError> {
     let who = authenticate(&store, &headers).await?;
     let (tenant_id, key) = (who.tenant_id, id.clone());
-    let (session, _) = blocking(&store, move |s| s.session(&key, Some(tenant_id))).await?;
+    let (session, _) = with_store(&store, move |s| s.session(&key, Some(tenant_id))).await??;
     Ok(axum::Json(session).into_response())
 }
 
@@ -593,7 +587,8 @@ async fn session_cast(
 ) -> Result<Response, ApiError> {
     let who = authenticate(&state.store, &headers).await?;
     let (tenant_id, key) = (who.tenant_id, id.clone());
-    let (_, cast_file) = blocking(&state.store, move |s| s.session(&key, Some(tenant_id))).await?;
+    let (_, cast_file) =
+        with_store(&state.store, move |s| s.session(&key, Some(tenant_id))).await??;
     let Some(name) = cast_file.filter(|n| !n.contains('/')) else {
         return Err(ApiError(
             StatusCode::NOT_FOUND,
@@ -631,10 +626,10 @@ async fn list_audit(
     let since = parse_time("since", &params.since)?;
     let limit = page_limit(params.limit, 1000)?;
     let tenant = who.tenant.clone();
-    let entries = blocking(&store, move |s| {
+    let entries = with_store(&store, move |s| {
         s.audit_entries(since, Some(&tenant), limit, params.oldest.unwrap_or(false))
     })
-    .await?;
+    .await??;
     Ok(axum::Json(entries).into_response())
 }
 
@@ -643,7 +638,7 @@ async fn list_devices(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let who = authenticate(&store, &headers).await?;
-    let devices = blocking(&store, move |s| s.tenant_devices(who.tenant_id)).await?;
+    let devices = with_store(&store, move |s| s.tenant_devices(who.tenant_id)).await??;
     Ok(axum::Json(devices).into_response())
 }
 
@@ -654,7 +649,7 @@ async fn show_device(
 ) -> Result<Response, ApiError> {
     let who = authenticate(&store, &headers).await?;
     let key = id.clone();
-    let device = blocking(&store, move |s| s.find_device(&[who.tenant_id], &key)).await?;
+    let device = with_store(&store, move |s| s.find_device(&[who.tenant_id], &key)).await??;
     match device {
         Some(d) => Ok(axum::Json(d).into_response()),
         None => Err(no_such_device(&id)),
@@ -736,8 +731,8 @@ async fn device_records(
     let who = authenticate(&store, &headers).await?;
     let Query(params) = params?;
     let key = id.clone();
-    let device = blocking(&store, move |s| s.find_device(&[who.tenant_id], &key))
-        .await?
+    let device = with_store(&store, move |s| s.find_device(&[who.tenant_id], &key))
+        .await??
         .ok_or_else(|| no_such_device(&id))?;
     if let Some(level) = &params.level
         && level.parse::<tether_protocol::telemetry::Level>().is_err()
@@ -758,7 +753,7 @@ async fn device_records(
             params.level.clone(),
         );
         let after = params.after.unwrap_or(0);
-        let records = blocking(&store, move |s| {
+        let records = with_store(&store, move |s| {
             s.telemetry(&crate::store::TelemetryQuery {
                 device_id: &device_id,
                 topic: topic.as_deref(),
@@ -770,7 +765,7 @@ async fn device_records(
                 limit,
             })
         })
-        .await?;
+        .await??;
         let waiting = params.follow.unwrap_or(false)
             && records.is_empty()
             && tokio::time::Instant::now() < deadline;

@@ -26,8 +26,8 @@ use tether_protocol::fleet::{
 use tether_protocol::frame;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::ssh_front::with_store;
 use crate::store::Store;
+use crate::store::blocking::with_store;
 
 /// How often the relay looks for a changed desired state of a connected device.
 const POLL: Duration = Duration::from_secs(1);
@@ -79,7 +79,7 @@ pub async fn serve<S>(
                 let id = device_id.clone();
                 let desired = with_store(&store, move |s| s.desired_state(&id)).await;
                 match desired {
-                    Some(Ok(Some(mut state))) if state.version > sent_version => {
+                    Ok(Ok(Some(mut state))) if state.version > sent_version => {
                         sent_version = state.version;
                         if !features.desired_changes {
                             state.changes = None;
@@ -89,12 +89,12 @@ pub async fn serve<S>(
                             break;
                         }
                     }
-                    Some(Err(e)) => tracing::error!("device {device_id}: desired state: {e}"),
+                    Ok(Err(e)) => tracing::error!("device {device_id}: desired state: {e}"),
                     _ => {}
                 }
                 let id = device_id.clone();
                 match with_store(&store, move |s| s.take_pending_actions(&id)).await {
-                    Some(Ok(actions)) => {
+                    Ok(Ok(actions)) => {
                         let mut unsent: Vec<String> = actions.iter().map(|a| a.id.clone()).collect();
                         let mut failed = None;
                         for action in actions {
@@ -112,8 +112,8 @@ pub async fn serve<S>(
                             break;
                         }
                     }
-                    Some(Err(e)) => tracing::error!("device {device_id}: pending actions: {e}"),
-                    None => {}
+                    Ok(Err(e)) => tracing::error!("device {device_id}: pending actions: {e}"),
+                    Err(_) => {}
                 }
             }
             f = frames_rx.recv() => {
@@ -131,9 +131,9 @@ pub async fn serve<S>(
                         }
                         let id = device_id.clone();
                         match with_store(&store, move |s| s.record_report(&id, &state)).await {
-                            Some(Ok(())) => {}
-                            Some(Err(e)) => tracing::error!("device {device_id}: recording its report: {e}"),
-                            None => {}
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => tracing::error!("device {device_id}: recording its report: {e}"),
+                            Err(_) => {}
                         }
                     }
                     ControlFrame::ActionResult { mut result } => {
@@ -144,8 +144,8 @@ pub async fn serve<S>(
                         }
                         let id = device_id.clone();
                         match with_store(&store, move |s| s.record_action_result(&id, &result)).await {
-                            Some(Ok(())) | None => {}
-                            Some(Err(e)) => tracing::warn!("device {device_id}: action result: {e}"),
+                            Ok(Ok(())) | Err(_) => {}
+                            Ok(Err(e)) => tracing::warn!("device {device_id}: action result: {e}"),
                         }
                     }
                     ControlFrame::Fetch { sha256, offset } => {
@@ -189,13 +189,13 @@ async fn send_artifact<W: AsyncWrite + Unpin>(
     }
     let (id, digest) = (device_id.to_string(), sha256.to_string());
     match with_store(store, move |s| s.device_artifact(&id, &digest)).await {
-        Some(Ok(Some(_))) => {}
-        Some(Ok(None)) => return frame::write(wr, &refuse(NO_SUCH_ARTIFACT.into())).await,
-        Some(Err(e)) => {
+        Ok(Ok(Some(_))) => {}
+        Ok(Ok(None)) => return frame::write(wr, &refuse(NO_SUCH_ARTIFACT.into())).await,
+        Ok(Err(e)) => {
             tracing::error!("device {device_id}: looking up artifact {sha256}: {e}");
             return frame::write(wr, &refuse("the relay's store failed; try again".into())).await;
         }
-        None => {
+        Err(_) => {
             return frame::write(wr, &refuse("the relay's store failed; try again".into())).await;
         }
     }

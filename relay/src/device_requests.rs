@@ -10,7 +10,8 @@ use russh::server::Msg;
 use russh::{Channel, ChannelMsg};
 use tether_protocol::enroll::{EnrollRequest, EnrollResponse, MAX_ENROLL_MESSAGE};
 
-use crate::ssh_front::{Front, audit_event, with_store};
+use crate::ssh_front::{Front, audit_event};
+use crate::store::blocking::with_store;
 use crate::store::{Device, DeviceEnrollment};
 
 /// Serves the enrollment subsystem on a session channel: one JSON request line, one JSON
@@ -103,7 +104,7 @@ pub(crate) async fn keys_channel(
             })
             .await
             {
-                Some(Ok(fingerprint)) => {
+                Ok(Ok(fingerprint)) => {
                     tracing::info!(
                         "device {} registered its next key {fingerprint} from {remote}",
                         device.id
@@ -120,10 +121,10 @@ pub(crate) async fn keys_channel(
                     .await;
                     RotateResponse::Registered { fingerprint }
                 }
-                Some(Err(e)) => RotateResponse::Refused {
+                Ok(Err(e)) => RotateResponse::Refused {
                     message: e.to_string(),
                 },
-                None => RotateResponse::Refused {
+                Err(_) => RotateResponse::Refused {
                     message: "internal error".into(),
                 },
             }
@@ -159,7 +160,7 @@ async fn redeem(
     })
     .await
     {
-        Some(Ok(enrolled)) => {
+        Ok(Ok(enrolled)) => {
             tracing::info!(
                 "enrolled device {} ({}) in tenant {} from {remote}",
                 enrolled.device.id,
@@ -219,7 +220,7 @@ async fn redeem(
                 status: enrolled.device.status.to_string(),
             }
         }
-        Some(Err(e)) => {
+        Ok(Err(e)) => {
             tracing::info!("enrollment from {remote} refused: {e}");
             audit_event(
                 front.store.clone(),
@@ -235,7 +236,7 @@ async fn redeem(
                 message: e.to_string(),
             }
         }
-        None => EnrollResponse::Refused {
+        Err(_) => EnrollResponse::Refused {
             message: "internal error".into(),
         },
     }

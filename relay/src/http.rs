@@ -19,6 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tether_protocol::names::WS_LINK_PATH;
+use tether_protocol::shutdown::stopped;
 use tether_protocol::ws::{WsByteStream, link_ws_config};
 use thiserror::Error;
 use tokio::net::TcpListener;
@@ -30,7 +31,7 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tower_service::Service;
 
 use crate::limits::Limits;
-use crate::ssh_front::{Front, stopped};
+use crate::ssh_front::Front;
 
 /// How long a client may take to send its request head (or finish TLS).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(15);

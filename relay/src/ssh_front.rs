@@ -25,32 +25,19 @@ use russh::server::{self, Auth, Msg, Session};
 use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet};
 use tether_protocol::fleet::CONTROL_SUBSYSTEM;
 use tether_protocol::names::{ENROLL_SUBSYSTEM, ENROLL_USER, KEYS_SUBSYSTEM, LINK_USER};
+use tether_protocol::shutdown::stopped;
 use tether_protocol::telemetry::TELEMETRY_SUBSYSTEM;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
 use crate::proxy;
 use crate::registry::{LiveLink, Registry};
+use crate::store::blocking::with_store;
 use crate::store::{Device, DeviceStatus, EngineerIdentity, Store};
 
 /// How long a stopping relay waits for a device's telemetry channel to acknowledge the batch
 /// it is committing. A commit takes milliseconds; a stuck store must not hold the stop up.
 const TELEMETRY_DRAIN: Duration = Duration::from_secs(2);
-
-/// Runs a blocking store call off the async threads.
-pub async fn with_store<T: Send + 'static>(
-    store: &Arc<Store>,
-    f: impl FnOnce(&Store) -> T + Send + 'static,
-) -> Option<T> {
-    let store = store.clone();
-    match tokio::task::spawn_blocking(move || f(&store)).await {
-        Ok(v) => Some(v),
-        Err(e) => {
-            tracing::error!("store task failed: {e}");
-            None
-        }
-    }
-}
 
 /// Everything the SSH front shares between connections.
 pub struct Front {
@@ -311,7 +298,10 @@ impl Front {
         {
             tracing::info!("device {device_id} offline ({remote} via {transport})");
             let id = device_id.clone();
-            if let Some(Err(e)) = with_store(&self.store, move |s| s.mark_offline(&id)).await {
+            if let Some(Err(e)) = with_store(&self.store, move |s| s.mark_offline(&id))
+                .await
+                .ok()
+            {
                 tracing::error!("cannot record device {device_id} offline: {e}");
             }
         }
@@ -368,7 +358,7 @@ impl Front {
             s.live_engineer_grants(&keys, &cas, &users)
         })
         .await
-        else {
+        .ok() else {
             return;
         };
         for h in held {
@@ -474,7 +464,9 @@ impl Front {
         if ids.is_empty() {
             return;
         }
-        let Some(Ok(unwelcome)) = with_store(&self.store, move |s| s.unwelcome_devices(&ids)).await
+        let Some(Ok(unwelcome)) = with_store(&self.store, move |s| s.unwelcome_devices(&ids))
+            .await
+            .ok()
         else {
             return;
         };
@@ -502,15 +494,6 @@ fn disconnect(handle: server::Handle, message: String) {
             .disconnect(russh::Disconnect::ByApplication, message, "en".into())
             .await;
     });
-}
-
-/// Resolves once `rx` says the relay is stopping (or its sender is gone).
-pub async fn stopped(rx: &mut watch::Receiver<bool>) {
-    while !*rx.borrow_and_update() {
-        if rx.changed().await.is_err() {
-            return;
-        }
-    }
 }
 
 fn lock(state: &Mutex<ConnState>) -> std::sync::MutexGuard<'_, ConnState> {
@@ -542,7 +525,8 @@ impl Conn {
         let tenants: Vec<i64> = identities.iter().map(|i| i.tenant_id).collect();
         let name = name.to_string();
         let device = with_store(&self.front.store, move |s| s.find_device(&tenants, &name))
-            .await?
+            .await
+            .ok()?
             .map_err(|e| tracing::error!("device lookup failed: {e}"))
             .ok()??;
         if device.status != DeviceStatus::Accepted {
@@ -567,7 +551,8 @@ impl Conn {
         let tenants: Vec<i64> = identities.iter().map(|i| i.tenant_id).collect();
         let key = name.to_string();
         let device = with_store(&self.front.store, move |s| s.find_device(&tenants, &key))
-            .await?
+            .await
+            .ok()?
             .ok()??;
         let own = identities.iter().any(|i| i.tenant_id == device.tenant_id);
         (own && device.status == DeviceStatus::Pending).then(|| {
@@ -629,6 +614,7 @@ impl server::Handler for Conn {
         if engineer_login
             && with_store(&self.front.store, |s| s.any_trusted_ca())
                 .await
+                .ok()
                 .and_then(Result::ok)
                 .unwrap_or(false)
         {
@@ -732,6 +718,7 @@ impl server::Handler for Conn {
             .to_string();
         let trusts = with_store(&self.front.store, move |s| s.cas_by_fingerprint(&ca))
             .await
+            .ok()
             .and_then(|r| r.map_err(|e| tracing::error!("CA lookup failed: {e}")).ok())
             .unwrap_or_default();
         let now = std::time::SystemTime::now()
@@ -863,6 +850,7 @@ impl server::Handler for Conn {
             s.mark_online(&id, &remote, version.as_deref())
         })
         .await
+        .ok()
         {
             tracing::error!("cannot record device {} online: {e}", device.id);
         }
@@ -1338,6 +1326,7 @@ async fn carry_session(
             })
         })
         .await
+        .ok()
     };
     let id = match opened {
         Some(Ok(id)) => id,
@@ -1456,7 +1445,8 @@ pub(crate) async fn audit_event(
             detail,
         })
     })
-    .await;
+    .await
+    .ok();
     if let Some(Err(e)) = written {
         tracing::error!("audit trail: {e}");
     }
@@ -1486,6 +1476,7 @@ impl Conn {
             let fp = fingerprint.to_string();
             with_store(&self.front.store, move |s| s.disabled_engineers(&fp))
                 .await
+                .ok()
                 .and_then(|r| {
                     r.map_err(|e| tracing::error!("engineer lookup failed: {e}"))
                         .ok()
@@ -1591,7 +1582,8 @@ impl Conn {
             ENROLL_USER => Some(Peer::Enrolling { key: key.clone() }),
             LINK_USER if !verified => {
                 let device = with_store(&self.front.store, move |s| s.device_by_fingerprint(&fp))
-                    .await?
+                    .await
+                    .ok()?
                     .map_err(|e| tracing::error!("device key lookup failed: {e}"))
                     .ok()??;
                 (device.status == DeviceStatus::Accepted).then(|| Peer::Device {
@@ -1600,7 +1592,8 @@ impl Conn {
             }
             LINK_USER => {
                 let login = with_store(&self.front.store, move |s| s.device_login(&fp))
-                    .await?
+                    .await
+                    .ok()?
                     .map_err(|e| tracing::error!("device key lookup failed: {e}"))
                     .ok()??;
                 let device = login.device;
@@ -1616,7 +1609,8 @@ impl Conn {
                 let identities = with_store(&self.front.store, move |s| {
                     s.engineer_identities(&lookup_fp)
                 })
-                .await?
+                .await
+                .ok()?
                 .map_err(|e| tracing::error!("engineer key lookup failed: {e}"))
                 .ok()?;
                 (!identities.is_empty()).then(|| Peer::Engineer {

@@ -23,6 +23,7 @@ use thiserror::Error;
 
 mod actions;
 mod audit;
+pub mod blocking;
 mod cas;
 mod fleet;
 mod keys;
