@@ -25,9 +25,9 @@
 pub mod api;
 pub mod backup;
 pub mod certauth;
+pub mod channels;
 pub mod cli;
 pub mod config;
-pub mod control;
 pub mod device_requests;
 pub mod hostkey;
 pub mod http;
@@ -41,7 +41,6 @@ pub mod session_cli;
 pub mod sink;
 pub mod ssh_front;
 pub mod store;
-pub mod telemetry;
 pub mod timestamp;
 
 /// The relay's version.

@@ -1240,7 +1240,7 @@ impl server::Handler for Conn {
                 let taken = lock(&self.state).device_channels.remove(&channel);
                 match (taken, name) {
                     (Some(ch), TELEMETRY_SUBSYSTEM) => {
-                        let task = tokio::spawn(crate::telemetry::serve(
+                        let task = tokio::spawn(crate::channels::telemetry::serve(
                             ch.into_stream(),
                             device.id.clone(),
                             device.tenant_id,
@@ -1265,14 +1265,14 @@ impl server::Handler for Conn {
                     (Some(ch), CONTROL_SUBSYSTEM) => {
                         // An agent that announced session channels is of the release that
                         // also reads the changes of a desired state.
-                        let features = crate::control::AgentFeatures {
+                        let features = crate::channels::control::AgentFeatures {
                             desired_changes: self
                                 .front
                                 .registry
                                 .get(&device.id)
                                 .is_some_and(|l| l.session_channels),
                         };
-                        tokio::spawn(crate::control::serve(
+                        tokio::spawn(crate::channels::control::serve(
                             ch.into_stream(),
                             device.id.clone(),
                             self.front.store.clone(),

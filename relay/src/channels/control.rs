@@ -32,7 +32,6 @@ use crate::store::blocking::with_store;
 /// How often the relay looks for a changed desired state of a connected device.
 const POLL: Duration = Duration::from_secs(1);
 
-/// Serves one control channel of `device_id` until it closes.
 /// What the agent at the other end understands beyond the first protocol version.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AgentFeatures {
