@@ -46,6 +46,7 @@ use serde_json::json;
 
 use tether_protocol::fleet::ActionKind;
 
+use crate::policy::{self, Permission};
 use crate::store::blocking::{TaskFailed, with_store};
 use crate::store::{ApiIdentity, Device, NewDeployment, SessionQuery, Store, StoreError, Target};
 
@@ -164,12 +165,12 @@ async fn authorize_change(
     headers: &HeaderMap,
 ) -> Result<ApiIdentity, ApiError> {
     let who = authenticate(store, headers).await?;
-    if who.role == crate::store::Role::Viewer {
+    if !policy::allows(who.role, Permission::Change) {
         return Err(ApiError(
             StatusCode::FORBIDDEN,
             format!(
-                "token {} has role viewer, which may only read; create one with --role operator",
-                who.token_id
+                "token {} has role {}, which may only read; create one with --role operator",
+                who.token_id, who.role
             ),
         ));
     }

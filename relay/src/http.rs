@@ -31,7 +31,7 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tower_service::Service;
 
 use crate::limits::Limits;
-use crate::ssh_front::Front;
+use crate::ssh::Front;
 
 /// How long a client may take to send its request head (or finish TLS).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(15);

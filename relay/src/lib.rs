@@ -24,22 +24,20 @@
 
 pub mod api;
 pub mod backup;
-pub mod certauth;
 pub mod channels;
 pub mod cli;
 pub mod config;
-pub mod device_requests;
 pub mod hostkey;
 pub mod http;
 pub mod limits;
 pub mod metrics;
-pub mod proxy;
+pub mod policy;
 pub mod recording;
 pub mod registry;
 pub mod server;
 pub mod session_cli;
 pub mod sink;
-pub mod ssh_front;
+pub mod ssh;
 pub mod store;
 pub mod timestamp;
 

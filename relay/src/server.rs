@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use crate::config::RelayConfig;
 use crate::registry::Registry;
-use crate::ssh_front::Front;
+use crate::ssh::Front;
 use crate::store::Store;
 use crate::store::blocking::with_store;
 use crate::{api, hostkey, http};

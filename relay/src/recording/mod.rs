@@ -1,7 +1,7 @@
 //! Recording of relay-terminated engineer sessions.
 //!
 //! Every session an engineer opens on a device through the relay is recorded while the proxy
-//! carries it ([`crate::proxy::relay_session`] reports each request and byte here):
+//! carries it ([`crate::ssh::proxy::relay_session`] reports each request and byte here):
 //! - a terminal session (a pty was requested) becomes an asciicast v2 file ([`cast`]) with its
 //!   output, resizes and, when configured, input;
 //! - an exec is recorded as its command, exit status and byte counts;
