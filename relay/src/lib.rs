@@ -22,7 +22,6 @@
 //! - [`cli`]: the command line, including the admin commands that work on the store.
 //! - [`timestamp`]: RFC 3339 times of query parameters and options, parsed and normalised.
 
-pub mod api;
 pub mod backup;
 pub mod channels;
 pub mod cli;

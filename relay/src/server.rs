@@ -14,7 +14,7 @@ use crate::registry::Registry;
 use crate::ssh::Front;
 use crate::store::Store;
 use crate::store::blocking::with_store;
-use crate::{api, hostkey, http};
+use crate::{hostkey, http};
 
 /// How often telemetry older than each tenant's retention is deleted.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
@@ -163,7 +163,7 @@ pub async fn serve(config: RelayConfig, store: Arc<Store>) -> Result<()> {
         stop_rx.clone(),
     );
     let router = http::router(
-        api::router(store.clone(), config.artifacts_dir(), config.sessions_dir()),
+        http::api::router(store.clone(), config.artifacts_dir(), config.sessions_dir()),
         front.clone(),
         config.http.trust_forwarded_for,
     );
