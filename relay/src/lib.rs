@@ -34,7 +34,6 @@ pub mod policy;
 pub mod recording;
 pub mod registry;
 pub mod server;
-pub mod session_cli;
 pub mod sink;
 pub mod ssh;
 pub mod store;
