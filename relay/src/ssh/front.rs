@@ -1,5 +1,5 @@
 //! What the SSH front shares between connections ([`Front`]), and the handler of one
-//! connection ([`Conn`]) with the helpers every part of it uses.
+//! connection (`Conn`) with the helpers every part of it uses.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
