@@ -269,6 +269,7 @@ fn device_rows(devices: &[Device]) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// The columns of `relay device list`.
 pub(super) const DEVICE_HEADER: &[&str] = &[
     "ID",
     "NAME",

@@ -8,6 +8,7 @@ use std::io::Write;
 use anyhow::Result;
 use serde::Serialize;
 
+/// Writes `value` as pretty-printed JSON and a newline: the `--json` form of every command.
 pub(super) fn print_json<T: Serialize>(out: &mut dyn Write, value: &T) -> Result<()> {
     serde_json::to_writer_pretty(&mut *out, value)?;
     writeln!(out)?;
@@ -99,6 +100,7 @@ pub(super) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     text
 }
 
+/// The value, or `-` for none.
 pub(super) fn dash(v: &Option<String>) -> String {
     v.clone().unwrap_or_else(|| "-".into())
 }

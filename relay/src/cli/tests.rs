@@ -9,8 +9,10 @@ use super::device::DEVICE_HEADER;
 use super::{Cli, load_config, run};
 use crate::store::Store;
 
+/// What a test returns: any error fails it with its message.
 pub(super) type TestResult = Result<(), Box<dyn std::error::Error>>;
 
+/// An engineer's public key.
 pub(super) const KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ alice";
 

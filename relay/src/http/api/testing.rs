@@ -10,6 +10,7 @@ use axum::http::{HeaderMap, Request, StatusCode, header};
 use super::router;
 use crate::store::{DeviceEnrollment, NewToken, Store, StoreError, TokenKind};
 
+/// What a test returns: any error fails it with its message.
 pub(super) type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 /// One request through the router in-process; returns status, headers and JSON body.
@@ -66,8 +67,10 @@ pub(super) async fn send(
     Ok((parts.status, serde_json::from_slice(&bytes)?))
 }
 
+/// A recipe with one configuration value and nothing to fetch.
 pub(super) const RECIPE: &str = "name: com.example.app\nversion: 1.2.3\nconfiguration:\n  port: 8080\nmanifests:\n  - platform: { os: linux }\n    lifecycle:\n      run:\n        script: sleep 1000\n";
 
+/// A deployment of [`RECIPE`] to `target`, with configuration for the component and for all.
 pub(super) fn deployment_body(target: &str) -> serde_json::Value {
     serde_json::json!({
         "target": target,
@@ -76,6 +79,7 @@ pub(super) fn deployment_body(target: &str) -> serde_json::Value {
     })
 }
 
+/// A store in a temporary directory, the router on it, and what the tests need of it.
 pub(super) struct Fixture {
     pub(super) _dir: tempfile::TempDir,
     pub(super) path: std::path::PathBuf,
@@ -86,6 +90,8 @@ pub(super) struct Fixture {
     pub(super) board: String,
 }
 
+/// Tenants acme and globex with an operator API token each (as `Bearer …` headers), and
+/// device board1 enrolled and accepted in acme.
 pub(super) fn fixture() -> Result<Fixture, Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("relay.db");
