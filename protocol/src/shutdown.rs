@@ -16,3 +16,13 @@ pub async fn stop_signal() {
         _ = int.recv() => {}
     }
 }
+
+/// Resolves once `rx` says the program is stopping (or its sender is gone, so no one is left
+/// to say so). Tasks hold a clone of one `watch` channel that the stop signal sets.
+pub async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    while !*rx.borrow_and_update() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}

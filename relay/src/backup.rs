@@ -119,7 +119,7 @@ pub fn backup(
     let artifacts = copy_files(&config.artifacts_dir(), &dest.join("artifacts"))?;
     let recordings = copy_files(
         &config.sessions_dir(),
-        &dest.join(crate::recording::SESSIONS_DIR),
+        &dest.join(crate::config::SESSIONS_DIR),
     )?;
     Ok(BackupSummary {
         dir: dest.to_path_buf(),

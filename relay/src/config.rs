@@ -205,6 +205,9 @@ impl Default for SshConfig {
     }
 }
 
+/// Directory of the session recordings (cast files) under the data directory.
+pub const SESSIONS_DIR: &str = "sessions";
+
 /// Why a configuration file could not be used (shared with the agent's reader).
 pub use tether_protocol::config_file::ConfigError;
 
@@ -216,7 +219,7 @@ impl RelayConfig {
 
     /// Where session recordings (asciicast files) are kept.
     pub fn sessions_dir(&self) -> PathBuf {
-        self.data_dir.join(crate::recording::SESSIONS_DIR)
+        self.data_dir.join(SESSIONS_DIR)
     }
 
     /// The SQLite file of the embedded store.

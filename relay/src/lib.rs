@@ -1,47 +1,50 @@
-//! The tether relay.
+//! The tether relay: it authenticates devices and engineers, carries engineers' sessions and
+//! forwards to devices over the links the devices opened, keeps desired and reported state per
+//! device, and commits telemetry to its sink. Every durable fact lives in the store.
 //!
-//! Layout:
-//! - [`config`]: the relay's YAML configuration file.
-//! - [`store`]: every durable fact (tenants, tokens, users, devices) in SQLite.
-//! - [`hostkey`]: the relay's SSH host key.
+//! Layout, one folder per subsystem:
+//! - [`ssh`]: the SSH port: device links, enrollment and key rotation, engineers' sessions and
+//!   forwards, authentication (keys and certificates) and the proxy to a device's embedded SSH
+//!   server. Start at [`ssh::Front`].
+//! - [`channels`]: the channels a device opens over its link: telemetry and control.
+//! - [`http`]: the HTTP port: the WebSocket link, the JSON API (one module per resource),
+//!   `/metrics`, TLS.
+//! - [`store`]: every durable fact (tenants, tokens, engineers, devices, telemetry, sessions,
+//!   audit trail) in SQLite; [`store::blocking`] runs its calls from async code.
+//! - [`recording`]: recording engineers' sessions (asciicast, exec commands, sftp file
+//!   operations).
+//! - [`cli`]: the command line, one module per command group; `main.rs` only calls
+//!   [`cli::main`].
+//!
+//! And the modules they share:
+//! - [`server`]: `relay serve`, which starts the ports and the housekeeping between them.
+//! - [`policy`]: what each role may do.
+//! - [`config`]: the relay's YAML configuration file and the paths of its data directory.
 //! - [`registry`]: the device links that are up right now on this relay.
-//! - [`certauth`]: engineers' OpenSSH user certificates, checked against tenants' trusted CAs.
-//! - [`ssh_front`]: the SSH port: device links, enrollment and engineers' sessions.
-//! - [`device_requests`]: the enrollment and key rotation subsystems of the SSH port.
-//! - [`proxy`]: carrying an engineer's session channel to the device's embedded SSH server.
-//! - [`recording`]: recording engineers' sessions (asciicast, exec commands, sftp file operations).
-//! - [`http`]: the HTTP port: the WebSocket link, the JSON API and TLS.
-//! - [`metrics`]: Prometheus metrics.
-//! - [`limits`]: abuse limits (failed logins, handshakes, sessions, channels, idle sessions).
-//! - [`api`]: the JSON API routes.
 //! - [`sink`]: where telemetry is committed (embedded SQLite by default).
-//! - [`telemetry`]: the relay end of a device's telemetry channel.
-//! - [`control`]: the relay end of a device's control channel (desired and reported state, downloads).
-//! - [`server`]: `relay serve`, which starts all of the above.
-//! - [`session_cli`]: `relay session list|show|play`.
-//! - [`cli`]: the command line, including the admin commands that work on the store.
+//! - [`limits`]: abuse limits (failed logins, handshakes, sessions, channels, idle sessions).
+//! - [`metrics`]: Prometheus metrics.
+//! - [`hostkey`]: the relay's SSH host key.
+//! - [`backup`]: a consistent copy of the data directory.
 //! - [`timestamp`]: RFC 3339 times of query parameters and options, parsed and normalised.
 
-pub mod api;
+#![forbid(unsafe_code)]
+
 pub mod backup;
-pub mod certauth;
+pub mod channels;
 pub mod cli;
 pub mod config;
-pub mod control;
-pub mod device_requests;
 pub mod hostkey;
 pub mod http;
 pub mod limits;
 pub mod metrics;
-pub mod proxy;
+pub mod policy;
 pub mod recording;
 pub mod registry;
 pub mod server;
-pub mod session_cli;
 pub mod sink;
-pub mod ssh_front;
+pub mod ssh;
 pub mod store;
-pub mod telemetry;
 pub mod timestamp;
 
 /// The relay's version.

@@ -5,14 +5,16 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use russh::{MethodKind, MethodSet, Preferred, SshId, cipher, compression, kex, mac, server};
+use tether_protocol::shutdown::stopped;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::RelayConfig;
 use crate::registry::Registry;
-use crate::ssh_front::{Front, stopped, with_store};
+use crate::ssh::Front;
 use crate::store::Store;
-use crate::{api, hostkey, http};
+use crate::store::blocking::with_store;
+use crate::{hostkey, http};
 
 /// How often telemetry older than each tenant's retention is deleted.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
@@ -126,16 +128,15 @@ pub async fn serve(config: RelayConfig, store: Arc<Store>) -> Result<()> {
     let fingerprint = hostkey::fingerprint(&host_key);
     // Only one relay per store today: links of a previous run are gone.
     with_store(&store, |s| s.mark_all_offline())
-        .await
-        .context("store task failed")?
+        .await?
         .context("resetting device online flags")?;
     match with_store(&store, |s| s.close_interrupted_sessions()).await {
-        Some(Ok(n)) if n > 0 => {
+        Ok(Ok(n)) if n > 0 => {
             tracing::warn!(
                 "{n} sessions were open when the relay last stopped: closed as interrupted"
             )
         }
-        Some(Err(e)) => tracing::error!("closing interrupted sessions: {e}"),
+        Ok(Err(e)) => tracing::error!("closing interrupted sessions: {e}"),
         _ => {}
     }
 
@@ -164,7 +165,7 @@ pub async fn serve(config: RelayConfig, store: Arc<Store>) -> Result<()> {
         stop_rx.clone(),
     );
     let router = http::router(
-        api::router(store.clone(), config.artifacts_dir(), config.sessions_dir()),
+        http::api::router(store.clone(), config.artifacts_dir(), config.sessions_dir()),
         front.clone(),
         config.http.trust_forwarded_for,
     );
@@ -219,14 +220,14 @@ pub async fn serve(config: RelayConfig, store: Arc<Store>) -> Result<()> {
             tokio::select! {
                 _ = tick.tick() => {
                     match with_store(&retention_store, |s| s.enforce_retention()).await {
-                        Some(Ok(n)) if n > 0 => tracing::info!("retention: deleted {n} old telemetry records"),
-                        Some(Err(e)) => tracing::error!("retention: {e}"),
+                        Ok(Ok(n)) if n > 0 => tracing::info!("retention: deleted {n} old telemetry records"),
+                        Ok(Err(e)) => tracing::error!("retention: {e}"),
                         _ => {}
                     }
                     match with_store(&retention_store, |s| s.expire_sessions()).await {
-                        Some(Ok(casts)) => crate::recording::delete_casts(&sessions_dir, &casts),
-                        Some(Err(e)) => tracing::error!("session retention: {e}"),
-                        None => {}
+                        Ok(Ok(casts)) => crate::recording::delete_casts(&sessions_dir, &casts),
+                        Ok(Err(e)) => tracing::error!("session retention: {e}"),
+                        Err(_) => {}
                     }
                 }
                 _ = stopped(&mut retention_stop) => return,
@@ -266,8 +267,7 @@ pub async fn serve(config: RelayConfig, store: Arc<Store>) -> Result<()> {
         tracing::warn!("shutdown: still busy after {SHUTDOWN_GRACE:?}; exiting anyway");
     }
     with_store(&store, |s| s.mark_all_offline())
-        .await
-        .context("store task failed")?
+        .await?
         .context("recording devices offline")?;
     tracing::info!("stopped");
     Ok(())

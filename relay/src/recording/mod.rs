@@ -1,7 +1,7 @@
 //! Recording of relay-terminated engineer sessions.
 //!
 //! Every session an engineer opens on a device through the relay is recorded while the proxy
-//! carries it ([`crate::proxy::relay_session`] reports each request and byte here):
+//! carries it ([`crate::ssh::proxy::relay_session`] reports each request and byte here):
 //! - a terminal session (a pty was requested) becomes an asciicast v2 file ([`cast`]) with its
 //!   output, resizes and, when configured, input;
 //! - an exec is recorded as its command, exit status and byte counts;
@@ -18,11 +18,8 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::ssh_front::with_store;
+use crate::store::blocking::with_store;
 use crate::store::{SessionEnd, Store};
-
-/// Directory of the cast files under the relay's data directory.
-pub const SESSIONS_DIR: &str = "sessions";
 
 /// Longest exec command kept (bytes of the command line).
 const MAX_COMMAND: usize = 4096;
@@ -154,7 +151,7 @@ impl Recording {
                 s.describe_session(&id, &label, command.as_deref(), cast_file.as_deref())
             })
             .await;
-            if let Some(Err(e)) = written {
+            if let Ok(Err(e)) = written {
                 tracing::error!("session record: {e}");
             }
         });
@@ -264,8 +261,7 @@ impl Recording {
         };
         let id = self.id.clone();
         let record = end.clone();
-        if let Some(Err(e)) = with_store(&self.store, move |s| s.close_session(&id, &record)).await
-        {
+        if let Ok(Err(e)) = with_store(&self.store, move |s| s.close_session(&id, &record)).await {
             tracing::error!("session {}: cannot record its end: {e}", self.id);
         }
         end

@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 mod actions;
 mod artifacts;
 mod audit;
+pub mod blocking;
 mod cas;
 #[cfg(test)]
 mod conformance;

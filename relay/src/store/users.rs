@@ -20,12 +20,6 @@ pub enum Role {
 }
 
 impl Role {
-    /// Whether the role may open shells, exec, sftp and forwards on a device (viewers only
-    /// read).
-    pub fn may_open_sessions(self) -> bool {
-        self != Role::Viewer
-    }
-
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Role::Admin => "admin",

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 
-use crate::cli::{dash, escape_controls, print_json, table};
+use super::output::{dash, escape_controls, print_json, table};
 use crate::config::RelayConfig;
 use crate::recording::cast;
 use crate::store::{SessionQuery, Store};
@@ -55,7 +55,7 @@ pub enum SessionCommand {
 }
 
 /// Runs a `relay session` command.
-pub fn run(
+pub(super) fn run(
     out: &mut dyn Write,
     store: &Store,
     config: &RelayConfig,

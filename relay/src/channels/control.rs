@@ -30,7 +30,7 @@ use tether_protocol::fleet::{
 use tether_protocol::frame;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::ssh_front::with_store;
+use crate::store::blocking::with_store;
 use crate::store::{DeviceChanges, Store};
 
 /// How soon the channel reads the store again after a read failed (the store busy, say),
@@ -46,7 +46,6 @@ async fn next_check(changes: &mut DeviceChanges, retry: bool) {
     }
 }
 
-/// Serves one control channel of `device_id` until it closes.
 /// What the agent at the other end understands beyond the first protocol version.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AgentFeatures {
@@ -97,7 +96,7 @@ pub async fn serve<S>(
                 let id = device_id.clone();
                 let desired = with_store(&store, move |s| s.desired_state(&id)).await;
                 match desired {
-                    Some(Ok(Some(mut state))) if state.version > sent_version => {
+                    Ok(Ok(Some(mut state))) if state.version > sent_version => {
                         sent_version = state.version;
                         if !features.desired_changes {
                             state.changes = None;
@@ -107,16 +106,16 @@ pub async fn serve<S>(
                             break;
                         }
                     }
-                    Some(Err(e)) => {
+                    Ok(Err(e)) => {
                         tracing::error!("device {device_id}: desired state: {e}");
                         retry = true;
                     }
-                    None => retry = true,
+                    Err(_) => retry = true,
                     _ => {}
                 }
                 let id = device_id.clone();
                 match with_store(&store, move |s| s.take_pending_actions(&id)).await {
-                    Some(Ok(actions)) => {
+                    Ok(Ok(actions)) => {
                         let mut unsent: Vec<String> = actions.iter().map(|a| a.id.clone()).collect();
                         let mut failed = None;
                         for action in actions {
@@ -134,11 +133,11 @@ pub async fn serve<S>(
                             break;
                         }
                     }
-                    Some(Err(e)) => {
+                    Ok(Err(e)) => {
                         tracing::error!("device {device_id}: pending actions: {e}");
                         retry = true;
                     }
-                    None => retry = true,
+                    Err(_) => retry = true,
                 }
             }
             f = frames_rx.recv() => {
@@ -156,9 +155,9 @@ pub async fn serve<S>(
                         }
                         let id = device_id.clone();
                         match with_store(&store, move |s| s.record_report(&id, &state)).await {
-                            Some(Ok(())) => {}
-                            Some(Err(e)) => tracing::error!("device {device_id}: recording its report: {e}"),
-                            None => {}
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => tracing::error!("device {device_id}: recording its report: {e}"),
+                            Err(_) => {}
                         }
                     }
                     ControlFrame::ActionResult { mut result } => {
@@ -169,8 +168,8 @@ pub async fn serve<S>(
                         }
                         let id = device_id.clone();
                         match with_store(&store, move |s| s.record_action_result(&id, &result)).await {
-                            Some(Ok(())) | None => {}
-                            Some(Err(e)) => tracing::warn!("device {device_id}: action result: {e}"),
+                            Ok(Ok(())) | Err(_) => {}
+                            Ok(Err(e)) => tracing::warn!("device {device_id}: action result: {e}"),
                         }
                     }
                     ControlFrame::Fetch { sha256, offset } => {
@@ -214,13 +213,13 @@ async fn send_artifact<W: AsyncWrite + Unpin>(
     }
     let (id, digest) = (device_id.to_string(), sha256.to_string());
     match with_store(store, move |s| s.device_artifact(&id, &digest)).await {
-        Some(Ok(Some(_))) => {}
-        Some(Ok(None)) => return frame::write(wr, &refuse(NO_SUCH_ARTIFACT.into())).await,
-        Some(Err(e)) => {
+        Ok(Ok(Some(_))) => {}
+        Ok(Ok(None)) => return frame::write(wr, &refuse(NO_SUCH_ARTIFACT.into())).await,
+        Ok(Err(e)) => {
             tracing::error!("device {device_id}: looking up artifact {sha256}: {e}");
             return frame::write(wr, &refuse("the relay's store failed; try again".into())).await;
         }
-        None => {
+        Err(_) => {
             return frame::write(wr, &refuse("the relay's store failed; try again".into())).await;
         }
     }

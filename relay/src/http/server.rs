@@ -1,36 +1,25 @@
-//! The relay's HTTP port: the WebSocket transport of the device link at `/v1/link`, the JSON
-//! API, and optional TLS.
-//!
-//! Connections are served with hyper directly (rather than `axum::serve`) so that TLS can be
-//! layered under the same router and each request learns its peer address. Behind a
-//! TLS-terminating reverse proxy the relay serves plain HTTP and, when told to trust it, takes
-//! the client address from `X-Forwarded-For`.
+//! Serving the HTTP port: accepting connections within the limits, TLS when configured, one
+//! hyper connection each (so TLS layers under the same router and each request learns its
+//! peer address), the API's refused tokens counted against their source like failed SSH
+//! logins, and the drain when the relay stops.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::response::IntoResponse;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tether_protocol::names::WS_LINK_PATH;
-use tether_protocol::ws::{WsByteStream, link_ws_config};
-use thiserror::Error;
+use tether_protocol::shutdown::stopped;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
 use tower_service::Service;
 
+use super::peer::{PeerAddr, forwarded_for};
 use crate::limits::Limits;
-use crate::ssh_front::{Front, stopped};
 
 /// How long a client may take to send its request head (or finish TLS).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(15);
@@ -38,186 +27,6 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long, once the relay is stopping, requests in progress may take to finish. A client that
 /// sends its body slower than that is cut off; nothing it sent was acknowledged.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Why TLS could not be set up.
-#[derive(Debug, Error)]
-pub enum TlsError {
-    /// A PEM file could not be read.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: String,
-        /// The underlying error.
-        source: std::io::Error,
-    },
-    /// The files hold no usable certificate or key.
-    #[error("{path}: {message}")]
-    Invalid {
-        /// The file.
-        path: String,
-        /// What is wrong.
-        message: String,
-    },
-}
-
-/// Builds a TLS acceptor from PEM certificate chain and private key files.
-pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
-    let read = |p: &Path| {
-        std::fs::read(p).map_err(|source| TlsError::Io {
-            path: p.display().to_string(),
-            source,
-        })
-    };
-    let cert_pem = read(cert)?;
-    let key_pem = read(key)?;
-    let invalid = |p: &Path, message: String| TlsError::Invalid {
-        path: p.display().to_string(),
-        message,
-    };
-    let certs: Vec<_> = rustls_pemfile::certs(&mut &cert_pem[..])
-        .collect::<Result<_, _>>()
-        .map_err(|e| invalid(cert, e.to_string()))?;
-    if certs.is_empty() {
-        return Err(invalid(cert, "no certificate in PEM file".into()));
-    }
-    let key_der = rustls_pemfile::private_key(&mut &key_pem[..])
-        .map_err(|e| invalid(key, e.to_string()))?
-        .ok_or_else(|| invalid(key, "no private key in PEM file".into()))?;
-    let config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(certs, key_der)
-        .map_err(|e| invalid(cert, e.to_string()))?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
-}
-
-/// State the link route needs.
-#[derive(Clone)]
-struct LinkState {
-    front: Arc<Front>,
-    trust_forwarded_for: bool,
-}
-
-/// Peer address of the HTTP connection a request came on.
-#[derive(Clone, Copy)]
-struct PeerAddr(SocketAddr);
-
-/// The complete router: API routes plus the WebSocket link and a health check.
-pub fn router(api: Router, front: Arc<Front>, trust_forwarded_for: bool) -> Router {
-    let metrics_front = front.clone();
-    let state = LinkState {
-        front,
-        trust_forwarded_for,
-    };
-    api.route("/healthz", get(|| async { "ok\n" }))
-        .route(
-            "/metrics",
-            get(move || {
-                let front = metrics_front.clone();
-                async move { metrics_page(&front) }
-            }),
-        )
-        .route(
-            WS_LINK_PATH,
-            get(move |req: Request| link(state.clone(), req)),
-        )
-}
-
-/// `GET /metrics`: Prometheus text exposition. Unauthenticated like `/healthz`, as is usual
-/// for scrape endpoints; it carries counts, never tenant or device names.
-fn metrics_page(front: &Front) -> Response {
-    let online = i64::try_from(front.registry.len()).unwrap_or(i64::MAX);
-    front.metrics.devices_online.set(online);
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        front.metrics.render(),
-    )
-        .into_response()
-}
-
-/// Upgrades `/v1/link` to a WebSocket and serves the SSH front on it.
-async fn link(state: LinkState, mut req: Request) -> Response {
-    let headers = req.headers();
-    let upgrade_ok = header_has(headers, header::UPGRADE, "websocket")
-        && header_has(headers, header::CONNECTION, "upgrade");
-    let version_ok = headers
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .is_some_and(|v| v.as_bytes() == b"13");
-    let Some(key) = headers
-        .get(header::SEC_WEBSOCKET_KEY)
-        .map(|k| k.as_bytes().to_vec())
-    else {
-        return (
-            StatusCode::BAD_REQUEST,
-            "expected a WebSocket upgrade (Sec-WebSocket-Key missing)\n",
-        )
-            .into_response();
-    };
-    if !upgrade_ok || !version_ok {
-        return (
-            StatusCode::BAD_REQUEST,
-            "expected a WebSocket version 13 upgrade\n",
-        )
-            .into_response();
-    }
-    let peer = req.extensions().get::<PeerAddr>().map(|p| p.0);
-    let forwarded = state
-        .trust_forwarded_for
-        .then(|| forwarded_for(req.headers()))
-        .flatten();
-    let Some(remote) = forwarded.or(peer) else {
-        return (StatusCode::INTERNAL_SERVER_ERROR, "no peer address\n").into_response();
-    };
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    tokio::spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(link_ws_config()),
-                )
-                .await;
-                state
-                    .front
-                    .serve(WsByteStream::new(ws), remote, "websocket")
-                    .await;
-            }
-            Err(e) => tracing::info!("websocket upgrade from {remote} failed: {e}"),
-        }
-    });
-    let mut response = Response::new(Body::empty());
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = response.headers_mut();
-    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(&key)) {
-        h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
-    }
-    response
-}
-
-fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|v| {
-        v.to_str()
-            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-            .unwrap_or(false)
-    })
-}
-
-/// The client address a trusted reverse proxy reports (first entry of X-Forwarded-For).
-fn forwarded_for(headers: &HeaderMap) -> Option<SocketAddr> {
-    let value = headers.get("x-forwarded-for")?.to_str().ok()?;
-    let first = value.split(',').next()?.trim();
-    first.parse::<SocketAddr>().ok().or_else(|| {
-        first
-            .parse::<std::net::IpAddr>()
-            .ok()
-            .map(|ip| SocketAddr::new(ip, 0))
-    })
-}
 
 /// Accepts HTTP(S) connections until `shutdown` turns true, within `limits`.
 ///

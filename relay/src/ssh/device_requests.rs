@@ -6,16 +6,42 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use russh::keys::{HashAlg, PublicKey};
-use russh::server::Msg;
-use russh::{Channel, ChannelMsg};
+use russh::server::{ChannelOpenHandle, Msg};
+use russh::{Channel, ChannelMsg, ChannelOpenFailure};
 use tether_protocol::enroll::{EnrollRequest, EnrollResponse, MAX_ENROLL_MESSAGE};
 
-use crate::ssh_front::{Front, audit_event, with_store};
+use super::audit::audit_event;
+use super::front::{Conn, Front};
+use super::state::lock;
+use crate::store::blocking::with_store;
 use crate::store::{Device, DeviceEnrollment};
+
+impl Conn {
+    /// An enrolling device's session channel, for its one enrollment request.
+    pub(super) async fn open_enrollment(
+        &self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        key: PublicKey,
+    ) {
+        // One enrollment per connection: a key that proved nothing gets no more.
+        let first = !std::mem::replace(&mut lock(&self.state).enroll_channel_used, true);
+        if !first {
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return;
+        }
+        reply.accept().await;
+        let front = self.front.clone();
+        let remote = self.remote;
+        tokio::spawn(enroll_channel(front, channel, key, remote));
+    }
+}
 
 /// Serves the enrollment subsystem on a session channel: one JSON request line, one JSON
 /// answer line.
-pub(crate) async fn enroll_channel(
+async fn enroll_channel(
     front: Arc<Front>,
     mut channel: Channel<Msg>,
     key: PublicKey,
@@ -68,7 +94,7 @@ async fn answer_and_close<T: serde::Serialize>(channel: Channel<Msg>, answer: &T
 }
 
 /// Serves the key rotation subsystem for a linked device: registers its next key.
-pub(crate) async fn keys_channel(
+pub(super) async fn keys_channel(
     front: Arc<Front>,
     mut channel: Channel<Msg>,
     device: Box<Device>,
@@ -103,7 +129,7 @@ pub(crate) async fn keys_channel(
             })
             .await
             {
-                Some(Ok(fingerprint)) => {
+                Ok(Ok(fingerprint)) => {
                     tracing::info!(
                         "device {} registered its next key {fingerprint} from {remote}",
                         device.id
@@ -120,10 +146,10 @@ pub(crate) async fn keys_channel(
                     .await;
                     RotateResponse::Registered { fingerprint }
                 }
-                Some(Err(e)) => RotateResponse::Refused {
+                Ok(Err(e)) => RotateResponse::Refused {
                     message: e.to_string(),
                 },
-                None => RotateResponse::Refused {
+                Err(_) => RotateResponse::Refused {
                     message: "internal error".into(),
                 },
             }
@@ -159,7 +185,7 @@ async fn redeem(
     })
     .await
     {
-        Some(Ok(enrolled)) => {
+        Ok(Ok(enrolled)) => {
             tracing::info!(
                 "enrolled device {} ({}) in tenant {} from {remote}",
                 enrolled.device.id,
@@ -219,7 +245,7 @@ async fn redeem(
                 status: enrolled.device.status.to_string(),
             }
         }
-        Some(Err(e)) => {
+        Ok(Err(e)) => {
             tracing::info!("enrollment from {remote} refused: {e}");
             audit_event(
                 front.store.clone(),
@@ -235,7 +261,7 @@ async fn redeem(
                 message: e.to_string(),
             }
         }
-        None => EnrollResponse::Refused {
+        Err(_) => EnrollResponse::Refused {
             message: "internal error".into(),
         },
     }

@@ -20,13 +20,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
+use tether_protocol::shutdown::stopped;
 use tether_protocol::telemetry::{Frame, Kind, Record, read_frame, write_frame};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
 use crate::sink::Sink;
-use crate::ssh_front::stopped;
 
 /// First wait before a failed commit is tried again; it doubles up to [`RETRY_MAX`].
 const RETRY_FIRST: Duration = Duration::from_millis(100);
