@@ -4,6 +4,7 @@
 //! - [`names`]: the reserved SSH user names, subsystem names and channel targets that give the
 //!   device link its meaning, and the rules for device names.
 //! - [`bundle`]: signed OS update bundles: format, signature verification, streaming image reader.
+//! - [`cli_docs`]: shell completions and man pages generated from the clap definitions.
 //! - [`config_file`]: YAML configuration files with errors that name file, line and key.
 //! - [`enroll`]: the JSON messages of the enrollment exchange.
 //! - [`fleet`]: desired and reported state, the control channel, artifact downloads.
@@ -20,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bundle;
+pub mod cli_docs;
 pub mod config_file;
 pub mod enroll;
 pub mod fleet;

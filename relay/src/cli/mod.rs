@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, RelayConfig};
 use crate::store::{Role, Store};
@@ -141,6 +141,16 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the shell completion script for SHELL (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: tether_protocol::cli_docs::Shell,
+    },
+    /// Write the man pages (relay.1 and one per subcommand) into DIR.
+    Man {
+        /// Directory for the pages, created if missing (e.g. /usr/share/man/man1).
+        dir: PathBuf,
+    },
 }
 
 /// Engineer roles on the command line.
@@ -222,6 +232,25 @@ fn open_store(config: &RelayConfig) -> Result<Store> {
 /// Runs a parsed command, writing its results to `out`. A command that changes the store is
 /// recorded in the audit trail, whether it succeeded or not.
 pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
+    // Generated from the definitions alone: they need no configuration and no store.
+    match &cli.command {
+        Command::Completions { shell } => {
+            return Ok(tether_protocol::cli_docs::write_completions(
+                Cli::command(),
+                *shell,
+                out,
+            )?);
+        }
+        Command::Man { dir } => {
+            for page in tether_protocol::cli_docs::write_man_pages(Cli::command(), dir)
+                .with_context(|| format!("writing man pages into {}", dir.display()))?
+            {
+                writeln!(out, "{}", page.display())?;
+            }
+            return Ok(());
+        }
+        _ => {}
+    }
     let config = load_config(&cli)?;
     match cli.command {
         Command::Serve {
@@ -229,6 +258,8 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
             http_listen,
         } => serve::serve(config, ssh_listen, http_listen),
         Command::Init => serve::init(out, &config),
+        // Answered above, before the configuration is read.
+        Command::Completions { .. } | Command::Man { .. } => Ok(()),
         Command::Backup { dir, json } => {
             let store = open_store(&config)?;
             backup::run(out, &store, &config, &dir, json)
