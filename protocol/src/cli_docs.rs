@@ -59,13 +59,16 @@ mod tests {
             .subcommand(clap::Command::new("hidden").hide(true))
     }
 
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
     #[test]
-    fn man_pages_cover_every_visible_subcommand() {
-        let dir = tempfile::tempdir().unwrap();
-        let pages = write_man_pages(program(), dir.path()).unwrap();
+    fn man_pages_cover_every_visible_subcommand() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let pages = write_man_pages(program(), dir.path())?;
         let names: Vec<String> = pages
             .iter()
-            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .filter_map(|p| p.file_name())
+            .map(|f| f.to_string_lossy().into_owned())
             .collect();
         assert!(names.contains(&"demo.1".to_string()), "{names:?}");
         assert!(names.contains(&"demo-device.1".to_string()), "{names:?}");
@@ -74,19 +77,21 @@ mod tests {
             "{names:?}"
         );
         assert!(!names.iter().any(|n| n.contains("hidden")), "{names:?}");
-        let top = std::fs::read_to_string(dir.path().join("demo.1")).unwrap();
-        assert!(top.starts_with(".ie") || top.contains(".TH demo"), "{top}");
+        let top = std::fs::read_to_string(dir.path().join("demo.1"))?;
+        assert!(top.contains(".TH demo"), "{top}");
+        Ok(())
     }
 
     #[test]
-    fn completions_name_the_subcommands() {
+    fn completions_name_the_subcommands() -> TestResult {
         let mut out = Vec::new();
-        write_completions(program(), Shell::Bash, &mut out).unwrap();
-        let script = String::from_utf8(out).unwrap();
+        write_completions(program(), Shell::Bash, &mut out)?;
+        let script = String::from_utf8(out)?;
         assert!(
             script.contains("complete") && script.contains("device"),
             "{script}"
         );
+        Ok(())
     }
 
     #[test]
@@ -100,7 +105,11 @@ mod tests {
                 Ok(())
             }
         }
-        let e = write_completions(program(), Shell::Zsh, &mut Closed).unwrap_err();
-        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe);
+        let r = write_completions(program(), Shell::Zsh, &mut Closed);
+        assert!(
+            r.as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe),
+            "{r:?}"
+        );
     }
 }
