@@ -338,7 +338,7 @@ pub fn create(opts: &CreateOptions) -> Result<Manifest, BundleError> {
         format: u32::from(FORMAT_VERSION),
         version: opts.version.clone(),
         compatible: opts.compatible.clone(),
-        created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        created: tether_protocol::clock::now_rfc3339(),
         images: prepared.iter().map(|p| p.entry.clone()).collect(),
     };
     manifest.validate()?;

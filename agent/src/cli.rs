@@ -317,7 +317,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             };
             let ts_ms = match ts {
                 Some(t) => parse_rfc3339_ms(t).map_err(|e| anyhow::anyhow!("--{e}"))?,
-                None => crate::outbox::now_ms(),
+                None => tether_protocol::clock::now_ms(),
             };
             let kind = kind.parse().map_err(anyhow::Error::msg)?;
             let seq = crate::telemetry_cli::queue(&config, kind, topic, None, &payload, ts_ms)?;
@@ -352,7 +352,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 topic,
                 Some(level),
                 &payload,
-                crate::outbox::now_ms(),
+                tether_protocol::clock::now_ms(),
             )?;
             outln!("{seq}")?;
             Ok(ExitCode::SUCCESS)

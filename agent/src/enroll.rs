@@ -176,7 +176,7 @@ pub async fn enroll(
                     .to_openssh()
                     .map_err(|e| EnrollError::Protocol(e.to_string()))?,
                 relay_fingerprint: host_key.fingerprint(HashAlg::Sha256).to_string(),
-                enrolled_at: crate::status::now_rfc3339(),
+                enrolled_at: tether_protocol::clock::now_rfc3339(),
             };
             enrollment::store(state_dir, &record)?;
             Ok((record, status))

@@ -13,9 +13,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt, BufReader};
+use tether_protocol::clock::now_ms;
 use tokio::process::Command;
 
-use crate::outbox::{NewRecord, now_ms};
+use crate::outbox::NewRecord;
 use crate::producer::{MAX_BATCH, Producer};
 
 /// File in the state directory holding the cursor of the last queued journal entry.

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
+use tether_protocol::clock::now_ms;
 use tether_protocol::telemetry::{Kind, Level, Record};
 use thiserror::Error;
 
@@ -138,14 +139,6 @@ INSERT OR IGNORE INTO counters (name, value) VALUES
     ('acked_upto', 0), ('last_ack_ms', 0),
     ('rate_since_ms', 0), ('rate_count', 0), ('rate_milli_per_s', 0);
 ";
-
-/// Milliseconds since the Unix epoch, now.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 fn counter(conn: &Connection, name: &str) -> rusqlite::Result<i64> {
     conn.query_row(

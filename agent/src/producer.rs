@@ -9,11 +9,12 @@
 use std::sync::{Arc, Mutex};
 
 use serde::Deserialize;
+use tether_protocol::clock::now_ms;
 use tether_protocol::telemetry::{Kind, Level};
 use thiserror::Error;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
-use crate::outbox::{NewRecord, Outbox, OutboxError, now_ms};
+use crate::outbox::{NewRecord, Outbox, OutboxError};
 
 /// Most records appended in one transaction by one producer.
 pub const MAX_BATCH: usize = 4096;

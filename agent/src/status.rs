@@ -60,7 +60,7 @@ pub fn path(state_dir: &Path) -> PathBuf {
 pub fn publish(state_dir: &Path, state: LinkState, last_error: Option<String>) {
     let status = LinkStatus {
         state,
-        since: now_rfc3339(),
+        since: tether_protocol::clock::now_rfc3339(),
         last_error,
         pid: std::process::id(),
     };
@@ -99,9 +99,4 @@ fn process_alive(pid: u32) -> bool {
         return false;
     };
     pid > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
-}
-
-/// The current time as RFC 3339 UTC with seconds.
-pub fn now_rfc3339() -> String {
-    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }

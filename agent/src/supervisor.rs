@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
+use tether_protocol::clock::now_ms;
 use tether_protocol::recipe::{self, Interpolation, Manifest, Recipe, SkipIf, Step};
 use thiserror::Error;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
@@ -35,7 +36,6 @@ use crate::account::{Account, AccountError, prepare_child};
 use crate::artifacts::{self, ArtifactError, Sources};
 use crate::component::{self, Desired, Layout, Record, State};
 use crate::config::AppsConfig;
-use crate::outbox::now_ms;
 use crate::producer::Producer;
 
 /// PATH of lifecycle steps.
@@ -1487,7 +1487,7 @@ fn append_log(layout: &Layout, max: u64, step: &str, stream: &str, lines: &[Stri
     else {
         return;
     };
-    let ts = crate::status::now_rfc3339();
+    let ts = tether_protocol::clock::now_rfc3339();
     let mut text = String::new();
     for l in lines {
         text.push_str(&format!("{ts} {step}/{stream}: {l}\n"));

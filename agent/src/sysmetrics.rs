@@ -710,7 +710,7 @@ pub async fn run(producer: crate::producer::Producer, interval: std::time::Durat
             return;
         };
         collector = Some(c);
-        let now = crate::outbox::now_ms();
+        let now = tether_protocol::clock::now_ms();
         let records = samples
             .into_iter()
             .map(|s| crate::outbox::NewRecord {

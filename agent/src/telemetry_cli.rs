@@ -129,7 +129,7 @@ pub fn show_status(config: &AgentConfig, json: bool) -> Result<ExitCode> {
     }
     let ago = |ms: Option<i64>| {
         ms.map(|m| {
-            let secs = (crate::outbox::now_ms() - m).max(0) / 1000;
+            let secs = (tether_protocol::clock::now_ms() - m).max(0) / 1000;
             format!("{secs}s ago")
         })
         .unwrap_or_else(|| "-".into())

@@ -18,6 +18,7 @@
 //! - [`ws`]: the SSH byte stream carried in WebSocket binary messages.
 
 pub mod bundle;
+pub mod clock;
 pub mod config_file;
 pub mod enroll;
 pub mod fleet;
