@@ -47,40 +47,16 @@ macro_rules! outln {
     }};
 }
 
+pub mod access;
 pub mod account;
-pub mod actions;
-pub mod app_cli;
-pub mod artifacts;
-pub mod bootenv;
-pub mod bundle_tool;
+pub mod apps;
 pub mod cli;
-pub mod component;
 pub mod config;
-pub mod control;
-pub mod download;
-pub mod enroll;
-pub mod enrollment;
-pub mod forward;
+pub mod fleet;
 pub mod identity;
-pub mod inventory;
-pub mod journal;
 pub mod link;
 pub mod ota;
-pub mod ota_cli;
-pub mod outbox;
-pub mod producer;
-pub mod pty;
-pub mod reconcile;
-pub mod rotate;
-pub mod server;
-pub mod sftp;
-pub mod socket;
-pub mod status;
-pub mod supervisor;
-pub mod sysmetrics;
-pub mod telemetry_cli;
-pub mod transport;
-pub mod upload;
+pub mod telemetry;
 
 /// The agent's version, reported to the relay.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -10,7 +10,7 @@ use clap::Subcommand;
 use tether_protocol::bundle::Keyring;
 
 use crate::config::AgentConfig;
-use crate::ota::{InstallOptions, Ota};
+use crate::ota::update::{InstallOptions, Ota};
 
 /// `agent bundle …`
 #[derive(Debug, Subcommand)]
@@ -97,7 +97,7 @@ pub enum OtaCommand {
 
 /// `agent keygen --out NAME`.
 pub fn keygen(out: &std::path::Path) -> Result<ExitCode> {
-    let (secret, public, id) = crate::bundle_tool::keygen(out)?;
+    let (secret, public, id) = crate::ota::bundle_tool::keygen(out)?;
     outln!("secret key {} (keep it off the boards)", secret.display())?;
     outln!(
         "public key {} (key id {id}): copy it into ota.keyring on the boards",
@@ -124,7 +124,7 @@ pub fn bundle(cmd: &BundleCommand) -> Result<ExitCode> {
                     .with_context(|| format!("--image {spec:?} is not CLASS=FILE"))?;
                 images.push((class.to_string(), PathBuf::from(file)));
             }
-            let manifest = crate::bundle_tool::create(&crate::bundle_tool::CreateOptions {
+            let manifest = crate::ota::bundle_tool::create(&crate::ota::bundle_tool::CreateOptions {
                 keys: key.clone(),
                 version: version.clone(),
                 compatible: compatible.clone(),
@@ -143,7 +143,7 @@ pub fn bundle(cmd: &BundleCommand) -> Result<ExitCode> {
         }
         BundleCommand::Verify { keyring, bundle } => {
             let keyring = Keyring::load(keyring)?;
-            let manifest = crate::bundle_tool::verify(bundle, &keyring)?;
+            let manifest = crate::ota::bundle_tool::verify(bundle, &keyring)?;
             outln!(
                 "{}: valid: {} {}, signature and {} image hash(es) check out",
                 bundle.display(),
@@ -154,7 +154,7 @@ pub fn bundle(cmd: &BundleCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         BundleCommand::Inspect { bundle, json } => {
-            let (manifest, signatures) = crate::bundle_tool::inspect(bundle)?;
+            let (manifest, signatures) = crate::ota::bundle_tool::inspect(bundle)?;
             if *json {
                 let value = serde_json::json!({ "manifest": manifest, "signatures": signatures });
                 outln!("{}", serde_json::to_string_pretty(&value)?)?;
@@ -225,7 +225,7 @@ pub fn ota(config: &AgentConfig, cmd: &OtaCommand) -> Result<ExitCode> {
                         b.set_position(done);
                     }
                 };
-                Some(crate::download::fetch(&text, &dest, &mut shown)?)
+                Some(crate::ota::download::fetch(&text, &dest, &mut shown)?)
             } else {
                 None
             };

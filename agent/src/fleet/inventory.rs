@@ -75,7 +75,7 @@ fn memory_bytes() -> u64 {
 
 /// The disks the system metrics collector reports, in inventory form.
 fn disks() -> Vec<Disk> {
-    crate::sysmetrics::Collector::new()
+    crate::telemetry::sysmetrics::Collector::new()
         .disk_samples()
         .into_iter()
         .map(|s| Disk {

@@ -15,12 +15,12 @@ use tether_protocol::names::{
 use thiserror::Error;
 
 use crate::config::AgentConfig;
-use crate::enrollment::{self, Enrollment, EnrollmentError};
-use crate::forward::ForwardPolicy;
-use crate::identity::{self, IdentityError};
-use crate::link::{self, HostKeyCheck, LinkError};
-use crate::server::ServerSettings;
-use crate::transport::{RelayUrl, TransportError};
+use crate::identity::enrollment_record::{self, Enrollment, EnrollmentError};
+use crate::link::forward::ForwardPolicy;
+use crate::identity::device_key::{self, IdentityError};
+use crate::link::connection::{self, HostKeyCheck, LinkError};
+use crate::access::ssh_server::ServerSettings;
+use crate::link::transport::{RelayUrl, TransportError};
 
 /// What `agent enroll` was asked to do.
 #[derive(Debug, Clone)]
@@ -101,7 +101,7 @@ pub async fn enroll(
 ) -> Result<(Enrollment, String), EnrollError> {
     let state_dir: &Path = &config.state_dir;
     if !opts.force
-        && let Ok(existing) = enrollment::load(state_dir)
+        && let Ok(existing) = enrollment_record::load(state_dir)
     {
         return Err(EnrollError::AlreadyEnrolled {
             name: existing.name,
@@ -111,9 +111,9 @@ pub async fn enroll(
     }
     let relay = RelayUrl::parse(&opts.url)?;
     let name = device_name(opts.name.as_deref())?;
-    let (key, created) = identity::load_or_create(state_dir)?;
+    let (key, created) = device_key::load_or_create(state_dir)?;
     if created {
-        tracing::info!("generated device key {}", identity::fingerprint(&key));
+        tracing::info!("generated device key {}", device_key::fingerprint(&key));
     }
     let key = Arc::new(key);
     // Enrollment never serves sessions, but the handler type is shared with the link.
@@ -125,7 +125,7 @@ pub async fn enroll(
         pinned: None,
         expected_fingerprint: opts.fingerprint.clone(),
     };
-    let (handle, seen) = link::open(
+    let (handle, seen) = connection::open(
         &relay,
         &config.link,
         key,
@@ -144,7 +144,7 @@ pub async fn enroll(
         agent_version: crate::VERSION.to_string(),
         force: opts.force,
     };
-    let answer = link::exchange_line(
+    let answer = connection::exchange_line(
         &handle,
         ENROLL_SUBSYSTEM,
         &request,
@@ -178,7 +178,7 @@ pub async fn enroll(
                 relay_fingerprint: host_key.fingerprint(HashAlg::Sha256).to_string(),
                 enrolled_at: tether_protocol::clock::now_rfc3339(),
             };
-            enrollment::store(state_dir, &record)?;
+            enrollment_record::store(state_dir, &record)?;
             Ok((record, status))
         }
     }

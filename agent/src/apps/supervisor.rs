@@ -8,7 +8,7 @@
 //! it again, so it never blocks other work. Stopping runs the `shutdown` step, then SIGTERM to
 //! the process group, then SIGKILL after `apps.stop_timeout`.
 //!
-//! The record on disk ([`crate::component`]) is updated at every transition, including the
+//! The record on disk ([`crate::apps::component`]) is updated at every transition, including the
 //! process group id, so an agent that was killed ends the orphaned processes on its next start
 //! and brings components back without running `install` again.
 //!
@@ -33,10 +33,10 @@ use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
 
 use crate::account::{Account, AccountError, prepare_child};
-use crate::artifacts::{self, ArtifactError, Sources};
-use crate::component::{self, Desired, Layout, Record, State};
+use crate::apps::artifacts::{self, ArtifactError, Sources};
+use crate::apps::component::{self, Desired, Layout, Record, State};
 use crate::config::AppsConfig;
-use crate::producer::Producer;
+use crate::telemetry::producer::Producer;
 
 /// PATH of lifecycle steps.
 const STEP_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";

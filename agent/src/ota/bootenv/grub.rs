@@ -244,7 +244,7 @@ fn serialize(items: &[Item]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bootenv::test_support::{set, vars};
+    use crate::ota::bootenv::test_support::{set, vars};
     use std::error::Error;
     use std::path::Path;
     use std::process::Command;

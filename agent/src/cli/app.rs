@@ -10,10 +10,10 @@ use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use tether_protocol::recipe;
 
-use crate::component::Layout;
+use crate::apps::component::Layout;
 use crate::config::AgentConfig;
-use crate::control::{self, Request};
-use crate::supervisor::ComponentStatus;
+use crate::apps::control_socket::{self, Request};
+use crate::apps::supervisor::ComponentStatus;
 
 /// `agent app …`
 #[derive(Debug, Subcommand)]
@@ -226,7 +226,7 @@ fn validate(path: &Path, json: bool) -> Result<ExitCode> {
 }
 
 async fn ask<T: serde::de::DeserializeOwned>(config: &AgentConfig, request: &Request) -> Result<T> {
-    let answer = control::request(&config.state_dir, request).await?;
+    let answer = control_socket::request(&config.state_dir, request).await?;
     if !answer.ok {
         bail!("{}", answer.error.unwrap_or_else(|| "failed".into()));
     }

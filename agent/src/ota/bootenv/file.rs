@@ -119,7 +119,7 @@ impl BootEnv for FileEnv {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bootenv::test_support::set;
+    use crate::ota::bootenv::test_support::set;
     use std::error::Error;
 
     type TestResult = Result<(), Box<dyn Error>>;

@@ -690,8 +690,8 @@ fn rate(previous: u64, current: u64, seconds: f64) -> f64 {
 }
 
 /// Samples system metrics every `interval` into the outbox, for as long as the agent runs.
-pub async fn run(producer: crate::producer::Producer, interval: std::time::Duration) {
-    let mut collector = Some(crate::sysmetrics::Collector::new());
+pub async fn run(producer: crate::telemetry::producer::Producer, interval: std::time::Duration) {
+    let mut collector = Some(crate::telemetry::sysmetrics::Collector::new());
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -713,7 +713,7 @@ pub async fn run(producer: crate::producer::Producer, interval: std::time::Durat
         let now = tether_protocol::clock::now_ms();
         let records = samples
             .into_iter()
-            .map(|s| crate::outbox::NewRecord {
+            .map(|s| crate::telemetry::outbox::NewRecord {
                 ts_ms: now,
                 kind: tether_protocol::telemetry::Kind::Metric,
                 topic: s.topic,

@@ -26,7 +26,7 @@ use tokio::process::{Child, Command};
 
 use crate::account::{Account, AccountError, prepare_child};
 use crate::config::ShellConfig;
-use crate::pty::{self, AsyncMaster, Size};
+use crate::access::pty::{self, AsyncMaster, Size};
 
 /// Default PATH of sessions.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use tether_protocol::bundle::{self, BundleError, Keyring, Manifest};
 use thiserror::Error;
 
-use crate::bootenv::{BootEnv, BootEnvError, FileEnv, GrubEnv, UbootEnv};
+use crate::ota::bootenv::{BootEnv, BootEnvError, FileEnv, GrubEnv, UbootEnv};
 use crate::config::{AgentConfig, Bootloader, OtaConfig, SlotConfig};
 
 /// Why an OTA operation failed.
@@ -408,7 +408,7 @@ impl Ota {
                 .map_err(io(what.clone()))?;
             let mut out = BufWriter::with_capacity(1024 * 1024, file);
             let base = done_before;
-            crate::bundle_tool::copy_image_any(&mut r, image, &mut out, &mut |n| {
+            crate::ota::bundle_tool::copy_image_any(&mut r, image, &mut out, &mut |n| {
                 progress(base + n, total)
             })?;
             let file = out.into_inner().map_err(|e| OtaError::Io {

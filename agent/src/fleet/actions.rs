@@ -15,7 +15,7 @@ use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 
 use crate::account::{Account, prepare_child};
-use crate::supervisor::Supervisor;
+use crate::apps::supervisor::Supervisor;
 
 /// Time limit of a `run` action without its own.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);

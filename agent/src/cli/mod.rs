@@ -9,13 +9,17 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 
 use crate::config::{self, AgentConfig};
-use crate::enroll::{self, EnrollOptions};
-use crate::forward::ForwardPolicy;
-use crate::link::{self, LinkContext};
-use crate::producer::{Producer, parse_rfc3339_ms};
-use crate::server::ServerSettings;
-use crate::status::{self, LinkState};
-use crate::{enrollment, identity};
+use crate::link::enroll_exchange::{self, EnrollOptions};
+use crate::link::forward::ForwardPolicy;
+use crate::link::connection::{self, LinkContext};
+use crate::telemetry::producer::{Producer, parse_rfc3339_ms};
+use crate::access::ssh_server::ServerSettings;
+use crate::link::status::{self, LinkState};
+use crate::identity::{device_key, enrollment_record};
+
+pub mod app;
+pub mod ota;
+pub mod telemetry;
 
 /// tether agent: links this board to a tether relay and serves remote shells through it.
 #[derive(Debug, Parser)]
@@ -62,7 +66,7 @@ pub enum Command {
     Telemetry(TelemetryCommand),
     /// Applications from recipes: validate, deploy, list, start, stop, logs.
     #[command(subcommand)]
-    App(crate::app_cli::AppCommand),
+    App(crate::cli::app::AppCommand),
     /// The device key: rotate it.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -74,10 +78,10 @@ pub enum Command {
     },
     /// OS update bundles: create, verify, inspect.
     #[command(subcommand)]
-    Bundle(crate::ota_cli::BundleCommand),
+    Bundle(crate::cli::ota::BundleCommand),
     /// A/B OS updates on this board: install, status, check, commit, rollback.
     #[command(subcommand)]
-    Ota(crate::ota_cli::OtaCommand),
+    Ota(crate::cli::ota::OtaCommand),
     /// Queue an event (a notification with a level) for the relay.
     Notify {
         /// Severity.
@@ -234,7 +238,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 force: *force,
                 fingerprint: fingerprint.clone(),
             };
-            let (record, status) = enroll::enroll(&config, &opts)
+            let (record, status) = enroll_exchange::enroll(&config, &opts)
                 .await
                 .with_context(|| format!("enrolling with {url}"))?;
             outln!(
@@ -249,7 +253,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Keys(KeysCommand::Rotate { json }) => {
             let config = load_config(&cli)?;
-            let rotated = crate::rotate::rotate(&config)
+            let rotated = crate::link::key_rotation::rotate(&config)
                 .await
                 .context("rotating the device key")?;
             if *json {
@@ -268,9 +272,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Keys(KeysCommand::Show { json }) => {
             let config = load_config(&cli)?;
-            let key = identity::load(&config.state_dir).context("loading the device key")?;
-            let fingerprint = identity::fingerprint(&key);
-            let path = identity::key_path(&config.state_dir);
+            let key = device_key::load(&config.state_dir).context("loading the device key")?;
+            let fingerprint = device_key::fingerprint(&key);
+            let path = device_key::key_path(&config.state_dir);
             if *json {
                 outln!(
                     "{}",
@@ -292,7 +296,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Telemetry(TelemetryCommand::Send { batch: true, .. }) => {
             let config = load_config(&cli)?;
-            crate::telemetry_cli::send_batch(&config)
+            crate::cli::telemetry::send_batch(&config)
         }
         Command::Telemetry(TelemetryCommand::Send {
             topic,
@@ -320,13 +324,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 None => tether_protocol::clock::now_ms(),
             };
             let kind = kind.parse().map_err(anyhow::Error::msg)?;
-            let seq = crate::telemetry_cli::queue(&config, kind, topic, None, &payload, ts_ms)?;
+            let seq = crate::cli::telemetry::queue(&config, kind, topic, None, &payload, ts_ms)?;
             outln!("{seq}")?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Telemetry(TelemetryCommand::Status { json }) => {
             let config = load_config(&cli)?;
-            crate::telemetry_cli::show_status(&config, *json)
+            crate::cli::telemetry::show_status(&config, *json)
         }
         Command::Notify {
             level,
@@ -346,7 +350,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 payload["data"] = d;
             }
             let level = level.parse().map_err(anyhow::Error::msg)?;
-            let seq = crate::telemetry_cli::queue(
+            let seq = crate::cli::telemetry::queue(
                 &config,
                 tether_protocol::telemetry::Kind::Event,
                 topic,
@@ -357,18 +361,18 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             outln!("{seq}")?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Keygen { out } => crate::ota_cli::keygen(out),
-        Command::Bundle(cmd) => crate::ota_cli::bundle(cmd),
+        Command::Keygen { out } => crate::cli::ota::keygen(out),
+        Command::Bundle(cmd) => crate::cli::ota::bundle(cmd),
         Command::Ota(cmd) => {
             let config = load_config(&cli)?;
-            crate::ota_cli::ota(&config, cmd)
+            crate::cli::ota::ota(&config, cmd)
         }
         Command::App(cmd) => {
             let config = load_config(&cli)?;
-            crate::app_cli::run(&config, cmd).await
+            crate::cli::app::run(&config, cmd).await
         }
         Command::SftpServer { home } => {
-            crate::sftp::serve_stdio(home.clone()).await?;
+            crate::access::sftp::serve_stdio(home.clone()).await?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -376,8 +380,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 
 async fn run_agent(config: AgentConfig) -> Result<()> {
     warn_if_shared(&config.state_dir);
-    let enrollment = enrollment::load(&config.state_dir)?;
-    let key = identity::load(&config.state_dir).context("loading the device key")?;
+    let enrollment = enrollment_record::load(&config.state_dir)?;
+    let key = device_key::load(&config.state_dir).context("loading the device key")?;
     let server = ServerSettings::new(config.shell.clone(), key.clone())
         .context("preparing the embedded SSH server (shell settings)")?;
     let policy = ForwardPolicy::new(&config.forward.allow);
@@ -401,32 +405,32 @@ async fn run_agent(config: AgentConfig) -> Result<()> {
         .telemetry
         .socket
         .clone()
-        .unwrap_or_else(|| crate::socket::default_path(&ctx.config.state_dir));
-    let outbox_path = crate::outbox::path(&ctx.config.state_dir);
+        .unwrap_or_else(|| crate::telemetry::socket::default_path(&ctx.config.state_dir));
+    let outbox_path = crate::telemetry::outbox::path(&ctx.config.state_dir);
     let outbox =
-        crate::outbox::Outbox::open(&outbox_path, crate::upload::limits(&ctx.config.telemetry))
+        crate::telemetry::outbox::Outbox::open(&outbox_path, crate::telemetry::upload::limits(&ctx.config.telemetry))
             .with_context(|| format!("opening the outbox {}", outbox_path.display()))?;
     let producer = Producer::new(
         Arc::new(std::sync::Mutex::new(outbox)),
         ctx.config.telemetry.max_payload,
     );
-    let socket = tokio::spawn(crate::socket::serve(
+    let socket = tokio::spawn(crate::telemetry::socket::serve(
         socket_path.clone(),
         ctx.config.telemetry.socket_mode_bits(),
         producer.clone(),
     ));
     let interval = ctx.config.telemetry.system_metrics_interval;
     if !interval.is_zero() {
-        tokio::spawn(crate::sysmetrics::run(producer.clone(), interval));
+        tokio::spawn(crate::telemetry::sysmetrics::run(producer.clone(), interval));
     }
     if !ctx.config.telemetry.journal_units.is_empty() {
-        tokio::spawn(crate::journal::follow(
+        tokio::spawn(crate::telemetry::journal::follow(
             producer.clone(),
             ctx.config.telemetry.journal_units.clone(),
             ctx.config.state_dir.clone(),
         ));
     }
-    let supervisor = crate::supervisor::Supervisor::new(
+    let supervisor = crate::apps::supervisor::Supervisor::new(
         ctx.config.state_dir.clone(),
         ctx.config.apps.clone(),
         ctx.enrollment.device_id.clone(),
@@ -443,7 +447,7 @@ async fn run_agent(config: AgentConfig) -> Result<()> {
     if ctx.config.ota.compatible.is_some() {
         // A boot after an update: commit it if healthy, or notice the fallback.
         let config = ctx.config.clone();
-        tokio::task::spawn_blocking(move || match crate::ota::Ota::open(&config) {
+        tokio::task::spawn_blocking(move || match crate::ota::update::Ota::open(&config) {
             Ok(ota) => match ota.check_after_boot() {
                 Ok(Some(outcome)) => tracing::warn!("OS update: {outcome}"),
                 Ok(None) => {}
@@ -452,8 +456,8 @@ async fn run_agent(config: AgentConfig) -> Result<()> {
             Err(e) => tracing::error!("OS updates: {e}"),
         });
     }
-    let control_path = crate::control::path(&ctx.config.state_dir);
-    let control = tokio::spawn(crate::control::serve(
+    let control_path = crate::apps::control_socket::path(&ctx.config.state_dir);
+    let control = tokio::spawn(crate::apps::control_socket::serve(
         control_path.clone(),
         supervisor.clone(),
     ));
@@ -466,7 +470,7 @@ async fn run_agent(config: AgentConfig) -> Result<()> {
     });
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     let result = tokio::select! {
-        r = link::run(ctx, stop_rx) => r.map_err(anyhow::Error::from),
+        r = connection::run(ctx, stop_rx) => r.map_err(anyhow::Error::from),
         r = socket => match r {
             Ok(Err(e)) => Err(anyhow::Error::from(e).context(format!("telemetry socket {}", socket_path.display()))),
             _ => Err(anyhow::anyhow!("telemetry socket task ended")),
@@ -516,15 +520,15 @@ struct StatusReport {
 }
 
 fn show_status(config: &AgentConfig, json: bool) -> Result<ExitCode> {
-    let record = match enrollment::load(&config.state_dir) {
+    let record = match enrollment_record::load(&config.state_dir) {
         Ok(r) => Some(r),
-        Err(enrollment::EnrollmentError::NotEnrolled(_)) => None,
+        Err(enrollment_record::EnrollmentError::NotEnrolled(_)) => None,
         Err(e) => return Err(e.into()),
     };
     let link = status::read(&config.state_dir);
-    let device_fingerprint = identity::load(&config.state_dir)
+    let device_fingerprint = device_key::load(&config.state_dir)
         .ok()
-        .map(|k| identity::fingerprint(&k));
+        .map(|k| device_key::fingerprint(&k));
     let report = StatusReport {
         enrolled: record.is_some(),
         device_id: record.as_ref().map(|r| r.device_id.clone()),

@@ -16,8 +16,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tether_protocol::clock::now_ms;
 use tokio::process::Command;
 
-use crate::outbox::NewRecord;
-use crate::producer::{MAX_BATCH, Producer};
+use crate::telemetry::outbox::NewRecord;
+use crate::telemetry::producer::{MAX_BATCH, Producer};
 
 /// File in the state directory holding the cursor of the last queued journal entry.
 pub const CURSOR_FILE: &str = "journal.cursor";
@@ -185,11 +185,11 @@ mod tests {
     #[test]
     fn entries_become_log_records() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
-        let limits = crate::outbox::Limits {
+        let limits = crate::telemetry::outbox::Limits {
             max_rows: 100,
             max_bytes: 1 << 20,
         };
-        let outbox = crate::outbox::Outbox::open(&dir.path().join("o.db"), limits)?;
+        let outbox = crate::telemetry::outbox::Outbox::open(&dir.path().join("o.db"), limits)?;
         let p = Producer::new(Arc::new(Mutex::new(outbox)), 1024);
         let line = r#"{"__CURSOR":"s=1;i=2","__REALTIME_TIMESTAMP":"1767225600500123","MESSAGE":"started","PRIORITY":"6","_SYSTEMD_UNIT":"web.service","_PID":"42"}"#;
         let (r, cursor) = parse_entry(line, &p).ok_or("not parsed")?;

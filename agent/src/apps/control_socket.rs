@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::supervisor::{DeployRequest, Supervisor};
+use crate::apps::supervisor::{DeployRequest, Supervisor};
 
 /// Largest request accepted (a recipe is at most 1 MiB).
 const MAX_REQUEST: u64 = 2 * 1024 * 1024;

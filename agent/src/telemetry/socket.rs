@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::outbox::NewRecord;
-use crate::producer::{LINE_OVERHEAD, MAX_BATCH, Producer, parse_line};
+use crate::telemetry::outbox::NewRecord;
+use crate::telemetry::producer::{LINE_OVERHEAD, MAX_BATCH, Producer, parse_line};
 
 /// Binds the socket (replacing a stale one) with permissions `mode` and serves producers.
 ///

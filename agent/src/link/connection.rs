@@ -25,11 +25,11 @@ use thiserror::Error;
 use tokio::sync::watch;
 
 use crate::config::{AgentConfig, LinkConfig};
-use crate::enrollment::Enrollment;
-use crate::forward::{self, ForwardPolicy};
-use crate::server::{self, ServerSettings};
-use crate::status::{self, LinkState};
-use crate::transport::{self, RelayUrl, TransportError};
+use crate::identity::enrollment_record::Enrollment;
+use crate::link::forward::{self, ForwardPolicy};
+use crate::access::ssh_server::{self, ServerSettings};
+use crate::link::status::{self, LinkState};
+use crate::link::transport::{self, RelayUrl, TransportError};
 
 /// Why one link attempt ended.
 #[derive(Debug, Error)]
@@ -155,7 +155,7 @@ pub struct LinkContext {
     /// Which device-local targets may be reached.
     pub policy: Arc<ForwardPolicy>,
     /// The application supervisor, which the relay's desired state drives.
-    pub supervisor: Option<crate::supervisor::Supervisor>,
+    pub supervisor: Option<crate::apps::supervisor::Supervisor>,
 }
 
 /// The russh client handler of the link.
@@ -193,7 +193,7 @@ impl client::Handler for LinkHandler {
         reply.accept().await;
         let settings = self.server.clone();
         tokio::spawn(async move {
-            if let Err(e) = server::serve(channel.into_stream(), settings).await {
+            if let Err(e) = ssh_server::serve(channel.into_stream(), settings).await {
                 tracing::info!("embedded ssh session ended with error: {e}");
             }
         });
@@ -485,7 +485,7 @@ pub async fn run(
 /// relay retires the old key once the new one has logged in). The embedded server's host key
 /// is the device key, so it follows.
 fn reload_key(ctx: &mut LinkContext) {
-    let key = match crate::identity::load(&ctx.config.state_dir) {
+    let key = match crate::identity::device_key::load(&ctx.config.state_dir) {
         Ok(k) => k,
         Err(e) => {
             tracing::warn!("cannot reload the device key, keeping the one in use: {e}");
@@ -499,7 +499,7 @@ fn reload_key(ctx: &mut LinkContext) {
         Ok(server) => {
             tracing::info!(
                 "device key changed on disk: now {}",
-                crate::identity::fingerprint(&key)
+                crate::identity::device_key::fingerprint(&key)
             );
             ctx.key = Arc::new(key);
             ctx.server = Arc::new(server);
@@ -531,7 +531,7 @@ async fn start_control<H: client::Handler>(
     }
     let config = ctx.config.clone();
     Some(tokio::spawn(async move {
-        if let Err(e) = crate::reconcile::run(channel, supervisor, config).await {
+        if let Err(e) = crate::fleet::reconcile::run(channel, supervisor, config).await {
             tracing::info!("control channel stopped: {e}");
         }
     }))
@@ -544,12 +544,12 @@ fn start_upload(
     ctx: &LinkContext,
 ) -> (
     tokio::task::JoinHandle<()>,
-    tokio::sync::mpsc::Receiver<crate::upload::ChannelReply>,
+    tokio::sync::mpsc::Receiver<crate::telemetry::upload::ChannelReply>,
 ) {
     let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let path = crate::outbox::path(&ctx.config.state_dir);
+    let path = crate::telemetry::outbox::path(&ctx.config.state_dir);
     let cfg = ctx.config.telemetry.clone();
-    (tokio::spawn(crate::upload::supervise(tx, path, cfg)), rx)
+    (tokio::spawn(crate::telemetry::upload::supervise(tx, path, cfg)), rx)
 }
 
 /// Opens a session channel and starts the telemetry subsystem on it.

@@ -14,7 +14,7 @@ use tether_protocol::telemetry::{Kind, Level};
 use thiserror::Error;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
-use crate::outbox::{NewRecord, Outbox, OutboxError};
+use crate::telemetry::outbox::{NewRecord, Outbox, OutboxError};
 
 /// Most records appended in one transaction by one producer.
 pub const MAX_BATCH: usize = 4096;
@@ -285,7 +285,7 @@ mod tests {
     }
 
     fn producer(dir: &tempfile::TempDir, max_payload: usize) -> Result<Producer, OutboxError> {
-        let limits = crate::outbox::Limits {
+        let limits = crate::telemetry::outbox::Limits {
             max_rows: 1_000_000,
             max_bytes: 1 << 30,
         };

@@ -745,7 +745,7 @@ fn parse_hex(text: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bootenv::test_support::{set, vars};
+    use crate::ota::bootenv::test_support::{set, vars};
     use std::error::Error;
     use std::process::Command;
 

@@ -18,12 +18,12 @@ use tether_protocol::rotate::{MAX_ROTATE_MESSAGE, RotateRequest, RotateResponse}
 use thiserror::Error;
 
 use crate::config::AgentConfig;
-use crate::enrollment::{self, EnrollmentError};
-use crate::forward::ForwardPolicy;
-use crate::identity::{self, IdentityError};
-use crate::link::{self, HostKeyCheck, LinkError};
-use crate::server::ServerSettings;
-use crate::transport::{RelayUrl, TransportError};
+use crate::identity::enrollment_record::{self, EnrollmentError};
+use crate::link::forward::ForwardPolicy;
+use crate::identity::device_key::{self, IdentityError};
+use crate::link::connection::{self, HostKeyCheck, LinkError};
+use crate::access::ssh_server::ServerSettings;
+use crate::link::transport::{RelayUrl, TransportError};
 
 /// Why a rotation failed.
 #[derive(Debug, Error)]
@@ -62,7 +62,7 @@ pub struct Rotated {
 
 /// Where the next key waits until the relay knows it.
 fn next_key_path(state_dir: &Path) -> PathBuf {
-    identity::key_path(state_dir).with_extension("next")
+    device_key::key_path(state_dir).with_extension("next")
 }
 
 /// Logs in to the relay as the device with `key`.
@@ -76,7 +76,7 @@ async fn login(
         ServerSettings::new(config.shell.clone(), key.clone())
             .map_err(|e| RotateError::Protocol(e.to_string()))?,
     );
-    let (handle, _) = link::open(
+    let (handle, _) = connection::open(
         relay,
         &config.link,
         Arc::new(key),
@@ -96,21 +96,21 @@ async fn login(
 /// Rotates the device key.
 pub async fn rotate(config: &AgentConfig) -> Result<Rotated, RotateError> {
     let state_dir = &config.state_dir;
-    let record = enrollment::load(state_dir)?;
+    let record = enrollment_record::load(state_dir)?;
     let relay = RelayUrl::parse(&record.relay_url)?;
     let pinned = russh::keys::PublicKey::from_openssh(&record.relay_host_key)
         .map_err(|e| LinkError::BadPinnedKey(e.to_string()))?;
-    let old = identity::load(state_dir)?;
+    let old = device_key::load(state_dir)?;
     let next_path = next_key_path(state_dir);
     let next = keyfile::generate(&next_path)?;
-    let new_fp = identity::fingerprint(&next);
+    let new_fp = device_key::fingerprint(&next);
     let public_key = next
         .public_key()
         .to_openssh()
         .map_err(|e| RotateError::Protocol(e.to_string()))?;
 
     let handle = login(config, &relay, &pinned, old.clone()).await?;
-    let answer = link::exchange_line(
+    let answer = connection::exchange_line(
         &handle,
         KEYS_SUBSYSTEM,
         &RotateRequest {
@@ -139,7 +139,7 @@ pub async fn rotate(config: &AgentConfig) -> Result<Rotated, RotateError> {
         }
         RotateResponse::Registered { .. } => {}
     }
-    keyfile::replace(&next_path, &identity::key_path(state_dir))?;
+    keyfile::replace(&next_path, &device_key::key_path(state_dir))?;
     tracing::info!("device key {new_fp} in place; the relay accepts it beside the old one");
 
     let confirmed = match login(config, &relay, &pinned, next).await {
@@ -157,7 +157,7 @@ pub async fn rotate(config: &AgentConfig) -> Result<Rotated, RotateError> {
         }
     };
     Ok(Rotated {
-        old: identity::fingerprint(&old),
+        old: device_key::fingerprint(&old),
         new: new_fp,
         confirmed,
     })

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 
 use crate::config::AgentConfig;
-use crate::producer::{LINE_OVERHEAD, MAX_BATCH, check_payload, parse_line};
+use crate::telemetry::producer::{LINE_OVERHEAD, MAX_BATCH, check_payload, parse_line};
 
 /// Appends one record to the outbox durably and returns its sequence number.
 pub fn queue(
@@ -24,7 +24,7 @@ pub fn queue(
     let text = payload.to_string();
     check_payload(&text, config.telemetry.max_payload).map_err(anyhow::Error::msg)?;
     let mut outbox = open_outbox(config)?;
-    let record = crate::outbox::NewRecord {
+    let record = crate::telemetry::outbox::NewRecord {
         ts_ms,
         kind,
         topic: topic.to_string(),
@@ -38,11 +38,11 @@ pub fn queue(
 }
 
 /// Opens the outbox for a producer command, creating the state directory if needed.
-fn open_outbox(config: &AgentConfig) -> Result<crate::outbox::Outbox> {
+fn open_outbox(config: &AgentConfig) -> Result<crate::telemetry::outbox::Outbox> {
     tether_protocol::private_fs::create_dir(&config.state_dir)
         .with_context(|| format!("creating {}", config.state_dir.display()))?;
-    let path = crate::outbox::path(&config.state_dir);
-    crate::outbox::Outbox::open(&path, crate::upload::limits(&config.telemetry))
+    let path = crate::telemetry::outbox::path(&config.state_dir);
+    crate::telemetry::outbox::Outbox::open(&path, crate::telemetry::upload::limits(&config.telemetry))
         .with_context(|| format!("opening the outbox {}", path.display()))
 }
 
@@ -58,7 +58,7 @@ pub fn send_batch(config: &AgentConfig) -> Result<ExitCode> {
     let (mut line_no, mut refused) = (0usize, 0usize);
     let mut line = String::new();
     loop {
-        let mut parsed: Vec<(usize, Result<crate::outbox::NewRecord, String>)> = Vec::new();
+        let mut parsed: Vec<(usize, Result<crate::telemetry::outbox::NewRecord, String>)> = Vec::new();
         let mut eof = false;
         while parsed.len() < MAX_BATCH {
             line.clear();
@@ -114,14 +114,14 @@ pub fn send_batch(config: &AgentConfig) -> Result<ExitCode> {
 
 /// `agent telemetry status`: reads the outbox without creating one.
 pub fn show_status(config: &AgentConfig, json: bool) -> Result<ExitCode> {
-    let path = crate::outbox::path(&config.state_dir);
+    let path = crate::telemetry::outbox::path(&config.state_dir);
     // A read must not create state: no outbox yet means nothing was ever queued.
     let st = if path.exists() {
-        crate::outbox::Outbox::open(&path, crate::upload::limits(&config.telemetry))
+        crate::telemetry::outbox::Outbox::open(&path, crate::telemetry::upload::limits(&config.telemetry))
             .with_context(|| format!("opening the outbox {}", path.display()))?
             .status()?
     } else {
-        crate::outbox::OutboxStatus::default()
+        crate::telemetry::outbox::OutboxStatus::default()
     };
     if json {
         outln!("{}", serde_json::to_string_pretty(&st)?)?;

@@ -31,7 +31,7 @@ use tokio::io::{AsyncWriteExt, WriteHalf};
 use tokio::sync::{Mutex, mpsc, watch};
 
 use crate::config::AgentConfig;
-use crate::supervisor::{DeployRequest, Supervisor};
+use crate::apps::supervisor::{DeployRequest, Supervisor};
 
 /// How often the progress of an OS install is reported.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
@@ -123,7 +123,7 @@ struct Reconciler {
 const INVENTORY_EVERY_TICKS: u32 = 12;
 
 async fn collect_inventory() -> Option<Inventory> {
-    tokio::task::spawn_blocking(crate::inventory::collect)
+    tokio::task::spawn_blocking(crate::fleet::inventory::collect)
         .await
         .ok()
 }
@@ -172,10 +172,10 @@ pub async fn run(
         config,
     };
     // Results that did not make it over an earlier channel go first.
-    for result in crate::actions::undelivered(&r.state_dir) {
+    for result in crate::fleet::actions::undelivered(&r.state_dir) {
         let id = result.id.clone();
         r.send(&ControlFrame::ActionResult { result }).await?;
-        crate::actions::delivered(&r.state_dir, &id);
+        crate::fleet::actions::delivered(&r.state_dir, &id);
     }
     let mut last_report = None;
     let mut tick = tokio::time::interval(REPORT_EVERY);
@@ -212,11 +212,11 @@ pub async fn run(
                 let (sup, writer, state_dir) = (r.supervisor.clone(), r.writer.clone(), r.state_dir.clone());
                 // Actions run beside reconciliation: a long command does not hold up deployments.
                 tokio::spawn(async move {
-                    let result = crate::actions::perform(action, &sup).await;
+                    let result = crate::fleet::actions::perform(action, &sup).await;
                     let id = result.id.clone();
                     let mut w = writer.lock().await;
                     if frame::write(&mut *w, &ControlFrame::ActionResult { result }).await.is_ok() {
-                        crate::actions::delivered(&state_dir, &id);
+                        crate::fleet::actions::delivered(&state_dir, &id);
                     }
                 });
             }
@@ -244,7 +244,7 @@ impl Reconciler {
     /// The OS version of the running slot, as the agent recorded it (or, for a slot it never
     /// installed, `ota.factory_version`).
     fn os_version(&self) -> Option<String> {
-        let ota = crate::ota::Ota::open(&self.config).ok()?;
+        let ota = crate::ota::update::Ota::open(&self.config).ok()?;
         let booted = ota.booted_slot().ok()?;
         ota.running_version(&ota.state(), &booted)
     }
@@ -259,7 +259,7 @@ impl Reconciler {
         let Some(version) = applied.os_installing.clone() else {
             return Ok(None);
         };
-        let Ok(ota) = crate::ota::Ota::open(&self.config) else {
+        let Ok(ota) = crate::ota::update::Ota::open(&self.config) else {
             return Ok(None);
         };
         let state = ota.state();
@@ -408,7 +408,7 @@ impl Reconciler {
                         os.version
                     ),
                 ));
-            } else if let Err(e) = crate::ota::Ota::open(&self.config)
+            } else if let Err(e) = crate::ota::update::Ota::open(&self.config)
                 .and_then(|ota| ota.check_version(&os.version, false))
             {
                 // Refused before the bundle is downloaded: install would refuse it anyway.
@@ -488,7 +488,7 @@ impl Reconciler {
             }
             if let Some(config) = reboot {
                 let rebooting = tokio::task::spawn_blocking(move || {
-                    crate::ota::Ota::open(&config).and_then(|o| o.reboot())
+                    crate::ota::update::Ota::open(&config).and_then(|o| o.reboot())
                 })
                 .await;
                 if let Ok(Err(e)) = rebooting {
@@ -581,7 +581,7 @@ impl Reconciler {
             return Ok(Err(format!("creating {}: {e}", cache.display())));
         }
         let dest = cache.join(sha256);
-        if crate::artifacts::digest_of(&dest).is_ok_and(|d| d == sha256) {
+        if crate::apps::artifacts::digest_of(&dest).is_ok_and(|d| d == sha256) {
             return Ok(Ok(dest));
         }
         let partial = cache.join(format!("{sha256}.partial"));
@@ -642,7 +642,7 @@ impl Reconciler {
             return Ok(Err(format!("{}: {e}", partial.display())));
         }
         drop(file);
-        match crate::artifacts::digest_of(&partial) {
+        match crate::apps::artifacts::digest_of(&partial) {
             Ok(d) if d == sha256 => {}
             Ok(d) => {
                 let _ = std::fs::remove_file(&partial);
@@ -878,7 +878,7 @@ async fn install(
                 continue;
             }
             match supervisor.remove(name).await {
-                Ok(()) | Err(crate::supervisor::SupervisorError::NotDeployed(_)) => {
+                Ok(()) | Err(crate::apps::supervisor::SupervisorError::NotDeployed(_)) => {
                     tracing::info!("removed {name}: the relay no longer wants it")
                 }
                 Err(e) => tracing::warn!("removing {name}: {e}"),
@@ -927,10 +927,10 @@ async fn install_os(
     progress: mpsc::Sender<(u64, u64)>,
 ) -> Result<(), String> {
     tokio::task::spawn_blocking(move || {
-        let ota = crate::ota::Ota::open(&config).map_err(|e| e.to_string())?;
+        let ota = crate::ota::update::Ota::open(&config).map_err(|e| e.to_string())?;
         ota.install(
             &bundle,
-            &crate::ota::InstallOptions::default(),
+            &crate::ota::update::InstallOptions::default(),
             // Dropped when the reporter is behind: progress is advisory.
             &mut |written, total| {
                 let _ = progress.try_send((written, total));

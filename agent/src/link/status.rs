@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::enrollment;
+use crate::identity::enrollment_record;
 
 /// File name of the link state inside the state directory.
 pub const STATUS_FILE: &str = "link-status.json";
@@ -71,7 +71,7 @@ pub fn publish(state_dir: &Path, state: LinkState, last_error: Option<String>) {
             return;
         }
     };
-    if let Err(e) = enrollment::write_atomic(&path(state_dir), &bytes) {
+    if let Err(e) = enrollment_record::write_atomic(&path(state_dir), &bytes) {
         tracing::warn!("cannot write link status: {e}");
     }
 }

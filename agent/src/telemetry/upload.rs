@@ -23,8 +23,8 @@ use thiserror::Error;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::TelemetryConfig;
-use crate::link::Backoff;
-use crate::outbox::{Limits, Outbox, OutboxError};
+use crate::link::connection::Backoff;
+use crate::telemetry::outbox::{Limits, Outbox, OutboxError};
 
 /// How often an idle uploader looks for new records (producers may be other processes).
 const POLL: Duration = Duration::from_millis(100);

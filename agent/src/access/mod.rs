@@ -1,0 +1,4 @@
+//! Remote access.
+pub mod pty;
+pub mod sftp;
+pub mod ssh_server;

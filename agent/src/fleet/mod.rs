@@ -1,0 +1,4 @@
+//! Fleet.
+pub mod actions;
+pub mod inventory;
+pub mod reconcile;

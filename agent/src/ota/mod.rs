@@ -1,0 +1,5 @@
+//! OTA.
+pub mod bootenv;
+pub mod bundle_tool;
+pub mod download;
+pub mod update;
