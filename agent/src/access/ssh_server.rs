@@ -24,9 +24,9 @@ use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
+use crate::access::pty::{self, AsyncMaster, Size};
 use crate::account::{Account, AccountError, prepare_child};
 use crate::config::ShellConfig;
-use crate::access::pty::{self, AsyncMaster, Size};
 
 /// Default PATH of sessions.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";

@@ -11,9 +11,9 @@ use clap::Subcommand;
 use tether_protocol::recipe;
 
 use crate::apps::component::Layout;
-use crate::config::AgentConfig;
 use crate::apps::control_socket::{self, Request};
 use crate::apps::supervisor::ComponentStatus;
+use crate::config::AgentConfig;
 
 /// `agent app …`
 #[derive(Debug, Subcommand)]

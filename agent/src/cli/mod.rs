@@ -8,14 +8,14 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 
+use crate::access::ssh_server::ServerSettings;
 use crate::config::{self, AgentConfig};
+use crate::identity::{device_key, enrollment_record};
 use crate::link::enroll_exchange::{self, EnrollOptions};
 use crate::link::forward::ForwardPolicy;
-use crate::link::connection::{self, LinkContext};
-use crate::telemetry::producer::{Producer, parse_rfc3339_ms};
-use crate::access::ssh_server::ServerSettings;
+use crate::link::run::{self as link_run, LinkContext};
 use crate::link::status::{self, LinkState};
-use crate::identity::{device_key, enrollment_record};
+use crate::telemetry::producer::{Producer, parse_rfc3339_ms};
 
 pub mod app;
 pub mod ota;
@@ -407,9 +407,11 @@ async fn run_agent(config: AgentConfig) -> Result<()> {
         .clone()
         .unwrap_or_else(|| crate::telemetry::socket::default_path(&ctx.config.state_dir));
     let outbox_path = crate::telemetry::outbox::path(&ctx.config.state_dir);
-    let outbox =
-        crate::telemetry::outbox::Outbox::open(&outbox_path, crate::telemetry::upload::limits(&ctx.config.telemetry))
-            .with_context(|| format!("opening the outbox {}", outbox_path.display()))?;
+    let outbox = crate::telemetry::outbox::Outbox::open(
+        &outbox_path,
+        crate::telemetry::upload::limits(&ctx.config.telemetry),
+    )
+    .with_context(|| format!("opening the outbox {}", outbox_path.display()))?;
     let producer = Producer::new(
         Arc::new(std::sync::Mutex::new(outbox)),
         ctx.config.telemetry.max_payload,
@@ -421,7 +423,10 @@ async fn run_agent(config: AgentConfig) -> Result<()> {
     ));
     let interval = ctx.config.telemetry.system_metrics_interval;
     if !interval.is_zero() {
-        tokio::spawn(crate::telemetry::sysmetrics::run(producer.clone(), interval));
+        tokio::spawn(crate::telemetry::sysmetrics::run(
+            producer.clone(),
+            interval,
+        ));
     }
     if !ctx.config.telemetry.journal_units.is_empty() {
         tokio::spawn(crate::telemetry::journal::follow(
@@ -470,7 +475,7 @@ async fn run_agent(config: AgentConfig) -> Result<()> {
     });
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     let result = tokio::select! {
-        r = connection::run(ctx, stop_rx) => r.map_err(anyhow::Error::from),
+        r = link_run::run(ctx, stop_rx) => r.map_err(anyhow::Error::from),
         r = socket => match r {
             Ok(Err(e)) => Err(anyhow::Error::from(e).context(format!("telemetry socket {}", socket_path.display()))),
             _ => Err(anyhow::anyhow!("telemetry socket task ended")),

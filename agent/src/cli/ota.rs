@@ -124,14 +124,15 @@ pub fn bundle(cmd: &BundleCommand) -> Result<ExitCode> {
                     .with_context(|| format!("--image {spec:?} is not CLASS=FILE"))?;
                 images.push((class.to_string(), PathBuf::from(file)));
             }
-            let manifest = crate::ota::bundle_tool::create(&crate::ota::bundle_tool::CreateOptions {
-                keys: key.clone(),
-                version: version.clone(),
-                compatible: compatible.clone(),
-                images,
-                compress: compress == "zstd",
-                output: output.clone(),
-            })?;
+            let manifest =
+                crate::ota::bundle_tool::create(&crate::ota::bundle_tool::CreateOptions {
+                    keys: key.clone(),
+                    version: version.clone(),
+                    compatible: compatible.clone(),
+                    images,
+                    compress: compress == "zstd",
+                    output: output.clone(),
+                })?;
             outln!(
                 "{}: {} {} with {} image(s)",
                 output.display(),

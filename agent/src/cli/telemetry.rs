@@ -42,8 +42,11 @@ fn open_outbox(config: &AgentConfig) -> Result<crate::telemetry::outbox::Outbox>
     tether_protocol::private_fs::create_dir(&config.state_dir)
         .with_context(|| format!("creating {}", config.state_dir.display()))?;
     let path = crate::telemetry::outbox::path(&config.state_dir);
-    crate::telemetry::outbox::Outbox::open(&path, crate::telemetry::upload::limits(&config.telemetry))
-        .with_context(|| format!("opening the outbox {}", path.display()))
+    crate::telemetry::outbox::Outbox::open(
+        &path,
+        crate::telemetry::upload::limits(&config.telemetry),
+    )
+    .with_context(|| format!("opening the outbox {}", path.display()))
 }
 
 /// `agent telemetry send --batch`: stdin lines in groups of up to [`MAX_BATCH`], each group
@@ -58,7 +61,8 @@ pub fn send_batch(config: &AgentConfig) -> Result<ExitCode> {
     let (mut line_no, mut refused) = (0usize, 0usize);
     let mut line = String::new();
     loop {
-        let mut parsed: Vec<(usize, Result<crate::telemetry::outbox::NewRecord, String>)> = Vec::new();
+        let mut parsed: Vec<(usize, Result<crate::telemetry::outbox::NewRecord, String>)> =
+            Vec::new();
         let mut eof = false;
         while parsed.len() < MAX_BATCH {
             line.clear();
@@ -117,9 +121,12 @@ pub fn show_status(config: &AgentConfig, json: bool) -> Result<ExitCode> {
     let path = crate::telemetry::outbox::path(&config.state_dir);
     // A read must not create state: no outbox yet means nothing was ever queued.
     let st = if path.exists() {
-        crate::telemetry::outbox::Outbox::open(&path, crate::telemetry::upload::limits(&config.telemetry))
-            .with_context(|| format!("opening the outbox {}", path.display()))?
-            .status()?
+        crate::telemetry::outbox::Outbox::open(
+            &path,
+            crate::telemetry::upload::limits(&config.telemetry),
+        )
+        .with_context(|| format!("opening the outbox {}", path.display()))?
+        .status()?
     } else {
         crate::telemetry::outbox::OutboxStatus::default()
     };

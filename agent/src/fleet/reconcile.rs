@@ -30,8 +30,8 @@ use thiserror::Error;
 use tokio::io::{AsyncWriteExt, WriteHalf};
 use tokio::sync::{Mutex, mpsc, watch};
 
-use crate::config::AgentConfig;
 use crate::apps::supervisor::{DeployRequest, Supervisor};
+use crate::config::AgentConfig;
 
 /// How often the progress of an OS install is reported.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);

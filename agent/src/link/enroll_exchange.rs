@@ -14,12 +14,12 @@ use tether_protocol::names::{
 };
 use thiserror::Error;
 
-use crate::config::AgentConfig;
-use crate::identity::enrollment_record::{self, Enrollment, EnrollmentError};
-use crate::link::forward::ForwardPolicy;
-use crate::identity::device_key::{self, IdentityError};
-use crate::link::connection::{self, HostKeyCheck, LinkError};
 use crate::access::ssh_server::ServerSettings;
+use crate::config::AgentConfig;
+use crate::identity::device_key::{self, IdentityError};
+use crate::identity::enrollment_record::{self, Enrollment, EnrollmentError};
+use crate::link::connection::{self, HostKeyCheck, LinkError};
+use crate::link::forward::ForwardPolicy;
 use crate::link::transport::{RelayUrl, TransportError};
 
 /// What `agent enroll` was asked to do.

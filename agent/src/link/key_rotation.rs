@@ -17,12 +17,12 @@ use tether_protocol::names::{KEYS_SUBSYSTEM, LINK_USER};
 use tether_protocol::rotate::{MAX_ROTATE_MESSAGE, RotateRequest, RotateResponse};
 use thiserror::Error;
 
-use crate::config::AgentConfig;
-use crate::identity::enrollment_record::{self, EnrollmentError};
-use crate::link::forward::ForwardPolicy;
-use crate::identity::device_key::{self, IdentityError};
-use crate::link::connection::{self, HostKeyCheck, LinkError};
 use crate::access::ssh_server::ServerSettings;
+use crate::config::AgentConfig;
+use crate::identity::device_key::{self, IdentityError};
+use crate::identity::enrollment_record::{self, EnrollmentError};
+use crate::link::connection::{self, HostKeyCheck, LinkError};
+use crate::link::forward::ForwardPolicy;
 use crate::link::transport::{RelayUrl, TransportError};
 
 /// Why a rotation failed.

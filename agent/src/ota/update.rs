@@ -30,8 +30,8 @@ use serde::{Deserialize, Serialize};
 use tether_protocol::bundle::{self, BundleError, Keyring, Manifest};
 use thiserror::Error;
 
-use crate::ota::bootenv::{BootEnv, BootEnvError, FileEnv, GrubEnv, UbootEnv};
 use crate::config::{AgentConfig, Bootloader, OtaConfig, SlotConfig};
+use crate::ota::bootenv::{BootEnv, BootEnvError, FileEnv, GrubEnv, UbootEnv};
 
 /// Why an OTA operation failed.
 #[derive(Debug, Error)]

@@ -22,8 +22,8 @@ use tether_protocol::telemetry::{Frame, FrameError, read_frame, write_frame};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::backoff::Backoff;
 use crate::config::TelemetryConfig;
-use crate::link::connection::Backoff;
 use crate::telemetry::outbox::{Limits, Outbox, OutboxError};
 
 /// How often an idle uploader looks for new records (producers may be other processes).
