@@ -53,6 +53,7 @@ pub mod apps;
 pub mod backoff;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod fleet;
 pub mod identity;
 pub mod link;

@@ -5,16 +5,125 @@
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
+use clap::Subcommand;
+use tether_protocol::telemetry::{Kind, Level};
 
 use crate::config::AgentConfig;
-use crate::telemetry::producer::{LINE_OVERHEAD, MAX_BATCH, check_payload, parse_line};
+use crate::telemetry::producer::{
+    LINE_OVERHEAD, MAX_BATCH, check_payload, parse_line, parse_rfc3339_ms,
+};
+
+/// `agent telemetry …`
+#[derive(Debug, Subcommand)]
+pub enum TelemetryCommand {
+    /// Queue one measurement (or log line) durably; prints its sequence number. With --batch,
+    /// queue newline-delimited JSON records from stdin (the producer socket's line format).
+    #[command(after_help = "Examples:\n  \
+        agent telemetry send sensors/temperature 21.5\n  \
+        agent telemetry send sensors/door '{\"open\":true}' --ts 2026-01-31T12:00:00.250Z\n  \
+        printf '{\"topic\":\"t\",\"value\":1}\\n' | agent telemetry send --batch")]
+    Send {
+        /// Topic, e.g. sensors/temperature.
+        #[arg(required_unless_present = "batch")]
+        topic: Option<String>,
+        /// Value: a number or any JSON; with --kind log, text that is not JSON is sent as a
+        /// string (`hello` is `"hello"`).
+        #[arg(required_unless_present = "batch")]
+        value: Option<String>,
+        /// Measurement time (RFC 3339) [default: now].
+        #[arg(long, conflicts_with = "batch")]
+        ts: Option<String>,
+        /// Record kind.
+        #[arg(long, default_value = "metric", value_parser = ["metric", "log"])]
+        kind: String,
+        /// Read records from stdin, one JSON object per line ({"topic": …, "value": …} with
+        /// optional "kind", "level", "ts"); prints one answer per line, {"seq": N} or
+        /// {"error": …}; exits 1 if any line was refused.
+        #[arg(long, conflicts_with_all = ["topic", "value"])]
+        batch: bool,
+    },
+    /// Show the outbox: queued records and bytes, oldest age, drops, last acknowledgement.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `agent telemetry send|status`.
+pub fn telemetry(config: &AgentConfig, cmd: &TelemetryCommand) -> Result<ExitCode> {
+    match cmd {
+        TelemetryCommand::Send { batch: true, .. } => send_batch(config),
+        TelemetryCommand::Send {
+            topic,
+            value,
+            ts,
+            kind,
+            batch: false,
+        } => {
+            let (Some(topic), Some(value)) = (topic, value) else {
+                anyhow::bail!("TOPIC and VALUE are required without --batch");
+            };
+            // A log line is text: asking for JSON quotes around it only trips people up.
+            let payload: serde_json::Value = match serde_json::from_str(value) {
+                Ok(v) => v,
+                Err(_) if kind == "log" => serde_json::Value::String(value.clone()),
+                Err(e) => {
+                    return Err(anyhow::anyhow!(e).context(format!(
+                        "VALUE {value:?} is neither a number nor JSON (quote text as '\"text\"', or send it with --kind log)"
+                    )));
+                }
+            };
+            let ts_ms = match ts {
+                Some(t) => parse_rfc3339_ms(t).map_err(|e| anyhow::anyhow!("--{e}"))?,
+                None => tether_protocol::clock::now_ms(),
+            };
+            let kind = kind.parse().map_err(anyhow::Error::msg)?;
+            let seq = queue(config, kind, topic, None, &payload, ts_ms)?;
+            outln!("{seq}")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        TelemetryCommand::Status { json } => show_status(config, *json),
+    }
+}
+
+/// `agent notify`: queues an event with a level, a message and optional JSON data.
+pub fn notify(
+    config: &AgentConfig,
+    level: &str,
+    topic: &str,
+    data: Option<&str>,
+    message: &str,
+) -> Result<ExitCode> {
+    let data: Option<serde_json::Value> = match data {
+        Some(d) => {
+            Some(serde_json::from_str(d).with_context(|| format!("--data {d:?} is not JSON"))?)
+        }
+        None => None,
+    };
+    let mut payload = serde_json::json!({ "message": message });
+    if let Some(d) = data {
+        payload["data"] = d;
+    }
+    let level: Level = level.parse().map_err(anyhow::Error::msg)?;
+    let seq = queue(
+        config,
+        Kind::Event,
+        topic,
+        Some(level),
+        &payload,
+        tether_protocol::clock::now_ms(),
+    )?;
+    outln!("{seq}")?;
+    Ok(ExitCode::SUCCESS)
+}
 
 /// Appends one record to the outbox durably and returns its sequence number.
 pub fn queue(
     config: &AgentConfig,
-    kind: tether_protocol::telemetry::Kind,
+    kind: Kind,
     topic: &str,
-    level: Option<tether_protocol::telemetry::Level>,
+    level: Option<Level>,
     payload: &serde_json::Value,
     ts_ms: i64,
 ) -> Result<u64> {
@@ -51,7 +160,7 @@ fn open_outbox(config: &AgentConfig) -> Result<crate::telemetry::outbox::Outbox>
 
 /// `agent telemetry send --batch`: stdin lines in groups of up to [`MAX_BATCH`], each group
 /// one transaction, one answer line per input line.
-pub fn send_batch(config: &AgentConfig) -> Result<ExitCode> {
+fn send_batch(config: &AgentConfig) -> Result<ExitCode> {
     use std::io::{BufRead, Read, Write};
     let mut outbox = open_outbox(config)?;
     let max_payload = config.telemetry.max_payload;
@@ -117,7 +226,7 @@ pub fn send_batch(config: &AgentConfig) -> Result<ExitCode> {
 }
 
 /// `agent telemetry status`: reads the outbox without creating one.
-pub fn show_status(config: &AgentConfig, json: bool) -> Result<ExitCode> {
+fn show_status(config: &AgentConfig, json: bool) -> Result<ExitCode> {
     let path = crate::telemetry::outbox::path(&config.state_dir);
     // A read must not create state: no outbox yet means nothing was ever queued.
     let st = if path.exists() {
