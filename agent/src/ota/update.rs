@@ -408,7 +408,7 @@ impl Ota {
                 .map_err(io(what.clone()))?;
             let mut out = BufWriter::with_capacity(1024 * 1024, file);
             let base = done_before;
-            crate::ota::bundle_tool::copy_image_any(&mut r, image, &mut out, &mut |n| {
+            crate::ota::image_copy::copy_image_any(&mut r, image, &mut out, &mut |n| {
                 progress(base + n, total)
             })?;
             let file = out.into_inner().map_err(|e| OtaError::Io {
