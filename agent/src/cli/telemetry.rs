@@ -9,9 +9,8 @@ use clap::Subcommand;
 use tether_protocol::telemetry::{Kind, Level};
 
 use crate::config::AgentConfig;
-use crate::telemetry::producer::{
-    LINE_OVERHEAD, MAX_BATCH, check_payload, parse_line, parse_rfc3339_ms,
-};
+use crate::telemetry::producer::MAX_BATCH;
+use crate::telemetry::record_line::{check_payload, max_line, parse_line, parse_rfc3339_ms};
 
 /// `agent telemetry …`
 #[derive(Debug, Subcommand)]
@@ -164,7 +163,7 @@ fn send_batch(config: &AgentConfig) -> Result<ExitCode> {
     use std::io::{BufRead, Read, Write};
     let mut outbox = open_outbox(config)?;
     let max_payload = config.telemetry.max_payload;
-    let max_line = max_payload + LINE_OVERHEAD;
+    let max_line = max_line(max_payload);
     let mut input = std::io::stdin().lock();
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let (mut line_no, mut refused) = (0usize, 0usize);
@@ -185,10 +184,7 @@ fn send_batch(config: &AgentConfig) -> Result<ExitCode> {
             }
             line_no += 1;
             if line.len() > max_line && !line.ends_with('\n') {
-                let mut rest = Vec::new();
-                input
-                    .read_until(b'\n', &mut rest)
-                    .context("reading stdin")?;
+                skip_line(&mut input).context("reading stdin")?;
                 parsed.push((line_no, Err(format!("line longer than {max_line} bytes"))));
             } else if !line.trim().is_empty() {
                 parsed.push((line_no, parse_line(line.trim_end(), max_payload)));
@@ -223,6 +219,26 @@ fn send_batch(config: &AgentConfig) -> Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Reads and drops the rest of a line, holding no more of it than the read buffer.
+fn skip_line(input: &mut impl std::io::BufRead) -> std::io::Result<()> {
+    loop {
+        let chunk = input.fill_buf()?;
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        match chunk.iter().position(|b| *b == b'\n') {
+            Some(i) => {
+                input.consume(i + 1);
+                return Ok(());
+            }
+            None => {
+                let n = chunk.len();
+                input.consume(n);
+            }
+        }
+    }
 }
 
 /// `agent telemetry status`: reads the outbox without creating one.

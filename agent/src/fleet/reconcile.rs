@@ -878,7 +878,7 @@ async fn install(
                 continue;
             }
             match supervisor.remove(name).await {
-                Ok(()) | Err(crate::apps::supervisor::SupervisorError::NotDeployed(_)) => {
+                Ok(()) | Err(crate::apps::error::SupervisorError::NotDeployed(_)) => {
                     tracing::info!("removed {name}: the relay no longer wants it")
                 }
                 Err(e) => tracing::warn!("removing {name}: {e}"),

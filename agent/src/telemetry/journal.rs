@@ -6,6 +6,10 @@
 //! cursor of the last queued entry is saved in the state directory after each append, so a
 //! restarted agent continues where it stopped: an entry is queued at least once, and only an
 //! agent killed between the append and the cursor write sees one entry twice.
+//!
+//! `journalctl` output is read in bounded memory ([`crate::telemetry::line_reader`]): an entry
+//! longer than the payload limit plus room for its envelope cannot be parsed once cut, so its
+//! start is queued as text on `journal/unknown`, marked `"truncated": true`.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -13,9 +17,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use tether_protocol::clock::now_ms;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
+use crate::telemetry::line_reader::LineReader;
 use crate::telemetry::outbox::NewRecord;
 use crate::telemetry::producer::{MAX_BATCH, Producer};
 
@@ -79,8 +83,16 @@ fn parse_entry(line: &str, producer: &Producer) -> Option<(NewRecord, Option<Str
         .and_then(|t| t.parse::<i64>().ok())
         .map(|us| us / 1000)
         .unwrap_or_else(now_ms);
-    let record = producer.log_record(&format!("journal/{unit}"), &fields, &message, ts_ms);
+    let record = producer.log_record(&format!("journal/{unit}"), &fields, &message, false, ts_ms);
     Some((record, entry.cursor))
+}
+
+/// The log record of a journal line too long to read whole: its start as text, marked
+/// truncated, on `journal/unknown` (the unit's name may be in the part that was cut).
+fn cut_entry(start: &str, producer: &Producer) -> NewRecord {
+    let mut fields = serde_json::Map::new();
+    fields.insert("unit".into(), "unknown".into());
+    producer.log_record("journal/unknown", &fields, start, true, now_ms())
 }
 
 /// The `journalctl` arguments: follow the units from after `cursor`, or from now.
@@ -144,24 +156,23 @@ async fn follow_once(
         .spawn()
         .context("starting journalctl")?;
     let stdout = child.stdout.take().context("journalctl has no stdout")?;
-    let mut lines = BufReader::new(stdout);
-    let mut line = String::new();
+    let mut lines = LineReader::new(stdout, producer.max_line());
     loop {
         let mut batch = Vec::new();
         let mut last_cursor = None;
-        let mut eof = false;
-        loop {
-            line.clear();
-            if lines.read_line(&mut line).await? == 0 {
-                eof = true;
-                break;
-            }
-            if let Some((record, cursor)) = parse_entry(line.trim_end(), producer) {
+        let read = lines.next_batch(MAX_BATCH).await?;
+        let eof = read.is_empty();
+        for line in &read {
+            if line.truncated {
+                // Cut JSON does not parse: keep what there is, marked, so the entry is seen.
+                tracing::warn!(
+                    "journal entry longer than {} bytes; queued cut",
+                    lines.max_line()
+                );
+                batch.push(cut_entry(&line.text(), producer));
+            } else if let Some((record, cursor)) = parse_entry(line.text().trim_end(), producer) {
                 batch.push(record);
                 last_cursor = cursor.or(last_cursor);
-            }
-            if batch.len() >= MAX_BATCH || !lines.buffer().contains(&b'\n') {
-                break;
             }
         }
         if !batch.is_empty() {
@@ -219,6 +230,23 @@ mod tests {
             ]
         );
         assert!(arguments(&[], Some("c")).contains(&"--after-cursor=c".to_string()));
+        Ok(())
+    }
+
+    #[test]
+    fn a_cut_entry_is_kept_as_marked_text() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let limits = crate::telemetry::outbox::Limits {
+            max_rows: 100,
+            max_bytes: 1 << 20,
+        };
+        let outbox = crate::telemetry::outbox::Outbox::open(&dir.path().join("o.db"), limits)?;
+        let p = Producer::new(Arc::new(Mutex::new(outbox)), 1024);
+        let r = cut_entry(r#"{"__CURSOR":"s=1","MESSAGE":"aaaa"#, &p);
+        assert_eq!(r.topic, "journal/unknown");
+        let payload: serde_json::Value = serde_json::from_str(&r.payload)?;
+        assert_eq!(payload["truncated"], true);
+        assert_eq!(payload["line"], r#"{"__CURSOR":"s=1","MESSAGE":"aaaa"#);
         Ok(())
     }
 }

@@ -4,17 +4,21 @@
 //! `log` or `event`), `"level"` (events: `info`, `warning`, `critical`) and `"ts"` (RFC 3339;
 //! default: when the agent read the line). The answer is `{"seq": N}` once the record is
 //! durable in the outbox, or `{"error": "…"}` naming what was wrong; a bad line never affects
-//! other lines or other producers. Lines that arrive together are appended in one transaction,
-//! which is what makes high rates possible.
+//! other lines or other producers: a line that is not UTF-8, or longer than the payload limit
+//! plus room for its envelope, is answered with an error (the rest of an over-long line is read
+//! and dropped, never held in memory). Lines that arrive together are appended in one
+//! transaction, which is what makes high rates possible.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 
+use crate::telemetry::line_reader::LineReader;
 use crate::telemetry::outbox::NewRecord;
-use crate::telemetry::producer::{LINE_OVERHEAD, MAX_BATCH, Producer, parse_line};
+use crate::telemetry::producer::{MAX_BATCH, Producer};
+use crate::telemetry::record_line::parse_line;
 
 /// Binds the socket (replacing a stale one) with permissions `mode` and serves producers.
 ///
@@ -41,36 +45,28 @@ pub async fn serve(path: PathBuf, mode: u32, producer: Producer) -> std::io::Res
 
 async fn serve_producer(stream: UnixStream, producer: Producer) -> std::io::Result<()> {
     let (rd, mut wr) = stream.into_split();
-    let mut reader = BufReader::with_capacity(256 * 1024, rd);
     // A line may be at most the payload limit plus room for the envelope.
-    let max_line = producer.max_payload() + LINE_OVERHEAD;
-    let mut line = String::new();
+    let mut reader = LineReader::with_capacity(256 * 1024, rd, producer.max_line());
     loop {
-        // Gather what has already arrived (up to MAX_BATCH lines) into one transaction.
+        // What has already arrived (up to MAX_BATCH lines) goes into one transaction.
+        let lines = reader.next_batch(MAX_BATCH).await?;
         let mut parsed: Vec<Result<NewRecord, String>> = Vec::new();
-        loop {
-            line.clear();
-            let n = (&mut reader)
-                .take(max_line as u64 + 1)
-                .read_line(&mut line)
-                .await?;
-            if n == 0 {
-                break;
+        for line in &lines {
+            if line.truncated {
+                parsed.push(Err(format!("line longer than {} bytes", reader.max_line())));
+                continue;
             }
-            if line.len() > max_line && !line.ends_with('\n') {
-                // Skip the rest of an over-long line so the next one parses.
-                let mut rest = Vec::new();
-                reader.read_until(b'\n', &mut rest).await?;
-                parsed.push(Err(format!("line longer than {max_line} bytes")));
-            } else if !line.trim().is_empty() {
-                parsed.push(parse_line(line.trim_end(), producer.max_payload()));
-            }
-            if parsed.len() >= MAX_BATCH || !reader.buffer().contains(&b'\n') {
-                break;
+            match std::str::from_utf8(&line.bytes) {
+                Ok(text) if text.trim().is_empty() => {}
+                Ok(text) => parsed.push(parse_line(text.trim_end(), producer.max_payload())),
+                Err(_) => parsed.push(Err("line is not UTF-8".into())),
             }
         }
-        if parsed.is_empty() {
+        if lines.is_empty() {
             return Ok(());
+        }
+        if parsed.is_empty() {
+            continue;
         }
         let good: Vec<NewRecord> = parsed
             .iter()
