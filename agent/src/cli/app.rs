@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
+use tether_protocol::fleet::TRUNCATED_MARKER;
 use tether_protocol::recipe;
 
 use crate::apps::component::Layout;
@@ -256,7 +257,9 @@ fn print_table(list: &[ComponentStatus]) -> Result<()> {
 }
 
 /// One line of a component's output log as `--json` prints it. The supervisor writes
-/// `TS STEP/STREAM: LINE`; a line not of that form keeps its text in `line` alone.
+/// `TS STEP/STREAM: LINE`, a line it cut ending with [`TRUNCATED_MARKER`] (printed as
+/// `"truncated": true`, as in the line's log record); a line not of that form keeps its text in
+/// `line` alone.
 #[derive(Debug, PartialEq, Eq, serde::Serialize)]
 struct LogLine<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -266,17 +269,24 @@ struct LogLine<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     stream: Option<&'a str>,
     line: &'a str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    truncated: bool,
 }
 
 fn parse_log_line(text: &str) -> LogLine<'_> {
     let parsed = text.split_once(' ').and_then(|(ts, rest)| {
         let (source, line) = rest.split_once(": ")?;
         let (step, stream) = source.split_once('/')?;
+        let (line, truncated) = match line.strip_suffix(TRUNCATED_MARKER) {
+            Some(start) => (start, true),
+            None => (line, false),
+        };
         (!step.is_empty() && !stream.is_empty() && !source.contains(' ')).then_some(LogLine {
             ts: Some(ts),
             step: Some(step),
             stream: Some(stream),
             line,
+            truncated,
         })
     });
     parsed.unwrap_or(LogLine {
@@ -284,6 +294,7 @@ fn parse_log_line(text: &str) -> LogLine<'_> {
         step: None,
         stream: None,
         line: text,
+        truncated: false,
     })
 }
 
@@ -347,7 +358,8 @@ mod tests {
 
     #[test]
     fn log_lines_become_json_objects_and_partial_lines_wait() {
-        let data = b"2026-01-01T00:00:00Z run/stdout: hello: world\nnot a log line\n2026-01-01T00:00:01Z run/std";
+        let data = "2026-01-01T00:00:00Z run/stdout: hello: world\nnot a log line\n2026-01-01T00:00:02Z run/stderr: xxx…[truncated]\n2026-01-01T00:00:01Z run/std";
+        let data = data.as_bytes();
         let mut out = Vec::new();
         let used = write_log(&mut out, data, true).expect("write to a Vec");
         assert_eq!(&data[used..], b"2026-01-01T00:00:01Z run/std");
@@ -365,6 +377,13 @@ mod tests {
                     "line": "hello: world",
                 }),
                 serde_json::json!({ "line": "not a log line" }),
+                serde_json::json!({
+                    "ts": "2026-01-01T00:00:02Z",
+                    "step": "run",
+                    "stream": "stderr",
+                    "line": "xxx",
+                    "truncated": true,
+                }),
             ]
         );
     }
