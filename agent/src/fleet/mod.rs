@@ -1,4 +1,6 @@
 //! Fleet.
 pub mod actions;
+pub mod applied;
+pub mod deployment;
 pub mod inventory;
 pub mod reconcile;

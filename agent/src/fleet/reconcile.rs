@@ -1,17 +1,16 @@
 //! Fleet desired state on the device: the agent end of the `tether-control` channel.
 //!
 //! The relay sends the device's desired state; the agent fetches the recipes and artifacts it
-//! names (resuming partial downloads, checking every digest), deploys the changed components
-//! in dependency order through the [`Supervisor`], removes the ones no longer wanted, and
-//! reports the outcome. When a component fails, the components already changed in that round
-//! are put back as they were (the supervisor has already rolled back the failing one), so a
-//! failed deployment leaves the previous good set running, and the report says why.
+//! names (resuming partial downloads, checking every digest), carries out the round
+//! ([`crate::fleet::deployment`]: changed components deployed through the [`Supervisor`],
+//! unwanted ones removed, everything put back when one fails), installs the OS bundle last,
+//! and reports the outcome, the components' states and the inventory.
 //!
-//! Each desired version is worked on once: `fleet.json` in the state directory records the
-//! last version applied and the components it put there. Only a broken channel (link lost
+//! Each desired version is worked on once: `fleet.json` ([`crate::fleet::applied`]) records
+//! the last version applied and the components it put there. Only a broken channel (link lost
 //! mid-way) leaves a version unapplied, and it is applied when the link is back.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +18,6 @@ use std::time::Duration;
 use base64::Engine;
 use russh::Channel;
 use russh::client::Msg;
-use serde::{Deserialize, Serialize};
 use tether_protocol::fleet::{
     Action, ControlFrame, DeploymentStatus, DesiredComponent, DesiredState, FailedComponent,
     Inventory, ReportedComponent, ReportedState, is_sha256,
@@ -30,8 +28,10 @@ use thiserror::Error;
 use tokio::io::{AsyncWriteExt, WriteHalf};
 use tokio::sync::{Mutex, mpsc, watch};
 
-use crate::apps::supervisor::{DeployRequest, Supervisor};
+use crate::apps::supervisor::Supervisor;
 use crate::config::AgentConfig;
+use crate::fleet::applied::{self, Applied};
+use crate::fleet::deployment;
 
 /// How often the progress of an OS install is reported.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
@@ -52,54 +52,6 @@ pub enum ReconcileError {
     /// The channel closed.
     #[error("control channel closed")]
     Closed,
-}
-
-/// What the device last applied, kept in `fleet.json`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-struct Applied {
-    version: u64,
-    deployment_id: Option<String>,
-    status: Option<DeploymentStatus>,
-    message: Option<String>,
-    components: BTreeMap<String, DesiredComponent>,
-    /// An OS version installed and rebooted into, whose commit or rollback is awaited.
-    #[serde(default)]
-    os_installing: Option<String>,
-    /// Desired components that were tried and not applied, with the spec that failed: they
-    /// are tried again only when a version names them (or their spec changes).
-    #[serde(default)]
-    failed: BTreeMap<String, FailedSpec>,
-}
-
-/// A desired component that could not be applied, and why.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-struct FailedSpec {
-    component: DesiredComponent,
-    error: String,
-}
-
-fn applied_path(state_dir: &Path) -> PathBuf {
-    state_dir.join("fleet.json")
-}
-
-fn load_applied(state_dir: &Path) -> Applied {
-    std::fs::read(applied_path(state_dir))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
-}
-
-fn save_applied(state_dir: &Path, applied: &Applied) -> std::io::Result<()> {
-    let path = applied_path(state_dir);
-    let tmp = path.with_extension("json.tmp");
-    let text = serde_json::to_vec_pretty(applied).map_err(std::io::Error::other)?;
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&text)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(tmp, path)
 }
 
 /// Where fetched recipes and artifacts are kept, by sha256.
@@ -189,7 +141,7 @@ pub async fn run(
             // An install a previous channel started may still be running: wait for it, then
             // look at what is applied.
             let guard = r.supervisor.reconcile_lock().lock_owned().await;
-            let applied = load_applied(&r.state_dir);
+            let applied = applied::load(&r.state_dir);
             if desired.version == applied.version && applied.os_installing.is_some() {
                 // Back from the reboot into a new OS: report once the slot was committed or
                 // the board went back.
@@ -281,7 +233,7 @@ impl Reconciler {
         applied.status = Some(status);
         applied.message = message.clone();
         applied.os_installing = None;
-        if let Err(e) = save_applied(&self.state_dir, &applied) {
+        if let Err(e) = applied::save(&self.state_dir, &applied) {
             tracing::error!("saving fleet.json: {e}");
         }
         let mut report = self.report_now(Some((status, message))).await;
@@ -304,7 +256,7 @@ impl Reconciler {
         &self,
         status: Option<(DeploymentStatus, Option<String>)>,
     ) -> ReportedState {
-        let applied = load_applied(&self.state_dir);
+        let applied = applied::load(&self.state_dir);
         let (status, message) = match status {
             Some((s, m)) => (Some(s), m),
             None => (applied.status, applied.message.clone()),
@@ -375,7 +327,14 @@ impl Reconciler {
         self.progress(&desired, DeploymentStatus::Downloading)
             .await?;
         let cache = cache_dir(&self.state_dir);
-        let plan = plan(&self.supervisor, &desired, &previous).await;
+        let deployed: BTreeMap<String, String> = self
+            .supervisor
+            .list()
+            .await
+            .into_iter()
+            .map(|c| (c.name, c.version))
+            .collect();
+        let plan = deployment::plan(&desired, &previous, &deployed);
         let mut recipes = BTreeMap::new();
         let mut failure = None;
         for name in &plan.work {
@@ -432,11 +391,14 @@ impl Reconciler {
             let _guard = guard;
             let outcome = match failure {
                 Some((failing, message)) => {
-                    refused(&previous, &work, &plan, failing.as_deref(), message)
+                    deployment::refused(&previous, &work, &plan, failing.as_deref(), message)
                 }
-                None => install(&supervisor, &work, &previous, &plan, &recipes, &cache).await,
+                None => {
+                    deployment::install(&supervisor, &work, &previous, &plan, &recipes, &cache)
+                        .await
+                }
             };
-            let Outcome {
+            let deployment::Outcome {
                 status,
                 message,
                 components,
@@ -473,7 +435,7 @@ impl Reconciler {
                 os_installing,
                 failed,
             };
-            if let Err(e) = save_applied(&state_dir, &applied) {
+            if let Err(e) = applied::save(&state_dir, &applied) {
                 tracing::error!("saving fleet.json: {e}");
             }
             match &status {
@@ -655,269 +617,6 @@ impl Reconciler {
         }
         Ok(Ok(dest))
     }
-}
-
-/// What one desired version asks of the device.
-#[derive(Debug, Default, Clone)]
-struct Plan {
-    /// Components to deploy: new or changed ones, ones never tried, and ones the version
-    /// names that are not on the device as applied. In name order; [`install`] orders them.
-    work: Vec<String>,
-    /// Components to remove: applied ones the relay no longer wants, and ones the version
-    /// names that are not desired but on the device.
-    remove: Vec<String>,
-}
-
-/// Works out what `desired` changes against what was applied. A component the version does
-/// not name is left alone when it was applied (even if it was removed on the device by hand:
-/// the relay then shows it desired but not reported) or when this very spec failed before:
-/// an unrelated deployment neither retries nor fails on it.
-async fn plan(supervisor: &Supervisor, desired: &DesiredState, previous: &Applied) -> Plan {
-    let named: BTreeSet<&str> = match &desired.changes {
-        Some(list) => list.iter().map(String::as_str).collect(),
-        // A document from before `changes`: every component is the version's business.
-        None => desired
-            .components
-            .keys()
-            .chain(previous.components.keys())
-            .map(String::as_str)
-            .collect(),
-    };
-    let mut plan = Plan::default();
-    for (name, want) in &desired.components {
-        let is_named = named.contains(name.as_str());
-        let needed = if previous.components.get(name) == Some(want) {
-            is_named
-                && !supervisor
-                    .show(name)
-                    .await
-                    .is_ok_and(|c| c.version == want.version)
-        } else if previous
-            .failed
-            .get(name)
-            .is_some_and(|f| f.component == *want)
-        {
-            is_named
-        } else {
-            true
-        };
-        if needed {
-            plan.work.push(name.clone());
-        }
-    }
-    let mut remove: BTreeSet<String> = previous
-        .components
-        .keys()
-        .filter(|n| !desired.components.contains_key(*n))
-        .cloned()
-        .collect();
-    for name in &named {
-        if !desired.components.contains_key(*name) && supervisor.show(name).await.is_ok() {
-            remove.insert(name.to_string());
-        }
-    }
-    plan.remove = remove.into_iter().collect();
-    plan
-}
-
-/// How a round ended: its status and message, what is applied after it, and what failed.
-struct Outcome {
-    status: DeploymentStatus,
-    message: Option<String>,
-    components: BTreeMap<String, DesiredComponent>,
-    failed: BTreeMap<String, FailedSpec>,
-}
-
-/// `previous`'s failures plus every component of `plan.work` as failed: `failing` with
-/// `message`, the others as undone with it.
-fn failed_round(
-    previous: &Applied,
-    desired: &DesiredState,
-    plan: &Plan,
-    failing: Option<&str>,
-    message: &str,
-) -> BTreeMap<String, FailedSpec> {
-    let mut failed = previous.failed.clone();
-    for name in &plan.work {
-        let Some(want) = desired.components.get(name) else {
-            continue;
-        };
-        let error = match failing {
-            Some(f) if f != name => {
-                format!("not applied: the deployment was rolled back because {f} failed: {message}")
-            }
-            _ => message.to_string(),
-        };
-        failed.insert(
-            name.clone(),
-            FailedSpec {
-                component: want.clone(),
-                error,
-            },
-        );
-    }
-    failed.retain(|n, _| desired.components.contains_key(n));
-    failed
-}
-
-/// The failure outcome of a round that changed nothing.
-fn refused(
-    previous: &Applied,
-    desired: &DesiredState,
-    plan: &Plan,
-    failing: Option<&str>,
-    message: String,
-) -> Outcome {
-    Outcome {
-        status: DeploymentStatus::Failed,
-        failed: failed_round(previous, desired, plan, failing, &message),
-        message: Some(message),
-        components: previous.components.clone(),
-    }
-}
-
-/// Deploys `plan.work` in dependency order, then removes `plan.remove` (dependents first); on
-/// failure puts back what this round changed, so the outcome is the round's alone.
-async fn install(
-    supervisor: &Supervisor,
-    desired: &DesiredState,
-    previous: &Applied,
-    plan: &Plan,
-    recipes: &BTreeMap<String, String>,
-    cache: &Path,
-) -> Outcome {
-    // Only the round's components are ordered: dependencies outside it are deployed already
-    // (the supervisor checks them), so they are left out of the ordering.
-    let mut parsed: Vec<recipe::Recipe> = recipes
-        .values()
-        .filter_map(|text| recipe::parse(text, Path::new("relay")).ok())
-        .collect();
-    for r in &mut parsed {
-        r.dependencies.retain(|d, _| recipes.contains_key(d));
-    }
-    let refs: Vec<&recipe::Recipe> = parsed.iter().collect();
-    let order = match recipe::start_order(&refs) {
-        Ok(o) => o,
-        Err(e) => return refused(previous, desired, plan, None, e.to_string()),
-    };
-    let mut changed: Vec<String> = Vec::new();
-    let mut failure = None;
-    for name in &order {
-        let (Some(want), Some(text)) = (desired.components.get(name), recipes.get(name)) else {
-            continue;
-        };
-        match deploy(supervisor, want, text, cache).await {
-            Ok(()) => changed.push(name.clone()),
-            Err(e) => {
-                // The supervisor's errors name the component and version already.
-                failure = Some((name.clone(), e));
-                break;
-            }
-        }
-    }
-    if failure.is_none() {
-        // A removal must not leave a component without a hard dependency it needs.
-        for name in &plan.remove {
-            let blocking: Vec<String> = supervisor
-                .hard_dependents(name)
-                .await
-                .into_iter()
-                .filter(|d| !plan.remove.contains(d))
-                .collect();
-            if !blocking.is_empty() {
-                failure = Some((
-                    name.clone(),
-                    format!(
-                        "cannot remove {name}: {} {} a hard dependency on it; remove {} in the same deployment",
-                        blocking.join(", "),
-                        if blocking.len() == 1 { "has" } else { "have" },
-                        if blocking.len() == 1 { "it" } else { "them" },
-                    ),
-                ));
-                break;
-            }
-        }
-    }
-    if let Some((failing, message)) = failure {
-        for name in changed.iter().rev() {
-            let restore = match previous.components.get(name) {
-                Some(prev) => match std::fs::read_to_string(cache.join(&prev.recipe_sha256)) {
-                    Ok(text) => deploy(supervisor, prev, &text, cache).await,
-                    Err(e) => Err(e.to_string()),
-                },
-                None => supervisor.remove(name).await.map_err(|e| e.to_string()),
-            };
-            if let Err(e) = restore {
-                tracing::error!("restoring {name}: {e}");
-            }
-        }
-        let failing = desired.components.contains_key(&failing).then_some(failing);
-        return Outcome {
-            status: DeploymentStatus::RolledBack,
-            failed: failed_round(previous, desired, plan, failing.as_deref(), &message),
-            message: Some(message),
-            components: previous.components.clone(),
-        };
-    }
-    let mut components = previous.components.clone();
-    let mut failed = previous.failed.clone();
-    for name in &changed {
-        if let Some(want) = desired.components.get(name) {
-            components.insert(name.clone(), want.clone());
-        }
-        failed.remove(name);
-    }
-    // Dependents first: each pass removes those nothing left in the list depends on.
-    let mut left = plan.remove.clone();
-    while !left.is_empty() {
-        let mut next = Vec::new();
-        for name in &left {
-            let dependents = supervisor.hard_dependents(name).await;
-            if dependents.iter().any(|d| d != name && left.contains(d)) {
-                next.push(name.clone());
-                continue;
-            }
-            match supervisor.remove(name).await {
-                Ok(()) | Err(crate::apps::error::SupervisorError::NotDeployed(_)) => {
-                    tracing::info!("removed {name}: the relay no longer wants it")
-                }
-                Err(e) => tracing::warn!("removing {name}: {e}"),
-            }
-            components.remove(name);
-        }
-        if next.len() == left.len() {
-            tracing::warn!("could not order the removal of {}", next.join(", "));
-            break;
-        }
-        left = next;
-    }
-    failed.retain(|n, _| desired.components.contains_key(n));
-    Outcome {
-        status: DeploymentStatus::Succeeded,
-        message: None,
-        components,
-        failed,
-    }
-}
-
-async fn deploy(
-    supervisor: &Supervisor,
-    want: &DesiredComponent,
-    text: &str,
-    cache: &Path,
-) -> Result<(), String> {
-    supervisor
-        .deploy(DeployRequest {
-            recipe: text.to_string(),
-            origin: PathBuf::from(format!("relay:sha256:{}", want.recipe_sha256)),
-            artifacts_dir: None,
-            set: Vec::new(),
-            overrides: Some(want.configuration.clone()),
-            relay_cache: Some(cache.to_path_buf()),
-        })
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
 }
 
 /// Installs an OS bundle from the cache (blocking work, off the async threads).
