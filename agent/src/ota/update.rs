@@ -19,114 +19,22 @@
 //!    running, the bootloader fell back: the update is reported as rolled back.
 //!
 //! What the agent knows about slots (versions, good or bad, the pending update) is kept in
-//! `<state_dir>/ota.json`, written atomically.
+//! `<state_dir>/ota.json` ([`crate::ota::state`]); which slots an update goes to, how the boot
+//! order changes and what a boot means are decided in [`crate::ota::policy`].
 
 use std::collections::BTreeMap;
-use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-use tether_protocol::bundle::{self, BundleError, Keyring, Manifest};
-use thiserror::Error;
+use serde::Serialize;
+use tether_protocol::bundle::{self, Keyring, Manifest};
 
-use crate::config::{AgentConfig, Bootloader, OtaConfig, SlotConfig};
-use crate::ota::bootenv::{BootEnv, BootEnvError, FileEnv, GrubEnv, UbootEnv};
-
-/// Why an OTA operation failed.
-#[derive(Debug, Error)]
-pub enum OtaError {
-    /// OTA is not configured.
-    #[error("OS updates are off: set ota.compatible and ota.slots in the agent configuration")]
-    NotConfigured,
-    /// The bundle is not acceptable.
-    #[error(transparent)]
-    Bundle(#[from] BundleError),
-    /// The boot environment failed.
-    #[error(transparent)]
-    BootEnv(#[from] BootEnvError),
-    /// The bundle is for another board.
-    #[error("bundle is for {found:?}, this board is {expected:?} (ota.compatible)")]
-    Incompatible {
-        /// The bundle's compatible string.
-        found: String,
-        /// This board's.
-        expected: String,
-    },
-    /// The bundle would downgrade.
-    #[error("bundle version {bundle} is lower than the running {running}; use --allow-downgrade")]
-    Downgrade {
-        /// The bundle's version.
-        bundle: String,
-        /// The running version.
-        running: String,
-    },
-    /// The running version is unknown, so the bundle cannot be checked against it.
-    #[error(
-        "the running OS version is unknown (slot {slot} has no version recorded: the agent did not \
-         install it, and ota.factory_version is not set), so bundle version {bundle} cannot be \
-         checked for a downgrade; if {bundle} is right for this board, install it with \
-         `agent ota install --allow-downgrade`, or set ota.factory_version to the version the \
-         board was flashed with (deployments from the relay need one of the two in the agent \
-         configuration: ota.factory_version, or ota.allow_downgrade: true)"
-    )]
-    UnknownVersion {
-        /// The bundle's version.
-        bundle: String,
-        /// The running slot.
-        slot: String,
-    },
-    /// The running slot cannot be determined.
-    #[error("cannot tell which slot is running: {0}")]
-    Booted(String),
-    /// No slot can take an image.
-    #[error("{0}")]
-    Slot(String),
-    /// Reading, writing or syncing failed.
-    #[error("{what}: {source}")]
-    Io {
-        /// What was being done.
-        what: String,
-        /// The error.
-        source: std::io::Error,
-    },
-}
-
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> OtaError {
-    let what = what.into();
-    move |source| OtaError::Io { what, source }
-}
-
-/// What the agent knows about one slot.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct SlotInfo {
-    /// OS version installed in it, when the agent installed it.
-    pub version: Option<String>,
-    /// `good`, `bad`, `installing` or `pending` (installed, not yet committed).
-    pub state: String,
-}
-
-/// An update waiting for its trial boot.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Pending {
-    /// The slot it went into.
-    pub slot: String,
-    /// Its version.
-    pub version: String,
-    /// The slot that was running when it was installed.
-    pub from: String,
-}
-
-/// `ota.json`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct OtaState {
-    /// Per slot name.
-    pub slots: BTreeMap<String, SlotInfo>,
-    /// The update on trial, if any.
-    pub pending: Option<Pending>,
-    /// How the last update ended (`committed 1.2.0 in B`, `rolled back: …`).
-    pub last_outcome: Option<String>,
-}
+use crate::config::{AgentConfig, Bootloader, OtaConfig};
+use crate::ota::bootenv::{BootEnv, FileEnv, GrubEnv, UbootEnv};
+use crate::ota::error::{OtaError, io};
+use crate::ota::policy::{self, AfterBoot, Rollback};
+use crate::ota::state::{self, OtaState, Pending, SlotInfo};
 
 /// What `agent ota status` shows.
 #[derive(Debug, Clone, Serialize)]
@@ -198,34 +106,13 @@ impl Ota {
         })
     }
 
-    fn state_path(&self) -> PathBuf {
-        self.state_dir.join("ota.json")
-    }
-
     /// The agent's record of slots and updates.
     pub fn state(&self) -> OtaState {
-        std::fs::read(self.state_path())
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default()
+        state::load(&self.state_dir)
     }
 
     fn save(&self, state: &OtaState) -> Result<(), OtaError> {
-        let path = self.state_path();
-        let tmp = path.with_extension("json.tmp");
-        let text = serde_json::to_vec_pretty(state).map_err(|e| OtaError::Io {
-            what: "encoding ota.json".into(),
-            source: std::io::Error::other(e),
-        })?;
-        tether_protocol::private_fs::create_dir(&self.state_dir)
-            .map_err(io("creating the state directory"))?;
-        let mut f =
-            std::fs::File::create(&tmp).map_err(io(format!("writing {}", tmp.display())))?;
-        f.write_all(&text)
-            .map_err(io(format!("writing {}", tmp.display())))?;
-        f.sync_all()
-            .map_err(io(format!("syncing {}", tmp.display())))?;
-        std::fs::rename(&tmp, &path).map_err(io(format!("renaming to {}", path.display())))
+        state::save(&self.state_dir, state)
     }
 
     /// The running slot, from `tether.slot=` or `rauc.slot=` on the kernel command line.
@@ -269,7 +156,7 @@ impl Ota {
     /// it downloads the bundle.
     pub fn check_version(&self, version: &str, allow_downgrade: bool) -> Result<(), OtaError> {
         let booted = self.booted_slot()?;
-        check_version(
+        policy::check_version(
             version,
             self.running_version(&self.state(), &booted).as_deref(),
             &booted,
@@ -278,9 +165,7 @@ impl Ota {
     }
 
     fn order(&self, env: &BTreeMap<String, String>) -> Vec<String> {
-        env.get("BOOT_ORDER")
-            .map(|o| o.split_whitespace().map(String::from).collect())
-            .unwrap_or_else(|| self.cfg.slots.iter().map(|s| s.name.clone()).collect())
+        policy::boot_order(env, &self.cfg.slots)
     }
 
     /// Slots, versions, states, attempts left, the pending update, how the last one ended.
@@ -346,32 +231,7 @@ impl Ota {
         self.check_version(&manifest.version, opts.allow_downgrade)?;
         let mut state = self.state();
         // Every image needs a slot of its class that is not the running one.
-        let mut targets: Vec<&SlotConfig> = Vec::new();
-        for image in &manifest.images {
-            let slot = self
-                .cfg
-                .slots
-                .iter()
-                .find(|s| s.class == image.class && s.name != booted)
-                .ok_or_else(|| {
-                    OtaError::Slot(format!(
-                        "no slot of class {:?} other than the running {booted}",
-                        image.class
-                    ))
-                })?;
-            if let Some(capacity) = capacity(&slot.device)?
-                && image.size > capacity
-            {
-                return Err(OtaError::Slot(format!(
-                    "image {} is {} bytes, slot {} ({}) holds {capacity}",
-                    image.class,
-                    image.size,
-                    slot.name,
-                    slot.device.display()
-                )));
-            }
-            targets.push(slot);
-        }
+        let targets = policy::target_slots(&self.cfg.slots, &manifest.images, &booted, capacity)?;
         let target_names: Vec<String> = targets.iter().map(|s| s.name.clone()).collect();
 
         // From here on the target slots are not bootable until the end.
@@ -436,13 +296,8 @@ impl Ota {
         bundle::expect_end(&mut r)?;
 
         // One atomic environment write makes the new slots the next boot, on trial.
-        let mut order: Vec<String> = target_names.clone();
         let env = self.env.read()?;
-        for name in self.order(&env) {
-            if !order.contains(&name) {
-                order.push(name);
-            }
-        }
+        let order = policy::order_first(&self.order(&env), &target_names);
         let mut select = BTreeMap::new();
         select.insert("BOOT_ORDER".to_string(), Some(order.join(" ")));
         for name in &target_names {
@@ -497,33 +352,28 @@ impl Ota {
     pub fn check_after_boot(&self) -> Result<Option<String>, OtaError> {
         let mut state = self.state();
         let booted = self.booted_slot()?;
-        let Some(pending) = state.pending.clone() else {
-            self.refresh(&mut state, &booted)?;
-            return Ok(None);
-        };
-        if booted != pending.slot {
-            let outcome = format!(
-                "rolled back: slot {} ({}) did not commit, the bootloader went back to {booted}",
-                pending.slot, pending.version
-            );
-            self.mark_bad(&mut state, &pending.slot, &outcome)?;
-            self.refresh(&mut state, &booted)?;
-            return Ok(Some(outcome));
-        }
-        match self.health_check() {
-            Ok(()) => {
-                let outcome = self.commit_slot(&mut state, &booted)?;
+        match policy::after_boot(state.pending.as_ref(), &booted) {
+            AfterBoot::NothingPending => {
+                self.refresh(&mut state, &booted)?;
+                Ok(None)
+            }
+            AfterBoot::FellBack { slot, outcome } => {
+                self.mark_bad(&mut state, &slot, &outcome)?;
+                self.refresh(&mut state, &booted)?;
                 Ok(Some(outcome))
             }
-            Err(why) => {
-                let outcome = format!(
-                    "rolled back: {} in slot {booted} failed its health check: {why}",
-                    pending.version
-                );
-                self.mark_bad(&mut state, &booted, &outcome)?;
-                self.reboot()?;
-                Ok(Some(outcome))
-            }
+            AfterBoot::OnTrial(pending) => match self.health_check() {
+                Ok(()) => {
+                    let outcome = self.commit_slot(&mut state, &booted)?;
+                    Ok(Some(outcome))
+                }
+                Err(why) => {
+                    let outcome = policy::failed_health_outcome(&pending, &booted, &why);
+                    self.mark_bad(&mut state, &booted, &outcome)?;
+                    self.reboot()?;
+                    Ok(Some(outcome))
+                }
+            },
         }
     }
 
@@ -556,42 +406,17 @@ impl Ota {
     pub fn rollback(&self) -> Result<String, OtaError> {
         let booted = self.booted_slot()?;
         let mut state = self.state();
-        // An update installed but not booted yet: cancel it; the running slot stays.
-        if let Some(pending) = state.pending.clone()
-            && pending.slot != booted
-        {
-            let outcome = format!(
-                "cancelled: {} in slot {} was not booted",
-                pending.version, pending.slot
-            );
-            self.mark_bad(&mut state, &pending.slot, &outcome)?;
-            self.refresh(&mut state, &booted)?;
-            return Ok(booted);
-        }
-        let class = self
-            .cfg
-            .slots
-            .iter()
-            .find(|s| s.name == booted)
-            .map(|s| s.class.clone())
-            .unwrap_or_default();
-        let other = self
-            .cfg
-            .slots
-            .iter()
-            .find(|s| {
-                s.class == class
-                    && s.name != booted
-                    && state.slots.get(&s.name).is_none_or(|i| i.state == "good")
-            })
-            .ok_or_else(|| {
-                OtaError::Slot(format!(
-                    "no other good slot of class {class:?} to go back to"
-                ))
-            })?;
+        let other = match policy::rollback(&self.cfg.slots, &state, &booted)? {
+            // An update installed but not booted yet: cancel it; the running slot stays.
+            Rollback::CancelPending { slot, outcome } => {
+                self.mark_bad(&mut state, &slot, &outcome)?;
+                self.refresh(&mut state, &booted)?;
+                return Ok(booted);
+            }
+            Rollback::Boot(other) => other,
+        };
         let env = self.env.read()?;
-        let mut order = vec![other.name.clone()];
-        order.extend(self.order(&env).into_iter().filter(|n| *n != other.name));
+        let order = policy::order_first(&self.order(&env), std::slice::from_ref(&other.name));
         let mut changes = BTreeMap::new();
         changes.insert("BOOT_ORDER".to_string(), Some(order.join(" ")));
         changes.insert(
@@ -604,8 +429,7 @@ impl Ota {
 
     fn commit_slot(&self, state: &mut OtaState, slot: &str) -> Result<String, OtaError> {
         let env = self.env.read()?;
-        let mut order = vec![slot.to_string()];
-        order.extend(self.order(&env).into_iter().filter(|n| n != slot));
+        let order = policy::order_first(&self.order(&env), &[slot.to_string()]);
         let mut changes = BTreeMap::new();
         changes.insert("BOOT_ORDER".to_string(), Some(order.join(" ")));
         changes.insert(
@@ -634,8 +458,7 @@ impl Ota {
 
     fn mark_bad(&self, state: &mut OtaState, slot: &str, outcome: &str) -> Result<(), OtaError> {
         let env = self.env.read()?;
-        let mut order: Vec<String> = self.order(&env).into_iter().filter(|n| n != slot).collect();
-        order.push(slot.to_string());
+        let order = policy::order_last(&self.order(&env), slot);
         let mut changes = BTreeMap::new();
         changes.insert("BOOT_ORDER".to_string(), Some(order.join(" ")));
         changes.insert(format!("BOOT_{slot}_LEFT"), Some("0".to_string()));
@@ -676,40 +499,6 @@ impl Ota {
                 Err(e) => return Err(e.to_string()),
             }
         }
-    }
-}
-
-/// The downgrade policy: a bundle older than the running version is refused, and so is any
-/// bundle while the running version is unknown, since an unknown version could be newer than
-/// the bundle: a board moves to an older, or possibly older, version only when told to.
-/// `allow` (`--allow-downgrade`, `ota.allow_downgrade`) accepts both.
-fn check_version(
-    bundle: &str,
-    running: Option<&str>,
-    booted: &str,
-    allow: bool,
-) -> Result<(), OtaError> {
-    if allow {
-        return Ok(());
-    }
-    match running {
-        None => Err(OtaError::UnknownVersion {
-            bundle: bundle.to_string(),
-            slot: booted.to_string(),
-        }),
-        Some(running) if older(bundle, running) => Err(OtaError::Downgrade {
-            bundle: bundle.to_string(),
-            running: running.to_string(),
-        }),
-        Some(_) => Ok(()),
-    }
-}
-
-/// Whether semver `a` is lower than `b` (unparsable versions never count as lower).
-fn older(a: &str, b: &str) -> bool {
-    match (semver::Version::parse(a), semver::Version::parse(b)) {
-        (Ok(a), Ok(b)) => a < b,
-        _ => false,
     }
 }
 
@@ -754,45 +543,9 @@ fn hash_prefix(r: &mut dyn Read, len: u64) -> std::io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::SlotConfig;
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-    #[test]
-    fn an_unknown_running_version_accepts_nothing_unless_allowed() -> TestResult {
-        let e = check_version("1.1.0", None, "A", false)
-            .err()
-            .ok_or("accepted with an unknown running version")?
-            .to_string();
-        for part in [
-            "running OS version is unknown",
-            "slot A",
-            "bundle version 1.1.0",
-            "--allow-downgrade",
-            "ota.factory_version",
-            "ota.allow_downgrade: true",
-        ] {
-            assert!(e.contains(part), "{e} lacks {part}");
-        }
-        check_version("1.1.0", None, "A", true)?;
-        Ok(())
-    }
-
-    #[test]
-    fn a_known_running_version_refuses_only_older_bundles() -> TestResult {
-        let e = check_version("1.0.0", Some("1.1.0"), "B", false)
-            .err()
-            .ok_or("downgrade accepted")?;
-        assert!(matches!(e, OtaError::Downgrade { .. }), "{e}");
-        assert!(
-            e.to_string().contains("lower than the running 1.1.0"),
-            "{e}"
-        );
-        check_version("1.0.0", Some("1.1.0"), "B", true)?;
-        check_version("1.1.0", Some("1.1.0"), "B", false)?;
-        check_version("1.2.0", Some("1.1.0"), "B", false)?;
-        check_version("1.2.0-rc.1", Some("1.1.0"), "B", false)?;
-        Ok(())
-    }
 
     fn ota(dir: &Path, factory_version: Option<&str>) -> Result<Ota, OtaError> {
         let mut config = AgentConfig {
@@ -840,6 +593,143 @@ mod tests {
         let with = ota(dir.path(), Some("1.0.0"))?;
         assert_eq!(with.running_version(&state, "A").as_deref(), Some("1.0.0"));
         assert_eq!(with.running_version(&state, "B").as_deref(), Some("2.0.0"));
+        Ok(())
+    }
+
+    /// A two-slot board booted into `booted`, as the boot after an install of 2.0.0 from A
+    /// into B finds it: B first in `BOOT_ORDER` with its attempts, the update pending. The
+    /// health check is `health`; rebooting leaves a `rebooted` file.
+    fn after_install(
+        dir: &Path,
+        booted: &str,
+        health: &str,
+    ) -> Result<Ota, Box<dyn std::error::Error>> {
+        let cmdline = dir.join("cmdline");
+        std::fs::write(
+            &cmdline,
+            format!("console=ttyS0 tether.slot={booted} quiet\n"),
+        )?;
+        let mut config = AgentConfig {
+            state_dir: dir.to_path_buf(),
+            ..AgentConfig::default()
+        };
+        config.ota.compatible = Some("board".into());
+        config.ota.bootloader = Bootloader::File;
+        config.ota.cmdline = cmdline;
+        config.ota.health_check = Some(health.into());
+        config.ota.reboot_command = format!("touch {}", dir.join("rebooted").display());
+        config.ota.slots = ["A", "B"]
+            .iter()
+            .map(|name| SlotConfig {
+                name: (*name).into(),
+                class: "rootfs".into(),
+                device: dir.join(format!("slot-{name}")),
+            })
+            .collect();
+        let ota = Ota::open(&config)?;
+        let mut env = BTreeMap::new();
+        for (k, v) in [
+            ("BOOT_ORDER", "B A"),
+            ("BOOT_A_LEFT", "3"),
+            ("BOOT_B_LEFT", "3"),
+        ] {
+            env.insert(k.to_string(), Some(v.to_string()));
+        }
+        ota.env.write(&env)?;
+        let mut state = OtaState::default();
+        for (slot, version, st) in [("A", "1.0.0", "good"), ("B", "2.0.0", "pending")] {
+            let info = SlotInfo {
+                version: Some(version.into()),
+                state: st.into(),
+            };
+            state.slots.insert(slot.into(), info);
+        }
+        state.pending = Some(Pending {
+            slot: "B".into(),
+            version: "2.0.0".into(),
+            from: "A".into(),
+        });
+        ota.save(&state)?;
+        Ok(ota)
+    }
+
+    fn env_of(ota: &Ota, key: &str) -> Result<Option<String>, OtaError> {
+        Ok(ota.env.read()?.get(key).cloned())
+    }
+
+    #[test]
+    fn a_healthy_update_on_trial_is_committed() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let ota = after_install(dir.path(), "B", "true")?;
+        let outcome = ota.check_after_boot()?;
+        assert_eq!(outcome.as_deref(), Some("committed 2.0.0 in slot B"));
+        assert_eq!(env_of(&ota, "BOOT_ORDER")?.as_deref(), Some("B A"));
+        assert_eq!(env_of(&ota, "BOOT_B_LEFT")?.as_deref(), Some("3"));
+        let state = ota.state();
+        assert_eq!(state.pending, None);
+        assert_eq!(state.slots["B"].state, "good");
+        assert_eq!(state.last_outcome, outcome);
+        assert!(!dir.path().join("rebooted").exists());
+        // The next boot has nothing pending and only tops up the attempts.
+        assert_eq!(ota.check_after_boot()?, None);
+        Ok(())
+    }
+
+    #[test]
+    fn an_update_failing_its_health_check_is_marked_bad_and_left_by_a_reboot() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let ota = after_install(dir.path(), "B", "exit 3")?;
+        let outcome = ota.check_after_boot()?.unwrap_or_default();
+        assert!(
+            outcome.starts_with("rolled back: 2.0.0 in slot B failed its health check"),
+            "{outcome}"
+        );
+        assert_eq!(env_of(&ota, "BOOT_ORDER")?.as_deref(), Some("A B"));
+        assert_eq!(env_of(&ota, "BOOT_B_LEFT")?.as_deref(), Some("0"));
+        assert_eq!(ota.state().slots["B"].state, "bad");
+        assert!(dir.path().join("rebooted").exists());
+        Ok(())
+    }
+
+    #[test]
+    fn a_fallback_by_the_bootloader_is_reported_and_the_old_slot_kept() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        // The health check would fail, but it must not even run: B is not the running slot.
+        let ota = after_install(dir.path(), "A", "exit 1")?;
+        ota.env.write(&BTreeMap::from([(
+            "BOOT_A_LEFT".to_string(),
+            Some("1".to_string()),
+        )]))?;
+        let outcome = ota.check_after_boot()?;
+        assert_eq!(
+            outcome.as_deref(),
+            Some("rolled back: slot B (2.0.0) did not commit, the bootloader went back to A")
+        );
+        assert_eq!(env_of(&ota, "BOOT_ORDER")?.as_deref(), Some("A B"));
+        assert_eq!(env_of(&ota, "BOOT_B_LEFT")?.as_deref(), Some("0"));
+        // The running slot gets its attempts back.
+        assert_eq!(env_of(&ota, "BOOT_A_LEFT")?.as_deref(), Some("3"));
+        let state = ota.state();
+        assert_eq!(state.pending, None);
+        assert_eq!(state.slots["B"].state, "bad");
+        assert_eq!(state.slots["A"].state, "good");
+        assert!(!dir.path().join("rebooted").exists());
+        Ok(())
+    }
+
+    #[test]
+    fn a_rollback_cancels_an_update_that_was_not_booted() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let ota = after_install(dir.path(), "A", "true")?;
+        assert_eq!(ota.rollback()?, "A");
+        assert_eq!(env_of(&ota, "BOOT_ORDER")?.as_deref(), Some("A B"));
+        assert_eq!(env_of(&ota, "BOOT_B_LEFT")?.as_deref(), Some("0"));
+        let state = ota.state();
+        assert_eq!(state.pending, None);
+        assert_eq!(
+            state.last_outcome.as_deref(),
+            Some("cancelled: 2.0.0 in slot B was not booted")
+        );
         Ok(())
     }
 }
