@@ -50,6 +50,7 @@ macro_rules! outln {
 pub mod access;
 pub mod account;
 pub mod apps;
+pub mod atomic_file;
 pub mod backoff;
 pub mod cli;
 pub mod config;

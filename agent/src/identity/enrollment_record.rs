@@ -4,8 +4,6 @@
 //! cut during re-enrollment leaves either the old or the new record.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -83,32 +81,12 @@ pub fn exists(state_dir: &Path) -> bool {
 
 /// Writes the enrollment record atomically.
 pub fn store(state_dir: &Path, enrollment: &Enrollment) -> Result<(), EnrollmentError> {
-    write_atomic(
-        &path(state_dir),
+    let path = path(state_dir);
+    crate::atomic_file::write(
+        &path,
         &serde_json::to_vec_pretty(enrollment).unwrap_or_default(),
     )
-}
-
-/// Writes `bytes` to `path` through a temporary file and a rename (mode 0600).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EnrollmentError> {
-    let io = |source| EnrollmentError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        tether_protocol::private_fs::create_dir(dir).map_err(io)?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io)?;
-    file.write_all(bytes).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    fs::rename(&tmp, path).map_err(io)
+    .map_err(|source| EnrollmentError::Io { path, source })
 }
 
 #[cfg(test)]

@@ -8,8 +8,6 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::identity::enrollment_record;
-
 /// File name of the link state inside the state directory.
 pub const STATUS_FILE: &str = "link-status.json";
 
@@ -71,8 +69,9 @@ pub fn publish(state_dir: &Path, state: LinkState, last_error: Option<String>) {
             return;
         }
     };
-    if let Err(e) = enrollment_record::write_atomic(&path(state_dir), &bytes) {
-        tracing::warn!("cannot write link status: {e}");
+    let path = path(state_dir);
+    if let Err(e) = crate::atomic_file::write(&path, &bytes) {
+        tracing::warn!("cannot write link status: {}: {e}", path.display());
     }
 }
 
