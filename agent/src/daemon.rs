@@ -49,7 +49,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     let outbox_path = crate::telemetry::outbox::path(&ctx.config.state_dir);
     let outbox = crate::telemetry::outbox::Outbox::open(
         &outbox_path,
-        crate::telemetry::upload::limits(&ctx.config.telemetry),
+        crate::telemetry::outbox::Limits::from_config(&ctx.config.telemetry),
     )
     .with_context(|| format!("opening the outbox {}", outbox_path.display()))?;
     let producer = Producer::new(

@@ -152,7 +152,7 @@ fn open_outbox(config: &AgentConfig) -> Result<crate::telemetry::outbox::Outbox>
     let path = crate::telemetry::outbox::path(&config.state_dir);
     crate::telemetry::outbox::Outbox::open(
         &path,
-        crate::telemetry::upload::limits(&config.telemetry),
+        crate::telemetry::outbox::Limits::from_config(&config.telemetry),
     )
     .with_context(|| format!("opening the outbox {}", path.display()))
 }
@@ -248,7 +248,7 @@ fn show_status(config: &AgentConfig, json: bool) -> Result<ExitCode> {
     let st = if path.exists() {
         crate::telemetry::outbox::Outbox::open(
             &path,
-            crate::telemetry::upload::limits(&config.telemetry),
+            crate::telemetry::outbox::Limits::from_config(&config.telemetry),
         )
         .with_context(|| format!("opening the outbox {}", path.display()))?
         .status()?

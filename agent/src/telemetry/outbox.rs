@@ -17,6 +17,8 @@ use tether_protocol::clock::now_ms;
 use tether_protocol::telemetry::{Kind, Level, Record};
 use thiserror::Error;
 
+use crate::config::TelemetryConfig;
+
 /// Topic of the event that reports dropped records.
 pub const DROPPED_TOPIC: &str = "tether/outbox/dropped";
 
@@ -62,6 +64,16 @@ pub struct Limits {
     pub max_rows: u64,
     /// Most bytes of topic and payload kept.
     pub max_bytes: u64,
+}
+
+impl Limits {
+    /// The bounds `telemetry.max_rows` and `telemetry.max_bytes` set.
+    pub fn from_config(cfg: &TelemetryConfig) -> Self {
+        Self {
+            max_rows: cfg.max_rows,
+            max_bytes: cfg.max_bytes,
+        }
+    }
 }
 
 /// A record to append (the outbox assigns the sequence number).

@@ -100,14 +100,6 @@ pub enum UploadError {
     Task(String),
 }
 
-/// The outbox limits from the configuration.
-pub fn limits(cfg: &TelemetryConfig) -> Limits {
-    Limits {
-        max_rows: cfg.max_rows,
-        max_bytes: cfg.max_bytes,
-    }
-}
-
 async fn with_outbox<T: Send + 'static>(
     outbox: &Arc<Mutex<Outbox>>,
     f: impl FnOnce(&mut Outbox) -> Result<T, OutboxError> + Send + 'static,
@@ -128,7 +120,7 @@ pub async fn run(
     outbox_path: PathBuf,
     cfg: TelemetryConfig,
 ) -> Result<u64, UploadError> {
-    let limits = limits(&cfg);
+    let limits = Limits::from_config(&cfg);
     let open = |path: PathBuf| tokio::task::spawn_blocking(move || Outbox::open(&path, limits));
     let writer_box = Arc::new(Mutex::new(
         open(outbox_path.clone())
