@@ -579,6 +579,10 @@ impl Supervisor {
             ctx.update(|r| r.installed_version = Some(r.version.clone()));
             ctx.set_state(State::Installed);
         }
+        // Starting from now, not from when the task first runs: a caller waiting for the
+        // component to get past starting must not take a state it had before (broken,
+        // stopped) for the outcome of this start.
+        ctx.update(|r| r.state = State::Starting);
         let (stop_tx, stop_rx) = watch::channel(false);
         let task = tokio::spawn(supervise(ctx, stop_rx));
         slot.stop = Some(stop_tx);
@@ -741,4 +745,139 @@ fn dependency_configs(
                 .map(|s| (d.clone(), lock(&s.record).configuration.clone()))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    //! The supervisor in process, on real `/bin/sh` steps with fast timings: the rules of
+    //! [`policy`] carried out on processes.
+
+    use super::*;
+
+    type R = Result<(), Box<dyn std::error::Error>>;
+
+    fn config() -> AppsConfig {
+        AppsConfig {
+            backoff_initial: Duration::from_millis(20),
+            backoff_max: Duration::from_millis(80),
+            stable_after: Duration::from_secs(60),
+            broken_after: 3,
+            settle_time: Duration::from_millis(300),
+            stop_timeout: Duration::from_secs(2),
+            step_timeout: Duration::from_secs(20),
+            ..AppsConfig::default()
+        }
+    }
+
+    fn request(text: String) -> DeployRequest {
+        DeployRequest {
+            recipe: text,
+            origin: PathBuf::from("test.yaml"),
+            artifacts_dir: None,
+            set: Vec::new(),
+            overrides: None,
+            relay_cache: None,
+        }
+    }
+
+    /// A recipe whose run step is `script`, with hard dependencies on `deps`.
+    fn recipe(name: &str, deps: &[&str], script: &str) -> String {
+        let mut text = format!("name: {name}\nversion: 1.0.0\n");
+        if !deps.is_empty() {
+            text.push_str("dependencies:\n");
+            for d in deps {
+                text.push_str(&format!("  {d}:\n    version: \">=1.0.0\"\n"));
+            }
+        }
+        text.push_str(&format!(
+            "manifests:\n  - lifecycle:\n      run:\n        script: {script}\n"
+        ));
+        text
+    }
+
+    /// Polls `name` until `done` holds of its status (at most 20 s).
+    async fn wait_for(
+        sup: &Supervisor,
+        name: &str,
+        done: impl Fn(&ComponentStatus) -> bool,
+    ) -> Result<ComponentStatus, Box<dyn std::error::Error>> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let status = sup.show(name).await?;
+            if done(&status) {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                return Err(format!("{name} stayed {status:?}").into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_run_step_is_restarted_with_backoff_until_broken() -> R {
+        let dir = tempfile::tempdir()?;
+        let sup = Supervisor::new(dir.path().into(), config(), "dev_1".into(), None)?;
+        let name = "t.flaky";
+        // Up until a `fail` file appears in its work directory, then failing at once.
+        let text = recipe(name, &[], "test -e fail && exit 1; exec sleep 30");
+        sup.deploy(request(text)).await?;
+        std::fs::write(Layout::new(dir.path(), name).work().join("fail"), "")?;
+        sup.restart(name).await?;
+        let broken = wait_for(&sup, name, |s| s.state == State::Broken).await?;
+        // Three failures without a successful run: the first run and two restarts.
+        assert_eq!((broken.errors, broken.restarts), (3, 2), "{broken:?}");
+        let last = broken.last_error.unwrap_or_default();
+        assert!(last.contains("run step exited with status 1"), "{last}");
+        assert_eq!(broken.pid, None);
+        // Left alone until started again, which clears the failures.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(sup.show(name).await?.restarts, 2);
+        std::fs::remove_file(Layout::new(dir.path(), name).work().join("fail"))?;
+        let started = sup.start(name).await?;
+        assert_eq!(started.state, State::Running, "{started:?}");
+        assert_eq!(started.errors, 0);
+        sup.shutdown().await;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_dependency_restarts_and_stops_with_its_hard_dependents() -> R {
+        let dir = tempfile::tempdir()?;
+        let sup = Supervisor::new(dir.path().into(), config(), "dev_1".into(), None)?;
+        sup.deploy(request(recipe("t.db", &[], "exec sleep 30")))
+            .await?;
+        sup.deploy(request(recipe("t.web", &["t.db"], "exec sleep 30")))
+            .await?;
+        sup.deploy(request(recipe("t.other", &[], "exec sleep 30")))
+            .await?;
+        let running = |s: &ComponentStatus| s.state == State::Running && s.pid.is_some();
+        let web = wait_for(&sup, "t.web", running).await?;
+        let other = wait_for(&sup, "t.other", running).await?;
+        assert_eq!(sup.hard_dependents("t.db").await, ["t.web"]);
+
+        sup.restart("t.db").await?;
+        let web_after = wait_for(&sup, "t.web", running).await?;
+        assert_ne!(web_after.pid, web.pid, "t.web was not restarted with t.db");
+        assert_eq!(sup.show("t.other").await?.pid, other.pid);
+
+        // Stopping the dependency stops the dependent too (it comes back with the agent, as
+        // it was not stopped on request); removing the dependency is refused while it is used.
+        let db = sup.stop("t.db").await?;
+        assert_eq!((db.state, db.desired), (State::Stopped, Desired::Stopped));
+        let web_stopped = sup.show("t.web").await?;
+        assert_eq!(
+            (web_stopped.state, web_stopped.desired, web_stopped.pid),
+            (State::Stopped, Desired::Running, None)
+        );
+        let refused = sup.remove("t.db").await.err().map(|e| e.to_string());
+        assert!(
+            refused
+                .as_deref()
+                .is_some_and(|e| e.contains("t.db is a hard dependency of t.web")),
+            "{refused:?}"
+        );
+        sup.shutdown().await;
+        Ok(())
+    }
 }
