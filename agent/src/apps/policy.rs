@@ -10,9 +10,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use tether_protocol::recipe::{self, DependencyKind, Recipe, RecipeError};
+use tether_protocol::recipe::{self, DependencyKind, Recipe};
 
 use crate::apps::component::{Desired, Record, State};
+use crate::apps::error::SupervisorError;
 use crate::config::AppsConfig;
 
 /// The restart pacing of one supervised `run` step: exponential backoff from
@@ -76,9 +77,9 @@ fn hard_dependency(recipe: &Recipe, on: &str) -> bool {
 }
 
 /// The order to start `recipes` in: every component after what it depends on.
-pub fn start_order(recipes: &Recipes<'_>) -> Result<Vec<String>, RecipeError> {
+pub fn start_order(recipes: &Recipes<'_>) -> Result<Vec<String>, SupervisorError> {
     let all: Vec<&Recipe> = recipes.values().copied().collect();
-    recipe::start_order(&all)
+    Ok(recipe::start_order(&all)?)
 }
 
 /// The components that have a hard dependency on `name`, directly or through others, in
@@ -284,7 +285,7 @@ mod tests {
         assert_eq!(r.after_failure(2), ms(200));
     }
 
-    fn recipe(name: &str, deps: &[(&str, &str)]) -> Result<Recipe, RecipeError> {
+    fn recipe(name: &str, deps: &[(&str, &str)]) -> Result<Recipe, Box<dyn std::error::Error>> {
         // Component names are reverse-DNS: `web` stands for `t.web`.
         let mut text = format!("name: t.{name}\nversion: 1.0.0\n");
         if !deps.is_empty() {
@@ -296,7 +297,7 @@ mod tests {
             }
         }
         text.push_str("manifests:\n  - lifecycle:\n      run: sleep 60\n");
-        recipe::parse(&text, Path::new("test.yaml"))
+        Ok(recipe::parse(&text, Path::new("test.yaml"))?)
     }
 
     fn by_name(recipes: &[Recipe]) -> Recipes<'_> {
