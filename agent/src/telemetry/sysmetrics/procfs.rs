@@ -49,6 +49,7 @@ fn parse_u64(field: &str) -> Result<u64, String> {
         .map_err(|_| format!("{field:?} is not a counter"))
 }
 
+/// A non-negative finite number (load averages, uptime), or why the field is not one.
 pub(super) fn parse_non_negative_f64(field: &str) -> Result<f64, String> {
     match field.parse::<f64>() {
         // NaN and infinities would become JSON null.
@@ -85,7 +86,8 @@ pub(super) fn parse_stat(text: &str) -> Result<(CpuTimes, u64), String> {
     Ok((times, cores))
 }
 
-pub(super) fn parse_cpu_times<'a>(
+/// The aggregate CPU times from the counters of a `cpu` line of `/proc/stat`.
+fn parse_cpu_times<'a>(
     fields: impl Iterator<Item = &'a str>,
 ) -> Result<CpuTimes, String> {
     // user nice system idle iowait irq softirq steal; guest and guest_nice follow but are
