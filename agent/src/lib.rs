@@ -1,41 +1,25 @@
-//! The tether device agent.
+//! The tether device agent: the `agent` binary's library.
 //!
-//! Layout:
-//! - [`config`]: the agent's YAML configuration file.
-//! - [`account`]: the unix account child processes run as, and starting them in their own session.
-//! - [`identity`]: the device's ed25519 key pair.
-//! - [`rotate`]: `agent keys rotate`: replacing the device key without losing the device.
-//! - [`enrollment`]: what enrollment recorded (relay URL, device id, pinned relay host key).
-//! - [`enroll`]: the enrollment exchange with the relay.
-//! - [`transport`]: the byte stream under the link (TCP, WebSocket, HTTP CONNECT proxy).
-//! - [`link`]: the long-lived SSH connection to the relay and the channels it brings in.
-//! - [`outbox`]: telemetry, logs and events waiting in SQLite for the relay.
-//! - [`producer`]: the record line format and the in-process handle that queues records.
-//! - [`journal`]: the systemd journal of configured units, followed into the outbox.
-//! - [`forward`]: device-local TCP targets that the relay may reach, and the policy that allows them.
-//! - [`server`]: the embedded SSH server that serves shells, exec and sftp on link channels.
-//! - [`pty`]: pseudo-terminals for interactive shells.
-//! - [`sftp`]: the sftp subsystem.
-//! - [`socket`]: the local producer socket (newline-delimited JSON).
-//! - [`status`]: the link state file that `agent status` reads.
-//! - [`sysmetrics`]: the built-in system metrics collector (CPU, memory, disks, network, load, uptime, temperature).
-//! - [`telemetry_cli`]: `agent telemetry send|status` and `agent notify`, on the outbox file.
-//! - [`upload`]: the outbox sent over the link and acknowledged by the relay.
-//! - [`supervisor`]: applications from recipes: install, start, supervise, stop, roll back.
-//! - [`component`]: a deployed component on disk: its files and its durable record.
-//! - [`artifacts`]: fetching, checking (sha256) and unpacking a component's artifacts.
-//! - [`reconcile`]: the relay's desired state applied on the device (control channel).
-//! - [`actions`]: remote actions from the relay (run a command, restart a component, reboot).
-//! - [`bootenv`]: the bootloader environment (U-Boot, GRUB, file) that selects the boot slot.
-//! - [`inventory`]: what this device is (host, kernel, OS, memory, disks, interfaces).
-//! - [`control`]: the local socket through which `agent app` reaches the supervisor.
-//! - [`app_cli`]: `agent app …`.
-//! - [`bundle_tool`]: `agent bundle keygen|create|verify|inspect`: signing keys, building and
-//!   checking signed OS update bundles.
-//! - [`download`]: resumable HTTP(S) downloads of update bundles.
-//! - [`ota`]: A/B OS updates: install into the other slot, trial boot, commit or roll back.
-//! - [`ota_cli`]: `agent keygen`, `agent bundle …`, `agent ota …`.
-//! - [`cli`]: the command line.
+//! Layout, one folder per subsystem (each `mod.rs` says what it owns and where to start):
+//! - [`identity`]: who this device is: its key pair and the record enrollment left.
+//! - [`link`]: the SSH connection to the relay over its transports, the link loop of
+//!   `agent run`, the link status, device-local forwards, and the enrollment and key rotation
+//!   exchanges.
+//! - [`access`]: the embedded SSH server that serves shells, exec and sftp on link channels.
+//! - [`telemetry`]: the outbox and everything that fills it (producer socket, journal, system
+//!   metrics, application output) or empties it (upload to the relay).
+//! - [`apps`]: applications from recipes: the supervisor, component records, artifacts, and the
+//!   local control socket of `agent app`.
+//! - [`fleet`]: the relay's desired state applied on the device, remote actions, inventory.
+//! - [`ota`]: A/B OS updates: install, trial boot, commit, rollback; bundle downloads and
+//!   tooling; the bootloader environment.
+//! - [`cli`]: the command line, one module per command group.
+//! - [`daemon`]: the process wiring of `agent run`.
+//!
+//! Shared by several subsystems, below all of them: [`config`] (the configuration file),
+//! [`account`] (the unix account child processes run as), [`backoff`] (retry pacing) and
+//! [`atomic_file`] (state files replaced atomically). Wall-clock time comes from
+//! `tether_protocol::clock`.
 
 /// `println!` that returns the write's error instead of panicking: a command whose reader left
 /// (`agent app list | head -1`) then ends quietly with 0 (see `cli::main`) rather than with a
@@ -47,40 +31,19 @@ macro_rules! outln {
     }};
 }
 
+pub mod access;
 pub mod account;
-pub mod actions;
-pub mod app_cli;
-pub mod artifacts;
-pub mod bootenv;
-pub mod bundle_tool;
+pub mod apps;
+pub mod atomic_file;
+pub mod backoff;
 pub mod cli;
-pub mod component;
 pub mod config;
-pub mod control;
-pub mod download;
-pub mod enroll;
-pub mod enrollment;
-pub mod forward;
+pub mod daemon;
+pub mod fleet;
 pub mod identity;
-pub mod inventory;
-pub mod journal;
 pub mod link;
 pub mod ota;
-pub mod ota_cli;
-pub mod outbox;
-pub mod producer;
-pub mod pty;
-pub mod reconcile;
-pub mod rotate;
-pub mod server;
-pub mod sftp;
-pub mod socket;
-pub mod status;
-pub mod supervisor;
-pub mod sysmetrics;
-pub mod telemetry_cli;
-pub mod transport;
-pub mod upload;
+pub mod telemetry;
 
 /// The agent's version, reported to the relay.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,4 +1,4 @@
-//! Property tests of artifact unpacking (`tether_agent::artifacts::unpack`): a `tar.gz` or
+//! Property tests of artifact unpacking (`tether_agent::apps::artifacts::unpack`): a `tar.gz` or
 //! `zip` archive of hostile entries (`..` components, absolute names, symlinks and hard links
 //! pointing out, entries through such links) unpacks or fails, never panics, and never
 //! creates or changes anything outside the directory it unpacks into.
@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
-use tether_agent::artifacts;
+use tether_agent::apps::artifacts;
 use tether_protocol::recipe::Unarchive;
 
 /// Cases per property: 256. A case builds and unpacks an archive of a few entries in a fresh

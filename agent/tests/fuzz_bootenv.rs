@@ -1,4 +1,4 @@
-//! Property tests of the boot environment backends (`tether_agent::bootenv`), through their
+//! Property tests of the boot environment backends (`tether_agent::ota::bootenv`), through their
 //! public API on files: U-Boot environment blocks (single and redundant) and `fw_env.config`
 //! files, GRUB environment blocks and plain `name=value` files. Whatever bytes the files hold,
 //! reading returns variables or an error, never a panic; a write followed by a read gives
@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
-use tether_agent::bootenv::{BootEnv, BootEnvError, FileEnv, GrubEnv, UbootCopy, UbootEnv};
+use tether_agent::ota::bootenv::{BootEnv, BootEnvError, FileEnv, GrubEnv, UbootCopy, UbootEnv};
 
 /// Cases per property: 256. A case writes, reads and rewrites a small file or two (a few
 /// hundred microseconds each in a debug build), so each property takes about a second on a

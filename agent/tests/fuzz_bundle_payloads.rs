@@ -1,5 +1,5 @@
 //! Property tests of the agent's reader of bundle image payloads
-//! (`tether_agent::bundle_tool::copy_image_any`), which decompresses zstd payloads straight
+//! (`tether_agent::ota::image_copy::copy_image_any`), which decompresses zstd payloads straight
 //! from a download: every payload the writer's settings produce reads back as its image and
 //! consumes exactly its stored size; a damaged payload is refused or yields exactly the image
 //! that was signed; arbitrary bytes as a payload are refused without a panic.
@@ -15,7 +15,7 @@ use std::io::Cursor;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use sha2::{Digest, Sha256};
-use tether_agent::bundle_tool::copy_image_any;
+use tether_agent::ota::image_copy::copy_image_any;
 use tether_protocol::bundle::{Compression, ImageEntry, ZSTD_LEVEL, ZSTD_WINDOW_LOG_MAX};
 
 /// Cases per property: 1024. A case compresses and decompresses at most a few KiB, well under

@@ -1,8 +1,8 @@
-//! Property tests of the telemetry producer line format (`tether_agent::producer`), which
-//! any local process may write to the producer socket: any line is a record or an error
-//! saying what is wrong, never a panic; an accepted record keeps the rules (a topic, a level
-//! exactly for events, a payload within the limit); every valid line gives the record it
-//! describes, its timestamp to the millisecond.
+//! Property tests of the telemetry producer line format
+//! (`tether_agent::telemetry::record_line`), which any local process may write to the producer
+//! socket: any line is a record or an error saying what is wrong, never a panic; an accepted
+//! record keeps the rules (a topic, a level exactly for events, a payload within the limit);
+//! every valid line gives the record it describes, its timestamp to the millisecond.
 //!
 //! Each property runs [`CASES`] cases; set `TETHER_FUZZ_CASES` to run more, e.g.
 //! `TETHER_FUZZ_CASES=100000 cargo test -p tether-agent --test fuzz_producer`.
@@ -13,7 +13,7 @@ use common::fail;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use serde_json::{Value, json};
-use tether_agent::producer::{parse_line, parse_rfc3339_ms};
+use tether_agent::telemetry::record_line::{parse_line, parse_rfc3339_ms};
 use tether_protocol::telemetry::{Kind, Level};
 
 /// Cases per property: 1024. A case parses one short JSON line, microseconds in a debug build,

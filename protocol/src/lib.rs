@@ -5,6 +5,7 @@
 //!   device link its meaning, and the rules for device names.
 //! - [`bundle`]: signed OS update bundles: format, signature verification, streaming image reader.
 //! - [`cli_docs`]: shell completions and man pages generated from the clap definitions.
+//! - [`clock`]: the wall clock both programs stamp records and files with.
 //! - [`config_file`]: YAML configuration files with errors that name file, line and key.
 //! - [`enroll`]: the JSON messages of the enrollment exchange.
 //! - [`fleet`]: desired and reported state, the control channel, artifact downloads.
@@ -22,6 +23,7 @@
 
 pub mod bundle;
 pub mod cli_docs;
+pub mod clock;
 pub mod config_file;
 pub mod enroll;
 pub mod fleet;
