@@ -143,7 +143,7 @@ pub fn parse_rfc3339(text: &str) -> Result<SystemTime, TimeError> {
 /// as text like the stored times do; fractions of a second are dropped, which for an
 /// inclusive lower bound keeps every entry of that second.
 pub fn store_form(time: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(time).to_string()
+    tether_protocol::clock::rfc3339_seconds(time)
 }
 
 #[cfg(test)]

@@ -150,10 +150,7 @@ impl Conn {
             .ok()
             .and_then(|r| r.map_err(|e| tracing::error!("CA lookup failed: {e}")).ok())
             .unwrap_or_default();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = u64::try_from(tether_protocol::clock::now_ms() / 1000).unwrap_or(0);
         match certauth::check(certificate, &trusts, self.remote.ip(), now) {
             Ok(granted) => {
                 let first = granted.identities.first().cloned();

@@ -1,7 +1,7 @@
 //! Values every backend forms the same way: timestamps, random ids, secret hashes, and the
 //! rule for names.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -10,19 +10,16 @@ use super::StoreError;
 
 /// Current time as RFC 3339 UTC.
 pub fn now() -> String {
-    crate::timestamp::store_form(SystemTime::now())
+    tether_protocol::clock::now_rfc3339()
 }
 
 pub(crate) fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    tether_protocol::clock::now_ms() / 1000
 }
 
 pub(crate) fn rfc3339_from_unix(secs: i64) -> String {
     let t = UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0));
-    humantime::format_rfc3339_seconds(t).to_string()
+    tether_protocol::clock::rfc3339_seconds(t)
 }
 
 pub(crate) fn hash_secret(secret: &str) -> String {

@@ -1,6 +1,5 @@
 //! Engineers' sessions in SQLite.
 
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Row, params};
 
@@ -45,12 +44,6 @@ fn session_from_row(r: &Row<'_>) -> rusqlite::Result<(SessionRecord, Option<Stri
     ))
 }
 
-fn unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 impl SessionStore for SqliteStore {
     fn open_session(&self, s: NewSession<'_>) -> Result<String, StoreError> {
@@ -68,7 +61,7 @@ impl SessionStore for SqliteStore {
                 s.fingerprint,
                 s.source,
                 now(),
-                unix_ms()
+                tether_protocol::clock::now_ms()
             ],
         )?;
         Ok(id)
@@ -175,12 +168,12 @@ impl SessionStore for SqliteStore {
             let mut stmt = tx.prepare(&format!(
                 "SELECT cast_file FROM sessions WHERE cast_file IS NOT NULL AND {cutoff}"
             ))?;
-            let rows = stmt.query_map(params![unix_ms()], |r| r.get(0))?;
+            let rows = stmt.query_map(params![tether_protocol::clock::now_ms()], |r| r.get(0))?;
             rows.collect::<Result<_, _>>()?
         };
         tx.execute(
             &format!("DELETE FROM sessions WHERE {cutoff}"),
-            params![unix_ms()],
+            params![tether_protocol::clock::now_ms()],
         )?;
         tx.commit()?;
         Ok(casts)

@@ -1,6 +1,6 @@
 //! Telemetry in SQLite: what the SQLite sink commits and what the API and CLI read.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use rusqlite::{TransactionBehavior, params};
 
@@ -22,10 +22,7 @@ impl TelemetryStore for SqliteStore {
                 "INSERT OR IGNORE INTO telemetry (device_id, seq, tenant_id, ts_ms, kind, topic, level, payload, received_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?;
-            let received = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis() as i64)
-                .unwrap_or(0);
+            let received = tether_protocol::clock::now_ms();
             for r in records {
                 inserted += stmt.execute(params![
                     device_id,
@@ -87,10 +84,7 @@ impl TelemetryStore for SqliteStore {
     }
 
     fn enforce_retention(&self) -> Result<usize, StoreError> {
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
+        let now_ms = tether_protocol::clock::now_ms();
         let n = self.conn().execute(
             "DELETE FROM telemetry WHERE ts_ms < ?1 - 86400000 * (
                  SELECT retention_days FROM tenants WHERE tenants.id = telemetry.tenant_id)",
