@@ -95,6 +95,16 @@ pub enum Command {
         /// The message.
         message: String,
     },
+    /// Print the shell completion script for SHELL (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: tether_protocol::cli_docs::Shell,
+    },
+    /// Write the man pages (agent.1 and one per subcommand) into DIR.
+    Man {
+        /// Directory for the pages, created if missing (e.g. /usr/share/man/man1).
+        dir: PathBuf,
+    },
     /// Serve SFTP on stdin/stdout (used by the embedded SSH server to drop privileges).
     #[command(hide = true)]
     SftpServer {
@@ -140,7 +150,11 @@ pub fn main() -> ExitCode {
 fn touches_state(command: &Command) -> bool {
     !matches!(
         command,
-        Command::Keygen { .. } | Command::Bundle(_) | Command::SftpServer { .. }
+        Command::Keygen { .. }
+            | Command::Bundle(_)
+            | Command::SftpServer { .. }
+            | Command::Completions { .. }
+            | Command::Man { .. }
     )
 }
 
@@ -201,6 +215,29 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::App(cmd) => app::run(&load_config(&cli)?, cmd).await,
         Command::SftpServer { home } => {
             crate::access::sftp::serve_stdio(home.clone()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let stdout = std::io::stdout();
+            tether_protocol::cli_docs::write_completions(
+                Cli::command(),
+                *shell,
+                &mut stdout.lock(),
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { dir } => {
+            use anyhow::Context;
+            use clap::CommandFactory;
+            use std::io::Write;
+            let pages = tether_protocol::cli_docs::write_man_pages(Cli::command(), dir)
+                .with_context(|| format!("writing man pages into {}", dir.display()))?;
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            for page in pages {
+                writeln!(out, "{}", page.display())?;
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -1,6 +1,5 @@
 //! Engineers' sessions in SQLite.
 
-
 use rusqlite::{Row, params};
 
 use super::SqliteStore;
@@ -43,7 +42,6 @@ fn session_from_row(r: &Row<'_>) -> rusqlite::Result<(SessionRecord, Option<Stri
         cast_file,
     ))
 }
-
 
 impl SessionStore for SqliteStore {
     fn open_session(&self, s: NewSession<'_>) -> Result<String, StoreError> {
