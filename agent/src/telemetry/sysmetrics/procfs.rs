@@ -87,9 +87,7 @@ pub(super) fn parse_stat(text: &str) -> Result<(CpuTimes, u64), String> {
 }
 
 /// The aggregate CPU times from the counters of a `cpu` line of `/proc/stat`.
-fn parse_cpu_times<'a>(
-    fields: impl Iterator<Item = &'a str>,
-) -> Result<CpuTimes, String> {
+fn parse_cpu_times<'a>(fields: impl Iterator<Item = &'a str>) -> Result<CpuTimes, String> {
     // user nice system idle iowait irq softirq steal; guest and guest_nice follow but are
     // already counted in user and nice, so adding them would count that time twice.
     let values = fields
