@@ -102,3 +102,50 @@ async fn serve_producer(stream: UnixStream, producer: Producer) -> std::io::Resu
 pub fn default_path(state_dir: &Path) -> PathBuf {
     state_dir.join("telemetry.sock")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    type R = Result<(), Box<dyn std::error::Error>>;
+
+    #[tokio::test]
+    async fn each_line_gets_its_answer_and_bad_lines_hurt_no_other() -> R {
+        let dir = tempfile::tempdir()?;
+        let limits = crate::telemetry::outbox::Limits {
+            max_rows: 1000,
+            max_bytes: 1 << 30,
+        };
+        let outbox = crate::telemetry::outbox::Outbox::open(&dir.path().join("outbox.db"), limits)?;
+        let producer = Producer::new(Arc::new(Mutex::new(outbox)), 1024);
+        let max_line = producer.max_line();
+        let (client, server) = UnixStream::pair()?;
+        let serving = tokio::spawn(serve_producer(server, producer));
+        let (rd, mut wr) = client.into_split();
+
+        let mut input = b"{\"topic\":\"t\",\"value\":1}\n\n".to_vec();
+        input.extend(std::iter::repeat_n(b'x', 3 * max_line));
+        input.extend_from_slice(
+            b"\n{\"topic\":\"t\",\"value\":\"\xff\"}\n{\"topic\":\"t\",\"value\":2}\n",
+        );
+        wr.write_all(&input).await?;
+        wr.shutdown().await?;
+
+        let mut answers = Vec::new();
+        let mut lines = BufReader::new(rd).lines();
+        while let Some(line) = lines.next_line().await? {
+            answers.push(serde_json::from_str::<serde_json::Value>(&line)?);
+        }
+        serving.await??;
+        // The blank line gets no answer; the others one each, in order.
+        assert_eq!(answers.len(), 4, "{answers:?}");
+        assert_eq!(answers[0]["seq"], 1);
+        let long = answers[1]["error"].as_str().unwrap_or_default();
+        assert_eq!(long, format!("line longer than {max_line} bytes"));
+        assert_eq!(answers[2]["error"], "line is not UTF-8");
+        assert_eq!(answers[3]["seq"], 2);
+        Ok(())
+    }
+}
