@@ -10,9 +10,6 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 use common::*;
 
-/// Fast supervision timings so the test does not wait for production defaults.
-const APPS: &str = "apps:\n  backoff_initial: 100ms\n  backoff_max: 400ms\n  stable_after: 2s\n  settle_time: 1s\n  stop_timeout: 2s\n";
-
 /// What the application prints: 200 MiB and no newline.
 const PRINTED: u64 = 200 << 20;
 

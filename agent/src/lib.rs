@@ -21,6 +21,11 @@
 //! [`atomic_file`] (state files replaced atomically). Wall-clock time comes from
 //! `tether_protocol::clock`.
 
+// `unsafe` is confined to the two modules that call libc for what nix does not wrap (the
+// pty's controlling terminal, switching accounts in a forked child); each block there says
+// why it is sound.
+#![deny(unsafe_code)]
+
 /// `println!` that returns the write's error instead of panicking: a command whose reader left
 /// (`agent app list | head -1`) then ends quietly with 0 (see `cli::main`) rather than with a
 /// panic on a closed pipe.
