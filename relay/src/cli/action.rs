@@ -273,30 +273,15 @@ fn print_action(out: &mut dyn Write, view: &ActionView) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::super::Cli;
-    use super::super::tests::{KEY, TestResult, relay};
+    use super::super::tests::{TestResult, enrolled_board, relay};
     use super::*;
-    use crate::store::Store;
     use clap::Parser;
 
     #[test]
     fn action_commands_create_list_and_show() -> TestResult {
         let dir = tempfile::tempdir()?;
         let d = dir.path();
-        relay(d, &["tenant", "add", "acme"])?;
-        let secret = relay(d, &["token", "create", "--tenant", "acme"])?;
-        let store = Store::open(&d.join("relay.db"))?;
-        let device = store
-            .redeem_enroll_token(
-                secret.trim(),
-                crate::store::DeviceEnrollment {
-                    name: "board1".into(),
-                    public_key_openssh: KEY.into(),
-                    fingerprint: "SHA256:x".into(),
-                    agent_version: "0.1.0".into(),
-                    force: false,
-                },
-            )?
-            .device;
+        let (store, device) = enrolled_board(d, &[])?;
         let long = format!("echo {}", "a".repeat(60));
         let id = relay(
             d,

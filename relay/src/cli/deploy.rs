@@ -268,7 +268,7 @@ fn status_summary(view: &crate::store::DeploymentView) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{KEY, TestResult, relay};
+    use super::super::tests::{TestResult, enrolled_board, relay};
     use super::super::{Cli, Command};
     use super::*;
     use clap::Parser;
@@ -277,21 +277,7 @@ mod tests {
     fn fleet_commands_tag_store_deploy_and_configure() -> TestResult {
         let dir = tempfile::tempdir()?;
         let d = dir.path();
-        relay(d, &["tenant", "add", "acme"])?;
-        let secret = relay(d, &["token", "create", "--tenant", "acme"])?;
-        let store = Store::open(&d.join("relay.db"))?;
-        let device = store
-            .redeem_enroll_token(
-                secret.trim(),
-                crate::store::DeviceEnrollment {
-                    name: "board1".into(),
-                    public_key_openssh: KEY.into(),
-                    fingerprint: "SHA256:x".into(),
-                    agent_version: "0.1.0".into(),
-                    force: false,
-                },
-            )?
-            .device;
+        let (_store, device) = enrolled_board(d, &[])?;
         assert_eq!(
             relay(d, &["device", "tag", "board1", "eu", "edge"])?,
             "edge eu\n"

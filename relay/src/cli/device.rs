@@ -418,32 +418,14 @@ fn print_device_state(out: &mut dyn Write, state: &crate::store::DeviceState) ->
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{KEY, TestResult, relay};
-    use crate::store::Store;
+    use super::super::tests::{TestResult, enrolled_board, relay};
     use tether_protocol::fleet::{Inventory, ReportedComponent};
 
     #[test]
     fn device_commands_take_an_id_or_a_unique_name() -> TestResult {
         let dir = tempfile::tempdir()?;
         let d = dir.path();
-        relay(d, &["tenant", "add", "acme"])?;
-        let secret = relay(
-            d,
-            &["token", "create", "--tenant", "acme", "--require-accept"],
-        )?;
-        let store = Store::open(&d.join("relay.db"))?;
-        let device = store
-            .redeem_enroll_token(
-                secret.trim(),
-                crate::store::DeviceEnrollment {
-                    name: "board1".into(),
-                    public_key_openssh: KEY.into(),
-                    fingerprint: "SHA256:x".into(),
-                    agent_version: "0.1.0".into(),
-                    force: false,
-                },
-            )?
-            .device;
+        let (store, device) = enrolled_board(d, &["--require-accept"])?;
         store.mark_online(&device.id, "192.0.2.1:4000", None)?;
         let list = relay(d, &["device", "list"])?;
         let lines: Vec<&str> = list.lines().collect();
@@ -482,21 +464,7 @@ mod tests {
         use tether_protocol::fleet::{Disk, Interface, ReportedState};
         let dir = tempfile::tempdir()?;
         let d = dir.path();
-        relay(d, &["tenant", "add", "acme"])?;
-        let secret = relay(d, &["token", "create", "--tenant", "acme"])?;
-        let store = Store::open(&d.join("relay.db"))?;
-        let device = store
-            .redeem_enroll_token(
-                secret.trim(),
-                crate::store::DeviceEnrollment {
-                    name: "board1".into(),
-                    public_key_openssh: KEY.into(),
-                    fingerprint: "SHA256:x".into(),
-                    agent_version: "0.1.0".into(),
-                    force: false,
-                },
-            )?
-            .device;
+        let (store, device) = enrolled_board(d, &[])?;
         // Nothing reported yet: no inventory lines, and null / [] in JSON.
         let text = relay(d, &["device", "show", "board1"])?;
         assert!(

@@ -30,6 +30,32 @@ pub(super) fn relay(dir: &std::path::Path, args: &[&str]) -> Result<String, Stri
     String::from_utf8(out).map_err(|e| e.to_string())
 }
 
+/// Adds tenant `acme` and enrolls `board1` in it with a token made with `token_options`;
+/// returns the store and the device.
+pub(super) fn enrolled_board(
+    dir: &std::path::Path,
+    token_options: &[&str],
+) -> Result<(Store, crate::store::Device), Box<dyn std::error::Error>> {
+    relay(dir, &["tenant", "add", "acme"])?;
+    let mut args = vec!["token", "create", "--tenant", "acme"];
+    args.extend_from_slice(token_options);
+    let secret = relay(dir, &args)?;
+    let store = Store::open(&dir.join("relay.db"))?;
+    let device = store
+        .redeem_enroll_token(
+            secret.trim(),
+            crate::store::DeviceEnrollment {
+                name: "board1".into(),
+                public_key_openssh: KEY.into(),
+                fingerprint: "SHA256:x".into(),
+                agent_version: "0.1.0".into(),
+                force: false,
+            },
+        )?
+        .device;
+    Ok((store, device))
+}
+
 #[test]
 fn the_command_line_is_consistent_and_everything_has_help() {
     Cli::command().debug_assert();
