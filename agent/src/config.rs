@@ -470,6 +470,20 @@ impl AgentConfig {
                     format!("{:?} is used by two slots", slot.name),
                 ));
             }
+            // Slot names are boot names (BOOT_ORDER, BOOT_<name>_LEFT): with a second class
+            // nothing says which of its slots belongs to the running boot target, and an
+            // update could write the running one.
+            if let Some(first) = o.slots.first()
+                && slot.class != first.class
+            {
+                return Err(invalid(
+                    &format!("ota.slots[{i}].class"),
+                    format!(
+                        "{:?} differs from {:?} (ota.slots[0]): the slots are the boot targets of one A/B pair, so all have one class; put a kernel or boot files inside that image",
+                        slot.class, first.class
+                    ),
+                ));
+            }
             if o.slots.iter().filter(|s| s.class == slot.class).count() < 2 {
                 return Err(invalid(
                     &format!("ota.slots[{i}].class"),
@@ -589,6 +603,18 @@ mod tests {
             e.contains("ota.factory_version") && e.contains("\"1.0\" is not a semantic version"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn slots_are_one_ab_pair_of_one_class() {
+        let msg = |t: &str| parse(t).err().map(|e| e.to_string()).unwrap_or_default();
+        let slots = "ota:\n  slots:\n    - { name: A, class: rootfs, device: /dev/a }\n    - { name: B, class: rootfs, device: /dev/b }\n";
+        assert_eq!(msg(slots), "");
+        let e = msg(&format!(
+            "{slots}    - {{ name: KA, class: kernel, device: /dev/ka }}\n    - {{ name: KB, class: kernel, device: /dev/kb }}\n"
+        ));
+        assert!(e.contains("ota.slots[2].class"), "{e}");
+        assert!(e.contains("\"kernel\" differs from \"rootfs\""), "{e}");
     }
 
     #[test]

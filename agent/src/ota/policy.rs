@@ -14,7 +14,8 @@ use crate::ota::error::OtaError;
 use crate::ota::state::{OtaState, Pending};
 
 /// The slots that take a bundle's images: for each image, in order, the first configured slot
-/// of its class that is not the running one, and that is large enough for it. `capacity`
+/// of its class that is not the running one, and that is large enough for it. An image of a
+/// class without the running slot is refused: nothing tells which of its slots is in use. `capacity`
 /// says how many bytes a slot's device holds (`None`: no limit, a new file).
 pub fn target_slots<'a>(
     slots: &'a [SlotConfig],
@@ -24,6 +25,17 @@ pub fn target_slots<'a>(
 ) -> Result<Vec<&'a SlotConfig>, OtaError> {
     let mut targets = Vec::new();
     for image in images {
+        // Which slot of the class runs must be known, or "not the running one" means nothing
+        // and the running slot could be overwritten.
+        if !slots
+            .iter()
+            .any(|s| s.class == image.class && s.name == booted)
+        {
+            return Err(OtaError::Slot(format!(
+                "no slot of class {:?} is the running {booted}, so none of its slots can be told safe to write",
+                image.class
+            )));
+        }
         let slot = slots
             .iter()
             .find(|s| s.class == image.class && s.name != booted)
@@ -234,8 +246,8 @@ mod tests {
         list.iter().map(|s| s.to_string()).collect()
     }
 
-    /// Two rootfs slots and two kernel slots, pairs named A and B (boot names must be unique,
-    /// so the kernels are KA and KB).
+    /// Two rootfs slots, A and B, and two kernel slots, KA and KB, whose names say nothing of
+    /// which rootfs they go with.
     fn board() -> Vec<SlotConfig> {
         vec![
             slot("A", "rootfs"),
@@ -253,15 +265,21 @@ mod tests {
         assert_eq!(names(&t), ["B"]);
         let t = target_slots(&slots, &[image("rootfs", 10)], "B", unlimited)?;
         assert_eq!(names(&t), ["A"]);
-        // One slot per image, in the bundle's order.
-        let t = target_slots(
+        // A kernel slot is not the running A by name, yet KA may be the kernel A boots: the
+        // image is refused rather than written to a slot that may be in use.
+        let e = target_slots(
             &slots,
-            &[image("kernel", 1), image("rootfs", 1)],
+            &[image("rootfs", 1), image("kernel", 1)],
             "A",
             unlimited,
-        )?;
-        assert_eq!(t.len(), 2);
-        assert_eq!((t[0].class.as_str(), t[1].name.as_str()), ("kernel", "B"));
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(
+            e.contains("no slot of class \"kernel\" is the running A"),
+            "{e}"
+        );
         Ok(())
     }
 
@@ -273,7 +291,7 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(
-            e.contains("no slot of class \"bootloader\" other than the running A"),
+            e.contains("no slot of class \"bootloader\" is the running A"),
             "{e}"
         );
         let single = [slot("A", "rootfs")];
