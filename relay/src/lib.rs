@@ -10,7 +10,9 @@
 //! - [`http`]: the HTTP port: the WebSocket link, the JSON API (one module per resource),
 //!   `/metrics`, TLS.
 //! - [`store`]: every durable fact (tenants, tokens, engineers, devices, telemetry, sessions,
-//!   audit trail) in SQLite; [`store::blocking`] runs its calls from async code.
+//!   audit trail) behind one backend-neutral interface ([`store::Backend`]), SQLite first;
+//!   [`store::notify`] tells control channels of changes; [`store::blocking`] runs store calls
+//!   from async code.
 //! - [`recording`]: recording engineers' sessions (asciicast, exec commands, sftp file
 //!   operations).
 //! - [`cli`]: the command line, one module per command group; `main.rs` only calls
