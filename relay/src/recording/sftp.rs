@@ -5,7 +5,7 @@
 //!
 //! Packets are `u32 length, u8 type, u32 request id, …` (draft-ietf-secsh-filexfer-02, the
 //! version OpenSSH speaks). Bulk data (`WRITE` and `DATA`) is counted, not kept: only the first
-//! [`HEAD`] bytes of a packet are buffered.
+//! `HEAD` bytes of a packet are buffered.
 
 use std::collections::HashMap;
 
