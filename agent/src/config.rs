@@ -252,6 +252,10 @@ pub struct LinkConfig {
     /// Longest reconnect delay. Default 60s.
     #[serde(with = "humantime_serde")]
     pub backoff_max: Duration,
+    /// More URLs of the enrolled relay: other relays of its cluster, or the same relay over
+    /// another transport. The link starts at a random one, moves to the next after a failure
+    /// and stays with one that works. Default [] (the enrolled URL only).
+    pub relay_urls: Vec<String>,
 }
 
 /// Settings of the shells the embedded SSH server runs.
@@ -313,6 +317,7 @@ impl Default for LinkConfig {
             connect_timeout: Duration::from_secs(15),
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
+            relay_urls: Vec::new(),
         }
     }
 }

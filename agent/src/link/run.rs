@@ -23,6 +23,7 @@ use crate::config::AgentConfig;
 use crate::identity::enrollment_record::Enrollment;
 use crate::link::connection::{self, HostKeyCheck, LinkError};
 use crate::link::forward::ForwardPolicy;
+use crate::link::relay_choice::RelayChoice;
 use crate::link::status::{self, LinkState};
 use crate::link::transport::RelayUrl;
 
@@ -47,7 +48,17 @@ pub async fn run(
     mut ctx: LinkContext,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), LinkError> {
-    let relay = RelayUrl::parse(&ctx.enrollment.relay_url)?;
+    // Every URL is checked before the first attempt: a typo in the configuration is an error
+    // at start, not a relay that is never tried.
+    let mut choice = RelayChoice::new(
+        &ctx.enrollment.relay_url,
+        &ctx.config.link.relay_urls,
+        rand::random::<u32>() as usize,
+    );
+    let mut relays = Vec::with_capacity(choice.urls().len());
+    for url in choice.urls() {
+        relays.push(RelayUrl::parse(url)?);
+    }
     let pinned = PublicKey::from_openssh(&ctx.enrollment.relay_host_key)
         .map_err(|e| LinkError::BadPinnedKey(e.to_string()))?;
     let state_dir = ctx.config.state_dir.clone();
@@ -59,8 +70,9 @@ pub async fn run(
         }
         status::publish(&state_dir, LinkState::Connecting, None);
         reload_key(&mut ctx);
+        let relay = &relays[choice.index()];
         let attempt = connection::open(
-            &relay,
+            relay,
             &link_cfg,
             ctx.key.clone(),
             LINK_USER,
@@ -71,6 +83,7 @@ pub async fn run(
             ctx.server.clone(),
             ctx.policy.clone(),
         );
+        let mut linked = false;
         let attempt = tokio::select! {
             r = attempt => r,
             _ = shutdown.changed() => break,
@@ -81,6 +94,7 @@ pub async fn run(
                 .await
             {
                 Ok(_) => {
+                    linked = true;
                     tracing::info!("link to {} is up", relay.authority());
                     status::publish(&state_dir, LinkState::Online, None);
                     notify(&[sd_notify::NotifyState::Status("link online")]);
@@ -117,6 +131,11 @@ pub async fn run(
             },
             Err(e) => e.to_string(),
         };
+        // A link that came up and dropped is tried again first; one that never came up hands
+        // over to the next relay.
+        if !linked {
+            choice.failed();
+        }
         let delay = backoff.next_delay();
         tracing::warn!(
             "link to {} failed: {error}; retrying in {:.1}s",
