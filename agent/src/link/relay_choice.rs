@@ -80,7 +80,9 @@ mod tests {
     #[test]
     fn failures_go_round_the_list_from_a_random_start() {
         let mut c = RelayChoice::new("ssh://a:1", &urls(&["ssh://b:1", "ssh://c:1"]), 7);
-        // 7 mod 3: the third.
+        // 7 mod 3 = 1: the second.
+        assert_eq!(c.current(), "ssh://b:1");
+        c.failed();
         assert_eq!(c.current(), "ssh://c:1");
         c.failed();
         assert_eq!(c.current(), "ssh://a:1");
