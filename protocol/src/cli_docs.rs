@@ -44,6 +44,21 @@ pub fn write_man_pages(cmd: clap::Command, dir: &Path) -> std::io::Result<Vec<Pa
     Ok(written)
 }
 
+/// What `PROGRAM man DIR` does: writes the pages into `dir` and prints each page's path on
+/// `out`, one per line.
+pub fn man_command(cmd: clap::Command, dir: &Path, out: &mut dyn Write) -> std::io::Result<()> {
+    let pages = write_man_pages(cmd, dir).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("writing man pages into {}: {e}", dir.display()),
+        )
+    })?;
+    for page in pages {
+        writeln!(out, "{}", page.display())?;
+    }
+    out.flush()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

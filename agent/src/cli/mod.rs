@@ -228,16 +228,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Man { dir } => {
-            use anyhow::Context;
             use clap::CommandFactory;
-            use std::io::Write;
-            let pages = tether_protocol::cli_docs::write_man_pages(Cli::command(), dir)
-                .with_context(|| format!("writing man pages into {}", dir.display()))?;
             let stdout = std::io::stdout();
-            let mut out = stdout.lock();
-            for page in pages {
-                writeln!(out, "{}", page.display())?;
-            }
+            tether_protocol::cli_docs::man_command(Cli::command(), dir, &mut stdout.lock())?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -7,46 +7,42 @@
 //! relay); a URL that linked stays the choice for as long as it keeps working, so a board
 //! returns to its last good relay first after a link drop.
 
-/// The relay URLs of a board and which one is tried next.
+/// The enrolled URL followed by `more`, each URL once.
+pub fn candidates(enrolled: &str, more: &[String]) -> Vec<String> {
+    let mut urls = vec![enrolled.to_string()];
+    for url in more {
+        if !urls.contains(url) {
+            urls.push(url.clone());
+        }
+    }
+    urls
+}
+
+/// A board's relays (as URLs, or parsed) and which one is tried next.
 #[derive(Debug, Clone)]
-pub struct RelayChoice {
-    urls: Vec<String>,
+pub struct RelayChoice<T> {
+    relays: Vec<T>,
     next: usize,
 }
 
-impl RelayChoice {
-    /// `enrolled` followed by `more`, each URL once, starting at index `start` (taken modulo
-    /// the number of URLs; pass a random number).
-    pub fn new(enrolled: &str, more: &[String], start: usize) -> RelayChoice {
-        let mut urls = vec![enrolled.to_string()];
-        for url in more {
-            if !urls.contains(url) {
-                urls.push(url.clone());
-            }
+impl<T> RelayChoice<T> {
+    /// Starts at `relays[start % len]` (pass a random number); `None` when there is no relay.
+    pub fn new(relays: Vec<T>, start: usize) -> Option<RelayChoice<T>> {
+        if relays.is_empty() {
+            return None;
         }
-        let next = start % urls.len();
-        RelayChoice { urls, next }
+        let next = start % relays.len();
+        Some(RelayChoice { relays, next })
     }
 
-    /// The URL to dial now.
-    pub fn current(&self) -> &str {
-        &self.urls[self.next]
+    /// The relay to dial now.
+    pub fn current(&self) -> &T {
+        &self.relays[self.next]
     }
 
-    /// Where [`RelayChoice::current`] is in [`RelayChoice::urls`].
-    pub fn index(&self) -> usize {
-        self.next
-    }
-
-    /// All URLs, the enrolled one first.
-    pub fn urls(&self) -> &[String] {
-        &self.urls
-    }
-
-    /// The current URL failed (could not link, or its link dropped without ever having been
-    /// up): the next one is tried.
+    /// The current relay failed (could not link): the next one is tried.
     pub fn failed(&mut self) {
-        self.next = (self.next + 1) % self.urls.len();
+        self.next = (self.next + 1) % self.relays.len();
     }
 }
 
@@ -60,7 +56,7 @@ mod tests {
 
     #[test]
     fn the_enrolled_url_comes_first_and_each_url_once() {
-        let c = RelayChoice::new(
+        let all = candidates(
             "ssh://a:2222",
             &urls(&[
                 "ssh://b:2222",
@@ -68,18 +64,24 @@ mod tests {
                 "wss://a/v1/link",
                 "ssh://b:2222",
             ]),
-            0,
         );
         assert_eq!(
-            c.urls(),
+            all,
             urls(&["ssh://a:2222", "ssh://b:2222", "wss://a/v1/link"])
         );
-        assert_eq!(c.current(), "ssh://a:2222");
+        let c = RelayChoice::new(all, 0);
+        assert_eq!(
+            c.as_ref().map(|c| c.current().as_str()),
+            Some("ssh://a:2222")
+        );
     }
 
     #[test]
     fn failures_go_round_the_list_from_a_random_start() {
-        let mut c = RelayChoice::new("ssh://a:1", &urls(&["ssh://b:1", "ssh://c:1"]), 7);
+        let Some(mut c) = RelayChoice::new(urls(&["ssh://a:1", "ssh://b:1", "ssh://c:1"]), 7)
+        else {
+            panic!("three relays make a choice");
+        };
         // 7 mod 3 = 1: the second.
         assert_eq!(c.current(), "ssh://b:1");
         c.failed();
@@ -101,9 +103,12 @@ mod tests {
     }
 
     #[test]
-    fn one_url_is_always_the_one() {
-        let mut c = RelayChoice::new("ssh://a:1", &[], 12345);
+    fn one_url_is_always_the_one_and_none_is_no_choice() {
+        let Some(mut c) = RelayChoice::new(urls(&["ssh://a:1"]), 12345) else {
+            panic!("one relay makes a choice");
+        };
         c.failed();
         assert_eq!(c.current(), "ssh://a:1");
+        assert!(RelayChoice::<String>::new(Vec::new(), 0).is_none());
     }
 }

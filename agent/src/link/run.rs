@@ -23,7 +23,7 @@ use crate::config::AgentConfig;
 use crate::identity::enrollment_record::Enrollment;
 use crate::link::connection::{self, HostKeyCheck, LinkError};
 use crate::link::forward::ForwardPolicy;
-use crate::link::relay_choice::RelayChoice;
+use crate::link::relay_choice::{self, RelayChoice};
 use crate::link::status::{self, LinkState};
 use crate::link::transport::RelayUrl;
 
@@ -50,15 +50,14 @@ pub async fn run(
 ) -> Result<(), LinkError> {
     // Every URL is checked before the first attempt: a typo in the configuration is an error
     // at start, not a relay that is never tried.
-    let mut choice = RelayChoice::new(
-        &ctx.enrollment.relay_url,
-        &ctx.config.link.relay_urls,
-        rand::random::<u32>() as usize,
-    );
-    let mut relays = Vec::with_capacity(choice.urls().len());
-    for url in choice.urls() {
-        relays.push(RelayUrl::parse(url)?);
+    let mut relays = Vec::new();
+    for url in relay_choice::candidates(&ctx.enrollment.relay_url, &ctx.config.link.relay_urls) {
+        relays.push(RelayUrl::parse(&url)?);
     }
+    // There is always the enrolled URL.
+    let Some(mut choice) = RelayChoice::new(relays, rand::random::<u32>() as usize) else {
+        return Ok(());
+    };
     let pinned = PublicKey::from_openssh(&ctx.enrollment.relay_host_key)
         .map_err(|e| LinkError::BadPinnedKey(e.to_string()))?;
     let state_dir = ctx.config.state_dir.clone();
@@ -70,9 +69,9 @@ pub async fn run(
         }
         status::publish(&state_dir, LinkState::Connecting, None);
         reload_key(&mut ctx);
-        let relay = &relays[choice.index()];
+        let relay = choice.current().clone();
         let attempt = connection::open(
-            relay,
+            &relay,
             &link_cfg,
             ctx.key.clone(),
             LINK_USER,

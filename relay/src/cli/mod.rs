@@ -242,12 +242,11 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
             )?);
         }
         Command::Man { dir } => {
-            for page in tether_protocol::cli_docs::write_man_pages(Cli::command(), dir)
-                .with_context(|| format!("writing man pages into {}", dir.display()))?
-            {
-                writeln!(out, "{}", page.display())?;
-            }
-            return Ok(());
+            return Ok(tether_protocol::cli_docs::man_command(
+                Cli::command(),
+                dir,
+                out,
+            )?);
         }
         _ => {}
     }
