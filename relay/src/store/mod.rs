@@ -32,6 +32,7 @@ mod error;
 mod fleet;
 mod keys;
 pub mod notify;
+pub mod postgres;
 mod sessions;
 pub mod sqlite;
 mod telemetry;

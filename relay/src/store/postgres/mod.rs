@@ -1,0 +1,219 @@
+//! The PostgreSQL backend: the store of a cluster of relays, all of them on one database.
+//!
+//! It implements the same families of facts as the SQLite backend and passes the same
+//! conformance suite. The store interface is blocking (see [`crate::store`]), while
+//! `tokio-postgres` is asynchronous; the backend owns a small runtime of its own that drives
+//! its connections, and each operation waits for its future on the calling thread
+//! ([`PgStore::block`]). That works from any thread, a blocking thread of the relay's runtime
+//! or the admin CLI's main thread alike, and never from inside the relay's own executor, so a
+//! slow database stalls the call that waits for it and nothing else.
+//!
+//! Connections come from a `deadpool-postgres` pool with verified recycling: a connection is
+//! checked with a round trip before it is handed out again, so a database restart costs the
+//! calls in flight and nothing later. The schema is versioned in `schema_version`, and
+//! migrations run under an advisory lock so that relays starting together apply each step
+//! once (see `migrations.rs`).
+//!
+//! Every write that changes a device's desired state or queues an action inserts a
+//! `device_changes` row in the same transaction, as with SQLite, so relays hear about each
+//! other's writes by reading the new rows of one table a few times a second (one indexed query
+//! per relay, not per device; see `changes.rs`).
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::error::SqlState;
+
+use super::{Backend, Notifier, StoreError};
+
+mod actions;
+mod artifacts;
+mod audit;
+mod cas;
+mod changes;
+mod devices;
+mod fleet;
+mod keys;
+mod migrations;
+mod sessions;
+mod telemetry;
+mod tenants;
+#[cfg(test)]
+pub(crate) mod test_server;
+mod tls;
+mod tokens;
+mod users;
+
+/// How long a call waits for a free connection, or for a new one to be made, before it fails
+/// with an error instead of hanging while the database is away.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connections one relay keeps at most.
+pub const DEFAULT_POOL_SIZE: usize = 16;
+
+/// The store in a PostgreSQL database.
+pub struct PgStore {
+    /// Drives the pool's connections; see the module doc.
+    runtime: tokio::runtime::Runtime,
+    pool: Pool,
+    /// Told after each commit which devices changed.
+    notifier: Notifier,
+    /// How far the change feed has read.
+    feed: Mutex<changes::Feed>,
+}
+
+impl PgStore {
+    /// Connects to the database at `url` (`postgres://user:password@host:port/db?sslmode=…`),
+    /// with at most `pool_size` connections, and brings its schema up to date.
+    ///
+    /// `sslmode` is libpq's: `disable`, `prefer` (the default: TLS when the server offers it),
+    /// `require` (TLS, any certificate), `verify-ca` and `verify-full` (TLS with a certificate
+    /// from the system roots or from `sslrootcert=PATH`; `verify-full` also checks the host
+    /// name). The password, if any, never appears in an error.
+    pub fn open(url: &str, pool_size: usize) -> Result<PgStore, StoreError> {
+        let (config, tls) = tls::parse_url(url)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("store-postgres")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Backend(Box::new(e)))?;
+        let manager = Manager::from_config(
+            config,
+            tls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Verified,
+            },
+        );
+        let pool = {
+            let _in_runtime = runtime.enter();
+            Pool::builder(manager)
+                .max_size(pool_size.max(1))
+                .runtime(deadpool_postgres::Runtime::Tokio1)
+                .wait_timeout(Some(CONNECT_TIMEOUT))
+                .create_timeout(Some(CONNECT_TIMEOUT))
+                .recycle_timeout(Some(CONNECT_TIMEOUT))
+                .build()
+                .map_err(|e| StoreError::Backend(Box::new(e)))?
+        };
+        let store = PgStore {
+            runtime,
+            pool,
+            notifier: Notifier::new(),
+            feed: Mutex::new(changes::Feed::default()),
+        };
+        store.block(async {
+            let mut client = store.client().await?;
+            migrations::migrate(&mut client).await
+        })?;
+        let feed = store.block(async {
+            let client = store.client().await?;
+            changes::Feed::start(&client).await
+        })?;
+        *store.feed.lock().unwrap_or_else(|p| p.into_inner()) = feed;
+        Ok(store)
+    }
+
+    /// The schema version this code writes; a database newer than this is refused.
+    pub fn schema_version() -> i64 {
+        migrations::latest()
+    }
+
+    /// Runs `future` to its end on the calling thread, with this backend's runtime driving the
+    /// connections it uses.
+    pub(crate) fn block<F: Future>(&self, future: F) -> F::Output {
+        let _in_runtime = self.runtime.enter();
+        wait(future)
+    }
+
+    /// A connection from the pool.
+    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Client, StoreError> {
+        self.pool.get().await.map_err(pool_error)
+    }
+}
+
+/// Wakes the thread that waits in [`wait`].
+struct ThreadWaker(std::thread::Thread);
+
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// Polls `future` on this thread, parking between polls until its waker is called (by the
+/// backend's runtime, whose thread drives the sockets and timers the future waits on).
+fn wait<F: Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        if let Poll::Ready(v) = future.as_mut().poll(&mut cx) {
+            return v;
+        }
+        // A wake-up that came before this park makes it return at once; a spurious one only
+        // costs another poll.
+        std::thread::park();
+    }
+}
+
+fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => e.into(),
+        other => StoreError::Backend(format!("PostgreSQL connection pool: {other}").into()),
+    }
+}
+
+impl Backend for PgStore {
+    fn snapshot_into(&self, _path: &Path) -> Result<(), StoreError> {
+        Err(StoreError::Invalid(
+            "a PostgreSQL store is backed up with PostgreSQL's own tools (pg_dump, or continuous archiving); relay backup copies the SQLite store".into(),
+        ))
+    }
+
+    fn notifier(&self) -> &Notifier {
+        &self.notifier
+    }
+
+    fn pick_up_changes(&self) -> Result<usize, StoreError> {
+        changes::pick_up(self)
+    }
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> StoreError {
+        StoreError::Backend(Box::new(e))
+    }
+}
+
+/// Whether `e` is a violation of a UNIQUE or PRIMARY KEY constraint.
+fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&SqlState::UNIQUE_VIOLATION)
+}
+
+/// Converts a count or size the store keeps as BIGINT.
+fn to_i64<T: TryInto<i64>>(v: T) -> i64 {
+    v.try_into().unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fresh database on the test server, for the conformance suite.
+    fn fresh() -> Result<(test_server::Database, Box<dyn Backend>), Box<dyn std::error::Error>> {
+        let db = test_server::Database::create()?;
+        let store = PgStore::open(&db.url, 4)?;
+        Ok((db, Box::new(store)))
+    }
+
+    crate::store::conformance::suite!(fresh);
+}
