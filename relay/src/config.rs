@@ -163,12 +163,28 @@ pub struct TlsConfig {
     pub key: PathBuf,
 }
 
-/// Settings of the embedded store.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+/// Settings of the store.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// SQLite database file; default `<data_dir>/relay.db`.
     pub path: Option<PathBuf>,
+    /// Where the store is, as a URL: `sqlite:PATH`, or `postgres://USER@HOST:PORT/DATABASE`
+    /// (with libpq's `sslmode` and `sslrootcert`) for a cluster of relays on one database.
+    /// Instead of `path`, not beside it.
+    pub url: Option<String>,
+    /// Connections to PostgreSQL one relay keeps at most.
+    pub pool_size: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            path: None,
+            url: None,
+            pool_size: crate::store::postgres::DEFAULT_POOL_SIZE,
+        }
+    }
 }
 
 impl Default for RelayConfig {
@@ -230,6 +246,14 @@ impl RelayConfig {
             .unwrap_or_else(|| self.data_dir.join("relay.db"))
     }
 
+    /// Where the store is: `store.url`, else the SQLite file of [`RelayConfig::store_path`].
+    pub fn store_location(&self) -> Result<crate::store::Location, crate::store::StoreError> {
+        match &self.store.url {
+            Some(url) => crate::store::Location::parse(url, self.store.pool_size),
+            None => Ok(crate::store::Location::Sqlite(self.store_path())),
+        }
+    }
+
     /// Loads the configuration file at `path` (same as [`load`]).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         load(path)
@@ -275,6 +299,23 @@ impl RelayConfig {
                 "store.path",
                 "must not be empty (leave it out for the default)",
             ));
+        }
+        if let Some(url) = &self.store.url {
+            if self.store.path.is_some() {
+                return Err(invalid(
+                    "store.url",
+                    "names the store, and so does store.path: keep one of them",
+                ));
+            }
+            crate::store::Location::parse(url, self.store.pool_size).map_err(|e| {
+                invalid(
+                    "store.url",
+                    e.to_string().trim_start_matches("store.url: "),
+                )
+            })?;
+        }
+        if self.store.pool_size == 0 {
+            return Err(invalid("store.pool_size", "must be at least 1"));
         }
         if let Some(tls) = &self.http.tls {
             if tls.cert.as_os_str().is_empty() {
@@ -370,6 +411,29 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(e.contains("key"), "{e}");
+        let e = parse("store:\n  url: mysql://root:pw@db/x\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("store.url") && !e.contains("pw@"), "{e}");
+        let e = parse("store:\n  url: postgres://db/x\n  path: /r.db\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("store.path"), "{e}");
+        let e = parse("store:\n  url: postgres://db/x\n  pool_size: 0\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("store.pool_size"), "{e}");
+        let c = parse("store:\n  url: postgres://relay@db:5432/tether\n  pool_size: 4\n")?;
+        assert_eq!(
+            c.store_location()?,
+            crate::store::Location::Postgres {
+                url: "postgres://relay@db:5432/tether".into(),
+                pool_size: 4
+            }
+        );
         let e = parse("store:\n  path: ''\n")
             .err()
             .map(|e| e.to_string())

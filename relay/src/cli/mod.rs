@@ -32,6 +32,7 @@ pub mod device;
 mod output;
 mod serve;
 pub mod session;
+pub mod store;
 pub mod telemetry;
 pub mod tenant;
 pub mod token;
@@ -141,6 +142,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Move the store to another backend.
+    #[command(subcommand)]
+    Store(store::StoreCommand),
     /// Print the shell completion script for SHELL (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -218,15 +222,14 @@ fn load_config(cli: &Cli) -> Result<RelayConfig> {
 /// Opens the existing store of an admin command. A missing one is an error naming the path:
 /// creating it would answer a mistyped --data-dir with an empty fleet.
 fn open_store(config: &RelayConfig) -> Result<Store> {
-    let path = config.store_path();
-    if !path.exists() {
+    let location = config.store_location()?;
+    if !location.exists() {
         anyhow::bail!(
-            "no store at {}; create one with `relay init` or start `relay serve` (check --data-dir, --config and store.path)",
-            path.display()
+            "no store at {location}; create one with `relay init` or start `relay serve` (check --data-dir, --config and store.path)"
         );
     }
-    tracing::debug!("using the store {}", path.display());
-    Store::open(&path).with_context(|| format!("opening the store {}", path.display()))
+    tracing::debug!("using the store {location}");
+    Store::connect(&location).with_context(|| format!("opening the store {location}"))
 }
 
 /// Runs a parsed command, writing its results to `out`. A command that changes the store is
@@ -257,6 +260,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
             http_listen,
         } => serve::serve(config, ssh_listen, http_listen),
         Command::Init => serve::init(out, &config),
+        Command::Store(cmd) => store::run(out, cmd),
         // Answered above, before the configuration is read.
         Command::Completions { .. } | Command::Man { .. } => Ok(()),
         Command::Backup { dir, json } => {

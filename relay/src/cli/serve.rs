@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 
 use crate::config::RelayConfig;
-use crate::store::Store;
+use crate::store::{Location, Store};
 
 /// Runs `relay serve` until SIGTERM or SIGINT, with the listen addresses given on the command
 /// line in place of the configured ones.
@@ -30,19 +30,19 @@ pub(super) fn serve(
 
 /// Runs `relay init`.
 pub(super) fn init(out: &mut dyn Write, config: &RelayConfig) -> Result<()> {
-    let path = config.store_path();
-    let existed = path.exists();
+    let location = config.store_location()?;
+    let existed = location.exists();
     create_store(config)?;
-    if existed {
-        writeln!(out, "store {} exists already", path.display())?;
-    } else {
-        writeln!(out, "created the store {}", path.display())?;
+    match location {
+        Location::Postgres { .. } => writeln!(out, "the store {location} is up to date")?,
+        Location::Sqlite(_) if existed => writeln!(out, "store {location} exists already")?,
+        Location::Sqlite(_) => writeln!(out, "created the store {location}")?,
     }
     Ok(())
 }
 
-/// Opens the store, creating it when there is none: for `serve` and `init` only.
+/// Opens the store, creating a SQLite file when there is none: for `serve` and `init` only.
 fn create_store(config: &RelayConfig) -> Result<Store> {
-    let path = config.store_path();
-    Store::open(&path).with_context(|| format!("opening the store {}", path.display()))
+    let location = config.store_location()?;
+    Store::connect(&location).with_context(|| format!("opening the store {location}"))
 }

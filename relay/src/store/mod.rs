@@ -5,14 +5,16 @@
 //! [`DeviceStore`], [`FleetStore`], …), each declared beside the types it speaks in, so every
 //! backend implements a family in one place and a caller never learns which database is
 //! behind it. [`Store`] is what callers hold: it dereferences to `dyn Backend`, so
-//! `store.devices(..)` needs no import, and [`Store::open`] opens the SQLite backend
-//! ([`sqlite`]), the default and today the only one. PostgreSQL is to implement the same
-//! traits and run the same conformance suite (`store/conformance/`) unchanged.
+//! `store.devices(..)` needs no import. [`Store::connect`] opens the backend a [`Location`]
+//! names: the SQLite file ([`sqlite`]), the default for a single relay, or a PostgreSQL
+//! database ([`postgres`]) shared by a cluster of relays. Both implement the same traits and
+//! pass the same conformance suite (`store/conformance/`).
 //!
 //! Every operation is blocking. The SQLite backend does file I/O under a mutex, and the
-//! PostgreSQL one is to use the blocking `postgres` client; async callers run operations on
-//! tokio's blocking threads (`spawn_blocking`), which keeps one calling convention for both and
-//! keeps transactions, which span several statements, out of async code.
+//! PostgreSQL one waits on the calling thread for its asynchronous client; async callers run
+//! operations on tokio's blocking threads (`spawn_blocking`), which keeps one calling
+//! convention for both and keeps transactions, which span several statements, out of async
+//! code.
 //!
 //! Writes that change what a device should do notify it through [`notify`]: nothing polls the
 //! store per device.
@@ -97,10 +99,100 @@ pub trait Backend:
     fn pick_up_changes(&self) -> Result<usize, StoreError>;
 }
 
+/// Where a store is: what `store.url` in the relay's configuration names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A SQLite file (`sqlite:PATH`, or `store.path`).
+    Sqlite(PathBuf),
+    /// A PostgreSQL database (`postgres://…`), with at most `pool_size` connections.
+    Postgres {
+        /// The URL, password included.
+        url: String,
+        /// Connections kept at most.
+        pool_size: usize,
+    },
+}
+
+impl Location {
+    /// Reads a store URL: `sqlite:PATH` or `postgres://…` (`postgresql://…`).
+    pub fn parse(url: &str, pool_size: usize) -> Result<Location, StoreError> {
+        if let Some(path) = url.strip_prefix("sqlite:") {
+            let path = path.strip_prefix("//").unwrap_or(path);
+            if path.is_empty() {
+                return Err(StoreError::Invalid(
+                    "store.url: sqlite: names no file (sqlite:/var/lib/tether-relay/relay.db)"
+                        .into(),
+                ));
+            }
+            return Ok(Location::Sqlite(PathBuf::from(path)));
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(Location::Postgres {
+                url: url.to_string(),
+                pool_size,
+            });
+        }
+        Err(StoreError::Invalid(format!(
+            "store.url: {:?} is neither sqlite:PATH nor postgres://HOST/DATABASE",
+            redact(url)
+        )))
+    }
+
+    /// Whether a store exists there already. A PostgreSQL database is created by its
+    /// administrator, never by the relay, so it always counts as existing.
+    pub fn exists(&self) -> bool {
+        match self {
+            Location::Sqlite(path) => path.exists(),
+            Location::Postgres { .. } => true,
+        }
+    }
+}
+
+impl std::fmt::Display for Location {
+    /// The location as a log line or an error may show it: without the password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Sqlite(path) => write!(f, "{}", path.display()),
+            Location::Postgres { url, .. } => f.write_str(&redact(url)),
+        }
+    }
+}
+
+/// `url` with the password of its user info replaced by `***`.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((user_info, host)) => {
+            let user = user_info.split(':').next().unwrap_or("");
+            if user_info.contains(':') {
+                format!("{scheme}://{user}:***@{host}{tail}")
+            } else {
+                url.to_string()
+            }
+        }
+        None => url.to_string(),
+    }
+}
+
 /// The relay's store, as callers hold it: a backend behind the [`Backend`] interface.
 pub struct Store(Box<dyn Backend>);
 
 impl Store {
+    /// Opens the store at `location` (creating a SQLite file if needed) and brings its schema
+    /// up to date.
+    pub fn connect(location: &Location) -> Result<Store, StoreError> {
+        match location {
+            Location::Sqlite(path) => Store::open(path),
+            Location::Postgres { url, pool_size } => Ok(Store(Box::new(
+                postgres::PgStore::open(url, *pool_size)?,
+            ))),
+        }
+    }
+
     /// Opens (creating if needed) the SQLite store at `path` and brings its schema up to date;
     /// see [`sqlite::SqliteStore::open`].
     pub fn open(path: &Path) -> Result<Store, StoreError> {
@@ -116,6 +208,35 @@ impl Store {
     /// `sha256` is not a digest (so it can never name another path).
     pub fn artifact_path(artifacts_dir: &Path, sha256: &str) -> Option<PathBuf> {
         artifacts::artifact_path(artifacts_dir, sha256)
+    }
+}
+
+#[cfg(test)]
+mod location_tests {
+    use super::*;
+
+    #[test]
+    fn store_urls_are_read_and_passwords_never_shown() -> Result<(), StoreError> {
+        assert_eq!(
+            Location::parse("sqlite:/var/lib/r.db", 4)?,
+            Location::Sqlite(PathBuf::from("/var/lib/r.db"))
+        );
+        assert_eq!(
+            Location::parse("sqlite:relative.db", 4)?,
+            Location::Sqlite(PathBuf::from("relative.db"))
+        );
+        let pg = Location::parse("postgres://relay:hunter2@db:5432/tether?sslmode=verify-full", 4)?;
+        assert_eq!(
+            pg.to_string(),
+            "postgres://relay:***@db:5432/tether?sslmode=verify-full"
+        );
+        let e = match Location::parse("mysql://root:pw@h/db", 4) {
+            Ok(l) => panic!("accepted {l}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(e.contains("store.url") && !e.contains("pw@"), "{e}");
+        assert!(Location::parse("sqlite:", 4).is_err());
+        Ok(())
     }
 }
 

@@ -38,6 +38,7 @@ mod changes;
 mod devices;
 mod fleet;
 mod keys;
+mod import;
 mod migrations;
 mod sessions;
 mod telemetry;
@@ -54,6 +55,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Connections one relay keeps at most.
 pub const DEFAULT_POOL_SIZE: usize = 16;
+
+pub use import::CopySummary;
 
 /// The store in a PostgreSQL database.
 pub struct PgStore {
