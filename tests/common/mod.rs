@@ -10,6 +10,7 @@
 //! - `engineer`: engineers registered on a relay, and the OpenSSH client they use.
 //! - `setup`: a relay, a tenant, an engineer and an online agent in one call.
 //! - `deploy`: applications and deployments, on the board and from the relay.
+//! - `postgres`: a private PostgreSQL server.
 //! - `sshd`: a private OpenSSH server, the board's own sshd.
 //! - `chaos`: the chaos proxy, a network that cuts connections.
 //! - `tmux`: a terminal to type into.
@@ -25,6 +26,7 @@ mod data;
 mod deploy;
 mod engineer;
 mod net;
+mod postgres;
 mod process;
 mod relay;
 mod setup;
@@ -33,6 +35,6 @@ mod tmux;
 
 #[allow(unused_imports)] // Each test binary uses a different part of the harness.
 pub use {
-    agent::*, chaos::*, data::*, deploy::*, engineer::*, net::*, process::*, relay::*, setup::*,
+    agent::*, chaos::*, data::*, deploy::*, engineer::*, net::*, postgres::*, process::*, relay::*, setup::*,
     sshd::*, tmux::*,
 };

@@ -133,6 +133,7 @@ pub(super) fn spawn_logged(mut cmd: Command, log: &Path) -> Result<Proc> {
 }
 
 /// Output of a finished command, with text helpers.
+#[derive(Debug)]
 pub struct Run {
     /// The exit code; `None` when a signal ended it.
     pub status: Option<i32>,

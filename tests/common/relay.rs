@@ -117,12 +117,8 @@ impl Relay {
 
     /// Starts (again) the relay process on the same data directory and ports.
     pub fn restart(&mut self) -> Result<()> {
-        let mut cmd = Command::new(bin_dir()?.join("relay"));
-        let config = self.dir.path().join("relay.yaml");
-        if config.exists() {
-            cmd.arg("--config").arg(config);
-        }
-        cmd.arg("--data-dir").arg(self.data_dir()).args([
+        let mut cmd = self.command()?;
+        cmd.args([
             "serve",
             "--ssh-listen",
             &format!("127.0.0.1:{}", self.ssh_port),
@@ -174,8 +170,8 @@ impl Relay {
     /// Every stored telemetry record of the device named `device`, oldest first, as
     /// `relay telemetry tail --json` prints them.
     pub fn stored_telemetry(&self, device: &str) -> Result<Vec<serde_json::Value>> {
-        let mut cmd = Command::new(bin_dir()?.join("relay"));
-        cmd.arg("--data-dir").arg(self.data_dir()).args([
+        let mut cmd = self.command()?;
+        cmd.args([
             "telemetry",
             "tail",
             device,
@@ -193,6 +189,17 @@ impl Relay {
             .collect()
     }
 
+    /// `relay` with this relay's configuration file (when it has one) and data directory.
+    pub fn command(&self) -> Result<Command> {
+        let mut cmd = Command::new(bin_dir()?.join("relay"));
+        let config = self.dir.path().join("relay.yaml");
+        if config.exists() {
+            cmd.arg("--config").arg(config);
+        }
+        cmd.arg("--data-dir").arg(self.data_dir());
+        Ok(cmd)
+    }
+
     /// The relay's data directory (its embedded store).
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
@@ -205,8 +212,8 @@ impl Relay {
 
     /// Runs an admin command on this relay's store.
     pub fn admin(&self, args: &[&str]) -> Result<Run> {
-        let mut cmd = Command::new(bin_dir()?.join("relay"));
-        cmd.arg("--data-dir").arg(self.data_dir()).args(args);
+        let mut cmd = self.command()?;
+        cmd.args(args);
         run_with_timeout(cmd, None, Duration::from_secs(30))
     }
 
