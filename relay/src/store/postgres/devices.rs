@@ -1,12 +1,14 @@
 //! Devices in PostgreSQL.
-#![allow(unused_variables, unused_imports)]
+
+use std::collections::HashMap;
 
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
 use super::PgStore;
-use crate::store::*;
+use super::tenants::tenant_by_name;
+use crate::store::{Device, DeviceStatus, DeviceStore, StoreError, now};
 
 /// The columns [`device_from_row`] reads, of `devices d JOIN tenants t`.
 const DEVICE_COLUMNS: &str = "d.id, d.tenant_id, t.name, d.name, d.public_key, d.fingerprint, d.status, \
@@ -65,11 +67,19 @@ pub(super) async fn devices_where(
 
 impl DeviceStore for PgStore {
     fn device_by_fingerprint(&self, fingerprint: &str) -> Result<Option<Device>, StoreError> {
-        Err(StoreError::Invalid("not yet ported to PostgreSQL".into()))
+        // A device being rotated is found by its next key too, until its first login with it.
+        self.block(async {
+            device_where(
+                &self.client().await?,
+                "d.fingerprint = $1 OR d.next_fingerprint = $1",
+                &[&fingerprint],
+            )
+            .await
+        })
     }
 
     fn device(&self, id: &str) -> Result<Option<Device>, StoreError> {
-        Err(StoreError::Invalid("not yet ported to PostgreSQL".into()))
+        self.block(async { device_where(&self.client().await?, "d.id = $1", &[&id]).await })
     }
 
     fn find_device(
@@ -77,27 +87,101 @@ impl DeviceStore for PgStore {
         tenant_ids: &[i64],
         name_or_id: &str,
     ) -> Result<Option<Device>, StoreError> {
-        Err(StoreError::Invalid("not yet ported to PostgreSQL".into()))
+        // One query instead of one per tenant: the first tenant of the list that has a match
+        // wins, and within it a device whose id matches comes before one merely named so (a
+        // device named like another's id never shadows that id).
+        self.block(async {
+            device_where(
+                &self.client().await?,
+                "d.tenant_id = ANY($1) AND (d.name = $2 OR d.id = $2)
+                 ORDER BY array_position($1, d.tenant_id), (d.id = $2) DESC LIMIT 1",
+                &[&tenant_ids, &name_or_id],
+            )
+            .await
+        })
     }
 
     fn resolve_device(&self, id_or_name: &str) -> Result<Device, StoreError> {
-        Err(StoreError::Invalid("not yet ported to PostgreSQL".into()))
+        self.block(async {
+            let client = self.client().await?;
+            if let Some(d) = device_where(&client, "d.id = $1", &[&id_or_name]).await? {
+                return Ok(d);
+            }
+            // Names are unique per tenant only: a name two tenants use names no one device.
+            let found = devices_where(&client, "d.name = $1", &[&id_or_name]).await?;
+            let n = found.len();
+            let mut found = found.into_iter();
+            match (found.next(), n) {
+                (Some(d), 1) => Ok(d),
+                (None, _) => Err(StoreError::NotFound {
+                    what: "device",
+                    key: id_or_name.to_string(),
+                }),
+                _ => Err(StoreError::Conflict(format!(
+                    "{n} devices in different tenants are named {id_or_name:?}; use the device id"
+                ))),
+            }
+        })
     }
 
     fn devices(&self, tenant: Option<&str>) -> Result<Vec<Device>, StoreError> {
-        Err(StoreError::Invalid("not yet ported to PostgreSQL".into()))
+        self.block(async {
+            let client = self.client().await?;
+            // An unknown tenant is an error, not an empty list.
+            if let Some(name) = tenant
+                && tenant_by_name(&client, name).await?.is_none()
+            {
+                return Err(StoreError::NotFound {
+                    what: "tenant",
+                    key: name.to_string(),
+                });
+            }
+            devices_where(&client, "$1::text IS NULL OR t.name = $1", &[&tenant]).await
+        })
     }
 
     fn tenant_devices(&self, tenant_id: i64) -> Result<Vec<Device>, StoreError> {
-        Err(StoreError::Invalid("not yet ported to PostgreSQL".into()))
+        self.block(async {
+            devices_where(&self.client().await?, "d.tenant_id = $1", &[&tenant_id]).await
+        })
     }
 
     fn set_device_status(&self, id: &str, status: DeviceStatus) -> Result<(), StoreError> {
-        Err(StoreError::Invalid("not yet ported to PostgreSQL".into()))
+        let n = self.block(async {
+            self.client()
+                .await?
+                .execute(
+                    "UPDATE devices SET status = $2 WHERE id = $1",
+                    &[&id, &status.as_str()],
+                )
+                .await
+                .map_err(StoreError::from)
+        })?;
+        if n == 0 {
+            return Err(StoreError::NotFound {
+                what: "device",
+                key: id.to_string(),
+            });
+        }
+        Ok(())
     }
 
     fn remove_device(&self, id: &str) -> Result<(), StoreError> {
-        Err(StoreError::Invalid("not yet ported to PostgreSQL".into()))
+        // Its tags, states, deployment rows and actions go with it by ON DELETE CASCADE.
+        let n = self.block(async {
+            self.client()
+                .await?
+                .execute("DELETE FROM devices WHERE id = $1", &[&id])
+                .await
+                .map_err(StoreError::from)
+        })?;
+        if n == 0 {
+            return Err(StoreError::NotFound {
+                what: "device",
+                key: id.to_string(),
+            });
+        }
+        Ok(())
     }
 
     fn mark_online(
@@ -106,19 +190,64 @@ impl DeviceStore for PgStore {
         remote_addr: &str,
         agent_version: Option<&str>,
     ) -> Result<(), StoreError> {
-        Err(StoreError::Invalid("not yet ported to PostgreSQL".into()))
+        // An agent that did not say its version keeps the one known from before.
+        self.block(async {
+            self.client()
+                .await?
+                .execute(
+                    "UPDATE devices SET online = TRUE, last_connected = $2, remote_addr = $3,
+                         agent_version = COALESCE($4::text, agent_version) WHERE id = $1",
+                    &[&id, &now(), &remote_addr, &agent_version],
+                )
+                .await?;
+            Ok(())
+        })
     }
 
     fn mark_offline(&self, id: &str) -> Result<(), StoreError> {
-        Err(StoreError::Invalid("not yet ported to PostgreSQL".into()))
+        self.block(async {
+            self.client()
+                .await?
+                .execute(
+                    "UPDATE devices SET online = FALSE, last_disconnected = $2 WHERE id = $1",
+                    &[&id, &now()],
+                )
+                .await?;
+            Ok(())
+        })
     }
 
     fn mark_all_offline(&self) -> Result<(), StoreError> {
-        Err(StoreError::Invalid("not yet ported to PostgreSQL".into()))
+        self.block(async {
+            self.client()
+                .await?
+                .execute(
+                    "UPDATE devices SET online = FALSE, last_disconnected = $1 WHERE online",
+                    &[&now()],
+                )
+                .await?;
+            Ok(())
+        })
     }
 
     fn unwelcome_devices(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
-        Err(StoreError::Invalid("not yet ported to PostgreSQL".into()))
+        // One statement: one consistent snapshot, and one round trip instead of one per id.
+        let statuses: HashMap<String, String> = self.block(async {
+            let rows = self
+                .client()
+                .await?
+                .query("SELECT id, status FROM devices WHERE id = ANY($1)", &[&ids])
+                .await?;
+            Ok::<_, StoreError>(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        })?;
+        // Unknown devices are unwelcome too; the order is the caller's.
+        Ok(ids
+            .iter()
+            .filter(|id| {
+                statuses.get(id.as_str()).map(String::as_str)
+                    != Some(DeviceStatus::Accepted.as_str())
+            })
+            .cloned()
+            .collect())
     }
-
 }
