@@ -168,6 +168,20 @@ fn relay_store_copy_moves_a_relay_to_postgres_without_re_enrolling_a_board() -> 
     let r = engineer.exec("board1", "echo on postgres")?;
     ensure!(r.stdout == "on postgres\n", "{r:?}");
     ensure!(wait_stored(&relay, "board1", 30)?.len() == 30);
+    // A second relay on the same database, with a data directory of its own, presents the
+    // host key the board pinned.
+    let second = Relay::start_with_config(&format!("store:\n  url: {db}\n"))?;
+    let keyscan = |port: u16| -> Result<String> {
+        let mut cmd = std::process::Command::new("ssh-keyscan");
+        cmd.args(["-t", "ed25519", "-p", &port.to_string(), "127.0.0.1"]);
+        let r = run_with_timeout(cmd, None, Duration::from_secs(20))?;
+        Ok(r.stdout.split_whitespace().last().unwrap_or_default().to_string())
+    };
+    let (first_key, second_key) = (keyscan(relay.ssh_port)?, keyscan(second.ssh_port)?);
+    ensure!(
+        !first_key.is_empty() && first_key == second_key,
+        "the relays present {first_key:?} and {second_key:?}"
+    );
     let trail: Vec<serde_json::Value> =
         serde_json::from_str(&relay.admin_ok(&["audit", "list", "--json"])?)?;
     // The trail continues: every old entry with its id, then the copy itself.

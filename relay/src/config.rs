@@ -374,7 +374,7 @@ mod tests {
     }
 
     #[test]
-    fn errors_name_file_line_and_key() {
+    fn errors_name_file_line_and_key() -> Result<(), Box<dyn std::error::Error>> {
         let e = parse("ssh:\n  listen: 127.0.0.1:1\n  lisen: x\n")
             .err()
             .map(|e| e.to_string())
@@ -439,6 +439,7 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(e.contains("store.path"), "{e}");
+        Ok(())
     }
 
     #[test]

@@ -125,6 +125,9 @@ pub async fn serve(config: RelayConfig, store: Arc<Store>) -> Result<()> {
     }
     let host_key = hostkey::load_or_create(&config.data_dir)
         .with_context(|| format!("loading the host key in {}", config.data_dir.display()))?;
+    let host_key = with_store(&store, move |s| hostkey::cluster_or_own(s, host_key))
+        .await?
+        .context("choosing the host key")?;
     let fingerprint = hostkey::fingerprint(&host_key);
     // Only one relay per store today: links of a previous run are gone.
     with_store(&store, |s| s.mark_all_offline())

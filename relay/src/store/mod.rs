@@ -88,6 +88,12 @@ pub trait Backend:
     /// one snapshot of the database file, WAL included.)
     fn snapshot_into(&self, path: &Path) -> Result<(), StoreError>;
 
+    /// The host key every relay on this store presents (OpenSSH private key text): the one
+    /// stored, or `candidate` (this relay's own) stored now when there is none yet, so the
+    /// first relay of a cluster decides and every later one follows. `None` for a store that
+    /// only one relay uses (SQLite), whose host key is the file in its data directory.
+    fn cluster_host_key(&self, candidate: &str) -> Result<Option<String>, StoreError>;
+
     /// The notifier this backend tells, after each commit, which devices' desired state or
     /// queued actions changed.
     fn notifier(&self) -> &Notifier;

@@ -114,7 +114,16 @@ fn cell(
 impl PgStore {
     /// Copies everything in the SQLite store at `path` into this (empty) store; see the
     /// module doc.
-    pub fn import_sqlite(&self, path: &Path, actor: &str) -> Result<CopySummary, StoreError> {
+    ///
+    /// `host_key` (OpenSSH private key text) becomes the host key every relay on this store
+    /// presents, replacing one a relay may have stored while the database was empty: the
+    /// boards of the copied store pinned this one.
+    pub fn import_sqlite(
+        &self,
+        path: &Path,
+        host_key: &str,
+        actor: &str,
+    ) -> Result<CopySummary, StoreError> {
         if !path.exists() {
             return Err(StoreError::NotFound {
                 what: "SQLite store",
@@ -167,6 +176,13 @@ impl PgStore {
                 )
                 .await?;
             }
+            tx.execute(
+                "INSERT INTO relay_host_key (private_key, created_at) VALUES ($1, $2)
+                 ON CONFLICT (one) DO UPDATE SET private_key = EXCLUDED.private_key,
+                                                 created_at = EXCLUDED.created_at",
+                &[&host_key, &crate::store::now()],
+            )
+            .await?;
             let detail = serde_json::json!({
                 "from": path.display().to_string(),
                 "rows": rows,
@@ -218,6 +234,16 @@ async fn copy_table(
     if columns.is_empty() {
         return Err(invalid(format!("the destination has no table {table}")));
     }
+    // A column only PostgreSQL has (a `seq` that stands for SQLite's rowid) is left to its
+    // default: rows are inserted in rowid order, so it counts them in the same order.
+    let in_source: Vec<String> = source
+        .prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let columns: Vec<(String, ColumnType)> = columns
+        .into_iter()
+        .filter(|(name, _)| in_source.contains(name))
+        .collect();
     let names: Vec<&str> = columns.iter().map(|(n, _)| n.as_str()).collect();
     let mut stmt = source
         .prepare(&format!(

@@ -182,6 +182,24 @@ impl Backend for PgStore {
         ))
     }
 
+    fn cluster_host_key(&self, candidate: &str) -> Result<Option<String>, StoreError> {
+        self.block(async {
+            let client = self.client().await?;
+            // Relays starting together race here; the first insert wins and all read it.
+            client
+                .execute(
+                    "INSERT INTO relay_host_key (private_key, created_at) VALUES ($1, $2)
+                     ON CONFLICT DO NOTHING",
+                    &[&candidate, &super::now()],
+                )
+                .await?;
+            let row = client
+                .query_one("SELECT private_key FROM relay_host_key", &[])
+                .await?;
+            Ok(Some(row.get(0)))
+        })
+    }
+
     fn notifier(&self) -> &Notifier {
         &self.notifier
     }

@@ -148,17 +148,13 @@ impl TokenStore for PgStore {
     fn tokens(&self, tenant: Option<&str>) -> Result<Vec<TokenInfo>, StoreError> {
         self.block(async {
             let client = self.client().await?;
-            // In the order they were minted, as SQLite lists them by rowid. The schema has no
-            // insertion counter for tokens, and created_at has whole seconds only: within one
-            // second the physical order of the rows (ctid) stands in for it. It is insertion
-            // order for rows never updated, but an update (a use, a revocation) can move a row
-            // after those minted later in the same second.
+            // In the order they were minted (`seq`), as SQLite lists them by rowid.
             let rows = client
                 .query(
                     "SELECT k.id, t.name, k.kind, k.created_at, k.expires_at, k.uses_left, k.require_accept,
                          k.revoked, k.role, k.allow_replace
                      FROM tokens k JOIN tenants t ON t.id = k.tenant_id
-                     WHERE $1::text IS NULL OR t.name = $1 ORDER BY k.created_at, k.ctid",
+                     WHERE $1::text IS NULL OR t.name = $1 ORDER BY k.seq",
                     &[&tenant],
                 )
                 .await?;

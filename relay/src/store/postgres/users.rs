@@ -29,13 +29,11 @@ async fn users_where(
     filter: &str,
     params: &[&(dyn ToSql + Sync)],
 ) -> Result<Vec<User>, StoreError> {
-    // SQLite orders the keys by rowid; user_keys has no insertion counter here, so keys are
-    // ordered by when they were added and, within one second, by their physical order (ctid),
-    // which is insertion order for these rows: they are inserted and deleted, never updated.
+    // In the order they were added (`seq`), as SQLite lists them by rowid.
     let sql = format!(
         "SELECT u.id, u.name, t.name, u.role, u.disabled, u.created_at,
              ARRAY(SELECT k.fingerprint FROM user_keys k WHERE k.user_id = u.id
-                   ORDER BY k.created_at, k.ctid)
+                   ORDER BY k.seq)
          FROM users u JOIN tenants t ON t.id = u.tenant_id WHERE {filter} ORDER BY t.name, u.name"
     );
     client

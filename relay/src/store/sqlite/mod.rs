@@ -131,6 +131,10 @@ impl Backend for SqliteStore {
         })
     }
 
+    fn cluster_host_key(&self, _candidate: &str) -> Result<Option<String>, StoreError> {
+        Ok(None)
+    }
+
     fn notifier(&self) -> &Notifier {
         &self.notifier
     }
