@@ -214,20 +214,55 @@ fn describe_tls_error(e: &rustls::Error) -> String {
     format!("the relay's TLS certificate {problem}; {TRUST}")
 }
 
+/// How long one address of a relay's name may take to accept, before the next one is tried:
+/// a relay that went away without a word (its packets dropped) must not use up the whole
+/// connect timeout while its siblings under the same name are up.
+const ADDRESS_TIMEOUT: Duration = Duration::from_secs(5);
+
 async fn tcp(host: &str, port: u16) -> Result<TcpStream, TransportError> {
     let addr = format!("{host}:{port}");
-    let stream = TcpStream::connect(&addr)
+    let connect_err = |source| TransportError::Connect {
+        addr: addr.clone(),
+        source,
+    };
+    let mut addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host(&addr)
         .await
-        .map_err(|source| TransportError::Connect {
-            addr: addr.clone(),
-            source,
-        })?;
+        .map_err(connect_err)?
+        .collect();
+    // A name with several addresses (a cluster of relays under one DNS name): boards start
+    // at a random one, so they spread over the relays instead of all taking the first.
+    if addrs.len() > 1 {
+        let start = rand::random::<usize>() % addrs.len();
+        addrs.rotate_left(start);
+    }
+    let stream = connect_any(&addrs).await.map_err(connect_err)?;
     // russh does not set TCP_NODELAY on streams it did not open; without it every small
     // packet (keystrokes, handshakes) waits for Nagle's timer.
-    stream
-        .set_nodelay(true)
-        .map_err(|source| TransportError::Connect { addr, source })?;
+    stream.set_nodelay(true).map_err(connect_err)?;
     Ok(stream)
+}
+
+/// Connects to the first of `addrs` that accepts within [`ADDRESS_TIMEOUT`], trying them in
+/// order; the error is the last address's.
+async fn connect_any(addrs: &[std::net::SocketAddr]) -> std::io::Result<TcpStream> {
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "the name has no address");
+    for a in addrs {
+        match tokio::time::timeout(ADDRESS_TIMEOUT, TcpStream::connect(a)).await {
+            Ok(Ok(stream)) => return Ok(stream),
+            Ok(Err(e)) => {
+                tracing::debug!("relay address {a}: {e}");
+                last = std::io::Error::new(e.kind(), format!("{a}: {e}"));
+            }
+            Err(_) => {
+                tracing::debug!("relay address {a}: no answer");
+                last = std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("{a}: no answer within {}s", ADDRESS_TIMEOUT.as_secs()),
+                );
+            }
+        }
+    }
+    Err(last)
 }
 
 /// The proxy for `host` from `HTTPS_PROXY`/`https_proxy`, unless `NO_PROXY` exempts it.
@@ -331,6 +366,25 @@ async fn connect_via_proxy(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_addresses_of_a_name_are_tried_one_by_one() -> Result<(), Box<dyn std::error::Error>>
+    {
+        // Two relays under one name: the first address refuses (nothing listens there), the
+        // second accepts.
+        let up = tokio::net::TcpListener::bind("127.0.0.2:0").await?;
+        let port = up.local_addr()?.port();
+        let down: std::net::SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        let stream = connect_any(&[down, up.local_addr()?]).await?;
+        assert_eq!(stream.peer_addr()?, up.local_addr()?);
+        drop(up);
+        let e = match connect_any(&[down]).await {
+            Ok(_) => return Err("connected to nothing".into()),
+            Err(e) => e.to_string(),
+        };
+        assert!(e.contains(&down.to_string()), "{e}");
+        Ok(())
+    }
 
     #[test]
     fn parses_relay_urls() {
