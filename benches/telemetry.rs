@@ -8,7 +8,9 @@
 //! - end to end: records already queued on the device uploaded over the link (TCP) and
 //!   committed by the relay's SQLite sink, until the device has every acknowledgement;
 //! - end to end live: producing through the socket while the link uploads, until the last
-//!   record is acknowledged.
+//!   record is acknowledged;
+//! - end to end, backlog into PostgreSQL: the backlog stage again with the relay's store on a
+//!   private PostgreSQL server, beside the SQLite figure of the same run.
 //!
 //! Run with `cargo bench --bench telemetry`. `TETHER_BENCH_RECORDS` changes the count
 //! (default 500,000 per stage).
@@ -184,5 +186,43 @@ fn main() -> Result<()> {
     );
     let stored = relay.admin_ok(&["device", "show", "bench", "--json"])?;
     ensure!(stored.contains("bench"), "device missing");
+    drop(agent);
+    drop(relay);
+
+    let pg_backlog = postgres_backlog(n)?;
+    println!(
+        "end to end, backlog, postgres {pg_backlog:>10.0} records/s  ({:.2}x the SQLite sink)",
+        pg_backlog / backlog
+    );
     Ok(())
+}
+
+/// The backlog stage with the relay's store in PostgreSQL: `n` records queued while the relay
+/// is down, then uploaded and committed; records per second.
+fn postgres_backlog(n: usize) -> Result<f64> {
+    let pg = Postgres::start()?;
+    let db = pg.create_database("bench")?;
+    let mut relay = Relay::start_with_config(&format!("store:\n  url: {db}\n"))?;
+    relay.tenant("acme")?;
+    let mut agent = Agent::with_extra_config(
+        "bench-pg",
+        &[],
+        "telemetry:\n  max_rows: 10000000\n  max_bytes: 4000000000\n",
+    )?;
+    agent.enroll(&relay, Transport::Tcp, "acme")?;
+    relay.stop()?;
+    agent.start()?;
+    socket_append(&agent, n)?;
+    let queued = outbox_status(&agent)?["queued_rows"]
+        .as_u64()
+        .context("queued_rows")?;
+    let start = Instant::now();
+    relay.restart()?;
+    let done = wait_drained(&agent)?;
+    let rows = pg.psql(&db, "SELECT count(*) FROM telemetry")?;
+    ensure!(
+        rows.trim() == queued.to_string(),
+        "PostgreSQL holds {rows} rows of {queued}"
+    );
+    Ok(queued as f64 / (done - start).as_secs_f64())
 }
