@@ -129,18 +129,25 @@ pub async fn serve(config: RelayConfig, store: Arc<Store>) -> Result<()> {
         .await?
         .context("choosing the host key")?;
     let fingerprint = hostkey::fingerprint(&host_key);
-    // Only one relay per store today: links of a previous run are gone.
-    with_store(&store, |s| s.mark_all_offline())
-        .await?
-        .context("resetting device online flags")?;
-    match with_store(&store, |s| s.close_interrupted_sessions()).await {
-        Ok(Ok(n)) if n > 0 => {
-            tracing::warn!(
-                "{n} sessions were open when the relay last stopped: closed as interrupted"
-            )
+    if store.is_shared() {
+        // Other relays may be serving from this store right now: their devices are online and
+        // their sessions open. Flags this relay left behind when it was last killed are put
+        // right when each of its boards links again, to this relay or another.
+        tracing::info!("the store is shared by a cluster of relays: online flags and open sessions are left as the other relays hold them");
+    } else {
+        // The only relay on this store: links and sessions of a previous run are gone.
+        with_store(&store, |s| s.mark_all_offline())
+            .await?
+            .context("resetting device online flags")?;
+        match with_store(&store, |s| s.close_interrupted_sessions()).await {
+            Ok(Ok(n)) if n > 0 => {
+                tracing::warn!(
+                    "{n} sessions were open when the relay last stopped: closed as interrupted"
+                )
+            }
+            Ok(Err(e)) => tracing::error!("closing interrupted sessions: {e}"),
+            _ => {}
         }
-        Ok(Err(e)) => tracing::error!("closing interrupted sessions: {e}"),
-        _ => {}
     }
 
     let ssh_listener = TcpListener::bind(config.ssh.listen)
@@ -269,9 +276,13 @@ pub async fn serve(config: RelayConfig, store: Arc<Store>) -> Result<()> {
     if drained.is_err() {
         tracing::warn!("shutdown: still busy after {SHUTDOWN_GRACE:?}; exiting anyway");
     }
-    with_store(&store, |s| s.mark_all_offline())
-        .await?
-        .context("recording devices offline")?;
+    // Each link recorded its own end; on a store of its own the relay also clears whatever a
+    // link could not record, while on a shared one the others' devices are not its to touch.
+    if !store.is_shared() {
+        with_store(&store, |s| s.mark_all_offline())
+            .await?
+            .context("recording devices offline")?;
+    }
     tracing::info!("stopped");
     Ok(())
 }

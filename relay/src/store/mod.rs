@@ -88,6 +88,11 @@ pub trait Backend:
     /// one snapshot of the database file, WAL included.)
     fn snapshot_into(&self, path: &Path) -> Result<(), StoreError>;
 
+    /// Whether several relays may serve from this store at once (PostgreSQL), so that one
+    /// relay's start-up must not reset what the others hold (their devices' online flags,
+    /// their open sessions).
+    fn is_shared(&self) -> bool;
+
     /// The host key every relay on this store presents (OpenSSH private key text): the one
     /// stored, or `candidate` (this relay's own) stored now when there is none yet, so the
     /// first relay of a cluster decides and every later one follows. `None` for a store that

@@ -182,6 +182,10 @@ impl Backend for PgStore {
         ))
     }
 
+    fn is_shared(&self) -> bool {
+        true
+    }
+
     fn cluster_host_key(&self, candidate: &str) -> Result<Option<String>, StoreError> {
         self.block(async {
             let client = self.client().await?;

@@ -131,6 +131,10 @@ impl Backend for SqliteStore {
         })
     }
 
+    fn is_shared(&self) -> bool {
+        false
+    }
+
     fn cluster_host_key(&self, _candidate: &str) -> Result<Option<String>, StoreError> {
         Ok(None)
     }
