@@ -34,7 +34,9 @@ struct LiveSession {
 
 impl LiveSession {
     fn open(engineer: &Engineer, device: &str) -> Result<LiveSession> {
-        let mut cmd = engineer.ssh_cmd(&[device, "cat"]);
+        let port = engineer.ssh_port.to_string();
+        let dest = format!("{device}@127.0.0.1");
+        let mut cmd = engineer.ssh_cmd(&["-p", &port, &dest, "cat"]);
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -9,19 +9,6 @@ use std::time::Duration;
 use anyhow::{Result, ensure};
 use common::*;
 
-/// Adds `urls` as `link.relay_urls` to the agent's configuration.
-fn add_relay_urls(agent: &Agent, urls: &[String]) -> Result<()> {
-    let yaml = std::fs::read_to_string(&agent.config)?;
-    let list: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
-    let yaml = yaml.replacen(
-        "link:\n",
-        &format!("link:\n  relay_urls: [{}]\n", list.join(", ")),
-        1,
-    );
-    std::fs::write(&agent.config, yaml)?;
-    Ok(())
-}
-
 /// Points the board's enrollment record at `url` in place of the URL it enrolled with.
 fn set_enrolled_url(agent: &Agent, url: &str) -> Result<()> {
     let path = agent.dir.path().join("state").join("enrollment.json");
@@ -44,7 +31,7 @@ fn a_board_links_through_whichever_of_its_relay_urls_answers() -> Result<()> {
         let r = agent.enroll(&relay, Transport::Tcp, "acme")?;
         ensure!(r.status == Some(0), "enroll: {}", r.stderr);
         set_enrolled_url(&agent, &dead)?;
-        add_relay_urls(&agent, &[dead.clone(), ws.clone()])?;
+        agent.add_relay_urls(&[dead.clone(), ws.clone()])?;
         agent.start()?;
         agent.wait_online()?;
         let status = agent.status()?;
@@ -61,10 +48,7 @@ fn a_board_with_two_urls_comes_back_after_its_relay_restarts() -> Result<()> {
     let mut agent = Agent::new("board1", &[])?;
     let r = agent.enroll(&relay, Transport::Tcp, "acme")?;
     ensure!(r.status == Some(0), "enroll: {}", r.stderr);
-    add_relay_urls(
-        &agent,
-        &[format!("ws://127.0.0.1:{}/v1/link", relay.http_port)],
-    )?;
+    agent.add_relay_urls(&[format!("ws://127.0.0.1:{}/v1/link", relay.http_port)])?;
     agent.start()?;
     agent.wait_online()?;
     relay.stop()?;
@@ -90,7 +74,7 @@ fn a_relay_url_that_cannot_be_parsed_stops_the_agent_naming_it() -> Result<()> {
     let agent = Agent::new("board1", &[])?;
     let r = agent.enroll(&relay, Transport::Tcp, "acme")?;
     ensure!(r.status == Some(0), "enroll: {}", r.stderr);
-    add_relay_urls(&agent, &["ftp://relay.example.com".to_string()])?;
+    agent.add_relay_urls(&["ftp://relay.example.com".to_string()])?;
     let r = agent.cmd(&["run"])?;
     ensure!(r.status == Some(1), "exit {:?}: {}", r.status, r.stderr);
     ensure!(

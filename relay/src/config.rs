@@ -36,6 +36,21 @@ pub struct RelayConfig {
     /// Abuse limits.
     #[serde(deserialize_with = "null_is_default")]
     pub limits: LimitsConfig,
+    /// Membership of a cluster of relays.
+    #[serde(deserialize_with = "null_is_default")]
+    pub cluster: ClusterConfig,
+}
+
+/// Membership of a cluster of relays: all on one PostgreSQL store, with NATS for presence.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// NATS server (`nats://HOST:4222`, JetStream on) carrying which relay holds which
+    /// device; unset: a relay of its own.
+    pub nats: Option<String>,
+    /// This relay's name in the cluster, unique among its relays; default
+    /// `<host name>:<SSH port>`.
+    pub relay_id: Option<String>,
 }
 
 /// Abuse limits (see [`crate::limits`]). A count of 0 means "no limit"; the defaults suit a
@@ -196,6 +211,7 @@ impl Default for RelayConfig {
             store: StoreConfig::default(),
             sessions: SessionsConfig::default(),
             limits: LimitsConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -252,6 +268,16 @@ impl RelayConfig {
             Some(url) => crate::store::Location::parse(url, self.store.pool_size),
             None => Ok(crate::store::Location::Sqlite(self.store_path())),
         }
+    }
+
+    /// This relay's name in its cluster: `cluster.relay_id`, else `<host name>:<SSH port>`.
+    pub fn relay_id(&self) -> String {
+        self.cluster.relay_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "relay".into());
+            format!("{host}:{}", self.ssh.listen.port())
+        })
     }
 
     /// Loads the configuration file at `path` (same as [`load`]).
@@ -313,6 +339,37 @@ impl RelayConfig {
                     e.to_string().trim_start_matches("store.url: "),
                 )
             })?;
+        }
+        if let Some(nats) = &self.cluster.nats {
+            if !(nats.starts_with("nats://") || nats.starts_with("tls://")) {
+                return Err(invalid(
+                    "cluster.nats",
+                    "must be a nats:// (or tls://) URL",
+                ));
+            }
+            let shared = self
+                .store
+                .url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"));
+            if !shared {
+                return Err(invalid(
+                    "cluster.nats",
+                    "a cluster of relays shares one PostgreSQL store: set store.url to postgres://…",
+                ));
+            }
+        }
+        if let Some(id) = &self.cluster.relay_id
+            && (id.is_empty()
+                || id.len() > 64
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c)))
+        {
+            return Err(invalid(
+                "cluster.relay_id",
+                "must be 1 to 64 letters, digits, '-', '_', '.' or ':'",
+            ));
         }
         if self.store.pool_size == 0 {
             return Err(invalid("store.pool_size", "must be at least 1"));
@@ -426,6 +483,16 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(e.contains("store.pool_size"), "{e}");
+        let e = parse("cluster:\n  nats: nats://n:4222\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("cluster.nats") && e.contains("PostgreSQL"), "{e}");
+        let e = parse("cluster:\n  relay_id: 'a b'\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("cluster.relay_id"), "{e}");
         let c = parse("store:\n  url: postgres://relay@db:5432/tether\n  pool_size: 4\n")?;
         assert_eq!(
             c.store_location()?,
@@ -465,7 +532,7 @@ mod tests {
         assert_eq!(parse(example)?, RelayConfig::default());
         // Sections whose keys are all commented out mean defaults.
         assert_eq!(
-            parse("ssh:\nhttp:\nstore:\nsessions:\nlimits:\n")?,
+            parse("ssh:\nhttp:\nstore:\nsessions:\nlimits:\ncluster:\n")?,
             RelayConfig::default()
         );
         assert!(

@@ -26,6 +26,7 @@
 //! - [`sink`]: where telemetry is committed (embedded SQLite by default).
 //! - [`limits`]: abuse limits (failed logins, handshakes, sessions, channels, idle sessions).
 //! - [`metrics`]: Prometheus metrics.
+//! - [`cluster`]: presence of device links across a cluster of relays, on NATS.
 //! - [`hostkey`]: the relay's SSH host key.
 //! - [`backup`]: a consistent copy of the data directory.
 //! - [`timestamp`]: RFC 3339 times of query parameters and options, parsed and normalised.
@@ -35,6 +36,7 @@
 pub mod backup;
 pub mod channels;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod hostkey;
 pub mod http;

@@ -165,6 +165,18 @@ pub async fn serve(config: RelayConfig, store: Arc<Store>) -> Result<()> {
     let _changes = crate::store::notify::Watcher::spawn(store.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     let registry = Arc::new(Registry::new());
+    let presence = match &config.cluster.nats {
+        Some(url) => {
+            let relay_id = config.relay_id();
+            tracing::info!("relay {relay_id} of a cluster, presence on NATS {url}");
+            Some(
+                crate::cluster::Presence::start(url, &relay_id, registry.clone())
+                    .await
+                    .with_context(|| format!("connecting to NATS {url}"))?,
+            )
+        }
+        None => None,
+    };
     let front = Front::new(
         store.clone(),
         registry.clone(),
@@ -173,6 +185,7 @@ pub async fn serve(config: RelayConfig, store: Arc<Store>) -> Result<()> {
         crate::metrics::Metrics::new(),
         &config,
         stop_rx.clone(),
+        presence,
     );
     let router = http::router(
         http::api::router(store.clone(), config.artifacts_dir(), config.sessions_dir()),

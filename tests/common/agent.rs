@@ -67,6 +67,19 @@ impl Agent {
         })
     }
 
+    /// Adds `urls` as `link.relay_urls` to the agent's configuration.
+    pub fn add_relay_urls(&self, urls: &[String]) -> Result<()> {
+        let yaml = std::fs::read_to_string(&self.config)?;
+        let list: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
+        let yaml = yaml.replacen(
+            "link:\n",
+            &format!("link:\n  relay_urls: [{}]\n", list.join(", ")),
+            1,
+        );
+        std::fs::write(&self.config, yaml)?;
+        Ok(())
+    }
+
     /// Runs an `agent` subcommand to completion.
     pub fn cmd(&self, args: &[&str]) -> Result<Run> {
         self.cmd_with_env(args, &[])

@@ -95,9 +95,19 @@ impl Engineer {
 
     /// Like [`Engineer::exec`] with data on stdin.
     pub fn exec_input(&self, device: &str, command: &str, input: Option<&[u8]>) -> Result<Run> {
+        self.exec_via(self.ssh_port, device, command, input)
+    }
+
+    /// Runs `cmd` on `device` through the relay on SSH port `port` (another relay of a
+    /// cluster than the one the engineer was registered through).
+    pub fn exec_on(&self, relay: &Relay, device: &str, command: &str) -> Result<Run> {
+        self.exec_via(relay.ssh_port, device, command, None)
+    }
+
+    fn exec_via(&self, port: u16, device: &str, command: &str, input: Option<&[u8]>) -> Result<Run> {
         let cmd = self.ssh_cmd(&[
             "-p",
-            &self.ssh_port.to_string(),
+            &port.to_string(),
             &format!("{device}@127.0.0.1"),
             command,
         ]);

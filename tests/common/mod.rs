@@ -11,6 +11,7 @@
 //! - `setup`: a relay, a tenant, an engineer and an online agent in one call.
 //! - `deploy`: applications and deployments, on the board and from the relay.
 //! - `postgres`: a private PostgreSQL server.
+//! - `nats`: a private NATS server.
 //! - `sshd`: a private OpenSSH server, the board's own sshd.
 //! - `chaos`: the chaos proxy, a network that cuts connections.
 //! - `tmux`: a terminal to type into.
@@ -25,6 +26,7 @@ mod chaos;
 mod data;
 mod deploy;
 mod engineer;
+mod nats;
 mod net;
 mod postgres;
 mod process;
@@ -35,6 +37,6 @@ mod tmux;
 
 #[allow(unused_imports)] // Each test binary uses a different part of the harness.
 pub use {
-    agent::*, chaos::*, data::*, deploy::*, engineer::*, net::*, postgres::*, process::*, relay::*, setup::*,
+    agent::*, chaos::*, data::*, deploy::*, engineer::*, nats::*, net::*, postgres::*, process::*, relay::*, setup::*,
     sshd::*, tmux::*,
 };

@@ -27,6 +27,7 @@ pub mod artifact;
 pub mod audit;
 mod backup;
 mod change;
+pub mod cluster;
 pub mod deploy;
 pub mod device;
 mod output;
@@ -142,6 +143,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The cluster of relays: which relay holds which device.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
     /// Move the store to another backend.
     #[command(subcommand)]
     Store(store::StoreCommand),
@@ -261,6 +265,10 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         } => serve::serve(config, ssh_listen, http_listen),
         Command::Init => serve::init(out, &config),
         Command::Store(cmd) => store::run(out, cmd),
+        Command::Cluster(cmd) => {
+            let store = open_store(&config)?;
+            cluster::run(out, &store, &config, cmd)
+        }
         // Answered above, before the configuration is read.
         Command::Completions { .. } | Command::Man { .. } => Ok(()),
         Command::Backup { dir, json } => {

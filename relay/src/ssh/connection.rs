@@ -157,6 +157,9 @@ impl Front {
             && self.registry.remove(&device_id, conn_id)
         {
             tracing::info!("device {device_id} offline ({remote} via {transport})");
+            if let Some(presence) = &self.presence {
+                presence.link_down(&device_id, conn_id);
+            }
             let id = device_id.clone();
             if let Ok(Err(e)) = with_store(&self.store, move |s| s.mark_offline(&id)).await {
                 tracing::error!("cannot record device {device_id} offline: {e}");

@@ -69,6 +69,9 @@ impl Conn {
                     .await;
             });
         }
+        if let Some(presence) = &self.front.presence {
+            presence.link_up(&device.id, self.conn_id);
+        }
         lock(&self.state).linked_device = Some(device.id.clone());
         let version = agent_version(session.remote_sshid());
         let id = device.id.clone();

@@ -42,6 +42,8 @@ pub struct Front {
     engineers: Mutex<HashMap<u64, LiveLogin>>,
     /// Turns true when the relay shuts down, so every connection is told goodbye.
     pub(super) shutdown: watch::Receiver<bool>,
+    /// This relay's side of the cluster's presence map, when it is one of a cluster.
+    pub presence: Option<Arc<crate::cluster::Presence>>,
 }
 
 /// The russh handler of one SSH connection.
@@ -68,6 +70,7 @@ impl Front {
         metrics: Arc<crate::metrics::Metrics>,
         relay_config: &crate::config::RelayConfig,
         shutdown: watch::Receiver<bool>,
+        presence: Option<Arc<crate::cluster::Presence>>,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
@@ -83,6 +86,7 @@ impl Front {
             next_conn: AtomicU64::new(1),
             engineers: Mutex::new(HashMap::new()),
             shutdown,
+            presence,
         })
     }
 
