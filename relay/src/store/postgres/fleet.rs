@@ -1,12 +1,563 @@
-//! Fleet in PostgreSQL (not yet ported).
-#![allow(unused_variables, unused_imports)]
+//! Fleet state in PostgreSQL: device tags, deployments, and each device's desired and reported
+//! state.
+//!
+//! Where SQLite serializes a read-then-write with an immediate transaction (a desired state
+//! read, changed and written back with the next version; a report compared with the last
+//! one), this backend locks the row of each device concerned first ([`lock_devices`]), so
+//! two relays writing for one device take turns and neither writes over what the other
+//! wrote. Reads that take several statements read one snapshot ([`snapshot`]).
 
-use super::PgStore;
-use crate::store::*;
-use serde_json::Value;
-use tether_protocol::fleet::*;
-use std::time::{Duration, SystemTime};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+
+use deadpool_postgres::{GenericClient, Transaction};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tether_protocol::fleet::{DeploymentStatus, DesiredComponent, DesiredState, ReportedState};
+use tether_protocol::recipe::{self, ArtifactUri, Recipe};
+use tokio_postgres::IsolationLevel;
+
+use super::artifacts::artifact_row;
+use super::devices::{device_where, devices_where};
+use super::tenants::{tenant_by_name, tenant_id};
+use super::{PgStore, changes};
+use crate::store::artifacts::check_artifact_name;
+use crate::store::fleet::{
+    deployment_configurations, hard_dependency, recipe_artifact_name, supplied_key,
+    validate_component_name,
+};
+use crate::store::{
+    ArtifactStore, DeploymentDevice, DeploymentView, Device, DeviceState, DeviceStatus, FleetStore,
+    NewAudit, NewDeployment, StoreError, Target, Tenant, now, random_hex, validate_name,
+};
+
+/// A stored JSON document that does not decode: a damaged row, reported as the backend's
+/// failure like any other value it cannot read.
+fn decode<T: DeserializeOwned>(text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Backend(Box::new(e)))
+}
+
+/// A document as the JSON text it is stored as.
+fn encode<T: Serialize>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::Backend(Box::new(e)))
+}
+
+/// A desired-state version as stored (BIGINT).
+fn version_to_sql(version: u64) -> Result<i64, StoreError> {
+    i64::try_from(version)
+        .map_err(|_| StoreError::Invalid(format!("desired-state version {version} is too large")))
+}
+
+/// The stored name of a deployment status.
+fn status_as_str(status: DeploymentStatus) -> &'static str {
+    match status {
+        DeploymentStatus::Pending => "pending",
+        DeploymentStatus::Downloading => "downloading",
+        DeploymentStatus::Installing => "installing",
+        DeploymentStatus::Succeeded => "succeeded",
+        DeploymentStatus::Failed => "failed",
+        DeploymentStatus::RolledBack => "rolled-back",
+    }
+}
+
+/// Reads a stored status; the relay writes only the names above, anything else is a
+/// damaged row and reads as failed rather than as a success.
+fn status_parse(s: &str) -> DeploymentStatus {
+    match s {
+        "pending" => DeploymentStatus::Pending,
+        "downloading" => DeploymentStatus::Downloading,
+        "installing" => DeploymentStatus::Installing,
+        "succeeded" => DeploymentStatus::Succeeded,
+        "rolled-back" => DeploymentStatus::RolledBack,
+        _ => DeploymentStatus::Failed,
+    }
+}
+
+/// The error for a device that does not exist.
+fn no_device(device_id: &str) -> StoreError {
+    StoreError::NotFound {
+        what: "device",
+        key: device_id.to_string(),
+    }
+}
+
+/// NotFound unless device `device_id` exists.
+async fn device_exists(client: &impl GenericClient, device_id: &str) -> Result<(), StoreError> {
+    client
+        .query_opt("SELECT 1 FROM devices WHERE id = $1", &[&device_id])
+        .await?
+        .map(|_| ())
+        .ok_or_else(|| no_device(device_id))
+}
+
+/// Locks the rows of devices `ids` until the caller's transaction ends, in one order (by id)
+/// so that two transactions locking several never wait for each other in a circle; returns
+/// how many exist. This is what SQLite's immediate transactions do here: a second writer for
+/// one of these devices (another relay, the admin CLI) waits for this one to commit and then
+/// reads what it wrote. `FOR NO KEY UPDATE` leaves the rows free for what only needs the
+/// device to exist (a new action or session row referring to it) and for reads.
+async fn lock_devices(client: &impl GenericClient, ids: &[&str]) -> Result<usize, StoreError> {
+    let rows = client
+        .query(
+            "SELECT id FROM devices WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
+            &[&ids],
+        )
+        .await?;
+    Ok(rows.len())
+}
+
+/// Locks device `device_id`'s row (see [`lock_devices`]); NotFound if there is none.
+async fn lock_device(client: &impl GenericClient, device_id: &str) -> Result<(), StoreError> {
+    match lock_devices(client, &[device_id]).await? {
+        0 => Err(no_device(device_id)),
+        _ => Ok(()),
+    }
+}
+
+/// A transaction that reads one snapshot of the database throughout, for reads that take
+/// several statements (SQLite's read transaction); it writes nothing.
+async fn snapshot(client: &mut deadpool_postgres::Client) -> Result<Transaction<'_>, StoreError> {
+    Ok(client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?)
+}
+
+/// The tags of device `device_id`, in byte order.
+async fn tags_of(client: &impl GenericClient, device_id: &str) -> Result<Vec<String>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT tag FROM device_tags WHERE device_id = $1 ORDER BY tag",
+            &[&device_id],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Device `device_id`'s desired state, if anything was ever deployed to it.
+async fn load_desired(
+    client: &impl GenericClient,
+    device_id: &str,
+) -> Result<Option<DesiredState>, StoreError> {
+    client
+        .query_opt(
+            "SELECT doc FROM desired_state WHERE device_id = $1",
+            &[&device_id],
+        )
+        .await?
+        .map(|r| decode(r.get::<_, &str>(0)))
+        .transpose()
+}
+
+/// What device `device_id` reported last, if it ever did.
+async fn load_reported(
+    client: &impl GenericClient,
+    device_id: &str,
+) -> Result<Option<ReportedState>, StoreError> {
+    client
+        .query_opt(
+            "SELECT doc FROM reported_state WHERE device_id = $1",
+            &[&device_id],
+        )
+        .await?
+        .map(|r| decode(r.get::<_, &str>(0)))
+        .transpose()
+}
+
+/// Writes a device's desired state and records the change for the change feed, inside the
+/// caller's transaction; the caller notifies the device once it committed.
+async fn save_desired(
+    client: &impl GenericClient,
+    device_id: &str,
+    state: &DesiredState,
+) -> Result<(), StoreError> {
+    changes::record(client, device_id).await?;
+    client
+        .execute(
+            "INSERT INTO desired_state (device_id, version, doc, updated_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (device_id) DO UPDATE
+                 SET version = excluded.version, doc = excluded.doc, updated_at = excluded.updated_at",
+            &[
+                &device_id,
+                &version_to_sql(state.version)?,
+                &encode(state)?,
+                &now(),
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+/// One deployment, only of `tenant_id` when given.
+async fn deployment_row(
+    client: &impl GenericClient,
+    id: &str,
+    tenant_id: Option<i64>,
+) -> Result<Option<DeploymentView>, StoreError> {
+    let Some(row) = client
+        .query_opt(
+            "SELECT p.id, t.name, p.target, p.created_at, p.components, p.removed
+             FROM deployments p JOIN tenants t ON t.id = p.tenant_id
+             WHERE p.id = $1 AND ($2::bigint IS NULL OR p.tenant_id = $2)",
+            &[&id, &tenant_id],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let id: String = row.get(0);
+    let devices = client
+        .query(
+            "SELECT x.device_id, d.name, x.status, x.message, x.updated_at
+             FROM deployment_devices x JOIN devices d ON d.id = x.device_id
+             WHERE x.deployment_id = $1 ORDER BY d.name, d.id",
+            &[&id],
+        )
+        .await?
+        .iter()
+        .map(|r| DeploymentDevice {
+            device_id: r.get(0),
+            device_name: r.get(1),
+            status: status_parse(r.get::<_, &str>(2)),
+            message: r.get(3),
+            updated_at: r.get(4),
+        })
+        .collect();
+    Ok(Some(DeploymentView {
+        id,
+        tenant: row.get(1),
+        target: row.get(2),
+        created_at: row.get(3),
+        components: decode(row.get::<_, &str>(4))?,
+        removed: decode(row.get::<_, &str>(5))?,
+        devices,
+    }))
+}
+
+/// A deployment checked and its recipes stored, ready to be written to its devices.
+struct Planned<'a> {
+    /// The deployment's tenant.
+    tenant: Tenant,
+    /// What it deploys, by component name.
+    components: BTreeMap<String, DesiredComponent>,
+    /// What it removes, sorted, once each.
+    removed: Vec<String>,
+    /// The names it adds, changes or removes, sorted (the desired state's `changes`).
+    changes: Vec<String>,
+    /// The rest of the request.
+    new: &'a NewDeployment<'a>,
+}
+
+impl PgStore {
+    /// Whether tenant `tenant_id` stored artifact `sha256`.
+    fn has_artifact(&self, tenant_id: i64, sha256: &str) -> Result<bool, StoreError> {
+        self.block(async {
+            Ok(artifact_row(&self.client().await?, tenant_id, sha256)
+                .await?
+                .is_some())
+        })
+    }
+
+    /// Checks a deployment's recipes, artifacts, assignments and removals, and stores the
+    /// artifacts supplied and the recipes; nothing else is written yet (see
+    /// [`PgStore::write_deployment`]).
+    fn plan_deployment<'a>(
+        &self,
+        artifacts_dir: &Path,
+        new: &'a NewDeployment<'a>,
+    ) -> Result<Planned<'a>, StoreError> {
+        let tenant = self
+            .block(async { tenant_by_name(&self.client().await?, new.tenant).await })?
+            .ok_or_else(|| StoreError::NotFound {
+                what: "tenant",
+                key: new.tenant.to_string(),
+            })?;
+        if new.recipes.is_empty() && new.os.is_none() && new.remove.is_empty() {
+            return Err(StoreError::Invalid(
+                "a deployment needs at least one recipe, a component to remove or an OS bundle"
+                    .into(),
+            ));
+        }
+        if let Some(os) = &new.os
+            && !self.has_artifact(tenant.id, &os.bundle_sha256)?
+        {
+            return Err(StoreError::Invalid(format!(
+                "OS bundle {} is not stored on the relay for tenant {}",
+                os.bundle_sha256, tenant.name
+            )));
+        }
+        let supplied: BTreeMap<&str, &[u8]> = new
+            .artifacts
+            .iter()
+            .map(|(name, data)| (name.as_str(), data.as_slice()))
+            .collect();
+        for name in supplied.keys() {
+            check_artifact_name(name)?;
+        }
+        let mut used: BTreeSet<&str> = BTreeSet::new();
+        let mut parsed: Vec<(&str, String, Recipe)> = Vec::new();
+        for (file, text) in &new.recipes {
+            let mut r = recipe::parse(text, Path::new(file))
+                .map_err(|e| StoreError::Invalid(e.to_string()))?;
+            if let Some((first, _, _)) = parsed.iter().find(|(_, _, p)| p.name == r.name) {
+                return Err(StoreError::Invalid(format!(
+                    "component {} is in two recipes of this deployment: {first} and {file}",
+                    r.name
+                )));
+            }
+            if new.remove.contains(&r.name) {
+                return Err(StoreError::Invalid(format!(
+                    "{file}: component {} is both deployed and removed by this deployment",
+                    r.name
+                )));
+            }
+            let mut rewritten = Vec::new();
+            let component = r.name.clone();
+            for (m, manifest) in r.manifests.iter_mut().enumerate() {
+                for (i, artifact) in manifest.artifacts.iter_mut().enumerate() {
+                    match &artifact.uri {
+                        ArtifactUri::Relay { sha256, .. } => {
+                            if !self.has_artifact(tenant.id, sha256)? {
+                                return Err(StoreError::Invalid(format!(
+                                    "{file}: {component} needs artifact relay:sha256:{sha256}, which is not stored on the relay for tenant {}; upload it first (relay artifact put --tenant {})",
+                                    tenant.name, tenant.name
+                                )));
+                            }
+                        }
+                        ArtifactUri::Local(name) => {
+                            let name = name.clone();
+                            let at = format!("{file}: manifests[{m}].artifacts[{i}]");
+                            match supplied.get(name.as_str()) {
+                                Some(data) => {
+                                    let actual = hex::encode(Sha256::digest(data));
+                                    if actual != artifact.sha256 {
+                                        return Err(StoreError::Invalid(format!(
+                                            "{at}: artifact {name} of {component}: the file supplied has sha256 {actual}, the recipe says {}",
+                                            artifact.sha256
+                                        )));
+                                    }
+                                    self.put_artifact(artifacts_dir, &tenant.name, &name, data)?;
+                                    used.insert(supplied_key(&supplied, &name));
+                                }
+                                None => {
+                                    if !self.has_artifact(tenant.id, &artifact.sha256)? {
+                                        return Err(StoreError::Invalid(format!(
+                                            "{at}: artifact {name} of {component} is a bare file name: pass the directory that holds it (relay deploy create --artifacts DIR, or \"artifacts\" in the API), or put it first (relay artifact put --tenant {} {name})",
+                                            tenant.name
+                                        )));
+                                    }
+                                }
+                            }
+                            // Stored by digest on the relay, kept under its name on the device.
+                            artifact.uri = ArtifactUri::Relay {
+                                sha256: artifact.sha256.clone(),
+                                name: Some(name.clone()),
+                            };
+                            rewritten.push(name);
+                        }
+                        ArtifactUri::Https(_) | ArtifactUri::File(_) => {}
+                    }
+                }
+            }
+            let text = if rewritten.is_empty() {
+                text.clone()
+            } else {
+                let body =
+                    recipe::to_text(&r).map_err(|e| StoreError::Invalid(format!("{file}: {e}")))?;
+                format!(
+                    "# {file} as deployed from the relay: {} stored on the relay by sha256.\n{body}",
+                    rewritten.join(", ")
+                )
+            };
+            parsed.push((file, text, r));
+        }
+        if let Some(unused) = supplied.keys().find(|n| !used.contains(**n)) {
+            return Err(StoreError::Invalid(format!(
+                "artifact {unused} is supplied but no recipe of this deployment names it"
+            )));
+        }
+        for name in &new.remove {
+            validate_component_name(name)?;
+        }
+        let names: Vec<&str> = parsed.iter().map(|(_, _, r)| r.name.as_str()).collect();
+        let mut configurations = deployment_configurations(&names, &new.set)?;
+        let mut components = BTreeMap::new();
+        for (file, text, r) in &parsed {
+            let stored = self.put_artifact(
+                artifacts_dir,
+                &tenant.name,
+                &recipe_artifact_name(file, r),
+                text.as_bytes(),
+            )?;
+            components.insert(
+                r.name.clone(),
+                DesiredComponent {
+                    version: r.version.to_string(),
+                    recipe_sha256: stored.sha256,
+                    configuration: configurations
+                        .remove(&r.name)
+                        .unwrap_or_else(|| Value::Object(serde_json::Map::new())),
+                },
+            );
+        }
+        let removed: Vec<String> = {
+            let mut r = new.remove.clone();
+            r.sort();
+            r.dedup();
+            r
+        };
+        let mut changes: Vec<String> = components.keys().cloned().collect();
+        changes.extend(removed.iter().cloned());
+        changes.sort();
+        Ok(Planned {
+            tenant,
+            components,
+            removed,
+            changes,
+            new,
+        })
+    }
+
+    /// Resolves a planned deployment's target and writes it, and each target device's new
+    /// desired state, in one transaction; returns the deployment and its devices (for the
+    /// caller to notify once committed).
+    async fn write_deployment(
+        &self,
+        artifacts_dir: &Path,
+        plan: &Planned<'_>,
+    ) -> Result<(DeploymentView, Vec<Device>), StoreError> {
+        let Planned {
+            tenant,
+            components,
+            removed,
+            changes,
+            new,
+        } = plan;
+        let id = format!("dep_{}", random_hex(6));
+        let created_at = now();
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let (target, devices): (String, Vec<Device>) = match &new.target {
+            Target::Device(key) => {
+                let d = device_where(
+                    &tx,
+                    "d.tenant_id = $1 AND (d.name = $2 OR d.id = $2) ORDER BY d.id = $2 DESC LIMIT 1",
+                    &[&tenant.id, key],
+                )
+                .await?
+                .ok_or_else(|| StoreError::NotFound {
+                    what: "device",
+                    key: key.clone(),
+                })?;
+                (format!("device:{}", d.id), vec![d])
+            }
+            Target::Tag(tag) => {
+                let devices = devices_where(
+                    &tx,
+                    "d.tenant_id = $1 AND d.status = $2 AND EXISTS
+                         (SELECT 1 FROM device_tags g WHERE g.device_id = d.id AND g.tag = $3)",
+                    &[&tenant.id, &DeviceStatus::Accepted.as_str(), tag],
+                )
+                .await?;
+                if devices.is_empty() {
+                    return Err(StoreError::Invalid(format!(
+                        "no device of tenant {} has tag {tag}",
+                        tenant.name
+                    )));
+                }
+                (format!("tag:{tag}"), devices)
+            }
+        };
+        // Each target device's desired state is read and written back with the next version
+        // below: its row stays locked until the commit, so that a concurrent deployment or
+        // configuration push for it waits and then builds on this one.
+        let ids: Vec<&str> = devices.iter().map(|d| d.id.as_str()).collect();
+        lock_devices(&tx, &ids).await?;
+        tx.execute(
+            "INSERT INTO deployments (id, tenant_id, target, components, removed, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &id,
+                &tenant.id,
+                &target,
+                &encode(components)?,
+                &encode(removed)?,
+                &created_at,
+            ],
+        )
+        .await?;
+        // A removal must be about something: a component desired on (or reported by) at
+        // least one device of the target, and none may leave a component there without a
+        // hard dependency it needs.
+        for name in removed {
+            let mut known = false;
+            for device in &devices {
+                let desired = load_desired(&tx, &device.id).await?.unwrap_or_default();
+                let reported = load_reported(&tx, &device.id).await?;
+                known |= desired.components.contains_key(name)
+                    || reported
+                        .as_ref()
+                        .is_some_and(|r| r.components.iter().any(|c| c.name == *name));
+                for (other, component) in &desired.components {
+                    if removed.contains(other) || components.contains_key(other) {
+                        continue;
+                    }
+                    if hard_dependency(artifacts_dir, component, name) {
+                        return Err(StoreError::Invalid(format!(
+                            "cannot remove {name} from device {}: {other}, desired there, has a hard dependency on it; remove {other} too (--remove {other})",
+                            device.name
+                        )));
+                    }
+                }
+            }
+            if !known {
+                return Err(StoreError::Invalid(format!(
+                    "cannot remove {name}: no device of {target} has it in its desired state or reports it"
+                )));
+            }
+        }
+        for device in &devices {
+            let mut desired = load_desired(&tx, &device.id).await?.unwrap_or_default();
+            for (name, component) in components {
+                desired.components.insert(name.clone(), component.clone());
+            }
+            for name in removed {
+                desired.components.remove(name);
+            }
+            desired.changes = Some(changes.clone());
+            if let Some(os) = &new.os {
+                desired.os = Some(os.clone());
+            }
+            desired.deployment_id = Some(id.clone());
+            desired.version += 1;
+            save_desired(&tx, &device.id, &desired).await?;
+            tx.execute(
+                "INSERT INTO deployment_devices (deployment_id, device_id, desired_version, status, message, updated_at)
+                 VALUES ($1, $2, $3, $4, NULL, $5)",
+                &[
+                    &id,
+                    &device.id,
+                    &version_to_sql(desired.version)?,
+                    &status_as_str(DeploymentStatus::Pending),
+                    &created_at,
+                ],
+            )
+            .await?;
+        }
+        let view = deployment_row(&tx, &id, None)
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                what: "deployment",
+                key: id.clone(),
+            })?;
+        tx.commit().await?;
+        Ok((view, devices))
+    }
+}
 
 impl FleetStore for PgStore {
     fn set_tags(
@@ -15,11 +566,46 @@ impl FleetStore for PgStore {
         add: &[String],
         remove: &[String],
     ) -> Result<Vec<String>, StoreError> {
-        Err(StoreError::Invalid("not yet ported to PostgreSQL".into()))
+        for tag in add.iter().chain(remove) {
+            validate_name("tag", tag)?;
+        }
+        if let Some(both) = add.iter().find(|t| remove.contains(t)) {
+            return Err(StoreError::Invalid(format!(
+                "tag {both:?} is both added and removed"
+            )));
+        }
+        self.block(async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            // Locked so that the tags returned are the ones this change left, not a mix
+            // with a concurrent change's.
+            lock_device(&tx, device_id).await?;
+            tx.execute(
+                "INSERT INTO device_tags (device_id, tag) SELECT $1, unnest($2::text[])
+                 ON CONFLICT DO NOTHING",
+                &[&device_id, &add],
+            )
+            .await?;
+            tx.execute(
+                "DELETE FROM device_tags WHERE device_id = $1 AND tag = ANY($2)",
+                &[&device_id, &remove],
+            )
+            .await?;
+            let tags = tags_of(&tx, device_id).await?;
+            tx.commit().await?;
+            Ok(tags)
+        })
     }
 
     fn device_tags(&self, device_id: &str) -> Result<Vec<String>, StoreError> {
-        Err(StoreError::Invalid("not yet ported to PostgreSQL".into()))
+        self.block(async {
+            let mut client = self.client().await?;
+            let tx = snapshot(&mut client).await?;
+            device_exists(&tx, device_id).await?;
+            let tags = tags_of(&tx, device_id).await?;
+            tx.commit().await?;
+            Ok(tags)
+        })
     }
 
     fn create_deployment(
@@ -27,7 +613,12 @@ impl FleetStore for PgStore {
         artifacts_dir: &Path,
         new: NewDeployment<'_>,
     ) -> Result<DeploymentView, StoreError> {
-        Err(StoreError::Invalid("not yet ported to PostgreSQL".into()))
+        let plan = self.plan_deployment(artifacts_dir, &new)?;
+        let (view, devices) = self.block(self.write_deployment(artifacts_dir, &plan))?;
+        for device in &devices {
+            self.notifier.notify(&device.id);
+        }
+        Ok(view)
     }
 
     fn deployment(
@@ -35,27 +626,268 @@ impl FleetStore for PgStore {
         id: &str,
         tenant_id: Option<i64>,
     ) -> Result<Option<DeploymentView>, StoreError> {
-        Err(StoreError::Invalid("not yet ported to PostgreSQL".into()))
+        self.block(async {
+            let mut client = self.client().await?;
+            // The deployment and its rows from one snapshot.
+            let tx = snapshot(&mut client).await?;
+            let view = deployment_row(&tx, id, tenant_id).await?;
+            tx.commit().await?;
+            Ok(view)
+        })
     }
 
     fn deployments(&self, tenant: Option<&str>) -> Result<Vec<DeploymentView>, StoreError> {
-        Err(StoreError::Invalid("not yet ported to PostgreSQL".into()))
+        self.block(async {
+            let mut client = self.client().await?;
+            let tx = snapshot(&mut client).await?;
+            let tenant_id = match tenant {
+                Some(name) => Some(tenant_id(&tx, name).await?),
+                None => None,
+            };
+            // Oldest first. There is no insertion counter (SQLite's rowid) and created_at
+            // has whole seconds, so deployments of one second come by id: a stable order,
+            // if not always the order they were made in.
+            let ids: Vec<String> = tx
+                .query(
+                    "SELECT id FROM deployments WHERE $1::bigint IS NULL OR tenant_id = $1
+                     ORDER BY created_at COLLATE \"C\", id",
+                    &[&tenant_id],
+                )
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                if let Some(view) = deployment_row(&tx, &id, None).await? {
+                    out.push(view);
+                }
+            }
+            tx.commit().await?;
+            Ok(out)
+        })
     }
 
     fn desired_state(&self, device_id: &str) -> Result<Option<DesiredState>, StoreError> {
-        Err(StoreError::Invalid("not yet ported to PostgreSQL".into()))
+        self.block(async { load_desired(&self.client().await?, device_id).await })
     }
 
     fn record_report(&self, device_id: &str, report: &ReportedState) -> Result<(), StoreError> {
-        Err(StoreError::Invalid("not yet ported to PostgreSQL".into()))
+        let version = version_to_sql(report.version)?;
+        let doc = encode(report)?;
+        self.block(async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            // Locked so that two reports of one device racing (a reconnect through another
+            // relay) compare with each other's OS version, not both with the one before.
+            lock_device(&tx, device_id).await?;
+            let at = now();
+            // An OS version that changed since the last report is an installed update (or a
+            // fallback to the other slot): the audit trail keeps it.
+            let before = tx
+                .query_opt(
+                    "SELECT r.doc, t.name FROM reported_state r JOIN devices d ON d.id = r.device_id
+                     JOIN tenants t ON t.id = d.tenant_id WHERE r.device_id = $1",
+                    &[&device_id],
+                )
+                .await?;
+            if let Some(row) = before {
+                let tenant: String = row.get(1);
+                let old_os = serde_json::from_str::<ReportedState>(row.get::<_, &str>(0))
+                    .ok()
+                    .and_then(|r| r.os_version);
+                if let Some(new_os) = &report.os_version
+                    && old_os.as_ref() != Some(new_os)
+                {
+                    super::audit::append(
+                        &tx,
+                        NewAudit {
+                            tenant: Some(&tenant),
+                            actor: &format!("device:{device_id}"),
+                            action: "ota.installed",
+                            target: Some(device_id),
+                            source: None,
+                            detail: serde_json::json!({
+                                "from": old_os,
+                                "to": new_os,
+                                "deployment": report.deployment_id,
+                            }),
+                        },
+                    )
+                    .await?;
+                }
+            }
+            tx.execute(
+                "INSERT INTO reported_state (device_id, doc, updated_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (device_id) DO UPDATE SET doc = excluded.doc, updated_at = excluded.updated_at",
+                &[&device_id, &doc, &at],
+            )
+            .await?;
+            if let (Some(deployment), Some(status)) = (&report.deployment_id, report.status) {
+                // Unchanged status and message keep their time: updated_at says when it changed.
+                tx.execute(
+                    "UPDATE deployment_devices SET status = $3, message = $4, updated_at = $5
+                     WHERE deployment_id = $1 AND device_id = $2 AND desired_version = $6
+                       AND (status IS DISTINCT FROM $3 OR message IS DISTINCT FROM $4)",
+                    &[
+                        deployment,
+                        &device_id,
+                        &status_as_str(status),
+                        &report.message,
+                        &at,
+                        &version,
+                    ],
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
     }
 
     fn device_state(&self, device_id: &str) -> Result<DeviceState, StoreError> {
-        Err(StoreError::Invalid("not yet ported to PostgreSQL".into()))
+        let (desired, reported) = self.block(async {
+            let mut client = self.client().await?;
+            let tx = snapshot(&mut client).await?;
+            device_exists(&tx, device_id).await?;
+            let desired = load_desired(&tx, device_id).await?;
+            let reported: Option<(String, String)> = tx
+                .query_opt(
+                    "SELECT doc, updated_at FROM reported_state WHERE device_id = $1",
+                    &[&device_id],
+                )
+                .await?
+                .map(|r| (r.get(0), r.get(1)));
+            tx.commit().await?;
+            Ok::<_, StoreError>((desired, reported))
+        })?;
+        let (reported, reported_at) = match reported {
+            Some((doc, at)) => (Some(decode::<ReportedState>(&doc)?), Some(at)),
+            None => (None, None),
+        };
+        Ok(DeviceState {
+            device_id: device_id.to_string(),
+            desired,
+            reported,
+            reported_at,
+        })
     }
 
     fn push_config(&self, device_id: &str, overrides: &Value) -> Result<DesiredState, StoreError> {
-        Err(StoreError::Invalid("not yet ported to PostgreSQL".into()))
+        let Value::Object(patches) = overrides else {
+            return Err(StoreError::Invalid(
+                "the configuration must be a JSON object of component name → configuration patch"
+                    .into(),
+            ));
+        };
+        if patches.is_empty() {
+            return Err(StoreError::Invalid(
+                "the configuration names no component".into(),
+            ));
+        }
+        let desired = self.block(async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            // The desired state is read, patched and written back with the next version:
+            // locked so that a concurrent deployment or push waits and builds on this one.
+            lock_device(&tx, device_id).await?;
+            let mut desired = load_desired(&tx, device_id).await?.unwrap_or_default();
+            for (name, patch) in patches {
+                if !patch.is_object() {
+                    return Err(StoreError::Invalid(format!(
+                        "the configuration of {name} must be a JSON object"
+                    )));
+                }
+                let Some(component) = desired.components.get_mut(name) else {
+                    return Err(StoreError::Invalid(format!(
+                        "device {device_id} has no component {name} in its desired state"
+                    )));
+                };
+                recipe::merge(&mut component.configuration, patch);
+            }
+            desired.changes = Some(patches.keys().cloned().collect());
+            desired.deployment_id = None;
+            desired.version += 1;
+            save_desired(&tx, device_id, &desired).await?;
+            tx.commit().await?;
+            Ok(desired)
+        })?;
+        self.notifier.notify(device_id);
+        Ok(desired)
     }
+}
 
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use serde_json::json;
+    use tether_protocol::fleet::{DesiredComponent, DesiredState};
+
+    use super::super::{PgStore, test_server};
+    use super::save_desired;
+    use crate::store::{FleetStore, TenantStore, now};
+
+    /// Configuration pushes for one device from several threads (several relays) take turns:
+    /// each builds on the one before, so no version is handed out twice and none is lost.
+    #[test]
+    fn concurrent_pushes_to_one_device_each_get_their_own_version()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let db = test_server::Database::create()?;
+        let store = PgStore::open(&db.url, 8)?;
+        let tenant = store.add_tenant("acme")?;
+        let mut desired = DesiredState {
+            version: 1,
+            ..Default::default()
+        };
+        desired.components.insert(
+            "com.example.a".into(),
+            DesiredComponent {
+                version: "1.0.0".into(),
+                recipe_sha256: "0".repeat(64),
+                configuration: json!({}),
+            },
+        );
+        store.block(async {
+            let client = store.client().await?;
+            client
+                .execute(
+                    "INSERT INTO devices (id, tenant_id, name, public_key, fingerprint, status, created_at)
+                     VALUES ('dev_1', $1, 'b1', 'key', 'fp', 'accepted', $2)",
+                    &[&tenant.id, &now()],
+                )
+                .await?;
+            save_desired(&client, "dev_1", &desired).await
+        })?;
+        let versions = std::thread::scope(|s| {
+            let threads: Vec<_> = (0..4)
+                .map(|t| {
+                    let store = &store;
+                    s.spawn(move || {
+                        (0..10)
+                            .map(|i| {
+                                store
+                                    .push_config(
+                                        "dev_1",
+                                        &json!({"com.example.a": {"t": t, "i": i}}),
+                                    )
+                                    .map(|d| d.version)
+                            })
+                            .collect::<Result<Vec<u64>, _>>()
+                    })
+                })
+                .collect();
+            threads
+                .into_iter()
+                .map(|t| t.join().map_err(|_| "a pushing thread panicked"))
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        let mut all = BTreeSet::new();
+        for v in versions {
+            all.extend(v?);
+        }
+        assert_eq!(all, (2..=41).collect::<BTreeSet<u64>>());
+        assert_eq!(store.desired_state("dev_1")?.map(|d| d.version), Some(41));
+        Ok(())
+    }
 }
