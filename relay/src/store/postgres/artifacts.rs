@@ -116,16 +116,13 @@ impl ArtifactStore for PgStore {
                 Some(name) => Some(tenant_id(&client, name).await?),
                 None => None,
             };
-            // Oldest first. The table has no insertion counter (SQLite's rowid) and created_at
-            // has whole seconds, so rows of one second come by tenant and digest: a stable
-            // order, if not always the order they were put in. Times compare as bytes (one
-            // fixed form), whatever the database's locale.
+            // In the order they were put (`seq`), as SQLite lists them by rowid.
             let rows = client
                 .query(
                     &format!(
                         "SELECT {ARTIFACT_COLUMNS} FROM artifacts a JOIN tenants t ON t.id = a.tenant_id
                          WHERE $1::bigint IS NULL OR a.tenant_id = $1
-                         ORDER BY a.created_at COLLATE \"C\", t.name, a.sha256"
+                         ORDER BY a.seq"
                     ),
                     &[&tenant_id],
                 )

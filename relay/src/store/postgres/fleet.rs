@@ -644,13 +644,11 @@ impl FleetStore for PgStore {
                 Some(name) => Some(tenant_id(&tx, name).await?),
                 None => None,
             };
-            // Oldest first. There is no insertion counter (SQLite's rowid) and created_at
-            // has whole seconds, so deployments of one second come by id: a stable order,
-            // if not always the order they were made in.
+            // Oldest first (`seq`), as SQLite lists them by rowid.
             let ids: Vec<String> = tx
                 .query(
                     "SELECT id FROM deployments WHERE $1::bigint IS NULL OR tenant_id = $1
-                     ORDER BY created_at COLLATE \"C\", id",
+                     ORDER BY seq",
                     &[&tenant_id],
                 )
                 .await?
