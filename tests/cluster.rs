@@ -31,10 +31,14 @@ fn holder(via: &Relay, name: &str) -> Result<Option<String>> {
 fn wait_holder(via: &Relay, name: &str, want: Option<&str>, within: Duration) -> Result<Duration> {
     let start = Instant::now();
     let mut last = None;
-    wait_until(within, &format!("presence of {name} to be {want:?}"), || {
-        last = holder(via, name).ok().flatten();
-        last.as_deref() == want
-    })
+    wait_until(
+        within,
+        &format!("presence of {name} to be {want:?}"),
+        || {
+            last = holder(via, name).ok().flatten();
+            last.as_deref() == want
+        },
+    )
     .with_context(|| format!("presence still says {last:?}"))?;
     Ok(start.elapsed())
 }
@@ -59,7 +63,10 @@ fn boards_move_between_relays_and_presence_follows() -> Result<()> {
         holder(&relays[1], "board1").is_ok_and(|h| h.is_some())
     })?;
     let first = holder(&relays[1], "board1")?.context("no holder")?;
-    let held = ids.iter().position(|i| *i == first).context("unknown holder")?;
+    let held = ids
+        .iter()
+        .position(|i| *i == first)
+        .context("unknown holder")?;
     let other = 1 - held;
     let r = engineer.exec_on(&relays[held], "board1", "echo held")?;
     ensure!(r.stdout == "held\n", "{r:?}");
@@ -70,17 +77,27 @@ fn boards_move_between_relays_and_presence_follows() -> Result<()> {
     nats.stop();
     let r = engineer.exec_on(&relays[at], "board1", "echo without nats")?;
     ensure!(r.stdout == "without nats\n", "{r:?}");
-    wait_until(Duration::from_secs(20), "the relay to report NATS gone", || {
-        relays[at].log().contains("NATS is unreachable")
-    })?;
+    wait_until(
+        Duration::from_secs(20),
+        "the relay to report NATS gone",
+        || relays[at].log().contains("NATS is unreachable"),
+    )?;
     nats.start_again()?;
     wait_holder(&relays[0], "board1", Some(ids[at]), Duration::from_secs(30))?;
 
     // The holder dies without a word: its entry goes within the map's lifetime, and the
     // board, reconnecting, is held by the other relay.
     relays[held].kill();
-    let moved = wait_holder(&relays[other], "board1", Some(ids[other]), Duration::from_secs(60))?;
-    println!("board1 held by {} {:?} after {} was killed", ids[other], moved, ids[held]);
+    let moved = wait_holder(
+        &relays[other],
+        "board1",
+        Some(ids[other]),
+        Duration::from_secs(60),
+    )?;
+    println!(
+        "board1 held by {} {:?} after {} was killed",
+        ids[other], moved, ids[held]
+    );
     let r = engineer.exec_on(&relays[other], "board1", "echo moved")?;
     ensure!(r.stdout == "moved\n", "{r:?}");
 

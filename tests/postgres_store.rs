@@ -19,10 +19,14 @@ fn send(agent: &Agent, topic: &str, value: &str) -> Result<()> {
 
 fn wait_stored(relay: &Relay, device: &str, n: usize) -> Result<Vec<serde_json::Value>> {
     let mut last = Vec::new();
-    wait_until(Duration::from_secs(60), &format!("{n} records stored"), || {
-        last = relay.stored_telemetry(device).unwrap_or_default();
-        last.len() >= n
-    })?;
+    wait_until(
+        Duration::from_secs(60),
+        &format!("{n} records stored"),
+        || {
+            last = relay.stored_telemetry(device).unwrap_or_default();
+            last.len() >= n
+        },
+    )?;
     Ok(last)
 }
 
@@ -78,7 +82,12 @@ fn a_relay_on_postgres_serves_boards_and_survives_the_database_going_away() -> R
     agent.wait_online()?;
 
     let r = engineer.exec_input("board1", "cat; echo done; exit 3", Some(b"typed\n"))?;
-    ensure!(r.status == Some(3), "exit status {:?}: {}", r.status, r.stderr);
+    ensure!(
+        r.status == Some(3),
+        "exit status {:?}: {}",
+        r.status,
+        r.stderr
+    );
     ensure!(r.stdout == "typed\ndone\n", "stdout {:?}", r.stdout);
     for i in 0..50 {
         send(&agent, "sensors/temp", &format!("{{\"i\":{i}}}"))?;
@@ -86,7 +95,10 @@ fn a_relay_on_postgres_serves_boards_and_survives_the_database_going_away() -> R
     wait_stored(&relay, "board1", 50)?;
     // The rows are in PostgreSQL, not in a file beside the relay.
     let rows = pg.psql(&db, "SELECT count(*) FROM telemetry")?;
-    ensure!(rows.trim() == "50", "telemetry rows in PostgreSQL: {rows:?}");
+    ensure!(
+        rows.trim() == "50",
+        "telemetry rows in PostgreSQL: {rows:?}"
+    );
     ensure!(
         !relay.data_dir().join("relay.db").exists(),
         "a SQLite file was created beside a PostgreSQL store"
@@ -111,7 +123,10 @@ fn a_relay_on_postgres_serves_boards_and_survives_the_database_going_away() -> R
         send(&agent, "sensors/temp", &format!("{{\"i\":{i}}}"))?;
     }
     std::thread::sleep(Duration::from_secs(2));
-    ensure!(agent.queued()? > 0, "records were acknowledged without a store");
+    ensure!(
+        agent.queued()? > 0,
+        "records were acknowledged without a store"
+    );
 
     pg.start_again()?;
     let stored = wait_stored(&relay, "board1", 70)?;
@@ -120,7 +135,10 @@ fn a_relay_on_postgres_serves_boards_and_survives_the_database_going_away() -> R
     ensure!(seqs.len() == 70, "records stored {} times", seqs.len());
     ensure!(live.echo("after")? == "after");
     let r = engineer.exec("board1", "echo again")?;
-    ensure!(r.stdout == "again\n", "a new session after the outage: {r:?}");
+    ensure!(
+        r.stdout == "again\n",
+        "a new session after the outage: {r:?}"
+    );
     let devices = relay.admin_ok(&["device", "list", "--json"])?;
     ensure!(devices.contains("board1"), "{devices}");
     Ok(())
@@ -177,7 +195,11 @@ fn relay_store_copy_moves_a_relay_to_postgres_without_re_enrolling_a_board() -> 
         let mut cmd = std::process::Command::new("ssh-keyscan");
         cmd.args(["-t", "ed25519", "-p", &port.to_string(), "127.0.0.1"]);
         let r = run_with_timeout(cmd, None, Duration::from_secs(20))?;
-        Ok(r.stdout.split_whitespace().last().unwrap_or_default().to_string())
+        Ok(r.stdout
+            .split_whitespace()
+            .last()
+            .unwrap_or_default()
+            .to_string())
     };
     let (first_key, second_key) = (keyscan(relay.ssh_port)?, keyscan(second.ssh_port)?);
     ensure!(
@@ -188,7 +210,10 @@ fn relay_store_copy_moves_a_relay_to_postgres_without_re_enrolling_a_board() -> 
         serde_json::from_str(&relay.admin_ok(&["audit", "list", "--json"])?)?;
     // The trail continues: every old entry with its id, then the copy itself.
     for (old, new) in trail_before.iter().zip(trail.iter()) {
-        ensure!(old["id"] == new["id"] && old["action"] == new["action"], "{old} vs {new}");
+        ensure!(
+            old["id"] == new["id"] && old["action"] == new["action"],
+            "{old} vs {new}"
+        );
     }
     ensure!(
         trail.iter().any(|e| e["action"] == "store.copy"),
@@ -197,7 +222,8 @@ fn relay_store_copy_moves_a_relay_to_postgres_without_re_enrolling_a_board() -> 
     // Nobody can rewrite that history, not even with the database's own client.
     let r = pg.psql(&db, "DELETE FROM audit");
     ensure!(
-        r.as_ref().is_err_and(|e| e.to_string().contains("append-only")),
+        r.as_ref()
+            .is_err_and(|e| e.to_string().contains("append-only")),
         "{r:?}"
     );
     Ok(())

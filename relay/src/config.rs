@@ -334,24 +334,17 @@ impl RelayConfig {
                 ));
             }
             crate::store::Location::parse(url, self.store.pool_size).map_err(|e| {
-                invalid(
-                    "store.url",
-                    e.to_string().trim_start_matches("store.url: "),
-                )
+                invalid("store.url", e.to_string().trim_start_matches("store.url: "))
             })?;
         }
         if let Some(nats) = &self.cluster.nats {
             if !(nats.starts_with("nats://") || nats.starts_with("tls://")) {
-                return Err(invalid(
-                    "cluster.nats",
-                    "must be a nats:// (or tls://) URL",
-                ));
+                return Err(invalid("cluster.nats", "must be a nats:// (or tls://) URL"));
             }
-            let shared = self
-                .store
-                .url
-                .as_deref()
-                .is_some_and(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"));
+            let shared =
+                self.store.url.as_deref().is_some_and(|u| {
+                    u.starts_with("postgres://") || u.starts_with("postgresql://")
+                });
             if !shared {
                 return Err(invalid(
                     "cluster.nats",
@@ -487,7 +480,10 @@ mod tests {
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
-        assert!(e.contains("cluster.nats") && e.contains("PostgreSQL"), "{e}");
+        assert!(
+            e.contains("cluster.nats") && e.contains("PostgreSQL"),
+            "{e}"
+        );
         let e = parse("cluster:\n  relay_id: 'a b'\n")
             .err()
             .map(|e| e.to_string())

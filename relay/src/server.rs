@@ -133,7 +133,9 @@ pub async fn serve(config: RelayConfig, store: Arc<Store>) -> Result<()> {
         // Other relays may be serving from this store right now: their devices are online and
         // their sessions open. Flags this relay left behind when it was last killed are put
         // right when each of its boards links again, to this relay or another.
-        tracing::info!("the store is shared by a cluster of relays: online flags and open sessions are left as the other relays hold them");
+        tracing::info!(
+            "the store is shared by a cluster of relays: online flags and open sessions are left as the other relays hold them"
+        );
     } else {
         // The only relay on this store: links and sessions of a previous run are gone.
         with_store(&store, |s| s.mark_all_offline())
@@ -182,7 +184,6 @@ pub async fn serve(config: RelayConfig, store: Arc<Store>) -> Result<()> {
         registry.clone(),
         Arc::new(ssh_config(&config, host_key)),
         Arc::new(crate::sink::SqliteSink::new(store.clone())),
-        crate::metrics::Metrics::new(),
         &config,
         stop_rx.clone(),
         presence,

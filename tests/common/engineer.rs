@@ -104,7 +104,13 @@ impl Engineer {
         self.exec_via(relay.ssh_port, device, command, None)
     }
 
-    fn exec_via(&self, port: u16, device: &str, command: &str, input: Option<&[u8]>) -> Result<Run> {
+    fn exec_via(
+        &self,
+        port: u16,
+        device: &str,
+        command: &str,
+        input: Option<&[u8]>,
+    ) -> Result<Run> {
         let cmd = self.ssh_cmd(&[
             "-p",
             &port.to_string(),

@@ -37,6 +37,6 @@ mod tmux;
 
 #[allow(unused_imports)] // Each test binary uses a different part of the harness.
 pub use {
-    agent::*, chaos::*, data::*, deploy::*, engineer::*, nats::*, net::*, postgres::*, process::*, relay::*, setup::*,
-    sshd::*, tmux::*,
+    agent::*, chaos::*, data::*, deploy::*, engineer::*, nats::*, net::*, postgres::*, process::*,
+    relay::*, setup::*, sshd::*, tmux::*,
 };

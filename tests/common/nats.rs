@@ -44,8 +44,15 @@ impl Nats {
     /// Starts the server again on the same port and store directory.
     pub fn start_again(&mut self) -> Result<()> {
         let mut cmd = Command::new("nats-server");
-        cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
-            .arg(self.dir.path().join("js"));
+        cmd.args([
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-js",
+            "-sd",
+        ])
+        .arg(self.dir.path().join("js"));
         let proc = spawn_logged(cmd, &self.dir.path().join("nats.log"))
             .context("starting nats-server (Debian package nats-server)")?;
         self.proc = Some(proc);

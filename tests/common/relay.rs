@@ -171,14 +171,7 @@ impl Relay {
     /// `relay telemetry tail --json` prints them.
     pub fn stored_telemetry(&self, device: &str) -> Result<Vec<serde_json::Value>> {
         let mut cmd = self.command()?;
-        cmd.args([
-            "telemetry",
-            "tail",
-            device,
-            "--limit",
-            "1000000",
-            "--json",
-        ]);
+        cmd.args(["telemetry", "tail", device, "--limit", "1000000", "--json"]);
         let r = run_with_timeout(cmd, None, Duration::from_secs(120))?;
         if r.status != Some(0) {
             bail!("relay telemetry tail {device} failed: {}", r.stderr);

@@ -78,8 +78,8 @@ pub(super) fn run(out: &mut dyn Write, cmd: StoreCommand) -> Result<()> {
                 .import_sqlite(&path, &key_text, "admin")
                 .with_context(|| format!("copying {} into {to}", path.display()))?;
             let store = crate::store::Store::new(Box::new(dest));
-            let presented = crate::hostkey::cluster_or_own(&store, key)
-                .context("storing the host key")?;
+            let presented =
+                crate::hostkey::cluster_or_own(&store, key).context("storing the host key")?;
             let copied = Copied {
                 rows: summary.rows,
                 host_key: crate::hostkey::fingerprint(&presented),
@@ -88,7 +88,11 @@ pub(super) fn run(out: &mut dyn Write, cmd: StoreCommand) -> Result<()> {
                 return print_json(out, &copied);
             }
             let total: u64 = copied.rows.values().sum();
-            writeln!(out, "copied {total} rows from {} into {to}:", path.display())?;
+            writeln!(
+                out,
+                "copied {total} rows from {} into {to}:",
+                path.display()
+            )?;
             for (table, n) in &copied.rows {
                 writeln!(out, "  {table:<20} {n}")?;
             }

@@ -190,12 +190,9 @@ impl Presence {
             let Ok(Some(entry)) = kv.entry(&key).await else {
                 return;
             };
-            let ours = serde_json::from_slice::<Holder>(&entry.value).is_ok_and(|h| {
-                h.relay == me.relay_id && h.generation == generation
-            });
-            if ours
-                && let Err(e) = kv.delete_expect_revision(&key, Some(entry.revision)).await
-            {
+            let ours = serde_json::from_slice::<Holder>(&entry.value)
+                .is_ok_and(|h| h.relay == me.relay_id && h.generation == generation);
+            if ours && let Err(e) = kv.delete_expect_revision(&key, Some(entry.revision)).await {
                 // Another relay wrote the entry meanwhile: it is theirs now.
                 tracing::debug!("presence of {device} changed hands: {e}");
             }
@@ -293,11 +290,7 @@ async fn refresh(presence: std::sync::Weak<Presence>, kv_tx: watch::Sender<Optio
         if failed && let Some(kv) = open_bucket(&p.client).await {
             kv_tx.send_replace(Some(kv));
         }
-        let held: Vec<(String, u64)> = p
-            .held()
-            .iter()
-            .map(|(d, (_, g))| (d.clone(), *g))
-            .collect();
+        let held: Vec<(String, u64)> = p.held().iter().map(|(d, (_, g))| (d.clone(), *g)).collect();
         failed = false;
         for (device, generation) in held {
             let holder = Holder {
@@ -316,11 +309,7 @@ async fn refresh(presence: std::sync::Weak<Presence>, kv_tx: watch::Sender<Optio
 async fn take_over(presence: Arc<Presence>, registry: Arc<Registry>) {
     let mut delay = Duration::from_millis(200);
     let mut links = loop {
-        match presence
-            .client
-            .subscribe(format!("{LINK_SUBJECT}.*"))
-            .await
-        {
+        match presence.client.subscribe(format!("{LINK_SUBJECT}.*")).await {
             Ok(s) => break s,
             Err(e) => {
                 tracing::debug!("subscribing to link announcements: {e}");

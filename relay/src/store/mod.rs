@@ -198,9 +198,9 @@ impl Store {
     pub fn connect(location: &Location) -> Result<Store, StoreError> {
         match location {
             Location::Sqlite(path) => Store::open(path),
-            Location::Postgres { url, pool_size } => Ok(Store(Box::new(
-                postgres::PgStore::open(url, *pool_size)?,
-            ))),
+            Location::Postgres { url, pool_size } => {
+                Ok(Store(Box::new(postgres::PgStore::open(url, *pool_size)?)))
+            }
         }
     }
 
@@ -222,6 +222,14 @@ impl Store {
     }
 }
 
+impl Deref for Store {
+    type Target = dyn Backend;
+
+    fn deref(&self) -> &(dyn Backend + 'static) {
+        &*self.0
+    }
+}
+
 #[cfg(test)]
 mod location_tests {
     use super::*;
@@ -236,7 +244,10 @@ mod location_tests {
             Location::parse("sqlite:relative.db", 4)?,
             Location::Sqlite(PathBuf::from("relative.db"))
         );
-        let pg = Location::parse("postgres://relay:hunter2@db:5432/tether?sslmode=verify-full", 4)?;
+        let pg = Location::parse(
+            "postgres://relay:hunter2@db:5432/tether?sslmode=verify-full",
+            4,
+        )?;
         assert_eq!(
             pg.to_string(),
             "postgres://relay:***@db:5432/tether?sslmode=verify-full"
@@ -248,13 +259,5 @@ mod location_tests {
         assert!(e.contains("store.url") && !e.contains("pw@"), "{e}");
         assert!(Location::parse("sqlite:", 4).is_err());
         Ok(())
-    }
-}
-
-impl Deref for Store {
-    type Target = dyn Backend;
-
-    fn deref(&self) -> &(dyn Backend + 'static) {
-        &*self.0
     }
 }

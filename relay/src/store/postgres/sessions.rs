@@ -163,7 +163,7 @@ impl SessionStore for PgStore {
                          WHERE ($1::bigint IS NULL OR s.tenant_id = $1)
                            AND ($2::text IS NULL OR s.device_id = $2)
                            AND ($3::text IS NULL OR s.engineer = $3)
-                         ORDER BY s.started_ms DESC, s.id DESC LIMIT $4"
+                         ORDER BY s.started_ms DESC, s.seq DESC LIMIT $4"
                     ),
                     &[&q.tenant_id, &q.device_id, &q.engineer, &to_i64(q.limit)],
                 )

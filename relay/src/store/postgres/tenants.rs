@@ -46,7 +46,11 @@ pub(super) async fn tenant_id(client: &impl GenericClient, name: &str) -> Result
         })
 }
 
-async fn count(client: &impl GenericClient, table: &str, tenant_id: i64) -> Result<u64, StoreError> {
+async fn count(
+    client: &impl GenericClient,
+    table: &str,
+    tenant_id: i64,
+) -> Result<u64, StoreError> {
     let row = client
         .query_one(
             &format!("SELECT count(*) FROM {table} WHERE tenant_id = $1"),
@@ -56,7 +60,10 @@ async fn count(client: &impl GenericClient, table: &str, tenant_id: i64) -> Resu
     Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
 }
 
-async fn contents(client: &impl GenericClient, tenant_id: i64) -> Result<TenantContents, StoreError> {
+async fn contents(
+    client: &impl GenericClient,
+    tenant_id: i64,
+) -> Result<TenantContents, StoreError> {
     Ok(TenantContents {
         devices: count(client, "devices", tenant_id).await?,
         telemetry: count(client, "telemetry", tenant_id).await?,

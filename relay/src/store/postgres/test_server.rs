@@ -80,7 +80,9 @@ impl Database {
             let (client, connection) =
                 tokio_postgres::connect(&server.url, tokio_postgres::NoTls).await?;
             let driver = tokio::spawn(connection);
-            client.batch_execute(&format!("CREATE DATABASE {name}")).await?;
+            client
+                .batch_execute(&format!("CREATE DATABASE {name}"))
+                .await?;
             drop(client);
             let _ = driver.await;
             Ok::<_, Box<dyn std::error::Error>>(())

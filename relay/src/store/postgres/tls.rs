@@ -75,7 +75,9 @@ pub(super) fn parse_url(
         .map_err(|e| invalid(format!("not a valid PostgreSQL URL: {e}")))?;
     config.ssl_mode(ssl_mode);
     if config.get_dbname().is_none() {
-        return Err(invalid("the URL names no database (postgres://HOST/DATABASE)".into()));
+        return Err(invalid(
+            "the URL names no database (postgres://HOST/DATABASE)".into(),
+        ));
     }
     if config.get_application_name().is_none() {
         config.application_name("tether-relay");
@@ -105,9 +107,7 @@ fn connector(verify: Verify, root_cert: Option<&str>) -> Result<MakeRustlsConnec
             .build()
             .map_err(|e| invalid(format!("sslrootcert: {e}")))?;
             if verify == Verify::Full {
-                builder
-                    .with_root_certificates(roots)
-                    .with_no_client_auth()
+                builder.with_root_certificates(roots).with_no_client_auth()
             } else {
                 builder
                     .dangerous()
@@ -124,7 +124,8 @@ fn roots(root_cert: Option<&str>) -> Result<rustls::RootCertStore, StoreError> {
     let mut roots = rustls::RootCertStore::empty();
     match root_cert {
         Some(path) => {
-            let pem = std::fs::read(path).map_err(|e| invalid(format!("sslrootcert {path}: {e}")))?;
+            let pem =
+                std::fs::read(path).map_err(|e| invalid(format!("sslrootcert {path}: {e}")))?;
             let mut reader = std::io::Cursor::new(pem);
             for cert in rustls_pemfile::certs(&mut reader) {
                 let cert = cert.map_err(|e| invalid(format!("sslrootcert {path}: {e}")))?;
@@ -133,7 +134,9 @@ fn roots(root_cert: Option<&str>) -> Result<rustls::RootCertStore, StoreError> {
                     .map_err(|e| invalid(format!("sslrootcert {path}: {e}")))?;
             }
             if roots.is_empty() {
-                return Err(invalid(format!("sslrootcert {path} holds no PEM certificate")));
+                return Err(invalid(format!(
+                    "sslrootcert {path} holds no PEM certificate"
+                )));
             }
         }
         None => {
@@ -143,8 +146,7 @@ fn roots(root_cert: Option<&str>) -> Result<rustls::RootCertStore, StoreError> {
             }
             if roots.is_empty() {
                 return Err(invalid(
-                    "no system root certificates were found; name one with sslrootcert=PATH"
-                        .into(),
+                    "no system root certificates were found; name one with sslrootcert=PATH".into(),
                 ));
             }
         }
@@ -267,11 +269,15 @@ mod tests {
         assert!(err("sqlite:/var/lib/relay.db").contains("postgres://"));
         assert!(err("postgres://h/db?sslmode=verify").contains("\"verify\""));
         assert!(err("postgres://h").contains("names no database"));
-        assert!(err("postgres://h/db?sslmode=verify-ca&sslrootcert=/nonexistent").contains("/nonexistent"));
-        let (config, _) = match parse_url("postgres://u:secret@h:5433/db?sslmode=require&connect_timeout=3") {
-            Ok(v) => v,
-            Err(e) => panic!("{e}"),
-        };
+        assert!(
+            err("postgres://h/db?sslmode=verify-ca&sslrootcert=/nonexistent")
+                .contains("/nonexistent")
+        );
+        let (config, _) =
+            match parse_url("postgres://u:secret@h:5433/db?sslmode=require&connect_timeout=3") {
+                Ok(v) => v,
+                Err(e) => panic!("{e}"),
+            };
         assert_eq!(config.get_dbname(), Some("db"));
         assert_eq!(config.get_ports(), &[5433]);
         assert!(!format!("{config:?}").contains("secret"));
