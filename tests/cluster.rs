@@ -48,7 +48,7 @@ fn boards_move_between_relays_and_presence_follows() -> Result<()> {
     let pg = Postgres::start()?;
     let db = pg.create_database("cluster")?;
     let mut nats = Nats::start()?;
-    let mut relays = vec![relay(&db, &nats, "r1")?, relay(&db, &nats, "r2")?];
+    let mut relays = [relay(&db, &nats, "r1")?, relay(&db, &nats, "r2")?];
     relays[0].tenant("acme")?;
     // Made through one relay, known to every relay: they share the store.
     let engineer = relays[0].engineer("alice", "acme", "admin")?;
