@@ -59,9 +59,13 @@ fn boards_move_between_relays_and_presence_follows() -> Result<()> {
     agent.start()?;
     agent.wait_online()?;
     let ids = ["r1", "r2"];
+    let mut seen = String::new();
     wait_until(Duration::from_secs(15), "a holder of board1", || {
-        holder(&relays[1], "board1").is_ok_and(|h| h.is_some())
-    })?;
+        let h = holder(&relays[1], "board1");
+        seen = format!("{h:?}");
+        h.is_ok_and(|h| h.is_some())
+    })
+    .with_context(|| format!("relay cluster status: {seen}\n{}\n{}", relays[0].log(), relays[1].log()))?;
     let first = holder(&relays[1], "board1")?.context("no holder")?;
     let held = ids
         .iter()

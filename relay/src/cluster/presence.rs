@@ -236,24 +236,39 @@ async fn read(kv: &kv::Store, key: &str) -> Result<Option<Holder>, ClusterError>
         })
 }
 
-/// The presence bucket's configuration.
-fn bucket_config() -> kv::Config {
-    kv::Config {
-        bucket: BUCKET.into(),
-        description: "which tether relay holds which device's link".into(),
-        history: 1,
+/// The stream behind the presence bucket, as a key-value bucket's stream is laid out (one
+/// value per key, deletes as markers, direct gets). The bucket is made from its stream rather
+/// than with `create_key_value`, which first reads the account's JetStream limits in a form
+/// that nats-server 2.9 (Debian 12's) does not answer in.
+fn bucket_stream() -> async_nats::jetstream::stream::Config {
+    use async_nats::jetstream::stream;
+    stream::Config {
+        name: format!("KV_{BUCKET}"),
+        description: Some("which tether relay holds which device's link".into()),
+        subjects: vec![format!("$KV.{BUCKET}.>")],
+        max_messages_per_subject: 1,
         max_age: PRESENCE_TTL,
         // A value is one small JSON object.
-        max_value_size: 1024,
-        storage: async_nats::jetstream::stream::StorageType::Memory,
+        max_message_size: 1024,
+        storage: stream::StorageType::Memory,
+        discard: stream::DiscardPolicy::New,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
         ..Default::default()
     }
 }
 
-/// Opens the bucket (creating it if needed; the same configuration makes this idempotent).
+/// Opens the bucket, creating it if needed (the same configuration makes this idempotent).
 async fn open_bucket(client: &async_nats::Client) -> Option<kv::Store> {
     let js = async_nats::jetstream::new(client.clone());
-    match js.create_key_value(bucket_config()).await {
+    let opened = async {
+        js.get_or_create_stream(bucket_stream())
+            .await
+            .map_err(nats_error)?;
+        js.get_key_value(BUCKET).await.map_err(nats_error)
+    };
+    match opened.await {
         Ok(kv) => Some(kv),
         Err(e) => {
             tracing::debug!("opening the presence bucket: {e}");
@@ -369,11 +384,9 @@ pub async fn all(url: &str) -> Result<Vec<(String, Holder)>, ClusterError> {
         .connect(url)
         .await
         .map_err(nats_error)?;
-    let js = async_nats::jetstream::new(client);
-    let kv = js
-        .create_key_value(bucket_config())
+    let kv = open_bucket(&client)
         .await
-        .map_err(nats_error)?;
+        .ok_or_else(|| ClusterError::Nats("the presence bucket cannot be opened".into()))?;
     let mut keys = kv.keys().await.map_err(nats_error)?;
     let mut out = Vec::new();
     while let Some(k) = keys.next().await {

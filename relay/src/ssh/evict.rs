@@ -174,6 +174,9 @@ impl Front {
         for id in unwelcome {
             if let Some(link) = self.registry.take(&id) {
                 tracing::info!("dropping link of device {id}: no longer accepted");
+                if let Some(presence) = &self.presence {
+                    presence.link_down(&id, link.conn_id);
+                }
                 let _ = link
                     .handle
                     .disconnect(
