@@ -65,7 +65,13 @@ fn boards_move_between_relays_and_presence_follows() -> Result<()> {
         seen = format!("{h:?}");
         h.is_ok_and(|h| h.is_some())
     })
-    .with_context(|| format!("relay cluster status: {seen}\n{}\n{}", relays[0].log(), relays[1].log()))?;
+    .with_context(|| {
+        format!(
+            "relay cluster status: {seen}\n{}\n{}",
+            relays[0].log(),
+            relays[1].log()
+        )
+    })?;
     let first = holder(&relays[1], "board1")?.context("no holder")?;
     let held = ids
         .iter()
@@ -74,6 +80,35 @@ fn boards_move_between_relays_and_presence_follows() -> Result<()> {
     let other = 1 - held;
     let r = engineer.exec_on(&relays[held], "board1", "echo held")?;
     ensure!(r.stdout == "held\n", "{r:?}");
+
+    // An action queued through the relay that does not hold the board reaches it through the
+    // shared store's change feed, and its result reads the same through every relay.
+    let queued = Instant::now();
+    let id = relays[other].admin_ok(&["action", "create", "board1", "--run", "echo across"])?;
+    let id = id.trim().to_string();
+    let mut done = serde_json::Value::Null;
+    wait_until(Duration::from_secs(30), "the action to finish", || {
+        done = relays[held]
+            .admin_ok(&["action", "show", &id, "--json"])
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        done["status"] == "succeeded"
+    })
+    .with_context(|| format!("action {id}: {done}"))?;
+    println!(
+        "action through the other relay done after {:?}",
+        queued.elapsed()
+    );
+    ensure!(
+        done["output"]
+            .as_str()
+            .is_some_and(|o| o.contains("across")),
+        "{done}"
+    );
+    let other_view: serde_json::Value =
+        serde_json::from_str(&relays[other].admin_ok(&["action", "show", &id, "--json"])?)?;
+    ensure!(other_view == done, "{other_view} vs {done}");
 
     // NATS goes away: the boards stay reachable through the relay that holds them, and the
     // relays say what is missing; when it is back, presence is written again by itself.
