@@ -228,3 +228,80 @@ fn relay_store_copy_moves_a_relay_to_postgres_without_re_enrolling_a_board() -> 
     );
     Ok(())
 }
+
+#[test]
+fn tls_to_postgres_follows_sslmode() -> Result<()> {
+    let certs = tempfile::tempdir()?;
+    // A certificate for 127.0.0.1 and localhost, trusted only where it is named.
+    let (cert, key) = self_signed_cert(certs.path())?;
+    let pg = Postgres::start_tls(&cert, &key)?;
+    let db = pg.create_database("tls")?;
+    let cert = cert.display();
+    // (sslmode and root, works, what the error must name)
+    let cases = [
+        (
+            format!("{db}?sslmode=verify-full&sslrootcert={cert}"),
+            true,
+            "",
+        ),
+        (
+            format!("{db}?sslmode=verify-ca&sslrootcert={cert}"),
+            true,
+            "",
+        ),
+        (format!("{db}?sslmode=require"), true, ""),
+        // The system roots do not know a self-signed certificate.
+        (format!("{db}?sslmode=verify-full"), false, "certificate"),
+        (
+            format!("{db}?sslmode=verify-full&sslrootcert=/nonexistent.pem"),
+            false,
+            "/nonexistent.pem",
+        ),
+    ];
+    let dir = tempfile::tempdir()?;
+    for (url, works, names) in cases {
+        std::fs::write(
+            dir.path().join("relay.yaml"),
+            format!("store:\n  url: \"{url}\"\n"),
+        )?;
+        let mut cmd = std::process::Command::new(bin_dir()?.join("relay"));
+        cmd.arg("--config")
+            .arg(dir.path().join("relay.yaml"))
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("init");
+        let r = run_with_timeout(cmd, None, Duration::from_secs(60))?;
+        if works {
+            ensure!(r.status == Some(0), "{url}: {}", r.stderr);
+        } else {
+            ensure!(
+                r.status == Some(1) && r.stderr.contains(names),
+                "{url} should fail naming {names:?}: {r:?}"
+            );
+        }
+    }
+    // A serving relay's connections really are encrypted.
+    let relay = Relay::start_with_config(&format!(
+        "store:\n  url: \"{db}?sslmode=verify-full&sslrootcert={cert}\"\n"
+    ))?;
+    relay.tenant("acme")?;
+    let encrypted = pg.psql(
+        &db,
+        "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+          WHERE s.ssl AND a.application_name = 'tether-relay'",
+    )?;
+    ensure!(
+        encrypted.trim().parse::<u32>().is_ok_and(|n| n >= 1),
+        "encrypted relay connections: {encrypted:?}"
+    );
+    let plain = pg.psql(
+        &db,
+        "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+          WHERE NOT s.ssl AND a.application_name = 'tether-relay'",
+    )?;
+    ensure!(
+        plain.trim() == "0",
+        "unencrypted relay connections: {plain:?}"
+    );
+    Ok(())
+}

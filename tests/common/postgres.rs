@@ -36,10 +36,24 @@ fn forward(lines: Lines<BufReader<ChildStdout>>, tx: mpsc::Sender<String>) {
 impl Postgres {
     /// Starts a server; returns once it accepts connections.
     pub fn start() -> Result<Postgres> {
+        Self::launch(None)
+    }
+
+    /// Starts a server that also speaks TLS with the PEM certificate and key given.
+    pub fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> Result<Postgres> {
+        Self::launch(Some((cert, key)))
+    }
+
+    fn launch(tls: Option<(&std::path::Path, &std::path::Path)>) -> Result<Postgres> {
         let dir = tempfile::tempdir()?;
         let port = free_port()?;
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/postgres-server");
-        let mut child = Command::new(script)
+        let mut cmd = Command::new(script);
+        if let Some((cert, key)) = tls {
+            cmd.env("TETHER_PG_SSL_CERT", cert)
+                .env("TETHER_PG_SSL_KEY", key);
+        }
+        let mut child = cmd
             .arg(dir.path().join("pg"))
             .arg(port.to_string())
             .stdin(Stdio::piped())
