@@ -10,12 +10,35 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use common::*;
 
-/// A relay of the cluster: PostgreSQL store `db`, NATS `nats`, name `id`.
+/// A relay of the cluster: PostgreSQL store `db`, NATS `nats`, name `id`, with a peer port.
 fn relay(db: &str, nats: &Nats, id: &str) -> Result<Relay> {
     Relay::start_with_config(&format!(
-        "store:\n  url: {db}\ncluster:\n  nats: {}\n  relay_id: {id}\n",
-        nats.url()
+        "store:\n  url: {db}\ncluster:\n  nats: {}\n  relay_id: {id}\n  peer_listen: 127.0.0.1:{}\n",
+        nats.url(),
+        free_port()?
     ))
+}
+
+/// A board of `acme` linked to one of `relays`, knowing them all; returns it and the index of
+/// the relay that holds it.
+fn board(relays: &[Relay], allow: &[String]) -> Result<(Agent, usize)> {
+    let mut agent = Agent::new("board1", allow)?;
+    let r = agent.enroll(&relays[0], Transport::Tcp, "acme")?;
+    ensure!(r.status == Some(0), "enroll: {}", r.stderr);
+    let others: Vec<String> = relays[1..].iter().map(|r| r.url(Transport::Tcp)).collect();
+    agent.add_relay_urls(&others)?;
+    agent.start()?;
+    agent.wait_online()?;
+    wait_until(Duration::from_secs(15), "a holder of board1", || {
+        holder(&relays[0], "board1").is_ok_and(|h| h.is_some())
+    })?;
+    let id = holder(&relays[0], "board1")?.context("no holder")?;
+    let at = id
+        .strip_prefix('r')
+        .and_then(|n| n.parse::<usize>().ok())
+        .and_then(|n| n.checked_sub(1))
+        .context("unknown holder")?;
+    Ok((agent, at))
 }
 
 /// The relay the presence map names for device `name`, as `relay cluster status` says.
@@ -147,4 +170,119 @@ fn boards_move_between_relays_and_presence_follows() -> Result<()> {
     wait_holder(&relays[held], "board1", None, Duration::from_secs(20))?;
 
     Ok(())
+}
+
+#[test]
+fn an_engineer_on_any_relay_reaches_a_board_held_by_another() -> Result<()> {
+    let pg = Postgres::start()?;
+    let db = pg.create_database("peers")?;
+    let nats = Nats::start()?;
+    let mut relays = [relay(&db, &nats, "r1")?, relay(&db, &nats, "r2")?];
+    relays[0].tenant("acme")?;
+    let engineer = relays[0].engineer("alice", "acme", "admin")?;
+    let echo = echo_server()?;
+    let (_agent, held) = board(&relays, &[format!("127.0.0.1:{echo}")])?;
+    let via = 1 - held;
+    let port = relays[via].ssh_port.to_string();
+
+    // exec: output, stdin and exit status through the other relay.
+    let r = engineer.exec_input_on(&relays[via], "board1", "cat; exit 3", Some(b"typed"))?;
+    ensure!(r.status == Some(3) && r.stdout == "typed", "{r:?}");
+
+    // scp both ways, byte for byte.
+    let work = tempfile::tempdir()?;
+    let up = work.path().join("up");
+    let data = pseudo_random(16 << 20, 9);
+    std::fs::write(&up, &data)?;
+    let board_dir = tempfile::tempdir()?;
+    let there = board_dir.path().join("f");
+    let r = engineer.scp(&[
+        "-P",
+        &port,
+        &up.display().to_string(),
+        &format!("board1@127.0.0.1:{}", there.display()),
+    ])?;
+    ensure!(r.status == Some(0), "scp up: {}", r.stderr);
+    ensure!(
+        std::fs::read(&there)? == data,
+        "the copy on the board differs"
+    );
+    let down = work.path().join("down");
+    let r = engineer.scp(&[
+        "-P",
+        &port,
+        &format!("board1@127.0.0.1:{}", there.display()),
+        &down.display().to_string(),
+    ])?;
+    ensure!(r.status == Some(0), "scp down: {}", r.stderr);
+    ensure!(std::fs::read(&down)? == data, "the copy back differs");
+
+    // -L to a service on the board's side.
+    let local = free_port()?;
+    let mut cmd = engineer.ssh_cmd(&[
+        "-p",
+        &port,
+        "-N",
+        "-o",
+        "ExitOnForwardFailure=yes",
+        "-L",
+        &format!("127.0.0.1:{local}:127.0.0.1:{echo}"),
+        "board1@127.0.0.1",
+    ]);
+    cmd.stdin(std::process::Stdio::null());
+    let mut forward = KillOnDrop(cmd.spawn()?);
+    wait_for_port(local)?;
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", local))?;
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let payload = pseudo_random(200_000, 4);
+    let mut writer = conn.try_clone()?;
+    let sent = payload.clone();
+    let w = std::thread::spawn(move || std::io::Write::write_all(&mut writer, &sent));
+    let mut got = vec![0u8; payload.len()];
+    std::io::Read::read_exact(&mut conn, &mut got)?;
+    let _ = w.join();
+    ensure!(got == payload, "forwarded bytes differ");
+    let _ = forward.0.kill();
+
+    // The holder dies: a session carried through it ends instead of hanging, and the board,
+    // back on the surviving relay, is reached there.
+    let mut live = engineer.ssh_cmd(&["-p", &port, "board1@127.0.0.1", "cat"]);
+    live.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut live = KillOnDrop(live.spawn()?);
+    std::thread::sleep(Duration::from_secs(2));
+    ensure!(
+        live.0.try_wait()?.is_none(),
+        "the carried session ended before its relay died"
+    );
+    relays[held].kill();
+    let ended = Instant::now();
+    wait_until(
+        Duration::from_secs(60),
+        "the carried session to end",
+        || live.0.try_wait().is_ok_and(|s| s.is_some()),
+    )?;
+    println!(
+        "session through the dead relay ended after {:?}",
+        ended.elapsed()
+    );
+    wait_holder(
+        &relays[via],
+        "board1",
+        Some(["r1", "r2"][via]),
+        Duration::from_secs(60),
+    )?;
+    let r = engineer.exec_on(&relays[via], "board1", "echo here")?;
+    ensure!(r.stdout == "here\n", "{r:?}");
+    Ok(())
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -4,7 +4,6 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -168,26 +167,6 @@ fn scp_and_sftp_over_tcp() -> Result<()> {
 #[test]
 fn scp_and_sftp_over_websocket() -> Result<()> {
     files(Transport::WebSocket)
-}
-
-/// A one-connection TCP echo server on a free port; returns the port.
-fn echo_server() -> Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let port = listener.local_addr()?.port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().take(8) {
-            let Ok(mut stream) = stream else { continue };
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 16384];
-                while let Ok(n) = stream.read(&mut buf) {
-                    if n == 0 || stream.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    Ok(port)
 }
 
 fn local_forward(transport: Transport) -> Result<()> {

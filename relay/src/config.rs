@@ -51,6 +51,20 @@ pub struct ClusterConfig {
     /// This relay's name in the cluster, unique among its relays; default
     /// `<host name>:<SSH port>`.
     pub relay_id: Option<String>,
+    /// Where this relay accepts other relays' streams to the devices it holds (SSH, logged in
+    /// with the cluster's host key); unset: engineers reach this relay's boards only through it.
+    pub peer_listen: Option<SocketAddr>,
+    /// The `HOST:PORT` other relays dial to reach `peer_listen`; default `peer_listen` itself
+    /// (which must then name an address, not 0.0.0.0).
+    pub advertise: Option<String>,
+}
+
+impl ClusterConfig {
+    /// Where other relays reach this one's peer port, if it has one.
+    pub fn peer_address(&self) -> Option<String> {
+        let listen = self.peer_listen?;
+        Some(self.advertise.clone().unwrap_or_else(|| listen.to_string()))
+    }
 }
 
 /// Abuse limits (see [`crate::limits`]). A count of 0 means "no limit"; the defaults suit a
@@ -349,6 +363,20 @@ impl RelayConfig {
                 return Err(invalid(
                     "cluster.nats",
                     "a cluster of relays shares one PostgreSQL store: set store.url to postgres://…",
+                ));
+            }
+        }
+        if let Some(listen) = self.cluster.peer_listen {
+            if self.cluster.nats.is_none() {
+                return Err(invalid(
+                    "cluster.peer_listen",
+                    "needs cluster.nats: other relays find this one through the presence map",
+                ));
+            }
+            if listen.ip().is_unspecified() && self.cluster.advertise.is_none() {
+                return Err(invalid(
+                    "cluster.advertise",
+                    "must name the HOST:PORT other relays dial when cluster.peer_listen listens on every address",
                 ));
             }
         }

@@ -171,10 +171,28 @@ pub async fn serve(config: RelayConfig, store: Arc<Store>) -> Result<()> {
         Some(url) => {
             let relay_id = config.relay_id();
             tracing::info!("relay {relay_id} of a cluster, presence on NATS {url}");
-            Some(
-                crate::cluster::Presence::start(url, &relay_id, registry.clone())
+            if let Some(listen) = config.cluster.peer_listen {
+                let listener = TcpListener::bind(listen)
                     .await
-                    .with_context(|| format!("connecting to NATS {url}"))?,
+                    .with_context(|| format!("binding the peer port {listen}"))?;
+                tracing::info!("peer port on {listen}");
+                tokio::spawn(crate::cluster::peer::serve(
+                    listener,
+                    host_key.clone(),
+                    registry.clone(),
+                    stop_rx.clone(),
+                ));
+            }
+            Some(
+                crate::cluster::Presence::start(
+                    url,
+                    &relay_id,
+                    config.cluster.peer_address(),
+                    Arc::new(host_key.clone()),
+                    registry.clone(),
+                )
+                .await
+                .with_context(|| format!("connecting to NATS {url}"))?,
             )
         }
         None => None,

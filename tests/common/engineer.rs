@@ -104,6 +104,17 @@ impl Engineer {
         self.exec_via(relay.ssh_port, device, command, None)
     }
 
+    /// Like [`Engineer::exec_on`] with data on stdin.
+    pub fn exec_input_on(
+        &self,
+        relay: &Relay,
+        device: &str,
+        command: &str,
+        input: Option<&[u8]>,
+    ) -> Result<Run> {
+        self.exec_via(relay.ssh_port, device, command, input)
+    }
+
     fn exec_via(
         &self,
         port: u16,

@@ -47,3 +47,23 @@ pub fn wait_http(port: u16, expect: &str) -> Result<()> {
     )
     .with_context(|| format!("last answer {last:?}"))
 }
+
+/// A TCP echo server on a free loopback port (up to 8 connections); returns the port.
+pub fn echo_server() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(8) {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 16384];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    Ok(port)
+}

@@ -11,6 +11,7 @@
 //! unavailable, and recovers by itself: the client reconnects, and the presence refresher
 //! writes every held device again.
 
+pub mod peer;
 pub mod presence;
 
 pub use presence::{Holder, Presence};
@@ -23,6 +24,9 @@ pub enum ClusterError {
     /// NATS is unreachable or refused the request.
     #[error("the cluster's NATS is unavailable: {0}")]
     Nats(String),
+    /// The relay holding the device could not be reached on its peer port.
+    #[error("{0}")]
+    Peer(#[from] peer::PeerError),
     /// A presence entry could not be read.
     #[error("presence entry {key}: {reason}")]
     Entry {

@@ -47,11 +47,18 @@ pub struct Holder {
     pub generation: u64,
     /// When the holder last wrote the entry (ms since the Unix epoch).
     pub at_ms: u64,
+    /// Where other relays reach the holder's peer port (`cluster.advertise`), if it has one.
+    #[serde(default)]
+    pub peer: Option<String>,
 }
 
 /// One relay's side of the presence map.
 pub struct Presence {
     relay_id: String,
+    /// This relay's peer address, written into its entries.
+    advertise: Option<String>,
+    /// The cluster's host key, with which this relay logs in on the others' peer ports.
+    cluster_key: Arc<russh::keys::PrivateKey>,
     client: async_nats::Client,
     /// The bucket, once NATS answered; `None` before.
     kv: watch::Receiver<Option<kv::Store>>,
@@ -79,6 +86,8 @@ impl Presence {
     pub async fn start(
         url: &str,
         relay_id: &str,
+        advertise: Option<String>,
+        cluster_key: Arc<russh::keys::PrivateKey>,
         registry: Arc<Registry>,
     ) -> Result<Arc<Presence>, ClusterError> {
         let client = async_nats::ConnectOptions::new()
@@ -99,6 +108,8 @@ impl Presence {
         let (kv_tx, kv) = watch::channel(None);
         let presence = Arc::new(Presence {
             relay_id: relay_id.to_string(),
+            advertise,
+            cluster_key,
             client,
             kv,
             held: Mutex::new(HashMap::new()),
@@ -147,11 +158,7 @@ impl Presence {
         let me = self.clone();
         let device = device_id.to_string();
         tokio::spawn(async move {
-            let holder = Holder {
-                relay: me.relay_id.clone(),
-                generation,
-                at_ms: now_ms(),
-            };
+            let holder = me.entry(generation);
             let Ok(body) = serde_json::to_vec(&holder) else {
                 return;
             };
@@ -197,6 +204,35 @@ impl Presence {
                 tracing::debug!("presence of {device} changed hands: {e}");
             }
         });
+    }
+
+    /// This relay's entry for a link of `generation`.
+    fn entry(&self, generation: u64) -> Holder {
+        Holder {
+            relay: self.relay_id.clone(),
+            generation,
+            at_ms: now_ms(),
+            peer: self.advertise.clone(),
+        }
+    }
+
+    /// A stream to `target` through the relay that holds the device's link, when another
+    /// relay with a peer port does; `Ok(None)` when no relay holds it (or only this one).
+    pub async fn open_remote(
+        &self,
+        target: &super::peer::Target,
+        originator: std::net::SocketAddr,
+    ) -> Result<Option<super::peer::PeerStream>, ClusterError> {
+        let Some(holder) = self.holder(target.device_id()).await? else {
+            return Ok(None);
+        };
+        let Some(addr) = holder.peer.filter(|_| holder.relay != self.relay_id) else {
+            return Ok(None);
+        };
+        super::peer::open(&addr, self.cluster_key.clone(), target, originator)
+            .await
+            .map(Some)
+            .map_err(ClusterError::from)
     }
 
     /// Writes `device`'s entry; tells whether it was written.
@@ -308,11 +344,7 @@ async fn refresh(presence: std::sync::Weak<Presence>, kv_tx: watch::Sender<Optio
         let held: Vec<(String, u64)> = p.held().iter().map(|(d, (_, g))| (d.clone(), *g)).collect();
         failed = false;
         for (device, generation) in held {
-            let holder = Holder {
-                relay: p.relay_id.clone(),
-                generation,
-                at_ms: now_ms(),
-            };
+            let holder = p.entry(generation);
             if let Ok(body) = serde_json::to_vec(&holder) {
                 failed |= !p.write(&device, body).await;
             }

@@ -11,6 +11,12 @@ use super::front::Conn;
 use super::state::Peer;
 use crate::policy::{self, Permission};
 
+/// The device side of a forward: a channel on the device's link, or a stream through the
+/// relay that holds it.
+trait DeviceStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> DeviceStream for T {}
+
 impl Conn {
     /// Opens an engineer's forward: `ssh -L … DEVICE@relay` (the login names the device, the
     /// target is device-local) or `ssh -J relay DEVICE` (the target host names the device;
@@ -101,10 +107,12 @@ impl Conn {
                 .await;
             return Ok(());
         }
-        let Some(link) = self.front.registry.get(&device.id) else {
+        let link = self.front.registry.get(&device.id);
+        let presence = self.front.presence.clone();
+        if link.is_none() && presence.is_none() {
             reply.reject(ChannelOpenFailure::ConnectFailed).await;
             return Ok(());
-        };
+        }
         let channel_permit = match self.open_channel() {
             Ok(p) => p,
             Err(hit) => {
@@ -122,6 +130,7 @@ impl Conn {
         let originator = (originator_address.to_string(), originator_port);
         let store = self.front.store.clone();
         let source = self.remote.to_string();
+        let source_ip = self.remote.ip();
         // Open the device side in a task: the device may take a while to dial its target, and
         // this engineer's other channels must keep moving meanwhile.
         tokio::spawn(async move {
@@ -137,22 +146,43 @@ impl Conn {
                 )
             };
             let to = format!("{target_host}:{port_to_connect}");
-            match link
-                .handle
-                .channel_open_forwarded_tcpip(
-                    target_host.clone(),
-                    port_to_connect,
-                    originator.0,
-                    originator.1,
-                )
-                .await
-            {
-                Ok(device_channel) => {
+            let device_side = match (&link, &presence) {
+                (Some(link), _) => link
+                    .handle
+                    .channel_open_forwarded_tcpip(
+                        target_host.clone(),
+                        port_to_connect,
+                        originator.0,
+                        originator.1,
+                    )
+                    .await
+                    .map(|c| Box::new(c.into_stream()) as Box<dyn DeviceStream>)
+                    .map_err(|e| e.to_string()),
+                (None, Some(presence)) => {
+                    // The link is on another relay of the cluster: through its peer port.
+                    let target = crate::cluster::peer::Target::Tcp {
+                        device_id: device.id.clone(),
+                        host: target_host.clone(),
+                        port: port_to_connect,
+                    };
+                    let originator = std::net::SocketAddr::new(
+                        originator.0.parse().unwrap_or(source_ip),
+                        u16::try_from(originator.1).unwrap_or(0),
+                    );
+                    match presence.open_remote(&target, originator).await {
+                        Ok(Some(stream)) => Ok(Box::new(stream) as Box<dyn DeviceStream>),
+                        Ok(None) => Err("the device is offline".to_string()),
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+                (None, None) => Err("the device is offline".to_string()),
+            };
+            match device_side {
+                Ok(mut b) => {
                     reply.accept().await;
                     event("forward.open", serde_json::json!({ "to": to })).await;
                     let started = std::time::Instant::now();
                     let mut a = channel.into_stream();
-                    let mut b = device_channel.into_stream();
                     let (sent, received) = tokio::io::copy_bidirectional(&mut a, &mut b)
                         .await
                         .unwrap_or((0, 0));
@@ -175,7 +205,7 @@ impl Conn {
                     );
                     event(
                         "forward.refused",
-                        serde_json::json!({ "to": to, "error": e.to_string() }),
+                        serde_json::json!({ "to": to, "error": e }),
                     )
                     .await;
                     reply

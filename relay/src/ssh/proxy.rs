@@ -27,6 +27,9 @@ pub enum ProxyError {
     /// The device did not accept the inner connection.
     #[error("the device refused the session")]
     Refused,
+    /// The relay holding the device's link could not be reached.
+    #[error("through its relay: {0}")]
+    Cluster(String),
 }
 
 /// SSH client settings for the inner connection to a device's embedded server.
@@ -97,13 +100,28 @@ pub async fn open_device_session(
             )
             .await?
     };
-    let device_key = link.device_key.clone();
-    let mut connection = client::connect_stream(
-        inner_config(),
+    session_over(
         link_channel.into_stream(),
-        InnerHandler { device_key },
+        link.device_key.clone(),
+        engineer,
     )
-    .await?;
+    .await
+}
+
+/// Opens a session on a device's embedded SSH server over `stream`: a channel on the device's
+/// link, or a stream through the relay of the cluster that holds it
+/// ([`crate::cluster::peer`]). `device_key` is the device's key, which its embedded server
+/// presents as its host key.
+pub async fn session_over<S>(
+    stream: S,
+    device_key: PublicKey,
+    engineer: &str,
+) -> Result<DeviceSession, ProxyError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut connection =
+        client::connect_stream(inner_config(), stream, InnerHandler { device_key }).await?;
     if !connection.authenticate_none(engineer).await?.success() {
         return Err(ProxyError::Refused);
     }

@@ -88,18 +88,11 @@ impl Conn {
                 .await;
                 return;
             }
-            let Some(link) = registry.get(&device.id) else {
-                let seen = device
-                    .last_disconnected
-                    .clone()
-                    .unwrap_or_else(|| "never".into());
-                proxy::refuse_session(
-                    channel,
-                    &format!("device {} is offline (last seen {seen})", device.name),
-                )
-                .await;
+            let link = registry.get(&device.id);
+            if link.is_none() && front.presence.is_none() {
+                proxy::refuse_session(channel, &offline(&device)).await;
                 return;
-            };
+            }
             let places = match front.limits.session(&device.id, &device.name, &engineer) {
                 Ok(p) => p,
                 Err(hit) => {
@@ -112,7 +105,17 @@ impl Conn {
                 "session: engineer {engineer} ({fingerprint}) on device {} from {remote}",
                 device.id
             );
-            match proxy::open_device_session(&link, &engineer, remote).await {
+            let opened = match &link {
+                Some(link) => proxy::open_device_session(link, &engineer, remote).await,
+                None => match remote_session(&front, &device, &engineer, remote).await {
+                    Some(opened) => opened,
+                    None => {
+                        proxy::refuse_session(channel, &offline(&device)).await;
+                        return;
+                    }
+                },
+            };
+            match opened {
                 Ok(dev) => {
                     carry_session(
                         front,
@@ -153,6 +156,40 @@ impl Conn {
             session.channel_failure(channel)
         }
     }
+}
+
+/// What an engineer hears of a device no relay holds a link to.
+fn offline(device: &Device) -> String {
+    let seen = device
+        .last_disconnected
+        .clone()
+        .unwrap_or_else(|| "never".into());
+    format!("device {} is offline (last seen {seen})", device.name)
+}
+
+/// A session on `device` through the relay of the cluster that holds its link: `None` when
+/// no relay does.
+async fn remote_session(
+    front: &super::front::Front,
+    device: &Device,
+    engineer: &str,
+    remote: std::net::SocketAddr,
+) -> Option<Result<proxy::DeviceSession, proxy::ProxyError>> {
+    let presence = front.presence.as_ref()?;
+    let target = crate::cluster::peer::Target::Session {
+        device_id: device.id.clone(),
+    };
+    let stream = match presence.open_remote(&target, remote).await {
+        Ok(Some(stream)) => stream,
+        Ok(None) => return None,
+        Err(e) => return Some(Err(proxy::ProxyError::Cluster(e.to_string()))),
+    };
+    let device_key = match russh::keys::PublicKey::from_openssh(&device.public_key) {
+        Ok(k) => k,
+        Err(e) => return Some(Err(proxy::ProxyError::Cluster(format!("device key: {e}")))),
+    };
+    tracing::info!("session to device {} through its relay", device.id);
+    Some(proxy::session_over(stream, device_key, engineer).await)
 }
 
 /// Carries one engineer session to the device, recorded, with its audit entries; returns when
