@@ -5,6 +5,10 @@
 //! - bulk upload: scp of 256 MiB;
 //! - port forward: 256 MiB through `ssh -L` to a local sink.
 //!
+//! The same three again on a cluster of two relays (one PostgreSQL store, NATS presence): the
+//! engineer on the relay that holds the board, and on the other relay, which carries the
+//! session over its peer connection to the holder.
+//!
 //! Run with `cargo bench --bench relay_overhead`. Needs openssh-client and openssh-server.
 
 #[path = "../tests/common/mod.rs"]
@@ -233,6 +237,67 @@ fn main() -> Result<()> {
         rows.push((p50, p99, scp, fwd));
     }
     let base = rows[0];
+
+    // A cluster: the board on relay 1; the engineer on relay 1, then on relay 2.
+    let pg = Postgres::start()?;
+    let db = pg.create_database("bench")?;
+    let nats = Nats::start()?;
+    let cluster_relay = |id: &str| -> Result<Relay> {
+        Relay::start_with_config(&format!(
+            "store:\n  url: {db}\ncluster:\n  nats: {}\n  relay_id: {id}\n  peer_listen: 127.0.0.1:{}\n",
+            nats.url(),
+            free_port()?
+        ))
+    };
+    let r1 = cluster_relay("r1")?;
+    let r2 = cluster_relay("r2")?;
+    r1.tenant("bench")?;
+    let clustered = r1.engineer("bench", "bench", "admin")?;
+    let mut board = Agent::new("bench-cluster", &[format!("127.0.0.1:{sink_port}")])?;
+    board.enroll(&r1, Transport::Tcp, "bench")?;
+    board.start()?;
+    board.wait_online()?;
+    let ccfg = clustered.ssh_config.display().to_string();
+    let cluster_target = |label, relay: &Relay| Target {
+        label,
+        ssh_args: vec![
+            "-F".into(),
+            ccfg.clone(),
+            "-p".into(),
+            relay.ssh_port.to_string(),
+        ],
+        scp_args: vec![
+            "-F".into(),
+            ccfg.clone(),
+            "-P".into(),
+            relay.ssh_port.to_string(),
+        ],
+        dest: "bench-cluster@127.0.0.1".into(),
+    };
+    let same = cluster_target("cluster, same relay", &r1);
+    let other = cluster_target("cluster, other relay", &r2);
+    for t in [&same, &other] {
+        let (p50, p99) = keystroke_rtt(t)?;
+        let scp = scp_upload(t, &file, remote.path())?;
+        let fwd = forward_throughput(t, sink_port, &sink_done)?;
+        println!(
+            "{:<30} {:>12} {:>12} {:>12.1} {:>12.1}",
+            t.label,
+            p50.as_micros(),
+            p99.as_micros(),
+            scp,
+            fwd
+        );
+        rows.push((p50, p99, scp, fwd));
+    }
+    let (same_row, other_row) = (rows[3], rows[4]);
+    println!(
+        "other relay vs same relay: RTT p50 +{} µs, p99 +{} µs; scp {:.2}x; -L {:.2}x",
+        other_row.0.as_micros() as i128 - same_row.0.as_micros() as i128,
+        other_row.1.as_micros() as i128 - same_row.1.as_micros() as i128,
+        other_row.2 / same_row.2,
+        other_row.3 / same_row.3
+    );
     for (t, row) in [&via_relay, &via_ws].iter().zip(&rows[1..]) {
         println!(
             "{}: RTT overhead p50 {} µs, p99 {} µs; scp {:.2}x direct; -L {:.2}x direct",
