@@ -286,3 +286,130 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// haproxy running `bsp/cluster/haproxy.cfg` with the relays' loopback ports in place of
+/// `relay-N.internal`; returns it and its SSH and HTTP ports.
+fn balancer(relays: &[Relay], dir: &std::path::Path) -> Result<(KillOnDrop, u16, u16)> {
+    let shipped = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/bsp/cluster/haproxy.cfg"
+    ))?;
+    let (ssh, http) = (free_port()?, free_port()?);
+    let mut cfg = shipped
+        .replace("bind :2222", &format!("bind 127.0.0.1:{ssh}"))
+        .replace("bind :8080", &format!("bind 127.0.0.1:{http}"));
+    for (i, r) in relays.iter().enumerate() {
+        let host = format!("relay-{}.internal", i + 1);
+        cfg = cfg
+            .replace(
+                &format!("{host}:2222"),
+                &format!("127.0.0.1:{}", r.ssh_port),
+            )
+            .replace(
+                &format!("{host}:8080"),
+                &format!("127.0.0.1:{}", r.http_port),
+            );
+    }
+    ensure!(
+        !cfg.contains(".internal"),
+        "a relay of the shipped file is left: {cfg}"
+    );
+    let path = dir.join("haproxy.cfg");
+    std::fs::write(&path, cfg)?;
+    let check = std::process::Command::new("haproxy")
+        .args(["-c", "-q", "-f"])
+        .arg(&path)
+        .output()
+        .context("running haproxy (Debian package haproxy)")?;
+    ensure!(
+        check.status.success(),
+        "haproxy refuses the shipped configuration: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let child = std::process::Command::new("haproxy")
+        .args(["-db", "-f"])
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let guard = KillOnDrop(child);
+    wait_for_port(ssh)?;
+    wait_for_port(http)?;
+    Ok((guard, ssh, http))
+}
+
+#[test]
+fn three_relays_behind_haproxy_serve_boards_and_engineers_through_its_ports_only() -> Result<()> {
+    let pg = Postgres::start()?;
+    let db = pg.create_database("balanced")?;
+    let nats = Nats::start()?;
+    let mut relays = [
+        relay(&db, &nats, "r1")?,
+        relay(&db, &nats, "r2")?,
+        relay(&db, &nats, "r3")?,
+    ];
+    let dir = tempfile::tempdir()?;
+    let (_haproxy, lb_ssh, lb_http) = balancer(&relays, dir.path())?;
+    relays[0].tenant("acme")?;
+    let engineer = relays[0].engineer("alice", "acme", "admin")?;
+    let lb = Relay {
+        dir: tempfile::tempdir()?,
+        ssh_port: lb_ssh,
+        http_port: lb_http,
+        proc: None,
+    };
+    // One board over SSH, one over WebSocket, both through the balancer only.
+    let mut boards = Vec::new();
+    for (name, url) in [
+        ("tcp-board", format!("ssh://127.0.0.1:{lb_ssh}")),
+        ("ws-board", format!("ws://127.0.0.1:{lb_http}/v1/link")),
+    ] {
+        let mut agent = Agent::new(name, &[])?;
+        agent.enroll_via(&relays[0], &url, "acme")?;
+        agent.start()?;
+        agent.wait_online()?;
+        boards.push(agent);
+    }
+    for name in ["tcp-board", "ws-board"] {
+        let r = engineer.exec_on(&lb, name, "echo balanced")?;
+        ensure!(r.stdout == "balanced\n", "{name} through haproxy: {r:?}");
+    }
+    // An action through relay 3 reaches the boards wherever they are.
+    let id = relays[2].admin_ok(&["action", "create", "tcp-board", "--run", "echo r3"])?;
+    let id = id.trim().to_string();
+    wait_until(
+        Duration::from_secs(30),
+        "the action through relay 3",
+        || {
+            relays[0]
+                .admin_ok(&["action", "show", &id, "--json"])
+                .is_ok_and(|t| t.contains("\"succeeded\""))
+        },
+    )?;
+
+    // The relay holding the SSH board dies: the board comes back through the balancer on
+    // another relay, and the engineer reaches it through the balancer again.
+    let id = holder(&relays[1], "tcp-board")?.context("no holder")?;
+    let at = ["r1", "r2", "r3"]
+        .iter()
+        .position(|r| *r == id)
+        .context("holder")?;
+    relays[at].kill();
+    let watcher = (at + 1) % 3;
+    let back = Instant::now();
+    wait_until(
+        Duration::from_secs(60),
+        "tcp-board on another relay",
+        || holder(&relays[watcher], "tcp-board").is_ok_and(|h| h.is_some_and(|h| h != id)),
+    )?;
+    println!("tcp-board back on another relay after {:?}", back.elapsed());
+    let mut last = None;
+    wait_until(Duration::from_secs(30), "a session through haproxy", || {
+        let r = engineer.exec_on(&lb, "tcp-board", "echo again");
+        let ok = r.as_ref().is_ok_and(|r| r.stdout == "again\n");
+        last = Some(r.map(|r| r.stderr));
+        ok
+    })
+    .with_context(|| format!("{last:?}"))?;
+    Ok(())
+}
