@@ -251,6 +251,9 @@ impl Default for SshConfig {
     }
 }
 
+/// Directory of the artifacts under the data directory.
+pub const ARTIFACTS_DIR: &str = "artifacts";
+
 /// Directory of the session recordings (cast files) under the data directory.
 pub const SESSIONS_DIR: &str = "sessions";
 
@@ -260,7 +263,7 @@ pub use tether_protocol::config_file::ConfigError;
 impl RelayConfig {
     /// Where artifacts and recipes for devices are kept.
     pub fn artifacts_dir(&self) -> PathBuf {
-        self.data_dir.join("artifacts")
+        self.data_dir.join(ARTIFACTS_DIR)
     }
 
     /// Where session recordings (asciicast files) are kept.

@@ -223,6 +223,11 @@ async fn send_artifact<W: AsyncWrite + Unpin>(
             return frame::write(wr, &refuse("the relay's store failed; try again".into())).await;
         }
     }
+    // A relay of a cluster may hold the board while another relay stored the artifact.
+    let (dir, digest) = (artifacts_dir.to_path_buf(), sha256.to_string());
+    if let Ok(Err(e)) = with_store(store, move |s| s.ensure_artifact_file(&dir, &digest)).await {
+        tracing::error!("device {device_id}: fetching artifact {sha256} from the store: {e}");
+    }
     let path = artifacts_dir.join(sha256);
     let mut file = match std::fs::File::open(&path) {
         Ok(f) => f,

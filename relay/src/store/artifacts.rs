@@ -117,4 +117,10 @@ pub trait ArtifactStore {
 
     /// Artifacts of `tenant` (of every tenant if `None`), oldest first.
     fn artifacts(&self, tenant: Option<&str>) -> Result<Vec<ArtifactInfo>, StoreError>;
+
+    /// Makes sure the bytes of `sha256` are in `artifacts_dir` on this host, as the file the
+    /// relay sends devices; returns whether they are. A store of one relay (SQLite) keeps the
+    /// files themselves, so this only looks; a store shared by a cluster (PostgreSQL) also
+    /// keeps the bytes, and writes the file from them when another relay stored the artifact.
+    fn ensure_artifact_file(&self, artifacts_dir: &Path, sha256: &str) -> Result<bool, StoreError>;
 }

@@ -166,6 +166,35 @@ impl PgStore {
                 let n = copy_table(&snapshot, &tx, table).await?;
                 rows.insert(table.to_string(), n);
             }
+            // Artifact bytes: relays of a cluster share no disk, so they go into the store
+            // from the copied relay's files (`artifacts/` beside its SQLite file).
+            let digests: Vec<String> = tx
+                .query("SELECT DISTINCT sha256 FROM artifacts", &[])
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let files = path
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join(crate::config::ARTIFACTS_DIR);
+            let mut blobs = 0u64;
+            for digest in &digests {
+                let Some(file) = crate::store::Store::artifact_path(&files, digest) else {
+                    continue;
+                };
+                match std::fs::read(&file) {
+                    Ok(data) => {
+                        super::artifacts::put_blob(&tx, digest, &data).await?;
+                        blobs += 1;
+                    }
+                    Err(e) => tracing::warn!(
+                        "artifact {digest}: {}: {e}; devices cannot fetch it from other relays",
+                        file.display()
+                    ),
+                }
+            }
+            rows.insert("artifact_blobs".to_string(), blobs);
             for table in IDENTITIES {
                 tx.execute(
                     &format!(

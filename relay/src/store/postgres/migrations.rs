@@ -232,6 +232,17 @@ CREATE INDEX device_changes_by_time ON device_changes (at);
 "#,
     },
     Migration {
+        name: "artifact bytes, for relays that share no disk",
+        sql: r#"
+CREATE TABLE artifact_blobs (
+    sha256 TEXT COLLATE "C" NOT NULL,
+    chunk  BIGINT NOT NULL,
+    bytes  BYTEA NOT NULL,
+    PRIMARY KEY (sha256, chunk)
+);
+"#,
+    },
+    Migration {
         name: "one host key for every relay of a cluster",
         sql: r#"
 CREATE TABLE relay_host_key (

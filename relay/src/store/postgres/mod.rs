@@ -241,4 +241,40 @@ mod tests {
     }
 
     crate::store::conformance::suite!(fresh);
+
+    #[test]
+    fn a_relay_without_the_file_writes_it_from_the_store_and_checks_it()
+    -> Result<(), Box<dyn std::error::Error>> {
+        use crate::store::{ArtifactStore, TenantStore};
+        let db = test_server::Database::create()?;
+        let store = PgStore::open(&db.url, 2)?;
+        store.add_tenant("acme")?;
+        let (one, two) = (tempfile::tempdir()?, tempfile::tempdir()?);
+        // Three chunks, the last one short.
+        let data: Vec<u8> = (0..(2 * artifacts::BLOB_CHUNK + 17))
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let info = store.put_artifact(one.path(), "acme", "big.bin", &data)?;
+        assert!(store.ensure_artifact_file(two.path(), &info.sha256)?);
+        assert_eq!(std::fs::read(two.path().join(&info.sha256))?, data);
+        assert!(!store.ensure_artifact_file(two.path(), &"0".repeat(64))?);
+        assert!(!store.ensure_artifact_file(two.path(), "../etc/passwd")?);
+        // Bytes changed in the database are refused, and no file is left.
+        store.block(async {
+            store
+                .client()
+                .await?
+                .execute("UPDATE artifact_blobs SET bytes = 'x' WHERE chunk = 1", &[])
+                .await
+                .map_err(StoreError::from)
+        })?;
+        let three = tempfile::tempdir()?;
+        assert!(
+            store
+                .ensure_artifact_file(three.path(), &info.sha256)
+                .is_err()
+        );
+        assert_eq!(std::fs::read_dir(three.path())?.count(), 0);
+        Ok(())
+    }
 }

@@ -206,6 +206,12 @@ impl TenantStore for PgStore {
                 .await?;
             tx.execute("DELETE FROM tenants WHERE id = $1", &[&t.id])
                 .await?;
+            // The bytes of artifacts no other tenant holds go with them.
+            tx.execute(
+                "DELETE FROM artifact_blobs WHERE sha256 = ANY($1)",
+                &[&orphaned_artifacts],
+            )
+            .await?;
             tx.commit().await?;
             Ok(RemovedTenant {
                 deleted,

@@ -7,7 +7,7 @@ use sha2::{Digest, Sha256};
 
 use super::SqliteStore;
 use super::tenants::tenant_id;
-use crate::store::artifacts::{check_artifact_name, write_artifact_file};
+use crate::store::artifacts::{artifact_path, check_artifact_name, write_artifact_file};
 use crate::store::{ArtifactInfo, ArtifactStore, StoreError, now};
 
 /// The columns [`artifact_from_row`] reads, from `artifacts a JOIN tenants t`.
@@ -103,5 +103,9 @@ impl ArtifactStore for SqliteStore {
         ))?;
         let rows = stmt.query_map(params![tenant_id], artifact_from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn ensure_artifact_file(&self, artifacts_dir: &Path, sha256: &str) -> Result<bool, StoreError> {
+        Ok(artifact_path(artifacts_dir, sha256).is_some_and(|p| p.is_file()))
     }
 }
