@@ -181,9 +181,26 @@ fn an_engineer_on_any_relay_reaches_a_board_held_by_another() -> Result<()> {
     relays[0].tenant("acme")?;
     let engineer = relays[0].engineer("alice", "acme", "admin")?;
     let echo = echo_server()?;
-    let (_agent, held) = board(&relays, &[format!("127.0.0.1:{echo}")])?;
+    let sshd = Sshd::start(&engineer.key.with_extension("pub"))?;
+    let (_agent, held) = board(
+        &relays,
+        &[format!("127.0.0.1:{echo}"), format!("127.0.0.1:{}", sshd.port)],
+    )?;
     let via = 1 - held;
     let port = relays[via].ssh_port.to_string();
+
+    // -J to the board's own sshd, end to end, through the relay that does not hold it.
+    let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
+    let cmd = engineer.ssh_cmd(&[
+        "-J",
+        &format!("alice@127.0.0.1:{port}"),
+        "-p",
+        &sshd.port.to_string(),
+        &format!("{user}@board1"),
+        "echo via-sshd",
+    ]);
+    let r = run_with_timeout(cmd, None, Duration::from_secs(60))?;
+    ensure!(r.stdout == "via-sshd\n", "ProxyJump through the other relay: {r:?}");
 
     // exec: output, stdin and exit status through the other relay.
     let r = engineer.exec_input_on(&relays[via], "board1", "cat; exit 3", Some(b"typed"))?;
