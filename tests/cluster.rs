@@ -184,7 +184,10 @@ fn an_engineer_on_any_relay_reaches_a_board_held_by_another() -> Result<()> {
     let sshd = Sshd::start(&engineer.key.with_extension("pub"))?;
     let (_agent, held) = board(
         &relays,
-        &[format!("127.0.0.1:{echo}"), format!("127.0.0.1:{}", sshd.port)],
+        &[
+            format!("127.0.0.1:{echo}"),
+            format!("127.0.0.1:{}", sshd.port),
+        ],
     )?;
     let via = 1 - held;
     let port = relays[via].ssh_port.to_string();
@@ -200,7 +203,10 @@ fn an_engineer_on_any_relay_reaches_a_board_held_by_another() -> Result<()> {
         "echo via-sshd",
     ]);
     let r = run_with_timeout(cmd, None, Duration::from_secs(60))?;
-    ensure!(r.stdout == "via-sshd\n", "ProxyJump through the other relay: {r:?}");
+    ensure!(
+        r.stdout == "via-sshd\n",
+        "ProxyJump through the other relay: {r:?}"
+    );
 
     // exec: output, stdin and exit status through the other relay.
     let r = engineer.exec_input_on(&relays[via], "board1", "cat; exit 3", Some(b"typed"))?;
@@ -381,7 +387,7 @@ fn three_relays_behind_haproxy_serve_boards_and_engineers_through_its_ports_only
         ("tcp-board", format!("ssh://127.0.0.1:{lb_ssh}")),
         ("ws-board", format!("ws://127.0.0.1:{lb_http}/v1/link")),
     ] {
-        let mut agent = Agent::new(name, &[])?;
+        let mut agent = Agent::with_extra_config(name, &[], APPS)?;
         agent.enroll_via(&relays[0], &url, "acme")?;
         agent.start()?;
         agent.wait_online()?;
@@ -403,6 +409,53 @@ fn three_relays_behind_haproxy_serve_boards_and_engineers_through_its_ports_only
                 .is_ok_and(|t| t.contains("\"succeeded\""))
         },
     )?;
+
+    // A deployment created through a relay that does not hold the board, with an artifact
+    // stored through that relay (on its disk and in the store), reaches the board; its status
+    // reads the same through every relay.
+    let id = holder(&relays[0], "tcp-board")?.context("no holder")?;
+    let at = ["r1", "r2", "r3"]
+        .iter()
+        .position(|r| *r == id)
+        .context("holder")?;
+    let deployer = &relays[(at + 1) % 3];
+    let blob = dir.path().join("blob.bin");
+    std::fs::write(&blob, pseudo_random(3 << 20, 5))?;
+    let put = deployer.admin_ok(&[
+        "artifact",
+        "put",
+        "--tenant",
+        "acme",
+        path_str(&blob),
+        "--json",
+    ])?;
+    let put: serde_json::Value = serde_json::from_str(&put)?;
+    let sha = put["sha256"].as_str().context("sha256")?.to_string();
+    let recipe = dir.path().join("sum.yaml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "name: com.example.sum\nversion: 1.0.0\nmanifests:\n  - artifacts:\n      - uri: relay:sha256:{sha}\n        sha256: {sha}\n    lifecycle:\n      run: sha256sum {{artifacts:path}}/{sha} > {{work:path}}/sum; exec sleep 600\n"
+        ),
+    )?;
+    let deployment_id = deploy(
+        deployer,
+        "device:tcp-board",
+        &["--recipe", path_str(&recipe)],
+    )?;
+    let view = wait_final(&relays[at], &deployment_id, Duration::from_secs(90))?;
+    ensure!(statuses(&view) == ["tcp-board=succeeded"], "{view}");
+    for r in &relays {
+        let seen = deployment(r, &deployment_id)?;
+        ensure!(statuses(&seen) == statuses(&view), "{seen} vs {view}");
+    }
+    let sum = std::fs::read_to_string(
+        boards[0]
+            .dir
+            .path()
+            .join("state/apps/com.example.sum/work/sum"),
+    )?;
+    ensure!(sum.starts_with(&sha), "the board got other bytes: {sum}");
 
     // The relay holding the SSH board dies: the board comes back through the balancer on
     // another relay, and the engineer reaches it through the balancer again.
