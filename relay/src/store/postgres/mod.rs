@@ -243,6 +243,55 @@ mod tests {
     crate::store::conformance::suite!(fresh);
 
     #[test]
+    fn relays_starting_together_migrate_once_and_a_newer_schema_is_refused()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let db = test_server::Database::create()?;
+        // Four relays opening an empty database at once: the advisory lock lets one apply
+        // each step, and every one ends at the newest version.
+        let opened: Vec<Result<PgStore, StoreError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| PgStore::open(&db.url, 1)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(StoreError::Invalid("panicked".into())))
+                })
+                .collect()
+        });
+        let mut stores = Vec::new();
+        for o in opened {
+            stores.push(o?);
+        }
+        let version: i64 = stores[0].block(async {
+            Ok::<_, StoreError>(
+                stores[0]
+                    .client()
+                    .await?
+                    .query_one("SELECT version FROM schema_version", &[])
+                    .await?
+                    .get(0),
+            )
+        })?;
+        assert_eq!(version, PgStore::schema_version());
+        stores[0].block(async {
+            stores[0]
+                .client()
+                .await?
+                .execute("UPDATE schema_version SET version = 99", &[])
+                .await
+                .map_err(StoreError::from)
+        })?;
+        drop(stores);
+        assert!(matches!(
+            PgStore::open(&db.url, 1),
+            Err(StoreError::TooNew { found: 99, .. })
+        ));
+        Ok(())
+    }
+
+    #[test]
     fn a_relay_without_the_file_writes_it_from_the_store_and_checks_it()
     -> Result<(), Box<dyn std::error::Error>> {
         use crate::store::{ArtifactStore, TenantStore};
