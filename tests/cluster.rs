@@ -301,15 +301,6 @@ fn an_engineer_on_any_relay_reaches_a_board_held_by_another() -> Result<()> {
     Ok(())
 }
 
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// haproxy running `bsp/cluster/haproxy.cfg` with the relays' loopback ports in place of
 /// `relay-N.internal`; returns it and its SSH and HTTP ports.
 fn balancer(relays: &[Relay], dir: &std::path::Path) -> Result<(KillOnDrop, u16, u16)> {

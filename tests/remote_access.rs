@@ -226,14 +226,6 @@ fn local_forward(transport: Transport) -> Result<()> {
     Ok(())
 }
 
-struct KillOnDrop(std::process::Child);
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn local_forward_over_tcp() -> Result<()> {
     local_forward(Transport::Tcp)

@@ -48,12 +48,12 @@ pub fn wait_http(port: u16, expect: &str) -> Result<()> {
     .with_context(|| format!("last answer {last:?}"))
 }
 
-/// A TCP echo server on a free loopback port (up to 8 connections); returns the port.
+/// A TCP echo server on a free loopback port (up to 16 connections); returns the port.
 pub fn echo_server() -> Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let port = listener.local_addr()?.port();
     std::thread::spawn(move || {
-        for stream in listener.incoming().take(8) {
+        for stream in listener.incoming().take(16) {
             let Ok(mut stream) = stream else { continue };
             std::thread::spawn(move || {
                 let mut buf = [0u8; 16384];

@@ -202,3 +202,13 @@ pub fn run_with_timeout(mut cmd: Command, input: Option<&[u8]>, timeout: Duratio
         stderr: String::from_utf8_lossy(&stderr).into_owned(),
     })
 }
+
+/// A child process (an ssh client, a balancer) killed and reaped when the guard drops.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
