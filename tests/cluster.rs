@@ -474,3 +474,55 @@ fn three_relays_behind_haproxy_serve_boards_and_engineers_through_its_ports_only
     .with_context(|| format!("{last:?}"))?;
     Ok(())
 }
+
+#[test]
+fn telemetry_is_stored_exactly_once_when_its_relay_dies_mid_upload() -> Result<()> {
+    const RECORDS: usize = 100_000;
+    let pg = Postgres::start()?;
+    let db = pg.create_database("telemetry")?;
+    let nats = Nats::start()?;
+    let mut relays = [relay(&db, &nats, "r1")?, relay(&db, &nats, "r2")?];
+    relays[0].tenant("acme")?;
+    let (agent, held) = board(&relays, &[])?;
+    let input: String = (0..RECORDS)
+        .map(|i| format!("{{\"topic\":\"sensors/t\",\"value\":{{\"i\":{i}}}}}\n"))
+        .collect();
+    let mut cmd = std::process::Command::new(bin_dir()?.join("agent"));
+    cmd.arg("--config")
+        .arg(&agent.config)
+        .args(["telemetry", "send", "--batch"]);
+    let r = run_with_timeout(cmd, Some(input.as_bytes()), Duration::from_secs(300))?;
+    ensure!(r.status == Some(0), "send --batch: {}", r.stderr);
+    // The holder dies while the board is still uploading.
+    let stored_before: u64 = pg
+        .psql(&db, "SELECT count(*) FROM telemetry")?
+        .trim()
+        .parse()?;
+    relays[held].kill();
+    println!("relay killed with {stored_before} of {RECORDS} records stored");
+    let start = Instant::now();
+    let mut stored = 0u64;
+    wait_until(Duration::from_secs(240), "every record stored", || {
+        stored = pg
+            .psql(&db, "SELECT count(*) FROM telemetry")
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0);
+        stored >= RECORDS as u64
+    })
+    .with_context(|| format!("{stored} of {RECORDS} stored"))?;
+    println!("all stored {:?} after the kill", start.elapsed());
+    agent.wait_drained(Duration::from_secs(60))?;
+    let counts = pg.psql(
+        &db,
+        "SELECT count(*), count(DISTINCT seq), min(seq), max(seq) FROM telemetry",
+    )?;
+    let status = agent.telemetry_status()?;
+    let last = status["last_seq"].as_u64().context("last_seq")?;
+    let first = last + 1 - RECORDS as u64;
+    ensure!(
+        counts.trim() == format!("{RECORDS}|{RECORDS}|{first}|{last}"),
+        "stored rows (count, distinct, min, max): {counts}"
+    );
+    Ok(())
+}
