@@ -212,6 +212,25 @@ fn an_engineer_on_any_relay_reaches_a_board_held_by_another() -> Result<()> {
     let r = engineer.exec_input_on(&relays[via], "board1", "cat; exit 3", Some(b"typed"))?;
     ensure!(r.status == Some(3) && r.stdout == "typed", "{r:?}");
 
+    // A pty shell: a terminal, its size and its resize, through the other relay.
+    let t = Tmux::new(
+        &format!(
+            "ssh -F {} -p {port} -tt board1@127.0.0.1",
+            engineer.ssh_config.display()
+        ),
+        100,
+        30,
+    )?;
+    t.send(&["echo tty=$(tty); stty size", "Enter"])?;
+    t.wait_for("30 100")?;
+    ensure!(t.screen().contains("tty=/dev/pts/"), "{}", t.screen());
+    t.tmux(&["resize-window", "-t", "0", "-x", "120", "-y", "40"])?;
+    std::thread::sleep(Duration::from_millis(300));
+    t.send(&["clear; stty size", "Enter"])?;
+    t.wait_for("40 120")?;
+    t.send(&["exit", "Enter"])?;
+    drop(t);
+
     // scp both ways, byte for byte.
     let work = tempfile::tempdir()?;
     let up = work.path().join("up");
