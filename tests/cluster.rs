@@ -234,7 +234,7 @@ fn an_engineer_on_any_relay_reaches_a_board_held_by_another() -> Result<()> {
     // scp both ways, byte for byte.
     let work = tempfile::tempdir()?;
     let up = work.path().join("up");
-    let data = pseudo_random(16 << 20, 9);
+    let data = pseudo_random(64 << 20, 9);
     std::fs::write(&up, &data)?;
     let board_dir = tempfile::tempdir()?;
     let there = board_dir.path().join("f");
