@@ -10,6 +10,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use common::*;
 
+/// Device change notifications a relay received from another relay or an admin command.
+const DEVICE_NOTES_RECEIVED: &str =
+    r#"tether_cluster_notifications_total{kind="device",outcome="received"}"#;
+
+/// Access change notifications a relay received.
+const ACCESS_NOTES_RECEIVED: &str =
+    r#"tether_cluster_notifications_total{kind="access",outcome="received"}"#;
+
 /// A relay of the cluster: PostgreSQL store `db`, NATS `nats`, name `id`, with a peer port.
 fn relay(db: &str, nats: &Nats, id: &str) -> Result<Relay> {
     Relay::start_with_config(&format!(
@@ -132,6 +140,38 @@ fn boards_move_between_relays_and_presence_follows() -> Result<()> {
     let other_view: serde_json::Value =
         serde_json::from_str(&relays[other].admin_ok(&["action", "show", &id, "--json"])?)?;
     ensure!(other_view == done, "{other_view} vs {done}");
+    // It travelled as a notification, not only through the store's feed.
+    ensure!(
+        relays[held].metric(DEVICE_NOTES_RECEIVED)? >= Some(1.0),
+        "the holder heard of no device change:\n{}",
+        relays[held].log()
+    );
+
+    // Whoever can publish on NATS is trusted with presence, but what it says is bounded and
+    // parsed: garbage, a megabyte-long device id and unknown fields only count as malformed
+    // or change nothing, and the relay goes on serving.
+    let huge = format!(
+        "{{\"origin\":\"x\",\"device\":\"{}\"}}",
+        "d".repeat(900_000)
+    );
+    nats.publish_raw(
+        "tether.notify.device",
+        &[
+            b"not json".to_vec(),
+            huge.into_bytes(),
+            br#"{"origin":"x"}"#.to_vec(),
+            br#"{"origin":"x","device":"board1","extra":[1,2,3]}"#.to_vec(),
+        ],
+    )?;
+    nats.publish_raw("tether.notify.access", &[vec![0xff; 4096]])?;
+    let malformed = r#"tether_cluster_notifications_total{kind="device",outcome="malformed"}"#;
+    wait_until(
+        Duration::from_secs(10),
+        "the malformed notes to be counted",
+        || relays[held].metric(malformed).is_ok_and(|n| n >= Some(3.0)),
+    )?;
+    let r = engineer.exec_on(&relays[held], "board1", "echo still")?;
+    ensure!(r.stdout == "still\n", "{r:?}");
 
     // NATS goes away: the boards stay reachable through the relay that holds them, and the
     // relays say what is missing; when it is back, presence is written again by itself.
@@ -163,11 +203,17 @@ fn boards_move_between_relays_and_presence_follows() -> Result<()> {
     let r = engineer.exec_on(&relays[other], "board1", "echo moved")?;
     ensure!(r.stdout == "moved\n", "{r:?}");
 
-    // The dead relay comes back; a reject through it drops the link the other relay holds.
+    // The dead relay comes back; a reject through it drops the link the other relay holds,
+    // told by the admin command's announcement rather than found by the next sweep.
     relays[held].restart()?;
+    let heard = relays[other].metric(ACCESS_NOTES_RECEIVED)?.unwrap_or(0.0);
     let r = relays[held].admin(&["device", "reject", "board1"])?;
     ensure!(r.status == Some(0), "reject: {}", r.stderr);
     wait_holder(&relays[held], "board1", None, Duration::from_secs(20))?;
+    ensure!(
+        relays[other].metric(ACCESS_NOTES_RECEIVED)? > Some(heard),
+        "the holder heard of no access change"
+    );
 
     Ok(())
 }
@@ -542,6 +588,65 @@ fn telemetry_is_stored_exactly_once_when_its_relay_dies_mid_upload() -> Result<(
     ensure!(
         counts.trim() == format!("{RECORDS}|{RECORDS}|{first}|{last}"),
         "stored rows (count, distinct, min, max): {counts}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_relay_killed_for_good_leaves_no_board_online_and_no_session_open() -> Result<()> {
+    let pg = Postgres::start()?;
+    let db = pg.create_database("cluster")?;
+    let nats = Nats::start()?;
+    let mut relays = [relay(&db, &nats, "r1")?, relay(&db, &nats, "r2")?];
+    relays[0].tenant("acme")?;
+    let engineer = relays[0].engineer("alice", "acme", "admin")?;
+    let (mut agent, held) = board(&relays, &[])?;
+    let other = 1 - held;
+    // A session through the holder that is still open when everything dies.
+    let mut ssh = engineer.ssh_cmd(&[
+        "-p",
+        &relays[held].ssh_port.to_string(),
+        "board1@127.0.0.1",
+        "sleep 600",
+    ]);
+    ssh.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let _ssh = KillOnDrop(ssh.spawn()?);
+    let open_session = |via: &Relay| -> Result<Option<serde_json::Value>> {
+        let list: Vec<serde_json::Value> =
+            serde_json::from_str(&via.admin_ok(&["session", "list", "--json"])?)?;
+        Ok(list.into_iter().find(|s| s["device"] == "board1"))
+    };
+    wait_until(
+        Duration::from_secs(20),
+        "the session to be recorded",
+        || open_session(&relays[other]).is_ok_and(|s| s.is_some()),
+    )?;
+
+    // The board and its relay die at once: nobody records the link's or the session's end.
+    agent.kill();
+    relays[held].kill();
+    ensure!(relays[other].device_json("board1")?["online"] == true);
+
+    // The surviving relay notices the silence and releases what the dead one held.
+    let start = Instant::now();
+    let mut last = serde_json::Value::Null;
+    wait_until(Duration::from_secs(60), "board1 to read offline", || {
+        last = relays[other].device_json("board1").unwrap_or_default();
+        last["online"] == false
+    })
+    .with_context(|| format!("{last}\n{}", relays[other].log()))?;
+    println!(
+        "a dead relay's board read offline after {:?}",
+        start.elapsed()
+    );
+    let session = open_session(&relays[other])?.context("the session is gone")?;
+    ensure!(session["end_reason"] == "interrupted", "{session}");
+    ensure!(
+        relays[other].log().contains("were silent"),
+        "{}",
+        relays[other].log()
     );
     Ok(())
 }

@@ -90,19 +90,6 @@ fn fill(path: &Path) -> Result<u64> {
     Ok(written)
 }
 
-/// One sample of `series` (name with labels) on the relay's `/metrics` page.
-fn metric(relay: &Relay, series: &str) -> Result<Option<f64>> {
-    let (code, page) = relay.http_get("/metrics", None)?;
-    ensure!(code == 200, "GET /metrics: {code} {page}");
-    Ok(page.lines().find_map(|l| {
-        l.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    }))
-}
-
 /// Queues `n` records of about 1 KiB on the agent with `agent telemetry send --batch`,
 /// numbered from `from` in their payload.
 fn produce(agent: &Agent, from: usize, n: usize) -> Result<()> {
@@ -171,7 +158,7 @@ fn rig(test: &str) -> Result<Option<Rig>> {
     produce(&agent, 0, BEFORE)?;
     agent.wait_drained(Duration::from_secs(20))?;
     ensure!(
-        metric(&relay, "tether_telemetry_sink_failing")? == Some(0.0),
+        relay.metric("tether_telemetry_sink_failing")? == Some(0.0),
         "sink reported failing while healthy"
     );
     Ok(Some(Rig {
@@ -248,7 +235,7 @@ impl Rig {
             tail_lines(&log, 40)
         );
         ensure!(
-            metric(&self.relay, "tether_telemetry_sink_failing")? == Some(0.0),
+            self.relay.metric("tether_telemetry_sink_failing")? == Some(0.0),
             "tether_telemetry_sink_failing still 1 after recovery"
         );
         // Over the same link: a reconnect would have resumed upload the old way.
@@ -280,11 +267,13 @@ fn telemetry_resumes_by_itself_once_the_relays_disk_has_space_again() -> Result<
     produce(&rig.agent, BEFORE, RECORDS)?;
     rig.wait_failing()?;
     ensure!(
-        metric(&rig.relay, "tether_telemetry_sink_failing")? == Some(1.0),
+        rig.relay.metric("tether_telemetry_sink_failing")? == Some(1.0),
         "tether_telemetry_sink_failing not 1 while the disk is full"
     );
     ensure!(
-        metric(&rig.relay, "tether_telemetry_sink_errors_total")?.is_some_and(|n| n >= 1.0),
+        rig.relay
+            .metric("tether_telemetry_sink_errors_total")?
+            .is_some_and(|n| n >= 1.0),
         "no sink error counted"
     );
     ensure!(

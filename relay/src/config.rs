@@ -101,6 +101,9 @@ pub struct LimitsConfig {
     pub max_http_connections: usize,
     /// HTTP connections open at once per source address.
     pub max_http_connections_per_source: usize,
+    /// Connections open at once on the peer port (`cluster.peer_listen`): each carries one
+    /// engineer's stream from another relay.
+    pub max_peer_connections: usize,
     /// Engineers' sessions open at once on one device.
     pub sessions_per_device: usize,
     /// Sessions one engineer may have open at once, over all devices.
@@ -125,6 +128,7 @@ impl Default for LimitsConfig {
             login_grace: Duration::from_secs(30),
             max_http_connections: 4096,
             max_http_connections_per_source: 256,
+            max_peer_connections: 4096,
             sessions_per_device: 16,
             sessions_per_engineer: 32,
             channels_per_connection: 64,

@@ -43,6 +43,7 @@ pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod policy;
+pub mod publickey_only;
 pub mod recording;
 pub mod registry;
 pub mod server;

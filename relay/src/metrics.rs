@@ -40,6 +40,9 @@ pub struct Metrics {
     pub records_duplicate: Counter,
     /// Bytes through the SSH front, by transport and direction.
     pub link_bytes: Family<Labels, Counter>,
+    /// Change notifications between relays, by kind (`device`, `access`) and outcome (`sent`,
+    /// `received`, `dropped`, `malformed`).
+    pub cluster_notifications: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -54,6 +57,7 @@ impl Metrics {
         let sink_failing = Gauge::<i64, AtomicI64>::default();
         let records_duplicate = Counter::default();
         let link_bytes = Family::<Labels, Counter>::default();
+        let cluster_notifications = Family::<Labels, Counter>::default();
         registry.register(
             "devices_online",
             "Devices with a live link to this relay",
@@ -94,6 +98,11 @@ impl Metrics {
             "Bytes through the SSH port and the WebSocket link",
             link_bytes.clone(),
         );
+        registry.register(
+            "cluster_notifications",
+            "Change notifications between the relays of a cluster, by kind and outcome",
+            cluster_notifications.clone(),
+        );
         Arc::new(Self {
             registry,
             devices_online,
@@ -105,6 +114,7 @@ impl Metrics {
             sink_outage: Mutex::new(None),
             records_duplicate,
             link_bytes,
+            cluster_notifications,
         })
     }
 
@@ -164,6 +174,16 @@ impl Metrics {
                 o.failed
             );
         }
+    }
+
+    /// Counter of cluster notifications of one kind and outcome.
+    pub fn cluster_notes(&self, kind: &str, outcome: &str) -> Counter {
+        self.cluster_notifications
+            .get_or_create(&vec![
+                ("kind".into(), kind.into()),
+                ("outcome".into(), outcome.into()),
+            ])
+            .clone()
     }
 
     /// Counter of bytes for one transport and direction.

@@ -27,6 +27,13 @@ const SHUTDOWN_GRACE: Duration = http::DRAIN_TIMEOUT.saturating_add(Duration::fr
 /// engineers removed, disabled or re-keyed since they logged in.
 const EVICTION_INTERVAL: Duration = Duration::from_secs(2);
 
+/// How often a relay on a shared store says it is alive.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How long a relay on a shared store may be silent before the others release its devices
+/// and sessions: several heartbeats, so that a slow store does not release a live relay's.
+const RELAY_SILENCE: Duration = Duration::from_secs(30);
+
 /// Key exchanges the relay offers: the post-quantum hybrid first, then curve25519 for the
 /// clients without it (OpenSSH before 9.9, which prefers its own sntrup761 hybrid that russh
 /// lacks), then the extension markers (ext-info and strict kex, the Terrapin fix).
@@ -131,11 +138,20 @@ pub async fn serve(config: RelayConfig, store: Arc<Store>) -> Result<()> {
     let fingerprint = hostkey::fingerprint(&host_key);
     if store.is_shared() {
         // Other relays may be serving from this store right now: their devices are online and
-        // their sessions open. Flags this relay left behind when it was last killed are put
-        // right when each of its boards links again, to this relay or another.
-        tracing::info!(
-            "the store is shared by a cluster of relays: online flags and open sessions are left as the other relays hold them"
-        );
+        // their sessions open. Only what this relay's previous run left is released here;
+        // what a relay that is gone for good left, the others release (see below).
+        let relay_id = config.relay_id();
+        let id = relay_id.clone();
+        let released = with_store(&store, move |s| s.join_as_relay(&id))
+            .await?
+            .with_context(|| format!("joining the store as relay {relay_id}"))?;
+        if released.devices + released.sessions > 0 {
+            tracing::warn!(
+                "relay {relay_id} was not stopped cleanly last time: {} devices marked offline, {} sessions closed as interrupted",
+                released.devices,
+                released.sessions
+            );
+        }
     } else {
         // The only relay on this store: links and sessions of a previous run are gone.
         with_store(&store, |s| s.mark_all_offline())
@@ -180,6 +196,7 @@ pub async fn serve(config: RelayConfig, store: Arc<Store>) -> Result<()> {
                     listener,
                     host_key.clone(),
                     registry.clone(),
+                    config.limits.max_peer_connections,
                     stop_rx.clone(),
                 ));
             }
@@ -206,6 +223,15 @@ pub async fn serve(config: RelayConfig, store: Arc<Store>) -> Result<()> {
         stop_rx.clone(),
         presence,
     );
+    if let Some(presence) = &front.presence {
+        crate::cluster::notify::start(
+            presence.client().clone(),
+            presence.relay_id(),
+            store.notifier(),
+            front.access_changed.clone(),
+            front.metrics.clone(),
+        );
+    }
     let router = http::router(
         http::api::router(store.clone(), config.artifacts_dir(), config.sessions_dir()),
         front.clone(),
@@ -242,16 +268,20 @@ pub async fn serve(config: RelayConfig, store: Arc<Store>) -> Result<()> {
         let mut tick = tokio::time::interval(EVICTION_INTERVAL);
         loop {
             tokio::select! {
-                _ = tick.tick() => {
-                    // Engineers first: when a tenant goes, its engineers are told why before
-                    // their sessions end with the device links they ran on.
-                    evict_front.evict_engineers().await;
-                    evict_front.evict_unwelcome().await;
-                }
+                _ = tick.tick() => {}
+                _ = evict_front.access_changed.notified() => {}
                 _ = stopped(&mut evict_stop) => return,
             }
+            // Engineers first: when a tenant goes, its engineers are told why before their
+            // sessions end with the device links they ran on.
+            evict_front.evict_engineers().await;
+            evict_front.evict_unwelcome().await;
         }
     });
+
+    let members_task = store
+        .is_shared()
+        .then(|| tokio::spawn(keep_membership(store.clone(), stop_rx.clone())));
 
     let retention_store = store.clone();
     let sessions_dir = config.sessions_dir();
@@ -288,6 +318,9 @@ pub async fn serve(config: RelayConfig, store: Arc<Store>) -> Result<()> {
             let _ = ssh_task.await;
             let _ = evict_task.await;
             let _ = retention_task.await;
+            if let Some(task) = members_task {
+                let _ = task.await;
+            }
             // Connection tasks unregister their device once their goodbye is sent, and
             // complete the records of the sessions they carried.
             for _ in 0..50 {
@@ -310,13 +343,45 @@ pub async fn serve(config: RelayConfig, store: Arc<Store>) -> Result<()> {
     }
     // Each link recorded its own end; on a store of its own the relay also clears whatever a
     // link could not record, while on a shared one the others' devices are not its to touch.
-    if !store.is_shared() {
+    if store.is_shared() {
+        with_store(&store, |s| s.leave_relays())
+            .await?
+            .context("recording this relay's devices offline")?;
+    } else {
         with_store(&store, |s| s.mark_all_offline())
             .await?
             .context("recording devices offline")?;
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// On a store shared by several relays: says every [`HEARTBEAT_INTERVAL`] that this relay is
+/// alive, and releases what relays silent for [`RELAY_SILENCE`] held, so that a relay that
+/// died for good does not leave its boards online and its sessions open in the store.
+async fn keep_membership(store: Arc<crate::store::Store>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopped(&mut stop) => return,
+        }
+        if let Ok(Err(e)) = with_store(&store, |s| s.relay_heartbeat()).await {
+            tracing::debug!("relay heartbeat: {e}");
+            continue;
+        }
+        match with_store(&store, |s| s.reap_silent_relays(RELAY_SILENCE)).await {
+            Ok(Ok(r)) if !r.relays.is_empty() => tracing::warn!(
+                "relays {} were silent for {RELAY_SILENCE:?}: {} of their devices marked offline, {} sessions closed as interrupted",
+                r.relays.join(", "),
+                r.devices,
+                r.sessions
+            ),
+            Ok(Err(e)) => tracing::debug!("releasing silent relays: {e}"),
+            _ => {}
+        }
+    }
 }
 
 /// Logs a warning when group or others may read `path`. Not an error: an operator may share a

@@ -33,6 +33,38 @@ impl Nats {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// Publishes `payloads` on `subject` as a bare NATS client would (the text protocol over
+    /// TCP), then waits for the server's answer to a PING so that they were all delivered.
+    pub fn publish_raw(&self, subject: &str, payloads: &[Vec<u8>]) -> Result<()> {
+        use std::io::{BufRead, BufReader, Write};
+        let stream = std::net::TcpStream::connect(("127.0.0.1", self.port))?;
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+        let mut reader = BufReader::new(stream.try_clone()?);
+        let mut info = String::new();
+        reader.read_line(&mut info)?;
+        anyhow::ensure!(info.starts_with("INFO"), "NATS greeted with {info:?}");
+        let mut w = std::io::BufWriter::new(stream);
+        w.write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n")?;
+        for p in payloads {
+            write!(w, "PUB {subject} {}\r\n", p.len())?;
+            w.write_all(p)?;
+            w.write_all(b"\r\n")?;
+        }
+        w.write_all(b"PING\r\n")?;
+        w.flush()?;
+        for _ in 0..16 {
+            let mut line = String::new();
+            if reader.read_line(&mut line)? == 0 {
+                anyhow::bail!("NATS closed the connection");
+            }
+            anyhow::ensure!(!line.starts_with("-ERR"), "NATS refused: {line}");
+            if line.starts_with("PONG") {
+                return Ok(());
+            }
+        }
+        anyhow::bail!("no PONG from NATS")
+    }
+
     /// Kills the server (SIGKILL): NATS is gone for every relay at once.
     pub fn stop(&mut self) {
         if let Some(mut p) = self.proc.take() {

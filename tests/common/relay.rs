@@ -251,6 +251,19 @@ impl Relay {
         Ok(serde_json::from_str(&out)?)
     }
 
+    /// One sample of `series` (name with labels, as the page spells them) on `/metrics`.
+    pub fn metric(&self, series: &str) -> Result<Option<f64>> {
+        let (code, page) = self.http_get("/metrics", None)?;
+        anyhow::ensure!(code == 200, "GET /metrics: {code} {page}");
+        Ok(page.lines().find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        }))
+    }
+
     /// A plain HTTP/1.1 GET on the HTTP port; returns (status code, body).
     pub fn http_get(&self, path: &str, bearer: Option<&str>) -> Result<(u16, String)> {
         self.http("GET", path, bearer, None)

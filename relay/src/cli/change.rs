@@ -54,6 +54,11 @@ impl Change {
         Change::new("", None, None)
     }
 
+    /// Whether this is a change (recorded), not a read.
+    pub(super) fn is_change(&self) -> bool {
+        !self.action.is_empty()
+    }
+
     /// Adds a detail field; strings (also inside lists and objects) are bounded.
     pub(super) fn with(mut self, key: &str, value: impl Serialize) -> Change {
         self.set(key, value);

@@ -23,6 +23,7 @@ use crate::config::{self, RelayConfig};
 use crate::store::{Role, Store};
 
 pub mod action;
+mod announce;
 pub mod artifact;
 pub mod audit;
 mod backup;
@@ -236,6 +237,21 @@ fn open_store(config: &RelayConfig) -> Result<Store> {
     Store::connect(&location).with_context(|| format!("opening the store {location}"))
 }
 
+/// Runs an admin command that may change the store: records it in the audit trail and
+/// announces its changes to the cluster's relays, if there is a cluster.
+fn admin_change(
+    config: &RelayConfig,
+    run: impl FnOnce(&Store) -> (change::Change, Result<()>),
+) -> Result<()> {
+    let store = open_store(config)?;
+    let announcer = announce::Announcer::install(config, &store);
+    let (change, result) = run(&store);
+    let access = change.is_change() && result.is_ok();
+    let result = record(&store, change, result);
+    announcer.finish(access);
+    result
+}
+
 /// Runs a parsed command, writing its results to `out`. A command that changes the store is
 /// recorded in the audit trail, whether it succeeded or not.
 pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
@@ -275,52 +291,45 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
             let store = open_store(&config)?;
             backup::run(out, &store, &config, &dir, json)
         }
-        Command::Tenant(cmd) => {
-            let store = open_store(&config)?;
+        Command::Tenant(cmd) => admin_change(&config, |store| {
             let mut change = tenant::describe(&cmd);
-            let result = tenant::run(out, &store, &config, cmd, &mut change);
-            record(&store, change, result)
-        }
-        Command::Token(cmd) => {
-            let store = open_store(&config)?;
+            let result = tenant::run(out, store, &config, cmd, &mut change);
+            (change, result)
+        }),
+        Command::Token(cmd) => admin_change(&config, |store| {
             let mut change = token::describe(&cmd);
-            let result = token::run(out, &store, cmd, &mut change);
-            record(&store, change, result)
-        }
-        Command::User(cmd) => {
-            let store = open_store(&config)?;
+            let result = token::run(out, store, cmd, &mut change);
+            (change, result)
+        }),
+        Command::User(cmd) => admin_change(&config, |store| {
             let mut change = user::describe(&cmd);
-            let result = user::run(out, &store, cmd, &mut change);
-            record(&store, change, result)
-        }
-        Command::Device(cmd) => {
-            let store = open_store(&config)?;
+            let result = user::run(out, store, cmd, &mut change);
+            (change, result)
+        }),
+        Command::Device(cmd) => admin_change(&config, |store| {
             let mut change = device::describe(&cmd);
-            let result = device::run(out, &store, cmd, &mut change);
-            record(&store, change, result)
-        }
-        Command::Artifact(cmd) => {
-            let store = open_store(&config)?;
+            let result = device::run(out, store, cmd, &mut change);
+            (change, result)
+        }),
+        Command::Artifact(cmd) => admin_change(&config, |store| {
             let mut change = artifact::describe(&cmd);
-            let result = artifact::run(out, &store, &config, cmd, &mut change);
-            record(&store, change, result)
-        }
-        Command::Deploy(cmd) => {
-            let store = open_store(&config)?;
+            let result = artifact::run(out, store, &config, cmd, &mut change);
+            (change, result)
+        }),
+        Command::Deploy(cmd) => admin_change(&config, |store| {
             let change = deploy::describe(&cmd);
-            let result = deploy::run(out, &store, &config, cmd);
-            record(&store, change, result)
-        }
+            let result = deploy::run(out, store, &config, cmd);
+            (change, result)
+        }),
         Command::Session(cmd) => {
             let store = open_store(&config)?;
             session::run(out, &store, &config, cmd)
         }
-        Command::Action(cmd) => {
-            let store = open_store(&config)?;
+        Command::Action(cmd) => admin_change(&config, |store| {
             let mut change = action::describe(&cmd);
-            let result = action::run(out, &store, cmd, &mut change);
-            record(&store, change, result)
-        }
+            let result = action::run(out, store, cmd, &mut change);
+            (change, result)
+        }),
         Command::Audit(cmd) => {
             let store = open_store(&config)?;
             audit::run(out, &store, cmd)

@@ -1,8 +1,9 @@
 //! A relay among others: the control plane of a cluster of relays on NATS.
 //!
 //! NATS carries only small, loss-tolerant facts: which relay holds which device's link (the
-//! presence map, [`presence`]) and the announcement that a device linked somewhere, so that a
-//! relay still holding a stale link to it drops that link at once. Byte streams never travel
+//! presence map, [`presence`]), the announcement that a device linked somewhere, so that a
+//! relay still holding a stale link to it drops that link at once, and the hints that a
+//! device's desired state or who may connect changed ([`notify`]). Byte streams never travel
 //! as NATS messages: NATS drops messages for slow consumers, and an SSH stream cannot survive
 //! a lost frame.
 //!
@@ -11,6 +12,7 @@
 //! unavailable, and recovers by itself: the client reconnects, and the presence refresher
 //! writes every held device again.
 
+pub mod notify;
 pub mod peer;
 pub mod presence;
 

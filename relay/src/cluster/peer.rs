@@ -20,6 +20,7 @@
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -30,6 +31,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use crate::publickey_only::reject;
 use crate::registry::Registry;
 
 /// The user name a relay logs in with on another relay's peer port.
@@ -246,15 +248,8 @@ struct PeerConn {
     registry: Arc<Registry>,
     cluster_key: PublicKey,
     remote: SocketAddr,
-}
-
-fn reject() -> Auth {
-    let mut methods = MethodSet::empty();
-    methods.push(MethodKind::PublicKey);
-    Auth::Reject {
-        proceed_with_methods: Some(methods),
-        partial_success: false,
-    }
+    /// Set once the peer logged in with the cluster's key.
+    authenticated: Arc<AtomicBool>,
 }
 
 impl PeerConn {
@@ -284,6 +279,7 @@ impl server::Handler for PeerConn {
         key: server::VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
         if self.is_cluster_key(user, key.public_key) {
+            self.authenticated.store(true, Ordering::SeqCst);
             Ok(Auth::Accept)
         } else {
             tracing::warn!(
@@ -367,8 +363,16 @@ pub async fn serve(
     listener: TcpListener,
     host_key: PrivateKey,
     registry: Arc<Registry>,
+    max_connections: usize,
     mut stop: watch::Receiver<bool>,
 ) {
+    // 0 means no limit, as for every other limit.
+    let slots = Arc::new(tokio::sync::Semaphore::new(if max_connections == 0 {
+        tokio::sync::Semaphore::MAX_PERMITS
+    } else {
+        max_connections
+    }));
+    let mut warned_full: Option<std::time::Instant> = None;
     let cluster_key = host_key.public_key().clone();
     let mut methods = MethodSet::empty();
     methods.push(MethodKind::PublicKey);
@@ -396,25 +400,65 @@ pub async fn serve(
             },
             _ = stop.changed() => return,
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            // Closed at once: a flood of connections must not take the relay's descriptors.
+            if warned_full.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                warned_full = Some(std::time::Instant::now());
+                tracing::warn!(
+                    "peer port full (limits.max_peer_connections = {max_connections}): refusing {remote}"
+                );
+            }
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
+        let authenticated = Arc::new(AtomicBool::new(false));
         let handler = PeerConn {
             registry: registry.clone(),
             cluster_key: cluster_key.clone(),
             remote,
+            authenticated: authenticated.clone(),
         };
         let config = config.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             // The key exchange and login must finish promptly; a peer port is not a place to
             // hold connections open without speaking.
-            match tokio::time::timeout(OPEN_TIMEOUT, server::run_stream(config, tcp, handler)).await
-            {
-                Ok(Ok(running)) => {
-                    if let Err(e) = running.await {
-                        tracing::debug!("peer {remote} ended: {e:?}");
-                    }
+            let deadline = tokio::time::Instant::now() + OPEN_TIMEOUT;
+            let running =
+                match tokio::time::timeout_at(deadline, server::run_stream(config, tcp, handler))
+                    .await
+                {
+                    Ok(Ok(running)) => running,
+                    Ok(Err(e)) => return tracing::debug!("peer {remote}: {e:?}"),
+                    Err(_) => return tracing::info!("peer {remote}: no SSH version line in time"),
+                };
+            let handle = running.handle();
+            let mut running = std::pin::pin!(running);
+            let ended = tokio::select! {
+                ended = &mut running => Some(ended),
+                _ = tokio::time::sleep_until(deadline) => None,
+            };
+            let ended = match ended {
+                Some(ended) => ended,
+                None if authenticated.load(Ordering::SeqCst) => running.await,
+                None => {
+                    tracing::info!("peer {remote}: not logged in within {OPEN_TIMEOUT:?}; closing");
+                    let _ = handle
+                        .disconnect(
+                            russh::Disconnect::ByApplication,
+                            "not logged in in time".into(),
+                            "en".into(),
+                        )
+                        .await;
+                    // The session's own task ends with the disconnect; it is not waited for
+                    // beyond a moment, so a peer that stops reading cannot hold the slot.
+                    let _ = tokio::time::timeout(Duration::from_secs(2), running).await;
+                    return;
                 }
-                Ok(Err(e)) => tracing::debug!("peer {remote}: {e:?}"),
-                Err(_) => tracing::info!("peer {remote}: no SSH version line in time"),
+            };
+            if let Err(e) = ended {
+                tracing::debug!("peer {remote} ended: {e:?}");
             }
         });
     }
@@ -441,5 +485,83 @@ mod tests {
         }
         assert_eq!(Target::decode("127.0.0.1", 22), None);
         assert_eq!(Target::decode("tcp/dev_01", 22), None);
+    }
+
+    fn key(seed: u8) -> PrivateKey {
+        PrivateKey::from(russh::keys::ssh_key::private::Ed25519Keypair::from_seed(
+            &[seed; 32],
+        ))
+    }
+
+    /// Whether the server closed `tcp` (read end of stream) within `within`.
+    async fn closed_within(tcp: &mut TcpStream, within: Duration) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 4096];
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => continue,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_peer_port_bounds_its_connections_and_closes_those_that_do_not_log_in()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (_stop_tx, stop) = watch::channel(false);
+        tokio::spawn(serve(listener, key(1), Arc::new(Registry::new()), 2, stop));
+        // Two that finish the key exchange and then never log in, holding both places.
+        let config = Arc::new(client::Config::default());
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let handler = PeerClient {
+                cluster_key: key(1).public_key().clone(),
+            };
+            held.push(client::connect(config.clone(), addr, handler).await?);
+        }
+        // A third is closed at once, before it says anything.
+        let mut third = TcpStream::connect(addr).await?;
+        assert!(closed_within(&mut third, Duration::from_secs(2)).await);
+        // The two that did not log in are closed by the deadline, freeing their places.
+        let start = std::time::Instant::now();
+        for h in &held {
+            while !h.is_closed() {
+                assert!(
+                    start.elapsed() < OPEN_TIMEOUT + Duration::from_secs(5),
+                    "a peer that never logged in still holds its place"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        drop(held);
+        // Once freed, a relay with the cluster's key logs in again.
+        let handler = PeerClient {
+            cluster_key: key(1).public_key().clone(),
+        };
+        let mut again = client::connect(config.clone(), addr, handler).await?;
+        let auth = again
+            .authenticate_publickey(
+                PEER_USER,
+                PrivateKeyWithHashAlg::new(Arc::new(key(1)), None),
+            )
+            .await?;
+        assert!(auth.success());
+        // And one with another key does not.
+        let handler = PeerClient {
+            cluster_key: key(1).public_key().clone(),
+        };
+        let mut stranger = client::connect(config, addr, handler).await?;
+        let auth = stranger
+            .authenticate_publickey(
+                PEER_USER,
+                PrivateKeyWithHashAlg::new(Arc::new(key(2)), None),
+            )
+            .await?;
+        assert!(!auth.success());
+        Ok(())
     }
 }

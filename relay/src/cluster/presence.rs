@@ -125,6 +125,11 @@ impl Presence {
         &self.relay_id
     }
 
+    /// The NATS connection, shared with the change notifications.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
     fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, u64)>> {
         // Entries are inserted and removed whole: a poisoned map is still consistent.
         self.held.lock().unwrap_or_else(|p| p.into_inner())

@@ -5,9 +5,9 @@
 //! Every success and failure goes to the audit trail; failures count against the source's
 //! limits.
 
+use crate::publickey_only::reject;
 use russh::keys::{HashAlg, PublicKey};
 use russh::server::{self, Auth};
-use russh::{MethodKind, MethodSet};
 use tether_protocol::names::{ENROLL_USER, LINK_USER};
 
 use super::audit::audit_event;
@@ -388,15 +388,5 @@ impl Conn {
                 })
             }
         }
-    }
-}
-
-/// Only public keys are accepted; saying so up front spares clients futile password prompts.
-fn reject() -> Auth {
-    let mut methods = MethodSet::empty();
-    methods.push(MethodKind::PublicKey);
-    Auth::Reject {
-        proceed_with_methods: Some(methods),
-        partial_success: false,
     }
 }

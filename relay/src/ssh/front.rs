@@ -44,6 +44,9 @@ pub struct Front {
     pub(super) shutdown: watch::Receiver<bool>,
     /// This relay's side of the cluster's presence map, when it is one of a cluster.
     pub presence: Option<Arc<crate::cluster::Presence>>,
+    /// Woken when another relay or the admin CLI says who may connect changed: the eviction
+    /// sweep then runs at once instead of at its next tick.
+    pub access_changed: Arc<tokio::sync::Notify>,
 }
 
 /// The russh handler of one SSH connection.
@@ -86,6 +89,7 @@ impl Front {
             engineers: Mutex::new(HashMap::new()),
             shutdown,
             presence,
+            access_changed: Arc::new(tokio::sync::Notify::new()),
         })
     }
 

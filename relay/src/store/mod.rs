@@ -35,6 +35,7 @@ mod fleet;
 mod keys;
 pub mod notify;
 pub mod postgres;
+mod relays;
 mod sessions;
 pub mod sqlite;
 mod telemetry;
@@ -55,6 +56,7 @@ pub use fleet::{
 };
 pub use keys::{DeviceKeyStore, DeviceLogin};
 pub use notify::{DeviceChanges, Notifier};
+pub use relays::Released;
 pub use sessions::{NewSession, SessionEnd, SessionQuery, SessionRecord, SessionStore};
 pub use telemetry::{StoredRecord, TelemetryQuery, TelemetryStore};
 pub use tenants::{RemovedTenant, Tenant, TenantContents, TenantStore};
@@ -98,6 +100,32 @@ pub trait Backend:
     /// first relay of a cluster decides and every later one follows. `None` for a store that
     /// only one relay uses (SQLite), whose host key is the file in its data directory.
     fn cluster_host_key(&self, candidate: &str) -> Result<Option<String>, StoreError>;
+
+    /// Serves from now on as relay `relay_id` of the relays sharing this store: the links and
+    /// sessions recorded through this handle are that relay's, and whatever a previous run of
+    /// it left open (it was killed) is released now. Nothing to do on a store only one relay
+    /// uses, which resets everything at start instead.
+    fn join_as_relay(&self, relay_id: &str) -> Result<Released, StoreError> {
+        let _ = relay_id;
+        Ok(Released::default())
+    }
+
+    /// Says that this handle's relay is alive; called every few seconds.
+    fn relay_heartbeat(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Releases what relays silent for longer than `silent_for` held (their devices offline,
+    /// their sessions interrupted) and forgets them: a relay that died for good.
+    fn reap_silent_relays(&self, silent_for: std::time::Duration) -> Result<Released, StoreError> {
+        let _ = silent_for;
+        Ok(Released::default())
+    }
+
+    /// Releases what this handle's relay still holds as it stops.
+    fn leave_relays(&self) -> Result<Released, StoreError> {
+        Ok(Released::default())
+    }
 
     /// The notifier this backend tells, after each commit, which devices' desired state or
     /// queued actions changed.

@@ -14,13 +14,15 @@
 //! made it, in the same transaction, and one relay-wide [`Watcher`] asks the backend a few times
 //! a second for changes made through other handles ([`Backend::pick_up_changes`](super::Backend::pick_up_changes)). With SQLite
 //! that asks `PRAGMA data_version` (which moves only when another connection committed) and
-//! reads the new rows of `device_changes` only then; PostgreSQL would use `LISTEN`/`NOTIFY`
-//! instead, and a cluster of relays carries the same notifications over NATS. A notification
-//! carries no data: the receiver reads the store, so one that is missed or repeated costs at
-//! most a read, never a wrong state.
+//! reads the new rows of `device_changes` only then; with PostgreSQL it reads the rows past
+//! those it has seen. A relay of a cluster also forwards each change made through it to the
+//! other relays over NATS ([`Notifier::forward_to`], `crate::cluster::notify`), which then
+//! hear of it at once; their feed still picks it up, for a notification NATS lost. A
+//! notification carries no data: the receiver reads the store, so one that is missed or
+//! repeated costs at most a read, never a wrong state.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -33,12 +35,17 @@ pub const WATCH_INTERVAL: Duration = Duration::from_millis(250);
 
 type Channels = HashMap<String, watch::Sender<u64>>;
 
+/// Where a change made through this handle is also told: the cluster's notification bus.
+type Forward = Arc<dyn Fn(&str) + Send + Sync>;
+
 /// The relay's in-process notifier: one channel per device somebody is waiting on.
 #[derive(Clone, Default)]
 pub struct Notifier {
     /// Only devices with a live [`DeviceChanges`] have an entry; notifying any other device
     /// is a map lookup that finds nothing.
     devices: Arc<Mutex<Channels>>,
+    /// Set once by a relay of a cluster, so that other relays hear of its changes at once.
+    forward: Arc<OnceLock<Forward>>,
 }
 
 impl Notifier {
@@ -72,11 +79,27 @@ impl Notifier {
         }
     }
 
-    /// Tells whoever waits on `device_id` that its desired state or its queue changed.
+    /// Tells whoever waits on `device_id` that its desired state or its queue changed, and
+    /// the forward, if one is set: the store calls this for the changes written through it.
     pub fn notify(&self, device_id: &str) {
+        self.notify_local(device_id);
+        if let Some(forward) = self.forward.get() {
+            forward(device_id);
+        }
+    }
+
+    /// Tells only this process's waiters: for changes heard of from elsewhere (the change
+    /// feed, another relay), which must not be forwarded again.
+    pub fn notify_local(&self, device_id: &str) {
         if let Some(sender) = self.lock().get(device_id) {
             sender.send_modify(|n| *n = n.wrapping_add(1));
         }
+    }
+
+    /// Also tells `forward` of every change written through this handle from now on. Set
+    /// once; returns false (and changes nothing) when a forward is already set.
+    pub fn forward_to(&self, forward: impl Fn(&str) + Send + Sync + 'static) -> bool {
+        self.forward.set(Arc::new(forward)).is_ok()
     }
 
     /// How many devices somebody waits on.
@@ -182,6 +205,29 @@ mod tests {
         // A device nobody waits on costs nothing and keeps no entry.
         n.notify("dev_c");
         assert_eq!(n.watched(), 2);
+    }
+
+    #[tokio::test]
+    async fn only_changes_made_here_are_forwarded() {
+        let n = Notifier::new();
+        let forwarded = Arc::new(Mutex::new(Vec::new()));
+        let into = forwarded.clone();
+        assert!(n.forward_to(move |d| {
+            into.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(d.to_string())
+        }));
+        assert!(!n.forward_to(|_| {}), "a second forward must be refused");
+        let mut a = n.subscribe("dev_a");
+        a.changed().await;
+        n.notify("dev_a");
+        n.notify_local("dev_b");
+        n.notify_local("dev_a");
+        assert!(a.has_changed());
+        assert_eq!(
+            *forwarded.lock().unwrap_or_else(|p| p.into_inner()),
+            ["dev_a"]
+        );
     }
 
     #[tokio::test]

@@ -119,7 +119,7 @@ pub(super) fn pick_up(store: &PgStore) -> Result<usize, StoreError> {
     })?;
     drop(feed);
     for device in &devices {
-        store.notifier.notify(device);
+        store.notifier.notify_local(device);
     }
     Ok(devices.len())
 }

@@ -196,8 +196,9 @@ impl DeviceStore for PgStore {
                 .await?
                 .execute(
                     "UPDATE devices SET online = TRUE, last_connected = $2, remote_addr = $3,
-                         agent_version = COALESCE($4::text, agent_version) WHERE id = $1",
-                    &[&id, &now(), &remote_addr, &agent_version],
+                         agent_version = COALESCE($4::text, agent_version), held_by = $5
+                     WHERE id = $1",
+                    &[&id, &now(), &remote_addr, &agent_version, &self.relay_id()],
                 )
                 .await?;
             Ok(())
@@ -209,8 +210,11 @@ impl DeviceStore for PgStore {
             self.client()
                 .await?
                 .execute(
-                    "UPDATE devices SET online = FALSE, last_disconnected = $2 WHERE id = $1",
-                    &[&id, &now()],
+                    // A relay whose link ended after the device linked to another relay
+                    // leaves the flag to that relay.
+                    "UPDATE devices SET online = FALSE, held_by = NULL, last_disconnected = $2
+                     WHERE id = $1 AND ($3::text IS NULL OR held_by IS NULL OR held_by = $3)",
+                    &[&id, &now(), &self.relay_id()],
                 )
                 .await?;
             Ok(())

@@ -252,6 +252,20 @@ CREATE TABLE relay_host_key (
 );
 "#,
     },
+    Migration {
+        name: "which relay holds each link and session",
+        sql: r#"
+CREATE TABLE relays (
+    id         TEXT COLLATE "C" PRIMARY KEY,
+    started_at BIGINT NOT NULL,
+    seen_at    BIGINT NOT NULL
+);
+ALTER TABLE devices ADD COLUMN held_by TEXT COLLATE "C";
+ALTER TABLE sessions ADD COLUMN relay TEXT COLLATE "C";
+CREATE INDEX devices_held_by ON devices (held_by) WHERE online;
+CREATE INDEX sessions_open_relay ON sessions (relay) WHERE ended_at IS NULL;
+"#,
+    },
 ];
 
 /// The newest version this code knows.

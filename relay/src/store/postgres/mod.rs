@@ -40,6 +40,7 @@ mod fleet;
 mod import;
 mod keys;
 mod migrations;
+mod relays;
 mod sessions;
 mod telemetry;
 mod tenants;
@@ -67,6 +68,8 @@ pub struct PgStore {
     notifier: Notifier,
     /// How far the change feed has read.
     feed: Mutex<changes::Feed>,
+    /// The relay this handle serves as, once it joined (see `relays.rs`).
+    relay_id: std::sync::OnceLock<String>,
 }
 
 impl PgStore {
@@ -108,6 +111,7 @@ impl PgStore {
             pool,
             notifier: Notifier::new(),
             feed: Mutex::new(changes::Feed::default()),
+            relay_id: std::sync::OnceLock::new(),
         };
         store.block(async {
             let mut client = store.client().await?;
@@ -204,6 +208,22 @@ impl Backend for PgStore {
         })
     }
 
+    fn join_as_relay(&self, relay_id: &str) -> Result<super::Released, StoreError> {
+        self.join(relay_id)
+    }
+
+    fn relay_heartbeat(&self) -> Result<(), StoreError> {
+        self.heartbeat()
+    }
+
+    fn reap_silent_relays(&self, silent_for: Duration) -> Result<super::Released, StoreError> {
+        self.reap(silent_for)
+    }
+
+    fn leave_relays(&self) -> Result<super::Released, StoreError> {
+        self.leave()
+    }
+
     fn notifier(&self) -> &Notifier {
         &self.notifier
     }
@@ -241,6 +261,99 @@ mod tests {
     }
 
     crate::store::conformance::suite!(fresh);
+
+    #[test]
+    fn what_a_dead_relay_held_is_released_and_only_that() -> Result<(), Box<dyn std::error::Error>>
+    {
+        use crate::store::conformance::enroll;
+        use crate::store::{DeviceStore, NewSession, SessionQuery, SessionStore, TenantStore};
+        let db = test_server::Database::create()?;
+        let r1 = PgStore::open(&db.url, 2)?;
+        let r2 = PgStore::open(&db.url, 2)?;
+        let first = r1.join_as_relay("r1")?;
+        assert_eq!((first.devices, first.sessions), (0, 0));
+        r2.join_as_relay("r2")?;
+        assert!(r1.join_as_relay("again").is_err(), "a handle is one relay");
+        let acme = r1.add_tenant("acme")?;
+        let a = enroll(&r1, "acme", "a")?;
+        let b = enroll(&r1, "acme", "b")?;
+        r1.mark_online(&a, "192.0.2.1:1", None)?;
+        r2.mark_online(&b, "192.0.2.2:1", None)?;
+        let session = |store: &PgStore, device: &str| {
+            store.open_session(NewSession {
+                tenant_id: acme.id,
+                device_id: device,
+                device_name: "x",
+                engineer: "alice",
+                fingerprint: "SHA256:x",
+                source: "192.0.2.9:1",
+            })
+        };
+        let s1 = session(&r1, &a)?;
+        let s2 = session(&r2, &b)?;
+        let open = |id: &str| -> Result<bool, StoreError> {
+            Ok(r2
+                .sessions(&SessionQuery {
+                    limit: 10,
+                    ..Default::default()
+                })?
+                .iter()
+                .any(|s| s.id == id && s.ended_at.is_none()))
+        };
+
+        // A relay that heartbeats is not reaped, however often the others reap.
+        r1.relay_heartbeat()?;
+        assert!(r2.reap_silent_relays(Duration::ZERO)?.relays.is_empty());
+
+        // r1 goes silent (it was killed): after the silence, r2 releases r1's and only r1's.
+        r2.block(async {
+            r2.client()
+                .await?
+                .execute(
+                    "UPDATE relays SET seen_at = seen_at - 100 WHERE id = 'r1'",
+                    &[],
+                )
+                .await?;
+            Ok::<_, StoreError>(())
+        })?;
+        assert!(
+            r2.reap_silent_relays(Duration::from_secs(200))?
+                .relays
+                .is_empty()
+        );
+        let released = r2.reap_silent_relays(Duration::from_secs(30))?;
+        assert_eq!(
+            released,
+            super::super::Released {
+                relays: vec!["r1".into()],
+                devices: 1,
+                sessions: 1
+            }
+        );
+        assert!(!r2.device(&a)?.is_some_and(|d| d.online));
+        assert!(r2.device(&b)?.is_some_and(|d| d.online));
+        assert!(!open(&s1)? && open(&s2)?);
+        assert!(
+            r2.reap_silent_relays(Duration::ZERO)?.relays.is_empty(),
+            "reaped once"
+        );
+
+        // The device moved to r2; r1's late goodbye for its old link leaves it online.
+        r2.mark_online(&a, "192.0.2.3:1", None)?;
+        r1.mark_offline(&a)?;
+        assert!(r2.device(&a)?.is_some_and(|d| d.online));
+
+        // r2 restarts after a kill: what its previous run held is released when it joins.
+        let r2_again = PgStore::open(&db.url, 2)?;
+        let released = r2_again.join_as_relay("r2")?;
+        assert_eq!((released.devices, released.sessions), (2, 1));
+        assert!(!open(&s2)?);
+        // And a clean stop releases what it holds.
+        r2_again.mark_online(&b, "192.0.2.2:1", None)?;
+        assert_eq!(r2_again.leave_relays()?.devices, 1);
+        assert!(!r2.device(&b)?.is_some_and(|d| d.online));
+        Ok(())
+    }
 
     #[test]
     fn relays_starting_together_migrate_once_and_a_newer_schema_is_refused()

@@ -59,8 +59,8 @@ impl SessionStore for PgStore {
                 .await?
                 .execute(
                     "INSERT INTO sessions (id, tenant_id, device_id, device_name, engineer, fingerprint,
-                         source, started_at, started_ms)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                         source, started_at, started_ms, relay)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
                     &[
                         &id,
                         &s.tenant_id,
@@ -71,6 +71,7 @@ impl SessionStore for PgStore {
                         &s.source,
                         &now(),
                         &tether_protocol::clock::now_ms(),
+                        &self.relay_id(),
                     ],
                 )
                 .await?;

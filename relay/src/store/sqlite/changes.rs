@@ -110,7 +110,7 @@ pub(super) fn pick_up(store: &SqliteStore) -> Result<usize, StoreError> {
     // This handle's own writes are among the rows too (they notified at once already); a
     // second notification only costs the channel a read.
     for device in &devices {
-        store.notifier.notify(device);
+        store.notifier.notify_local(device);
     }
     Ok(devices.len())
 }
