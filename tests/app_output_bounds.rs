@@ -20,20 +20,6 @@ const MAX_GROWTH_KIB: u64 = 32 << 10;
 /// The telemetry payload limit (the default), which a log record stays within.
 const MAX_PAYLOAD: usize = 256 << 10;
 
-/// The `VmRSS` and `VmHWM` (peak) of process `pid`, in KiB.
-fn memory_kib(pid: u32) -> Result<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status"))?;
-    let field = |name: &str| -> Result<u64> {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-            .with_context(|| format!("no {name} in /proc/{pid}/status"))
-    };
-    Ok((field("VmRSS:")?, field("VmHWM:")?))
-}
-
 fn app_ok(agent: &Agent, args: &[&str]) -> Result<String> {
     let mut all = vec!["app"];
     all.extend_from_slice(args);

@@ -650,3 +650,75 @@ fn a_relay_killed_for_good_leaves_no_board_online_and_no_session_open() -> Resul
     );
     Ok(())
 }
+
+#[test]
+fn an_engineer_who_stops_reading_stalls_nobody_and_grows_no_relay() -> Result<()> {
+    let pg = Postgres::start()?;
+    let db = pg.create_database("cluster")?;
+    let nats = Nats::start()?;
+    let relays = [relay(&db, &nats, "r1")?, relay(&db, &nats, "r2")?];
+    relays[0].tenant("acme")?;
+    let engineer = relays[0].engineer("alice", "acme", "admin")?;
+    let (_agent, held) = board(&relays, &[])?;
+    let other = 1 - held;
+    let port = relays[other].ssh_port.to_string();
+    let rss =
+        |r: &Relay| -> Result<u64> { Ok(memory_kib(r.pid().context("relay not running")?)?.0) };
+    let before = [rss(&relays[0])?, rss(&relays[1])?];
+
+    // An endless stream from the board to an engineer who never reads it: the ssh client's
+    // stdout pipe fills, and every hop (client, relay, peer stream, holder, link, board) must
+    // stop at its window instead of buffering.
+    let mut flood = engineer.ssh_cmd(&["-p", &port, "board1@127.0.0.1", "cat /dev/zero"]);
+    flood
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let mut flood = KillOnDrop(flood.spawn()?);
+    std::thread::sleep(Duration::from_secs(5));
+
+    // Meanwhile another session through the same relays and the same link is served.
+    for i in 0..3 {
+        let r = engineer.exec_on(&relays[other], "board1", &format!("echo beside {i}"))?;
+        ensure!(r.stdout == format!("beside {i}\n"), "{r:?}");
+    }
+    let work = tempfile::tempdir()?;
+    let up = work.path().join("up");
+    let data = pseudo_random(8 << 20, 3);
+    std::fs::write(&up, &data)?;
+    let board_dir = tempfile::tempdir()?;
+    let there = board_dir.path().join("f");
+    let r = engineer.scp(&[
+        "-P",
+        &port,
+        &up.display().to_string(),
+        &format!("board1@127.0.0.1:{}", there.display()),
+    ])?;
+    ensure!(
+        r.status == Some(0),
+        "scp beside the stalled stream: {}",
+        r.stderr
+    );
+    ensure!(std::fs::read(&there)? == data, "the copy differs");
+
+    // The stalled stream is still held (not dropped to save memory) and cost no relay more
+    // than its windows.
+    std::thread::sleep(Duration::from_secs(3));
+    ensure!(
+        flood.0.try_wait()?.is_none(),
+        "the stalled session was ended"
+    );
+    let after = [rss(&relays[0])?, rss(&relays[1])?];
+    println!("relay RSS with a stalled engineer: {before:?} -> {after:?} KiB");
+    for i in 0..2 {
+        ensure!(
+            after[i] < before[i] + 48 * 1024,
+            "relay {} grew from {} to {} KiB while an engineer did not read",
+            i + 1,
+            before[i],
+            after[i]
+        );
+    }
+    drop(flood);
+    Ok(())
+}

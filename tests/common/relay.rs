@@ -251,6 +251,11 @@ impl Relay {
         Ok(serde_json::from_str(&out)?)
     }
 
+    /// The process id of `relay serve`, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().map(|p| p.child.id())
+    }
+
     /// One sample of `series` (name with labels, as the page spells them) on `/metrics`.
     pub fn metric(&self, series: &str) -> Result<Option<f64>> {
         let (code, page) = self.http_get("/metrics", None)?;
