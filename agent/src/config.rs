@@ -256,6 +256,9 @@ pub struct LinkConfig {
     /// another transport. The link starts at a random one, moves to the next after a failure
     /// and stays with one that works. Default [] (the enrolled URL only).
     pub relay_urls: Vec<String>,
+    /// Local address the link's TCP connections leave from (OpenSSH's `BindAddress`): the
+    /// interface of a board with several uplinks. Default: the system's choice.
+    pub bind_address: Option<std::net::IpAddr>,
 }
 
 /// Settings of the shells the embedded SSH server runs.
@@ -318,6 +321,7 @@ impl Default for LinkConfig {
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
             relay_urls: Vec::new(),
+            bind_address: None,
         }
     }
 }

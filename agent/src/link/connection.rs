@@ -297,7 +297,7 @@ pub async fn open(
     ),
     LinkError,
 > {
-    let stream = transport::connect(relay, link.connect_timeout).await?;
+    let stream = transport::connect(relay, link.connect_timeout, link.bind_address).await?;
     let config = Arc::new(ssh_client_config(link));
     let (seen_tx, seen_rx) = tokio::sync::oneshot::channel();
     let handler = LinkHandler {

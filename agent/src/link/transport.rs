@@ -5,6 +5,7 @@
 //! only pass HTTP(S)). For `wss://` the agent honours `HTTPS_PROXY` with an HTTP CONNECT tunnel.
 //! Everything above this module sees one `AsyncRead + AsyncWrite` stream.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use tether_protocol::ws::{WsByteStream, link_ws_config};
@@ -115,20 +116,24 @@ impl RelayUrl {
     }
 }
 
-/// Opens the byte stream to the relay within `timeout`.
+/// Opens the byte stream to the relay within `timeout`, from local address `bind` if given.
 pub async fn connect(
     relay: &RelayUrl,
     timeout: Duration,
+    bind: Option<IpAddr>,
 ) -> Result<Box<dyn LinkStream>, TransportError> {
     let what = relay.authority();
-    tokio::time::timeout(timeout, connect_inner(relay))
+    tokio::time::timeout(timeout, connect_inner(relay, bind))
         .await
         .map_err(|_| TransportError::Timeout(what))?
 }
 
-async fn connect_inner(relay: &RelayUrl) -> Result<Box<dyn LinkStream>, TransportError> {
+async fn connect_inner(
+    relay: &RelayUrl,
+    bind: Option<IpAddr>,
+) -> Result<Box<dyn LinkStream>, TransportError> {
     match relay {
-        RelayUrl::Ssh { host, port } => Ok(Box::new(tcp(host, *port).await?)),
+        RelayUrl::Ssh { host, port } => Ok(Box::new(tcp(host, *port, bind).await?)),
         RelayUrl::WebSocket { url } => {
             let host = url.host_str().unwrap_or_default().to_string();
             let port = url.port_or_known_default().unwrap_or(80);
@@ -138,8 +143,8 @@ async fn connect_inner(relay: &RelayUrl) -> Result<Box<dyn LinkStream>, Transpor
                 None
             };
             let tcp = match proxy {
-                Some(proxy) => connect_via_proxy(&proxy, &host, port).await?,
-                None => tcp(&host, port).await?,
+                Some(proxy) => connect_via_proxy(&proxy, &host, port, bind).await?,
+                None => tcp(&host, port, bind).await?,
             };
             let ws_err = |reason: String| TransportError::WebSocket {
                 url: url.to_string(),
@@ -219,7 +224,7 @@ fn describe_tls_error(e: &rustls::Error) -> String {
 /// connect timeout while its siblings under the same name are up.
 const ADDRESS_TIMEOUT: Duration = Duration::from_secs(5);
 
-async fn tcp(host: &str, port: u16) -> Result<TcpStream, TransportError> {
+async fn tcp(host: &str, port: u16, bind: Option<IpAddr>) -> Result<TcpStream, TransportError> {
     let addr = format!("{host}:{port}");
     let connect_err = |source| TransportError::Connect {
         addr: addr.clone(),
@@ -235,19 +240,45 @@ async fn tcp(host: &str, port: u16) -> Result<TcpStream, TransportError> {
         let start = rand::random::<usize>() % addrs.len();
         addrs.rotate_left(start);
     }
-    let stream = connect_any(&addrs).await.map_err(connect_err)?;
+    if let Some(bind) = bind {
+        // Only the addresses of the bound address's family can be reached from it.
+        addrs.retain(|a| a.is_ipv4() == bind.is_ipv4());
+    }
+    let stream = connect_any(&addrs, bind).await.map_err(connect_err)?;
     // russh does not set TCP_NODELAY on streams it did not open; without it every small
     // packet (keystrokes, handshakes) waits for Nagle's timer.
     stream.set_nodelay(true).map_err(connect_err)?;
     Ok(stream)
 }
 
+/// Connects to `to`, from `bind` (any port) when given.
+async fn connect_from(
+    to: std::net::SocketAddr,
+    bind: Option<IpAddr>,
+) -> std::io::Result<TcpStream> {
+    let Some(bind) = bind else {
+        return TcpStream::connect(to).await;
+    };
+    let socket = if to.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket
+        .bind(std::net::SocketAddr::new(bind, 0))
+        .map_err(|e| std::io::Error::new(e.kind(), format!("binding to {bind}: {e}")))?;
+    socket.connect(to).await
+}
+
 /// Connects to the first of `addrs` that accepts within [`ADDRESS_TIMEOUT`], trying them in
 /// order; the error is the last address's.
-async fn connect_any(addrs: &[std::net::SocketAddr]) -> std::io::Result<TcpStream> {
+async fn connect_any(
+    addrs: &[std::net::SocketAddr],
+    bind: Option<IpAddr>,
+) -> std::io::Result<TcpStream> {
     let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "the name has no address");
     for a in addrs {
-        match tokio::time::timeout(ADDRESS_TIMEOUT, TcpStream::connect(a)).await {
+        match tokio::time::timeout(ADDRESS_TIMEOUT, connect_from(*a, bind)).await {
             Ok(Ok(stream)) => return Ok(stream),
             Ok(Err(e)) => {
                 tracing::debug!("relay address {a}: {e}");
@@ -301,6 +332,7 @@ async fn connect_via_proxy(
     proxy: &Url,
     host: &str,
     port: u16,
+    bind: Option<IpAddr>,
 ) -> Result<TcpStream, TransportError> {
     let perr = |reason: String| TransportError::Proxy {
         proxy: proxy.to_string(),
@@ -310,7 +342,7 @@ async fn connect_via_proxy(
         .host_str()
         .ok_or_else(|| perr("no host in proxy URL".into()))?;
     let pport = proxy.port_or_known_default().unwrap_or(3128);
-    let mut stream = tcp(phost, pport).await?;
+    let mut stream = tcp(phost, pport, bind).await?;
     let mut request = format!("CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n");
     if !proxy.username().is_empty() {
         use base64::Engine;
@@ -375,14 +407,31 @@ mod tests {
         let up = tokio::net::TcpListener::bind("127.0.0.2:0").await?;
         let port = up.local_addr()?.port();
         let down: std::net::SocketAddr = format!("127.0.0.1:{port}").parse()?;
-        let stream = connect_any(&[down, up.local_addr()?]).await?;
+        let stream = connect_any(&[down, up.local_addr()?], None).await?;
         assert_eq!(stream.peer_addr()?, up.local_addr()?);
         drop(up);
-        let e = match connect_any(&[down]).await {
+        let e = match connect_any(&[down], None).await {
             Ok(_) => return Err("connected to nothing".into()),
             Err(e) => e.to_string(),
         };
         assert!(e.contains(&down.to_string()), "{e}");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn the_link_leaves_from_the_bind_address() -> Result<(), Box<dyn std::error::Error>> {
+        let relay = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let to = relay.local_addr()?;
+        let from: IpAddr = "127.0.0.3".parse()?;
+        let _stream = connect_any(&[to], Some(from)).await?;
+        let (_, peer) = relay.accept().await?;
+        assert_eq!(peer.ip(), from);
+        // An address this machine does not have is named in the error.
+        let e = match connect_any(&[to], Some("192.0.2.1".parse()?)).await {
+            Ok(_) => return Err("bound to an address the machine lacks".into()),
+            Err(e) => e.to_string(),
+        };
+        assert!(e.contains("binding to 192.0.2.1"), "{e}");
         Ok(())
     }
 

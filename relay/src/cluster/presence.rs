@@ -35,6 +35,9 @@ pub const PRESENCE_TTL: Duration = Duration::from_secs(15);
 /// How often a holder writes its entries again.
 pub const REFRESH: Duration = Duration::from_secs(5);
 
+/// Messages one subscription of this relay queues at most before NATS's client drops more.
+const SUBSCRIPTION_CAPACITY: usize = 1024;
+
 /// The subject prefix of link announcements.
 const LINK_SUBJECT: &str = "tether.link";
 
@@ -92,6 +95,9 @@ impl Presence {
     ) -> Result<Arc<Presence>, ClusterError> {
         let client = async_nats::ConnectOptions::new()
             .name(format!("tether-relay {relay_id}"))
+            // Messages waiting per subscription (announcements, notifications): all of them
+            // hints that may be lost, so a flood beyond this is dropped instead of queued.
+            .subscription_capacity(SUBSCRIPTION_CAPACITY)
             .retry_on_initial_connect()
             .event_callback(|event| async move {
                 match event {
