@@ -629,6 +629,10 @@ fn a_relay_killed_for_good_leaves_no_board_online_and_no_session_open() -> Resul
     relays[held].kill();
     ensure!(relays[other].device_json("board1")?["online"] == true);
 
+    // Nobody deletes the dead relay's presence entry: it lapses within the map's lifetime.
+    let gone = wait_holder(&relays[other], "board1", None, Duration::from_secs(25))?;
+    println!("a dead relay's presence entry lapsed after {gone:?}");
+
     // The surviving relay notices the silence and releases what the dead one held.
     let start = Instant::now();
     let mut last = serde_json::Value::Null;
