@@ -8,20 +8,21 @@
 //! applies each version once and reports how it went, which updates the deployment's row for
 //! that device when the report is about the version the deployment produced.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
 
 use serde::Serialize;
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use tether_protocol::fleet::{
     DeploymentStatus, DesiredComponent, DesiredOs, DesiredState, ReportedState,
 };
 use tether_protocol::recipe::{self, ArtifactUri, Recipe};
 
 use super::artifacts::{artifact_path, check_artifact_name};
-use super::{StoreError, validate_name};
+use super::{ArtifactStore, Device, NewAudit, StoreError, Tenant, validate_name};
 
 /// What a deployment is for: the devices of a tenant with a tag, or one device.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,7 +154,7 @@ pub fn config_overrides(assignments: &[String]) -> Result<Value, StoreError> {
 
 /// Splits `component:key=value` into the component and `key=value`; a bare `key=value` has no
 /// component. Only the key part may carry the prefix: the value may contain ':' and '='.
-pub(crate) fn split_assignment(assignment: &str) -> Result<(Option<&str>, String), StoreError> {
+fn split_assignment(assignment: &str) -> Result<(Option<&str>, String), StoreError> {
     let Some((key, value)) = assignment.split_once('=') else {
         return Err(StoreError::Invalid(format!(
             "cannot set `{assignment}`: expected [COMPONENT:]KEY=VALUE"
@@ -175,7 +176,7 @@ pub(crate) fn split_assignment(assignment: &str) -> Result<(Option<&str>, String
 
 /// The configuration overrides of each component of a deployment, built from its `--set`
 /// assignments; every component starts with `{}`.
-pub(crate) fn deployment_configurations(
+fn deployment_configurations(
     names: &[&str],
     assignments: &[String],
 ) -> Result<BTreeMap<String, Value>, StoreError> {
@@ -208,7 +209,7 @@ pub(crate) fn deployment_configurations(
 }
 
 /// The supplied file's own key (borrowed from the deployment, not from the recipe).
-pub(crate) fn supplied_key<'a>(supplied: &BTreeMap<&'a str, &[u8]>, name: &str) -> &'a str {
+fn supplied_key<'a>(supplied: &BTreeMap<&'a str, &[u8]>, name: &str) -> &'a str {
     supplied
         .get_key_value(name)
         .map(|(k, _)| *k)
@@ -216,7 +217,7 @@ pub(crate) fn supplied_key<'a>(supplied: &BTreeMap<&'a str, &[u8]>, name: &str) 
 }
 
 /// Checks a component name given to remove: what a recipe's `name` may be.
-pub(crate) fn validate_component_name(name: &str) -> Result<(), StoreError> {
+fn validate_component_name(name: &str) -> Result<(), StoreError> {
     let ok = !name.is_empty()
         && name.len() <= recipe::MAX_NAME_LEN
         && name
@@ -233,11 +234,7 @@ pub(crate) fn validate_component_name(name: &str) -> Result<(), StoreError> {
 
 /// Whether the stored recipe of `component` has a hard dependency on `name`; a recipe that
 /// cannot be read is taken to have none (the device checks again before it removes anything).
-pub(crate) fn hard_dependency(
-    artifacts_dir: &Path,
-    component: &DesiredComponent,
-    name: &str,
-) -> bool {
+fn hard_dependency(artifacts_dir: &Path, component: &DesiredComponent, name: &str) -> bool {
     let Some(path) = artifact_path(artifacts_dir, &component.recipe_sha256) else {
         return false;
     };
@@ -314,7 +311,7 @@ pub fn read_local_artifacts(
 }
 
 /// The name a recipe's text is stored under: the last component of the name it came with.
-pub(crate) fn recipe_artifact_name(file: &str, recipe: &Recipe) -> String {
+fn recipe_artifact_name(file: &str, recipe: &Recipe) -> String {
     let base = Path::new(file)
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -324,6 +321,415 @@ pub(crate) fn recipe_artifact_name(file: &str, recipe: &Recipe) -> String {
     } else {
         format!("{}.yaml", recipe.name)
     }
+}
+
+/// The name a deployment status is stored as.
+pub(crate) fn status_as_str(status: DeploymentStatus) -> &'static str {
+    match status {
+        DeploymentStatus::Pending => "pending",
+        DeploymentStatus::Downloading => "downloading",
+        DeploymentStatus::Installing => "installing",
+        DeploymentStatus::Succeeded => "succeeded",
+        DeploymentStatus::Failed => "failed",
+        DeploymentStatus::RolledBack => "rolled-back",
+    }
+}
+
+/// Reads a stored status; the relay writes only the names above, anything else is damaged
+/// and reads as failed rather than as a success.
+pub(crate) fn status_parse(s: &str) -> DeploymentStatus {
+    match s {
+        "pending" => DeploymentStatus::Pending,
+        "downloading" => DeploymentStatus::Downloading,
+        "installing" => DeploymentStatus::Installing,
+        "succeeded" => DeploymentStatus::Succeeded,
+        "rolled-back" => DeploymentStatus::RolledBack,
+        _ => DeploymentStatus::Failed,
+    }
+}
+
+/// A desired-state version as stored: both backends keep it in a signed 64-bit column.
+pub(crate) fn version_to_sql(version: u64) -> Result<i64, StoreError> {
+    i64::try_from(version)
+        .map_err(|_| StoreError::Invalid(format!("desired-state version {version} is too large")))
+}
+
+/// Checks the tags of a tag change before anything is written.
+pub(crate) fn check_tag_change(add: &[String], remove: &[String]) -> Result<(), StoreError> {
+    for tag in add.iter().chain(remove) {
+        validate_name("tag", tag)?;
+    }
+    if let Some(both) = add.iter().find(|t| remove.contains(t)) {
+        return Err(StoreError::Invalid(format!(
+            "tag {both:?} is both added and removed"
+        )));
+    }
+    Ok(())
+}
+
+/// A deployment checked, with its supplied artifacts and its recipes stored: what is left is
+/// to resolve its target and write it to its devices, in the backend's own transaction.
+pub(crate) struct PlannedDeployment<'a> {
+    /// The deployment's tenant.
+    pub(crate) tenant: Tenant,
+    /// What it deploys, by component name.
+    pub(crate) components: BTreeMap<String, DesiredComponent>,
+    /// What it removes, sorted, once each.
+    pub(crate) removed: Vec<String>,
+    /// The names it adds, changes or removes, sorted (the desired state's `changes`).
+    pub(crate) changes: Vec<String>,
+    /// The rest of the request.
+    pub(crate) new: &'a NewDeployment<'a>,
+}
+
+/// Checks a deployment's recipes, artifacts, assignments and removals, and stores through
+/// `store` the artifacts supplied and the recipes (rewritten to name supplied files on the
+/// relay); nothing else is written yet. `has_artifact(tenant id, digest)` says whether the
+/// tenant stored an artifact.
+pub(crate) fn plan_deployment<'a, S>(
+    store: &S,
+    artifacts_dir: &Path,
+    tenant: Tenant,
+    new: &'a NewDeployment<'a>,
+    has_artifact: impl Fn(i64, &str) -> Result<bool, StoreError>,
+) -> Result<PlannedDeployment<'a>, StoreError>
+where
+    S: ArtifactStore + ?Sized,
+{
+    if new.recipes.is_empty() && new.os.is_none() && new.remove.is_empty() {
+        return Err(StoreError::Invalid(
+            "a deployment needs at least one recipe, a component to remove or an OS bundle".into(),
+        ));
+    }
+    if let Some(os) = &new.os
+        && !has_artifact(tenant.id, &os.bundle_sha256)?
+    {
+        return Err(StoreError::Invalid(format!(
+            "OS bundle {} is not stored on the relay for tenant {}",
+            os.bundle_sha256, tenant.name
+        )));
+    }
+    let supplied: BTreeMap<&str, &[u8]> = new
+        .artifacts
+        .iter()
+        .map(|(name, data)| (name.as_str(), data.as_slice()))
+        .collect();
+    for name in supplied.keys() {
+        check_artifact_name(name)?;
+    }
+    let mut used: BTreeSet<&str> = BTreeSet::new();
+    let mut parsed: Vec<(&str, String, Recipe)> = Vec::new();
+    for (file, text) in &new.recipes {
+        let mut r =
+            recipe::parse(text, Path::new(file)).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        if let Some((first, _, _)) = parsed.iter().find(|(_, _, p)| p.name == r.name) {
+            return Err(StoreError::Invalid(format!(
+                "component {} is in two recipes of this deployment: {first} and {file}",
+                r.name
+            )));
+        }
+        if new.remove.contains(&r.name) {
+            return Err(StoreError::Invalid(format!(
+                "{file}: component {} is both deployed and removed by this deployment",
+                r.name
+            )));
+        }
+        let mut rewritten = Vec::new();
+        let component = r.name.clone();
+        for (m, manifest) in r.manifests.iter_mut().enumerate() {
+            for (i, artifact) in manifest.artifacts.iter_mut().enumerate() {
+                match &artifact.uri {
+                    ArtifactUri::Relay { sha256, .. } => {
+                        if !has_artifact(tenant.id, sha256)? {
+                            return Err(StoreError::Invalid(format!(
+                                "{file}: {component} needs artifact relay:sha256:{sha256}, which is not stored on the relay for tenant {}; upload it first (relay artifact put --tenant {})",
+                                tenant.name, tenant.name
+                            )));
+                        }
+                    }
+                    ArtifactUri::Local(name) => {
+                        let name = name.clone();
+                        let at = format!("{file}: manifests[{m}].artifacts[{i}]");
+                        match supplied.get(name.as_str()) {
+                            Some(data) => {
+                                let actual = hex::encode(Sha256::digest(data));
+                                if actual != artifact.sha256 {
+                                    return Err(StoreError::Invalid(format!(
+                                        "{at}: artifact {name} of {component}: the file supplied has sha256 {actual}, the recipe says {}",
+                                        artifact.sha256
+                                    )));
+                                }
+                                store.put_artifact(artifacts_dir, &tenant.name, &name, data)?;
+                                used.insert(supplied_key(&supplied, &name));
+                            }
+                            None => {
+                                if !has_artifact(tenant.id, &artifact.sha256)? {
+                                    return Err(StoreError::Invalid(format!(
+                                        "{at}: artifact {name} of {component} is a bare file name: pass the directory that holds it (relay deploy create --artifacts DIR, or \"artifacts\" in the API), or put it first (relay artifact put --tenant {} {name})",
+                                        tenant.name
+                                    )));
+                                }
+                            }
+                        }
+                        // Stored by digest on the relay, kept under its name on the device.
+                        artifact.uri = ArtifactUri::Relay {
+                            sha256: artifact.sha256.clone(),
+                            name: Some(name.clone()),
+                        };
+                        rewritten.push(name);
+                    }
+                    ArtifactUri::Https(_) | ArtifactUri::File(_) => {}
+                }
+            }
+        }
+        let text = if rewritten.is_empty() {
+            text.clone()
+        } else {
+            let body =
+                recipe::to_text(&r).map_err(|e| StoreError::Invalid(format!("{file}: {e}")))?;
+            format!(
+                "# {file} as deployed from the relay: {} stored on the relay by sha256.\n{body}",
+                rewritten.join(", ")
+            )
+        };
+        parsed.push((file, text, r));
+    }
+    if let Some(unused) = supplied.keys().find(|n| !used.contains(**n)) {
+        return Err(StoreError::Invalid(format!(
+            "artifact {unused} is supplied but no recipe of this deployment names it"
+        )));
+    }
+    for name in &new.remove {
+        validate_component_name(name)?;
+    }
+    let names: Vec<&str> = parsed.iter().map(|(_, _, r)| r.name.as_str()).collect();
+    let mut configurations = deployment_configurations(&names, &new.set)?;
+    let mut components = BTreeMap::new();
+    for (file, text, r) in &parsed {
+        let stored = store.put_artifact(
+            artifacts_dir,
+            &tenant.name,
+            &recipe_artifact_name(file, r),
+            text.as_bytes(),
+        )?;
+        components.insert(
+            r.name.clone(),
+            DesiredComponent {
+                version: r.version.to_string(),
+                recipe_sha256: stored.sha256,
+                configuration: configurations
+                    .remove(&r.name)
+                    .unwrap_or_else(|| Value::Object(serde_json::Map::new())),
+            },
+        );
+    }
+    let removed: Vec<String> = {
+        let mut r = new.remove.clone();
+        r.sort();
+        r.dedup();
+        r
+    };
+    let mut changes: Vec<String> = components.keys().cloned().collect();
+    changes.extend(removed.iter().cloned());
+    changes.sort();
+    Ok(PlannedDeployment {
+        tenant,
+        components,
+        removed,
+        changes,
+        new,
+    })
+}
+
+impl PlannedDeployment<'_> {
+    /// The deployment's target as recorded, and its devices, from what the backend found for
+    /// it: the device with that id or name (at most one), or the tenant's accepted devices
+    /// with the tag (none is an error).
+    pub(crate) fn resolve_target(
+        &self,
+        found: Vec<Device>,
+    ) -> Result<(String, Vec<Device>), StoreError> {
+        match &self.new.target {
+            Target::Device(key) => match found.into_iter().next() {
+                Some(d) => Ok((format!("device:{}", d.id), vec![d])),
+                None => Err(StoreError::NotFound {
+                    what: "device",
+                    key: key.clone(),
+                }),
+            },
+            Target::Tag(tag) if found.is_empty() => Err(StoreError::Invalid(format!(
+                "no device of tenant {} has tag {tag}",
+                self.tenant.name
+            ))),
+            Target::Tag(tag) => Ok((format!("tag:{tag}"), found)),
+        }
+    }
+
+    /// Whether the backend needs each device's reported state for [`Self::check_removals`].
+    pub(crate) fn removes(&self) -> bool {
+        !self.removed.is_empty()
+    }
+
+    /// Checks the removals against the target's devices and their desired and reported states
+    /// (in the same order): a removal must be about something, a component desired on (or reported by) at
+    /// least one device of `target`, and none may leave a component there without a hard
+    /// dependency it needs.
+    pub(crate) fn check_removals(
+        &self,
+        artifacts_dir: &Path,
+        target: &str,
+        devices: &[Device],
+        states: &[(DesiredState, Option<ReportedState>)],
+    ) -> Result<(), StoreError> {
+        for name in &self.removed {
+            let mut known = false;
+            for (device, (desired, reported)) in devices.iter().zip(states) {
+                known |= desired.components.contains_key(name)
+                    || reported
+                        .as_ref()
+                        .is_some_and(|r| r.components.iter().any(|c| c.name == *name));
+                for (other, component) in &desired.components {
+                    if self.removed.contains(other) || self.components.contains_key(other) {
+                        continue;
+                    }
+                    if hard_dependency(artifacts_dir, component, name) {
+                        return Err(StoreError::Invalid(format!(
+                            "cannot remove {name} from device {}: {other}, desired there, has a hard dependency on it; remove {other} too (--remove {other})",
+                            device.name
+                        )));
+                    }
+                }
+            }
+            if !known {
+                return Err(StoreError::Invalid(format!(
+                    "cannot remove {name}: no device of {target} has it in its desired state or reports it"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// A device's desired state once deployment `id` is merged into it: its components
+    /// replace those of the same name, its removals go, and the version moves on.
+    pub(crate) fn desired_after(&self, mut desired: DesiredState, id: &str) -> DesiredState {
+        for (name, component) in &self.components {
+            desired.components.insert(name.clone(), component.clone());
+        }
+        for name in &self.removed {
+            desired.components.remove(name);
+        }
+        desired.changes = Some(self.changes.clone());
+        if let Some(os) = &self.new.os {
+            desired.os = Some(os.clone());
+        }
+        desired.deployment_id = Some(id.to_string());
+        desired.version += 1;
+        desired
+    }
+}
+
+/// An OS version that changed between two reports of a device: an installed update (or a
+/// fallback to the other slot), which the audit trail keeps.
+pub(crate) struct OsInstalled {
+    actor: String,
+    detail: Value,
+}
+
+impl OsInstalled {
+    /// The change from the report stored before (`before`, its JSON text) to `report`, if
+    /// the OS version changed; a stored report that does not read counts as no version.
+    pub(crate) fn between(
+        device_id: &str,
+        before: &str,
+        report: &ReportedState,
+    ) -> Option<OsInstalled> {
+        let old_os = serde_json::from_str::<ReportedState>(before)
+            .ok()
+            .and_then(|r| r.os_version);
+        let new_os = report.os_version.as_ref()?;
+        (old_os.as_ref() != Some(new_os)).then(|| OsInstalled {
+            actor: format!("device:{device_id}"),
+            detail: serde_json::json!({
+                "from": old_os,
+                "to": new_os,
+                "deployment": report.deployment_id,
+            }),
+        })
+    }
+
+    /// The audit entry for device `device_id` of `tenant`.
+    pub(crate) fn audit<'a>(&'a self, tenant: &'a str, device_id: &'a str) -> NewAudit<'a> {
+        NewAudit {
+            tenant: Some(tenant),
+            actor: &self.actor,
+            action: "ota.installed",
+            target: Some(device_id),
+            source: None,
+            detail: self.detail.clone(),
+        }
+    }
+}
+
+impl DeviceState {
+    /// A device's states as read, the reported one with the time it was reported.
+    pub(crate) fn of(
+        device_id: &str,
+        desired: Option<DesiredState>,
+        reported: Option<(ReportedState, String)>,
+    ) -> DeviceState {
+        let (reported, reported_at) = reported.unzip();
+        DeviceState {
+            device_id: device_id.to_string(),
+            desired,
+            reported,
+            reported_at,
+        }
+    }
+}
+
+/// The configuration patches of a push, by component name, once checked to be a JSON object
+/// naming at least one component.
+pub(crate) fn config_patches(
+    overrides: &Value,
+) -> Result<&serde_json::Map<String, Value>, StoreError> {
+    let Value::Object(patches) = overrides else {
+        return Err(StoreError::Invalid(
+            "the configuration must be a JSON object of component name → configuration patch"
+                .into(),
+        ));
+    };
+    if patches.is_empty() {
+        return Err(StoreError::Invalid(
+            "the configuration names no component".into(),
+        ));
+    }
+    Ok(patches)
+}
+
+/// Merges the patches of a push into device `device_id`'s desired state, which then no
+/// longer belongs to a deployment and has the next version.
+pub(crate) fn push_into(
+    desired: &mut DesiredState,
+    device_id: &str,
+    patches: &serde_json::Map<String, Value>,
+) -> Result<(), StoreError> {
+    for (name, patch) in patches {
+        if !patch.is_object() {
+            return Err(StoreError::Invalid(format!(
+                "the configuration of {name} must be a JSON object"
+            )));
+        }
+        let Some(component) = desired.components.get_mut(name) else {
+            return Err(StoreError::Invalid(format!(
+                "device {device_id} has no component {name} in its desired state"
+            )));
+        };
+        recipe::merge(&mut component.configuration, patch);
+    }
+    desired.changes = Some(patches.keys().cloned().collect());
+    desired.deployment_id = None;
+    desired.version += 1;
+    Ok(())
 }
 
 /// Fleet state: device tags, deployments, and each device's desired and reported state.

@@ -7,30 +7,26 @@
 //! two relays writing for one device take turns and neither writes over what the other
 //! wrote. Reads that take several statements read one snapshot ([`snapshot`]).
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use deadpool_postgres::{GenericClient, Transaction};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
-use tether_protocol::fleet::{DeploymentStatus, DesiredComponent, DesiredState, ReportedState};
-use tether_protocol::recipe::{self, ArtifactUri, Recipe};
+use tether_protocol::fleet::{DeploymentStatus, DesiredState, ReportedState};
 use tokio_postgres::IsolationLevel;
 
 use super::artifacts::artifact_row;
 use super::devices::{device_where, devices_where};
 use super::tenants::{tenant_by_name, tenant_id};
 use super::{PgStore, changes};
-use crate::store::artifacts::check_artifact_name;
 use crate::store::fleet::{
-    deployment_configurations, hard_dependency, recipe_artifact_name, supplied_key,
-    validate_component_name,
+    OsInstalled, PlannedDeployment, check_tag_change, config_patches, plan_deployment, push_into,
+    status_as_str, status_parse, version_to_sql,
 };
 use crate::store::{
-    ArtifactStore, DeploymentDevice, DeploymentView, Device, DeviceState, DeviceStatus, FleetStore,
-    NewAudit, NewDeployment, StoreError, Target, Tenant, now, random_hex, validate_name,
+    DeploymentDevice, DeploymentView, Device, DeviceState, DeviceStatus, FleetStore, NewDeployment,
+    StoreError, Target, now, random_hex,
 };
 
 /// A stored JSON document that does not decode: a damaged row, reported as the backend's
@@ -42,37 +38,6 @@ fn decode<T: DeserializeOwned>(text: &str) -> Result<T, StoreError> {
 /// A document as the JSON text it is stored as.
 fn encode<T: Serialize>(value: &T) -> Result<String, StoreError> {
     serde_json::to_string(value).map_err(|e| StoreError::Backend(Box::new(e)))
-}
-
-/// A desired-state version as stored (BIGINT).
-fn version_to_sql(version: u64) -> Result<i64, StoreError> {
-    i64::try_from(version)
-        .map_err(|_| StoreError::Invalid(format!("desired-state version {version} is too large")))
-}
-
-/// The stored name of a deployment status.
-fn status_as_str(status: DeploymentStatus) -> &'static str {
-    match status {
-        DeploymentStatus::Pending => "pending",
-        DeploymentStatus::Downloading => "downloading",
-        DeploymentStatus::Installing => "installing",
-        DeploymentStatus::Succeeded => "succeeded",
-        DeploymentStatus::Failed => "failed",
-        DeploymentStatus::RolledBack => "rolled-back",
-    }
-}
-
-/// Reads a stored status; the relay writes only the names above, anything else is a
-/// damaged row and reads as failed rather than as a success.
-fn status_parse(s: &str) -> DeploymentStatus {
-    match s {
-        "pending" => DeploymentStatus::Pending,
-        "downloading" => DeploymentStatus::Downloading,
-        "installing" => DeploymentStatus::Installing,
-        "succeeded" => DeploymentStatus::Succeeded,
-        "rolled-back" => DeploymentStatus::RolledBack,
-        _ => DeploymentStatus::Failed,
-    }
 }
 
 /// The error for a device that does not exist.
@@ -238,20 +203,6 @@ async fn deployment_row(
     }))
 }
 
-/// A deployment checked and its recipes stored, ready to be written to its devices.
-struct Planned<'a> {
-    /// The deployment's tenant.
-    tenant: Tenant,
-    /// What it deploys, by component name.
-    components: BTreeMap<String, DesiredComponent>,
-    /// What it removes, sorted, once each.
-    removed: Vec<String>,
-    /// The names it adds, changes or removes, sorted (the desired state's `changes`).
-    changes: Vec<String>,
-    /// The rest of the request.
-    new: &'a NewDeployment<'a>,
-}
-
 impl PgStore {
     /// Whether tenant `tenant_id` stored artifact `sha256`.
     fn has_artifact(&self, tenant_id: i64, sha256: &str) -> Result<bool, StoreError> {
@@ -262,163 +213,21 @@ impl PgStore {
         })
     }
 
-    /// Checks a deployment's recipes, artifacts, assignments and removals, and stores the
-    /// artifacts supplied and the recipes; nothing else is written yet (see
-    /// [`PgStore::write_deployment`]).
+    /// Checks a deployment and stores its supplied artifacts and recipes; nothing else is
+    /// written yet (see [`PgStore::write_deployment`]).
     fn plan_deployment<'a>(
         &self,
         artifacts_dir: &Path,
         new: &'a NewDeployment<'a>,
-    ) -> Result<Planned<'a>, StoreError> {
+    ) -> Result<PlannedDeployment<'a>, StoreError> {
         let tenant = self
             .block(async { tenant_by_name(&self.client().await?, new.tenant).await })?
             .ok_or_else(|| StoreError::NotFound {
                 what: "tenant",
                 key: new.tenant.to_string(),
             })?;
-        if new.recipes.is_empty() && new.os.is_none() && new.remove.is_empty() {
-            return Err(StoreError::Invalid(
-                "a deployment needs at least one recipe, a component to remove or an OS bundle"
-                    .into(),
-            ));
-        }
-        if let Some(os) = &new.os
-            && !self.has_artifact(tenant.id, &os.bundle_sha256)?
-        {
-            return Err(StoreError::Invalid(format!(
-                "OS bundle {} is not stored on the relay for tenant {}",
-                os.bundle_sha256, tenant.name
-            )));
-        }
-        let supplied: BTreeMap<&str, &[u8]> = new
-            .artifacts
-            .iter()
-            .map(|(name, data)| (name.as_str(), data.as_slice()))
-            .collect();
-        for name in supplied.keys() {
-            check_artifact_name(name)?;
-        }
-        let mut used: BTreeSet<&str> = BTreeSet::new();
-        let mut parsed: Vec<(&str, String, Recipe)> = Vec::new();
-        for (file, text) in &new.recipes {
-            let mut r = recipe::parse(text, Path::new(file))
-                .map_err(|e| StoreError::Invalid(e.to_string()))?;
-            if let Some((first, _, _)) = parsed.iter().find(|(_, _, p)| p.name == r.name) {
-                return Err(StoreError::Invalid(format!(
-                    "component {} is in two recipes of this deployment: {first} and {file}",
-                    r.name
-                )));
-            }
-            if new.remove.contains(&r.name) {
-                return Err(StoreError::Invalid(format!(
-                    "{file}: component {} is both deployed and removed by this deployment",
-                    r.name
-                )));
-            }
-            let mut rewritten = Vec::new();
-            let component = r.name.clone();
-            for (m, manifest) in r.manifests.iter_mut().enumerate() {
-                for (i, artifact) in manifest.artifacts.iter_mut().enumerate() {
-                    match &artifact.uri {
-                        ArtifactUri::Relay { sha256, .. } => {
-                            if !self.has_artifact(tenant.id, sha256)? {
-                                return Err(StoreError::Invalid(format!(
-                                    "{file}: {component} needs artifact relay:sha256:{sha256}, which is not stored on the relay for tenant {}; upload it first (relay artifact put --tenant {})",
-                                    tenant.name, tenant.name
-                                )));
-                            }
-                        }
-                        ArtifactUri::Local(name) => {
-                            let name = name.clone();
-                            let at = format!("{file}: manifests[{m}].artifacts[{i}]");
-                            match supplied.get(name.as_str()) {
-                                Some(data) => {
-                                    let actual = hex::encode(Sha256::digest(data));
-                                    if actual != artifact.sha256 {
-                                        return Err(StoreError::Invalid(format!(
-                                            "{at}: artifact {name} of {component}: the file supplied has sha256 {actual}, the recipe says {}",
-                                            artifact.sha256
-                                        )));
-                                    }
-                                    self.put_artifact(artifacts_dir, &tenant.name, &name, data)?;
-                                    used.insert(supplied_key(&supplied, &name));
-                                }
-                                None => {
-                                    if !self.has_artifact(tenant.id, &artifact.sha256)? {
-                                        return Err(StoreError::Invalid(format!(
-                                            "{at}: artifact {name} of {component} is a bare file name: pass the directory that holds it (relay deploy create --artifacts DIR, or \"artifacts\" in the API), or put it first (relay artifact put --tenant {} {name})",
-                                            tenant.name
-                                        )));
-                                    }
-                                }
-                            }
-                            // Stored by digest on the relay, kept under its name on the device.
-                            artifact.uri = ArtifactUri::Relay {
-                                sha256: artifact.sha256.clone(),
-                                name: Some(name.clone()),
-                            };
-                            rewritten.push(name);
-                        }
-                        ArtifactUri::Https(_) | ArtifactUri::File(_) => {}
-                    }
-                }
-            }
-            let text = if rewritten.is_empty() {
-                text.clone()
-            } else {
-                let body =
-                    recipe::to_text(&r).map_err(|e| StoreError::Invalid(format!("{file}: {e}")))?;
-                format!(
-                    "# {file} as deployed from the relay: {} stored on the relay by sha256.\n{body}",
-                    rewritten.join(", ")
-                )
-            };
-            parsed.push((file, text, r));
-        }
-        if let Some(unused) = supplied.keys().find(|n| !used.contains(**n)) {
-            return Err(StoreError::Invalid(format!(
-                "artifact {unused} is supplied but no recipe of this deployment names it"
-            )));
-        }
-        for name in &new.remove {
-            validate_component_name(name)?;
-        }
-        let names: Vec<&str> = parsed.iter().map(|(_, _, r)| r.name.as_str()).collect();
-        let mut configurations = deployment_configurations(&names, &new.set)?;
-        let mut components = BTreeMap::new();
-        for (file, text, r) in &parsed {
-            let stored = self.put_artifact(
-                artifacts_dir,
-                &tenant.name,
-                &recipe_artifact_name(file, r),
-                text.as_bytes(),
-            )?;
-            components.insert(
-                r.name.clone(),
-                DesiredComponent {
-                    version: r.version.to_string(),
-                    recipe_sha256: stored.sha256,
-                    configuration: configurations
-                        .remove(&r.name)
-                        .unwrap_or_else(|| Value::Object(serde_json::Map::new())),
-                },
-            );
-        }
-        let removed: Vec<String> = {
-            let mut r = new.remove.clone();
-            r.sort();
-            r.dedup();
-            r
-        };
-        let mut changes: Vec<String> = components.keys().cloned().collect();
-        changes.extend(removed.iter().cloned());
-        changes.sort();
-        Ok(Planned {
-            tenant,
-            components,
-            removed,
-            changes,
-            new,
+        plan_deployment(self, artifacts_dir, tenant, new, |tenant_id, sha256| {
+            self.has_artifact(tenant_id, sha256)
         })
     }
 
@@ -428,50 +237,33 @@ impl PgStore {
     async fn write_deployment(
         &self,
         artifacts_dir: &Path,
-        plan: &Planned<'_>,
+        plan: &PlannedDeployment<'_>,
     ) -> Result<(DeploymentView, Vec<Device>), StoreError> {
-        let Planned {
-            tenant,
-            components,
-            removed,
-            changes,
-            new,
-        } = plan;
+        let tenant = &plan.tenant;
         let id = format!("dep_{}", random_hex(6));
         let created_at = now();
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let (target, devices): (String, Vec<Device>) = match &new.target {
-            Target::Device(key) => {
-                let d = device_where(
-                    &tx,
-                    "d.tenant_id = $1 AND (d.name = $2 OR d.id = $2) ORDER BY d.id = $2 DESC LIMIT 1",
-                    &[&tenant.id, key],
-                )
-                .await?
-                .ok_or_else(|| StoreError::NotFound {
-                    what: "device",
-                    key: key.clone(),
-                })?;
-                (format!("device:{}", d.id), vec![d])
-            }
+        let found = match &plan.new.target {
+            Target::Device(key) => device_where(
+                &tx,
+                "d.tenant_id = $1 AND (d.name = $2 OR d.id = $2) ORDER BY d.id = $2 DESC LIMIT 1",
+                &[&tenant.id, key],
+            )
+            .await?
+            .into_iter()
+            .collect(),
             Target::Tag(tag) => {
-                let devices = devices_where(
+                devices_where(
                     &tx,
                     "d.tenant_id = $1 AND d.status = $2 AND EXISTS
                          (SELECT 1 FROM device_tags g WHERE g.device_id = d.id AND g.tag = $3)",
                     &[&tenant.id, &DeviceStatus::Accepted.as_str(), tag],
                 )
-                .await?;
-                if devices.is_empty() {
-                    return Err(StoreError::Invalid(format!(
-                        "no device of tenant {} has tag {tag}",
-                        tenant.name
-                    )));
-                }
-                (format!("tag:{tag}"), devices)
+                .await?
             }
         };
+        let (target, devices) = plan.resolve_target(found)?;
         // Each target device's desired state is read and written back with the next version
         // below: its row stays locked until the commit, so that a concurrent deployment or
         // configuration push for it waits and then builds on this one.
@@ -484,56 +276,25 @@ impl PgStore {
                 &id,
                 &tenant.id,
                 &target,
-                &encode(components)?,
-                &encode(removed)?,
+                &encode(&plan.components)?,
+                &encode(&plan.removed)?,
                 &created_at,
             ],
         )
         .await?;
-        // A removal must be about something: a component desired on (or reported by) at
-        // least one device of the target, and none may leave a component there without a
-        // hard dependency it needs.
-        for name in removed {
-            let mut known = false;
-            for device in &devices {
-                let desired = load_desired(&tx, &device.id).await?.unwrap_or_default();
-                let reported = load_reported(&tx, &device.id).await?;
-                known |= desired.components.contains_key(name)
-                    || reported
-                        .as_ref()
-                        .is_some_and(|r| r.components.iter().any(|c| c.name == *name));
-                for (other, component) in &desired.components {
-                    if removed.contains(other) || components.contains_key(other) {
-                        continue;
-                    }
-                    if hard_dependency(artifacts_dir, component, name) {
-                        return Err(StoreError::Invalid(format!(
-                            "cannot remove {name} from device {}: {other}, desired there, has a hard dependency on it; remove {other} too (--remove {other})",
-                            device.name
-                        )));
-                    }
-                }
-            }
-            if !known {
-                return Err(StoreError::Invalid(format!(
-                    "cannot remove {name}: no device of {target} has it in its desired state or reports it"
-                )));
-            }
-        }
+        let mut states = Vec::with_capacity(devices.len());
         for device in &devices {
-            let mut desired = load_desired(&tx, &device.id).await?.unwrap_or_default();
-            for (name, component) in components {
-                desired.components.insert(name.clone(), component.clone());
-            }
-            for name in removed {
-                desired.components.remove(name);
-            }
-            desired.changes = Some(changes.clone());
-            if let Some(os) = &new.os {
-                desired.os = Some(os.clone());
-            }
-            desired.deployment_id = Some(id.clone());
-            desired.version += 1;
+            let desired = load_desired(&tx, &device.id).await?.unwrap_or_default();
+            let reported = if plan.removes() {
+                load_reported(&tx, &device.id).await?
+            } else {
+                None
+            };
+            states.push((desired, reported));
+        }
+        plan.check_removals(artifacts_dir, &target, &devices, &states)?;
+        for (device, (desired, _)) in devices.iter().zip(states) {
+            let desired = plan.desired_after(desired, &id);
             save_desired(&tx, &device.id, &desired).await?;
             tx.execute(
                 "INSERT INTO deployment_devices (deployment_id, device_id, desired_version, status, message, updated_at)
@@ -566,14 +327,7 @@ impl FleetStore for PgStore {
         add: &[String],
         remove: &[String],
     ) -> Result<Vec<String>, StoreError> {
-        for tag in add.iter().chain(remove) {
-            validate_name("tag", tag)?;
-        }
-        if let Some(both) = add.iter().find(|t| remove.contains(t)) {
-            return Err(StoreError::Invalid(format!(
-                "tag {both:?} is both added and removed"
-            )));
-        }
+        check_tag_change(add, remove)?;
         self.block(async {
             let mut client = self.client().await?;
             let tx = client.transaction().await?;
@@ -689,31 +443,12 @@ impl FleetStore for PgStore {
                     &[&device_id],
                 )
                 .await?;
-            if let Some(row) = before {
+            if let Some(row) = before
+                && let Some(installed) =
+                    OsInstalled::between(device_id, row.get::<_, &str>(0), report)
+            {
                 let tenant: String = row.get(1);
-                let old_os = serde_json::from_str::<ReportedState>(row.get::<_, &str>(0))
-                    .ok()
-                    .and_then(|r| r.os_version);
-                if let Some(new_os) = &report.os_version
-                    && old_os.as_ref() != Some(new_os)
-                {
-                    super::audit::append(
-                        &tx,
-                        NewAudit {
-                            tenant: Some(&tenant),
-                            actor: &format!("device:{device_id}"),
-                            action: "ota.installed",
-                            target: Some(device_id),
-                            source: None,
-                            detail: serde_json::json!({
-                                "from": old_os,
-                                "to": new_os,
-                                "deployment": report.deployment_id,
-                            }),
-                        },
-                    )
-                    .await?;
-                }
+                super::audit::append(&tx, installed.audit(&tenant, device_id)).await?;
             }
             tx.execute(
                 "INSERT INTO reported_state (device_id, doc, updated_at) VALUES ($1, $2, $3)
@@ -759,30 +494,15 @@ impl FleetStore for PgStore {
             tx.commit().await?;
             Ok::<_, StoreError>((desired, reported))
         })?;
-        let (reported, reported_at) = match reported {
-            Some((doc, at)) => (Some(decode::<ReportedState>(&doc)?), Some(at)),
-            None => (None, None),
+        let reported = match reported {
+            Some((doc, at)) => Some((decode::<ReportedState>(&doc)?, at)),
+            None => None,
         };
-        Ok(DeviceState {
-            device_id: device_id.to_string(),
-            desired,
-            reported,
-            reported_at,
-        })
+        Ok(DeviceState::of(device_id, desired, reported))
     }
 
     fn push_config(&self, device_id: &str, overrides: &Value) -> Result<DesiredState, StoreError> {
-        let Value::Object(patches) = overrides else {
-            return Err(StoreError::Invalid(
-                "the configuration must be a JSON object of component name → configuration patch"
-                    .into(),
-            ));
-        };
-        if patches.is_empty() {
-            return Err(StoreError::Invalid(
-                "the configuration names no component".into(),
-            ));
-        }
+        let patches = config_patches(overrides)?;
         let desired = self.block(async {
             let mut client = self.client().await?;
             let tx = client.transaction().await?;
@@ -790,25 +510,10 @@ impl FleetStore for PgStore {
             // locked so that a concurrent deployment or push waits and builds on this one.
             lock_device(&tx, device_id).await?;
             let mut desired = load_desired(&tx, device_id).await?.unwrap_or_default();
-            for (name, patch) in patches {
-                if !patch.is_object() {
-                    return Err(StoreError::Invalid(format!(
-                        "the configuration of {name} must be a JSON object"
-                    )));
-                }
-                let Some(component) = desired.components.get_mut(name) else {
-                    return Err(StoreError::Invalid(format!(
-                        "device {device_id} has no component {name} in its desired state"
-                    )));
-                };
-                recipe::merge(&mut component.configuration, patch);
-            }
-            desired.changes = Some(patches.keys().cloned().collect());
-            desired.deployment_id = None;
-            desired.version += 1;
+            push_into(&mut desired, device_id, patches)?;
             save_desired(&tx, device_id, &desired).await?;
             tx.commit().await?;
-            Ok(desired)
+            Ok::<_, StoreError>(desired)
         })?;
         self.notifier.notify(device_id);
         Ok(desired)
