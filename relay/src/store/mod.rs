@@ -64,7 +64,7 @@ pub use tokens::{
     ApiIdentity, CreatedToken, NewToken, TokenInfo, TokenKind, TokenState, TokenStore,
 };
 pub use users::{EngineerIdentity, EngineerKey, LiveEngineer, LiveGrants, Role, User, UserStore};
-use values::{hash_secret, random_hex, rfc3339_from_unix, unix_now};
+use values::{expires_after, hash_secret, random_hex, rfc3339_from_unix, unix_now};
 pub use values::{now, validate_name};
 
 /// Everything a store backend does: every family of facts, plus what concerns the store as a

@@ -22,6 +22,12 @@ pub(crate) fn rfc3339_from_unix(secs: i64) -> String {
     tether_protocol::clock::rfc3339_seconds(t)
 }
 
+/// When something with lifetime `ttl` made now expires, in Unix seconds; `None` never does.
+/// Whole seconds are enough for a lifetime and keep the column a plain integer.
+pub(crate) fn expires_after(ttl: Option<Duration>) -> Option<i64> {
+    ttl.map(|ttl| unix_now().saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX)))
+}
+
 pub(crate) fn hash_secret(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
 }

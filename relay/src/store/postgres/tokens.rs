@@ -1,28 +1,17 @@
 //! Tokens in PostgreSQL.
 
-use base64::Engine;
 use deadpool_postgres::GenericClient;
-use rand::RngCore;
 
 use super::devices::device_where;
 use super::tenants::tenant_by_name;
 use super::{PgStore, is_unique_violation};
-use crate::store::{
-    ApiIdentity, CreatedToken, DeviceEnrollment, DeviceStatus, EnrolledDevice, NewToken, Role,
-    StoreError, TokenInfo, TokenKind, TokenState, TokenStore, hash_secret, now, random_hex,
-    rfc3339_from_unix, unix_now,
+use crate::store::tokens::{
+    EnrollmentPlan, EnrollmentWrite, StoredToken, StoredTokenInfo, mint_token, plan_enrollment,
 };
-
-/// A valid, unexpired, unrevoked token and what it grants.
-struct CheckedToken {
-    id: String,
-    tenant_id: i64,
-    tenant: String,
-    require_accept: bool,
-    uses_left: Option<i64>,
-    allow_replace: bool,
-    role: String,
-}
+use crate::store::{
+    ApiIdentity, CreatedToken, DeviceEnrollment, EnrolledDevice, NewToken, Role, StoreError,
+    TokenInfo, TokenKind, TokenStore, hash_secret, now, random_hex, unix_now,
+};
 
 /// Checks a token of `kind` and returns what redeeming it grants. With `lock`, the token's
 /// row stays locked until the caller's transaction ends, so that two redemptions racing for
@@ -32,37 +21,29 @@ async fn check_token(
     secret: &str,
     kind: TokenKind,
     lock: bool,
-) -> Result<CheckedToken, StoreError> {
+) -> Result<StoredToken, StoreError> {
     let sql = format!(
-        "SELECT k.id, k.tenant_id, t.name, k.require_accept, k.uses_left, k.expires_at, k.revoked,
-             k.kind, k.allow_replace, k.role
+        "SELECT k.id, k.tenant_id, t.name, k.kind, k.role, k.require_accept, k.allow_replace,
+             k.uses_left, k.expires_at, k.revoked
          FROM tokens k JOIN tenants t ON t.id = k.tenant_id WHERE k.secret_hash = $1{}",
         if lock { " FOR UPDATE OF k" } else { "" }
     );
     let Some(r) = client.query_opt(&sql, &[&hash_secret(secret)]).await? else {
         return Err(StoreError::InvalidToken);
     };
-    let expires_at: Option<i64> = r.get(5);
-    let revoked: bool = r.get(6);
-    if revoked || r.get::<_, &str>(7) != kind.as_str() {
-        return Err(StoreError::InvalidToken);
-    }
-    if expires_at.is_some_and(|e| e <= unix_now()) {
-        return Err(StoreError::TokenExpired);
-    }
-    let uses_left: Option<i64> = r.get(4);
-    if uses_left.is_some_and(|u| u <= 0) {
-        return Err(StoreError::TokenUsedUp);
-    }
-    Ok(CheckedToken {
+    StoredToken {
         id: r.get(0),
         tenant_id: r.get(1),
         tenant: r.get(2),
-        require_accept: r.get(3),
-        uses_left,
-        allow_replace: r.get(8),
-        role: r.get(9),
-    })
+        kind: r.get(3),
+        role: r.get(4),
+        require_accept: r.get(5),
+        allow_replace: r.get(6),
+        uses_left: r.get(7),
+        expires_at: r.get(8),
+        revoked: r.get(9),
+    }
+    .redeemable(kind)
 }
 
 /// An enrollment's own insert or rename that met a device enrolled at the same moment by
@@ -76,36 +57,7 @@ fn enrolled_meanwhile(name: &str, tenant: &str) -> StoreError {
 
 impl TokenStore for PgStore {
     fn create_token(&self, new: NewToken<'_>) -> Result<CreatedToken, StoreError> {
-        if new.kind == TokenKind::Api
-            && (new.uses.is_some() || new.require_accept || new.allow_replace)
-        {
-            return Err(StoreError::Invalid(
-                "a use limit, require-accept and allow-replace apply to enrollment tokens only, not to API tokens"
-                    .into(),
-            ));
-        }
-        if new.require_accept && new.allow_replace {
-            return Err(StoreError::Invalid(
-                "a token cannot both require acceptance and allow replacing devices: devices enrolled with it would be pending, and a pending device never replaces one"
-                    .into(),
-            ));
-        }
-        if new.uses == Some(0) {
-            return Err(StoreError::Invalid(
-                "a token must allow at least 1 use".into(),
-            ));
-        }
-        let mut raw = [0u8; 32];
-        rand::thread_rng().fill_bytes(&mut raw);
-        let secret = format!(
-            "tet_{}",
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
-        );
-        let id = format!("tok_{}", random_hex(8));
-        // Whole seconds are enough for a lifetime and keep the column a plain integer.
-        let expires = new
-            .ttl
-            .map(|ttl| unix_now().saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX)));
+        let minted = mint_token(&new)?;
         let uses = new.uses.map(i64::from);
         let tenant = self.block(async {
             let client = self.client().await?;
@@ -120,12 +72,12 @@ impl TokenStore for PgStore {
                     "INSERT INTO tokens (id, tenant_id, kind, secret_hash, created_at, expires_at, uses_left, require_accept, role, allow_replace)
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
                     &[
-                        &id,
+                        &minted.id,
                         &tenant.id,
                         &new.kind.as_str(),
-                        &hash_secret(&secret),
+                        &hash_secret(&minted.secret),
                         &now(),
-                        &expires,
+                        &minted.expires,
                         &uses,
                         &new.require_accept,
                         &new.role.as_str(),
@@ -135,14 +87,7 @@ impl TokenStore for PgStore {
                 .await?;
             Ok::<_, StoreError>(tenant)
         })?;
-        Ok(CreatedToken {
-            id,
-            secret,
-            tenant: tenant.name,
-            kind: new.kind,
-            role: (new.kind == TokenKind::Api).then_some(new.role),
-            expires_at: expires.map(rfc3339_from_unix),
-        })
+        Ok(minted.created(tenant.name, &new))
     }
 
     fn tokens(&self, tenant: Option<&str>) -> Result<Vec<TokenInfo>, StoreError> {
@@ -162,40 +107,19 @@ impl TokenStore for PgStore {
             let tokens: Vec<TokenInfo> = rows
                 .iter()
                 .map(|r| {
-                    let expires_at: Option<i64> = r.get(4);
-                    let uses_left: Option<i64> = r.get(5);
-                    let revoked: bool = r.get(7);
-                    // The same order of checks as redeeming, so the listed state is the error
-                    // a redemption would give.
-                    let state = if revoked {
-                        TokenState::Revoked
-                    } else if expires_at.is_some_and(|e| e <= now) {
-                        TokenState::Expired
-                    } else if uses_left.is_some_and(|u| u <= 0) {
-                        TokenState::UsedUp
-                    } else {
-                        TokenState::Active
-                    };
-                    let kind = if r.get::<_, &str>(2) == "api" {
-                        TokenKind::Api
-                    } else {
-                        TokenKind::Enroll
-                    };
-                    TokenInfo {
+                    StoredTokenInfo {
                         id: r.get(0),
                         tenant: r.get(1),
-                        kind,
-                        role: (kind == TokenKind::Api)
-                            .then(|| Role::parse(r.get::<_, &str>(8)).ok())
-                            .flatten(),
+                        kind: r.get(2),
                         created_at: r.get(3),
-                        expires_at: expires_at.map(rfc3339_from_unix),
-                        uses_left,
+                        expires_at: r.get(4),
+                        uses_left: r.get(5),
                         require_accept: r.get(6),
+                        revoked: r.get(7),
+                        role: r.get(8),
                         allow_replace: r.get(9),
-                        revoked,
-                        state,
                     }
+                    .info(now)
                 })
                 .collect();
             // An unknown tenant is an error, not an empty list.
@@ -231,21 +155,10 @@ impl TokenStore for PgStore {
 
     fn api_token(&self, secret: &str) -> Result<ApiIdentity, StoreError> {
         // A read: an API token has no uses to count, so nothing is locked.
-        let CheckedToken {
-            id,
-            tenant_id,
-            tenant,
-            role,
-            ..
-        } = self.block(async {
+        self.block(async {
             check_token(&self.client().await?, secret, TokenKind::Api, false).await
-        })?;
-        Ok(ApiIdentity {
-            tenant_id,
-            tenant,
-            role: Role::parse(&role)?,
-            token_id: id,
-        })
+        })?
+        .api_identity()
     }
 
     fn redeem_enroll_token(
@@ -262,104 +175,41 @@ impl TokenStore for PgStore {
             // token's row is locked (FOR UPDATE in check_token) until the commit, so
             // redemptions of one token take turns, and redemptions of different tokens that
             // meet on one device key or name are told apart by the UNIQUE constraints below.
-            let CheckedToken {
-                id: token_id,
-                tenant_id,
-                tenant: tenant_name,
-                require_accept,
-                uses_left,
-                allow_replace,
-                ..
-            } = check_token(&tx, secret, TokenKind::Enroll, true).await?;
+            let token = check_token(&tx, secret, TokenKind::Enroll, true).await?;
             let by_key = device_where(&tx, "d.fingerprint = $1", &[&enrollment.fingerprint]).await?;
             let by_name = device_where(
                 &tx,
                 "d.tenant_id = $1 AND d.name = $2",
-                &[&tenant_id, &enrollment.name],
+                &[&token.tenant_id, &enrollment.name],
             )
             .await?;
-            if let Some(existing) = &by_key
-                && existing.tenant_id != tenant_id
-            {
-                return Err(StoreError::Conflict(format!(
-                    "this device key is already enrolled in another tenant as {:?}",
-                    existing.name
-                )));
+            let EnrollmentPlan { replaced, write } =
+                plan_enrollment(&token, &enrollment, by_key, by_name)?;
+            if let Some(other) = &replaced {
+                tx.execute("DELETE FROM devices WHERE id = $1", &[&other.id])
+                    .await?;
             }
-            if let Some(other) = &by_name
-                && other.fingerprint != enrollment.fingerprint
-            {
-                if !enrollment.force {
-                    return Err(StoreError::Conflict(format!(
-                        "device name {:?} is already used by another device in tenant {tenant_name}; choose another --name, or re-enroll with --force and a token minted with --allow-replace to replace it",
-                        enrollment.name
-                    )));
-                }
-                // Every check comes before the deletion: a device is never removed by an
-                // enrollment that then turns out pending or refused.
-                if require_accept {
-                    return Err(StoreError::Conflict(format!(
-                        "device name {:?} is already used by another device in tenant {tenant_name}; a token minted with --require-accept enrolls devices as pending and never replaces one: choose another --name",
-                        enrollment.name
-                    )));
-                }
-                if !allow_replace {
-                    return Err(StoreError::Conflict(format!(
-                        "device name {:?} is already used by another device in tenant {tenant_name}; replacing it needs an enrollment token minted with --allow-replace",
-                        enrollment.name
-                    )));
-                }
-            }
-            let replaced = match &by_name {
-                Some(other) if other.fingerprint != enrollment.fingerprint => {
-                    tx.execute("DELETE FROM devices WHERE id = $1", &[&other.id])
-                        .await?;
-                    Some(other.clone())
-                }
-                _ => None,
-            };
-            let status = if require_accept {
-                DeviceStatus::Pending
-            } else {
-                DeviceStatus::Accepted
-            };
-            let written = match by_key {
-                Some(existing) => {
-                    // Re-enrollment of the same key keeps its id. An accepted device stays
-                    // accepted; a pending one gets what a fresh enrollment with this token
-                    // would get. An operator's rejection is not undone by the device itself:
-                    // the token it holds may allow many uses. (Returning drops the
-                    // transaction, undoing any deletion.)
-                    let keep = match existing.status {
-                        DeviceStatus::Accepted => DeviceStatus::Accepted,
-                        DeviceStatus::Pending => status,
-                        DeviceStatus::Rejected => {
-                            return Err(StoreError::Conflict(format!(
-                                "this device key belongs to device {:?} in tenant {tenant_name}, which an operator rejected; ask an operator to accept or remove it",
-                                existing.name
-                            )));
-                        }
-                    };
-                    tx.execute(
+            let written = match write {
+                EnrollmentWrite::Update { id, status } => tx
+                    .execute(
                         "UPDATE devices SET name = $2, agent_version = $3, status = $4 WHERE id = $1",
                         &[
-                            &existing.id,
+                            &id,
                             &enrollment.name,
                             &enrollment.agent_version,
-                            &keep.as_str(),
+                            &status.as_str(),
                         ],
                     )
                     .await
-                    .map(|_| existing.id)
-                }
-                None => {
+                    .map(|_| id),
+                EnrollmentWrite::Insert { status } => {
                     let id = format!("dev_{}", random_hex(8));
                     tx.execute(
                         "INSERT INTO devices (id, tenant_id, name, public_key, fingerprint, status, created_at, agent_version)
                          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                         &[
                             &id,
-                            &tenant_id,
+                            &token.tenant_id,
                             &enrollment.name,
                             &enrollment.public_key_openssh,
                             &enrollment.fingerprint,
@@ -375,14 +225,14 @@ impl TokenStore for PgStore {
             let id = match written {
                 Ok(id) => id,
                 Err(e) if is_unique_violation(&e) => {
-                    return Err(enrolled_meanwhile(&enrollment.name, &tenant_name));
+                    return Err(enrolled_meanwhile(&enrollment.name, &token.tenant));
                 }
                 Err(e) => return Err(e.into()),
             };
-            if uses_left.is_some() {
+            if token.uses_left.is_some() {
                 tx.execute(
                     "UPDATE tokens SET uses_left = uses_left - 1 WHERE id = $1",
-                    &[&token_id],
+                    &[&token.id],
                 )
                 .await?;
             }
@@ -395,8 +245,8 @@ impl TokenStore for PgStore {
             tx.commit().await?;
             Ok(EnrolledDevice {
                 device,
-                tenant_name,
-                token_id,
+                tenant_name: token.tenant,
+                token_id: token.id,
                 replaced,
             })
         })
