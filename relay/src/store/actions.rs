@@ -11,9 +11,9 @@
 use std::time::Duration;
 
 use serde::Serialize;
-use tether_protocol::fleet::{Action, ActionKind, ActionResult, ActionStatus};
+use tether_protocol::fleet::{Action, ActionKind, ActionResult, ActionStatus, MAX_ACTION_OUTPUT};
 
-use super::StoreError;
+use super::{StoreError, unix_now};
 
 /// Longest command of a `run` action, in bytes.
 pub(crate) const MAX_COMMAND_BYTES: usize = 64 * 1024;
@@ -96,7 +96,7 @@ pub(crate) fn validate(action: &ActionKind) -> Result<(), StoreError> {
 }
 
 /// `output` cut to at most `max` bytes at a character boundary; whether it was cut.
-pub(crate) fn cap_output(output: &str, max: usize) -> (&str, bool) {
+fn cap_output(output: &str, max: usize) -> (&str, bool) {
     if output.len() <= max {
         return (output, false);
     }
@@ -105,6 +105,66 @@ pub(crate) fn cap_output(output: &str, max: usize) -> (&str, bool) {
         end -= 1;
     }
     (&output[..end], true)
+}
+
+/// The name a status is stored as.
+pub(crate) fn status_as_str(status: ActionStatus) -> &'static str {
+    match status {
+        ActionStatus::Pending => "pending",
+        ActionStatus::Running => "running",
+        ActionStatus::Succeeded => "succeeded",
+        ActionStatus::Failed => "failed",
+        ActionStatus::Expired => "expired",
+    }
+}
+
+/// Reads a stored status; the relay writes only the names above, anything else is damaged
+/// and reads as failed (never as pending, which would send it).
+pub(crate) fn status_parse(s: &str) -> ActionStatus {
+    match s {
+        "pending" => ActionStatus::Pending,
+        "running" => ActionStatus::Running,
+        "succeeded" => ActionStatus::Succeeded,
+        "expired" => ActionStatus::Expired,
+        _ => ActionStatus::Failed,
+    }
+}
+
+/// The status an action is shown with: a pending one past its expiry (Unix seconds) reads
+/// as expired even before [`ActionStore::take_pending_actions`] records that (the device may
+/// never connect again).
+pub(crate) fn shown_status(stored: &str, expires_at: Option<i64>) -> ActionStatus {
+    match status_parse(stored) {
+        ActionStatus::Pending if expires_at.is_some_and(|e| e <= unix_now()) => {
+            ActionStatus::Expired
+        }
+        status => status,
+    }
+}
+
+/// Whether an action with this stored status has its result already: a repeated result is
+/// then ignored.
+pub(crate) fn has_result(stored: &str) -> bool {
+    matches!(
+        status_parse(stored),
+        ActionStatus::Succeeded | ActionStatus::Failed
+    )
+}
+
+/// Checks a result a device reports and returns its output as stored (cut to
+/// [`MAX_ACTION_OUTPUT`]) and whether the output is truncated.
+pub(crate) fn result_output(result: &ActionResult) -> Result<(&str, bool), StoreError> {
+    if !matches!(
+        result.status,
+        ActionStatus::Succeeded | ActionStatus::Failed
+    ) {
+        return Err(StoreError::Invalid(format!(
+            "the result of action {} has status {}; expected succeeded or failed",
+            result.id, result.status
+        )));
+    }
+    let (output, cut) = cap_output(&result.output, MAX_ACTION_OUTPUT);
+    Ok((output, result.truncated || cut))
 }
 
 /// Remote actions: queued once per device, handed out once, their results recorded once.

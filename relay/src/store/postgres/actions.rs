@@ -8,41 +8,20 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use deadpool_postgres::GenericClient;
-use tether_protocol::fleet::{Action, ActionKind, ActionResult, ActionStatus, MAX_ACTION_OUTPUT};
+use tether_protocol::fleet::{Action, ActionKind, ActionResult, ActionStatus};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{IsolationLevel, Row};
 
 use super::devices::device_where;
 use super::tenants::tenant_id;
 use super::{PgStore, changes};
-use crate::store::actions::{LIST_LIMIT, cap_output, validate};
-use crate::store::{
-    ActionStore, ActionView, Device, DeviceStore, StoreError, now, random_hex, rfc3339_from_unix,
-    unix_now,
+use crate::store::actions::{
+    LIST_LIMIT, has_result, result_output, shown_status, status_as_str, validate,
 };
-
-/// The name a status is stored as.
-fn status_as_str(status: ActionStatus) -> &'static str {
-    match status {
-        ActionStatus::Pending => "pending",
-        ActionStatus::Running => "running",
-        ActionStatus::Succeeded => "succeeded",
-        ActionStatus::Failed => "failed",
-        ActionStatus::Expired => "expired",
-    }
-}
-
-/// Reads a stored status; the relay writes only the names above, anything else is a damaged
-/// row and reads as failed (never as pending, which would send it).
-fn status_parse(s: &str) -> ActionStatus {
-    match s {
-        "pending" => ActionStatus::Pending,
-        "running" => ActionStatus::Running,
-        "succeeded" => ActionStatus::Succeeded,
-        "expired" => ActionStatus::Expired,
-        _ => ActionStatus::Failed,
-    }
-}
+use crate::store::{
+    ActionStore, ActionView, Device, DeviceStore, StoreError, expires_after, now, random_hex,
+    rfc3339_from_unix, unix_now,
+};
 
 /// The JSON document an action is stored as.
 fn encode(action: &ActionKind) -> Result<String, StoreError> {
@@ -59,14 +38,10 @@ const VIEW_SELECT: &str = "SELECT a.id, t.name, a.device_id, d.name, a.action, a
      a.expires_at, a.sent_at, a.finished_at, a.exit_code, a.output, a.truncated, a.error \
      FROM actions a JOIN tenants t ON t.id = a.tenant_id JOIN devices d ON d.id = a.device_id";
 
-/// Reads an action; a pending one past its expiry reads as expired even before
-/// [`ActionStore::take_pending_actions`] records that (the device may never connect again).
+/// Reads an action, with the status it is shown with ([`shown_status`]).
 fn view_from_row(r: &Row) -> Result<ActionView, StoreError> {
     let expires_at: Option<i64> = r.get(7);
-    let mut status = status_parse(r.get::<_, &str>(5));
-    if status == ActionStatus::Pending && expires_at.is_some_and(|e| e <= unix_now()) {
-        status = ActionStatus::Expired;
-    }
+    let status = shown_status(r.get::<_, &str>(5), expires_at);
     let id: String = r.get(0);
     let action = decode(r.get::<_, &str>(4)).map_err(|e| {
         StoreError::Backend(format!("action {id}: the stored action cannot be read: {e}").into())
@@ -141,8 +116,7 @@ impl ActionStore for PgStore {
             None => Some(self.resolve_device(key)?),
         };
         let id = format!("act_{}", random_hex(6));
-        let expires_at = ttl
-            .map(|ttl| unix_now().saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX)));
+        let expires_at = expires_after(ttl);
         let (device_id, view) = self.block(async {
             let mut client = self.client().await?;
             let tx = client.transaction().await?;
@@ -263,16 +237,7 @@ impl ActionStore for PgStore {
         device_id: &str,
         result: &ActionResult,
     ) -> Result<(), StoreError> {
-        if !matches!(
-            result.status,
-            ActionStatus::Succeeded | ActionStatus::Failed
-        ) {
-            return Err(StoreError::Invalid(format!(
-                "the result of action {} has status {}; expected succeeded or failed",
-                result.id, result.status
-            )));
-        }
-        let (output, cut) = cap_output(&result.output, MAX_ACTION_OUTPUT);
+        let (output, truncated) = result_output(result)?;
         self.block(async {
             let mut client = self.client().await?;
             let tx = client.transaction().await?;
@@ -290,10 +255,7 @@ impl ActionStore for PgStore {
                     key: result.id.clone(),
                 });
             };
-            if matches!(
-                status_parse(status.get::<_, &str>(0)),
-                ActionStatus::Succeeded | ActionStatus::Failed
-            ) {
+            if has_result(status.get::<_, &str>(0)) {
                 return Ok(());
             }
             tx.execute(
@@ -306,7 +268,7 @@ impl ActionStore for PgStore {
                     &now(),
                     &result.exit_code.map(i64::from),
                     &output,
-                    &(result.truncated || cut),
+                    &truncated,
                     &result.error,
                 ],
             )

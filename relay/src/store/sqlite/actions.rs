@@ -2,41 +2,21 @@
 
 use std::time::Duration;
 
-use tether_protocol::fleet::{Action, ActionKind, ActionResult, ActionStatus, MAX_ACTION_OUTPUT};
+use tether_protocol::fleet::{Action, ActionKind, ActionResult, ActionStatus};
 
 use super::changes;
 use super::devices::device_where;
 use super::tenants::tenant_id;
-use crate::store::actions::{LIST_LIMIT, cap_output, validate};
+use crate::store::actions::{
+    LIST_LIMIT, has_result, result_output, shown_status, status_as_str, validate,
+};
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use super::SqliteStore;
 use crate::store::{
-    ActionStore, ActionView, Device, DeviceStore, StoreError, now, random_hex, rfc3339_from_unix,
-    unix_now,
+    ActionStore, ActionView, Device, DeviceStore, StoreError, expires_after, now, random_hex,
+    rfc3339_from_unix, unix_now,
 };
-
-fn status_as_str(status: ActionStatus) -> &'static str {
-    match status {
-        ActionStatus::Pending => "pending",
-        ActionStatus::Running => "running",
-        ActionStatus::Succeeded => "succeeded",
-        ActionStatus::Failed => "failed",
-        ActionStatus::Expired => "expired",
-    }
-}
-
-/// Reads a stored status; the relay writes only the names above, anything else is a damaged
-/// file and reads as failed (never as pending, which would send it).
-fn status_parse(s: &str) -> ActionStatus {
-    match s {
-        "pending" => ActionStatus::Pending,
-        "running" => ActionStatus::Running,
-        "succeeded" => ActionStatus::Succeeded,
-        "expired" => ActionStatus::Expired,
-        _ => ActionStatus::Failed,
-    }
-}
 
 fn encode(action: &ActionKind) -> Result<String, StoreError> {
     serde_json::to_string(action)
@@ -55,14 +35,10 @@ const VIEW_SELECT: &str = "SELECT a.id, t.name, a.device_id, d.name, a.action, a
      a.expires_at, a.sent_at, a.finished_at, a.exit_code, a.output, a.truncated, a.error \
      FROM actions a JOIN tenants t ON t.id = a.tenant_id JOIN devices d ON d.id = a.device_id";
 
-/// Reads an action; a pending one past its expiry reads as expired even before
-/// [`ActionStore::take_pending_actions`] records that (the device may never connect again).
+/// Reads an action, with the status it is shown with ([`shown_status`]).
 fn view_from_row(r: &Row<'_>) -> rusqlite::Result<ActionView> {
     let expires_at: Option<i64> = r.get(7)?;
-    let mut status = status_parse(&r.get::<_, String>(5)?);
-    if status == ActionStatus::Pending && expires_at.is_some_and(|e| e <= unix_now()) {
-        status = ActionStatus::Expired;
-    }
+    let status = shown_status(&r.get::<_, String>(5)?, expires_at);
     Ok(ActionView {
         id: r.get(0)?,
         tenant: r.get(1)?,
@@ -123,8 +99,7 @@ impl ActionStore for SqliteStore {
             None => Some(self.resolve_device(key)?),
         };
         let id = format!("act_{}", random_hex(6));
-        let expires_at = ttl
-            .map(|ttl| unix_now().saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX)));
+        let expires_at = expires_after(ttl);
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let device = match (tenant_id, global) {
@@ -231,16 +206,7 @@ impl ActionStore for SqliteStore {
         device_id: &str,
         result: &ActionResult,
     ) -> Result<(), StoreError> {
-        if !matches!(
-            result.status,
-            ActionStatus::Succeeded | ActionStatus::Failed
-        ) {
-            return Err(StoreError::Invalid(format!(
-                "the result of action {} has status {}; expected succeeded or failed",
-                result.id, result.status
-            )));
-        }
-        let (output, cut) = cap_output(&result.output, MAX_ACTION_OUTPUT);
+        let (output, truncated) = result_output(result)?;
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let status: Option<String> = tx
@@ -256,10 +222,7 @@ impl ActionStore for SqliteStore {
                 key: result.id.clone(),
             });
         };
-        if matches!(
-            status_parse(&status),
-            ActionStatus::Succeeded | ActionStatus::Failed
-        ) {
+        if has_result(&status) {
             return Ok(());
         }
         tx.execute(
@@ -272,7 +235,7 @@ impl ActionStore for SqliteStore {
                 now(),
                 result.exit_code,
                 output,
-                result.truncated || cut,
+                truncated,
                 result.error
             ],
         )?;
