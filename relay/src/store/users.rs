@@ -6,7 +6,7 @@
 
 use serde::Serialize;
 
-use super::{StoreError, TrustedCa};
+use super::{StoreError, TrustedCa, validate_name};
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -69,6 +69,105 @@ pub struct User {
     pub fingerprints: Vec<String>,
     /// Creation time.
     pub created_at: String,
+}
+
+impl User {
+    /// An engineer as read back, its key fingerprints oldest first.
+    pub(crate) fn stored(
+        id: i64,
+        name: String,
+        tenant: String,
+        role: &str,
+        disabled: bool,
+        created_at: String,
+        fingerprints: Vec<String>,
+    ) -> Result<User, StoreError> {
+        Ok(User {
+            id,
+            name,
+            tenant,
+            role: Role::parse(role)?,
+            disabled,
+            fingerprint: fingerprints.first().cloned().unwrap_or_default(),
+            fingerprints,
+            created_at,
+        })
+    }
+
+    /// An engineer just added, with its one key.
+    pub(crate) fn added(
+        id: i64,
+        name: &str,
+        tenant: String,
+        role: Role,
+        fingerprint: String,
+        created_at: String,
+    ) -> User {
+        User {
+            id,
+            name: name.to_string(),
+            tenant,
+            role,
+            disabled: false,
+            fingerprint: fingerprint.clone(),
+            fingerprints: vec![fingerprint],
+            created_at,
+        }
+    }
+}
+
+/// Checks the names an engineer is looked up by.
+pub(crate) fn check_user_names(tenant: &str, name: &str) -> Result<(), StoreError> {
+    validate_name("tenant", tenant)?;
+    validate_name("user", name)
+}
+
+/// The error for an engineer `name` that tenant `tenant` does not have.
+pub(crate) fn no_user(tenant: &str, name: &str) -> StoreError {
+    StoreError::Invalid(format!("no user named {name:?} in tenant {tenant}"))
+}
+
+/// The error for adding engineer `name` to a tenant that has one of that name.
+pub(crate) fn user_exists(tenant: &str, name: &str) -> StoreError {
+    StoreError::Conflict(format!("user {name:?} already exists in tenant {tenant}"))
+}
+
+/// Refuses a key that engineer `holder` of tenant `tenant` already holds: one key is one
+/// engineer within a tenant, or the SSH front could not tell which role applies.
+pub(crate) fn refuse_held_key(
+    tenant: &str,
+    fingerprint: &str,
+    holder: Option<String>,
+) -> Result<(), StoreError> {
+    match holder {
+        Some(holder) => Err(StoreError::Conflict(format!(
+            "key {fingerprint} is already registered in tenant {tenant} as user {holder:?}"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Checks the removal of key `fingerprint` of engineer `name`, from whether it deleted a key
+/// and whether that was the engineer's last: an engineer keeps at least one key. An error
+/// means the caller's transaction must not commit.
+pub(crate) fn check_key_removal(
+    tenant: &str,
+    name: &str,
+    fingerprint: &str,
+    deleted: bool,
+    last: bool,
+) -> Result<(), StoreError> {
+    if !deleted {
+        return Err(StoreError::Invalid(format!(
+            "user {name:?} of tenant {tenant} has no key {fingerprint:?} (relay user list shows its keys)"
+        )));
+    }
+    if last {
+        return Err(StoreError::Invalid(format!(
+            "{fingerprint} is the last key of user {name:?}; use relay user remove or relay user disable"
+        )));
+    }
+    Ok(())
 }
 
 /// An engineer's public key as the store keeps it.

@@ -17,6 +17,9 @@ use tokio_postgres::types::ToSql;
 use super::cas::{CA_COLUMNS, ca_from_row};
 use super::tenants::tenant_by_name;
 use super::{PgStore, is_unique_violation};
+use crate::store::users::{
+    check_key_removal, check_user_names, no_user, refuse_held_key, user_exists,
+};
 use crate::store::{
     EngineerIdentity, EngineerKey, LiveEngineer, LiveGrants, Role, StoreError, Tenant, User,
     UserStore, now, validate_name,
@@ -42,16 +45,15 @@ async fn users_where(
         .iter()
         .map(|r| {
             let fingerprints: Vec<String> = r.get(6);
-            Ok(User {
-                id: r.get(0),
-                name: r.get(1),
-                tenant: r.get(2),
-                role: Role::parse(r.get::<_, &str>(3))?,
-                disabled: r.get(4),
-                fingerprint: fingerprints.first().cloned().unwrap_or_default(),
+            User::stored(
+                r.get(0),
+                r.get(1),
+                r.get(2),
+                r.get::<_, &str>(3),
+                r.get(4),
+                r.get(5),
                 fingerprints,
-                created_at: r.get(5),
-            })
+            )
         })
         .collect()
 }
@@ -76,8 +78,7 @@ async fn lock_tenant(client: &impl GenericClient, name: &str) -> Result<Tenant, 
     Ok(t)
 }
 
-/// Refuses a key some engineer of tenant `tenant_id` already holds: one key is one engineer
-/// within a tenant, or the SSH front could not tell which role applies.
+/// Refuses a key some engineer of tenant `tenant_id` already holds ([`refuse_held_key`]).
 async fn refuse_key_held(
     client: &impl GenericClient,
     tenant_id: i64,
@@ -92,12 +93,7 @@ async fn refuse_key_held(
         )
         .await?
         .map(|r| r.get(0));
-    match holder {
-        Some(holder) => Err(StoreError::Conflict(format!(
-            "key {fingerprint} is already registered in tenant {tenant} as user {holder:?}"
-        ))),
-        None => Ok(()),
-    }
+    refuse_held_key(tenant, fingerprint, holder)
 }
 
 /// The id of engineer `name` of `tenant` (with its tenant's id), or NotFound naming the
@@ -109,8 +105,7 @@ async fn user_id(
     name: &str,
     lock: bool,
 ) -> Result<(i64, i64), StoreError> {
-    validate_name("tenant", tenant)?;
-    validate_name("user", name)?;
+    check_user_names(tenant, name)?;
     let t = tenant_by_name(client, tenant)
         .await?
         .ok_or_else(|| StoreError::NotFound {
@@ -123,9 +118,7 @@ async fn user_id(
     );
     match client.query_opt(&sql, &[&t.id, &name]).await? {
         Some(r) => Ok((r.get(0), t.id)),
-        None => Err(StoreError::Invalid(format!(
-            "no user named {name:?} in tenant {tenant}"
-        ))),
+        None => Err(no_user(tenant, name)),
     }
 }
 
@@ -158,11 +151,7 @@ impl UserStore for PgStore {
                 .await
             {
                 Ok(row) => row.get(0),
-                Err(e) if is_unique_violation(&e) => {
-                    return Err(StoreError::Conflict(format!(
-                        "user {name:?} already exists in tenant {tenant}"
-                    )));
-                }
+                Err(e) if is_unique_violation(&e) => return Err(user_exists(tenant, name)),
                 Err(e) => return Err(e.into()),
             };
             tx.execute(
@@ -172,16 +161,7 @@ impl UserStore for PgStore {
             )
             .await?;
             tx.commit().await?;
-            Ok(User {
-                id,
-                name: name.to_string(),
-                tenant: t.name,
-                role,
-                disabled: false,
-                fingerprint: fingerprint.clone(),
-                fingerprints: vec![fingerprint],
-                created_at,
-            })
+            Ok(User::added(id, name, t.name, role, fingerprint, created_at))
         })
     }
 
@@ -222,9 +202,7 @@ impl UserStore for PgStore {
                 .await?
                 .into_iter()
                 .next()
-                .ok_or_else(|| {
-                    StoreError::Invalid(format!("no user named {name:?} in tenant {tenant}"))
-                })
+                .ok_or_else(|| no_user(tenant, name))
         })
     }
 
@@ -239,9 +217,7 @@ impl UserStore for PgStore {
                 .await?
                 .into_iter()
                 .next()
-                .ok_or_else(|| {
-                    StoreError::Invalid(format!("no user named {name:?} in tenant {tenant}"))
-                })?;
+                .ok_or_else(|| no_user(tenant, name))?;
             // Its keys go with it by ON DELETE CASCADE.
             tx.execute("DELETE FROM users WHERE id = $1", &[&id])
                 .await?;
@@ -338,17 +314,8 @@ impl UserStore for PgStore {
                     &[&id, &fingerprint],
                 )
                 .await?;
-            if n == 0 {
-                return Err(StoreError::Invalid(format!(
-                    "user {name:?} of tenant {tenant} has no key {fingerprint:?} (relay user list shows its keys)"
-                )));
-            }
             // Returning drops the transaction, which undoes the deletion.
-            if keys <= 1 {
-                return Err(StoreError::Invalid(format!(
-                    "{fingerprint} is the last key of user {name:?}; use relay user remove or relay user disable"
-                )));
-            }
+            check_key_removal(tenant, name, fingerprint, n > 0, keys <= 1)?;
             tx.commit().await?;
             Ok(())
         })

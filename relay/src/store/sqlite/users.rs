@@ -10,6 +10,9 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use super::cas::{CA_COLUMNS, ca_from_row, finish};
 use super::tenants::{count, tenant_by_name};
 use super::{SqliteStore, is_unique_violation};
+use crate::store::users::{
+    check_key_removal, check_user_names, no_user, refuse_held_key, user_exists,
+};
 use crate::store::{
     EngineerIdentity, EngineerKey, LiveEngineer, LiveGrants, Role, StoreError, User, UserStore,
     now, validate_name,
@@ -43,22 +46,20 @@ pub(super) fn users_where(
     for row in rows {
         let (id, name, tenant, role, disabled, created_at, keys) = row?;
         let fingerprints: Vec<String> = serde_json::from_str(&keys).unwrap_or_default();
-        out.push(User {
+        out.push(User::stored(
             id,
             name,
             tenant,
-            role: Role::parse(&role)?,
+            &role,
             disabled,
-            fingerprint: fingerprints.first().cloned().unwrap_or_default(),
-            fingerprints,
             created_at,
-        });
+            fingerprints,
+        )?);
     }
     Ok(out)
 }
 
-/// Refuses a key some engineer of tenant `tenant_id` already holds: one key is one engineer
-/// within a tenant, or the SSH front could not tell which role applies.
+/// Refuses a key some engineer of tenant `tenant_id` already holds ([`refuse_held_key`]).
 pub(super) fn refuse_key_held(
     conn: &Connection,
     tenant_id: i64,
@@ -73,18 +74,12 @@ pub(super) fn refuse_key_held(
             |r| r.get(0),
         )
         .optional()?;
-    match holder {
-        Some(holder) => Err(StoreError::Conflict(format!(
-            "key {fingerprint} is already registered in tenant {tenant} as user {holder:?}"
-        ))),
-        None => Ok(()),
-    }
+    refuse_held_key(tenant, fingerprint, holder)
 }
 
 /// The id of engineer `name` of `tenant` (with its tenant's id), or NotFound naming both.
 fn user_id(conn: &Connection, tenant: &str, name: &str) -> Result<(i64, i64), StoreError> {
-    validate_name("tenant", tenant)?;
-    validate_name("user", name)?;
+    check_user_names(tenant, name)?;
     let t = tenant_by_name(conn, tenant)?.ok_or_else(|| StoreError::NotFound {
         what: "tenant",
         key: tenant.to_string(),
@@ -98,9 +93,7 @@ fn user_id(conn: &Connection, tenant: &str, name: &str) -> Result<(i64, i64), St
         .optional()?;
     match id {
         Some(id) => Ok((id, t.id)),
-        None => Err(StoreError::Invalid(format!(
-            "no user named {name:?} in tenant {tenant}"
-        ))),
+        None => Err(no_user(tenant, name)),
     }
 }
 
@@ -131,11 +124,7 @@ impl UserStore for SqliteStore {
         );
         match inserted {
             Ok(_) => {}
-            Err(e) if is_unique_violation(&e) => {
-                return Err(StoreError::Conflict(format!(
-                    "user {name:?} already exists in tenant {tenant}"
-                )));
-            }
+            Err(e) if is_unique_violation(&e) => return Err(user_exists(tenant, name)),
             Err(e) => return Err(e.into()),
         }
         let id = tx.last_insert_rowid();
@@ -145,16 +134,7 @@ impl UserStore for SqliteStore {
             params![id, t.id, canonical, fingerprint, created_at],
         )?;
         tx.commit()?;
-        Ok(User {
-            id,
-            name: name.to_string(),
-            tenant: t.name,
-            role,
-            disabled: false,
-            fingerprint: fingerprint.clone(),
-            fingerprints: vec![fingerprint],
-            created_at,
-        })
+        Ok(User::added(id, name, t.name, role, fingerprint, created_at))
     }
 
     fn users(&self) -> Result<Vec<User>, StoreError> {
@@ -195,9 +175,7 @@ impl UserStore for SqliteStore {
         users_where(&conn, "u.id = ?1", params![id])?
             .into_iter()
             .next()
-            .ok_or_else(|| {
-                StoreError::Invalid(format!("no user named {name:?} in tenant {tenant}"))
-            })
+            .ok_or_else(|| no_user(tenant, name))
     }
 
     fn remove_user(&self, tenant: &str, name: &str) -> Result<User, StoreError> {
@@ -272,16 +250,7 @@ impl UserStore for SqliteStore {
             "DELETE FROM user_keys WHERE user_id = ?1 AND fingerprint = ?2",
             params![id, fingerprint],
         )?;
-        if n == 0 {
-            return Err(StoreError::Invalid(format!(
-                "user {name:?} of tenant {tenant} has no key {fingerprint:?} (relay user list shows its keys)"
-            )));
-        }
-        if keys <= 1 {
-            return Err(StoreError::Invalid(format!(
-                "{fingerprint} is the last key of user {name:?}; use relay user remove or relay user disable"
-            )));
-        }
+        check_key_removal(tenant, name, fingerprint, n > 0, keys <= 1)?;
         tx.commit()?;
         Ok(())
     }
