@@ -40,6 +40,36 @@ impl std::fmt::Display for DeviceStatus {
     }
 }
 
+/// The error for a device that does not exist, by the id or name asked for.
+pub(crate) fn no_device(key: &str) -> StoreError {
+    StoreError::NotFound {
+        what: "device",
+        key: key.to_string(),
+    }
+}
+
+/// The one device named `id_or_name` among `found`, the devices of every tenant with that
+/// name: names are unique per tenant only, so a name two tenants use names no one device.
+pub(crate) fn only_device_named(
+    id_or_name: &str,
+    found: Vec<Device>,
+) -> Result<Device, StoreError> {
+    let n = found.len();
+    let mut found = found.into_iter();
+    match (found.next(), n) {
+        (Some(d), 1) => Ok(d),
+        (None, _) => Err(no_device(id_or_name)),
+        _ => Err(StoreError::Conflict(format!(
+            "{n} devices in different tenants are named {id_or_name:?}; use the device id"
+        ))),
+    }
+}
+
+/// Whether a device with this stored status (`None`: no such device) may keep its link.
+pub(crate) fn is_welcome(status: Option<&str>) -> bool {
+    status == Some(DeviceStatus::Accepted.as_str())
+}
+
 /// A device and its connection state.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Device {

@@ -8,6 +8,7 @@ use tokio_postgres::types::ToSql;
 
 use super::PgStore;
 use super::tenants::tenant_by_name;
+use crate::store::devices::{is_welcome, no_device, only_device_named};
 use crate::store::{Device, DeviceStatus, DeviceStore, StoreError, now};
 
 /// The columns [`device_from_row`] reads, of `devices d JOIN tenants t`.
@@ -107,20 +108,8 @@ impl DeviceStore for PgStore {
             if let Some(d) = device_where(&client, "d.id = $1", &[&id_or_name]).await? {
                 return Ok(d);
             }
-            // Names are unique per tenant only: a name two tenants use names no one device.
             let found = devices_where(&client, "d.name = $1", &[&id_or_name]).await?;
-            let n = found.len();
-            let mut found = found.into_iter();
-            match (found.next(), n) {
-                (Some(d), 1) => Ok(d),
-                (None, _) => Err(StoreError::NotFound {
-                    what: "device",
-                    key: id_or_name.to_string(),
-                }),
-                _ => Err(StoreError::Conflict(format!(
-                    "{n} devices in different tenants are named {id_or_name:?}; use the device id"
-                ))),
-            }
+            only_device_named(id_or_name, found)
         })
     }
 
@@ -158,10 +147,7 @@ impl DeviceStore for PgStore {
                 .map_err(StoreError::from)
         })?;
         if n == 0 {
-            return Err(StoreError::NotFound {
-                what: "device",
-                key: id.to_string(),
-            });
+            return Err(no_device(id));
         }
         Ok(())
     }
@@ -176,10 +162,7 @@ impl DeviceStore for PgStore {
                 .map_err(StoreError::from)
         })?;
         if n == 0 {
-            return Err(StoreError::NotFound {
-                what: "device",
-                key: id.to_string(),
-            });
+            return Err(no_device(id));
         }
         Ok(())
     }
@@ -247,10 +230,7 @@ impl DeviceStore for PgStore {
         // Unknown devices are unwelcome too; the order is the caller's.
         Ok(ids
             .iter()
-            .filter(|id| {
-                statuses.get(id.as_str()).map(String::as_str)
-                    != Some(DeviceStatus::Accepted.as_str())
-            })
+            .filter(|id| !is_welcome(statuses.get(id.as_str()).map(String::as_str)))
             .cloned()
             .collect())
     }

@@ -20,6 +20,7 @@ use super::artifacts::artifact_row;
 use super::devices::{device_where, devices_where};
 use super::tenants::{tenant_by_name, tenant_id};
 use super::{PgStore, changes};
+use crate::store::devices::no_device;
 use crate::store::fleet::{
     OsInstalled, PlannedDeployment, check_tag_change, config_patches, plan_deployment, push_into,
     status_as_str, status_parse, version_to_sql,
@@ -38,14 +39,6 @@ fn decode<T: DeserializeOwned>(text: &str) -> Result<T, StoreError> {
 /// A document as the JSON text it is stored as.
 fn encode<T: Serialize>(value: &T) -> Result<String, StoreError> {
     serde_json::to_string(value).map_err(|e| StoreError::Backend(Box::new(e)))
-}
-
-/// The error for a device that does not exist.
-fn no_device(device_id: &str) -> StoreError {
-    StoreError::NotFound {
-        what: "device",
-        key: device_id.to_string(),
-    }
 }
 
 /// NotFound unless device `device_id` exists.

@@ -4,6 +4,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::SqliteStore;
 use super::tenants::tenant_by_name;
+use crate::store::devices::{is_welcome, no_device, only_device_named};
 use crate::store::{Device, DeviceStatus, DeviceStore, StoreError, now};
 
 const DEVICE_COLUMNS: &str = "d.id, d.tenant_id, t.name, d.name, d.public_key, d.fingerprint, d.status, \
@@ -95,18 +96,7 @@ impl DeviceStore for SqliteStore {
         let found: Vec<Device> = stmt
             .query_map(params![id_or_name], device_from_row)?
             .collect::<Result<_, _>>()?;
-        let n = found.len();
-        let mut found = found.into_iter();
-        match (found.next(), n) {
-            (Some(d), 1) => Ok(d),
-            (None, _) => Err(StoreError::NotFound {
-                what: "device",
-                key: id_or_name.to_string(),
-            }),
-            _ => Err(StoreError::Conflict(format!(
-                "{n} devices in different tenants are named {id_or_name:?}; use the device id"
-            ))),
-        }
+        only_device_named(id_or_name, found)
     }
 
     fn devices(&self, tenant: Option<&str>) -> Result<Vec<Device>, StoreError> {
@@ -132,10 +122,7 @@ impl DeviceStore for SqliteStore {
             params![id, status.as_str()],
         )?;
         if n == 0 {
-            return Err(StoreError::NotFound {
-                what: "device",
-                key: id.to_string(),
-            });
+            return Err(no_device(id));
         }
         Ok(())
     }
@@ -145,10 +132,7 @@ impl DeviceStore for SqliteStore {
             .conn()
             .execute("DELETE FROM devices WHERE id = ?1", params![id])?;
         if n == 0 {
-            return Err(StoreError::NotFound {
-                what: "device",
-                key: id.to_string(),
-            });
+            return Err(no_device(id));
         }
         Ok(())
     }
@@ -193,7 +177,7 @@ impl DeviceStore for SqliteStore {
             for id in ids {
                 let status: Option<String> =
                     stmt.query_row(params![id], |r| r.get(0)).optional()?;
-                if status.as_deref() != Some(DeviceStatus::Accepted.as_str()) {
+                if !is_welcome(status.as_deref()) {
                     out.push(id.clone());
                 }
             }

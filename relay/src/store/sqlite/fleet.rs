@@ -12,6 +12,7 @@ use super::artifacts::artifact_row;
 use super::changes;
 use super::devices::{device_where, devices_where};
 use super::tenants::{tenant_by_name, tenant_id};
+use crate::store::devices::no_device;
 use crate::store::fleet::{
     OsInstalled, check_tag_change, config_patches, plan_deployment, push_into, status_as_str,
     status_parse, version_to_sql,
@@ -49,13 +50,7 @@ fn device_exists(conn: &Connection, device_id: &str) -> Result<(), StoreError> {
             |r| r.get(0),
         )
         .optional()?;
-    match found {
-        Some(_) => Ok(()),
-        None => Err(StoreError::NotFound {
-            what: "device",
-            key: device_id.to_string(),
-        }),
-    }
+    found.map(|_| ()).ok_or_else(|| no_device(device_id))
 }
 
 fn tags_of(conn: &Connection, device_id: &str) -> Result<Vec<String>, StoreError> {
