@@ -22,6 +22,7 @@ use tether_protocol::fleet::{
 use tether_protocol::recipe::{self, ArtifactUri, Recipe};
 
 use super::artifacts::{artifact_path, check_artifact_name};
+use super::devices::no_device;
 use super::{ArtifactStore, Device, NewAudit, StoreError, Tenant, validate_name};
 
 /// What a deployment is for: the devices of a tenant with a tag, or one device.
@@ -552,10 +553,7 @@ impl PlannedDeployment<'_> {
         match &self.new.target {
             Target::Device(key) => match found.into_iter().next() {
                 Some(d) => Ok((format!("device:{}", d.id), vec![d])),
-                None => Err(StoreError::NotFound {
-                    what: "device",
-                    key: key.clone(),
-                }),
+                None => Err(no_device(key)),
             },
             Target::Tag(tag) if found.is_empty() => Err(StoreError::Invalid(format!(
                 "no device of tenant {} has tag {tag}",

@@ -4,6 +4,14 @@ use serde::Serialize;
 
 use super::StoreError;
 
+/// The error for a tenant that does not exist, by the name asked for.
+pub(crate) fn no_tenant(name: &str) -> StoreError {
+    StoreError::NotFound {
+        what: "tenant",
+        key: name.to_string(),
+    }
+}
+
 /// A tenant: the unit of isolation between customers.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Tenant {

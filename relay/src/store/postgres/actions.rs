@@ -18,6 +18,7 @@ use super::{PgStore, changes};
 use crate::store::actions::{
     LIST_LIMIT, has_result, result_output, shown_status, status_as_str, validate,
 };
+use crate::store::devices::no_device;
 use crate::store::{
     ActionStore, ActionView, Device, DeviceStore, StoreError, expires_after, now, random_hex,
     rfc3339_from_unix, unix_now,
@@ -93,10 +94,7 @@ async fn tenant_device(
         &[&tenant_id, &key],
     )
     .await?
-    .ok_or_else(|| StoreError::NotFound {
-        what: "device",
-        key: key.to_string(),
-    })
+    .ok_or_else(|| no_device(key))
 }
 
 impl ActionStore for PgStore {
@@ -124,10 +122,7 @@ impl ActionStore for PgStore {
                 (Some(tenant_id), _) => tenant_device(&tx, tenant_id, key).await?,
                 (None, Some(d)) => d,
                 (None, None) => {
-                    return Err(StoreError::NotFound {
-                        what: "device",
-                        key: key.to_string(),
-                    });
+                    return Err(no_device(key));
                 }
             };
             // The foreign key locks the device row until commit, so a removal racing with
@@ -151,10 +146,7 @@ impl ActionStore for PgStore {
                 Ok(_) => {}
                 // The device was removed between resolving it and now.
                 Err(e) if e.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) => {
-                    return Err(StoreError::NotFound {
-                        what: "device",
-                        key: key.to_string(),
-                    });
+                    return Err(no_device(key));
                 }
                 Err(e) => return Err(e.into()),
             }

@@ -9,6 +9,7 @@ use tokio_postgres::types::ToSql;
 use super::PgStore;
 use super::tenants::tenant_by_name;
 use crate::store::devices::{is_welcome, no_device, only_device_named};
+use crate::store::tenants::no_tenant;
 use crate::store::{Device, DeviceStatus, DeviceStore, StoreError, now};
 
 /// The columns [`device_from_row`] reads, of `devices d JOIN tenants t`.
@@ -120,10 +121,7 @@ impl DeviceStore for PgStore {
             if let Some(name) = tenant
                 && tenant_by_name(&client, name).await?.is_none()
             {
-                return Err(StoreError::NotFound {
-                    what: "tenant",
-                    key: name.to_string(),
-                });
+                return Err(no_tenant(name));
             }
             devices_where(&client, "$1::text IS NULL OR t.name = $1", &[&tenant]).await
         })

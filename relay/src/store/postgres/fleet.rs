@@ -25,6 +25,7 @@ use crate::store::fleet::{
     OsInstalled, PlannedDeployment, check_tag_change, config_patches, plan_deployment, push_into,
     status_as_str, status_parse, version_to_sql,
 };
+use crate::store::tenants::no_tenant;
 use crate::store::{
     DeploymentDevice, DeploymentView, Device, DeviceState, DeviceStatus, FleetStore, NewDeployment,
     StoreError, Target, now, random_hex,
@@ -215,10 +216,7 @@ impl PgStore {
     ) -> Result<PlannedDeployment<'a>, StoreError> {
         let tenant = self
             .block(async { tenant_by_name(&self.client().await?, new.tenant).await })?
-            .ok_or_else(|| StoreError::NotFound {
-                what: "tenant",
-                key: new.tenant.to_string(),
-            })?;
+            .ok_or_else(|| no_tenant(new.tenant))?;
         plan_deployment(self, artifacts_dir, tenant, new, |tenant_id, sha256| {
             self.has_artifact(tenant_id, sha256)
         })

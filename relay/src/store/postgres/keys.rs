@@ -2,6 +2,7 @@
 
 use super::devices::device_where;
 use super::{PgStore, is_unique_violation};
+use crate::store::devices::no_device;
 use crate::store::{DeviceKeyStore, DeviceLogin, EngineerKey, StoreError};
 
 impl DeviceKeyStore for PgStore {
@@ -20,10 +21,7 @@ impl DeviceKeyStore for PgStore {
                 .await?
                 .map(|r| r.get(0));
             let Some(current) = current else {
-                return Err(StoreError::NotFound {
-                    what: "device",
-                    key: id.to_string(),
-                });
+                return Err(no_device(id));
             };
             if current == key.fingerprint {
                 return Err(StoreError::Invalid(

@@ -4,6 +4,7 @@ use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
 use super::{PgStore, is_unique_violation};
+use crate::store::tenants::no_tenant;
 use crate::store::{
     RemovedTenant, StoreError, Tenant, TenantContents, TenantStore, now, validate_name,
 };
@@ -40,10 +41,7 @@ pub(super) async fn tenant_id(client: &impl GenericClient, name: &str) -> Result
     tenant_by_name(client, name)
         .await?
         .map(|t| t.id)
-        .ok_or_else(|| StoreError::NotFound {
-            what: "tenant",
-            key: name.to_string(),
-        })
+        .ok_or_else(|| no_tenant(name))
 }
 
 async fn count(
@@ -101,10 +99,7 @@ impl PgStore {
                 .map_err(StoreError::from)
         })?;
         if n == 0 {
-            return Err(StoreError::NotFound {
-                what: "tenant",
-                key: tenant.to_string(),
-            });
+            return Err(no_tenant(tenant));
         }
         Ok(())
     }
@@ -157,10 +152,7 @@ impl TenantStore for PgStore {
             let client = self.client().await?;
             let t = tenant_by_name(&client, name)
                 .await?
-                .ok_or_else(|| StoreError::NotFound {
-                    what: "tenant",
-                    key: name.to_string(),
-                })?;
+                .ok_or_else(|| no_tenant(name))?;
             contents(&client, t.id).await
         })
     }
@@ -172,10 +164,7 @@ impl TenantStore for PgStore {
             let tx = client.transaction().await?;
             let t = tenant_by_name(&tx, name)
                 .await?
-                .ok_or_else(|| StoreError::NotFound {
-                    what: "tenant",
-                    key: name.to_string(),
-                })?;
+                .ok_or_else(|| no_tenant(name))?;
             // The row lock makes a concurrent removal of the same tenant wait for this one.
             tx.execute("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE", &[&t.id])
                 .await?;

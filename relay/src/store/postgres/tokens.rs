@@ -5,6 +5,8 @@ use deadpool_postgres::GenericClient;
 use super::devices::device_where;
 use super::tenants::tenant_by_name;
 use super::{PgStore, is_unique_violation};
+use crate::store::devices::no_device;
+use crate::store::tenants::no_tenant;
 use crate::store::tokens::{
     EnrollmentPlan, EnrollmentWrite, StoredToken, StoredTokenInfo, mint_token, plan_enrollment,
 };
@@ -63,10 +65,7 @@ impl TokenStore for PgStore {
             let client = self.client().await?;
             let tenant = tenant_by_name(&client, new.tenant)
                 .await?
-                .ok_or_else(|| StoreError::NotFound {
-                    what: "tenant",
-                    key: new.tenant.to_string(),
-                })?;
+                .ok_or_else(|| no_tenant(new.tenant))?;
             client
                 .execute(
                     "INSERT INTO tokens (id, tenant_id, kind, secret_hash, created_at, expires_at, uses_left, require_accept, role, allow_replace)
@@ -127,10 +126,7 @@ impl TokenStore for PgStore {
                 && let Some(name) = tenant
                 && tenant_by_name(&client, name).await?.is_none()
             {
-                return Err(StoreError::NotFound {
-                    what: "tenant",
-                    key: name.to_string(),
-                });
+                return Err(no_tenant(name));
             }
             Ok(tokens)
         })
@@ -238,10 +234,7 @@ impl TokenStore for PgStore {
             }
             let device = device_where(&tx, "d.id = $1", &[&id])
                 .await?
-                .ok_or_else(|| StoreError::NotFound {
-                    what: "device",
-                    key: id.clone(),
-                })?;
+                .ok_or_else(|| no_device(&id))?;
             tx.commit().await?;
             Ok(EnrolledDevice {
                 device,

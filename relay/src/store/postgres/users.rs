@@ -17,6 +17,7 @@ use tokio_postgres::types::ToSql;
 use super::cas::{CA_COLUMNS, ca_from_row};
 use super::tenants::tenant_by_name;
 use super::{PgStore, is_unique_violation};
+use crate::store::tenants::no_tenant;
 use crate::store::users::{
     check_key_removal, check_user_names, no_user, refuse_held_key, user_exists,
 };
@@ -65,10 +66,7 @@ async fn users_where(
 async fn lock_tenant(client: &impl GenericClient, name: &str) -> Result<Tenant, StoreError> {
     let t = tenant_by_name(client, name)
         .await?
-        .ok_or_else(|| StoreError::NotFound {
-            what: "tenant",
-            key: name.to_string(),
-        })?;
+        .ok_or_else(|| no_tenant(name))?;
     client
         .execute(
             "SELECT 1 FROM tenants WHERE id = $1 FOR NO KEY UPDATE",
@@ -108,10 +106,7 @@ async fn user_id(
     check_user_names(tenant, name)?;
     let t = tenant_by_name(client, tenant)
         .await?
-        .ok_or_else(|| StoreError::NotFound {
-            what: "tenant",
-            key: tenant.to_string(),
-        })?;
+        .ok_or_else(|| no_tenant(tenant))?;
     let sql = format!(
         "SELECT id FROM users WHERE tenant_id = $1 AND name = $2{}",
         if lock { " FOR UPDATE" } else { "" }

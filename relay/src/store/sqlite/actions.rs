@@ -10,6 +10,7 @@ use super::tenants::tenant_id;
 use crate::store::actions::{
     LIST_LIMIT, has_result, result_output, shown_status, status_as_str, validate,
 };
+use crate::store::devices::no_device;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use super::SqliteStore;
@@ -76,10 +77,7 @@ fn tenant_device(conn: &Connection, tenant_id: i64, key: &str) -> Result<Device,
         "d.tenant_id = ?1 AND (d.name = ?2 OR d.id = ?2) ORDER BY d.id = ?2 DESC LIMIT 1",
         params![tenant_id, key],
     )?
-    .ok_or_else(|| StoreError::NotFound {
-        what: "device",
-        key: key.to_string(),
-    })
+    .ok_or_else(|| no_device(key))
 }
 
 impl ActionStore for SqliteStore {
@@ -106,10 +104,7 @@ impl ActionStore for SqliteStore {
             (Some(tenant_id), _) => tenant_device(&tx, tenant_id, key)?,
             (None, Some(d)) => d,
             (None, None) => {
-                return Err(StoreError::NotFound {
-                    what: "device",
-                    key: key.to_string(),
-                });
+                return Err(no_device(key));
             }
         };
         let inserted = tx.execute(
@@ -131,10 +126,7 @@ impl ActionStore for SqliteStore {
             Err(rusqlite::Error::SqliteFailure(f, _))
                 if f.code == rusqlite::ErrorCode::ConstraintViolation =>
             {
-                return Err(StoreError::NotFound {
-                    what: "device",
-                    key: key.to_string(),
-                });
+                return Err(no_device(key));
             }
             Err(e) => return Err(e.into()),
         }

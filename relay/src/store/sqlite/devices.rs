@@ -5,6 +5,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use super::SqliteStore;
 use super::tenants::tenant_by_name;
 use crate::store::devices::{is_welcome, no_device, only_device_named};
+use crate::store::tenants::no_tenant;
 use crate::store::{Device, DeviceStatus, DeviceStore, StoreError, now};
 
 const DEVICE_COLUMNS: &str = "d.id, d.tenant_id, t.name, d.name, d.public_key, d.fingerprint, d.status, \
@@ -104,10 +105,7 @@ impl DeviceStore for SqliteStore {
         if let Some(name) = tenant
             && tenant_by_name(&conn, name)?.is_none()
         {
-            return Err(StoreError::NotFound {
-                what: "tenant",
-                key: name.to_string(),
-            });
+            return Err(no_tenant(name));
         }
         devices_where(&conn, "?1 IS NULL OR t.name = ?1", params![tenant])
     }

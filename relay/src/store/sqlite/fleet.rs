@@ -17,6 +17,7 @@ use crate::store::fleet::{
     OsInstalled, check_tag_change, config_patches, plan_deployment, push_into, status_as_str,
     status_parse, version_to_sql,
 };
+use crate::store::tenants::no_tenant;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::SqliteStore;
@@ -198,10 +199,7 @@ impl FleetStore for SqliteStore {
         new: NewDeployment<'_>,
     ) -> Result<DeploymentView, StoreError> {
         let tenant =
-            tenant_by_name(&self.conn(), new.tenant)?.ok_or_else(|| StoreError::NotFound {
-                what: "tenant",
-                key: new.tenant.to_string(),
-            })?;
+            tenant_by_name(&self.conn(), new.tenant)?.ok_or_else(|| no_tenant(new.tenant))?;
         let plan = plan_deployment(self, artifacts_dir, tenant, &new, |tenant_id, sha256| {
             Ok(artifact_row(&self.conn(), tenant_id, sha256)?.is_some())
         })?;

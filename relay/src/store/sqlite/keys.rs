@@ -4,6 +4,7 @@ use rusqlite::{OptionalExtension, params};
 
 use super::SqliteStore;
 use super::devices::device_where;
+use crate::store::devices::no_device;
 use crate::store::{DeviceKeyStore, DeviceLogin, EngineerKey, StoreError};
 
 impl DeviceKeyStore for SqliteStore {
@@ -18,10 +19,7 @@ impl DeviceKeyStore for SqliteStore {
             )
             .optional()?;
         let Some(current) = current else {
-            return Err(StoreError::NotFound {
-                what: "device",
-                key: id.to_string(),
-            });
+            return Err(no_device(id));
         };
         if current == key.fingerprint {
             return Err(StoreError::Invalid(

@@ -3,6 +3,7 @@
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use super::{SqliteStore, is_unique_violation};
+use crate::store::tenants::no_tenant;
 use crate::store::{
     RemovedTenant, StoreError, Tenant, TenantContents, TenantStore, now, validate_name,
 };
@@ -11,10 +12,7 @@ use crate::store::{
 pub(super) fn tenant_id(conn: &Connection, name: &str) -> Result<i64, StoreError> {
     tenant_by_name(conn, name)?
         .map(|t| t.id)
-        .ok_or_else(|| StoreError::NotFound {
-            what: "tenant",
-            key: name.to_string(),
-        })
+        .ok_or_else(|| no_tenant(name))
 }
 
 pub(super) fn tenant_by_name(conn: &Connection, name: &str) -> Result<Option<Tenant>, StoreError> {
@@ -109,10 +107,7 @@ impl SqliteStore {
             params![tenant, days],
         )?;
         if n == 0 {
-            return Err(StoreError::NotFound {
-                what: "tenant",
-                key: tenant.to_string(),
-            });
+            return Err(no_tenant(tenant));
         }
         Ok(())
     }
@@ -155,10 +150,7 @@ impl TenantStore for SqliteStore {
     fn tenant_contents(&self, name: &str) -> Result<TenantContents, StoreError> {
         validate_name("tenant", name)?;
         let conn = self.conn();
-        let t = tenant_by_name(&conn, name)?.ok_or_else(|| StoreError::NotFound {
-            what: "tenant",
-            key: name.to_string(),
-        })?;
+        let t = tenant_by_name(&conn, name)?.ok_or_else(|| no_tenant(name))?;
         contents(&conn, t.id)
     }
 
@@ -166,10 +158,7 @@ impl TenantStore for SqliteStore {
         validate_name("tenant", name)?;
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let t = tenant_by_name(&tx, name)?.ok_or_else(|| StoreError::NotFound {
-            what: "tenant",
-            key: name.to_string(),
-        })?;
+        let t = tenant_by_name(&tx, name)?.ok_or_else(|| no_tenant(name))?;
         let deleted = contents(&tx, t.id)?;
         if deleted.devices > 0 && !with_devices {
             return Err(StoreError::Conflict(format!(

@@ -5,6 +5,8 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use super::SqliteStore;
 use super::devices::device_where;
 use super::tenants::tenant_by_name;
+use crate::store::devices::no_device;
+use crate::store::tenants::no_tenant;
 use crate::store::tokens::{
     EnrollmentPlan, EnrollmentWrite, StoredToken, StoredTokenInfo, mint_token, plan_enrollment,
 };
@@ -48,10 +50,7 @@ impl TokenStore for SqliteStore {
     fn create_token(&self, new: NewToken<'_>) -> Result<CreatedToken, StoreError> {
         let minted = mint_token(&new)?;
         let conn = self.conn();
-        let tenant = tenant_by_name(&conn, new.tenant)?.ok_or_else(|| StoreError::NotFound {
-            what: "tenant",
-            key: new.tenant.to_string(),
-        })?;
+        let tenant = tenant_by_name(&conn, new.tenant)?.ok_or_else(|| no_tenant(new.tenant))?;
         conn.execute(
             "INSERT INTO tokens (id, tenant_id, kind, secret_hash, created_at, expires_at, uses_left, require_accept, role, allow_replace)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
@@ -88,10 +87,7 @@ impl TokenStore for SqliteStore {
             && let Some(name) = tenant
             && tenant_by_name(&conn, name)?.is_none()
         {
-            return Err(StoreError::NotFound {
-                what: "tenant",
-                key: name.to_string(),
-            });
+            return Err(no_tenant(name));
         }
         Ok(tokens)
     }
@@ -172,11 +168,7 @@ impl TokenStore for SqliteStore {
                 params![token.id],
             )?;
         }
-        let device =
-            device_where(&tx, "d.id = ?1", params![id])?.ok_or_else(|| StoreError::NotFound {
-                what: "device",
-                key: id.clone(),
-            })?;
+        let device = device_where(&tx, "d.id = ?1", params![id])?.ok_or_else(|| no_device(&id))?;
         tx.commit()?;
         Ok(EnrolledDevice {
             device,

@@ -10,6 +10,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use super::cas::{CA_COLUMNS, ca_from_row, finish};
 use super::tenants::{count, tenant_by_name};
 use super::{SqliteStore, is_unique_violation};
+use crate::store::tenants::no_tenant;
 use crate::store::users::{
     check_key_removal, check_user_names, no_user, refuse_held_key, user_exists,
 };
@@ -80,10 +81,7 @@ pub(super) fn refuse_key_held(
 /// The id of engineer `name` of `tenant` (with its tenant's id), or NotFound naming both.
 fn user_id(conn: &Connection, tenant: &str, name: &str) -> Result<(i64, i64), StoreError> {
     check_user_names(tenant, name)?;
-    let t = tenant_by_name(conn, tenant)?.ok_or_else(|| StoreError::NotFound {
-        what: "tenant",
-        key: tenant.to_string(),
-    })?;
+    let t = tenant_by_name(conn, tenant)?.ok_or_else(|| no_tenant(tenant))?;
     let id: Option<i64> = conn
         .query_row(
             "SELECT id FROM users WHERE tenant_id = ?1 AND name = ?2",
@@ -112,10 +110,7 @@ impl UserStore for SqliteStore {
         } = EngineerKey::parse(public_key_openssh)?;
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let t = tenant_by_name(&tx, tenant)?.ok_or_else(|| StoreError::NotFound {
-            what: "tenant",
-            key: tenant.to_string(),
-        })?;
+        let t = tenant_by_name(&tx, tenant)?.ok_or_else(|| no_tenant(tenant))?;
         refuse_key_held(&tx, t.id, tenant, &fingerprint)?;
         let created_at = now();
         let inserted = tx.execute(
