@@ -42,6 +42,7 @@ pub mod hostkey;
 pub mod http;
 pub mod limits;
 pub mod metrics;
+pub mod open_files;
 pub mod policy;
 pub mod publickey_only;
 pub mod recording;

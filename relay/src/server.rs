@@ -126,6 +126,13 @@ fn ssh_config(config: &RelayConfig, host_key: russh::keys::PrivateKey) -> server
 pub async fn serve(config: RelayConfig, store: Arc<Store>) -> Result<()> {
     // Both ring and aws-lc-rs may be compiled in through dependencies; pick one explicitly.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    match crate::open_files::raise_to_hard() {
+        Ok(limit) => tracing::info!(
+            "open-file limit {limit}: room for about {} links (raise LimitNOFILE= for more)",
+            crate::open_files::links_allowed(limit)
+        ),
+        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
+    }
     warn_if_readable(&config.data_dir, "data directory", 0o700);
     if let Some(tls) = &config.http.tls {
         warn_if_readable(&tls.key, "TLS private key", 0o600);
