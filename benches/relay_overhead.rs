@@ -35,47 +35,9 @@ struct Target {
 
 fn keystroke_rtt(t: &Target) -> Result<(Duration, Duration)> {
     let mut cmd = Command::new("ssh");
-    cmd.args(&t.ssh_args)
-        .args(["-tt", &t.dest, "stty raw -echo; echo ready; exec cat"]);
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let mut child = cmd.spawn()?;
-    let mut stdin = child.stdin.take().context("stdin")?;
-    let mut stdout = child.stdout.take().context("stdout")?;
-    let mut seen = Vec::new();
-    let mut b = [0u8; 1];
-    let start = Instant::now();
-    while !seen.ends_with(b"ready") {
-        if start.elapsed() > Duration::from_secs(30) {
-            bail!("{}: shell never became ready", t.label);
-        }
-        stdout.read_exact(&mut b)?;
-        seen.push(b[0]);
-    }
-    // Drain the line end after "ready".
-    std::thread::sleep(Duration::from_millis(200));
-    let mut samples = Vec::with_capacity(KEYSTROKES);
-    for i in 0..KEYSTROKES + 20 {
-        let c = b'a' + (i % 26) as u8;
-        let t0 = Instant::now();
-        stdin.write_all(&[c])?;
-        stdin.flush()?;
-        loop {
-            stdout.read_exact(&mut b)?;
-            if b[0] == c {
-                break;
-            }
-        }
-        if i >= 20 {
-            samples.push(t0.elapsed());
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    samples.sort();
-    let p = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
-    Ok((p(0.5), p(0.99)))
+    cmd.args(&t.ssh_args).args(["-tt", &t.dest]);
+    let samples = keystroke_rtts(cmd, KEYSTROKES).with_context(|| t.label)?;
+    Ok((quantile(&samples, 0.5), quantile(&samples, 0.99)))
 }
 
 fn scp_upload(t: &Target, file: &std::path::Path, remote_dir: &std::path::Path) -> Result<f64> {

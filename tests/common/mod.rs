@@ -15,6 +15,7 @@
 //! - `sshd`: a private OpenSSH server, the board's own sshd.
 //! - `chaos`: the chaos proxy, a network that cuts connections.
 //! - `tmux`: a terminal to type into.
+//! - `rtt`: keystroke round trips through an ssh command.
 //! - `data`: deterministic test data.
 //!
 //! Each test file declares `mod common;` and uses `common::*`.
@@ -31,6 +32,7 @@ mod net;
 mod postgres;
 mod process;
 mod relay;
+mod rtt;
 mod setup;
 mod sshd;
 mod tmux;
@@ -38,5 +40,5 @@ mod tmux;
 #[allow(unused_imports)] // Each test binary uses a different part of the harness.
 pub use {
     agent::*, chaos::*, data::*, deploy::*, engineer::*, nats::*, net::*, postgres::*, process::*,
-    relay::*, setup::*, sshd::*, tmux::*,
+    relay::*, rtt::*, setup::*, sshd::*, tmux::*,
 };
