@@ -126,8 +126,10 @@ async fn board(
 ) {
     use tether_agent::config::AgentConfig;
     use tether_agent::link::enroll_exchange::{EnrollOptions, enroll};
-    let mut config = AgentConfig::default();
-    config.state_dir = dir.join(format!("b{g}"));
+    let mut config = AgentConfig {
+        state_dir: dir.join(format!("b{g}")),
+        ..Default::default()
+    };
     config.link.bind_address = Some(source_address(g));
     config.telemetry.system_metrics_interval = Duration::ZERO;
     if let Err(e) = std::fs::create_dir_all(&config.state_dir) {
