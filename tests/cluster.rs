@@ -625,9 +625,10 @@ fn a_relay_killed_for_good_leaves_no_board_online_and_no_session_open() -> Resul
     )?;
 
     // The board and its relay die at once: nobody records the link's or the session's end.
-    agent.kill();
-    relays[held].kill();
+    // The relay goes first, so that it cannot see the link drop and record it.
     ensure!(relays[other].device_json("board1")?["online"] == true);
+    relays[held].kill();
+    agent.kill();
 
     // Nobody deletes the dead relay's presence entry: it lapses within the map's lifetime.
     let gone = wait_holder(&relays[other], "board1", None, Duration::from_secs(25))?;
