@@ -59,6 +59,32 @@ fn holder(via: &Relay, name: &str) -> Result<Option<String>> {
         .and_then(|l| l["relay"].as_str().map(str::to_string)))
 }
 
+/// Copies `data` to board1 with scp through SSH port `port` and checks it arrived byte for
+/// byte; returns the local work directory, the board's directory and the file there.
+fn scp_to_board(
+    engineer: &Engineer,
+    port: &str,
+    data: &[u8],
+) -> Result<(tempfile::TempDir, tempfile::TempDir, std::path::PathBuf)> {
+    let work = tempfile::tempdir()?;
+    let up = work.path().join("up");
+    std::fs::write(&up, data)?;
+    let board_dir = tempfile::tempdir()?;
+    let there = board_dir.path().join("f");
+    let r = engineer.scp(&[
+        "-P",
+        port,
+        &up.display().to_string(),
+        &format!("board1@127.0.0.1:{}", there.display()),
+    ])?;
+    ensure!(r.status == Some(0), "scp up: {}", r.stderr);
+    ensure!(
+        std::fs::read(&there)? == data,
+        "the copy on the board differs"
+    );
+    Ok((work, board_dir, there))
+}
+
 fn wait_holder(via: &Relay, name: &str, want: Option<&str>, within: Duration) -> Result<Duration> {
     let start = Instant::now();
     let mut last = None;
@@ -278,23 +304,8 @@ fn an_engineer_on_any_relay_reaches_a_board_held_by_another() -> Result<()> {
     drop(t);
 
     // scp both ways, byte for byte.
-    let work = tempfile::tempdir()?;
-    let up = work.path().join("up");
     let data = pseudo_random(64 << 20, 9);
-    std::fs::write(&up, &data)?;
-    let board_dir = tempfile::tempdir()?;
-    let there = board_dir.path().join("f");
-    let r = engineer.scp(&[
-        "-P",
-        &port,
-        &up.display().to_string(),
-        &format!("board1@127.0.0.1:{}", there.display()),
-    ])?;
-    ensure!(r.status == Some(0), "scp up: {}", r.stderr);
-    ensure!(
-        std::fs::read(&there)? == data,
-        "the copy on the board differs"
-    );
+    let (work, _board_dir, there) = scp_to_board(&engineer, &port, &data)?;
     let down = work.path().join("down");
     let r = engineer.scp(&[
         "-P",
@@ -687,24 +698,8 @@ fn an_engineer_who_stops_reading_stalls_nobody_and_grows_no_relay() -> Result<()
         let r = engineer.exec_on(&relays[other], "board1", &format!("echo beside {i}"))?;
         ensure!(r.stdout == format!("beside {i}\n"), "{r:?}");
     }
-    let work = tempfile::tempdir()?;
-    let up = work.path().join("up");
-    let data = pseudo_random(8 << 20, 3);
-    std::fs::write(&up, &data)?;
-    let board_dir = tempfile::tempdir()?;
-    let there = board_dir.path().join("f");
-    let r = engineer.scp(&[
-        "-P",
-        &port,
-        &up.display().to_string(),
-        &format!("board1@127.0.0.1:{}", there.display()),
-    ])?;
-    ensure!(
-        r.status == Some(0),
-        "scp beside the stalled stream: {}",
-        r.stderr
-    );
-    ensure!(std::fs::read(&there)? == data, "the copy differs");
+    scp_to_board(&engineer, &port, &pseudo_random(8 << 20, 3))
+        .context("scp beside the stalled stream")?;
 
     // The stalled stream is still held (not dropped to save memory) and cost no relay more
     // than its windows.

@@ -88,16 +88,23 @@ pub enum DeploymentStatus {
     RolledBack,
 }
 
-impl std::fmt::Display for DeploymentStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+impl DeploymentStatus {
+    /// The status's name, as printed, sent and stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
             DeploymentStatus::Pending => "pending",
             DeploymentStatus::Downloading => "downloading",
             DeploymentStatus::Installing => "installing",
             DeploymentStatus::Succeeded => "succeeded",
             DeploymentStatus::Failed => "failed",
             DeploymentStatus::RolledBack => "rolled-back",
-        })
+        }
+    }
+}
+
+impl std::fmt::Display for DeploymentStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -324,18 +324,6 @@ fn recipe_artifact_name(file: &str, recipe: &Recipe) -> String {
     }
 }
 
-/// The name a deployment status is stored as.
-pub(crate) fn status_as_str(status: DeploymentStatus) -> &'static str {
-    match status {
-        DeploymentStatus::Pending => "pending",
-        DeploymentStatus::Downloading => "downloading",
-        DeploymentStatus::Installing => "installing",
-        DeploymentStatus::Succeeded => "succeeded",
-        DeploymentStatus::Failed => "failed",
-        DeploymentStatus::RolledBack => "rolled-back",
-    }
-}
-
 /// Reads a stored status; the relay writes only the names above, anything else is damaged
 /// and reads as failed rather than as a success.
 pub(crate) fn status_parse(s: &str) -> DeploymentStatus {

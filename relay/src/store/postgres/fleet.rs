@@ -23,7 +23,7 @@ use super::{PgStore, changes};
 use crate::store::devices::no_device;
 use crate::store::fleet::{
     OsInstalled, PlannedDeployment, check_tag_change, config_patches, plan_deployment, push_into,
-    status_as_str, status_parse, version_to_sql,
+    status_parse, version_to_sql,
 };
 use crate::store::tenants::no_tenant;
 use crate::store::{
@@ -294,7 +294,7 @@ impl PgStore {
                     &id,
                     &device.id,
                     &version_to_sql(desired.version)?,
-                    &status_as_str(DeploymentStatus::Pending),
+                    &DeploymentStatus::Pending.as_str(),
                     &created_at,
                 ],
             )
@@ -456,7 +456,7 @@ impl FleetStore for PgStore {
                     &[
                         deployment,
                         &device_id,
-                        &status_as_str(status),
+                        &status.as_str(),
                         &report.message,
                         &at,
                         &version,

@@ -14,8 +14,8 @@ use super::devices::{device_where, devices_where};
 use super::tenants::{tenant_by_name, tenant_id};
 use crate::store::devices::no_device;
 use crate::store::fleet::{
-    OsInstalled, check_tag_change, config_patches, plan_deployment, push_into, status_as_str,
-    status_parse, version_to_sql,
+    OsInstalled, check_tag_change, config_patches, plan_deployment, push_into, status_parse,
+    version_to_sql,
 };
 use crate::store::tenants::no_tenant;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -258,7 +258,7 @@ impl FleetStore for SqliteStore {
                     id,
                     device.id,
                     version_to_sql(desired.version)?,
-                    status_as_str(DeploymentStatus::Pending),
+                    DeploymentStatus::Pending.as_str(),
                     created_at
                 ],
             )?;
@@ -348,7 +348,7 @@ impl FleetStore for SqliteStore {
                 params![
                     deployment,
                     device_id,
-                    status_as_str(status),
+                    status.as_str(),
                     report.message,
                     at,
                     version
