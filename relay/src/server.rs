@@ -23,9 +23,12 @@ const RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
 /// in progress are answered, and within the 10 s a service manager usually allows.
 const SHUTDOWN_GRACE: Duration = http::DRAIN_TIMEOUT.saturating_add(Duration::from_millis(1500));
 
-/// How often the relay checks for rejected or removed devices that still hold a link, and for
-/// engineers removed, disabled or re-keyed since they logged in.
-const EVICTION_INTERVAL: Duration = Duration::from_secs(2);
+/// How often the relay checks, whatever the store says, for rejected or removed devices that
+/// still hold a link and for engineers removed, disabled or re-keyed since they logged in. The
+/// check runs at once when the store's access generation moves or another relay announces an
+/// access change; this tick is the backstop, and it is slow because a check reads the store
+/// for every live link.
+const EVICTION_INTERVAL: Duration = Duration::from_secs(60);
 
 /// How often a relay on a shared store says it is alive.
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);

@@ -44,8 +44,8 @@ pub struct Front {
     pub(super) shutdown: watch::Receiver<bool>,
     /// This relay's side of the cluster's presence map, when it is one of a cluster.
     pub presence: Option<Arc<crate::cluster::Presence>>,
-    /// Woken when another relay or the admin CLI says who may connect changed: the eviction
-    /// sweep then runs at once instead of at its next tick.
+    /// Woken when who may connect changed (the store's access generation moved, or another
+    /// relay said so): the eviction sweep runs then, and only then but for a slow backstop.
     pub access_changed: Arc<tokio::sync::Notify>,
 }
 
@@ -74,6 +74,7 @@ impl Front {
         shutdown: watch::Receiver<bool>,
         presence: Option<Arc<crate::cluster::Presence>>,
     ) -> Arc<Self> {
+        let access_changed = store.notifier().access_changes();
         Arc::new(Self {
             store,
             registry,
@@ -89,7 +90,7 @@ impl Front {
             engineers: Mutex::new(HashMap::new()),
             shutdown,
             presence,
-            access_changed: Arc::new(tokio::sync::Notify::new()),
+            access_changed,
         })
     }
 

@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use super::Store;
 
@@ -46,6 +46,9 @@ pub struct Notifier {
     devices: Arc<Mutex<Channels>>,
     /// Set once by a relay of a cluster, so that other relays hear of its changes at once.
     forward: Arc<OnceLock<Forward>>,
+    /// Signalled when who may stay connected changed (a device rejected, an engineer
+    /// disabled, ...): the relay's eviction sweep waits on it.
+    access: Arc<Notify>,
 }
 
 impl Notifier {
@@ -100,6 +103,17 @@ impl Notifier {
     /// once; returns false (and changes nothing) when a forward is already set.
     pub fn forward_to(&self, forward: impl Fn(&str) + Send + Sync + 'static) -> bool {
         self.forward.set(Arc::new(forward)).is_ok()
+    }
+
+    /// What [`Notifier::notify_access`] signals: the relay's eviction sweep waits on it.
+    pub fn access_changes(&self) -> Arc<Notify> {
+        self.access.clone()
+    }
+
+    /// Tells this process that who may stay connected changed: the store's feed calls this
+    /// when the access generation moved, and the cluster's bus when another relay says so.
+    pub fn notify_access(&self) {
+        self.access.notify_one();
     }
 
     /// How many devices somebody waits on.

@@ -18,6 +18,7 @@ use tether_protocol::telemetry::{Kind, Level, Record};
 
 use super::*;
 
+pub(crate) mod access;
 pub(crate) mod actions;
 pub(crate) mod audit;
 pub(crate) mod devices;

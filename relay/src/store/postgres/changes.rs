@@ -4,7 +4,9 @@
 //!
 //! A write that changes what a device should do inserts a `device_changes` row in its own
 //! transaction ([`record`]). [`pick_up`] reads the rows after the last one seen: one query on
-//! an index a few times a second per relay, whatever the number of devices. Rows older than
+//! an index a few times a second per relay, whatever the number of devices, and the access
+//! generation, a number that triggers move with every write to who may stay connected: when it
+//! moved, the relay's eviction sweep runs. Rows older than
 //! [`KEEP_SECS`] are deleted now and then; a reader that was away longer starts afresh anyway.
 //!
 //! Identity values are handed out at insert but become visible at commit, so a row with a
@@ -39,6 +41,8 @@ pub(super) struct Feed {
     low_id: i64,
     /// When old rows were last deleted.
     pruned_at: Instant,
+    /// The access generation when last read: it moves when who may stay connected changed.
+    access: i64,
 }
 
 impl Default for Feed {
@@ -47,8 +51,17 @@ impl Default for Feed {
             seen: HashSet::new(),
             low_id: 0,
             pruned_at: Instant::now(),
+            access: 0,
         }
     }
+}
+
+/// The access generation: triggers move it with every write to who may stay connected.
+async fn access_generation(client: &impl GenericClient) -> Result<i64, StoreError> {
+    let row = client
+        .query_one("SELECT n FROM access_generation WHERE id = 1", &[])
+        .await?;
+    Ok(row.get(0))
 }
 
 impl Feed {
@@ -59,6 +72,7 @@ impl Feed {
             .await?;
         Ok(Feed {
             low_id: row.get::<_, i64>(0) + 1,
+            access: access_generation(client).await?,
             ..Feed::default()
         })
     }
@@ -79,7 +93,7 @@ pub(super) async fn record(client: &impl GenericClient, device_id: &str) -> Resu
 /// Notifies the devices changed through other handles since the last call; see the module doc.
 pub(super) fn pick_up(store: &PgStore) -> Result<usize, StoreError> {
     let mut feed = store.feed.lock().unwrap_or_else(|p| p.into_inner());
-    let devices = store.block(async {
+    let (devices, access_moved) = store.block(async {
         let client = store.client().await?;
         if feed.pruned_at.elapsed() >= PRUNE_EVERY {
             feed.pruned_at = Instant::now();
@@ -115,9 +129,15 @@ pub(super) fn pick_up(store: &PgStore) -> Result<usize, StoreError> {
             feed.low_id = low;
             feed.seen.retain(|id| *id >= low);
         }
-        Ok::<_, StoreError>(devices)
+        let access = access_generation(&client).await?;
+        let access_moved = access != feed.access;
+        feed.access = access;
+        Ok::<_, StoreError>((devices, access_moved))
     })?;
     drop(feed);
+    if access_moved {
+        store.notifier.notify_access();
+    }
     for device in &devices {
         store.notifier.notify_local(device);
     }

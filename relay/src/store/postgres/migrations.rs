@@ -266,6 +266,43 @@ CREATE INDEX devices_held_by ON devices (held_by) WHERE online;
 CREATE INDEX sessions_open_relay ON sessions (relay) WHERE ended_at IS NULL;
 "#,
     },
+    // Who may stay connected changes only through these rows, so each relay reads one number a
+    // few times a second instead of checking every live link against the store. Triggers count
+    // every such write, whoever makes it; removals count once per statement.
+    Migration {
+        name: "access generation",
+        sql: r#"
+CREATE TABLE access_generation (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    n  BIGINT NOT NULL
+);
+INSERT INTO access_generation (id, n) VALUES (1, 0);
+CREATE FUNCTION access_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE access_generation SET n = n + 1;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER access_device_status AFTER UPDATE OF status ON devices
+    FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status)
+    EXECUTE FUNCTION access_changed();
+CREATE TRIGGER access_device_removed AFTER DELETE ON devices
+    FOR EACH STATEMENT EXECUTE FUNCTION access_changed();
+CREATE TRIGGER access_user_changed AFTER UPDATE OF role, disabled ON users
+    FOR EACH ROW WHEN (OLD.role IS DISTINCT FROM NEW.role OR OLD.disabled IS DISTINCT FROM NEW.disabled)
+    EXECUTE FUNCTION access_changed();
+CREATE TRIGGER access_user_removed AFTER DELETE ON users
+    FOR EACH STATEMENT EXECUTE FUNCTION access_changed();
+CREATE TRIGGER access_key_removed AFTER DELETE ON user_keys
+    FOR EACH STATEMENT EXECUTE FUNCTION access_changed();
+CREATE TRIGGER access_ca_changed AFTER UPDATE ON trusted_cas
+    FOR EACH STATEMENT EXECUTE FUNCTION access_changed();
+CREATE TRIGGER access_ca_removed AFTER DELETE ON trusted_cas
+    FOR EACH STATEMENT EXECUTE FUNCTION access_changed();
+CREATE TRIGGER access_tenant_removed AFTER DELETE ON tenants
+    FOR EACH STATEMENT EXECUTE FUNCTION access_changed();
+"#,
+    },
 ];
 
 /// The newest version this code knows.

@@ -263,6 +263,15 @@ mod tests {
     crate::store::conformance::suite!(fresh);
 
     #[test]
+    fn access_changes_through_another_handle_wake_this_ones_eviction_sweep()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let db = test_server::Database::create()?;
+        let relay = PgStore::open(&db.url, 2)?;
+        let cli = PgStore::open(&db.url, 2)?;
+        crate::store::conformance::access::access_changes_reach_the_serving_handle(&relay, &cli)
+    }
+
+    #[test]
     fn what_a_dead_relay_held_is_released_and_only_that() -> Result<(), Box<dyn std::error::Error>>
     {
         use crate::store::conformance::enroll;

@@ -7,7 +7,8 @@
 //! [`pick_up`] a few times a second, which first asks `PRAGMA data_version`. That number moves
 //! only when another connection committed, so while nobody else writes, a check is one pragma
 //! on an idle connection and reads no table; when it moved, the rows after the last one seen
-//! name the devices to notify. Rows older than [`KEEP_SECS`] are deleted now and then: a reader
+//! name the devices to notify, and the access generation (a number that triggers move with
+//! every write to who may stay connected) says whether the relay's eviction sweep must run. Rows older than [`KEEP_SECS`] are deleted now and then: a reader
 //! that was away longer starts afresh anyway (its control channels send the whole state when
 //! they open).
 
@@ -31,6 +32,8 @@ pub(super) struct Feed {
     data_version: i64,
     /// The last change row read.
     last_id: i64,
+    /// The access generation when last read: it moves when who may stay connected changed.
+    access: i64,
     /// When old rows were last deleted.
     pruned_at: Instant,
 }
@@ -46,9 +49,14 @@ impl Feed {
                 [],
                 |r| r.get(0),
             )?,
+            access: access_generation(conn)?,
             pruned_at: Instant::now(),
         })
     }
+}
+
+fn access_generation(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn.query_row("SELECT n FROM access_generation WHERE id = 1", [], |r| r.get(0))?)
 }
 
 #[cfg(test)]
@@ -105,8 +113,14 @@ pub(super) fn pick_up(store: &SqliteStore) -> Result<usize, StoreError> {
             devices.insert(device);
         }
     }
+    let access = access_generation(&conn)?;
+    let access_moved = access != feed.access;
+    feed.access = access;
     drop(feed);
     drop(conn);
+    if access_moved {
+        store.notifier.notify_access();
+    }
     // This handle's own writes are among the rows too (they notified at once already); a
     // second notification only costs the channel a read.
     for device in &devices {

@@ -331,6 +331,37 @@ CREATE TABLE device_changes (
 CREATE INDEX device_changes_by_time ON device_changes (at);
 "#,
     },
+    // Who may stay connected changes only through these rows, so the serving relay reads one
+    // number a few times a second instead of checking every live link against the store.
+    // Triggers count every such write, whoever makes it, and cascades from a tenant's removal.
+    Migration {
+        name: "access generation",
+        sql: r#"
+CREATE TABLE access_generation (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    n  INTEGER NOT NULL
+);
+INSERT INTO access_generation (id, n) VALUES (1, 0);
+CREATE TRIGGER access_device_status AFTER UPDATE OF status ON devices
+    WHEN OLD.status IS NOT NEW.status
+    BEGIN UPDATE access_generation SET n = n + 1; END;
+CREATE TRIGGER access_device_removed AFTER DELETE ON devices
+    BEGIN UPDATE access_generation SET n = n + 1; END;
+CREATE TRIGGER access_user_changed AFTER UPDATE OF role, disabled ON users
+    WHEN OLD.role IS NOT NEW.role OR OLD.disabled IS NOT NEW.disabled
+    BEGIN UPDATE access_generation SET n = n + 1; END;
+CREATE TRIGGER access_user_removed AFTER DELETE ON users
+    BEGIN UPDATE access_generation SET n = n + 1; END;
+CREATE TRIGGER access_key_removed AFTER DELETE ON user_keys
+    BEGIN UPDATE access_generation SET n = n + 1; END;
+CREATE TRIGGER access_ca_changed AFTER UPDATE ON trusted_cas
+    BEGIN UPDATE access_generation SET n = n + 1; END;
+CREATE TRIGGER access_ca_removed AFTER DELETE ON trusted_cas
+    BEGIN UPDATE access_generation SET n = n + 1; END;
+CREATE TRIGGER access_tenant_removed AFTER DELETE ON tenants
+    BEGIN UPDATE access_generation SET n = n + 1; END;
+"#,
+    },
 ];
 
 /// The schema version this code writes and understands.

@@ -453,6 +453,15 @@ mod tests {
     }
 
     #[test]
+    fn another_processs_access_changes_wake_this_ones_eviction_sweep() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("relay.db");
+        let relay = SqliteStore::open(&path)?;
+        let cli = SqliteStore::open(&path)?;
+        crate::store::conformance::access::access_changes_reach_the_serving_handle(&relay, &cli)
+    }
+
+    #[test]
     fn old_change_rows_are_pruned() -> TestResult {
         let (_dir, store) = fresh_sqlite()?;
         store.add_tenant("acme")?;
