@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use common::*;
 
-/// How long the relay may take to notice an admin change: its sweep runs every 2 s.
+/// How long the relay may take to notice an admin change: its change feed reads the store's
+/// access generation four times a second, and the sweep runs when it moved.
 const NOTICE: Duration = Duration::from_secs(8);
 
 /// A finished command for an assertion message.

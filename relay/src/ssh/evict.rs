@@ -1,6 +1,6 @@
 //! The sweep that keeps live connections in step with the store: admin commands change it
-//! from another process, and every few seconds the serving relay closes what it no longer
-//! allows (engineers removed or disabled, keys unregistered, CAs no longer trusted, roles that
+//! from another process, and when the store's access generation moves (and once a minute
+//! regardless) the serving relay closes what it no longer allows (engineers removed or disabled, keys unregistered, CAs no longer trusted, roles that
 //! lost their sessions; devices rejected or removed).
 
 use std::net::SocketAddr;

@@ -6,8 +6,8 @@
 //! transaction ([`record`]). [`pick_up`] reads the rows after the last one seen: one query on
 //! an index a few times a second per relay, whatever the number of devices, and the access
 //! generation, a number that triggers move with every write to who may stay connected: when it
-//! moved, the relay's eviction sweep runs. Rows older than
-//! [`KEEP_SECS`] are deleted now and then; a reader that was away longer starts afresh anyway.
+//! moved, the relay's eviction sweep runs. Rows older than [`KEEP_SECS`] are deleted now and
+//! then; a reader that was away longer starts afresh anyway.
 //!
 //! Identity values are handed out at insert but become visible at commit, so a row with a
 //! lower id than one already seen may still appear (a longer transaction that started first).

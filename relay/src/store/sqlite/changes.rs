@@ -8,9 +8,9 @@
 //! only when another connection committed, so while nobody else writes, a check is one pragma
 //! on an idle connection and reads no table; when it moved, the rows after the last one seen
 //! name the devices to notify, and the access generation (a number that triggers move with
-//! every write to who may stay connected) says whether the relay's eviction sweep must run. Rows older than [`KEEP_SECS`] are deleted now and then: a reader
-//! that was away longer starts afresh anyway (its control channels send the whole state when
-//! they open).
+//! every write to who may stay connected) says whether the relay's eviction sweep must run.
+//! Rows older than [`KEEP_SECS`] are deleted now and then: a reader that was away longer
+//! starts afresh anyway (its control channels send the whole state when they open).
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
