@@ -65,14 +65,15 @@ pub async fn serve<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
-    let (frames_tx, mut frames_rx) = tokio::sync::mpsc::channel(16);
+    // Boxed: the channel allocates its slots up front, and every linked device holds one.
+    let (frames_tx, mut frames_rx) = tokio::sync::mpsc::channel::<Box<ControlFrame>>(16);
     // Reading in its own task: a frame is never half-read when a change arrives.
     let reader_id = device_id.clone();
     let reader = tokio::spawn(async move {
         loop {
             match frame::read::<_, ControlFrame>(&mut rd).await {
                 Ok(Some(f)) => {
-                    if frames_tx.send(f).await.is_err() {
+                    if frames_tx.send(Box::new(f)).await.is_err() {
                         return;
                     }
                 }
@@ -142,7 +143,7 @@ pub async fn serve<S>(
             }
             f = frames_rx.recv() => {
                 let Some(f) = f else { break };
-                match f {
+                match *f {
                     ControlFrame::Reported { mut state } => {
                         // Bounded before it is stored: operators' tables and the store must not
                         // take a device's word for how long a version or a host name may be.

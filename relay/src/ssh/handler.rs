@@ -1,5 +1,10 @@
 //! The russh handler of a connection: it hands every event to the module that deals with it
 //! and decides nothing itself beyond which one that is.
+//!
+//! Every asynchronous step is boxed: russh's session task embeds the future of each handler
+//! call in its own state, which every connection holds for its whole life, so the largest
+//! handler future (a login reading the store, say) would otherwise cost each idle device link
+//! its size. A box costs one allocation on an event that happens a few times per connection.
 
 use russh::server::{self, Auth, ChannelOpenHandle, Msg, Session};
 use russh::{Channel, ChannelId, ChannelOpenFailure};
@@ -16,7 +21,7 @@ impl server::Handler for Conn {
         user: &str,
         offer: server::PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
-        self.key_offered(user, offer).await
+        Box::pin(self.key_offered(user, offer)).await
     }
 
     async fn auth_publickey(
@@ -24,7 +29,7 @@ impl server::Handler for Conn {
         user: &str,
         key: server::VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        self.key_verified(user, key).await
+        Box::pin(self.key_verified(user, key)).await
     }
 
     async fn auth_openssh_certificate(
@@ -32,7 +37,7 @@ impl server::Handler for Conn {
         user: &str,
         certificate: &russh::keys::Certificate,
     ) -> Result<Auth, Self::Error> {
-        self.certificate_presented(user, certificate).await
+        Box::pin(self.certificate_presented(user, certificate)).await
     }
 
     async fn tcpip_forward(
@@ -41,7 +46,7 @@ impl server::Handler for Conn {
         port: &mut u32,
         session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        self.announce_link(address, port, session).await
+        Box::pin(self.announce_link(address, port, session)).await
     }
 
     async fn channel_open_session(
@@ -51,21 +56,26 @@ impl server::Handler for Conn {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         match self.peer() {
-            Peer::Enrolling { key } => self.open_enrollment(channel, reply, key).await,
+            Peer::Enrolling { key } => Box::pin(self.open_enrollment(channel, reply, key)).await,
             Peer::Engineer {
                 identities,
                 login,
                 fingerprint,
             } => {
-                self.open_engineer_session(channel, reply, session, identities, login, fingerprint)
-                    .await
+                Box::pin(self.open_engineer_session(
+                    channel,
+                    reply,
+                    session,
+                    identities,
+                    login,
+                    fingerprint,
+                ))
+                .await
             }
             // A device's session channels are its telemetry, control and key rotation.
-            Peer::Device { .. } => self.hold_device_channel(channel, reply).await,
+            Peer::Device { .. } => Box::pin(self.hold_device_channel(channel, reply)).await,
             Peer::Unknown => {
-                reply
-                    .reject(ChannelOpenFailure::AdministrativelyProhibited)
-                    .await;
+                Box::pin(reply.reject(ChannelOpenFailure::AdministrativelyProhibited)).await;
             }
         }
         Ok(())
@@ -81,14 +91,14 @@ impl server::Handler for Conn {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.open_forward(
+        Box::pin(self.open_forward(
             channel,
             host_to_connect,
             port_to_connect,
             originator_address,
             originator_port,
             reply,
-        )
+        ))
         .await
     }
 

@@ -36,7 +36,10 @@ pub(crate) fn access_changes_reach_the_serving_handle(
     cli.mark_online(&a, "192.0.2.1:1", None)?;
     cli.set_device_status(&a, DeviceStatus::Accepted)?;
     let second_key = cli.add_user_key("acme", "alice", &key(7)?)?;
-    assert!(!swept(relay)?, "an action, a link, an unchanged status, a new key");
+    assert!(
+        !swept(relay)?,
+        "an action, a link, an unchanged status, a new key"
+    );
 
     let cases: [(&str, &dyn Fn() -> TestResult); 8] = [
         ("device rejected", &|| {

@@ -56,7 +56,11 @@ impl Feed {
 }
 
 fn access_generation(conn: &Connection) -> Result<i64, StoreError> {
-    Ok(conn.query_row("SELECT n FROM access_generation WHERE id = 1", [], |r| r.get(0))?)
+    Ok(
+        conn.query_row("SELECT n FROM access_generation WHERE id = 1", [], |r| {
+            r.get(0)
+        })?,
+    )
 }
 
 #[cfg(test)]
