@@ -273,7 +273,12 @@ fn connect_from(from: [u8; 4], port: u16) -> Result<TcpStream> {
 
 /// The first bytes a flood connection got back within a short wait.
 fn first_bytes(s: &mut TcpStream) -> String {
-    let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+    first_bytes_within(s, Duration::from_millis(200))
+}
+
+/// The first bytes a connection got back within `wait`.
+fn first_bytes_within(s: &mut TcpStream, wait: Duration) -> String {
+    let _ = s.set_read_timeout(Some(wait));
     let mut buf = [0u8; 512];
     match s.read(&mut buf) {
         Ok(n) => String::from_utf8_lossy(&buf[..n]).into_owned(),
@@ -366,7 +371,7 @@ fn a_flood_of_connections_leaves_established_sessions_responsive() -> Result<()>
 fn authentication_tries_and_the_total_bounds_are_enforced() -> Result<()> {
     let (relay, alice, _agents) = setup(
         "  max_auth_tries: 3\n  max_handshakes: 5\n  max_handshakes_per_source: 0\n  \
-         max_http_connections: 5\n  max_http_connections_per_source: 0\n  \
+         handshake_wait: 1s\n  max_http_connections: 5\n  max_http_connections_per_source: 0\n  \
          handshake_rate_per_source: 0\n",
         &["board1"],
     )?;
@@ -392,7 +397,31 @@ fn authentication_tries_and_the_total_bounds_are_enforced() -> Result<()> {
         r.stderr
     );
 
-    // The bounds on all sources together, hit from 127.0.0.3 alone.
+    // A connection over max_handshakes waits for a place (limits.handshake_wait) and is
+    // served as soon as one is given back.
+    let mut holders = (0..5)
+        .map(|_| connect_from([127, 0, 0, 3], relay.ssh_port))
+        .collect::<Result<Vec<_>>>()?;
+    for h in holders.iter_mut() {
+        let banner = first_bytes_within(h, Duration::from_secs(5));
+        ensure!(banner.starts_with("SSH-2.0-"), "a holder got {banner:?}");
+    }
+    let mut waiting = connect_from([127, 0, 0, 3], relay.ssh_port)?;
+    ensure!(
+        first_bytes(&mut waiting).is_empty(),
+        "the sixth connection must wait, not be answered or refused"
+    );
+    drop(holders.pop());
+    let banner = first_bytes_within(&mut waiting, Duration::from_secs(5));
+    ensure!(
+        banner.starts_with("SSH-2.0-"),
+        "the waiting connection got {banner:?} once a place was free"
+    );
+    drop(waiting);
+    drop(holders);
+
+    // The bounds on all sources together, hit from 127.0.0.3 alone: 5 hold places, 5 wait
+    // (as many as there are places) and are refused after the wait, the rest at once.
     let mut ssh_flood = Vec::new();
     let mut http_flood = Vec::new();
     for _ in 0..12 {
@@ -401,7 +430,7 @@ fn authentication_tries_and_the_total_bounds_are_enforced() -> Result<()> {
     }
     let ssh_refused = ssh_flood
         .iter_mut()
-        .map(first_bytes)
+        .map(|s| first_bytes_within(s, Duration::from_secs(3)))
         .filter(|b| b.contains("logins in progress (limits.max_handshakes)"))
         .count();
     let http_refused = http_flood

@@ -82,6 +82,11 @@ pub struct LimitsConfig {
     pub max_auth_tries: u32,
     /// SSH connections (TCP or WebSocket) that have not authenticated yet, in all.
     pub max_handshakes: usize,
+    /// How long a new SSH connection waits for a place when all `max_handshakes` are taken
+    /// before it is refused (at most `max_handshakes` connections wait); `0s` refuses at
+    /// once. A reconnect storm then queues for a moment instead of backing off for long.
+    #[serde(with = "humantime_serde")]
+    pub handshake_wait: Duration,
     /// SSH connections that have not authenticated yet, per source address. A connection
     /// that logged in to enroll keeps its place until the login grace closes it.
     pub max_handshakes_per_source: usize,
@@ -122,6 +127,7 @@ impl Default for LimitsConfig {
             auth_failure_window: Duration::from_secs(60),
             max_auth_tries: 6,
             max_handshakes: 256,
+            handshake_wait: Duration::from_secs(5),
             max_handshakes_per_source: 64,
             handshake_rate_per_source: 10,
             handshake_burst_per_source: 20,

@@ -33,6 +33,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct Counter<K: Hash + Eq + Clone> {
     per_key: Mutex<HashMap<K, usize>>,
     total: Mutex<usize>,
+    /// Signalled each time a place is given back, for whoever waits for one.
+    freed: tokio::sync::Notify,
 }
 
 impl<K: Hash + Eq + Clone> Default for Counter<K> {
@@ -40,6 +42,7 @@ impl<K: Hash + Eq + Clone> Default for Counter<K> {
         Self {
             per_key: Mutex::new(HashMap::new()),
             total: Mutex::new(0),
+            freed: tokio::sync::Notify::new(),
         }
     }
 }
@@ -62,6 +65,8 @@ impl<K: Hash + Eq + Clone> Drop for Permit<K> {
         drop(per_key);
         let mut total = lock(&self.counter.total);
         *total = total.saturating_sub(1);
+        drop(total);
+        self.counter.freed.notify_one();
     }
 }
 
@@ -128,9 +133,20 @@ pub struct Limits {
     failures: Mutex<HashMap<IpAddr, Failures>>,
     new_connections: Mutex<HashMap<IpAddr, Bucket>>,
     handshakes: Arc<Counter<IpAddr>>,
+    /// Connections waiting for a place among `max_handshakes`.
+    handshakes_waiting: std::sync::atomic::AtomicUsize,
     http: Arc<Counter<IpAddr>>,
     device_sessions: Arc<Counter<String>>,
     engineer_sessions: Arc<Counter<String>>,
+}
+
+/// Counts a connection waiting for a handshake place while it lives.
+struct WaitingGuard<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for WaitingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Most sources whose failures are remembered; past it, the oldest windows are forgotten
@@ -145,6 +161,7 @@ impl Limits {
             failures: Mutex::new(HashMap::new()),
             new_connections: Mutex::new(HashMap::new()),
             handshakes: Arc::default(),
+            handshakes_waiting: std::sync::atomic::AtomicUsize::new(0),
             http: Arc::default(),
             device_sessions: Arc::default(),
             engineer_sessions: Arc::default(),
@@ -240,10 +257,48 @@ impl Limits {
 
     /// A place for one connection of `source` that has not authenticated yet.
     pub fn handshake(&self, source: IpAddr) -> Result<Permit<IpAddr>, LimitHit> {
+        self.try_handshake(source).map_err(|(hit, _)| hit)
+    }
+
+    /// A place for one connection of `source` that has not authenticated yet, waiting up to
+    /// `handshake_wait` for one when all `max_handshakes` are taken: after an outage every
+    /// board reconnects at once, and a board that waits a moment logs in, where one refused
+    /// backs off for longer than the queue would have taken. At most `max_handshakes`
+    /// connections wait; the bound per source is never waited for, so that one source
+    /// cannot queue in front of the others.
+    pub async fn handshake_queued(&self, source: IpAddr) -> Result<Permit<IpAddr>, LimitHit> {
+        use std::sync::atomic::Ordering;
+        let deadline = tokio::time::Instant::now() + self.config.handshake_wait;
+        let mut queued = None;
+        loop {
+            // Armed before the attempt, so that a place freed in between is not missed.
+            let freed = self.handshakes.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            let hit = match self.try_handshake(source) {
+                Ok(permit) => return Ok(permit),
+                Err((hit, Bound::Total)) if !self.config.handshake_wait.is_zero() => hit,
+                Err((hit, _)) => return Err(hit),
+            };
+            if queued.is_none() {
+                let waiting = self.handshakes_waiting.fetch_add(1, Ordering::Relaxed);
+                queued = Some(WaitingGuard(&self.handshakes_waiting));
+                if waiting >= self.config.max_handshakes {
+                    return Err(hit);
+                }
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                return Err(hit);
+            }
+        }
+    }
+
+    fn try_handshake(&self, source: IpAddr) -> Result<Permit<IpAddr>, (LimitHit, Bound)> {
         let c = &self.config;
         self.handshakes
             .acquire(&source, c.max_handshakes, c.max_handshakes_per_source)
-            .map_err(|bound| match bound {
+            .map_err(|bound| {
+                let hit = match bound {
                 Bound::Total => LimitHit(format!(
                     "the relay has {} logins in progress (limits.max_handshakes); try again later",
                     c.max_handshakes
@@ -252,6 +307,8 @@ impl Limits {
                     "too many logins in progress from {source} (limits.max_handshakes_per_source: {}); try again later",
                     c.max_handshakes_per_source
                 )),
+                };
+                (hit, bound)
             })
     }
 

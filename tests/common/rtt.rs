@@ -16,8 +16,16 @@ pub fn keystroke_rtts(mut ssh: Command, samples: usize) -> Result<Vec<Duration>>
     ssh.arg("stty raw -echo; echo ready; exec cat")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        .stderr(Stdio::piped());
     let mut child = ssh.spawn()?;
+    // Drained aside so that a chatty client never blocks; kept for the error, if any.
+    let stderr = child.stderr.take().map(|e| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = e.take(4096).read_to_string(&mut text);
+            text
+        })
+    });
     let result = (|| {
         let mut stdin = child.stdin.take().context("stdin")?;
         let mut stdout = child.stdout.take().context("stdout")?;
@@ -54,7 +62,8 @@ pub fn keystroke_rtts(mut ssh: Command, samples: usize) -> Result<Vec<Duration>>
     })();
     let _ = child.kill();
     let _ = child.wait();
-    result
+    let said = stderr.and_then(|t| t.join().ok()).unwrap_or_default();
+    result.with_context(|| format!("ssh said: {}", said.trim()))
 }
 
 /// The `q` quantile (0..=1) of sorted `samples`.

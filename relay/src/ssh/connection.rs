@@ -28,11 +28,11 @@ impl Front {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let handshake = match self
-            .limits
-            .new_connection(remote.ip())
-            .and_then(|()| self.limits.handshake(remote.ip()))
-        {
+        let admitted = match self.limits.new_connection(remote.ip()) {
+            Ok(()) => self.limits.handshake_queued(remote.ip()).await,
+            Err(hit) => Err(hit),
+        };
+        let handshake = match admitted {
             Ok(p) => p,
             Err(hit) => {
                 // Refused before the key exchange, which is the expensive part a flood is
