@@ -133,9 +133,73 @@ fn interfaces() -> Vec<Interface> {
     by_name.into_values().collect()
 }
 
+/// How far a disk's free space must move, as a share of its size, before a report says so.
+const FREE_SPACE_NEWS: u64 = 100;
+
+/// Whether `fresh` tells the relay something that `reported` does not. Free space moves a
+/// little all the time; it counts once a disk's moved by more than 1% of its size since the
+/// report, and everything else counts at once. Without this every idle board would send a
+/// report (and the relay write one) each time inventory is collected.
+pub fn is_news(reported: Option<&Inventory>, fresh: &Inventory) -> bool {
+    let Some(reported) = reported else {
+        return true;
+    };
+    if reported.disks.len() != fresh.disks.len() {
+        return true;
+    }
+    let mut same = fresh.clone();
+    for (d, r) in same.disks.iter_mut().zip(&reported.disks) {
+        let slack = d.total_bytes / FREE_SPACE_NEWS;
+        if d.mount == r.mount && d.available_bytes.abs_diff(r.available_bytes) <= slack {
+            d.available_bytes = r.available_bytes;
+        }
+    }
+    same != *reported
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn free_space_is_news_only_past_a_share_of_the_disk() {
+        let disk = |avail| Disk {
+            mount: "/data".into(),
+            device: "/dev/mmcblk0p3".into(),
+            fs: "ext4".into(),
+            total_bytes: 1_000_000_000,
+            available_bytes: avail,
+        };
+        let inv = |avail| Inventory {
+            hostname: "board".into(),
+            disks: vec![disk(avail)],
+            ..Inventory::default()
+        };
+        let reported = inv(500_000_000);
+        assert!(is_news(None, &reported));
+        assert!(!is_news(Some(&reported), &inv(500_000_000)));
+        assert!(
+            !is_news(Some(&reported), &inv(509_999_999)),
+            "under 1% of the disk"
+        );
+        assert!(
+            !is_news(Some(&reported), &inv(490_000_000)),
+            "exactly 1% of the disk"
+        );
+        assert!(
+            is_news(Some(&reported), &inv(489_999_999)),
+            "over 1% of the disk"
+        );
+        let mut renamed = inv(500_000_001);
+        renamed.hostname = "board-2".into();
+        assert!(
+            is_news(Some(&reported), &renamed),
+            "anything else counts at once"
+        );
+        let mut more = inv(500_000_000);
+        more.disks.push(disk(1));
+        assert!(is_news(Some(&reported), &more), "a disk mounted");
+    }
 
     #[test]
     fn this_machine_has_an_inventory() {

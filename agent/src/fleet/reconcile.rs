@@ -174,8 +174,11 @@ pub async fn run(
             }
             _ = tick.tick() => {
                 ticks += 1;
-                if ticks.is_multiple_of(INVENTORY_EVERY_TICKS) {
-                    r.inventory = collect_inventory().await;
+                if ticks.is_multiple_of(INVENTORY_EVERY_TICKS)
+                    && let Some(fresh) = collect_inventory().await
+                    && crate::fleet::inventory::is_news(r.inventory.as_ref(), &fresh)
+                {
+                    r.inventory = Some(fresh);
                 }
                 let report = r.report_now(None).await;
                 if last_report.as_ref() != Some(&report) {
