@@ -352,7 +352,18 @@ fn orchestrate() -> Result<()> {
     let storm_limit = Duration::from_secs(300);
     let (_, back) = wait_online(&relay, linked, storm_limit, "reconnect storm");
     let settled = killed.elapsed();
-    let refused = relay.log().lines().filter(|l| l.contains("refus")).count();
+    let log = relay.log();
+    let refusals: Vec<&str> = log.lines().filter(|l| l.contains("refus")).collect();
+    let refused = refusals.len();
+    // Grouped by the limit named, so that each refusal is explained (or is not).
+    let mut reasons = std::collections::BTreeMap::<String, usize>::new();
+    for line in &refusals {
+        let why = line
+            .find("(limits.")
+            .and_then(|at| line[at + 1..].split([')', ':']).next())
+            .unwrap_or("no limit named");
+        *reasons.entry(why.to_string()).or_default() += 1;
+    }
 
     let gave_up: usize = (0..procs)
         .map(|p| {
@@ -394,6 +405,9 @@ fn orchestrate() -> Result<()> {
         "reconnect storm               {:.1} s until {back} of {linked} linked again; {refused} refusals in the relay log; {gave_up} boards gave up",
         settled.as_secs_f64()
     );
+    for (why, n) in &reasons {
+        println!("  refused by {why:<27} {n}");
+    }
     let _ = std::io::stdout().flush();
     Ok(())
 }
