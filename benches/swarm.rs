@@ -352,6 +352,9 @@ fn orchestrate() -> Result<()> {
     let storm_limit = Duration::from_secs(300);
     let (_, back) = wait_online(&relay, linked, storm_limit, "reconnect storm");
     let settled = killed.elapsed();
+    // Everything the new relay did so far was taking the boards back: its CPU per link is
+    // what one handshake (key exchange, login, the link recorded online) costs.
+    let storm_cpu = relay.pid().map_or(Ok(0.0), cpu_seconds)?;
     let log = relay.log();
     let refusals: Vec<&str> = log.lines().filter(|l| l.contains("refus")).collect();
     let refused = refusals.len();
@@ -404,6 +407,10 @@ fn orchestrate() -> Result<()> {
     println!(
         "reconnect storm               {:.1} s until {back} of {linked} linked again; {refused} refusals in the relay log; {gave_up} boards gave up",
         settled.as_secs_f64()
+    );
+    println!(
+        "relay CPU per reconnect       {:.2} ms ({storm_cpu:.1} CPU-s for {back} links)",
+        storm_cpu * 1e3 / back.max(1) as f64
     );
     for (why, n) in &reasons {
         println!("  refused by {why:<27} {n}");
