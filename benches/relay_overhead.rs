@@ -1,15 +1,24 @@
-//! Relay overhead benchmark: the same work through the tether relay and agent versus directly
-//! against a local OpenSSH sshd, measured in one run on loopback.
+//! Relay overhead benchmark: the same work through the tether relay and agent, directly against
+//! a local OpenSSH sshd, and through the OpenSSH reverse tunnel a team would build without
+//! tether (the board's `ssh -N -R` to a jump sshd, the engineer's `ssh -J` through it), measured
+//! in one run on loopback.
 //!
 //! - keystroke round trip: one byte through `ssh -tt host 'stty raw -echo; cat'` and back;
 //! - bulk upload: scp of 256 MiB;
-//! - port forward: 256 MiB through `ssh -L` to a local sink.
+//! - port forward: 256 MiB through `ssh -L` to a local sink;
+//! - CPU-seconds per GiB moved, for scp and `-L`: the whole machine's (every process the
+//!   benchmark started: clients, sshds, relay, agent and its sftp child, read from
+//!   `/proc/PID/stat`, so other work on the machine does not count) and the relay's own.
 //!
 //! The same three again on a cluster of two relays (one PostgreSQL store, NATS presence): the
 //! engineer on the relay that holds the board, and on the other relay, which carries the
 //! session over its peer connection to the holder.
 //!
 //! Run with `cargo bench --bench relay_overhead`. Needs openssh-client and openssh-server.
+//! Environment: `RELAY_OVERHEAD_ROUNDS=N` measures scp and `-L` N times per path, interleaved,
+//! and reports medians (default 1); `RELAY_OVERHEAD_CLUSTER=0` skips the cluster rows;
+//! `RELAY_OVERHEAD_PATHS=tcp,ws` measures only those of `direct`, `tunnel`, `tcp`, `ws` (to
+//! profile one path; the ratios need `direct` and `tunnel`).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -25,12 +34,163 @@ use common::*;
 const BULK: usize = 256 << 20;
 const KEYSTROKES: usize = 400;
 
+const GIB: f64 = (1u64 << 30) as f64;
+
 /// How to reach a shell: ssh arguments up to (not including) the remote command.
 struct Target {
     label: &'static str,
     ssh_args: Vec<String>,
     scp_args: Vec<String>,
     dest: String,
+    /// The relay processes the path goes through (none for the OpenSSH baselines).
+    relays: Vec<u32>,
+}
+
+/// CPU-seconds spent so far: by every process the benchmark started, and by the relays of a
+/// path.
+#[derive(Clone, Copy)]
+struct Cpu {
+    machine: f64,
+    relay: f64,
+}
+
+fn cpu_now(t: &Target) -> Result<Cpu> {
+    let mut relay = 0.0;
+    for pid in &t.relays {
+        relay += cpu_seconds(*pid)?;
+    }
+    Ok(Cpu {
+        machine: descendants_cpu_seconds()?,
+        relay,
+    })
+}
+
+/// Runs `work` (which moves `BULK` bytes) and returns its result with the CPU-seconds per GiB
+/// it cost.
+fn metered(t: &Target, work: impl FnOnce() -> Result<f64>) -> Result<(f64, Cpu)> {
+    let before = cpu_now(t)?;
+    let rate = work()?;
+    // Session processes (sshd's per-connection children, the agent's sftp child) finish and
+    // are reaped just after the client returns; their last ticks belong to this transfer.
+    std::thread::sleep(Duration::from_millis(300));
+    let after = cpu_now(t)?;
+    let per_gib = GIB / BULK as f64;
+    Ok((
+        rate,
+        Cpu {
+            machine: (after.machine - before.machine) * per_gib,
+            relay: (after.relay - before.relay) * per_gib,
+        },
+    ))
+}
+
+/// One path's figures: medians over the rounds.
+#[derive(Clone, Copy)]
+struct Row {
+    p50: Duration,
+    p99: Duration,
+    scp: f64,
+    fwd: f64,
+    scp_cpu: Cpu,
+    fwd_cpu: Cpu,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// One round of one path: scp's and `-L`'s throughput (MiB/s) with the CPU they cost.
+type Sample = ((f64, Cpu), (f64, Cpu));
+
+/// Measures every target: keystroke RTT once, then scp and `-L` `rounds` times, interleaving
+/// the targets so that noise on the machine spreads over all of them.
+fn measure(
+    targets: &[&Target],
+    rounds: usize,
+    file: &std::path::Path,
+    remote: &std::path::Path,
+    sink_port: u16,
+    sink_done: &std::sync::mpsc::Receiver<usize>,
+) -> Result<Vec<Row>> {
+    let mut rtts = Vec::new();
+    for t in targets {
+        rtts.push(keystroke_rtt(t)?);
+    }
+    let mut samples: Vec<Vec<Sample>> = targets.iter().map(|_| vec![]).collect();
+    for _ in 0..rounds {
+        for (t, s) in targets.iter().zip(&mut samples) {
+            let scp = metered(t, || scp_upload(t, file, remote))?;
+            let fwd = metered(t, || forward_throughput(t, sink_port, sink_done))?;
+            s.push((scp, fwd));
+        }
+    }
+    let med = |s: &[Sample], f: fn(&Sample) -> f64| median(s.iter().map(f).collect());
+    Ok(rtts
+        .into_iter()
+        .zip(&samples)
+        .map(|((p50, p99), s)| Row {
+            p50,
+            p99,
+            scp: med(s, |x| x.0.0),
+            fwd: med(s, |x| x.1.0),
+            scp_cpu: Cpu {
+                machine: med(s, |x| x.0.1.machine),
+                relay: med(s, |x| x.0.1.relay),
+            },
+            fwd_cpu: Cpu {
+                machine: med(s, |x| x.1.1.machine),
+                relay: med(s, |x| x.1.1.relay),
+            },
+        })
+        .collect())
+}
+
+fn print_rows(targets: &[&Target], rows: &[Row]) {
+    println!(
+        "{:<30} {:>10} {:>10} {:>10} {:>10} {:>13} {:>11} {:>13} {:>11}",
+        "path",
+        "RTT p50 µs",
+        "RTT p99 µs",
+        "scp MiB/s",
+        "-L MiB/s",
+        "scp CPU-s/GiB",
+        "(relay)",
+        "-L CPU-s/GiB",
+        "(relay)"
+    );
+    for (t, r) in targets.iter().zip(rows) {
+        let relay = |c: Cpu| {
+            if t.relays.is_empty() {
+                "-".to_string()
+            } else {
+                format!("{:.2}", c.relay)
+            }
+        };
+        println!(
+            "{:<30} {:>10} {:>10} {:>10.1} {:>10.1} {:>13.2} {:>11} {:>13.2} {:>11}",
+            t.label,
+            r.p50.as_micros(),
+            r.p99.as_micros(),
+            r.scp,
+            r.fwd,
+            r.scp_cpu.machine,
+            relay(r.scp_cpu),
+            r.fwd_cpu.machine,
+            relay(r.fwd_cpu)
+        );
+    }
+}
+
+fn env_usize(name: &str, default: usize) -> Result<usize> {
+    match std::env::var(name) {
+        Ok(v) => v.parse().with_context(|| format!("{name}={v}")),
+        Err(_) => Ok(default),
+    }
 }
 
 fn keystroke_rtt(t: &Target) -> Result<(Duration, Duration)> {
@@ -129,11 +289,15 @@ fn main() -> Result<()> {
     if std::env::args().any(|a| a == "--list") {
         return Ok(());
     }
+    let rounds = env_usize("RELAY_OVERHEAD_ROUNDS", 1)?.max(1);
+    let cluster = env_usize("RELAY_OVERHEAD_CLUSTER", 1)? != 0;
+    adopt_orphans()?;
     let (sink_port, sink_done) = sink()?;
     let relay = Relay::start()?;
     relay.tenant("bench")?;
     let engineer = relay.engineer("bench", "bench", "admin")?;
-    let sshd = Sshd::start(&engineer.key.with_extension("pub"))?;
+    let engineer_pub = engineer.key.with_extension("pub");
+    let sshd = Sshd::start(&engineer_pub)?;
     let mut agent = Agent::new("bench-board", &[format!("127.0.0.1:{sink_port}")])?;
     agent.enroll(&relay, Transport::Tcp, "bench")?;
     agent.start()?;
@@ -142,14 +306,65 @@ fn main() -> Result<()> {
     ws_agent.enroll(&relay, Transport::WebSocket, "bench")?;
     ws_agent.start()?;
     ws_agent.wait_online()?;
+    let relay_pid = relay.pid().context("relay pid")?;
 
     let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
     let cfg = engineer.ssh_config.display().to_string();
+
+    // The reverse tunnel: a jump sshd; the board's `ssh -N -R` to it publishes the board's
+    // sshd on a loopback port of the jump host, which the engineer reaches with `ssh -J`.
+    let jump = Sshd::start(&engineer_pub)?;
+    let tunnel_port = free_port()?;
+    let _board_tunnel = KillOnDrop(
+        Command::new("ssh")
+            .args([
+                "-F",
+                &cfg,
+                "-p",
+                &jump.port.to_string(),
+                "-N",
+                "-o",
+                "ExitOnForwardFailure=yes",
+                "-R",
+                &format!("127.0.0.1:{tunnel_port}:127.0.0.1:{}", sshd.port),
+                &format!("{user}@127.0.0.1"),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting the board's ssh -R")?,
+    );
+    wait_for_port(tunnel_port).context("the reverse tunnel's port")?;
+    let jump_spec = format!("{user}@127.0.0.1:{}", jump.port);
+
     let direct = Target {
         label: "direct sshd",
         ssh_args: vec!["-F".into(), cfg.clone(), "-p".into(), sshd.port.to_string()],
         scp_args: vec!["-F".into(), cfg.clone(), "-P".into(), sshd.port.to_string()],
         dest: format!("{user}@127.0.0.1"),
+        relays: vec![],
+    };
+    let tunnel = Target {
+        label: "openssh reverse tunnel (-J)",
+        ssh_args: vec![
+            "-F".into(),
+            cfg.clone(),
+            "-J".into(),
+            jump_spec.clone(),
+            "-p".into(),
+            tunnel_port.to_string(),
+        ],
+        scp_args: vec![
+            "-F".into(),
+            cfg.clone(),
+            "-J".into(),
+            jump_spec.clone(),
+            "-P".into(),
+            tunnel_port.to_string(),
+        ],
+        dest: format!("{user}@127.0.0.1"),
+        relays: vec![],
     };
     let relay_target = |label, device: &str| Target {
         label,
@@ -166,6 +381,7 @@ fn main() -> Result<()> {
             relay.ssh_port.to_string(),
         ],
         dest: format!("{device}@127.0.0.1"),
+        relays: vec![relay_pid],
     };
     let via_relay = relay_target("tether relay (tcp link)", "bench-board");
     let via_ws = relay_target("tether relay (websocket link)", "bench-ws");
@@ -176,29 +392,54 @@ fn main() -> Result<()> {
     let remote = tempfile::tempdir()?;
 
     println!(
-        "relay overhead on loopback ({KEYSTROKES} keystrokes, {} MiB bulk)",
+        "relay overhead on loopback ({KEYSTROKES} keystrokes, {} MiB bulk, median of {rounds} round(s))",
         BULK >> 20
     );
-    println!(
-        "{:<30} {:>12} {:>12} {:>12} {:>12}",
-        "path", "RTT p50 µs", "RTT p99 µs", "scp MiB/s", "-L MiB/s"
-    );
-    let mut rows = Vec::new();
-    for t in [&direct, &via_relay, &via_ws] {
-        let (p50, p99) = keystroke_rtt(t)?;
-        let scp = scp_upload(t, &file, remote.path())?;
-        let fwd = forward_throughput(t, sink_port, &sink_done)?;
-        println!(
-            "{:<30} {:>12} {:>12} {:>12.1} {:>12.1}",
-            t.label,
-            p50.as_micros(),
-            p99.as_micros(),
-            scp,
-            fwd
-        );
-        rows.push((p50, p99, scp, fwd));
+    let only = std::env::var("RELAY_OVERHEAD_PATHS").ok();
+    let targets: Vec<&Target> = [
+        ("direct", &direct),
+        ("tunnel", &tunnel),
+        ("tcp", &via_relay),
+        ("ws", &via_ws),
+    ]
+    .into_iter()
+    .filter(|(key, _)| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|k| k == *key))
+    })
+    .map(|(_, t)| t)
+    .collect();
+    let rows = measure(
+        &targets,
+        rounds,
+        &file,
+        remote.path(),
+        sink_port,
+        &sink_done,
+    )?;
+    print_rows(&targets, &rows);
+    if only.is_some() {
+        return Ok(());
     }
-    let base = rows[0];
+    let (base, rev) = (rows[0], rows[1]);
+    for (t, row) in targets[2..].iter().zip(&rows[2..]) {
+        println!(
+            "{}: RTT p50 +{} µs, p99 +{} µs over direct; scp {:.2}x direct, {:.2}x tunnel; \
+             -L {:.2}x direct, {:.2}x tunnel; machine CPU/GiB scp {:.2}x tunnel, -L {:.2}x tunnel",
+            t.label,
+            row.p50.as_micros() as i128 - base.p50.as_micros() as i128,
+            row.p99.as_micros() as i128 - base.p99.as_micros() as i128,
+            row.scp / base.scp,
+            row.scp / rev.scp,
+            row.fwd / base.fwd,
+            row.fwd / rev.fwd,
+            row.scp_cpu.machine / rev.scp_cpu.machine,
+            row.fwd_cpu.machine / rev.fwd_cpu.machine,
+        );
+    }
+    if !cluster {
+        return Ok(());
+    }
 
     // A cluster: the board on relay 1; the engineer on relay 1, then on relay 2.
     let pg = Postgres::start()?;
@@ -220,6 +461,10 @@ fn main() -> Result<()> {
     board.start()?;
     board.wait_online()?;
     let ccfg = clustered.ssh_config.display().to_string();
+    let both = vec![
+        r1.pid().context("relay 1 pid")?,
+        r2.pid().context("relay 2 pid")?,
+    ];
     let cluster_target = |label, relay: &Relay| Target {
         label,
         ssh_args: vec![
@@ -235,40 +480,27 @@ fn main() -> Result<()> {
             relay.ssh_port.to_string(),
         ],
         dest: "bench-cluster@127.0.0.1".into(),
+        relays: both.clone(),
     };
     let same = cluster_target("cluster, same relay", &r1);
     let other = cluster_target("cluster, other relay", &r2);
-    for t in [&same, &other] {
-        let (p50, p99) = keystroke_rtt(t)?;
-        let scp = scp_upload(t, &file, remote.path())?;
-        let fwd = forward_throughput(t, sink_port, &sink_done)?;
-        println!(
-            "{:<30} {:>12} {:>12} {:>12.1} {:>12.1}",
-            t.label,
-            p50.as_micros(),
-            p99.as_micros(),
-            scp,
-            fwd
-        );
-        rows.push((p50, p99, scp, fwd));
-    }
-    let (same_row, other_row) = (rows[3], rows[4]);
+    let cluster_targets = [&same, &other];
+    let cluster_rows = measure(
+        &cluster_targets,
+        rounds,
+        &file,
+        remote.path(),
+        sink_port,
+        &sink_done,
+    )?;
+    print_rows(&cluster_targets, &cluster_rows);
+    let (same_row, other_row) = (cluster_rows[0], cluster_rows[1]);
     println!(
         "other relay vs same relay: RTT p50 +{} µs, p99 +{} µs; scp {:.2}x; -L {:.2}x",
-        other_row.0.as_micros() as i128 - same_row.0.as_micros() as i128,
-        other_row.1.as_micros() as i128 - same_row.1.as_micros() as i128,
-        other_row.2 / same_row.2,
-        other_row.3 / same_row.3
+        other_row.p50.as_micros() as i128 - same_row.p50.as_micros() as i128,
+        other_row.p99.as_micros() as i128 - same_row.p99.as_micros() as i128,
+        other_row.scp / same_row.scp,
+        other_row.fwd / same_row.fwd
     );
-    for (t, row) in [&via_relay, &via_ws].iter().zip(&rows[1..]) {
-        println!(
-            "{}: RTT overhead p50 {} µs, p99 {} µs; scp {:.2}x direct; -L {:.2}x direct",
-            t.label,
-            row.0.as_micros() as i128 - base.0.as_micros() as i128,
-            row.1.as_micros() as i128 - base.1.as_micros() as i128,
-            row.2 / base.2,
-            row.3 / base.3
-        );
-    }
     Ok(())
 }

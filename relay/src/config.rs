@@ -174,9 +174,9 @@ pub struct SshConfig {
     /// Unanswered keepalives after which a peer is considered gone.
     pub keepalive_max: u32,
     /// Also offer the older algorithms some clients still need: finite-field
-    /// Diffie-Hellman key exchange (group14, group16, group18) and encrypt-and-MAC
-    /// `hmac-sha2-256`/`-512`. Off by default: every OpenSSH since 7.4 and every agent speaks
-    /// curve25519 and the encrypt-then-MAC or AEAD modes.
+    /// Diffie-Hellman key exchange (group14, group16, group18), the AES-CTR ciphers with their
+    /// MACs and encrypt-and-MAC `hmac-sha2-256`/`-512`. Off by default: every OpenSSH since 7.4
+    /// and every agent speaks curve25519 and AES-GCM.
     pub legacy_algorithms: bool,
 }
 

@@ -226,3 +226,91 @@ pub fn memory_kib(pid: u32) -> Result<(u64, u64)> {
     };
     Ok((field("VmRSS:")?, field("VmHWM:")?))
 }
+
+/// CPU time of process `pid` from `/proc/PID/stat`, in clock ticks: its own (utime + stime,
+/// all threads), its reaped children's (cutime + cstime), and its parent's pid.
+fn proc_stat_cpu(pid: u32) -> Option<(u64, u64, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name in parentheses may hold spaces; the fields after it do not.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let num = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+    let ppid = u32::try_from(num(1)?).ok()?;
+    Some((num(11)? + num(12)?, num(13)? + num(14)?, ppid))
+}
+
+/// Clock ticks per second, the unit of `/proc/PID/stat` times.
+fn clock_ticks() -> f64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .map(|t| t as f64)
+        .unwrap_or(100.0)
+}
+
+/// CPU-seconds process `pid` has spent itself (all threads), without its children.
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
+    let (own, _, _) = proc_stat_cpu(pid).with_context(|| format!("reading /proc/{pid}/stat"))?;
+    Ok(own as f64 / clock_ticks())
+}
+
+/// CPU-seconds process `pid` has spent itself and through the children it has reaped (the
+/// agent and the sftp children it waited for, sshd and its per-connection processes).
+pub fn cpu_seconds_with_children(pid: u32) -> Result<f64> {
+    let (own, reaped, _) =
+        proc_stat_cpu(pid).with_context(|| format!("reading /proc/{pid}/stat"))?;
+    Ok((own + reaped) as f64 / clock_ticks())
+}
+
+/// Makes this process the reaper of its orphaned descendants, so that their CPU time stays
+/// visible to [`descendants_cpu_seconds`]: `ssh -J` starts its `ssh -W` and never waits for it,
+/// leaving it to whoever reaps orphans.
+pub fn adopt_orphans() -> Result<()> {
+    nix::sys::prctl::set_child_subreaper(true).context("PR_SET_CHILD_SUBREAPER")
+}
+
+/// CPU-seconds spent by every process this one started, directly or not: the live ones
+/// (zombies included) and the ones reaped by a process of the tree. This process's own time is
+/// not counted. Differences of two readings are the machine's cost of the work between them
+/// without what else runs on the machine; orphans count only after [`adopt_orphans`].
+pub fn descendants_cpu_seconds() -> Result<f64> {
+    let me = std::process::id();
+    let mut procs = Vec::new();
+    for entry in std::fs::read_dir("/proc")? {
+        let Some(pid) = entry?
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // A process may exit between listing and reading; it is then no longer in the tree
+        // (its time moved to its reaper, which is read too).
+        if let Some(stat) = proc_stat_cpu(pid) {
+            procs.push((pid, stat));
+        }
+    }
+    let parent: std::collections::HashMap<u32, u32> = procs
+        .iter()
+        .map(|(pid, (_, _, ppid))| (*pid, *ppid))
+        .collect();
+    let in_tree = |mut pid: u32| {
+        // Bounded: a pid chain is at most as long as the process table.
+        for _ in 0..procs.len() {
+            match parent.get(&pid) {
+                Some(&p) if p == me => return true,
+                Some(&p) if p > 1 => pid = p,
+                _ => return false,
+            }
+        }
+        false
+    };
+    let mut ticks = 0;
+    for (pid, (own, reaped, _)) in &procs {
+        if *pid == me {
+            ticks += reaped;
+        } else if in_tree(*pid) {
+            ticks += own + reaped;
+        }
+    }
+    Ok(ticks as f64 / clock_ticks())
+}

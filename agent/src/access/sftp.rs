@@ -426,28 +426,73 @@ where
     russh_sftp::server::run(stream, SftpSession::new(home)).await;
 }
 
+/// Read buffer of the child's stdin: a 4-byte length and a 32 KiB write request come in one
+/// pipe read instead of two.
+const STDIN_BUFFER: usize = 64 * 1024;
+
 /// Serves SFTP on this process's stdin and stdout (the `agent sftp-server` child).
 pub async fn serve_stdio(home: PathBuf) -> Result<(), SftpError> {
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-    let stream = StdioStream {
-        stdin: tokio::io::stdin(),
-        stdout: tokio::io::stdout(),
-        _done: done_tx,
-    };
-    serve(stream, home).await;
+    match stdio_pipes() {
+        // The embedded server starts the child with pipes: read and write them without
+        // blocking, on the runtime thread. tokio's stdin and stdout hand every read and write
+        // to a blocking thread, which cost more CPU than the sftp work itself.
+        Some((stdin, stdout)) => {
+            let stream = StdioStream {
+                stdin: tokio::io::BufReader::with_capacity(STDIN_BUFFER, stdin),
+                stdout,
+                _done: done_tx,
+            };
+            serve(stream, home).await;
+        }
+        // Started by hand on a terminal or a file.
+        None => {
+            let stream = StdioStream {
+                stdin: tokio::io::stdin(),
+                stdout: tokio::io::stdout(),
+                _done: done_tx,
+            };
+            serve(stream, home).await;
+        }
+    }
     // russh-sftp serves in a task of its own; it drops the stream when the client is gone.
     let _ = done_rx.await;
     Ok(())
 }
 
+/// stdin and stdout as non-blocking pipes, when both are pipes.
+fn stdio_pipes() -> Option<(
+    tokio::net::unix::pipe::Receiver,
+    tokio::net::unix::pipe::Sender,
+)> {
+    use nix::sys::stat::SFlag;
+    use std::os::fd::AsFd;
+    let stdin = std::io::stdin().as_fd().try_clone_to_owned().ok()?;
+    let stdout = std::io::stdout().as_fd().try_clone_to_owned().ok()?;
+    let is_pipe = |fd: &std::os::fd::OwnedFd| {
+        nix::sys::stat::fstat(fd)
+            .map(|st| {
+                SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFIFO
+            })
+            .unwrap_or(false)
+    };
+    if !is_pipe(&stdin) || !is_pipe(&stdout) {
+        return None;
+    }
+    // Both are checked first, so a failure here leaves neither descriptor non-blocking.
+    let stdin = tokio::net::unix::pipe::Receiver::from_owned_fd(stdin).ok()?;
+    let stdout = tokio::net::unix::pipe::Sender::from_owned_fd(stdout).ok()?;
+    Some((stdin, stdout))
+}
+
 /// stdin and stdout as one stream; dropping it tells `serve_stdio` the session is over.
-struct StdioStream {
-    stdin: tokio::io::Stdin,
-    stdout: tokio::io::Stdout,
+struct StdioStream<R, W> {
+    stdin: R,
+    stdout: W,
     _done: tokio::sync::oneshot::Sender<()>,
 }
 
-impl tokio::io::AsyncRead for StdioStream {
+impl<R: tokio::io::AsyncRead + Unpin, W: Unpin> tokio::io::AsyncRead for StdioStream<R, W> {
     fn poll_read(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -457,7 +502,7 @@ impl tokio::io::AsyncRead for StdioStream {
     }
 }
 
-impl tokio::io::AsyncWrite for StdioStream {
+impl<R: Unpin, W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for StdioStream<R, W> {
     fn poll_write(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,

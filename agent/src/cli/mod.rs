@@ -127,7 +127,16 @@ pub fn main() -> ExitCode {
     // Both ring and aws-lc-rs may be compiled in through dependencies; pick one explicitly so
     // rustls never has to guess (it panics when it would have to).
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let runtime = match tokio::runtime::Runtime::new() {
+    // The sftp child serves one client, one request at a time: a single-threaded runtime
+    // spares it the wake-ups between worker threads on every request.
+    let runtime = if matches!(cli.command, Command::SftpServer { .. }) {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Runtime::new()
+    };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -265,7 +265,14 @@ impl client::Handler for LinkHandler {
                 Ok(mut tcp) => {
                     reply.accept().await;
                     let mut stream = channel.into_stream();
-                    if let Err(e) = tokio::io::copy_bidirectional(&mut stream, &mut tcp).await {
+                    if let Err(e) = tokio::io::copy_bidirectional_with_sizes(
+                        &mut stream,
+                        &mut tcp,
+                        forward::COPY_BUFFER,
+                        forward::COPY_BUFFER,
+                    )
+                    .await
+                    {
                         tracing::debug!("forward to {host}:{connected_port} ended: {e}");
                     }
                 }

@@ -6,6 +6,10 @@
 
 use tokio::net::TcpStream;
 
+/// Copy buffer per direction of a forward: one read takes a whole 32 KiB SSH data packet, so
+/// each goes out as one write and one packet back; tokio's default 8 KiB made four.
+pub const COPY_BUFFER: usize = 32 * 1024;
+
 /// One allowed target: a host and a port, or any port of the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Target {

@@ -11,6 +11,10 @@ use super::front::Conn;
 use super::state::Peer;
 use crate::policy::{self, Permission};
 
+/// Copy buffer per direction of a forward: one read takes a whole 32 KiB SSH data packet (what
+/// OpenSSH sends), so each becomes one packet on the link; tokio's default 8 KiB made four.
+const FORWARD_BUFFER: usize = 32 * 1024;
+
 /// The device side of a forward: a channel on the device's link, or a stream through the
 /// relay that holds it.
 trait DeviceStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
@@ -183,9 +187,14 @@ impl Conn {
                     event("forward.open", serde_json::json!({ "to": to })).await;
                     let started = std::time::Instant::now();
                     let mut a = channel.into_stream();
-                    let (sent, received) = tokio::io::copy_bidirectional(&mut a, &mut b)
-                        .await
-                        .unwrap_or((0, 0));
+                    let (sent, received) = tokio::io::copy_bidirectional_with_sizes(
+                        &mut a,
+                        &mut b,
+                        FORWARD_BUFFER,
+                        FORWARD_BUFFER,
+                    )
+                    .await
+                    .unwrap_or((0, 0));
                     drop(channel_permit);
                     event(
                         "forward.close",
