@@ -124,9 +124,10 @@ pub fn main() -> ExitCode {
         // mode; sessions and applications get the login umask back (account::prepare_child).
         tether_protocol::private_fs::restrict_umask();
     }
-    // Both ring and aws-lc-rs may be compiled in through dependencies; pick one explicitly so
-    // rustls never has to guess (it panics when it would have to).
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    // The agent's provider is ring. aws-lc-rs is compiled in too when the agent is built
+    // together with the relay (the workspace's tests); pick one explicitly so rustls never has
+    // to guess (it panics when it would have to).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
