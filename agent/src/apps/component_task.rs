@@ -44,6 +44,9 @@ pub struct Shared {
     pub account: Account,
     /// Root, for steps with `requires_privilege` when `apps.allow_privileged` allows them.
     pub root: Option<Account>,
+    /// Counts changes of any component's record, so the control channel reports a change
+    /// when it happens instead of looking for one on a timer.
+    pub changes: watch::Sender<u64>,
 }
 
 /// Locks a record shared between the supervisor and a component's task; a panic elsewhere
@@ -82,6 +85,7 @@ impl ComponentCtx {
         if let Err(e) = component::save(&self.layout, &snapshot) {
             tracing::error!("component {}: saving its record: {e}", snapshot.name);
         }
+        self.shared.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Records a new state (and logs it).

@@ -149,6 +149,7 @@ impl Supervisor {
                 producer,
                 account,
                 root,
+                changes: watch::channel(0).0,
             }),
             slots: Arc::new(Mutex::new(BTreeMap::new())),
             reconcile: Arc::new(Mutex::new(())),
@@ -208,7 +209,25 @@ impl Supervisor {
                 tracing::error!("component {name}: {e}");
             }
         }
+        self.mark_changed();
         Ok(())
+    }
+
+    /// Changes whenever a component's record may have changed (state, errors, restarts,
+    /// configuration, a component deployed or removed).
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.shared.changes.subscribe()
+    }
+
+    /// Passes `outcome` through once an operation is over, telling [`Self::changes`] that
+    /// records may have changed, whether it succeeded or not.
+    fn changed_after<T>(&self, outcome: T) -> T {
+        self.mark_changed();
+        outcome
+    }
+
+    fn mark_changed(&self) {
+        self.shared.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// The deployed components with a hard dependency on `name`, directly or through others.
@@ -222,31 +241,31 @@ impl Supervisor {
     /// fails to install, start or stay up for `apps.settle_time`.
     pub async fn deploy(&self, req: DeployRequest) -> Result<ComponentStatus, SupervisorError> {
         let this = self.clone();
-        run_to_completion(async move { this.deploy_now(req).await }).await
+        run_to_completion(async move { this.changed_after(this.deploy_now(req).await) }).await
     }
 
     /// See the operation of the same name; runs to completion even if the caller goes away.
     pub async fn start(&self, name: &str) -> Result<ComponentStatus, SupervisorError> {
         let (this, name) = (self.clone(), name.to_string());
-        run_to_completion(async move { this.start_now(&name).await }).await
+        run_to_completion(async move { this.changed_after(this.start_now(&name).await) }).await
     }
 
     /// See the operation of the same name; runs to completion even if the caller goes away.
     pub async fn stop(&self, name: &str) -> Result<ComponentStatus, SupervisorError> {
         let (this, name) = (self.clone(), name.to_string());
-        run_to_completion(async move { this.stop_now(&name).await }).await
+        run_to_completion(async move { this.changed_after(this.stop_now(&name).await) }).await
     }
 
     /// See the operation of the same name; runs to completion even if the caller goes away.
     pub async fn restart(&self, name: &str) -> Result<ComponentStatus, SupervisorError> {
         let (this, name) = (self.clone(), name.to_string());
-        run_to_completion(async move { this.restart_now(&name).await }).await
+        run_to_completion(async move { this.changed_after(this.restart_now(&name).await) }).await
     }
 
     /// See the operation of the same name; runs to completion even if the caller goes away.
     pub async fn remove(&self, name: &str) -> Result<(), SupervisorError> {
         let (this, name) = (self.clone(), name.to_string());
-        run_to_completion(async move { this.remove_now(&name).await }).await
+        run_to_completion(async move { this.changed_after(this.remove_now(&name).await) }).await
     }
 
     /// Held while a desired state is being applied, so only one application of the relay's

@@ -124,9 +124,10 @@ pub fn main() -> ExitCode {
         // mode; sessions and applications get the login umask back (account::prepare_child).
         tether_protocol::private_fs::restrict_umask();
     }
-    // Both ring and aws-lc-rs may be compiled in through dependencies; pick one explicitly so
-    // rustls never has to guess (it panics when it would have to).
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    // The agent's provider is ring. aws-lc-rs is compiled in too when the agent is built
+    // together with the relay (the workspace's tests); pick one explicitly so rustls never has
+    // to guess (it panics when it would have to).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     // The sftp child serves one client, one request at a time: a single-threaded runtime
     // spares it the wake-ups between worker threads on every request.
     let runtime = if matches!(cli.command, Command::SftpServer { .. }) {
@@ -168,15 +169,41 @@ fn touches_state(command: &Command) -> bool {
 }
 
 fn init_logging(quiet: bool) {
-    let default = if quiet { "warn" } else { "info" };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    use tracing_subscriber::filter::LevelFilter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let default = if quiet {
+        LevelFilter::WARN
+    } else {
+        LevelFilter::INFO
+    };
+    let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref(), default);
     // Colour codes only for a person watching: a log file or journal gets plain text.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let _ = tracing_subscriber::registry()
+        .with(fmt)
+        .with(filter)
         .try_init();
+}
+
+/// The log filter `RUST_LOG` asks for (`info`, `debug,russh=warn`, `tether_agent::link=trace`:
+/// a default level and levels per module), else `default` for everything. These are `Targets`,
+/// not an `EnvFilter`: the agent does without the regular-expression engine that span and field
+/// filters would need.
+fn log_filter(
+    rust_log: Option<&str>,
+    default: tracing_subscriber::filter::LevelFilter,
+) -> tracing_subscriber::filter::Targets {
+    match rust_log.filter(|v| !v.trim().is_empty()).map(str::parse) {
+        Some(Ok(targets)) => targets,
+        Some(Err(e)) => {
+            eprintln!("warning: ignoring RUST_LOG: {e}");
+            tracing_subscriber::filter::Targets::new().with_default(default)
+        }
+        None => tracing_subscriber::filter::Targets::new().with_default(default),
+    }
 }
 
 fn load_config(cli: &Cli) -> Result<AgentConfig> {
@@ -255,5 +282,34 @@ mod tests {
     fn the_command_line_is_well_formed() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn rust_log_sets_a_default_level_and_levels_per_module() {
+        use tracing_subscriber::filter::LevelFilter;
+        let f = log_filter(Some("info,russh=warn"), LevelFilter::ERROR);
+        assert!(f.would_enable("tether_agent::link", &tracing::Level::INFO));
+        assert!(!f.would_enable("russh::client", &tracing::Level::INFO));
+        assert!(f.would_enable("russh::client", &tracing::Level::WARN));
+
+        let f = log_filter(Some("tether_agent::link=trace"), LevelFilter::INFO);
+        assert!(f.would_enable("tether_agent::link::run", &tracing::Level::TRACE));
+        assert!(!f.would_enable("tether_agent::apps", &tracing::Level::ERROR));
+    }
+
+    #[test]
+    fn without_a_usable_rust_log_the_default_level_applies() {
+        use tracing_subscriber::filter::LevelFilter;
+        for rust_log in [None, Some(""), Some("link=loud")] {
+            let f = log_filter(rust_log, LevelFilter::WARN);
+            assert!(
+                f.would_enable("tether_agent", &tracing::Level::WARN),
+                "{rust_log:?}"
+            );
+            assert!(
+                !f.would_enable("tether_agent", &tracing::Level::INFO),
+                "{rust_log:?}"
+            );
+        }
     }
 }

@@ -39,9 +39,9 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 /// How long a download may go without a chunk before it counts as failed.
 const CHUNK_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// How often the component states are reported when nothing else happens (only when they
-/// changed).
-const REPORT_EVERY: Duration = Duration::from_secs(5);
+/// How often the inventory is collected again (disk space and addresses change; a minute is
+/// fresh enough). Component states are reported when they change, not on a timer.
+const INVENTORY_EVERY: Duration = Duration::from_secs(60);
 
 /// Why the control channel stopped.
 #[derive(Debug, Error)]
@@ -69,10 +69,6 @@ struct Reconciler {
     inventory: Option<Inventory>,
     config: AgentConfig,
 }
-
-/// Inventory is collected again after this many report ticks (disk space and addresses
-/// change; a minute is fresh enough).
-const INVENTORY_EVERY_TICKS: u32 = 12;
 
 async fn collect_inventory() -> Option<Inventory> {
     tokio::task::spawn_blocking(crate::fleet::inventory::collect)
@@ -130,8 +126,15 @@ pub async fn run(
         crate::fleet::actions::delivered(&r.state_dir, &id);
     }
     let mut last_report = None;
-    let mut tick = tokio::time::interval(REPORT_EVERY);
-    let mut ticks = 0u32;
+    let mut changes = r.supervisor.changes();
+    // The first report goes out at once; later ones when a component changed, or with a new
+    // inventory.
+    changes.mark_changed();
+    let mut inventory_tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + INVENTORY_EVERY,
+        INVENTORY_EVERY,
+    );
+    inventory_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let result = loop {
         if reader.is_finished() {
             break Err(ReconcileError::Closed);
@@ -172,20 +175,19 @@ pub async fn run(
                     }
                 });
             }
-            _ = tick.tick() => {
-                ticks += 1;
-                if ticks.is_multiple_of(INVENTORY_EVERY_TICKS)
-                    && let Some(fresh) = collect_inventory().await
+            Ok(()) = changes.changed() => {
+                if let Err(e) = r.report_if_changed(&mut last_report).await {
+                    break Err(e);
+                }
+            }
+            _ = inventory_tick.tick() => {
+                if let Some(fresh) = collect_inventory().await
                     && crate::fleet::inventory::is_news(r.inventory.as_ref(), &fresh)
                 {
                     r.inventory = Some(fresh);
-                }
-                let report = r.report_now(None).await;
-                if last_report.as_ref() != Some(&report) {
-                    if let Err(e) = r.send(&ControlFrame::Reported { state: Box::new(report.clone()) }).await {
+                    if let Err(e) = r.report_if_changed(&mut last_report).await {
                         break Err(e);
                     }
-                    last_report = Some(report);
                 }
             }
         }
@@ -246,6 +248,22 @@ impl Reconciler {
         })
         .await?;
         Ok(Some(report))
+    }
+
+    /// Sends the report as of now unless it is the one sent last.
+    async fn report_if_changed(
+        &self,
+        last_report: &mut Option<ReportedState>,
+    ) -> Result<(), ReconcileError> {
+        let report = self.report_now(None).await;
+        if last_report.as_ref() != Some(&report) {
+            self.send(&ControlFrame::Reported {
+                state: Box::new(report.clone()),
+            })
+            .await?;
+            *last_report = Some(report);
+        }
+        Ok(())
     }
 
     async fn send(&self, f: &ControlFrame) -> Result<(), ReconcileError> {

@@ -6,11 +6,13 @@
 //! [`record_line`] format), from the agent's own sources through a [`producer::Producer`]:
 //! the [`journal`] follower, the system metrics collector ([`sysmetrics`]) and application
 //! output (captured in [`crate::apps::output`]). Streams of lines from processes the agent does
-//! not control are read in bounded memory by [`line_reader`].
+//! not control are read in bounded memory by [`line_reader`]. The uploader learns of new
+//! records, whoever wrote them, from [`outbox_watch`].
 
 pub mod journal;
 pub mod line_reader;
 pub mod outbox;
+pub mod outbox_watch;
 pub mod producer;
 pub mod record_line;
 pub mod socket;

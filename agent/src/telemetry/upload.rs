@@ -25,9 +25,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::backoff::Backoff;
 use crate::config::TelemetryConfig;
 use crate::telemetry::outbox::{Limits, Outbox, OutboxError};
+use crate::telemetry::outbox_watch::OutboxWatch;
 
-/// How often an idle uploader looks for new records (producers may be other processes).
-const POLL: Duration = Duration::from_millis(100);
 /// First wait before a closed telemetry channel is reopened on the same link.
 const REOPEN_FIRST: Duration = Duration::from_millis(200);
 /// Longest wait before a closed telemetry channel is reopened.
@@ -121,6 +120,8 @@ pub async fn run(
     cfg: TelemetryConfig,
 ) -> Result<u64, UploadError> {
     let limits = Limits::from_config(&cfg);
+    // Watching starts before the first read, so no record committed after that read is missed.
+    let mut changes = OutboxWatch::new(&outbox_path);
     let open = |path: PathBuf| tokio::task::spawn_blocking(move || Outbox::open(&path, limits));
     let writer_box = Arc::new(Mutex::new(
         open(outbox_path.clone())
@@ -179,7 +180,7 @@ pub async fn run(
         };
         let Some(last) = batch.last().map(|r| r.seq) else {
             tokio::select! {
-                _ = tokio::time::sleep(POLL) => {}
+                () = changes.changed() => {}
                 changed = acked_rx.changed() => if changed.is_err() { break Ok(()); },
             }
             continue;
