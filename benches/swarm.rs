@@ -243,6 +243,18 @@ fn orchestrate() -> Result<()> {
     let limit = raise_open_files()?;
     let procs = boards.div_ceil(per_proc);
     eprintln!("swarm: {boards} boards from {procs} processes, {ramp}/s, open-file limit {limit}");
+    // Each board's outbox uploader holds one inotify instance; past the per-user limit it
+    // polls instead, which costs the simulating processes CPU (not the relay).
+    let watches: usize = std::fs::read_to_string("/proc/sys/fs/inotify/max_user_instances")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    if watches < boards {
+        eprintln!(
+            "swarm: fs.inotify.max_user_instances is {watches}: boards beyond it poll their outbox \
+             every 100 ms (raise it with sysctl for idle boards to be idle)"
+        );
+    }
 
     let mut relay = Relay::start_with_config("ssh:\n  keepalive_interval: 15s\n")?;
     let pid = relay.pid().context("relay not running")?;

@@ -139,6 +139,10 @@ pub async fn run(
         if reader.is_finished() {
             break Err(ReconcileError::Closed);
         }
+        // Set while the board runs a new OS on trial: whether it is committed (by the agent
+        // at boot, or by `agent ota commit` from another process) is looked at again every
+        // few seconds, as nothing else wakes the channel for it.
+        let mut os_on_trial = false;
         let pending = desired_rx.borrow_and_update().clone();
         if let Some(desired) = pending {
             // An install a previous channel started may still be running: wait for it, then
@@ -152,6 +156,7 @@ pub async fn run(
                     last_report = Some(report);
                     continue;
                 }
+                os_on_trial = true;
             }
             if desired.version > applied.version {
                 match r.apply(desired, applied, guard).await {
@@ -175,6 +180,7 @@ pub async fn run(
                     }
                 });
             }
+            () = tokio::time::sleep(PROGRESS_EVERY), if os_on_trial => {}
             Ok(()) = changes.changed() => {
                 if let Err(e) = r.report_if_changed(&mut last_report).await {
                     break Err(e);
