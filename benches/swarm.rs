@@ -196,17 +196,6 @@ async fn produce(g: usize, socket: PathBuf, flag: PathBuf, every: Duration) {
 // ---- the orchestrator --------------------------------------------------------------------------
 
 /// CPU seconds (user + system) process `pid` has used.
-fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = stat.rsplit_once(')').context("malformed stat")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| -> Result<f64> { Ok(fields.get(i).context("short stat")?.parse()?) };
-    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
-    let hz = 100.0;
-    Ok((ticks(11)? + ticks(12)?) / hz)
-}
-
 fn online(relay: &Relay) -> usize {
     relay
         .metric("tether_devices_online")
