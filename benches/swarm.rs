@@ -13,6 +13,9 @@
 //! 4. reconnect storm: the relay is SIGKILLed and started again; the time until every board is
 //!    linked again.
 //!
+//! The boards and the relay keep their default keepalive intervals unless
+//! `TETHER_SWARM_KEEPALIVE_S` (the boards') or `TETHER_SWARM_RELAY_KEEPALIVE_S` set them.
+//!
 //! Run with `cargo bench --bench swarm`; `TETHER_SWARM_BOARDS` (default 15000) and
 //! `TETHER_SWARM_PER_PROC` (boards per simulating process, default 1500: each board holds
 //! about ten descriptors there, against this machine's hard limit of 20,000).
@@ -132,6 +135,11 @@ async fn board(
     };
     config.link.bind_address = Some(source_address(g));
     config.telemetry.system_metrics_interval = Duration::ZERO;
+    if let Ok(s) = std::env::var("TETHER_SWARM_KEEPALIVE_S")
+        && let Ok(s) = s.parse::<f64>()
+    {
+        config.link.keepalive_interval = Some(Duration::from_secs_f64(s));
+    }
     if let Err(e) = std::fs::create_dir_all(&config.state_dir) {
         eprintln!("board {g}: {e}");
         return;
@@ -195,7 +203,7 @@ async fn produce(g: usize, socket: PathBuf, flag: PathBuf, every: Duration) {
 
 // ---- the orchestrator --------------------------------------------------------------------------
 
-/// CPU seconds (user + system) process `pid` has used.
+/// How many devices `relay` reports online.
 fn online(relay: &Relay) -> usize {
     relay
         .metric("tether_devices_online")
@@ -245,7 +253,12 @@ fn orchestrate() -> Result<()> {
         );
     }
 
-    let mut relay = Relay::start_with_config("ssh:\n  keepalive_interval: 15s\n")?;
+    // The relay's and the boards' keepalive intervals are their defaults unless set here.
+    let relay_config = match std::env::var("TETHER_SWARM_RELAY_KEEPALIVE_S") {
+        Ok(s) => format!("ssh:\n  keepalive_interval: {s}s\n"),
+        Err(_) => String::new(),
+    };
+    let mut relay = Relay::start_with_config(&relay_config)?;
     let pid = relay.pid().context("relay not running")?;
     relay.tenant("acme")?;
     let token = relay

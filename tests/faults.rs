@@ -357,3 +357,62 @@ fn devices_from_a_require_accept_token_wait_for_acceptance() -> Result<()> {
     a.wait_online()?;
     Ok(())
 }
+
+/// The keepalive timer of every established TCP connection on 127.0.0.1 with `local` (or,
+/// when `local` is `None`, with `remote`) port `port`, in seconds; `None` for a connection
+/// whose kernel keepalive is off. Read from /proc/net/tcp, where timer kind 2 is keepalive.
+fn keepalive_timers(port: u16, local: bool) -> Result<Vec<Option<f64>>> {
+    let table = std::fs::read_to_string("/proc/net/tcp")?;
+    let mut timers = Vec::new();
+    for line in table.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (Some(l), Some(r), Some(state), Some(timer)) = (f.get(1), f.get(2), f.get(3), f.get(5))
+        else {
+            continue;
+        };
+        let port_of = |a: &str| {
+            a.split(':')
+                .nth(1)
+                .and_then(|p| u16::from_str_radix(p, 16).ok())
+        };
+        let ours = if local { port_of(l) } else { port_of(r) };
+        if *state != "01" || ours != Some(port) {
+            continue;
+        }
+        let (kind, when) = timer.split_once(':').unwrap_or(("0", "0"));
+        let ticks = u64::from_str_radix(when, 16).unwrap_or(0);
+        // /proc/net/tcp counts in USER_HZ, 100 per second on Linux.
+        timers.push((kind == "02").then_some(ticks as f64 / 100.0));
+    }
+    Ok(timers)
+}
+
+/// An idle link is watched by the kernel on both ends (TCP keepalive, `link.tcp_keepalive` and
+/// `ssh.tcp_keepalive`, 60 s by default), so that a dead path or a powered-off board is noticed
+/// without the SSH keepalive having to wake either process often; over WebSocket the relay's
+/// HTTP port arms it likewise.
+#[test]
+fn idle_links_are_watched_by_the_kernel_on_both_ends() -> Result<()> {
+    for transport in [Transport::Tcp, Transport::WebSocket] {
+        let s = Setup::new(transport)?;
+        let port = match transport {
+            Transport::Tcp => s.relay.ssh_port,
+            Transport::WebSocket => s.relay.http_port,
+        };
+        let relay_side = keepalive_timers(port, true)?;
+        let agent_side = keepalive_timers(port, false)?;
+        ensure!(
+            !relay_side.is_empty() && !agent_side.is_empty(),
+            "{transport:?}: no established link on port {port}"
+        );
+        for (side, timers) in [("relay", &relay_side), ("agent", &agent_side)] {
+            ensure!(
+                timers
+                    .iter()
+                    .all(|t| t.is_some_and(|s| s > 0.0 && s <= 60.0)),
+                "{transport:?}: the {side}'s end of the link has no kernel keepalive within 60 s: {timers:?}"
+            );
+        }
+    }
+    Ok(())
+}

@@ -238,11 +238,17 @@ impl Default for TelemetryConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LinkConfig {
-    /// Keepalive probe interval (keeps NAT and load-balancer state alive). Default 15s.
-    #[serde(with = "humantime_serde")]
-    pub keepalive_interval: Duration,
+    /// SSH keepalive interval: shows that the relay process still answers, and keeps HTTP
+    /// proxies from timing the link out. Default: 120s on `ssh://` links, 30s on WebSocket
+    /// links (below the 60 s idle timeout of common HTTP load balancers).
+    #[serde(default, with = "humantime_serde")]
+    pub keepalive_interval: Option<Duration>,
     /// Unanswered keepalives before the link counts as dead. Default 3.
     pub keepalive_max: u32,
+    /// Silence after which the kernel probes the link's TCP connection (it then drops a dead
+    /// one within half as long again), without waking the agent; 0s leaves it off. Default 60s.
+    #[serde(with = "humantime_serde")]
+    pub tcp_keepalive: Duration,
     /// Time allowed for connecting and the SSH handshake. Default 15s.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -315,8 +321,9 @@ impl Default for AgentConfig {
 impl Default for LinkConfig {
     fn default() -> Self {
         Self {
-            keepalive_interval: Duration::from_secs(15),
+            keepalive_interval: None,
             keepalive_max: 3,
+            tcp_keepalive: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(15),
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
@@ -351,7 +358,7 @@ impl AgentConfig {
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let invalid = |key: &str, message: String| ConfigError::invalid(path, key, message);
         let link = &self.link;
-        if link.keepalive_interval.is_zero() {
+        if link.keepalive_interval.is_some_and(|d| d.is_zero()) {
             return Err(invalid(
                 "link.keepalive_interval",
                 "must be greater than zero".into(),
@@ -550,7 +557,8 @@ mod tests {
         assert_eq!(c, AgentConfig::default());
         assert_eq!(c.forward.allow, vec!["127.0.0.1:22"]);
         assert_eq!(c.shell.accept_env, vec!["LANG", "LC_*"]);
-        assert_eq!(c.link.keepalive_interval, Duration::from_secs(15));
+        assert_eq!(c.link.keepalive_interval, None);
+        assert_eq!(c.link.tcp_keepalive, Duration::from_secs(60));
         Ok(())
     }
 
@@ -564,12 +572,14 @@ mod tests {
     #[test]
     fn full_file() -> Result<(), ConfigError> {
         let c = parse(
-            "state_dir: /data/tether\nlink:\n  keepalive_interval: 20s\n  keepalive_max: 4\n  connect_timeout: 5s\n  \
+            "state_dir: /data/tether\nlink:\n  keepalive_interval: 20s\n  keepalive_max: 4\n  tcp_keepalive: 0s\n  connect_timeout: 5s\n  \
              backoff_initial: 500ms\n  backoff_max: 2m\nshell:\n  user: operator\n  shell: /bin/bash\n  env:\n    \
              SITE: lab\n  accept_env: []\nforward:\n  allow: ['127.0.0.1:80', 'localhost:*']\n",
         )?;
         assert_eq!(c.state_dir, PathBuf::from("/data/tether"));
         assert_eq!(c.link.backoff_max, Duration::from_secs(120));
+        assert_eq!(c.link.keepalive_interval, Some(Duration::from_secs(20)));
+        assert_eq!(c.link.tcp_keepalive, Duration::ZERO);
         assert_eq!(c.shell.user.as_deref(), Some("operator"));
         assert_eq!(c.shell.env.get("SITE").map(String::as_str), Some("lab"));
         assert!(c.shell.accept_env.is_empty());

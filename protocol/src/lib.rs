@@ -16,6 +16,7 @@
 //! - [`rotate`]: the JSON messages of device key rotation.
 //! - [`recipe`]: application recipes (artifacts, lifecycle steps, placeholders, dependencies).
 //! - [`shutdown`]: the stop signals both programs obey.
+//! - [`tcp_keepalive`]: the kernel keepalive both ends arm on a link's socket.
 //! - [`telemetry`]: telemetry records and the frames of the telemetry channel.
 //! - [`ws`]: the SSH byte stream carried in WebSocket binary messages.
 
@@ -35,6 +36,7 @@ pub mod recipe;
 pub mod report;
 pub mod rotate;
 pub mod shutdown;
+pub mod tcp_keepalive;
 pub mod telemetry;
 pub mod ws;
 

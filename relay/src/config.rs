@@ -168,11 +168,17 @@ where
 pub struct SshConfig {
     /// Address to listen on.
     pub listen: SocketAddr,
-    /// Interval of keepalive probes to silent peers.
+    /// Interval of SSH keepalive probes to silent peers. Longer than the boards' own (120s),
+    /// so that a board's keepalive, not the relay's, makes an idle link's one round trip.
     #[serde(with = "humantime_serde")]
     pub keepalive_interval: Duration,
     /// Unanswered keepalives after which a peer is considered gone.
     pub keepalive_max: u32,
+    /// Silence after which the kernel probes a connection (SSH port and HTTP port, so also
+    /// WebSocket links) and drops a dead one within half as long again, without waking the
+    /// relay; 0s leaves it off.
+    #[serde(with = "humantime_serde")]
+    pub tcp_keepalive: Duration,
     /// Also offer the older algorithms some clients still need: finite-field
     /// Diffie-Hellman key exchange (group14, group16, group18), the AES-CTR ciphers with their
     /// MACs and encrypt-and-MAC `hmac-sha2-256`/`-512`. Off by default: every OpenSSH since 7.4
@@ -254,8 +260,9 @@ impl Default for SshConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 2222)),
-            keepalive_interval: Duration::from_secs(30),
+            keepalive_interval: Duration::from_secs(180),
             keepalive_max: 3,
+            tcp_keepalive: Duration::from_secs(60),
             legacy_algorithms: false,
         }
     }

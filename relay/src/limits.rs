@@ -504,4 +504,46 @@ mod tests {
         drop(c1);
         assert!(c.open(1).is_ok());
     }
+
+    /// At most `max_handshakes` connections wait for a place; the next one is refused at once
+    /// rather than queued, and a waiter gets the place given back.
+    #[tokio::test]
+    async fn a_full_waiting_queue_refuses_at_once() -> Result<(), LimitHit> {
+        use std::sync::atomic::Ordering;
+        use std::time::Duration;
+        let l = Limits::new(LimitsConfig {
+            max_handshakes: 1,
+            max_handshakes_per_source: 0,
+            handshake_wait: Duration::from_secs(5),
+            ..LimitsConfig::default()
+        });
+        let held = l.handshake([192, 0, 2, 1].into())?;
+        let queued = l.clone();
+        let waiter =
+            tokio::spawn(async move { queued.handshake_queued([192, 0, 2, 2].into()).await });
+        for _ in 0..200 {
+            if l.handshakes_waiting.load(Ordering::Relaxed) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(l.handshakes_waiting.load(Ordering::Relaxed), 1);
+
+        let t = Instant::now();
+        let refused = l.handshake_queued([192, 0, 2, 3].into()).await;
+        assert!(refused.is_err_and(|h| h.0.contains("limits.max_handshakes)")));
+        assert!(
+            t.elapsed() < Duration::from_millis(200),
+            "{:?}",
+            t.elapsed()
+        );
+        // The refused one left the queue as it was.
+        assert_eq!(l.handshakes_waiting.load(Ordering::Relaxed), 1);
+
+        drop(held);
+        let given = tokio::time::timeout(Duration::from_secs(2), waiter).await;
+        assert!(matches!(given, Ok(Ok(Ok(_)))));
+        assert_eq!(l.handshakes_waiting.load(Ordering::Relaxed), 0);
+        Ok(())
+    }
 }

@@ -279,9 +279,15 @@ pub async fn serve(config: RelayConfig, store: Arc<Store>) -> Result<()> {
         router,
         front.limits.clone(),
         config.http.trust_forwarded_for,
+        config.ssh.tcp_keepalive,
         stop_rx.clone(),
     ));
-    let ssh_task = tokio::spawn(accept_ssh(ssh_listener, front.clone(), stop_rx.clone()));
+    let ssh_task = tokio::spawn(accept_ssh(
+        ssh_listener,
+        front.clone(),
+        config.ssh.tcp_keepalive,
+        stop_rx.clone(),
+    ));
     let evict_front = front.clone();
     let mut evict_stop = stop_rx.clone();
     let evict_task = tokio::spawn(async move {
@@ -421,7 +427,12 @@ fn warn_if_readable(path: &std::path::Path, what: &str, fix: u32) {
     }
 }
 
-async fn accept_ssh(listener: TcpListener, front: Arc<Front>, mut stop: watch::Receiver<bool>) {
+async fn accept_ssh(
+    listener: TcpListener,
+    front: Arc<Front>,
+    tcp_keepalive: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -436,6 +447,9 @@ async fn accept_ssh(listener: TcpListener, front: Arc<Front>, mut stop: watch::R
         };
         // run_stream does not set TCP_NODELAY itself; interactive keystrokes need it.
         let _ = tcp.set_nodelay(true);
+        if let Err(e) = tether_protocol::tcp_keepalive::arm(&tcp, tcp_keepalive) {
+            tracing::debug!("tcp keepalive on the connection from {peer}: {e}");
+        }
         tokio::spawn(front.clone().serve(tcp, peer, "tcp"));
     }
 }

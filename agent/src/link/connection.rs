@@ -72,8 +72,21 @@ pub enum LinkError {
     Exchange(String),
 }
 
-/// Client-side SSH configuration shared by the link and enrollment.
-pub fn ssh_client_config(link: &LinkConfig) -> client::Config {
+/// The SSH keepalive interval of a link to `relay` when the configuration leaves it unset.
+///
+/// Each round trip wakes the relay once per board, so an idle fleet's relay CPU is set by this
+/// interval; the kernel's TCP keepalive (`link.tcp_keepalive`) notices a dead path sooner
+/// without waking anyone. WebSocket links usually cross an HTTP proxy or load balancer that
+/// drops a connection silent for 60 s, which the kernel's probes do not count as traffic.
+pub fn default_keepalive(relay: &RelayUrl) -> Duration {
+    match relay {
+        RelayUrl::Ssh { .. } => Duration::from_secs(120),
+        RelayUrl::WebSocket { .. } => Duration::from_secs(30),
+    }
+}
+
+/// Client-side SSH configuration shared by the link and enrollment, for a link to `relay`.
+pub fn ssh_client_config(link: &LinkConfig, relay: &RelayUrl) -> client::Config {
     let preferred = Preferred {
         // aes256-gcm is markedly faster than chacha20-poly1305 where AES instructions exist,
         // and the link carries every byte of every session of the device.
@@ -86,7 +99,10 @@ pub fn ssh_client_config(link: &LinkConfig) -> client::Config {
     };
     client::Config {
         client_id: SshId::Standard(format!("SSH-2.0-tether-agent_{}", crate::VERSION).into()),
-        keepalive_interval: Some(link.keepalive_interval),
+        keepalive_interval: Some(
+            link.keepalive_interval
+                .unwrap_or_else(|| default_keepalive(relay)),
+        ),
         keepalive_max: link.keepalive_max as usize,
         inactivity_timeout: None,
         preferred,
@@ -304,8 +320,14 @@ pub async fn open(
     ),
     LinkError,
 > {
-    let stream = transport::connect(relay, link.connect_timeout, link.bind_address).await?;
-    let config = Arc::new(ssh_client_config(link));
+    let stream = transport::connect(
+        relay,
+        link.connect_timeout,
+        link.bind_address,
+        link.tcp_keepalive,
+    )
+    .await?;
+    let config = Arc::new(ssh_client_config(link, relay));
     let (seen_tx, seen_rx) = tokio::sync::oneshot::channel();
     let handler = LinkHandler {
         host_key,

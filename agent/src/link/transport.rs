@@ -121,9 +121,10 @@ pub async fn connect(
     relay: &RelayUrl,
     timeout: Duration,
     bind: Option<IpAddr>,
+    tcp_keepalive: Duration,
 ) -> Result<Box<dyn LinkStream>, TransportError> {
     let what = relay.authority();
-    tokio::time::timeout(timeout, connect_inner(relay, bind))
+    tokio::time::timeout(timeout, connect_inner(relay, bind, tcp_keepalive))
         .await
         .map_err(|_| TransportError::Timeout(what))?
 }
@@ -131,9 +132,19 @@ pub async fn connect(
 async fn connect_inner(
     relay: &RelayUrl,
     bind: Option<IpAddr>,
+    tcp_keepalive: Duration,
 ) -> Result<Box<dyn LinkStream>, TransportError> {
+    let arm = |stream: TcpStream| {
+        tether_protocol::tcp_keepalive::arm(&stream, tcp_keepalive).map_err(|e| {
+            TransportError::Connect {
+                addr: relay.authority(),
+                source: std::io::Error::from(e),
+            }
+        })?;
+        Ok::<_, TransportError>(stream)
+    };
     match relay {
-        RelayUrl::Ssh { host, port } => Ok(Box::new(tcp(host, *port, bind).await?)),
+        RelayUrl::Ssh { host, port } => Ok(Box::new(arm(tcp(host, *port, bind).await?)?)),
         RelayUrl::WebSocket { url } => {
             let host = url.host_str().unwrap_or_default().to_string();
             let port = url.port_or_known_default().unwrap_or(80);
@@ -146,6 +157,7 @@ async fn connect_inner(
                 Some(proxy) => connect_via_proxy(&proxy, &host, port, bind).await?,
                 None => tcp(&host, port, bind).await?,
             };
+            let tcp = arm(tcp)?;
             let ws_err = |reason: String| TransportError::WebSocket {
                 url: url.to_string(),
                 reason,

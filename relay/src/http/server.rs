@@ -41,6 +41,7 @@ pub async fn serve(
     router: Router,
     limits: Arc<Limits>,
     trust_forwarded_for: bool,
+    tcp_keepalive: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut connections = tokio::task::JoinSet::new();
@@ -60,6 +61,10 @@ pub async fn serve(
             _ = stopped(&mut shutdown) => break,
         };
         let _ = tcp.set_nodelay(true);
+        // WebSocket links arrive here: a dead board is noticed by the kernel, as on the SSH port.
+        if let Err(e) = tether_protocol::tcp_keepalive::arm(&tcp, tcp_keepalive) {
+            tracing::debug!("tcp keepalive on the connection from {peer}: {e}");
+        }
         let permit = match limits.http_connection(peer.ip()) {
             Ok(p) => p,
             Err(hit) => {
