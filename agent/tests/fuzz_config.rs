@@ -109,7 +109,8 @@ fn valid_config() -> impl Strategy<Value = AgentConfig> {
                 ..AgentConfig::default()
             };
             let (interval, max, connect, backoff_a, backoff_b) = link;
-            c.link.keepalive_interval = interval;
+            c.link.keepalive_interval = Some(interval);
+            c.link.tcp_keepalive = connect;
             c.link.keepalive_max = max;
             c.link.connect_timeout = connect;
             c.link.backoff_initial = backoff_a.min(backoff_b);
