@@ -151,13 +151,17 @@ async fn board(
         force: false,
         fingerprint: None,
     };
-    let mut attempt = 0;
+    // A relay refuses logins beyond `limits.max_handshakes`; a provisioning script retries,
+    // backing off, as long as a machine slower than the ramp-up rate needs (here up to
+    // about ten minutes).
+    let mut attempt = 0u64;
     loop {
         match enroll(&config, &opts).await {
             Ok(_) => break,
-            Err(_) if attempt < 30 => {
+            Err(_) if attempt < 150 => {
                 attempt += 1;
-                tokio::time::sleep(Duration::from_millis(500 + (g % 1000) as u64)).await;
+                let backoff = Duration::from_millis((250 * attempt).min(4000) + (g % 1000) as u64);
+                tokio::time::sleep(backoff).await;
             }
             Err(e) => {
                 eprintln!("board {g}: giving up enrolling: {e}");
@@ -419,7 +423,7 @@ fn orchestrate() -> Result<()> {
         rtts.len()
     );
     println!(
-        "reconnect storm               {:.1} s until {back} of {linked} linked again; {refused} refusals in the relay log; {gave_up} boards gave up",
+        "reconnect storm               {:.1} s until {back} of {linked} linked again; {refused} refusals in the relay log (and {gave_up} boards gave up enrolling during the ramp-up)",
         settled.as_secs_f64()
     );
     println!(
