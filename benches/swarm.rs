@@ -73,6 +73,9 @@ fn source_address(g: usize) -> IpAddr {
 
 /// One simulating process: boards `first..first + count`, started at the given rate.
 fn worker() -> Result<()> {
+    // Dies with the orchestrator, however it ends: left behind, 1,500 boards hold more than
+    // a gigabyte and would distort every later run.
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
     let spec: Vec<usize> = std::env::var("TETHER_SWARM_WORKER")?
         .split(',')
         .filter_map(|n| n.parse().ok())
@@ -87,11 +90,18 @@ fn worker() -> Result<()> {
     let every = Duration::from_secs_f64(env_or("TETHER_SWARM_TELEMETRY_S", 10.0));
     let flag = dir.join("telemetry-on");
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("error"))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            std::env::var("TETHER_SWARM_LOG").unwrap_or_else(|_| "error".into()),
+        ))
         .with_writer(std::io::stderr)
         .try_init();
+    // Each board's outbox is its own SQLite file, written on a blocking thread: left to
+    // tokio's default (512 per process), ten simulating processes under load ran thousands
+    // of threads and starved the relay they were there to measure. A real board has its own
+    // CPU; here the boards of one process share a few threads.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .max_blocking_threads(8)
         .enable_all()
         .build()?;
     runtime.block_on(async move {
@@ -349,6 +359,27 @@ fn orchestrate() -> Result<()> {
             Err(e) => {
                 shell_errors += 1;
                 eprintln!("  shell to swarm{g}: {e:#}");
+                // The relay's account of how the session ended says which side closed it.
+                if let Ok(audit) = relay.admin_ok(&["audit", "list", "--limit", "2"]) {
+                    for line in audit.lines() {
+                        eprintln!("    audit: {line}");
+                    }
+                }
+                // What the relay said of the engineer's connection.
+                let relay_log = relay.log();
+                let said: Vec<&str> = relay_log
+                    .lines()
+                    .filter(|l| l.contains("alice") || l.contains("WARN") || l.contains("ERROR"))
+                    .collect();
+                for line in said.iter().rev().take(6).rev() {
+                    eprintln!("    relay: {line}");
+                }
+                // And the board's: what its embedded server said (with TETHER_SWARM_LOG).
+                let log = dir.path().join(format!("worker{}.log", g / per_proc));
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                for line in text.lines().filter(|l| l.contains("access")).rev().take(6) {
+                    eprintln!("    board: {line}");
+                }
             }
         }
     }

@@ -199,6 +199,46 @@ fn boards_move_between_relays_and_presence_follows() -> Result<()> {
     let r = engineer.exec_on(&relays[held], "board1", "echo still")?;
     ensure!(r.stdout == "still\n", "{r:?}");
 
+    // A flood on the subjects the relays listen to, while the holder is stopped (SIGSTOP) so
+    // that nothing drains its queues: what waits for it is bounded (NATS's own limit on what
+    // it holds for a slow consumer, then the client's per-subscription capacity), not the
+    // gigabytes sent, and it serves on when it runs again.
+    let pid = relays[held].pid().context("relay not running")?;
+    let (rss_before, _) = memory_kib(pid)?;
+    let big = format!(
+        "{{\"origin\":\"x\",\"device\":\"{}\"}}",
+        "d".repeat(900_000)
+    )
+    .into_bytes();
+    let target = nix::unistd::Pid::from_raw(i32::try_from(pid)?);
+    nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGSTOP)?;
+    let flood = (|| {
+        for _ in 0..20 {
+            nats.publish_raw("tether.notify.device", &vec![big.clone(); 100])?;
+        }
+        nats.publish_raw(
+            "tether.notify.access",
+            &vec![br#"{"origin":"x"}"#.to_vec(); 20_000],
+        )
+    })();
+    nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGCONT)?;
+    flood?;
+    std::thread::sleep(Duration::from_secs(3));
+    let (rss_after, _) = memory_kib(pid)?;
+    println!("relay RSS {rss_before} KiB before a 1.8 GB flood of notes, {rss_after} KiB after");
+    ensure!(
+        rss_after < rss_before + 128 * 1024,
+        "a flood of notes grew the relay from {rss_before} KiB to {rss_after} KiB"
+    );
+    wait_holder(
+        &relays[other],
+        "board1",
+        Some(ids[held]),
+        Duration::from_secs(30),
+    )?;
+    let r = engineer.exec_on(&relays[held], "board1", "echo after the flood")?;
+    ensure!(r.stdout == "after the flood\n", "{r:?}");
+
     // NATS goes away: the boards stay reachable through the relay that holds them, and the
     // relays say what is missing; when it is back, presence is written again by itself.
     let at = held;

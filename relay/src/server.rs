@@ -156,9 +156,9 @@ pub async fn serve(config: RelayConfig, store: Arc<Store>) -> Result<()> {
         .await?
         .context("choosing the host key")?;
     let fingerprint = hostkey::fingerprint(&host_key);
-    if store.is_shared() {
-        // Other relays may be serving from this store right now: their devices are online and
-        // their sessions open. Only what this relay's previous run left is released here;
+    {
+        // Other relays may be serving from a shared store right now: their devices are online
+        // and their sessions open. Only what this relay's previous run left is released here;
         // what a relay that is gone for good left, the others release (see below).
         let relay_id = config.relay_id();
         let id = relay_id.clone();
@@ -171,20 +171,6 @@ pub async fn serve(config: RelayConfig, store: Arc<Store>) -> Result<()> {
                 released.devices,
                 released.sessions
             );
-        }
-    } else {
-        // The only relay on this store: links and sessions of a previous run are gone.
-        with_store(&store, |s| s.mark_all_offline())
-            .await?
-            .context("resetting device online flags")?;
-        match with_store(&store, |s| s.close_interrupted_sessions()).await {
-            Ok(Ok(n)) if n > 0 => {
-                tracing::warn!(
-                    "{n} sessions were open when the relay last stopped: closed as interrupted"
-                )
-            }
-            Ok(Err(e)) => tracing::error!("closing interrupted sessions: {e}"),
-            _ => {}
         }
     }
 
@@ -367,17 +353,11 @@ pub async fn serve(config: RelayConfig, store: Arc<Store>) -> Result<()> {
     if drained.is_err() {
         tracing::warn!("shutdown: still busy after {SHUTDOWN_GRACE:?}; exiting anyway");
     }
-    // Each link recorded its own end; on a store of its own the relay also clears whatever a
-    // link could not record, while on a shared one the others' devices are not its to touch.
-    if store.is_shared() {
-        with_store(&store, |s| s.leave_relays())
-            .await?
-            .context("recording this relay's devices offline")?;
-    } else {
-        with_store(&store, |s| s.mark_all_offline())
-            .await?
-            .context("recording devices offline")?;
-    }
+    // Each link recorded its own end; leaving also clears whatever a link could not record
+    // (on a shared store, only this relay's devices: the others' are not its to touch).
+    with_store(&store, |s| s.leave_relays())
+        .await?
+        .context("recording this relay's devices offline")?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -197,3 +197,57 @@ pub async fn announce(
     client.flush().await.map_err(|e| nats(&e))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// While NATS is away nothing drains the outbound queue: changes beyond its bound are
+    /// counted as dropped at once, the writer is never held up, and memory stays bounded.
+    #[tokio::test]
+    async fn changes_beyond_the_outbox_are_dropped_while_nats_is_away()
+    -> Result<(), Box<dyn std::error::Error>> {
+        // A port nobody listens on: NATS is away for the whole test.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        const CLIENT_QUEUE: usize = 16;
+        let client = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .client_capacity(CLIENT_QUEUE)
+            .connect(format!("127.0.0.1:{port}"))
+            .await?;
+        let notifier = Notifier::new();
+        let metrics = Metrics::new();
+        start(
+            client,
+            "relay-a",
+            &notifier,
+            Arc::new(Notify::new()),
+            metrics.clone(),
+        );
+        const CHANGES: usize = 20_000;
+        let started = std::time::Instant::now();
+        for i in 0..CHANGES {
+            notifier.notify(&format!("dev_{i:016x}"));
+        }
+        let took = started.elapsed();
+        // Let the publishing task take what it can (the client's queue, then it blocks).
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let dropped = metrics.cluster_notes("device", "dropped").get();
+        let sent = metrics.cluster_notes("device", "sent").get();
+        // At most the outbox, the client's queue and the one in the publisher's hands wait.
+        let waiting = CHANGES as u64 - dropped - sent;
+        assert!(
+            waiting <= (OUTBOX + CLIENT_QUEUE + 1) as u64,
+            "{waiting} changes wait for NATS (dropped {dropped}, sent {sent})"
+        );
+        assert!(
+            dropped >= (CHANGES - OUTBOX - CLIENT_QUEUE - 1) as u64,
+            "only {dropped} dropped"
+        );
+        // Not a performance figure: a writer that waited for NATS would take seconds here.
+        assert!(took < Duration::from_secs(2), "notifying took {took:?}");
+        Ok(())
+    }
+}

@@ -175,7 +175,7 @@ pub trait DeviceStore {
     fn mark_offline(&self, id: &str) -> Result<(), StoreError>;
 
     /// Marks every online device offline (relay start-up and shutdown).
-    fn mark_all_offline(&self) -> Result<(), StoreError>;
+    fn mark_all_offline(&self) -> Result<usize, StoreError>;
 
     /// Of the given device ids, those that are no longer accepted or no longer exist.
     ///

@@ -101,14 +101,10 @@ pub trait Backend:
     /// only one relay uses (SQLite), whose host key is the file in its data directory.
     fn cluster_host_key(&self, candidate: &str) -> Result<Option<String>, StoreError>;
 
-    /// Serves from now on as relay `relay_id` of the relays sharing this store: the links and
-    /// sessions recorded through this handle are that relay's, and whatever a previous run of
-    /// it left open (it was killed) is released now. Nothing to do on a store only one relay
-    /// uses, which resets everything at start instead.
-    fn join_as_relay(&self, relay_id: &str) -> Result<Released, StoreError> {
-        let _ = relay_id;
-        Ok(Released::default())
-    }
+    /// Serves from now on as relay `relay_id`: the links and sessions recorded through this
+    /// handle are that relay's, and whatever a previous run of it left open (it was killed)
+    /// is released now. On a store only one relay uses, that is every link and session.
+    fn join_as_relay(&self, relay_id: &str) -> Result<Released, StoreError>;
 
     /// Says that this handle's relay is alive; called every few seconds.
     fn relay_heartbeat(&self) -> Result<(), StoreError> {
@@ -122,10 +118,9 @@ pub trait Backend:
         Ok(Released::default())
     }
 
-    /// Releases what this handle's relay still holds as it stops.
-    fn leave_relays(&self) -> Result<Released, StoreError> {
-        Ok(Released::default())
-    }
+    /// Releases what this handle's relay still holds as it stops (on a store only one relay
+    /// uses, every device still recorded online).
+    fn leave_relays(&self) -> Result<Released, StoreError>;
 
     /// The notifier this backend tells, after each commit, which devices' desired state or
     /// queued actions changed.

@@ -202,16 +202,17 @@ impl DeviceStore for PgStore {
         })
     }
 
-    fn mark_all_offline(&self) -> Result<(), StoreError> {
+    fn mark_all_offline(&self) -> Result<usize, StoreError> {
         self.block(async {
-            self.client()
+            let n = self
+                .client()
                 .await?
                 .execute(
                     "UPDATE devices SET online = FALSE, last_disconnected = $1 WHERE online",
                     &[&now()],
                 )
                 .await?;
-            Ok(())
+            Ok(usize::try_from(n).unwrap_or(usize::MAX))
         })
     }
 

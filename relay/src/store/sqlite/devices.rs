@@ -157,12 +157,11 @@ impl DeviceStore for SqliteStore {
         Ok(())
     }
 
-    fn mark_all_offline(&self) -> Result<(), StoreError> {
-        self.conn().execute(
+    fn mark_all_offline(&self) -> Result<usize, StoreError> {
+        Ok(self.conn().execute(
             "UPDATE devices SET online = 0, last_disconnected = ?1 WHERE online = 1",
             params![now()],
-        )?;
-        Ok(())
+        )?)
     }
 
     fn unwelcome_devices(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {

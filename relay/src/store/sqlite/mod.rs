@@ -17,6 +17,8 @@ use std::time::Duration;
 
 use rusqlite::{Connection, params};
 
+use super::devices::DeviceStore;
+use super::sessions::SessionStore;
 use super::{Backend, Notifier, StoreError};
 
 mod actions;
@@ -137,6 +139,25 @@ impl Backend for SqliteStore {
 
     fn cluster_host_key(&self, _candidate: &str) -> Result<Option<String>, StoreError> {
         Ok(None)
+    }
+
+    /// The only relay on this store: every link and session a previous run recorded is gone.
+    fn join_as_relay(&self, relay_id: &str) -> Result<super::Released, StoreError> {
+        let devices = self.mark_all_offline()?;
+        let sessions = self.close_interrupted_sessions()?;
+        Ok(super::Released {
+            relays: vec![relay_id.to_string()],
+            devices,
+            sessions,
+        })
+    }
+
+    /// Whatever a link could not record as it ended is cleared: no other relay shares it.
+    fn leave_relays(&self) -> Result<super::Released, StoreError> {
+        Ok(super::Released {
+            devices: self.mark_all_offline()?,
+            ..Default::default()
+        })
     }
 
     fn notifier(&self) -> &Notifier {
