@@ -9,7 +9,9 @@
 //! 2. idle: relay RSS and CPU per idle link over `TETHER_SWARM_IDLE_S` seconds;
 //! 3. load: each board sends a record every `TETHER_SWARM_TELEMETRY_S` seconds through its
 //!    producer socket while engineers (the real OpenSSH client) type into shells on random
-//!    boards: records/s stored and keystroke RTT p50/p99;
+//!    boards, and into shells on one more board that has a process of its own (what the relay
+//!    adds, apart from a simulating process busy with its 1,500 boards): records/s stored and
+//!    keystroke RTT p50/p99;
 //! 4. reconnect storm: the relay is SIGKILLed and started again; the time until every board is
 //!    linked again.
 //!
@@ -296,31 +298,39 @@ fn orchestrate() -> Result<()> {
         .prefix("swarm")
         .tempdir_in("/tmp")?;
     let exe = std::env::current_exe()?;
-    let mut workers = Vec::new();
-    for p in 0..procs {
-        let first = p * per_proc;
-        let count = per_proc.min(boards - first);
+    let relay_url = relay.url(Transport::Tcp);
+    // Simulating process `p` runs boards `first..first + count`, started `rate` per second.
+    let spawn_worker = |p: usize, first: usize, count: usize, rate: f64| -> Result<KillOnDrop> {
         let log = std::fs::File::create(dir.path().join(format!("worker{p}.log")))?;
         let mut cmd = Command::new(&exe);
         cmd.env("TETHER_SWARM_WORKER", format!("{first},{count}"))
-            .env("TETHER_SWARM_RELAY", relay.url(Transport::Tcp))
+            .env("TETHER_SWARM_RELAY", &relay_url)
             .env("TETHER_SWARM_TOKEN", &token)
             .env("TETHER_SWARM_DIR", dir.path())
-            .env(
-                "TETHER_SWARM_WORKER_RATE",
-                (ramp / procs as f64).to_string(),
-            )
+            .env("TETHER_SWARM_WORKER_RATE", rate.to_string())
             .env("TETHER_SWARM_TELEMETRY_S", telemetry_s.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
-        workers.push(KillOnDrop(cmd.spawn()?));
+        Ok(KillOnDrop(cmd.spawn()?))
+    };
+    let mut workers = Vec::new();
+    for p in 0..procs {
+        let first = p * per_proc;
+        let count = per_proc.min(boards - first);
+        workers.push(spawn_worker(p, first, count, ramp / procs as f64)?);
     }
 
     // 1. Ramp-up.
     let ramp_limit = Duration::from_secs_f64(boards as f64 / ramp * 3.0 + 300.0);
     let (ramped, linked) = wait_online(&relay, boards, ramp_limit, "ramp-up");
     let link_rate = linked as f64 / ramped.as_secs_f64();
+    // One more board with a process of its own, so that shells to it show what the relay
+    // adds under load, apart from what a simulating process busy with 1,500 boards adds.
+    let own = format!("swarm{boards}");
+    workers.push(spawn_worker(procs, boards, 1, 1.0)?);
+    let (_, linked) = wait_online(&relay, linked + 1, Duration::from_secs(60), "own board");
+    let linked = linked.saturating_sub(1);
     std::thread::sleep(Duration::from_secs(20));
 
     // 2. Idle.
@@ -346,6 +356,8 @@ fn orchestrate() -> Result<()> {
     let t_load = Instant::now();
     let mut rtts = Vec::new();
     let mut shell_errors = 0;
+    let mut own_rtts = Vec::new();
+    let mut own_errors = 0;
     for i in 0..shells {
         let g = (i * 7919 + 13) % linked.max(1);
         let ssh = engineer.ssh_cmd(&[
@@ -354,6 +366,19 @@ fn orchestrate() -> Result<()> {
             "-tt",
             &format!("swarm{g}@127.0.0.1"),
         ]);
+        let own_ssh = engineer.ssh_cmd(&[
+            "-p",
+            &relay.ssh_port.to_string(),
+            "-tt",
+            &format!("{own}@127.0.0.1"),
+        ]);
+        match keystroke_rtts(own_ssh, 50) {
+            Ok(mut s) => own_rtts.append(&mut s),
+            Err(e) => {
+                own_errors += 1;
+                eprintln!("  shell to {own}: {e:#}");
+            }
+        }
         match keystroke_rtts(ssh, 50) {
             Ok(mut s) => rtts.append(&mut s),
             Err(e) => {
@@ -391,6 +416,7 @@ fn orchestrate() -> Result<()> {
     let records_per_s = (ingested(&relay) - rec0) / load_s;
     let load_cpu = (cpu_seconds(pid)? - cpu_l0) / load_s;
     rtts.sort();
+    own_rtts.sort();
     let _ = std::fs::remove_file(dir.path().join("telemetry-on"));
     std::thread::sleep(Duration::from_secs(5));
 
@@ -399,7 +425,8 @@ fn orchestrate() -> Result<()> {
     let killed = Instant::now();
     relay.restart()?;
     let storm_limit = Duration::from_secs(300);
-    let (_, back) = wait_online(&relay, linked, storm_limit, "reconnect storm");
+    let (_, back) = wait_online(&relay, linked + 1, storm_limit, "reconnect storm");
+    let back = back.saturating_sub(1);
     let settled = killed.elapsed();
     // Everything the new relay did so far was taking the boards back: its CPU per link is
     // what one handshake (key exchange, login, the link recorded online) costs.
@@ -417,7 +444,7 @@ fn orchestrate() -> Result<()> {
         *reasons.entry(why.to_string()).or_default() += 1;
     }
 
-    let gave_up: usize = (0..procs)
+    let gave_up: usize = (0..=procs)
         .map(|p| {
             std::fs::read_to_string(dir.path().join(format!("worker{p}.log")))
                 .map(|t| t.lines().filter(|l| l.contains("giving up")).count())
@@ -452,6 +479,12 @@ fn orchestrate() -> Result<()> {
         quantile(&rtts, 0.5).as_micros(),
         quantile(&rtts, 0.99).as_micros(),
         rtts.len()
+    );
+    println!(
+        "  to a board of its own        p50 {} µs, p99 {} µs ({} keystrokes, {own_errors} failed)",
+        quantile(&own_rtts, 0.5).as_micros(),
+        quantile(&own_rtts, 0.99).as_micros(),
+        own_rtts.len()
     );
     println!(
         "reconnect storm               {:.1} s until {back} of {linked} linked again; {refused} refusals in the relay log (and {gave_up} boards gave up enrolling during the ramp-up)",
