@@ -358,28 +358,22 @@ fn orchestrate() -> Result<()> {
     let mut shell_errors = 0;
     let mut own_rtts = Vec::new();
     let mut own_errors = 0;
+    let port = relay.ssh_port.to_string();
+    // 50 keystrokes into a shell on `board` through the relay.
+    let type_into = |board: &str| {
+        let ssh = engineer.ssh_cmd(&["-p", &port, "-tt", &format!("{board}@127.0.0.1")]);
+        keystroke_rtts(ssh, 50)
+    };
     for i in 0..shells {
         let g = (i * 7919 + 13) % linked.max(1);
-        let ssh = engineer.ssh_cmd(&[
-            "-p",
-            &relay.ssh_port.to_string(),
-            "-tt",
-            &format!("swarm{g}@127.0.0.1"),
-        ]);
-        let own_ssh = engineer.ssh_cmd(&[
-            "-p",
-            &relay.ssh_port.to_string(),
-            "-tt",
-            &format!("{own}@127.0.0.1"),
-        ]);
-        match keystroke_rtts(own_ssh, 50) {
+        match type_into(&own) {
             Ok(mut s) => own_rtts.append(&mut s),
             Err(e) => {
                 own_errors += 1;
                 eprintln!("  shell to {own}: {e:#}");
             }
         }
-        match keystroke_rtts(ssh, 50) {
+        match type_into(&format!("swarm{g}")) {
             Ok(mut s) => rtts.append(&mut s),
             Err(e) => {
                 shell_errors += 1;
