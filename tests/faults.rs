@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -358,12 +359,12 @@ fn devices_from_a_require_accept_token_wait_for_acceptance() -> Result<()> {
     Ok(())
 }
 
-/// The keepalive timer of every established TCP connection on 127.0.0.1 with `local` (or,
-/// when `local` is `None`, with `remote`) port `port`, in seconds; `None` for a connection
-/// whose kernel keepalive is off. Read from /proc/net/tcp, where timer kind 2 is keepalive.
-fn keepalive_timers(port: u16, local: bool) -> Result<Vec<Option<f64>>> {
+/// The kernel timer of each established TCP socket whose local (`local`) or remote port is
+/// `port`, keyed by the socket's two addresses: `(kind, seconds)` as `/proc/net/tcp` shows them
+/// (kind 2 is the keepalive timer, 1 a retransmission or loss probe pending, 0 none).
+fn tcp_timers(port: u16, local: bool) -> Result<BTreeMap<(String, String), (u8, f64)>> {
     let table = std::fs::read_to_string("/proc/net/tcp")?;
-    let mut timers = Vec::new();
+    let mut timers = BTreeMap::new();
     for line in table.lines().skip(1) {
         let f: Vec<&str> = line.split_whitespace().collect();
         let (Some(l), Some(r), Some(state), Some(timer)) = (f.get(1), f.get(2), f.get(3), f.get(5))
@@ -380,9 +381,10 @@ fn keepalive_timers(port: u16, local: bool) -> Result<Vec<Option<f64>>> {
             continue;
         }
         let (kind, when) = timer.split_once(':').unwrap_or(("0", "0"));
+        let kind = u8::from_str_radix(kind, 16).unwrap_or(0);
         let ticks = u64::from_str_radix(when, 16).unwrap_or(0);
         // /proc/net/tcp counts in USER_HZ, 100 per second on Linux.
-        timers.push((kind == "02").then_some(ticks as f64 / 100.0));
+        timers.insert((l.to_string(), r.to_string()), (kind, ticks as f64 / 100.0));
     }
     Ok(timers)
 }
@@ -391,6 +393,11 @@ fn keepalive_timers(port: u16, local: bool) -> Result<Vec<Option<f64>>> {
 /// `ssh.tcp_keepalive`, 60 s by default), so that a dead path or a powered-off board is noticed
 /// without the SSH keepalive having to wake either process often; over WebSocket the relay's
 /// HTTP port arms it likewise.
+///
+/// A socket that has just sent data shows its retransmission timer instead of the keepalive
+/// until the peer's ACK arrives (right after the link comes up the agent reports its state), so
+/// each socket is sampled until it has shown a keepalive timer, for at most 10 s; a socket
+/// without `SO_KEEPALIVE` never shows one.
 #[test]
 fn idle_links_are_watched_by_the_kernel_on_both_ends() -> Result<()> {
     for transport in [Transport::Tcp, Transport::WebSocket] {
@@ -399,18 +406,33 @@ fn idle_links_are_watched_by_the_kernel_on_both_ends() -> Result<()> {
             Transport::Tcp => s.relay.ssh_port,
             Transport::WebSocket => s.relay.http_port,
         };
-        let relay_side = keepalive_timers(port, true)?;
-        let agent_side = keepalive_timers(port, false)?;
-        ensure!(
-            !relay_side.is_empty() && !agent_side.is_empty(),
-            "{transport:?}: no established link on port {port}"
-        );
-        for (side, timers) in [("relay", &relay_side), ("agent", &agent_side)] {
+        for (side, local) in [("relay", true), ("agent", false)] {
+            let mut watched = BTreeMap::new();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let last = loop {
+                let last = tcp_timers(port, local)?;
+                for (socket, (kind, secs)) in &last {
+                    if *kind == 2 && *secs > 0.0 && *secs <= 60.0 {
+                        watched.insert(socket.clone(), *secs);
+                    }
+                }
+                let all = !last.is_empty() && last.keys().all(|k| watched.contains_key(k));
+                if all || Instant::now() >= deadline {
+                    break last;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            };
             ensure!(
-                timers
-                    .iter()
-                    .all(|t| t.is_some_and(|s| s > 0.0 && s <= 60.0)),
-                "{transport:?}: the {side}'s end of the link has no kernel keepalive within 60 s: {timers:?}"
+                !last.is_empty(),
+                "{transport:?}: no established link on port {port}"
+            );
+            let unwatched: Vec<_> = last
+                .iter()
+                .filter(|(k, _)| !watched.contains_key(*k))
+                .collect();
+            ensure!(
+                unwatched.is_empty(),
+                "{transport:?}: the {side}'s end of the link showed no kernel keepalive within 60 s in 10 s of sampling: {unwatched:?}"
             );
         }
     }
