@@ -65,6 +65,11 @@ impl Nats {
         anyhow::bail!("no PONG from NATS")
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().map(|p| p.child.id())
+    }
+
     /// Kills the server (SIGKILL): NATS is gone for every relay at once.
     pub fn stop(&mut self) {
         if let Some(mut p) = self.proc.take() {
