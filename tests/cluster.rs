@@ -772,3 +772,55 @@ fn an_engineer_who_stops_reading_stalls_nobody_and_grows_no_relay() -> Result<()
     drop(flood);
     Ok(())
 }
+
+/// The presence map trusts a link entry only while its relay lives and only for that relay's
+/// current run: entries forged on NATS for a relay that does not exist, or for an earlier run
+/// of a live one, or too large, are not listed; and a relay that dies and comes back under the
+/// same name disowns the links of its earlier run at once, though its own entry lives again.
+#[test]
+fn presence_lists_only_links_of_live_relays_in_their_current_run() -> Result<()> {
+    let pg = Postgres::start()?;
+    let db = pg.create_database("presence")?;
+    let nats = Nats::start()?;
+    let mut relays = [relay(&db, &nats, "r1")?];
+    relays[0].tenant("acme")?;
+    let (mut agent, _) = board(&relays, &[])?;
+    let entries = |via: &Relay| -> Result<Vec<serde_json::Value>> {
+        Ok(serde_json::from_str(
+            &via.admin_ok(&["cluster", "status", "--json"])?,
+        )?)
+    };
+
+    nats.publish_raw(
+        "$KV.tether-links.device.ghost1",
+        &[br#"{"relay":"nobody","generation":99999999999999999,"at_ms":0}"#.to_vec()],
+    )?;
+    nats.publish_raw(
+        "$KV.tether-links.device.ghost2",
+        &[br#"{"relay":"r1","generation":1,"at_ms":0}"#.to_vec()],
+    )?;
+    nats.publish_raw(
+        "$KV.tether-links.device.ghost3",
+        &[format!(
+            r#"{{"relay":"r1","generation":99999999999999999,"at_ms":0,"peer":"{}"}}"#,
+            "p".repeat(4096)
+        )
+        .into_bytes()],
+    )?;
+    let listed = entries(&relays[0])?;
+    ensure!(
+        listed.len() == 1 && listed[0]["device"] == "board1" && listed[0]["relay"] == "r1",
+        "{listed:?}"
+    );
+
+    // The relay and its board die; the relay comes back under its name before its entry
+    // would lapse. Nobody deletes board1's entry, yet it is not listed: its link is of the
+    // relay's earlier run.
+    relays[0].kill();
+    agent.kill();
+    relays[0].restart()?;
+    wait_holder(&relays[0], "board1", None, Duration::from_secs(10))?;
+    std::thread::sleep(Duration::from_secs(1));
+    ensure!(holder(&relays[0], "board1")?.is_none());
+    Ok(())
+}

@@ -30,7 +30,8 @@ struct Line {
     device: Option<String>,
     tenant: Option<String>,
     relay: String,
-    /// Seconds since the holder last wrote the entry.
+    /// Seconds since the holder wrote the entry: when the link came up, or when the holder
+    /// wrote all of its entries again after NATS had lost them.
     age_secs: u64,
 }
 

@@ -1,12 +1,19 @@
-//! The presence map: which relay holds which device's link, in a JetStream key-value bucket.
+//! The presence map: which relay holds which device's link, in two JetStream key-value buckets.
 //!
-//! The holder writes `device.<id>` when the link comes up and every [`REFRESH`] while it holds
-//! it; the bucket keeps a value [`PRESENCE_TTL`] (its `max_age`: nats-server 2.9 has no per-key
-//! TTL), so the devices of a relay that died drop out of the map within that time, with nobody
-//! having to notice the death. Each link has a generation, unique across relays and growing
-//! with time: a holder deletes its entry when its link ends only if the entry is still its own
-//! (same relay and generation, and the revision it read), so a stale holder's delete never
-//! removes the entry of the relay the device moved to.
+//! - [`LINKS`] maps `device.<id>` to its holder: the relay and the link's generation. The holder
+//!   writes the entry once, when the link comes up, and deletes it when the link ends if the entry
+//!   is still its own (same relay and generation, and the revision it read), so a stale holder's
+//!   delete never removes the entry of the relay the device moved to. Entries do not expire.
+//! - [`RELAYS`] holds one entry per live relay, `relay.<hex id>`, with the first generation of
+//!   this run of the relay (`boot`). Each relay writes its own every [`REFRESH`]; the bucket keeps
+//!   a value [`PRESENCE_TTL`] (its `max_age`: nats-server 2.9 has no per-key TTL).
+//!
+//! A link entry counts only while its relay's entry lives and the link is of the relay's current
+//! run (generation after `boot`): the links of a relay that died, or restarted, drop out of the
+//! map within [`PRESENCE_TTL`] without anybody noticing the death and without any relay writing
+//! anything per link while links are idle. Readers delete such dead entries as they meet them.
+//! A relay's entry written while its own had lapsed or been lost (NATS restarted: the buckets
+//! live in its memory) makes it write every link entry it holds again first.
 //!
 //! A link coming up is also announced on `tether.link.<device id>`. A relay that still holds a
 //! link to that device (a half-open connection through a NAT that forgot it) drops it at once
@@ -14,7 +21,7 @@
 //! one.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,14 +33,27 @@ use tokio::sync::watch;
 use super::ClusterError;
 use crate::registry::Registry;
 
-/// The bucket of the presence map.
-pub const BUCKET: &str = "tether-presence";
+/// The bucket of link entries, one per device whose link a relay holds.
+pub const LINKS: &str = "tether-links";
 
-/// How long a presence entry lives without a refresh.
+/// The bucket of relay entries, one per live relay.
+pub const RELAYS: &str = "tether-relays";
+
+/// How long a relay's entry lives without a refresh.
 pub const PRESENCE_TTL: Duration = Duration::from_secs(15);
 
-/// How often a holder writes its entries again.
+/// How often a relay writes its own entry again.
 pub const REFRESH: Duration = Duration::from_secs(5);
+
+/// Link entries kept at most (a device each): NATS keeps them in memory, and whoever may
+/// publish on NATS could otherwise fill it. About 200 bytes each.
+const MAX_LINK_ENTRIES: i64 = 2_000_000;
+
+/// Relay entries kept at most.
+const MAX_RELAY_ENTRIES: i64 = 10_000;
+
+/// Link entries written at once when a relay writes all of its entries again.
+const REWRITE_CONCURRENCY: usize = 256;
 
 /// Messages one subscription of this relay queues at most before NATS's client drops more.
 const SUBSCRIPTION_CAPACITY: usize = 1024;
@@ -48,11 +68,28 @@ pub struct Holder {
     pub relay: String,
     /// The link's generation.
     pub generation: u64,
-    /// When the holder last wrote the entry (ms since the Unix epoch).
+    /// When the link came up, or the holder last wrote the entry again (ms since the Unix
+    /// epoch).
     pub at_ms: u64,
     /// Where other relays reach the holder's peer port (`cluster.advertise`), if it has one.
     #[serde(default)]
     pub peer: Option<String>,
+}
+
+/// A live relay's entry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+struct RelayEntry {
+    /// The first generation of this run of the relay: links of an earlier run are dead.
+    boot: u64,
+    /// When the relay last wrote the entry (ms since the Unix epoch).
+    at_ms: u64,
+}
+
+/// The two buckets, once NATS answered.
+#[derive(Clone)]
+struct Buckets {
+    links: kv::Store,
+    relays: kv::Store,
 }
 
 /// One relay's side of the presence map.
@@ -63,11 +100,15 @@ pub struct Presence {
     /// The cluster's host key, with which this relay logs in on the others' peer ports.
     cluster_key: Arc<russh::keys::PrivateKey>,
     client: async_nats::Client,
-    /// The bucket, once NATS answered; `None` before.
-    kv: watch::Receiver<Option<kv::Store>>,
+    /// The buckets, once NATS answered; `None` before.
+    buckets: watch::Receiver<Option<Buckets>>,
     /// The links this relay holds: device id to (connection id, generation).
     held: Mutex<HashMap<String, (u64, u64)>>,
+    /// Generations of this run are greater.
+    boot: u64,
     last_generation: AtomicU64,
+    /// A link entry could not be written: the next refresh writes them all again.
+    rewrite: AtomicBool,
 }
 
 fn now_ms() -> u64 {
@@ -78,14 +119,20 @@ fn key(device_id: &str) -> String {
     format!("device.{device_id}")
 }
 
+/// The key of a relay's entry: hex, since relay ids may hold ':' that keys may not.
+fn relay_key(relay_id: &str) -> String {
+    format!("relay.{}", hex::encode(relay_id))
+}
+
 fn nats_error(e: impl std::fmt::Display) -> ClusterError {
     ClusterError::Nats(e.to_string())
 }
 
 impl Presence {
     /// Connects to NATS at `url` as relay `relay_id` and starts the background work: creating
-    /// the bucket (retried until NATS answers), refreshing held entries, and dropping links
-    /// that another relay took over from `registry`. Returns at once, also while NATS is away.
+    /// the buckets (retried until NATS answers), keeping this relay's entry alive, and dropping
+    /// links that another relay took over from `registry`. Returns at once, also while NATS is
+    /// away.
     pub async fn start(
         url: &str,
         relay_id: &str,
@@ -111,17 +158,20 @@ impl Presence {
             .connect(url)
             .await
             .map_err(nats_error)?;
-        let (kv_tx, kv) = watch::channel(None);
+        let (buckets_tx, buckets) = watch::channel(None);
+        let boot = now_ms() << 12;
         let presence = Arc::new(Presence {
             relay_id: relay_id.to_string(),
             advertise,
             cluster_key,
             client,
-            kv,
+            buckets,
             held: Mutex::new(HashMap::new()),
-            last_generation: AtomicU64::new(0),
+            boot,
+            last_generation: AtomicU64::new(boot),
+            rewrite: AtomicBool::new(false),
         });
-        tokio::spawn(refresh(Arc::downgrade(&presence), kv_tx));
+        tokio::spawn(refresh(Arc::downgrade(&presence), buckets_tx));
         tokio::spawn(take_over(presence.clone(), registry));
         Ok(presence)
     }
@@ -139,6 +189,10 @@ impl Presence {
     fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, u64)>> {
         // Entries are inserted and removed whole: a poisoned map is still consistent.
         self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn buckets(&self) -> Option<Buckets> {
+        self.buckets.borrow().clone()
     }
 
     /// A generation later than any this relay handed out and, by its clock, than any other
@@ -180,7 +234,9 @@ impl Presence {
             {
                 tracing::debug!("announcing the link of {device}: {e}");
             }
-            let _ = me.write(&device, body).await;
+            if !me.write(&device, body).await {
+                me.rewrite.store(true, Ordering::SeqCst);
+            }
         });
     }
 
@@ -201,16 +257,21 @@ impl Presence {
         let me = self.clone();
         let device = device_id.to_string();
         tokio::spawn(async move {
-            let Some(kv) = me.kv.borrow().clone() else {
+            let Some(buckets) = me.buckets() else {
                 return;
             };
             let key = key(&device);
-            let Ok(Some(entry)) = kv.entry(&key).await else {
+            let Ok(Some(entry)) = buckets.links.entry(&key).await else {
                 return;
             };
             let ours = serde_json::from_slice::<Holder>(&entry.value)
                 .is_ok_and(|h| h.relay == me.relay_id && h.generation == generation);
-            if ours && let Err(e) = kv.delete_expect_revision(&key, Some(entry.revision)).await {
+            if ours
+                && let Err(e) = buckets
+                    .links
+                    .delete_expect_revision(&key, Some(entry.revision))
+                    .await
+            {
                 // Another relay wrote the entry meanwhile: it is theirs now.
                 tracing::debug!("presence of {device} changed hands: {e}");
             }
@@ -248,10 +309,10 @@ impl Presence {
 
     /// Writes `device`'s entry; tells whether it was written.
     async fn write(&self, device: &str, body: Vec<u8>) -> bool {
-        let Some(kv) = self.kv.borrow().clone() else {
+        let Some(buckets) = self.buckets() else {
             return false;
         };
-        match kv.put(key(device), body.into()).await {
+        match buckets.links.put(key(device), body.into()).await {
             Ok(_) => true,
             Err(e) => {
                 tracing::debug!("writing the presence of {device}: {e}");
@@ -260,41 +321,105 @@ impl Presence {
         }
     }
 
-    /// The relay that holds `device_id`'s link, by the map; `None` when no relay does.
+    /// Writes the entry of every link this relay holds again; tells whether all were written.
+    async fn write_all(&self) -> bool {
+        let held: Vec<(String, u64)> = self
+            .held()
+            .iter()
+            .map(|(d, (_, g))| (d.clone(), *g))
+            .collect();
+        let count = held.len();
+        let written = futures_util::stream::iter(held)
+            .map(|(device, generation)| async move {
+                match serde_json::to_vec(&self.entry(generation)) {
+                    Ok(body) => self.write(&device, body).await,
+                    Err(_) => false,
+                }
+            })
+            .buffer_unordered(REWRITE_CONCURRENCY)
+            .filter(|ok| std::future::ready(*ok))
+            .count()
+            .await;
+        tracing::debug!("wrote the presence of {written} of {count} held links");
+        written == count
+    }
+
+    /// The relay that holds `device_id`'s link, by the map; `None` when no live relay does.
     pub async fn holder(&self, device_id: &str) -> Result<Option<Holder>, ClusterError> {
-        let kv = self
-            .kv
-            .borrow()
-            .clone()
-            .ok_or_else(|| ClusterError::Nats("the presence bucket is not open yet".into()))?;
-        read(&kv, &key(device_id)).await
+        let buckets = self
+            .buckets()
+            .ok_or_else(|| ClusterError::Nats("the presence buckets are not open yet".into()))?;
+        live_holder(&buckets, &key(device_id), &mut HashMap::new(), true).await
     }
 }
 
-async fn read(kv: &kv::Store, key: &str) -> Result<Option<Holder>, ClusterError> {
-    let Some(value) = kv.get(key).await.map_err(nats_error)? else {
+/// The live holder of link entry `key`: the entry, if its relay's entry lives and the link is
+/// of that relay's current run. Relays already looked up are in `relays`. A dead entry is
+/// deleted when `clean` (unless it was written again meanwhile).
+async fn live_holder(
+    buckets: &Buckets,
+    key: &str,
+    relays: &mut HashMap<String, Option<RelayEntry>>,
+    clean: bool,
+) -> Result<Option<Holder>, ClusterError> {
+    let Some(entry) = buckets.links.entry(key).await.map_err(nats_error)? else {
         return Ok(None);
     };
-    serde_json::from_slice(&value)
-        .map(Some)
-        .map_err(|e| ClusterError::Entry {
-            key: key.to_string(),
-            reason: e.to_string(),
-        })
+    if entry.operation != kv::Operation::Put {
+        return Ok(None);
+    }
+    let holder: Holder = parse(key, &entry.value)?;
+    let relay = match relays.get(&holder.relay) {
+        Some(r) => r.clone(),
+        None => {
+            let rkey = relay_key(&holder.relay);
+            let r = match buckets.relays.get(&rkey).await.map_err(nats_error)? {
+                Some(value) => Some(parse::<RelayEntry>(&rkey, &value)?),
+                None => None,
+            };
+            relays.insert(holder.relay.clone(), r.clone());
+            r
+        }
+    };
+    if relay.is_some_and(|r| holder.generation > r.boot) {
+        return Ok(Some(holder));
+    }
+    if clean
+        && let Err(e) = buckets
+            .links
+            .delete_expect_revision(key, Some(entry.revision))
+            .await
+    {
+        tracing::debug!("deleting the dead presence entry {key}: {e}");
+    }
+    Ok(None)
 }
 
-/// The stream behind the presence bucket, as a key-value bucket's stream is laid out (one
-/// value per key, deletes as markers, direct gets). The bucket is made from its stream rather
-/// than with `create_key_value`, which first reads the account's JetStream limits in a form
-/// that nats-server 2.9 (Debian 12's) does not answer in.
-fn bucket_stream() -> async_nats::jetstream::stream::Config {
+fn parse<T: serde::de::DeserializeOwned>(key: &str, value: &[u8]) -> Result<T, ClusterError> {
+    serde_json::from_slice(value).map_err(|e| ClusterError::Entry {
+        key: key.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// The stream behind a key-value bucket, as a key-value bucket's stream is laid out (one value
+/// per key, deletes as markers, direct gets). Buckets are made from their streams rather than
+/// with `create_key_value`, which first reads the account's JetStream limits in a form that
+/// nats-server 2.9 (Debian 12's) does not answer in.
+fn bucket_stream(
+    bucket: &str,
+    description: &str,
+    max_age: Duration,
+    max_messages: i64,
+) -> async_nats::jetstream::stream::Config {
     use async_nats::jetstream::stream;
     stream::Config {
-        name: format!("KV_{BUCKET}"),
-        description: Some("which tether relay holds which device's link".into()),
-        subjects: vec![format!("$KV.{BUCKET}.>")],
+        name: format!("KV_{bucket}"),
+        description: Some(description.into()),
+        subjects: vec![format!("$KV.{bucket}.>")],
         max_messages_per_subject: 1,
-        max_age: PRESENCE_TTL,
+        max_messages,
+        max_age,
         // A value is one small JSON object.
         max_message_size: 1024,
         storage: stream::StorageType::Memory,
@@ -306,35 +431,53 @@ fn bucket_stream() -> async_nats::jetstream::stream::Config {
     }
 }
 
-/// Opens the bucket, creating it if needed (the same configuration makes this idempotent).
-async fn open_bucket(client: &async_nats::Client) -> Option<kv::Store> {
+/// Opens both buckets, creating them if needed (the same configuration makes this idempotent).
+async fn open_buckets(client: &async_nats::Client) -> Option<Buckets> {
     let js = async_nats::jetstream::new(client.clone());
     let opened = async {
-        js.get_or_create_stream(bucket_stream())
-            .await
-            .map_err(nats_error)?;
-        js.get_key_value(BUCKET).await.map_err(nats_error)
+        js.get_or_create_stream(bucket_stream(
+            LINKS,
+            "which tether relay holds which device's link",
+            Duration::ZERO,
+            MAX_LINK_ENTRIES,
+        ))
+        .await
+        .map_err(nats_error)?;
+        js.get_or_create_stream(bucket_stream(
+            RELAYS,
+            "the live tether relays of a cluster",
+            PRESENCE_TTL,
+            MAX_RELAY_ENTRIES,
+        ))
+        .await
+        .map_err(nats_error)?;
+        Ok::<_, ClusterError>(Buckets {
+            links: js.get_key_value(LINKS).await.map_err(nats_error)?,
+            relays: js.get_key_value(RELAYS).await.map_err(nats_error)?,
+        })
     };
     match opened.await {
-        Ok(kv) => Some(kv),
+        Ok(b) => Some(b),
         Err(e) => {
-            tracing::debug!("opening the presence bucket: {e}");
+            tracing::debug!("opening the presence buckets: {e}");
             None
         }
     }
 }
 
-/// Keeps the bucket open and writes every held entry again each [`REFRESH`], for as long as
-/// the presence lives. A write that fails (NATS away, or back without the bucket: it lives in
-/// NATS's memory) opens the bucket again at the next tick, so presence recovers by itself.
-async fn refresh(presence: std::sync::Weak<Presence>, kv_tx: watch::Sender<Option<kv::Store>>) {
+/// Keeps the buckets open and this relay's entry alive, writing it again each [`REFRESH`] for
+/// as long as the presence lives: one write per relay, however many links it holds. The entry
+/// is updated at the revision this relay last wrote; when that fails (the entry lapsed while
+/// the relay was stalled, or NATS lost the buckets), every link entry this relay holds is
+/// written again before the relay's entry, and the buckets are opened again if NATS needs it.
+async fn refresh(presence: std::sync::Weak<Presence>, buckets_tx: watch::Sender<Option<Buckets>>) {
     let mut delay = Duration::from_millis(200);
     loop {
         let Some(p) = presence.upgrade() else {
             return;
         };
-        if let Some(kv) = open_bucket(&p.client).await {
-            kv_tx.send_replace(Some(kv));
+        if let Some(b) = open_buckets(&p.client).await {
+            buckets_tx.send_replace(Some(b));
             break;
         }
         drop(p);
@@ -343,21 +486,50 @@ async fn refresh(presence: std::sync::Weak<Presence>, kv_tx: watch::Sender<Optio
     }
     let mut tick = tokio::time::interval(REFRESH);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut failed = false;
+    // The revision of this relay's entry as last written; `None` until then.
+    let mut revision: Option<u64> = None;
     loop {
         tick.tick().await;
         let Some(p) = presence.upgrade() else {
             return;
         };
-        if failed && let Some(kv) = open_bucket(&p.client).await {
-            kv_tx.send_replace(Some(kv));
+        let Some(buckets) = p.buckets() else {
+            continue;
+        };
+        let rkey = relay_key(&p.relay_id);
+        let Ok(body) = serde_json::to_vec(&RelayEntry {
+            boot: p.boot,
+            at_ms: now_ms(),
+        }) else {
+            continue;
+        };
+        let rewrite = p.rewrite.swap(false, Ordering::SeqCst);
+        if !rewrite && let Some(r) = revision {
+            match buckets.relays.update(&rkey, body.clone().into(), r).await {
+                Ok(r) => {
+                    revision = Some(r);
+                    continue;
+                }
+                Err(e) => tracing::debug!("refreshing this relay's presence: {e}"),
+            }
         }
-        let held: Vec<(String, u64)> = p.held().iter().map(|(d, (_, g))| (d.clone(), *g)).collect();
-        failed = false;
-        for (device, generation) in held {
-            let holder = p.entry(generation);
-            if let Ok(body) = serde_json::to_vec(&holder) {
-                failed |= !p.write(&device, body).await;
+        // First write, a lapsed or lost entry, or a link entry not written: write all.
+        if revision.is_some()
+            && let Some(b) = open_buckets(&p.client).await
+        {
+            buckets_tx.send_replace(Some(b));
+        }
+        let Some(buckets) = p.buckets() else {
+            continue;
+        };
+        if !p.write_all().await {
+            p.rewrite.store(true, Ordering::SeqCst);
+        }
+        match buckets.relays.put(&rkey, body.into()).await {
+            Ok(r) => revision = Some(r),
+            Err(e) => {
+                tracing::debug!("writing this relay's presence: {e}");
+                revision = None;
             }
         }
     }
@@ -420,21 +592,23 @@ async fn take_over(presence: Arc<Presence>, registry: Arc<Registry>) {
     }
 }
 
-/// Every entry of the presence map, by device id (for `relay cluster status`).
+/// Every live entry of the presence map, by device id (for `relay cluster status`). Reads
+/// only: dead entries are left to the relays to delete.
 pub async fn all(url: &str) -> Result<Vec<(String, Holder)>, ClusterError> {
     let client = async_nats::ConnectOptions::new()
         .connection_timeout(Duration::from_secs(5))
         .connect(url)
         .await
         .map_err(nats_error)?;
-    let kv = open_bucket(&client)
+    let buckets = open_buckets(&client)
         .await
-        .ok_or_else(|| ClusterError::Nats("the presence bucket cannot be opened".into()))?;
-    let mut keys = kv.keys().await.map_err(nats_error)?;
+        .ok_or_else(|| ClusterError::Nats("the presence buckets cannot be opened".into()))?;
+    let mut keys = buckets.links.keys().await.map_err(nats_error)?;
+    let mut relays = HashMap::new();
     let mut out = Vec::new();
     while let Some(k) = keys.next().await {
         let k = k.map_err(nats_error)?;
-        if let Some(h) = read(&kv, &k).await? {
+        if let Some(h) = live_holder(&buckets, &k, &mut relays, false).await? {
             out.push((k.strip_prefix("device.").unwrap_or(&k).to_string(), h));
         }
     }
