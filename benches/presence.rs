@@ -17,13 +17,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use common::*;
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn main() -> Result<()> {
     let links: u64 = env_or("TETHER_PRESENCE_LINKS", 15_000);
     let idle = Duration::from_secs(env_or("TETHER_PRESENCE_IDLE_S", 30));

@@ -36,13 +36,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use common::*;
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn main() -> Result<()> {
     raise_open_files()?;
     if std::env::var_os("TETHER_SWARM_WORKER").is_some() {

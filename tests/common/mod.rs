@@ -3,7 +3,7 @@
 //!
 //! Layout:
 //! - `process`: the built binaries, processes killed on drop, commands with a time limit,
-//!   bounded waits.
+//!   bounded waits, benchmark settings from the environment.
 //! - `net`: free ports, waiting for a port, a bare HTTP GET.
 //! - `relay`: a relay process, its admin commands and HTTP API.
 //! - `agent`: an agent process, enrolled and linked.

@@ -314,3 +314,12 @@ pub fn descendants_cpu_seconds() -> Result<f64> {
     }
     Ok(ticks as f64 / clock_ticks())
 }
+
+/// The setting in environment variable `name` (a benchmark's knob), or `default` when it is
+/// unset or does not parse.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
