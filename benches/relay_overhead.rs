@@ -16,7 +16,8 @@
 //!
 //! Run with `cargo bench --bench relay_overhead`. Needs openssh-client and openssh-server.
 //! Environment: `RELAY_OVERHEAD_ROUNDS=N` measures scp and `-L` N times per path, interleaved,
-//! and reports medians (default 1); `RELAY_OVERHEAD_CLUSTER=0` skips the cluster rows;
+//! and reports medians (default 1; 0 measures keystrokes only); `RELAY_OVERHEAD_KEYSTROKES=N`
+//! sets the keystrokes per path (default 400); `RELAY_OVERHEAD_CLUSTER=0` skips the cluster rows;
 //! `RELAY_OVERHEAD_PATHS=tcp,ws` measures only those of `direct`, `tunnel`, `tcp`, `ws` (to
 //! profile one path; the ratios need `direct` and `tunnel`).
 
@@ -107,20 +108,18 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// One round of one path: scp's and `-L`'s throughput (MiB/s) with the CPU they cost.
 type Sample = ((f64, Cpu), (f64, Cpu));
 
-/// Measures every target: keystroke RTT once, then scp and `-L` `rounds` times, interleaving
+/// Measures every target: keystroke RTT once (interleaved over the targets), then scp and `-L` `rounds` times, interleaving
 /// the targets so that noise on the machine spreads over all of them.
 fn measure(
     targets: &[&Target],
     rounds: usize,
+    keystrokes: usize,
     file: &std::path::Path,
     remote: &std::path::Path,
     sink_port: u16,
     sink_done: &std::sync::mpsc::Receiver<usize>,
 ) -> Result<Vec<Row>> {
-    let mut rtts = Vec::new();
-    for t in targets {
-        rtts.push(keystroke_rtt(t)?);
-    }
+    let rtts = keystroke_rtt(targets, keystrokes)?;
     let mut samples: Vec<Vec<Sample>> = targets.iter().map(|_| vec![]).collect();
     for _ in 0..rounds {
         for (t, s) in targets.iter().zip(&mut samples) {
@@ -193,11 +192,21 @@ fn env_usize(name: &str, default: usize) -> Result<usize> {
     }
 }
 
-fn keystroke_rtt(t: &Target) -> Result<(Duration, Duration)> {
-    let mut cmd = Command::new("ssh");
-    cmd.args(&t.ssh_args).args(["-tt", &t.dest]);
-    let samples = keystroke_rtts(cmd, KEYSTROKES).with_context(|| t.label)?;
-    Ok((quantile(&samples, 0.5), quantile(&samples, 0.99)))
+/// Keystroke round trips (p50, p99) on every target, measured on all of them in turn.
+fn keystroke_rtt(targets: &[&Target], keystrokes: usize) -> Result<Vec<(Duration, Duration)>> {
+    let commands = targets
+        .iter()
+        .map(|t| {
+            let mut cmd = Command::new("ssh");
+            cmd.args(&t.ssh_args).args(["-tt", &t.dest]);
+            cmd
+        })
+        .collect();
+    let samples = interleaved_keystroke_rtts(commands, keystrokes)?;
+    Ok(samples
+        .iter()
+        .map(|s| (quantile(s, 0.5), quantile(s, 0.99)))
+        .collect())
 }
 
 fn scp_upload(t: &Target, file: &std::path::Path, remote_dir: &std::path::Path) -> Result<f64> {
@@ -289,7 +298,8 @@ fn main() -> Result<()> {
     if std::env::args().any(|a| a == "--list") {
         return Ok(());
     }
-    let rounds = env_usize("RELAY_OVERHEAD_ROUNDS", 1)?.max(1);
+    let rounds = env_usize("RELAY_OVERHEAD_ROUNDS", 1)?;
+    let keystrokes = env_usize("RELAY_OVERHEAD_KEYSTROKES", KEYSTROKES)?.max(1);
     let cluster = env_usize("RELAY_OVERHEAD_CLUSTER", 1)? != 0;
     adopt_orphans()?;
     let (sink_port, sink_done) = sink()?;
@@ -392,7 +402,7 @@ fn main() -> Result<()> {
     let remote = tempfile::tempdir()?;
 
     println!(
-        "relay overhead on loopback ({KEYSTROKES} keystrokes, {} MiB bulk, median of {rounds} round(s))",
+        "relay overhead on loopback ({keystrokes} keystrokes, {} MiB bulk, median of {rounds} round(s))",
         BULK >> 20
     );
     let only = std::env::var("RELAY_OVERHEAD_PATHS").ok();
@@ -412,6 +422,7 @@ fn main() -> Result<()> {
     let rows = measure(
         &targets,
         rounds,
+        keystrokes,
         &file,
         remote.path(),
         sink_port,
@@ -423,12 +434,19 @@ fn main() -> Result<()> {
     }
     let (base, rev) = (rows[0], rows[1]);
     for (t, row) in targets[2..].iter().zip(&rows[2..]) {
-        println!(
-            "{}: RTT p50 +{} µs, p99 +{} µs over direct; scp {:.2}x direct, {:.2}x tunnel; \
-             -L {:.2}x direct, {:.2}x tunnel; machine CPU/GiB scp {:.2}x tunnel, -L {:.2}x tunnel",
+        let rtt = format!(
+            "{}: RTT p50 +{} µs, p99 +{} µs over direct",
             t.label,
             row.p50.as_micros() as i128 - base.p50.as_micros() as i128,
             row.p99.as_micros() as i128 - base.p99.as_micros() as i128,
+        );
+        if rounds == 0 {
+            println!("{rtt}");
+            continue;
+        }
+        println!(
+            "{rtt}; scp {:.2}x direct, {:.2}x tunnel; -L {:.2}x direct, {:.2}x tunnel; \
+             machine CPU/GiB scp {:.2}x tunnel, -L {:.2}x tunnel",
             row.scp / base.scp,
             row.scp / rev.scp,
             row.fwd / base.fwd,
@@ -488,6 +506,7 @@ fn main() -> Result<()> {
     let cluster_rows = measure(
         &cluster_targets,
         rounds,
+        keystrokes,
         &file,
         remote.path(),
         sink_port,
