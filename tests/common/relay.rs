@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use super::net::{free_port, wait_for_port};
-use super::process::{Proc, Run, bin_dir, run_with_timeout, spawn_logged, tail_lines};
+use super::net::free_port;
+use super::process::{Proc, Run, bin_dir, run_with_timeout, spawn_logged, tail_lines, wait_until};
 
 /// A fresh self-signed certificate for 127.0.0.1 in `dir`: (certificate PEM, key PEM).
 pub fn self_signed_cert(dir: &Path) -> Result<(PathBuf, PathBuf)> {
@@ -88,8 +88,28 @@ impl Relay {
             http_port: free_port()?,
             proc: None,
         };
+        // A port free a moment ago can be taken by another test's connection before the relay
+        // binds it: then try other ports, a bounded number of times.
+        for _ in 0..3 {
+            match relay.restart() {
+                Err(e) if relay.lost_its_ports() => {
+                    eprintln!("relay: {e:#}; trying other ports");
+                    relay.ssh_port = free_port()?;
+                    relay.http_port = free_port()?;
+                }
+                other => return other.map(|()| relay),
+            }
+        }
         relay.restart()?;
         Ok(relay)
+    }
+
+    /// Whether the relay process ended because one of its ports was in use.
+    fn lost_its_ports(&mut self) -> bool {
+        let Some(p) = self.proc.as_mut() else {
+            return false;
+        };
+        matches!(p.child.try_wait(), Ok(Some(_))) && p.log_text().contains("in use")
     }
 
     /// Starts a relay whose HTTP port speaks TLS with a fresh self-signed certificate for
@@ -129,8 +149,25 @@ impl Relay {
         // Keep earlier logs: append a marker rather than truncating on restart.
         let proc = spawn_logged(cmd, &log)?;
         self.proc = Some(proc);
-        wait_for_port(self.ssh_port)?;
-        wait_for_port(self.http_port)
+        for port in [self.ssh_port, self.http_port] {
+            let mut exited = None;
+            let proc = self.proc.as_mut().context("relay process")?;
+            let waited = wait_until(Duration::from_secs(30), &format!("port {port}"), || {
+                if let Ok(Some(status)) = proc.child.try_wait() {
+                    exited = Some(status);
+                    return true;
+                }
+                TcpStream::connect(("127.0.0.1", port)).is_ok()
+            });
+            if let Some(status) = exited {
+                bail!(
+                    "relay exited ({status}) before listening on {port}: {}",
+                    tail_lines(&proc.log_text(), 20)
+                );
+            }
+            waited.with_context(|| format!("relay log: {}", tail_lines(&proc.log_text(), 20)))?;
+        }
+        Ok(())
     }
 
     /// Kills the relay with SIGKILL (no chance to flush or say goodbye) and reaps it.
