@@ -108,8 +108,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// One round of one path: scp's and `-L`'s throughput (MiB/s) with the CPU they cost.
 type Sample = ((f64, Cpu), (f64, Cpu));
 
-/// Measures every target: keystroke RTT once (interleaved over the targets), then scp and `-L` `rounds` times, interleaving
-/// the targets so that noise on the machine spreads over all of them.
+/// Measures every target: keystroke RTT once, then scp and `-L` `rounds` times, interleaving
+/// the targets in both so that noise on the machine spreads over all of them.
 fn measure(
     targets: &[&Target],
     rounds: usize,

@@ -5,7 +5,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 
-use super::net::{free_port, wait_for_port};
+use super::net::free_port;
 use super::process::{Proc, spawn_logged};
 
 /// A running nats-server.
@@ -92,8 +92,8 @@ impl Nats {
         .arg(self.dir.path().join("js"));
         let proc = spawn_logged(cmd, &self.dir.path().join("nats.log"))
             .context("starting nats-server (Debian package nats-server)")?;
-        self.proc = Some(proc);
-        wait_for_port(self.port)
+        let proc = self.proc.insert(proc);
+        proc.wait_for_port(self.port).context("nats-server")
     }
 }
 

@@ -111,6 +111,27 @@ impl Proc {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Waits (30 s at most) until something accepts TCP connections on `port` of 127.0.0.1,
+    /// failing at once, with the end of the log, if the process exits first.
+    pub fn wait_for_port(&mut self, port: u16) -> Result<()> {
+        let mut exited = None;
+        let child = &mut self.child;
+        let waited = wait_until(Duration::from_secs(30), &format!("port {port}"), || {
+            if let Ok(Some(status)) = child.try_wait() {
+                exited = Some(status);
+                return true;
+            }
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        if let Some(status) = exited {
+            bail!(
+                "exited ({status}) before listening on {port}: {}",
+                tail_lines(&self.log_text(), 20)
+            );
+        }
+        waited.with_context(|| format!("log: {}", tail_lines(&self.log_text(), 20)))
+    }
 }
 
 impl Drop for Proc {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use super::net::free_port;
-use super::process::{Proc, Run, bin_dir, run_with_timeout, spawn_logged, tail_lines, wait_until};
+use super::process::{Proc, Run, bin_dir, run_with_timeout, spawn_logged, tail_lines};
 
 /// A fresh self-signed certificate for 127.0.0.1 in `dir`: (certificate PEM, key PEM).
 pub fn self_signed_cert(dir: &Path) -> Result<(PathBuf, PathBuf)> {
@@ -149,23 +149,9 @@ impl Relay {
         // Keep earlier logs: append a marker rather than truncating on restart.
         let proc = spawn_logged(cmd, &log)?;
         self.proc = Some(proc);
+        let proc = self.proc.as_mut().context("relay process")?;
         for port in [self.ssh_port, self.http_port] {
-            let mut exited = None;
-            let proc = self.proc.as_mut().context("relay process")?;
-            let waited = wait_until(Duration::from_secs(30), &format!("port {port}"), || {
-                if let Ok(Some(status)) = proc.child.try_wait() {
-                    exited = Some(status);
-                    return true;
-                }
-                TcpStream::connect(("127.0.0.1", port)).is_ok()
-            });
-            if let Some(status) = exited {
-                bail!(
-                    "relay exited ({status}) before listening on {port}: {}",
-                    tail_lines(&proc.log_text(), 20)
-                );
-            }
-            waited.with_context(|| format!("relay log: {}", tail_lines(&proc.log_text(), 20)))?;
+            proc.wait_for_port(port).context("relay")?;
         }
         Ok(())
     }

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 
-use super::net::{free_port, wait_for_port};
+use super::net::free_port;
 use super::process::{Proc, spawn_logged};
 
 /// Whether the OpenSSH server binary is available (ProxyJump tests need a private sshd).
@@ -60,8 +60,8 @@ impl Sshd {
         let _ = std::fs::create_dir_all("/run/sshd");
         let mut cmd = Command::new(sshd);
         cmd.args(["-D", "-e", "-f"]).arg(&config);
-        let proc = spawn_logged(cmd, &dir.path().join("sshd.log"))?;
-        wait_for_port(port).with_context(|| format!("sshd log: {}", proc.log_text()))?;
+        let mut proc = spawn_logged(cmd, &dir.path().join("sshd.log"))?;
+        proc.wait_for_port(port).context("sshd")?;
         Ok(Sshd { port, dir, proc })
     }
 }
