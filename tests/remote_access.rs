@@ -496,3 +496,73 @@ fn a_vanished_engineer_hangs_up_the_remote_process() -> Result<()> {
     );
     Ok(())
 }
+
+/// Reads "resident A -> B MiB" from the agent's log line about its start-up pages.
+fn resident_before_after(log: &str) -> Option<(f64, f64)> {
+    let line = log
+        .lines()
+        .find(|l| l.contains("start-up pages given back"))?;
+    let (_, figures) = line.rsplit_once("resident ")?;
+    let (before, after) = figures.split_once(" -> ")?;
+    let after = after.split_whitespace().next()?;
+    Some((before.trim().parse().ok()?, after.parse().ok()?))
+}
+
+#[test]
+fn an_agent_that_gave_back_its_start_up_pages_serves_shells_and_files() -> Result<()> {
+    let relay = Relay::start()?;
+    relay.tenant("acme")?;
+    let engineer = relay.engineer("alice", "acme", "admin")?;
+    let mut agent = Agent::with_extra_config("board1", &[], "memory:\n  page_out_after: 1s\n")?;
+    agent.enroll(&relay, Transport::Tcp, "acme")?;
+    agent.start()?;
+    agent.wait_online()?;
+    let mut figures = None;
+    wait_until(
+        Duration::from_secs(20),
+        "the start-up pages given back",
+        || {
+            figures = resident_before_after(&agent.log());
+            figures.is_some()
+        },
+    )?;
+    let (before, after) = figures.context("no figures")?;
+    ensure!(
+        after < before,
+        "resident memory did not shrink: {before} -> {after} MiB\n{}",
+        agent.log()
+    );
+
+    // The code it gave back comes back when it runs: a command, a pty shell, a file both ways.
+    let r = engineer.exec("board1", "echo still; exit 3")?;
+    ensure!(
+        r.status == Some(3) && r.stdout == "still\n",
+        "exec after the page-out: {:?} {:?} {}",
+        r.status,
+        r.stdout,
+        r.stderr
+    );
+    let data = pseudo_random(1 << 20, 11);
+    let dir = tempfile::tempdir()?;
+    let local = dir.path().join("up");
+    std::fs::write(&local, &data)?;
+    let remote = dir.path().join("remote");
+    let r = engineer.scp(&[
+        &local.display().to_string(),
+        &format!("board1@127.0.0.1:{}", remote.display()),
+    ])?;
+    ensure!(r.status == Some(0), "scp up: {}", r.stderr);
+    let back = dir.path().join("back");
+    let r = engineer.scp(&[
+        &format!("board1@127.0.0.1:{}", remote.display()),
+        &back.display().to_string(),
+    ])?;
+    ensure!(r.status == Some(0), "scp down: {}", r.stderr);
+    ensure!(std::fs::read(&back)? == data, "the file came back changed");
+    ensure!(
+        agent.status()?["link"] == "online",
+        "link after the page-out: {}",
+        agent.log()
+    );
+    Ok(())
+}

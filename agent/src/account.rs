@@ -1,7 +1,7 @@
 //! The unix account a child process runs as (engineers' sessions, application steps), and
 //! how a child is started in its own session under that account.
 
-// The crate denies `unsafe`; this module is one of the two allowed it, block by block with
+// The crate denies `unsafe`; this module is one of those allowed it, block by block with
 // the proof beside each.
 #![allow(unsafe_code)]
 

@@ -34,6 +34,27 @@ pub struct AgentConfig {
     pub apps: AppsConfig,
     /// A/B OS updates.
     pub ota: OtaConfig,
+    /// The agent's own memory.
+    pub memory: MemoryConfig,
+}
+
+/// Settings of the agent's own memory.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryConfig {
+    /// How long after `agent run` starts the code and read-only data it mapped are given back
+    /// to the kernel (see `code_pages`), so that only what idle work runs comes back; `0s`
+    /// keeps them. Default 60s.
+    #[serde(with = "humantime_serde")]
+    pub page_out_after: Duration,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        Self {
+            page_out_after: Duration::from_secs(60),
+        }
+    }
 }
 
 /// Which bootloader environment selects the boot slot.
@@ -314,6 +335,7 @@ impl Default for AgentConfig {
             telemetry: TelemetryConfig::default(),
             apps: AppsConfig::default(),
             ota: OtaConfig::default(),
+            memory: MemoryConfig::default(),
         }
     }
 }

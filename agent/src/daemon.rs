@@ -114,6 +114,17 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         let _ = stop_tx.send(true);
     });
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    let page_out_after = ctx.config.memory.page_out_after;
+    if !page_out_after.is_zero() {
+        tokio::spawn(async move {
+            tokio::time::sleep(page_out_after).await;
+            match tokio::task::spawn_blocking(crate::code_pages::release).await {
+                Ok(Ok(done)) => tracing::info!("start-up pages given back: {done}"),
+                Ok(Err(e)) => tracing::warn!("giving back start-up pages: {e}"),
+                Err(e) => tracing::warn!("giving back start-up pages: {e}"),
+            }
+        });
+    }
     let result = tokio::select! {
         r = link_run::run(ctx, stop_rx) => r.map_err(anyhow::Error::from),
         r = socket => match r {

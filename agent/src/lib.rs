@@ -16,14 +16,16 @@
 //! - [`cli`]: the command line, one module per command group.
 //! - [`daemon`]: the process wiring of `agent run`.
 //!
+//! [`code_pages`] gives back, once `agent run` has started, the code pages only start-up ran.
+//!
 //! Shared by several subsystems, below all of them: [`config`] (the configuration file),
 //! [`account`] (the unix account child processes run as), [`backoff`] (retry pacing) and
 //! [`atomic_file`] (state files replaced atomically). Wall-clock time comes from
 //! `tether_protocol::clock`.
 
-// `unsafe` is confined to the two modules that call libc for what nix does not wrap (the
-// pty's controlling terminal, switching accounts in a forked child); each block there says
-// why it is sound.
+// `unsafe` is confined to the modules that call libc for what nix does not wrap safely (the
+// pty's controlling terminal, switching accounts in a forked child, `madvise` on the agent's
+// own code in `code_pages`); each block there says why it is sound.
 #![deny(unsafe_code)]
 
 /// `println!` that returns the write's error instead of panicking: a command whose reader left
@@ -42,6 +44,7 @@ pub mod apps;
 pub mod atomic_file;
 pub mod backoff;
 pub mod cli;
+pub mod code_pages;
 pub mod config;
 pub mod daemon;
 pub mod fleet;

@@ -5,7 +5,7 @@
 //! discipline turns a typed Ctrl-C into SIGINT for the foreground process group, exactly as
 //! under sshd.
 
-// The crate denies `unsafe`; this module is one of the two allowed it, block by block with
+// The crate denies `unsafe`; this module is one of those allowed it, block by block with
 // the proof beside each.
 #![allow(unsafe_code)]
 

@@ -118,8 +118,8 @@ fn drain(watch: &AsyncFd<Watch>) -> std::io::Result<()> {
 // `AsyncFd::with_interest` is deprecated because it is unsound for a `T` whose `as_raw_fd`
 // could close or change its descriptor while registered. `Watch` owns its descriptor (the
 // `OwnedFd` inside `Inotify`) for as long as it lives and never replaces it, which is what the
-// unsafe replacement asks its callers to promise; this keeps the crate's `unsafe` in its two
-// modules.
+// unsafe replacement asks its callers to promise; this keeps the crate's `unsafe` in the
+// modules `lib.rs` names.
 #[allow(deprecated)]
 fn watch_dir(path: &Path) -> std::io::Result<AsyncFd<Watch>> {
     let dir = match path.parent() {
