@@ -3,7 +3,9 @@
 //! It loads the identity, opens the outbox and starts every long-lived part: the producer
 //! socket, the system metrics collector, the journal follower, the application supervisor (and
 //! its local control socket), the post-boot check of an OS update, and the link loop, which
-//! runs until a stop signal. On the way out it stops the applications and removes the sockets.
+//! runs until a stop signal; once start-up is over (`memory.page_out_after`) it gives back the
+//! code pages only start-up ran (`code_pages`). On the way out it stops the applications and
+//! removes the sockets.
 
 use std::sync::Arc;
 
