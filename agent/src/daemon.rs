@@ -120,9 +120,12 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     if !page_out_after.is_zero() {
         tokio::spawn(async move {
             tokio::time::sleep(page_out_after).await;
-            match tokio::task::spawn_blocking(crate::code_pages::release).await {
-                Ok(Ok(done)) => tracing::info!("start-up pages given back: {done}"),
-                Ok(Err(e)) => tracing::warn!("giving back start-up pages: {e}"),
+            let released = tokio::task::spawn_blocking(crate::code_pages::release)
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|r| r);
+            match released {
+                Ok(done) => tracing::info!("start-up pages given back: {done}"),
                 Err(e) => tracing::warn!("giving back start-up pages: {e}"),
             }
         });

@@ -148,8 +148,7 @@ impl Relay {
         let log = self.dir.path().join("relay.log");
         // Keep earlier logs: append a marker rather than truncating on restart.
         let proc = spawn_logged(cmd, &log)?;
-        self.proc = Some(proc);
-        let proc = self.proc.as_mut().context("relay process")?;
+        let proc = self.proc.insert(proc);
         for port in [self.ssh_port, self.http_port] {
             proc.wait_for_port(port).context("relay")?;
         }
