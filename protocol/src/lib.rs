@@ -11,6 +11,8 @@
 //! - [`fleet`]: desired and reported state, the control channel, artifact downloads.
 //! - [`frame`]: length-prefixed versioned JSON frames (telemetry and control channels).
 //! - [`keyfile`]: ed25519 private key files (device key, relay host key).
+//! - [`link_session`]: engineers' sessions carried straight on a link channel, and their
+//!   control frames.
 //! - [`private_fs`]: the private umask and owner-only directories and files for keys and state.
 //! - [`report`]: printing an error chain once, and telling a closed stdout from a failure.
 //! - [`rotate`]: the JSON messages of device key rotation.
@@ -30,6 +32,7 @@ pub mod enroll;
 pub mod fleet;
 pub mod frame;
 pub mod keyfile;
+pub mod link_session;
 pub mod names;
 pub mod private_fs;
 pub mod recipe;

@@ -45,6 +45,11 @@ pub const LINK_FORWARD_ADDRESS: &str = "tether";
 /// serve it on a `forwarded-tcpip` channel to [`LEGACY_EMBEDDED_SSH_TARGET`].
 pub const LINK_SESSION_CHANNELS: u32 = 1;
 
+/// Address an agent announces instead of [`LINK_FORWARD_ADDRESS`] (with the same
+/// [`LINK_SESSION_CHANNELS`] port, so that relays from before read it as they always did) when
+/// it also serves engineers' sessions straight on a link channel ([`crate::link_session`]).
+pub const LINK_FORWARD_ADDRESS_SESSIONS: &str = "tether+sessions";
+
 /// HTTP path of the WebSocket transport of the device link.
 pub const WS_LINK_PATH: &str = "/v1/link";
 

@@ -22,6 +22,9 @@ pub struct LiveLink {
     /// (it announced [`tether_protocol::names::LINK_SESSION_CHANNELS`]); earlier agents are
     /// reached on a `forwarded-tcpip` channel to the legacy name.
     pub session_channels: bool,
+    /// Whether the agent serves engineers' sessions straight on a link channel (it announced
+    /// [`tether_protocol::names::LINK_FORWARD_ADDRESS_SESSIONS`]), with no SSH session inside.
+    pub link_sessions: bool,
 }
 
 /// Live device links by device id.

@@ -3,8 +3,9 @@
 //!
 //! The agent is the SSH client. It authenticates with the device key, checks the relay's host
 //! key against the one pinned at enrollment (or, at enrollment, against `--fingerprint`), and
-//! serves what the relay opens towards the device: a `session` channel is served by the
-//! embedded SSH server, a `forwarded-tcpip` channel is an engineer's forward and is dialled
+//! serves what the relay opens towards the device: a `direct-streamlocal` channel to
+//! `tether-session` is an engineer's session carried on it directly, a `session` channel is
+//! served by the embedded SSH server, a `forwarded-tcpip` channel is an engineer's forward and is dialled
 //! only if the forward policy allows its target. No name an engineer can put in a forward
 //! reaches the embedded server: an engineer's request can only ever become a `forwarded-tcpip`
 //! channel, and those are never served by it. Every other channel type is refused.
@@ -21,10 +22,12 @@ use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicK
 use russh::{Channel, ChannelOpenFailure, Preferred, SshId, cipher};
 use thiserror::Error;
 
+use crate::access::link_session;
 use crate::access::ssh_server::{self, ServerSettings};
 use crate::config::LinkConfig;
 use crate::link::forward::{self, ForwardPolicy};
 use crate::link::transport::{self, RelayUrl, TransportError};
+use tether_protocol::link_session::LINK_SESSION_PATH;
 
 /// Why one link attempt ended.
 #[derive(Debug, Error)]
@@ -209,6 +212,27 @@ impl client::Handler for LinkHandler {
         reply
             .reject(ChannelOpenFailure::AdministrativelyProhibited)
             .await;
+        Ok(())
+    }
+
+    /// An engineer's session carried straight on this channel ([`link_session`]): like the
+    /// `session` channel, only the relay can open it.
+    async fn server_channel_open_direct_streamlocal(
+        &mut self,
+        channel: Channel<Msg>,
+        socket_path: &str,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if socket_path != LINK_SESSION_PATH {
+            tracing::warn!("refused direct-streamlocal channel to {socket_path:?}");
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        }
+        reply.accept().await;
+        tokio::spawn(link_session::serve(channel, self.server.session().clone()));
         Ok(())
     }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use russh::Channel;
 use russh::client::{self, Msg};
 use russh::keys::{PrivateKey, PublicKey};
-use tether_protocol::names::{LINK_FORWARD_ADDRESS, LINK_SESSION_CHANNELS, LINK_USER};
+use tether_protocol::names::{LINK_FORWARD_ADDRESS_SESSIONS, LINK_SESSION_CHANNELS, LINK_USER};
 use tether_protocol::telemetry::TELEMETRY_SUBSYSTEM;
 use tokio::sync::watch;
 
@@ -89,7 +89,7 @@ pub async fn run(
         };
         let error = match attempt {
             Ok((mut handle, _)) => match handle
-                .tcpip_forward(LINK_FORWARD_ADDRESS, LINK_SESSION_CHANNELS)
+                .tcpip_forward(LINK_FORWARD_ADDRESS_SESSIONS, LINK_SESSION_CHANNELS)
                 .await
             {
                 Ok(_) => {

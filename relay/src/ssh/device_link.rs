@@ -19,7 +19,8 @@ use crate::store::blocking::with_store;
 impl Conn {
     /// A device announces its link with a `tcpip-forward` request: it becomes the device's
     /// live link (replacing an older one) and the device is recorded online. The port it
-    /// names says whether its agent serves its embedded SSH server on session channels.
+    /// names says whether its agent serves its embedded SSH server on session channels, the
+    /// address whether it also serves sessions straight on a link channel.
     pub(super) async fn announce_link(
         &self,
         address: &str,
@@ -52,6 +53,8 @@ impl Conn {
             handle: session.handle(),
             device_key,
             session_channels,
+            link_sessions: session_channels
+                && address == tether_protocol::names::LINK_FORWARD_ADDRESS_SESSIONS,
         };
         if let Some(old) = self.front.registry.insert(&device.id, link) {
             tracing::info!(

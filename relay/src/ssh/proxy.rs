@@ -1,19 +1,24 @@
-//! Relay-terminated engineer sessions: one engineer session channel carried to the device's
-//! embedded SSH server.
+//! Relay-terminated engineer sessions: one engineer session channel carried to the device.
 //!
-//! For each session channel the relay opens a `session` channel towards the device over its
-//! link, which the agent serves with its embedded SSH server, runs an SSH client on it (verifying the device key as host key, and
-//! negotiating the `none` cipher because the link around it is already encrypted and
-//! authenticated), opens one session channel there and relays every request, byte, EOF, exit
-//! status and signal between the two channels. Each direction is pumped by its own task, so
-//! flow control holding up one direction never stalls the other.
+//! For each session channel the relay opens a channel towards the device over its link and
+//! relays every request, byte, EOF, exit status and signal between the two. An agent that
+//! serves link sessions gets a `direct-streamlocal` channel that is the session itself
+//! ([`tether_protocol::link_session`]: data as data, requests and the exit as control frames).
+//! Otherwise, and for a device whose link another relay of the cluster holds (a byte stream
+//! through that relay), the relay runs an SSH client to the agent's embedded SSH server
+//! (verifying the device key as host key, and negotiating the `none` cipher because the link
+//! around it is already encrypted and authenticated) and opens one session channel there.
+//! Each direction is pumped by its own task, so flow control holding up one direction never
+//! stalls the other.
 
 use std::sync::Arc;
 
 use russh::client;
 use russh::keys::{PublicKey, PublicKeyOrCertificate};
 use russh::server;
-use russh::{Channel, ChannelMsg, Preferred, cipher, mac};
+use russh::{Channel, ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Preferred, cipher, mac};
+use tether_protocol::link_session::flow::{ControlTx, Credit, Inbox, MAX_PIECE};
+use tether_protocol::link_session::{self as wire, LINK_SESSION_PATH, Report, Request};
 
 use crate::recording::Recording;
 use thiserror::Error;
@@ -69,20 +74,37 @@ impl client::Handler for InnerHandler {
     }
 }
 
-/// An open session on the device's embedded server.
-pub struct DeviceSession {
-    /// Keeps the inner SSH connection alive for as long as the session runs.
-    connection: client::Handle<InnerHandler>,
-    /// The session channel on the device.
-    channel: Channel<client::Msg>,
+/// An open session on the device.
+pub struct DeviceSession(Carrier);
+
+/// How a session reaches the device's process.
+enum Carrier {
+    /// A session channel of an SSH connection to the embedded server.
+    Embedded {
+        /// Keeps the inner SSH connection alive for as long as the session runs.
+        connection: client::Handle<InnerHandler>,
+        /// The session channel on the device.
+        channel: Channel<client::Msg>,
+    },
+    /// A link session: the link channel is the session.
+    Link(Channel<server::Msg>),
 }
 
-/// Opens a session on the device's embedded SSH server through its link.
+/// Opens a session on the device through its link: a link session where the agent serves
+/// them, else a session on its embedded SSH server.
 pub async fn open_device_session(
     link: &crate::registry::LiveLink,
     engineer: &str,
     originator: std::net::SocketAddr,
 ) -> Result<DeviceSession, ProxyError> {
+    if link.link_sessions {
+        // Like a `session` channel, this is a request only the relay can make.
+        let channel = link
+            .handle
+            .channel_open_direct_streamlocal(LINK_SESSION_PATH)
+            .await?;
+        return Ok(DeviceSession(Carrier::Link(channel)));
+    }
     // A `session` channel from relay to device is a request only the relay can make: an
     // engineer's forward always becomes `forwarded-tcpip`, which the agent never serves with
     // its embedded server.
@@ -126,10 +148,222 @@ where
         return Err(ProxyError::Refused);
     }
     let channel = connection.channel_open_session().await?;
-    Ok(DeviceSession {
+    Ok(DeviceSession(Carrier::Embedded {
         connection,
         channel,
-    })
+    }))
+}
+
+/// The device end of a session, for the engineer's requests and bytes.
+enum DeviceTx {
+    Embedded(ChannelWriteHalf<client::Msg>),
+    Link {
+        tx: Arc<ChannelWriteHalf<server::Msg>>,
+        control: Arc<ControlTx<server::Msg>>,
+        /// What input the agent has room for.
+        credit: Credit,
+    },
+}
+
+/// Why a message could not be carried to the device.
+enum SendError {
+    /// The channel is gone.
+    Closed,
+    /// The engineer asked for something that cannot be carried; the text says what.
+    Refused(String),
+}
+
+impl From<russh::Error> for SendError {
+    fn from(_: russh::Error) -> Self {
+        SendError::Closed
+    }
+}
+
+impl DeviceTx {
+    /// Carries one message of the engineer's channel to the device.
+    async fn send(&self, msg: ChannelMsg) -> Result<(), SendError> {
+        match self {
+            DeviceTx::Embedded(tx) => Self::send_ssh(tx, msg).await,
+            DeviceTx::Link {
+                tx,
+                control,
+                credit,
+            } => Self::send_link(tx, control, credit, msg).await,
+        }
+    }
+
+    async fn close(&self) {
+        let _ = match self {
+            DeviceTx::Embedded(tx) => tx.close().await,
+            DeviceTx::Link { tx, credit, .. } => {
+                credit.close();
+                tx.close().await
+            }
+        };
+    }
+
+    async fn send_ssh(
+        tx: &ChannelWriteHalf<client::Msg>,
+        msg: ChannelMsg,
+    ) -> Result<(), SendError> {
+        match msg {
+            ChannelMsg::Data { data } => tx.data_bytes(data).await?,
+            ChannelMsg::Eof => tx.eof().await?,
+            ChannelMsg::RequestPty {
+                term,
+                col_width,
+                row_height,
+                pix_width,
+                pix_height,
+                terminal_modes,
+                ..
+            } => {
+                tx.request_pty(
+                    false,
+                    &term,
+                    col_width,
+                    row_height,
+                    pix_width,
+                    pix_height,
+                    &terminal_modes,
+                )
+                .await?
+            }
+            ChannelMsg::RequestShell { .. } => tx.request_shell(false).await?,
+            ChannelMsg::Exec { command, .. } => tx.exec(false, command).await?,
+            ChannelMsg::RequestSubsystem { name, .. } => tx.request_subsystem(false, name).await?,
+            ChannelMsg::SetEnv {
+                variable_name,
+                variable_value,
+                ..
+            } => tx.set_env(false, variable_name, variable_value).await?,
+            ChannelMsg::WindowChange {
+                col_width,
+                row_height,
+                pix_width,
+                pix_height,
+            } => {
+                tx.window_change(col_width, row_height, pix_width, pix_height)
+                    .await?
+            }
+            ChannelMsg::Signal { signal } => tx.signal(signal).await?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn send_link(
+        tx: &ChannelWriteHalf<server::Msg>,
+        control: &ControlTx<server::Msg>,
+        credit: &Credit,
+        msg: ChannelMsg,
+    ) -> Result<(), SendError> {
+        let request = match msg {
+            ChannelMsg::Data { data } => {
+                let mut at = 0;
+                while at < data.len() {
+                    let end = data.len().min(at + MAX_PIECE);
+                    if !credit.take(end - at).await {
+                        return Err(SendError::Closed);
+                    }
+                    tx.data_bytes(data.slice(at..end)).await?;
+                    at = end;
+                }
+                return Ok(());
+            }
+            ChannelMsg::Eof => return Ok(tx.eof().await?),
+            ChannelMsg::RequestPty {
+                term,
+                col_width,
+                row_height,
+                pix_width,
+                pix_height,
+                ..
+            } => Request::Pty {
+                term,
+                cols: col_width,
+                rows: row_height,
+                px_width: pix_width,
+                px_height: pix_height,
+            },
+            ChannelMsg::RequestShell { .. } => Request::Shell,
+            ChannelMsg::Exec { command, .. } => Request::Exec {
+                command: String::from_utf8_lossy(&command).into_owned(),
+            },
+            ChannelMsg::RequestSubsystem { name, .. } => Request::Subsystem { name },
+            ChannelMsg::SetEnv {
+                variable_name,
+                variable_value,
+                ..
+            } => Request::Env {
+                name: variable_name,
+                value: variable_value,
+            },
+            ChannelMsg::WindowChange {
+                col_width,
+                row_height,
+                pix_width,
+                pix_height,
+            } => Request::WindowChange {
+                cols: col_width,
+                rows: row_height,
+                px_width: pix_width,
+                px_height: pix_height,
+            },
+            ChannelMsg::Signal { signal } => Request::Signal {
+                name: wire::signal_name(&signal),
+            },
+            _ => return Ok(()),
+        };
+        let frame = wire::encode(&request).map_err(|_| {
+            SendError::Refused(format!(
+                "request too long for the device (the limit is {} KiB)",
+                wire::MAX_CONTROL_FRAME / 1024
+            ))
+        })?;
+        if control.send(frame).await {
+            Ok(())
+        } else {
+            Err(SendError::Closed)
+        }
+    }
+}
+
+/// The device end of a session, for its output and its end. A link session's channel is
+/// drained at once ([`Inbox`]), its control frames becoming the `exit-status` and
+/// `exit-signal` an SSH session would have sent and the credit for the engineer's input.
+enum DeviceRx {
+    Embedded(ChannelReadHalf),
+    Link(Inbox<server::Msg>),
+}
+
+impl DeviceRx {
+    async fn next(&mut self) -> Option<ChannelMsg> {
+        match self {
+            DeviceRx::Embedded(rx) => rx.wait().await,
+            DeviceRx::Link(inbox) => inbox.next().await,
+        }
+    }
+}
+
+/// What a control frame from the device means for the session.
+fn report_to_msg(report: Report, credit: &Credit) -> Option<ChannelMsg> {
+    match report {
+        Report::ExitStatus { status } => Some(ChannelMsg::ExitStatus {
+            exit_status: status,
+        }),
+        Report::ExitSignal { name, core_dumped } => Some(ChannelMsg::ExitSignal {
+            signal_name: wire::signal_from_name(&name),
+            core_dumped,
+            error_message: String::new(),
+            lang_tag: "en".into(),
+        }),
+        Report::Credit { bytes } => {
+            credit.give(bytes);
+            None
+        }
+        Report::Unknown => None,
+    }
 }
 
 /// Which side ended a session.
@@ -182,11 +416,38 @@ pub async fn relay_session(
 ) -> Ended {
     let engineer_id = engineer.id();
     let (mut engineer_rx, engineer_tx) = engineer.split();
-    let DeviceSession {
-        connection,
-        channel,
-    } = device;
-    let (mut device_rx, device_tx) = channel.split();
+    let (connection, mut device_rx, device_tx) = match device.0 {
+        Carrier::Embedded {
+            connection,
+            channel,
+        } => {
+            let (rx, tx) = channel.split();
+            (
+                Some(connection),
+                DeviceRx::Embedded(rx),
+                DeviceTx::Embedded(tx),
+            )
+        }
+        Carrier::Link(channel) => {
+            let (rx, tx) = channel.split();
+            let tx = Arc::new(tx);
+            let control = Arc::new(ControlTx::new(tx.clone()));
+            let credit = Credit::new();
+            let given = credit.clone();
+            let inbox = Inbox::start::<Report, _>(
+                rx,
+                move |report| report_to_msg(report, &given),
+                control.clone(),
+                |bytes| wire::encode(&Request::Credit { bytes }).ok(),
+            );
+            let tx = DeviceTx::Link {
+                tx,
+                control,
+                credit,
+            };
+            (None, DeviceRx::Link(inbox), tx)
+        }
+    };
     let rec_up = recording.clone();
     let rec_down = recording.clone();
     let activity = Arc::new(Activity {
@@ -195,84 +456,50 @@ pub async fn relay_session(
     });
     let (act_up, act_down) = (activity.clone(), activity.clone());
     let idle_front = front.clone();
+    let refuse_front = front.clone();
 
     let upstream = async move {
         while let Some(msg) = engineer_rx.wait().await {
-            let sent = match msg {
+            match &msg {
                 ChannelMsg::Data { data } => {
                     act_up.touch();
-                    rec_up.input(&data);
-                    device_tx.data_bytes(data).await
+                    rec_up.input(data);
                 }
-                ChannelMsg::ExtendedData { .. } => Ok(()),
-                ChannelMsg::Eof => device_tx.eof().await,
                 ChannelMsg::Close => break,
                 ChannelMsg::RequestPty {
                     term,
                     col_width,
                     row_height,
-                    pix_width,
-                    pix_height,
-                    terminal_modes,
                     ..
-                } => {
-                    rec_up.pty(&term, col_width, row_height);
-                    device_tx
-                        .request_pty(
-                            false,
-                            &term,
-                            col_width,
-                            row_height,
-                            pix_width,
-                            pix_height,
-                            &terminal_modes,
-                        )
-                        .await
-                }
-                ChannelMsg::RequestShell { .. } => {
-                    rec_up.shell();
-                    device_tx.request_shell(false).await
-                }
-                ChannelMsg::Exec { command, .. } => {
-                    rec_up.exec(&command);
-                    device_tx.exec(false, command).await
-                }
-                ChannelMsg::RequestSubsystem { name, .. } => {
-                    rec_up.subsystem(&name);
-                    device_tx.request_subsystem(false, name).await
-                }
-                ChannelMsg::SetEnv {
-                    variable_name,
-                    variable_value,
-                    ..
-                } => {
-                    device_tx
-                        .set_env(false, variable_name, variable_value)
-                        .await
-                }
+                } => rec_up.pty(term, *col_width, *row_height),
+                ChannelMsg::RequestShell { .. } => rec_up.shell(),
+                ChannelMsg::Exec { command, .. } => rec_up.exec(command),
+                ChannelMsg::RequestSubsystem { name, .. } => rec_up.subsystem(name),
                 ChannelMsg::WindowChange {
                     col_width,
                     row_height,
-                    pix_width,
-                    pix_height,
-                } => {
-                    rec_up.resize(col_width, row_height);
-                    device_tx
-                        .window_change(col_width, row_height, pix_width, pix_height)
-                        .await
+                    ..
+                } => rec_up.resize(*col_width, *row_height),
+                _ => {}
+            }
+            match device_tx.send(msg).await {
+                Ok(()) => {}
+                Err(SendError::Closed) => break,
+                Err(SendError::Refused(why)) => {
+                    let text = format!("tether: {why}\r\n");
+                    let _ = refuse_front
+                        .extended_data(engineer_id, 1, text.into_bytes())
+                        .await;
+                    let _ = refuse_front.exit_status_request(engineer_id, 255).await;
+                    break;
                 }
-                ChannelMsg::Signal { signal } => device_tx.signal(signal).await,
-                _ => Ok(()),
-            };
-            if sent.is_err() {
-                break;
             }
         }
-        let _ = device_tx.close().await;
+        device_tx.close().await;
     };
 
     let downstream = async move {
-        while let Some(msg) = device_rx.wait().await {
+        while let Some(msg) = device_rx.next().await {
             let sent = match msg {
                 ChannelMsg::Data { data } => {
                     act_down.touch();
@@ -361,9 +588,11 @@ pub async fn relay_session(
             Ended::Engineer
         }
     };
-    let _ = connection
-        .disconnect(russh::Disconnect::ByApplication, "session ended", "en")
-        .await;
+    if let Some(connection) = connection {
+        let _ = connection
+            .disconnect(russh::Disconnect::ByApplication, "session ended", "en")
+            .await;
+    }
     ended
 }
 
