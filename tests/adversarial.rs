@@ -23,6 +23,8 @@ const RESERVED_SPELLINGS: &[&str] = &[
     "Tether-Ssh",
     "tether-ssh.",
     "tether-link",
+    "tether-session",
+    "TETHER-SESSION",
     "tether",
 ];
 
@@ -113,6 +115,45 @@ fn no_forward_reaches_the_embedded_ssh_server() -> Result<()> {
             !r.stdout.contains("SSH-2.0"),
             "-W {target}:22 reached an SSH server: {:?}",
             r.stdout
+        );
+    }
+
+    // A forward to a unix socket on the device (`direct-streamlocal`, the channel type that
+    // carries the relay's own link sessions; OpenSSH names a socket only by a path with a
+    // slash) is not served for engineers at all: whatever connects to its local end gets
+    // neither a shell nor a byte.
+    for path in ["/tether-session", "/run/tether-session"] {
+        let local = free_port()?;
+        let mut forward = s
+            .engineer
+            .ssh_cmd(&[
+                "-p",
+                &s.relay.ssh_port.to_string(),
+                "-N",
+                "-L",
+                &format!("127.0.0.1:{local}:{path}"),
+                "board1@127.0.0.1",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let got = (|| -> Result<Vec<u8>> {
+            wait_for_port(local)?;
+            let mut conn = TcpStream::connect(("127.0.0.1", local))?;
+            conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let _ = conn.write_all(b"\x00\x00\x00\x10{\"op\":\"shell\"}\necho reached\n");
+            let mut got = Vec::new();
+            let _ = conn.read_to_end(&mut got);
+            Ok(got)
+        })();
+        let _ = forward.kill();
+        let _ = forward.wait();
+        let got = got?;
+        ensure!(
+            got.is_empty(),
+            "a streamlocal forward to {path:?} answered: {:?}",
+            String::from_utf8_lossy(&got)
         );
     }
 

@@ -12,6 +12,17 @@ use common::*;
 
 fn exec_and_stdin(transport: Transport) -> Result<()> {
     let s = Setup::new(transport)?;
+    exec_and_stdin_on(&s)?;
+    // By default sessions travel straight on link channels, not through the embedded server.
+    let log = s.agent.log();
+    ensure!(
+        log.contains("on a link session") && !log.contains("for engineer alice"),
+        "sessions did not travel as link sessions:\n{log}"
+    );
+    Ok(())
+}
+
+fn exec_and_stdin_on(s: &Setup) -> Result<()> {
     let r = s
         .engineer
         .exec("board1", "echo out; echo err >&2; exit 7")?;
@@ -109,6 +120,20 @@ fn exec_and_stdin_over_tcp() -> Result<()> {
 #[test]
 fn exec_and_stdin_over_websocket() -> Result<()> {
     exec_and_stdin(Transport::WebSocket)
+}
+
+/// `link.channel_sessions: false`: the agent announces its link as agents before link sessions
+/// did, and the relay carries every session to its embedded SSH server, with the same results.
+#[test]
+fn exec_and_stdin_through_the_embedded_ssh_server() -> Result<()> {
+    let s = Setup::with_agent_config(Transport::Tcp, &[], "link:\n  channel_sessions: false\n")?;
+    exec_and_stdin_on(&s)?;
+    ensure!(
+        s.agent.log().contains("for engineer alice"),
+        "the sessions did not go through the embedded server:\n{}",
+        s.agent.log()
+    );
+    Ok(())
 }
 
 fn files(transport: Transport) -> Result<()> {
@@ -390,6 +415,76 @@ fn many_sessions_and_devices_and_a_stalled_session() -> Result<()> {
         h.join()
             .map_err(|_| anyhow::anyhow!("session thread panicked"))??;
     }
+    Ok(())
+}
+
+/// The other direction of the stalled session above: an engineer streams input into a
+/// process that never reads it. The session gets only the agent's credit of input (the rest
+/// waits in the engineer's client), and the board's other sessions and its link carry on.
+#[test]
+fn a_process_that_never_reads_its_input_holds_up_no_one_else() -> Result<()> {
+    let relay = Relay::start()?;
+    relay.tenant("acme")?;
+    let engineer = relay.engineer("alice", "acme", "admin")?;
+    let mut agent = Agent::new("board0", &[])?;
+    agent.enroll(&relay, Transport::Tcp, "acme")?;
+    agent.start()?;
+    agent.wait_online()?;
+
+    let mut stuck = engineer.ssh_cmd(&[
+        "-p",
+        &engineer.ssh_port.to_string(),
+        "board0@127.0.0.1",
+        "sleep 60",
+    ]);
+    stuck
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut stuck = KillOnDrop(stuck.spawn()?);
+    let Some(mut stdin) = stuck.0.stdin.take() else {
+        anyhow::bail!("no stdin for the stuck session");
+    };
+    // 64 MiB offered; the writer thread blocks once the path is full and ends when the
+    // session is killed.
+    let (written_tx, written_rx) = std::sync::mpsc::channel::<usize>();
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let block = vec![b'y'; 64 * 1024];
+        let mut total = 0;
+        for _ in 0..1024 {
+            if stdin.write_all(&block).is_err() {
+                break;
+            }
+            total += block.len();
+            let _ = written_tx.send(total);
+        }
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let offered = written_rx.try_iter().last().unwrap_or(0);
+    ensure!(
+        offered < 32 * 1024 * 1024,
+        "{offered} bytes went into a process that reads none"
+    );
+
+    for i in 0..6 {
+        let r = engineer.exec("board0", &format!("echo n={i}"))?;
+        ensure!(
+            r.status == Some(0) && r.stdout == format!("n={i}\n"),
+            "session {i} beside the stuck one: {:?} {:?} {}",
+            r.status,
+            r.stdout,
+            r.stderr
+        );
+    }
+    let r = engineer.exec_input("board0", "wc -c", Some(&vec![b'z'; 3 * 1024 * 1024]))?;
+    ensure!(
+        r.status == Some(0) && r.stdout.trim() == (3 * 1024 * 1024).to_string(),
+        "3 MiB through a second session: {:?} {:?} {}",
+        r.status,
+        r.stdout,
+        r.stderr
+    );
     Ok(())
 }
 

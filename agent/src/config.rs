@@ -286,6 +286,10 @@ pub struct LinkConfig {
     /// Local address the link's TCP connections leave from (OpenSSH's `BindAddress`): the
     /// interface of a board with several uplinks. Default: the system's choice.
     pub bind_address: Option<std::net::IpAddr>,
+    /// Serve engineers' sessions straight on link channels where the relay can, with no SSH
+    /// session inside them; `false` announces the link as agents before did, so every session
+    /// goes through the embedded SSH server. Default true.
+    pub channel_sessions: bool,
 }
 
 /// Settings of the shells the embedded SSH server runs.
@@ -351,6 +355,7 @@ impl Default for LinkConfig {
             backoff_max: Duration::from_secs(60),
             relay_urls: Vec::new(),
             bind_address: None,
+            channel_sessions: true,
         }
     }
 }

@@ -37,6 +37,20 @@ impl Agent {
             "state_dir: {}\nlink:\n  keepalive_interval: 5s\n  backoff_initial: 200ms\n  backoff_max: 1s\n  connect_timeout: 5s\n",
             dir.path().join("state").display()
         );
+        // A `link:` section at the start of `extra` joins the harness's own.
+        let extra = match extra.strip_prefix("link:\n") {
+            Some(rest) => {
+                let end = rest
+                    .lines()
+                    .take_while(|l| l.starts_with("  "))
+                    .map(|l| l.len() + 1)
+                    .sum::<usize>()
+                    .min(rest.len());
+                yaml = yaml.replacen("link:\n", &format!("link:\n{}", &rest[..end]), 1);
+                &rest[end..]
+            }
+            None => extra,
+        };
         yaml.push_str("forward:\n  allow:\n");
         for a in allow {
             yaml.push_str(&format!("    - \"{a}\"\n"));

@@ -25,10 +25,15 @@ impl Setup {
 
     /// Like [`Setup::new`] with forwards allowed to `allow`.
     pub fn with_allow(transport: Transport, allow: &[String]) -> Result<Setup> {
+        Self::with_agent_config(transport, allow, "")
+    }
+
+    /// Like [`Setup::with_allow`] with `extra` YAML appended to the agent's configuration.
+    pub fn with_agent_config(transport: Transport, allow: &[String], extra: &str) -> Result<Setup> {
         let relay = Relay::start()?;
         relay.tenant("acme")?;
         let engineer = relay.engineer("alice", "acme", "admin")?;
-        let mut agent = Agent::new("board1", allow)?;
+        let mut agent = Agent::with_extra_config("board1", allow, extra)?;
         agent.enroll(&relay, transport, "acme")?;
         agent.start()?;
         agent.wait_online()?;

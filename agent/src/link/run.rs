@@ -13,7 +13,9 @@ use std::sync::Arc;
 use russh::Channel;
 use russh::client::{self, Msg};
 use russh::keys::{PrivateKey, PublicKey};
-use tether_protocol::names::{LINK_FORWARD_ADDRESS_SESSIONS, LINK_SESSION_CHANNELS, LINK_USER};
+use tether_protocol::names::{
+    LINK_FORWARD_ADDRESS, LINK_FORWARD_ADDRESS_SESSIONS, LINK_SESSION_CHANNELS, LINK_USER,
+};
 use tether_protocol::telemetry::TELEMETRY_SUBSYSTEM;
 use tokio::sync::watch;
 
@@ -62,6 +64,12 @@ pub async fn run(
         .map_err(|e| LinkError::BadPinnedKey(e.to_string()))?;
     let state_dir = ctx.config.state_dir.clone();
     let link_cfg = ctx.config.link.clone();
+    // The address says whether this agent serves sessions straight on link channels.
+    let announce = if link_cfg.channel_sessions {
+        LINK_FORWARD_ADDRESS_SESSIONS
+    } else {
+        LINK_FORWARD_ADDRESS
+    };
     let mut backoff = Backoff::new(link_cfg.backoff_initial, link_cfg.backoff_max);
     loop {
         if *shutdown.borrow() {
@@ -88,46 +96,45 @@ pub async fn run(
             _ = shutdown.changed() => break,
         };
         let error = match attempt {
-            Ok((mut handle, _)) => match handle
-                .tcpip_forward(LINK_FORWARD_ADDRESS_SESSIONS, LINK_SESSION_CHANNELS)
-                .await
-            {
-                Ok(_) => {
-                    linked = true;
-                    tracing::info!("link to {} is up", relay.authority());
-                    status::publish(&state_dir, LinkState::Online, None);
-                    notify(&[sd_notify::NotifyState::Status("link online")]);
-                    backoff.reset();
-                    let (uploader, mut telemetry_requests) = start_upload(&ctx);
-                    let controller = start_control(&handle, &ctx).await;
-                    let ended = loop {
-                        tokio::select! {
-                            r = &mut handle => break r.err().map(|e| e.to_string()),
-                            // The uploader asks for a telemetry channel when it starts and
-                            // whenever the relay closed its last one.
-                            Some(reply) = telemetry_requests.recv() => {
-                                let _ = reply.send(open_telemetry(&handle).await);
+            Ok((mut handle, _)) => {
+                match handle.tcpip_forward(announce, LINK_SESSION_CHANNELS).await {
+                    Ok(_) => {
+                        linked = true;
+                        tracing::info!("link to {} is up", relay.authority());
+                        status::publish(&state_dir, LinkState::Online, None);
+                        notify(&[sd_notify::NotifyState::Status("link online")]);
+                        backoff.reset();
+                        let (uploader, mut telemetry_requests) = start_upload(&ctx);
+                        let controller = start_control(&handle, &ctx).await;
+                        let ended = loop {
+                            tokio::select! {
+                                r = &mut handle => break r.err().map(|e| e.to_string()),
+                                // The uploader asks for a telemetry channel when it starts and
+                                // whenever the relay closed its last one.
+                                Some(reply) = telemetry_requests.recv() => {
+                                    let _ = reply.send(open_telemetry(&handle).await);
+                                }
+                                _ = shutdown.changed() => {
+                                    let _ = handle
+                                        .disconnect(russh::Disconnect::ByApplication, "agent stopping", "en")
+                                        .await;
+                                    uploader.abort();
+                                    status::publish(&state_dir, LinkState::Stopped, None);
+                                    return Ok(());
+                                }
                             }
-                            _ = shutdown.changed() => {
-                                let _ = handle
-                                    .disconnect(russh::Disconnect::ByApplication, "agent stopping", "en")
-                                    .await;
-                                uploader.abort();
-                                status::publish(&state_dir, LinkState::Stopped, None);
-                                return Ok(());
-                            }
+                        };
+                        uploader.abort();
+                        if let Some(c) = controller {
+                            c.abort();
                         }
-                    };
-                    uploader.abort();
-                    if let Some(c) = controller {
-                        c.abort();
+                        let msg = ended.unwrap_or_else(|| "relay closed the link".to_string());
+                        tracing::warn!("link to {} lost: {msg}", relay.authority());
+                        msg
                     }
-                    let msg = ended.unwrap_or_else(|| "relay closed the link".to_string());
-                    tracing::warn!("link to {} lost: {msg}", relay.authority());
-                    msg
+                    Err(e) => e.to_string(),
                 }
-                Err(e) => e.to_string(),
-            },
+            }
             Err(e) => e.to_string(),
         };
         // A link that came up and dropped is tried again first; one that never came up hands
