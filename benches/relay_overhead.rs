@@ -18,8 +18,10 @@
 //! Environment: `RELAY_OVERHEAD_ROUNDS=N` measures scp and `-L` N times per path, interleaved,
 //! and reports medians (default 1; 0 measures keystrokes only); `RELAY_OVERHEAD_KEYSTROKES=N`
 //! sets the keystrokes per path (default 400); `RELAY_OVERHEAD_CLUSTER=0` skips the cluster rows;
-//! `RELAY_OVERHEAD_PATHS=tcp,ws` measures only those of `direct`, `tunnel`, `tcp`, `ws` (to
-//! profile one path; the ratios need `direct` and `tunnel`).
+//! `RELAY_OVERHEAD_PATHS=tcp,ws` measures only those of `direct`, `tunnel`, `tcp`, `ws` and
+//! `embedded` (the tcp link with sessions through the agent's embedded SSH server, as agents
+//! before link sessions served them) (to profile one path; the ratios need `direct` and
+//! `tunnel`).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -316,6 +318,16 @@ fn main() -> Result<()> {
     ws_agent.enroll(&relay, Transport::WebSocket, "bench")?;
     ws_agent.start()?;
     ws_agent.wait_online()?;
+    // The same tcp link with every session through the agent's embedded SSH server (as
+    // through another relay of a cluster, or with agents before link sessions).
+    let mut embedded_agent = Agent::with_extra_config(
+        "bench-embedded",
+        &[format!("127.0.0.1:{sink_port}")],
+        "link:\n  channel_sessions: false\n",
+    )?;
+    embedded_agent.enroll(&relay, Transport::Tcp, "bench")?;
+    embedded_agent.start()?;
+    embedded_agent.wait_online()?;
     let relay_pid = relay.pid().context("relay pid")?;
 
     let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
@@ -395,6 +407,7 @@ fn main() -> Result<()> {
     };
     let via_relay = relay_target("tether relay (tcp link)", "bench-board");
     let via_ws = relay_target("tether relay (websocket link)", "bench-ws");
+    let via_embedded = relay_target("tether relay (tcp, embedded server)", "bench-embedded");
 
     let work = tempfile::tempdir()?;
     let file = work.path().join("bulk");
@@ -411,6 +424,7 @@ fn main() -> Result<()> {
         ("tunnel", &tunnel),
         ("tcp", &via_relay),
         ("ws", &via_ws),
+        ("embedded", &via_embedded),
     ]
     .into_iter()
     .filter(|(key, _)| {

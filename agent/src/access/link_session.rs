@@ -15,9 +15,9 @@ use std::sync::Arc;
 
 use russh::client::Msg;
 use russh::{Channel, ChannelMsg, ChannelWriteHalf, Sig};
-use tether_protocol::link_session::flow::{ControlTx, Credit, Inbox};
+use tether_protocol::link_session::flow::{ControlTx, Credit, Inbox, SessionEnds};
 use tether_protocol::link_session::{
-    MAX_EARLY_INPUT, Report, Request, STDERR_EXT, encode, signal_from_name, signal_name,
+    MAX_EARLY_INPUT, Report, Request, encode, signal_from_name, signal_name,
 };
 
 use crate::access::pty::Size;
@@ -129,31 +129,17 @@ impl ExitReport<Msg> for LinkExit {
     }
 }
 
-/// Ends a session that cannot run with a message on stderr and `status`, as sshd would.
-async fn refuse(writer: &ChannelWriteHalf<Msg>, exit: &LinkExit, message: &str, status: u32) {
-    let text = format!("tether: {message}\r\n");
-    let _ = writer
-        .extended_data_bytes(STDERR_EXT, text.into_bytes())
-        .await;
-    exit.exit_status(writer, status).await;
-    let _ = writer.eof().await;
-    let _ = writer.close().await;
-}
-
 /// Serves one link session channel until its process ended and was reported, or the relay
 /// closed the channel. The relay authorised and records the session before opening it.
 pub async fn serve(channel: Channel<Msg>, settings: Arc<SessionSettings>) {
-    let (reader, writer) = channel.split();
-    let writer = Arc::new(writer);
-    let control = Arc::new(ControlTx::new(writer.clone()));
-    let credit = Credit::new();
-    let given = credit.clone();
-    let inbox = Inbox::start::<Request, _>(
-        reader,
-        move |request| request_to_msg(request, &given),
-        control.clone(),
-        |bytes| encode(&Report::Credit { bytes }).ok(),
-    );
+    let SessionEnds {
+        writer,
+        control,
+        credit,
+        inbox,
+    } = SessionEnds::open(channel, request_to_msg, |bytes| {
+        encode(&Report::Credit { bytes }).ok()
+    });
     let mut input = LinkInput {
         early: VecDeque::new(),
         inbox,
@@ -221,7 +207,7 @@ pub async fn serve(channel: Channel<Msg>, settings: Arc<SessionSettings>) {
             ChannelMsg::RequestSubsystem { name, .. } => {
                 let shown: String = name.chars().take(64).collect();
                 let why = format!("subsystem {shown:?} is not served");
-                refuse(&writer, &exit, &why, 1).await;
+                session_process::refuse(&writer, &exit, &why, 1).await;
                 return;
             }
             ChannelMsg::Close => {
@@ -236,7 +222,7 @@ pub async fn serve(channel: Channel<Msg>, settings: Arc<SessionSettings>) {
                     let why = format!(
                         "more than {MAX_EARLY_INPUT} bytes of input before the session started"
                     );
-                    refuse(&writer, &exit, &why, 255).await;
+                    session_process::refuse(&writer, &exit, &why, 255).await;
                     return;
                 }
                 input.early.push_back(msg);

@@ -341,9 +341,18 @@ where
     S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static,
     R: ExitReport<S>,
 {
-    let text = format!("tether: cannot start session: {e}\r\n");
+    refuse(writer, report, &format!("cannot start session: {e}"), 127).await;
+}
+
+/// Ends a session that cannot run with a message on stderr and `status`, as sshd would.
+pub async fn refuse<S, R>(writer: &ChannelWriteHalf<S>, report: &R, message: &str, status: u32)
+where
+    S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static,
+    R: ExitReport<S>,
+{
+    let text = format!("tether: {message}\r\n");
     let _ = writer.extended_data_bytes(1, text.into_bytes()).await;
-    report.exit_status(writer, 127).await;
+    report.exit_status(writer, status).await;
     let _ = writer.eof().await;
     let _ = writer.close().await;
 }

@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Bytes, BytesMut};
-use russh::{ChannelId, ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
+use russh::{Channel, ChannelId, ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, Semaphore};
 
@@ -93,6 +93,52 @@ impl<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static> ControlTx<S> {
             .extended_data_bytes(CONTROL_EXT, frame)
             .await
             .is_ok()
+    }
+}
+
+/// One side's end of a link session channel, set up the same way on both sides: the writer,
+/// its control frames, the credit for sending, and the drained inbox.
+pub struct SessionEnds<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static> {
+    /// Data, stderr, EOF and close towards the peer.
+    pub writer: Arc<ChannelWriteHalf<S>>,
+    /// Control frames towards the peer.
+    pub control: Arc<ControlTx<S>>,
+    /// What data this side may still send.
+    pub credit: Credit,
+    /// What the peer sent.
+    pub inbox: Inbox<S>,
+}
+
+impl<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static> SessionEnds<S> {
+    /// Splits `channel` and starts draining it. `on_control` turns each control frame from the
+    /// peer (`T`) into the message to hold, if any, and may give this side credit;
+    /// `encode_credit` writes the credit this side returns.
+    pub fn open<T, F>(
+        channel: Channel<S>,
+        mut on_control: F,
+        encode_credit: fn(u64) -> Option<Vec<u8>>,
+    ) -> Self
+    where
+        T: DeserializeOwned + Send + 'static,
+        F: FnMut(T, &Credit) -> Option<ChannelMsg> + Send + 'static,
+    {
+        let (reader, writer) = channel.split();
+        let writer = Arc::new(writer);
+        let control = Arc::new(ControlTx::new(writer.clone()));
+        let credit = Credit::new();
+        let given = credit.clone();
+        let inbox = Inbox::start::<T, _>(
+            reader,
+            move |frame| on_control(frame, &given),
+            control.clone(),
+            encode_credit,
+        );
+        Self {
+            writer,
+            control,
+            credit,
+            inbox,
+        }
     }
 }
 

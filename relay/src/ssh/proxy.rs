@@ -17,7 +17,7 @@ use russh::client;
 use russh::keys::{PublicKey, PublicKeyOrCertificate};
 use russh::server;
 use russh::{Channel, ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Preferred, cipher, mac};
-use tether_protocol::link_session::flow::{ControlTx, Credit, Inbox, MAX_PIECE};
+use tether_protocol::link_session::flow::{ControlTx, Credit, Inbox, MAX_PIECE, SessionEnds};
 use tether_protocol::link_session::{self as wire, LINK_SESSION_PATH, Report, Request};
 
 use crate::recording::Recording;
@@ -429,19 +429,16 @@ pub async fn relay_session(
             )
         }
         Carrier::Link(channel) => {
-            let (rx, tx) = channel.split();
-            let tx = Arc::new(tx);
-            let control = Arc::new(ControlTx::new(tx.clone()));
-            let credit = Credit::new();
-            let given = credit.clone();
-            let inbox = Inbox::start::<Report, _>(
-                rx,
-                move |report| report_to_msg(report, &given),
-                control.clone(),
-                |bytes| wire::encode(&Request::Credit { bytes }).ok(),
-            );
+            let SessionEnds {
+                writer,
+                control,
+                credit,
+                inbox,
+            } = SessionEnds::open(channel, report_to_msg, |bytes| {
+                wire::encode(&Request::Credit { bytes }).ok()
+            });
             let tx = DeviceTx::Link {
-                tx,
+                tx: writer,
                 control,
                 credit,
             };
