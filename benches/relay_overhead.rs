@@ -125,8 +125,10 @@ fn measure(
     let mut samples: Vec<Vec<Sample>> = targets.iter().map(|_| vec![]).collect();
     for _ in 0..rounds {
         for (t, s) in targets.iter().zip(&mut samples) {
-            let scp = metered(t, || scp_upload(t, file, remote))?;
-            let fwd = metered(t, || forward_throughput(t, sink_port, sink_done))?;
+            let scp = metered(t, || scp_upload(t, file, remote))
+                .with_context(|| format!("{}: scp", t.label))?;
+            let fwd = metered(t, || forward_throughput(t, sink_port, sink_done))
+                .with_context(|| format!("{}: -L", t.label))?;
             s.push((scp, fwd));
         }
     }
@@ -233,7 +235,9 @@ fn sink() -> Result<(u16, std::sync::mpsc::Receiver<usize>)> {
     let port = listener.local_addr()?.port();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        for s in listener.incoming().take(16) {
+        // Two connections per forward measured (the readiness probe and the transfer), for
+        // every path and round; the bound only keeps the thread from outliving a broken run.
+        for s in listener.incoming().take(1024) {
             let Ok(mut s) = s else { continue };
             let tx = tx.clone();
             std::thread::spawn(move || {
@@ -433,7 +437,7 @@ fn main() -> Result<()> {
     })
     .map(|(_, t)| t)
     .collect();
-    let rows = measure(
+    let rows = match measure(
         &targets,
         rounds,
         keystrokes,
@@ -441,7 +445,21 @@ fn main() -> Result<()> {
         remote.path(),
         sink_port,
         &sink_done,
-    )?;
+    ) {
+        Ok(rows) => rows,
+        Err(e) => {
+            // What the relay and the boards said is what explains a failed path.
+            for (who, log) in [
+                ("relay", relay.log()),
+                ("tcp board", agent.log()),
+                ("websocket board", ws_agent.log()),
+                ("embedded-server board", embedded_agent.log()),
+            ] {
+                eprintln!("--- {who} log (last lines) ---\n{}", tail_lines(&log, 40));
+            }
+            return Err(e);
+        }
+    };
     print_rows(&targets, &rows);
     if only.is_some() {
         return Ok(());
