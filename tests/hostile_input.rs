@@ -1,6 +1,7 @@
 //! What a device or a caller sends that it should not: strings built to forge rows in an
-//! operator's terminal (escape sequences, line breaks, 60 KB of them), and time parameters
-//! that are not times or are times in another RFC 3339 form than the store writes.
+//! operator's terminal (escape sequences, line breaks, 60 KB of them), time parameters that
+//! are not times or are times in another RFC 3339 form than the store writes, and session
+//! requests far longer than a command line.
 
 mod common;
 
@@ -307,5 +308,65 @@ fn time_parameters_are_parsed_refused_by_name_and_compared_as_times() -> Result<
             .unwrap_or_default();
         ensure!(got == want, "--since {since}: {got:?}, not {want:?}");
     }
+    Ok(())
+}
+
+/// A command of 100 KiB runs; one whose request to the device would pass the 256 KiB a
+/// control frame may hold is refused with a message that says so; a megabyte of command line
+/// gets an error too; and the board answers the next session as if nothing happened.
+#[test]
+fn command_lines_of_hundreds_of_kilobytes_run_or_are_refused_clearly() -> Result<()> {
+    let s = Setup::new(Transport::Tcp)?;
+    let port = s.engineer.ssh_port.to_string();
+    let exec = |args: &[&str]| -> Result<Run> {
+        let mut all = vec!["-p", &port, "board1@127.0.0.1"];
+        all.extend_from_slice(args);
+        // The error of a run names its arguments: not hundreds of kilobytes of them.
+        run_with_timeout(s.engineer.ssh_cmd(&all), None, Duration::from_secs(60)).map_err(|e| {
+            let text = e.to_string();
+            let end = text.char_indices().nth(300).map_or(text.len(), |(i, _)| i);
+            anyhow::anyhow!("{}…", &text[..end])
+        })
+    };
+
+    let long = "x".repeat(100 * 1024);
+    let r = exec(&["printf", "%s", &long, "|", "wc", "-c"])?;
+    ensure!(
+        r.status == Some(0) && r.stdout.trim() == (100 * 1024).to_string(),
+        "a 100 KiB command: {:?} {:?} {}",
+        r.status,
+        r.stdout,
+        bounded(&r.stderr)
+    );
+
+    // Control characters take six bytes each in the request's JSON: 100 KiB of them is 600.
+    let controls = "\u{1}".repeat(100 * 1024);
+    let r = exec(&["echo", &controls])?;
+    ensure!(
+        r.status == Some(255) && r.stderr.contains("request too long for the device"),
+        "a 600 KiB request: {:?} {}",
+        r.status,
+        bounded(&r.stderr)
+    );
+
+    let chunk = "y".repeat(100 * 1024);
+    let mut args = vec!["echo"];
+    args.extend(std::iter::repeat_n(chunk.as_str(), 10));
+    let r = exec(&args)?;
+    ensure!(
+        r.status != Some(0) && !r.stdout.contains("yyyy"),
+        "a 1 MB command line ran: {:?} {}",
+        r.status,
+        bounded(&r.stderr)
+    );
+
+    let r = s.engineer.exec("board1", "echo still")?;
+    ensure!(
+        r.status == Some(0) && r.stdout == "still\n",
+        "the board after them: {:?} {:?} {}",
+        r.status,
+        r.stdout,
+        r.stderr
+    );
     Ok(())
 }

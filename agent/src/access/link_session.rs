@@ -151,6 +151,7 @@ pub async fn serve(channel: Channel<Msg>, settings: Arc<SessionSettings>) {
     let program = loop {
         let Some(msg) = input.inbox.next().await else {
             credit.close();
+            let _ = writer.close().await;
             return;
         };
         match msg {
@@ -212,6 +213,7 @@ pub async fn serve(channel: Channel<Msg>, settings: Arc<SessionSettings>) {
             }
             ChannelMsg::Close => {
                 credit.close();
+                let _ = writer.close().await;
                 return;
             }
             msg @ (ChannelMsg::Data { .. } | ChannelMsg::Eof) => {

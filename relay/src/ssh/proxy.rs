@@ -488,6 +488,8 @@ pub async fn relay_session(
                         .extended_data(engineer_id, 1, text.into_bytes())
                         .await;
                     let _ = refuse_front.exit_status_request(engineer_id, 255).await;
+                    let _ = refuse_front.eof(engineer_id).await;
+                    let _ = refuse_front.close(engineer_id).await;
                     break;
                 }
             }
