@@ -251,6 +251,63 @@ fn local_forward(transport: Transport) -> Result<()> {
     Ok(())
 }
 
+/// A forward whose engineer stops reading while the device's service keeps sending: the
+/// board's other sessions must not wait for that engineer.
+#[test]
+fn a_forward_nobody_reads_holds_up_no_one_else() -> Result<()> {
+    // A device-local service that sends 256 MiB to whoever connects.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let service = listener.local_addr()?.port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().take(4) {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let block = vec![b'f'; 64 * 1024];
+                for _ in 0..4096 {
+                    if conn.write_all(&block).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let s = Setup::with_allow(Transport::Tcp, &[format!("127.0.0.1:{service}")])?;
+    let local = free_port()?;
+    let mut cmd = s.engineer.ssh_cmd(&[
+        "-p",
+        &s.engineer.ssh_port.to_string(),
+        "-N",
+        "-o",
+        "ExitOnForwardFailure=yes",
+        "-L",
+        &format!("127.0.0.1:{local}:127.0.0.1:{service}"),
+        "board1@127.0.0.1",
+    ]);
+    cmd.stdin(std::process::Stdio::null());
+    let _forward = KillOnDrop(cmd.spawn()?);
+    wait_for_port(local)?;
+    // Connected, and never read.
+    let _unread = std::net::TcpStream::connect(("127.0.0.1", local))?;
+    std::thread::sleep(Duration::from_secs(3));
+    for i in 0..3 {
+        let started = Instant::now();
+        let r = s.engineer.exec("board1", &format!("echo n={i}"))?;
+        ensure!(
+            r.status == Some(0) && r.stdout == format!("n={i}\n"),
+            "session {i} beside the unread forward: {:?} {:?} {}",
+            r.status,
+            r.stdout,
+            r.stderr
+        );
+        ensure!(
+            started.elapsed() < Duration::from_secs(10),
+            "session {i} took {:?}",
+            started.elapsed()
+        );
+    }
+    Ok(())
+}
+
 #[test]
 fn local_forward_over_tcp() -> Result<()> {
     local_forward(Transport::Tcp)

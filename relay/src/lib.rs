@@ -23,6 +23,7 @@
 //! - [`policy`]: what each role may do.
 //! - [`config`]: the relay's YAML configuration file and the paths of its data directory.
 //! - [`registry`]: the device links that are up right now on this relay.
+//! - [`link_forward`]: the device end of a forward on a link, credited where the agent can.
 //! - [`sink`]: where telemetry is committed (embedded SQLite by default).
 //! - [`limits`]: abuse limits (failed logins, handshakes, sessions, channels, idle sessions).
 //! - [`metrics`]: Prometheus metrics.
@@ -41,6 +42,7 @@ pub mod config;
 pub mod hostkey;
 pub mod http;
 pub mod limits;
+pub mod link_forward;
 pub mod metrics;
 pub mod open_files;
 pub mod policy;

@@ -27,7 +27,10 @@ use crate::access::ssh_server::{self, ServerSettings};
 use crate::config::LinkConfig;
 use crate::link::forward::{self, ForwardPolicy};
 use crate::link::transport::{self, RelayUrl, TransportError};
-use tether_protocol::link_session::LINK_SESSION_PATH;
+use tether_protocol::link_session::flow::{Credit, SessionEnds, bridge};
+use tether_protocol::link_session::{
+    LINK_SESSION_PATH, Report, Request, encode, parse_forward_path,
+};
 
 /// Why one link attempt ended.
 #[derive(Debug, Error)]
@@ -215,8 +218,8 @@ impl client::Handler for LinkHandler {
         Ok(())
     }
 
-    /// An engineer's session carried straight on this channel ([`link_session`]): like the
-    /// `session` channel, only the relay can open it.
+    /// An engineer's session carried straight on this channel ([`link_session`]), or a
+    /// credited forward: like the `session` channel, only the relay can open them.
     async fn server_channel_open_direct_streamlocal(
         &mut self,
         channel: Channel<Msg>,
@@ -224,15 +227,17 @@ impl client::Handler for LinkHandler {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if socket_path != LINK_SESSION_PATH {
+        if socket_path == LINK_SESSION_PATH {
+            reply.accept().await;
+            tokio::spawn(link_session::serve(channel, self.server.session().clone()));
+        } else if let Some((host, port)) = parse_forward_path(socket_path) {
+            self.forward(channel, host, port, reply, true).await;
+        } else {
             tracing::warn!("refused direct-streamlocal channel to {socket_path:?}");
             reply
                 .reject(ChannelOpenFailure::AdministrativelyProhibited)
                 .await;
-            return Ok(());
         }
-        reply.accept().await;
-        tokio::spawn(link_session::serve(channel, self.server.session().clone()));
         Ok(())
     }
 
@@ -289,21 +294,44 @@ impl client::Handler for LinkHandler {
         tracing::debug!(
             "forward to {connected_address}:{connected_port} from {originator_address}:{originator_port}"
         );
-        if !self.policy.allows(connected_address, connected_port) {
-            tracing::warn!(
-                "refused forward to {connected_address}:{connected_port}: not in forward.allow"
-            );
+        self.forward(channel, connected_address, connected_port, reply, false)
+            .await;
+        Ok(())
+    }
+}
+
+impl LinkHandler {
+    /// An engineer's forward to `host:port` on the device: dialled only if the forward policy
+    /// allows it, then carried plain (`forwarded-tcpip`) or against credit (a credited
+    /// forward, [`tether_protocol::link_session::flow::bridge`]).
+    async fn forward(
+        &self,
+        channel: Channel<Msg>,
+        host: &str,
+        port: u32,
+        reply: ChannelOpenHandle,
+        credited: bool,
+    ) {
+        if !self.policy.allows(host, port) {
+            tracing::warn!("refused forward to {host}:{port}: not in forward.allow");
             reply
                 .reject(ChannelOpenFailure::AdministrativelyProhibited)
                 .await;
-            return Ok(());
+            return;
         }
-        let host = connected_address.to_string();
+        let host = host.to_string();
         // Dial in a task: a slow target must not stall the link's other channels.
         tokio::spawn(async move {
-            match forward::connect(&host, connected_port).await {
+            match forward::connect(&host, port).await {
                 Ok(mut tcp) => {
                     reply.accept().await;
+                    if credited {
+                        let ends = SessionEnds::open(channel, credit_only, |bytes| {
+                            encode(&Report::Credit { bytes }).ok()
+                        });
+                        bridge(ends, tcp).await;
+                        return;
+                    }
                     let mut stream = channel.into_stream();
                     if let Err(e) = tokio::io::copy_bidirectional_with_sizes(
                         &mut stream,
@@ -313,17 +341,24 @@ impl client::Handler for LinkHandler {
                     )
                     .await
                     {
-                        tracing::debug!("forward to {host}:{connected_port} ended: {e}");
+                        tracing::debug!("forward to {host}:{port} ended: {e}");
                     }
                 }
                 Err(e) => {
-                    tracing::info!("forward to {host}:{connected_port} failed: {e}");
+                    tracing::info!("forward to {host}:{port} failed: {e}");
                     reply.reject(ChannelOpenFailure::ConnectFailed).await;
                 }
             }
         });
-        Ok(())
     }
+}
+
+/// The only control frame a credited forward carries from the relay: credit.
+fn credit_only(request: Request, credit: &Credit) -> Option<russh::ChannelMsg> {
+    if let Request::Credit { bytes } = request {
+        credit.give(bytes);
+    }
+    None
 }
 
 /// Opens an authenticated SSH connection to the relay as `user`.

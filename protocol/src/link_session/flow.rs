@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::{Bytes, BytesMut};
 use russh::{Channel, ChannelId, ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
 use serde::de::DeserializeOwned;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, Semaphore};
 
 use super::{CONTROL_EXT, ControlReader};
@@ -140,6 +141,81 @@ impl<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static> SessionEnds<S> {
             inbox,
         }
     }
+}
+
+/// Carries a byte stream between `local` and the link channel of `ends` (a credited forward)
+/// until both directions ended or the channel closed: data goes to the peer only against
+/// credit, data from it is drained at once. Returns the bytes sent to the peer and the bytes
+/// received from it.
+pub async fn bridge<S, L>(ends: SessionEnds<S>, local: L) -> (u64, u64)
+where
+    S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static,
+    L: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let SessionEnds {
+        writer,
+        credit,
+        mut inbox,
+        ..
+    } = ends;
+    let (mut from_local, mut to_local) = tokio::io::split(local);
+    let mut sent = 0u64;
+    let up = async {
+        let mut buf = vec![0u8; MAX_PIECE];
+        loop {
+            let n = match from_local.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if !credit.take(n).await
+                || writer
+                    .data_bytes(Bytes::copy_from_slice(&buf[..n]))
+                    .await
+                    .is_err()
+            {
+                break;
+            }
+            sent += n as u64;
+        }
+        let _ = writer.eof().await;
+    };
+    // Ends with whether the channel is gone (as opposed to only half-closed by an EOF).
+    let down = async {
+        let mut total = 0u64;
+        let gone = loop {
+            match inbox.next().await {
+                Some(ChannelMsg::Data { data }) => {
+                    if to_local.write_all(&data).await.is_err() {
+                        break true;
+                    }
+                    total += data.len() as u64;
+                }
+                Some(ChannelMsg::Eof) => break false,
+                Some(ChannelMsg::Close) | None => break true,
+                Some(_) => {}
+            }
+        };
+        let _ = to_local.shutdown().await;
+        (total, gone)
+    };
+    let mut up = Box::pin(up);
+    tokio::pin!(down);
+    let (mut up_done, mut received) = (false, None);
+    while !up_done || received.is_none() {
+        tokio::select! {
+            () = &mut up, if !up_done => up_done = true,
+            (n, gone) = &mut down, if received.is_none() => {
+                received = Some(n);
+                if gone {
+                    break;
+                }
+            }
+        }
+    }
+    drop(up);
+    let _ = writer.close().await;
+    credit.close();
+    (sent, received.unwrap_or(0))
 }
 
 /// What the draining task has read and the session has not taken yet.

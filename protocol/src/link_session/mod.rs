@@ -32,6 +32,25 @@ pub mod flow;
 /// The socket path a link session channel names; the agent serves no other.
 pub const LINK_SESSION_PATH: &str = "tether-session";
 
+/// What a credited forward's `direct-streamlocal` path starts with: `tether-forward/PORT/HOST`.
+/// Such a channel is a port forward to `HOST:PORT` on the device (allowed by its forward
+/// policy like any other) whose data flows against credit ([`flow::bridge`]), so that an
+/// engineer who stops reading cannot hold up the link.
+pub const FORWARD_PATH_PREFIX: &str = "tether-forward/";
+
+/// The path of a credited forward to `host:port`.
+pub fn forward_path(host: &str, port: u32) -> String {
+    format!("{FORWARD_PATH_PREFIX}{port}/{host}")
+}
+
+/// The target of a credited forward's path; `None` if it is not one.
+pub fn parse_forward_path(path: &str) -> Option<(&str, u32)> {
+    let rest = path.strip_prefix(FORWARD_PATH_PREFIX)?;
+    let (port, host) = rest.split_once('/')?;
+    let port = port.parse().ok()?;
+    (!host.is_empty()).then_some((host, port))
+}
+
 /// Extended-data type of the control frames (`"teth"`; SSH defines only 1, stderr).
 pub const CONTROL_EXT: u32 = 0x7465_7468;
 
@@ -331,6 +350,27 @@ mod tests {
             command: "x".repeat(MAX_CONTROL_FRAME),
         };
         assert!(matches!(encode(&long), Err(FrameError::Length(_))));
+    }
+
+    #[test]
+    fn forward_paths_round_trip_and_nothing_else_parses() {
+        for (host, port) in [("127.0.0.1", 22), ("::1", 8080), ("db.local", 5432)] {
+            assert_eq!(
+                parse_forward_path(&forward_path(host, port)),
+                Some((host, port))
+            );
+        }
+        for path in [
+            "tether-session",
+            "tether-forward/",
+            "tether-forward/22",
+            "tether-forward/22/",
+            "tether-forward/x/host",
+            "tether-forward/99999999999/host",
+            "/tether-forward/22/host",
+        ] {
+            assert_eq!(parse_forward_path(path), None, "{path}");
+        }
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //! (tenant, role, target); the holder only checks that the peer is a relay of the cluster and
 //! that it holds the device's link. The device applies its own forward policy, as always.
 
+use crate::link_forward::DeviceSide;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -313,37 +314,30 @@ impl server::Handler for PeerConn {
         let remote = self.remote;
         tokio::spawn(async move {
             let device_channel = match &target {
-                Target::Session { .. } if link.session_channels => {
-                    link.handle.channel_open_session().await
-                }
-                Target::Session { .. } => {
-                    link.handle
-                        .channel_open_forwarded_tcpip(
-                            tether_protocol::names::LEGACY_EMBEDDED_SSH_TARGET,
-                            0,
-                            originator.0,
-                            originator.1,
-                        )
-                        .await
-                }
+                Target::Session { .. } if link.session_channels => link
+                    .handle
+                    .channel_open_session()
+                    .await
+                    .map(|c| DeviceSide::Stream(Box::new(c.into_stream()))),
+                Target::Session { .. } => link
+                    .handle
+                    .channel_open_forwarded_tcpip(
+                        tether_protocol::names::LEGACY_EMBEDDED_SSH_TARGET,
+                        0,
+                        originator.0,
+                        originator.1,
+                    )
+                    .await
+                    .map(|c| DeviceSide::Stream(Box::new(c.into_stream()))),
                 Target::Tcp { host, port, .. } => {
-                    link.handle
-                        .channel_open_forwarded_tcpip(
-                            host.clone(),
-                            *port,
-                            originator.0,
-                            originator.1,
-                        )
-                        .await
+                    crate::link_forward::open_on_link(&link, host, *port, originator).await
                 }
             };
             match device_channel {
-                Ok(device_channel) => {
+                Ok(device_side) => {
                     reply.accept().await;
                     tracing::debug!("peer {remote}: carrying {target:?}");
-                    let mut a = channel.into_stream();
-                    let mut b = device_channel.into_stream();
-                    let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+                    device_side.carry(channel.into_stream()).await;
                 }
                 Err(e) => {
                     tracing::info!("peer {remote}: {target:?} refused by the device: {e}");

@@ -9,17 +9,8 @@ use russh::server::{ChannelOpenHandle, Msg};
 use super::audit::audit_event;
 use super::front::Conn;
 use super::state::Peer;
+use crate::link_forward::DeviceSide;
 use crate::policy::{self, Permission};
-
-/// Copy buffer per direction of a forward: one read takes a whole 32 KiB SSH data packet (what
-/// OpenSSH sends), so each becomes one packet on the link; tokio's default 8 KiB made four.
-const FORWARD_BUFFER: usize = 32 * 1024;
-
-/// The device side of a forward: a channel on the device's link, or a stream through the
-/// relay that holds it.
-trait DeviceStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
-
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> DeviceStream for T {}
 
 impl Conn {
     /// Opens an engineer's forward: `ssh -L … DEVICE@relay` (the login names the device, the
@@ -151,17 +142,14 @@ impl Conn {
             };
             let to = format!("{target_host}:{port_to_connect}");
             let device_side = match (&link, &presence) {
-                (Some(link), _) => link
-                    .handle
-                    .channel_open_forwarded_tcpip(
-                        target_host.clone(),
-                        port_to_connect,
-                        originator.0,
-                        originator.1,
-                    )
-                    .await
-                    .map(|c| Box::new(c.into_stream()) as Box<dyn DeviceStream>)
-                    .map_err(|e| e.to_string()),
+                (Some(link), _) => crate::link_forward::open_on_link(
+                    link,
+                    &target_host,
+                    port_to_connect,
+                    originator,
+                )
+                .await
+                .map_err(|e| e.to_string()),
                 (None, Some(presence)) => {
                     // The link is on another relay of the cluster: through its peer port.
                     let target = crate::cluster::peer::Target::Tcp {
@@ -174,7 +162,7 @@ impl Conn {
                         u16::try_from(originator.1).unwrap_or(0),
                     );
                     match presence.open_remote(&target, originator).await {
-                        Ok(Some(stream)) => Ok(Box::new(stream) as Box<dyn DeviceStream>),
+                        Ok(Some(stream)) => Ok(DeviceSide::Stream(Box::new(stream))),
                         Ok(None) => Err("the device is offline".to_string()),
                         Err(e) => Err(e.to_string()),
                     }
@@ -182,19 +170,11 @@ impl Conn {
                 (None, None) => Err("the device is offline".to_string()),
             };
             match device_side {
-                Ok(mut b) => {
+                Ok(b) => {
                     reply.accept().await;
                     event("forward.open", serde_json::json!({ "to": to })).await;
                     let started = std::time::Instant::now();
-                    let mut a = channel.into_stream();
-                    let (sent, received) = tokio::io::copy_bidirectional_with_sizes(
-                        &mut a,
-                        &mut b,
-                        FORWARD_BUFFER,
-                        FORWARD_BUFFER,
-                    )
-                    .await
-                    .unwrap_or((0, 0));
+                    let (sent, received) = b.carry(channel.into_stream()).await;
                     drop(channel_permit);
                     event(
                         "forward.close",
