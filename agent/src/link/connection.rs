@@ -4,11 +4,14 @@
 //! The agent is the SSH client. It authenticates with the device key, checks the relay's host
 //! key against the one pinned at enrollment (or, at enrollment, against `--fingerprint`), and
 //! serves what the relay opens towards the device: a `direct-streamlocal` channel to
-//! `tether-session` is an engineer's session carried on it directly, a `session` channel is
-//! served by the embedded SSH server, a `forwarded-tcpip` channel is an engineer's forward and is dialled
-//! only if the forward policy allows its target. No name an engineer can put in a forward
-//! reaches the embedded server: an engineer's request can only ever become a `forwarded-tcpip`
-//! channel, and those are never served by it. Every other channel type is refused.
+//! `tether-session` is an engineer's session carried on it directly; one to
+//! `tether-forward/PORT/HOST` is an engineer's forward carried against credit, and a
+//! `forwarded-tcpip` channel one carried plain (relays before credited forwards), both dialled
+//! only if the forward policy allows the target; a `session` channel is served by the embedded
+//! SSH server. No name an engineer can put in a forward reaches a session: an engineer's
+//! request only ever becomes a forward channel (`forwarded-tcpip`, or a path that always
+//! starts with `tether-forward/`), and those are only ever dialled. Every other channel type
+//! is refused.
 //!
 //! The link loop ([`crate::link::run`]) and the enrollment and key rotation exchanges all
 //! connect through [`open`].
