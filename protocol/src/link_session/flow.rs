@@ -44,10 +44,11 @@ impl Credit {
         Self::default()
     }
 
-    /// Waits until `bytes` (at most [`MAX_PIECE`]) may be sent and takes them; `false` once the
-    /// session is over.
+    /// Waits until `bytes` may be sent and takes them; `false` once the session is over.
+    /// Callers send pieces of at most [`MAX_PIECE`]; more than the whole credit could never be
+    /// granted, so a larger request takes the whole credit instead of waiting forever.
     pub async fn take(&self, bytes: usize) -> bool {
-        let n = u32::try_from(bytes.min(MAX_PIECE)).unwrap_or(MAX_PIECE as u32);
+        let n = u32::try_from(bytes.min(INITIAL_CREDIT)).unwrap_or(INITIAL_CREDIT as u32);
         match self.0.acquire_many(n).await {
             Ok(permit) => {
                 permit.forget();
