@@ -16,9 +16,7 @@ use std::sync::Arc;
 use russh::client::Msg;
 use russh::{Channel, ChannelMsg, ChannelWriteHalf, Sig};
 use tether_protocol::link_session::flow::{ControlTx, Credit, Inbox, SessionEnds};
-use tether_protocol::link_session::{
-    MAX_EARLY_INPUT, Report, Request, encode, signal_from_name, signal_name,
-};
+use tether_protocol::link_session::{MAX_EARLY_INPUT, Report, Request, encode, signal_name};
 
 use crate::access::pty::Size;
 use crate::access::session_process::{
@@ -47,56 +45,10 @@ impl Input for LinkInput {
 /// What a control frame from the relay means for the session: a channel message to act on,
 /// or credit for output.
 fn request_to_msg(request: Request, credit: &Credit) -> Option<ChannelMsg> {
-    Some(match request {
-        Request::Pty {
-            term,
-            cols,
-            rows,
-            px_width,
-            px_height,
-        } => ChannelMsg::RequestPty {
-            want_reply: false,
-            term,
-            col_width: cols,
-            row_height: rows,
-            pix_width: px_width,
-            pix_height: px_height,
-            terminal_modes: Vec::new(),
-        },
-        Request::Env { name, value } => ChannelMsg::SetEnv {
-            want_reply: false,
-            variable_name: name,
-            variable_value: value,
-        },
-        Request::Shell => ChannelMsg::RequestShell { want_reply: false },
-        Request::Exec { command } => ChannelMsg::Exec {
-            want_reply: false,
-            command: command.into_bytes(),
-        },
-        Request::Subsystem { name } => ChannelMsg::RequestSubsystem {
-            want_reply: false,
-            name,
-        },
-        Request::WindowChange {
-            cols,
-            rows,
-            px_width,
-            px_height,
-        } => ChannelMsg::WindowChange {
-            col_width: cols,
-            row_height: rows,
-            pix_width: px_width,
-            pix_height: px_height,
-        },
-        Request::Signal { name } => ChannelMsg::Signal {
-            signal: signal_from_name(&name),
-        },
-        Request::Credit { bytes } => {
-            credit.give(bytes);
-            return None;
-        }
-        Request::Unknown => return None,
-    })
+    if let Request::Credit { bytes } = request {
+        credit.give(bytes);
+    }
+    request.into_msg()
 }
 
 /// A link session reports its process's end as a [`Report`] frame.

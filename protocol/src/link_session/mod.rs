@@ -21,7 +21,7 @@
 //! its memory. Agents say they serve link sessions by announcing
 //! [`crate::names::LINK_FORWARD_ADDRESS_SESSIONS`]; others keep the embedded SSH server.
 
-use russh::Sig;
+use russh::{ChannelMsg, Sig};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -125,6 +125,110 @@ pub enum Request {
     /// A request a later relay may send; an agent that does not know it ignores it.
     #[serde(other)]
     Unknown,
+}
+
+impl Request {
+    /// The channel message an SSH session would have carried for this request; `None` for
+    /// what is not one (credit, an unknown request).
+    pub fn into_msg(self) -> Option<ChannelMsg> {
+        Some(match self {
+            Request::Pty {
+                term,
+                cols,
+                rows,
+                px_width,
+                px_height,
+            } => ChannelMsg::RequestPty {
+                want_reply: false,
+                term,
+                col_width: cols,
+                row_height: rows,
+                pix_width: px_width,
+                pix_height: px_height,
+                terminal_modes: Vec::new(),
+            },
+            Request::Env { name, value } => ChannelMsg::SetEnv {
+                want_reply: false,
+                variable_name: name,
+                variable_value: value,
+            },
+            Request::Shell => ChannelMsg::RequestShell { want_reply: false },
+            Request::Exec { command } => ChannelMsg::Exec {
+                want_reply: false,
+                command: command.into_bytes(),
+            },
+            Request::Subsystem { name } => ChannelMsg::RequestSubsystem {
+                want_reply: false,
+                name,
+            },
+            Request::WindowChange {
+                cols,
+                rows,
+                px_width,
+                px_height,
+            } => ChannelMsg::WindowChange {
+                col_width: cols,
+                row_height: rows,
+                pix_width: px_width,
+                pix_height: px_height,
+            },
+            Request::Signal { name } => ChannelMsg::Signal {
+                signal: signal_from_name(&name),
+            },
+            Request::Credit { .. } | Request::Unknown => return None,
+        })
+    }
+
+    /// The request that carries an engineer's channel message to the device; `None` for
+    /// messages that are not requests (data and EOF travel as themselves; the rest is not
+    /// carried). A command that is not UTF-8 is carried with replacement characters, as the
+    /// embedded server runs it.
+    pub fn from_msg(msg: ChannelMsg) -> Option<Request> {
+        Some(match msg {
+            ChannelMsg::RequestPty {
+                term,
+                col_width,
+                row_height,
+                pix_width,
+                pix_height,
+                ..
+            } => Request::Pty {
+                term,
+                cols: col_width,
+                rows: row_height,
+                px_width: pix_width,
+                px_height: pix_height,
+            },
+            ChannelMsg::RequestShell { .. } => Request::Shell,
+            ChannelMsg::Exec { command, .. } => Request::Exec {
+                command: String::from_utf8_lossy(&command).into_owned(),
+            },
+            ChannelMsg::RequestSubsystem { name, .. } => Request::Subsystem { name },
+            ChannelMsg::SetEnv {
+                variable_name,
+                variable_value,
+                ..
+            } => Request::Env {
+                name: variable_name,
+                value: variable_value,
+            },
+            ChannelMsg::WindowChange {
+                col_width,
+                row_height,
+                pix_width,
+                pix_height,
+            } => Request::WindowChange {
+                cols: col_width,
+                rows: row_height,
+                px_width: pix_width,
+                px_height: pix_height,
+            },
+            ChannelMsg::Signal { signal } => Request::Signal {
+                name: signal_name(&signal),
+            },
+            _ => return None,
+        })
+    }
 }
 
 /// Device to relay: how the session's process ended.
@@ -371,6 +475,43 @@ mod tests {
         ] {
             assert_eq!(parse_forward_path(path), None, "{path}");
         }
+    }
+
+    #[test]
+    fn requests_and_channel_messages_translate_both_ways() {
+        let requests = vec![
+            Request::Pty {
+                term: "xterm".into(),
+                cols: 80,
+                rows: 24,
+                px_width: 1,
+                px_height: 2,
+            },
+            Request::Env {
+                name: "LANG".into(),
+                value: "C".into(),
+            },
+            Request::Shell,
+            Request::Exec {
+                command: "id".into(),
+            },
+            Request::Subsystem {
+                name: "sftp".into(),
+            },
+            Request::WindowChange {
+                cols: 120,
+                rows: 40,
+                px_width: 0,
+                px_height: 0,
+            },
+            Request::Signal { name: "INT".into() },
+        ];
+        for request in requests {
+            let msg = request.clone().into_msg();
+            assert_eq!(msg.and_then(Request::from_msg), Some(request));
+        }
+        assert!(Request::Credit { bytes: 1 }.into_msg().is_none());
+        assert!(Request::from_msg(ChannelMsg::Eof).is_none());
     }
 
     #[test]

@@ -272,48 +272,10 @@ impl DeviceTx {
                 return Ok(());
             }
             ChannelMsg::Eof => return Ok(tx.eof().await?),
-            ChannelMsg::RequestPty {
-                term,
-                col_width,
-                row_height,
-                pix_width,
-                pix_height,
-                ..
-            } => Request::Pty {
-                term,
-                cols: col_width,
-                rows: row_height,
-                px_width: pix_width,
-                px_height: pix_height,
+            other => match Request::from_msg(other) {
+                Some(request) => request,
+                None => return Ok(()),
             },
-            ChannelMsg::RequestShell { .. } => Request::Shell,
-            ChannelMsg::Exec { command, .. } => Request::Exec {
-                command: String::from_utf8_lossy(&command).into_owned(),
-            },
-            ChannelMsg::RequestSubsystem { name, .. } => Request::Subsystem { name },
-            ChannelMsg::SetEnv {
-                variable_name,
-                variable_value,
-                ..
-            } => Request::Env {
-                name: variable_name,
-                value: variable_value,
-            },
-            ChannelMsg::WindowChange {
-                col_width,
-                row_height,
-                pix_width,
-                pix_height,
-            } => Request::WindowChange {
-                cols: col_width,
-                rows: row_height,
-                px_width: pix_width,
-                px_height: pix_height,
-            },
-            ChannelMsg::Signal { signal } => Request::Signal {
-                name: wire::signal_name(&signal),
-            },
-            _ => return Ok(()),
         };
         let frame = wire::encode(&request).map_err(|_| {
             SendError::Refused(format!(
