@@ -47,9 +47,7 @@ impl DeviceSide {
             .await
             .unwrap_or((0, 0)),
             DeviceSide::Credited(channel) => {
-                let ends = SessionEnds::open(channel, credit_only, |bytes| {
-                    wire::encode(&Request::Credit { bytes }).ok()
-                });
+                let ends = SessionEnds::open(channel, credit_only, Request::credit_frame);
                 bridge(ends, local).await
             }
         }

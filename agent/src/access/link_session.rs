@@ -89,9 +89,7 @@ pub async fn serve(channel: Channel<Msg>, settings: Arc<SessionSettings>) {
         control,
         credit,
         inbox,
-    } = SessionEnds::open(channel, request_to_msg, |bytes| {
-        encode(&Report::Credit { bytes }).ok()
-    });
+    } = SessionEnds::open(channel, request_to_msg, Report::credit_frame);
     let mut input = LinkInput {
         early: VecDeque::new(),
         inbox,

@@ -31,9 +31,7 @@ use crate::config::LinkConfig;
 use crate::link::forward::{self, ForwardPolicy};
 use crate::link::transport::{self, RelayUrl, TransportError};
 use tether_protocol::link_session::flow::{Credit, SessionEnds, bridge};
-use tether_protocol::link_session::{
-    LINK_SESSION_PATH, Report, Request, encode, parse_forward_path,
-};
+use tether_protocol::link_session::{LINK_SESSION_PATH, Report, Request, parse_forward_path};
 
 /// Why one link attempt ended.
 #[derive(Debug, Error)]
@@ -329,9 +327,7 @@ impl LinkHandler {
                 Ok(mut tcp) => {
                     reply.accept().await;
                     if credited {
-                        let ends = SessionEnds::open(channel, credit_only, |bytes| {
-                            encode(&Report::Credit { bytes }).ok()
-                        });
+                        let ends = SessionEnds::open(channel, credit_only, Report::credit_frame);
                         bridge(ends, tcp).await;
                         return;
                     }

@@ -128,6 +128,11 @@ pub enum Request {
 }
 
 impl Request {
+    /// The encoded frame that returns `bytes` of credit to the agent.
+    pub fn credit_frame(bytes: u64) -> Option<Vec<u8>> {
+        encode(&Request::Credit { bytes }).ok()
+    }
+
     /// The channel message an SSH session would have carried for this request; `None` for
     /// what is not one (credit, an unknown request).
     pub fn into_msg(self) -> Option<ChannelMsg> {
@@ -255,6 +260,13 @@ pub enum Report {
     /// A report a later agent may send; a relay that does not know it ignores it.
     #[serde(other)]
     Unknown,
+}
+
+impl Report {
+    /// The encoded frame that returns `bytes` of credit to the relay.
+    pub fn credit_frame(bytes: u64) -> Option<Vec<u8>> {
+        encode(&Report::Credit { bytes }).ok()
+    }
 }
 
 /// Encodes a control frame (length, version, JSON), refusing one above [`MAX_CONTROL_FRAME`].

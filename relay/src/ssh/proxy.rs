@@ -396,9 +396,7 @@ pub async fn relay_session(
                 control,
                 credit,
                 inbox,
-            } = SessionEnds::open(channel, report_to_msg, |bytes| {
-                wire::encode(&Request::Credit { bytes }).ok()
-            });
+            } = SessionEnds::open(channel, report_to_msg, Request::credit_frame);
             let tx = DeviceTx::Link {
                 tx: writer,
                 control,
