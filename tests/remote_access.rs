@@ -109,6 +109,34 @@ fn exec_and_stdin_on(s: &Setup) -> Result<()> {
         "env passing gave {:?}",
         r.stdout
     );
+
+    // A flood of allowed variables is cut at the board's bounds (256 variables, 64 KiB) and
+    // the session still runs: 300 short ones, then 120 of a kilobyte each.
+    for (count, len, most, least) in [(300usize, 1usize, 256usize, 200usize), (120, 1000, 65, 50)] {
+        let value = "v".repeat(len);
+        let vars: Vec<String> = (0..count).map(|i| format!("LC_F{i}={value}")).collect();
+        let set_env = format!("SetEnv={}", vars.join(" "));
+        let cmd = s.engineer.ssh_cmd(&[
+            "-p",
+            &s.engineer.ssh_port.to_string(),
+            "-o",
+            &set_env,
+            "board1@127.0.0.1",
+            "env | grep -c '^LC_F'",
+        ]);
+        let r = run_with_timeout(cmd, None, Duration::from_secs(30))?;
+        let got: usize = r.stdout.trim().parse().with_context(|| {
+            format!(
+                "{count} variables of {len} bytes: {:?} {:?}",
+                r.stdout, r.stderr
+            )
+        })?;
+        ensure!(
+            r.status == Some(0) && (least..=most).contains(&got),
+            "{count} variables of {len} bytes: {got} reached the command (status {:?})",
+            r.status
+        );
+    }
     Ok(())
 }
 

@@ -9,5 +9,6 @@
 pub mod link_session;
 pub mod pty;
 pub mod session_process;
+pub mod session_request;
 pub mod sftp;
 pub mod ssh_server;

@@ -30,6 +30,16 @@ pub struct Size {
 }
 
 impl Size {
+    /// A size in the order SSH's `pty-req` and `window-change` carry it.
+    pub const fn new(cols: u32, rows: u32, px_width: u32, px_height: u32) -> Self {
+        Self {
+            cols,
+            rows,
+            px_width,
+            px_height,
+        }
+    }
+
     fn winsize(self) -> Winsize {
         let clamp = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
         Winsize {

@@ -65,6 +65,7 @@ impl SessionSettings {
 }
 
 /// What to run on a session channel.
+#[derive(Debug)]
 pub enum Program {
     /// The user's login shell.
     Shell,
@@ -540,12 +541,7 @@ async fn pump_input<I: Input>(
                 pix_height,
             } => {
                 if let Target::Pty(master) = &input {
-                    let size = Size {
-                        cols: col_width,
-                        rows: row_height,
-                        px_width: pix_width,
-                        px_height: pix_height,
-                    };
+                    let size = Size::new(col_width, row_height, pix_width, pix_height);
                     if let Err(e) = master.resize(size) {
                         tracing::debug!("resize failed: {e}");
                     }

@@ -20,8 +20,8 @@ use russh::{
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::access::pty::Size;
-use crate::access::session_process::{self, ExitReport, Program, SessionChannel, SessionSettings};
+use crate::access::session_process::{self, ExitReport, SessionChannel, SessionSettings};
+use crate::access::session_request::{EarlyThen, PreStart, Step, read_requests};
 use crate::account::AccountError;
 use crate::config::ShellConfig;
 
@@ -99,17 +99,10 @@ where
     running.await
 }
 
-/// What a session channel has asked for before its program starts.
-#[derive(Default)]
-struct Pending {
-    channel: Option<Channel<Msg>>,
-    pty: Option<(String, Size)>,
-    env: Vec<(String, String)>,
-}
-
 struct Handler {
     settings: Arc<ServerSettings>,
-    channels: HashMap<ChannelId, Pending>,
+    /// The session channels open, and whether each has started its program.
+    channels: HashMap<ChannelId, bool>,
     engineer: String,
 }
 
@@ -132,42 +125,68 @@ impl ExitReport<Msg> for SshExit {
 }
 
 impl Handler {
-    /// Starts `program` on `channel_id`, answering the request.
-    fn start(
-        &mut self,
+    /// Answers a request to run a program: the channel's own task reads the same request from
+    /// the channel and starts it ([`serve_channel`]).
+    fn start(&mut self, channel_id: ChannelId, session: &mut Session) -> Result<(), russh::Error> {
+        match self.channels.get_mut(&channel_id) {
+            Some(started) if !*started => {
+                *started = true;
+                session.channel_success(channel_id)
+            }
+            // A second shell/exec on one channel is a protocol error; sshd refuses it too.
+            _ => session.channel_failure(channel_id),
+        }
+    }
+
+    /// Answers a request that only counts before the program starts.
+    fn answer_before_start(
+        &self,
         channel_id: ChannelId,
-        program: Program,
+        ok: bool,
         session: &mut Session,
     ) -> Result<(), russh::Error> {
-        let Some(pending) = self.channels.get_mut(&channel_id) else {
-            return session.channel_failure(channel_id);
-        };
-        let Some(channel) = pending.channel.take() else {
-            // A second shell/exec on one channel is a protocol error; sshd refuses it too.
-            return session.channel_failure(channel_id);
-        };
-        let pty = pending.pty.clone();
-        let env = std::mem::take(&mut pending.env);
-        let settings = self.settings.session.clone();
-        let report = SshExit {
-            handle: session.handle(),
-        };
-        let what = program.describe();
-        tracing::info!("{} for engineer {}", what, self.engineer);
-        session.channel_success(channel_id)?;
-        tokio::spawn(async move {
-            let (input, writer) = channel.split();
-            let channel = SessionChannel {
-                input,
-                writer: Arc::new(writer),
-                report,
-                credit: None,
-            };
-            if let Err(e) = session_process::run(channel, &settings, program, pty, env).await {
-                tracing::info!("{what} ended with error: {e}");
-            }
-        });
-        Ok(())
+        match self.channels.get(&channel_id) {
+            Some(false) if ok => session.channel_success(channel_id),
+            _ => session.channel_failure(channel_id),
+        }
+    }
+}
+
+/// Serves one session channel of the embedded server: reads its requests from the moment it
+/// opens (so that no flood of them fills the channel's queue and stalls the connection), then
+/// runs its program.
+async fn serve_channel(
+    channel: Channel<Msg>,
+    settings: Arc<SessionSettings>,
+    report: SshExit,
+    engineer: String,
+) {
+    let (mut input, writer) = channel.split();
+    let (asked, step) = read_requests(&mut input, |name| settings.env_allowed(name)).await;
+    let program = match step {
+        Step::Start(program) => program,
+        Step::Refuse { why, status } => {
+            session_process::refuse(&writer, &report, &why, status).await;
+            return;
+        }
+        Step::Closed | Step::More => {
+            let _ = writer.close().await;
+            return;
+        }
+    };
+    let PreStart {
+        pty, env, early, ..
+    } = asked;
+    let what = program.describe();
+    tracing::info!("{what} for engineer {engineer}");
+    let channel = SessionChannel {
+        input: EarlyThen { early, rest: input },
+        writer: Arc::new(writer),
+        report,
+        credit: None,
+    };
+    if let Err(e) = session_process::run(channel, &settings, program, pty, env.into_vars()).await {
+        tracing::info!("{what} ended with error: {e}");
     }
 }
 
@@ -192,15 +211,18 @@ impl server::Handler for Handler {
         &mut self,
         channel: Channel<Msg>,
         reply: server::ChannelOpenHandle,
-        _session: &mut Session,
+        session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.channels.insert(
-            channel.id(),
-            Pending {
-                channel: Some(channel),
-                ..Pending::default()
-            },
-        );
+        self.channels.insert(channel.id(), false);
+        let report = SshExit {
+            handle: session.handle(),
+        };
+        tokio::spawn(serve_channel(
+            channel,
+            self.settings.session.clone(),
+            report,
+            self.engineer.clone(),
+        ));
         reply.accept().await;
         Ok(())
     }
@@ -217,46 +239,28 @@ impl server::Handler for Handler {
     async fn pty_request(
         &mut self,
         channel: ChannelId,
-        term: &str,
-        col_width: u32,
-        row_height: u32,
-        pix_width: u32,
-        pix_height: u32,
+        _term: &str,
+        _col_width: u32,
+        _row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
         _modes: &[(russh::Pty, u32)],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        match self.channels.get_mut(&channel) {
-            Some(p) if p.channel.is_some() => {
-                let size = Size {
-                    cols: col_width,
-                    rows: row_height,
-                    px_width: pix_width,
-                    px_height: pix_height,
-                };
-                p.pty = Some((term.to_string(), size));
-                session.channel_success(channel)?;
-            }
-            _ => session.channel_failure(channel)?,
-        }
-        Ok(())
+        Ok(self.answer_before_start(channel, true, session)?)
     }
 
     async fn env_request(
         &mut self,
         channel: ChannelId,
         name: &str,
-        value: &str,
+        _value: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        // The answer says whether `shell.accept_env` allows the name; the channel's task also
+        // holds the environment to its bounds (`session_request::RequestedEnv`).
         let allowed = self.settings.session.env_allowed(name);
-        match self.channels.get_mut(&channel) {
-            Some(p) if allowed && p.channel.is_some() => {
-                p.env.push((name.to_string(), value.to_string()));
-                session.channel_success(channel)?;
-            }
-            _ => session.channel_failure(channel)?,
-        }
-        Ok(())
+        Ok(self.answer_before_start(channel, allowed, session)?)
     }
 
     async fn shell_request(
@@ -264,17 +268,16 @@ impl server::Handler for Handler {
         channel: ChannelId,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        Ok(self.start(channel, Program::Shell, session)?)
+        Ok(self.start(channel, session)?)
     }
 
     async fn exec_request(
         &mut self,
         channel: ChannelId,
-        data: &[u8],
+        _data: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let command = String::from_utf8_lossy(data).into_owned();
-        Ok(self.start(channel, Program::Exec(command), session)?)
+        Ok(self.start(channel, session)?)
     }
 
     async fn subsystem_request(
@@ -284,7 +287,7 @@ impl server::Handler for Handler {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         if name == "sftp" {
-            Ok(self.start(channel, Program::Sftp, session)?)
+            Ok(self.start(channel, session)?)
         } else {
             Ok(session.channel_failure(channel)?)
         }
