@@ -7,7 +7,7 @@
 //! hold up the board's whole link; credited, only that forward waits. Older agents get a
 //! plain `forwarded-tcpip` channel.
 
-use tether_protocol::link_session::flow::{Credit, SessionEnds, bridge};
+use tether_protocol::link_session::flow::{SessionEnds, bridge, credit_only};
 use tether_protocol::link_session::{self as wire, Report, Request};
 
 /// Copy buffer per direction of a plain forward: one read takes a whole 32 KiB SSH data
@@ -47,19 +47,11 @@ impl DeviceSide {
             .await
             .unwrap_or((0, 0)),
             DeviceSide::Credited(channel) => {
-                let ends = SessionEnds::open(channel, credit_only, Request::credit_frame);
+                let ends = SessionEnds::open(channel, credit_only::<Report>, Request::credit_frame);
                 bridge(ends, local).await
             }
         }
     }
-}
-
-/// The only control frame a credited forward carries from the device: credit.
-fn credit_only(report: Report, credit: &Credit) -> Option<russh::ChannelMsg> {
-    if let Report::Credit { bytes } = report {
-        credit.give(bytes);
-    }
-    None
 }
 
 /// Opens the device end of a forward to `host:port` on a link of this relay: credited where

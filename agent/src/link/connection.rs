@@ -30,7 +30,7 @@ use crate::access::ssh_server::{self, ServerSettings};
 use crate::config::LinkConfig;
 use crate::link::forward::{self, ForwardPolicy};
 use crate::link::transport::{self, RelayUrl, TransportError};
-use tether_protocol::link_session::flow::{Credit, SessionEnds, bridge};
+use tether_protocol::link_session::flow::{SessionEnds, bridge, credit_only};
 use tether_protocol::link_session::{LINK_SESSION_PATH, Report, Request, parse_forward_path};
 
 /// Why one link attempt ended.
@@ -327,7 +327,11 @@ impl LinkHandler {
                 Ok(mut tcp) => {
                     reply.accept().await;
                     if credited {
-                        let ends = SessionEnds::open(channel, credit_only, Report::credit_frame);
+                        let ends = SessionEnds::open(
+                            channel,
+                            credit_only::<Request>,
+                            Report::credit_frame,
+                        );
                         bridge(ends, tcp).await;
                         return;
                     }
@@ -350,14 +354,6 @@ impl LinkHandler {
             }
         });
     }
-}
-
-/// The only control frame a credited forward carries from the relay: credit.
-fn credit_only(request: Request, credit: &Credit) -> Option<russh::ChannelMsg> {
-    if let Request::Credit { bytes } = request {
-        credit.give(bytes);
-    }
-    None
 }
 
 /// Opens an authenticated SSH connection to the relay as `user`.

@@ -144,6 +144,15 @@ impl<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static> SessionEnds<S> {
     }
 }
 
+/// The frame handler of a channel whose only control frames are credit (a credited forward):
+/// credit is given, anything else ignored.
+pub fn credit_only<T: super::CreditFrame>(frame: T, credit: &Credit) -> Option<ChannelMsg> {
+    if let Some(bytes) = frame.credit() {
+        credit.give(bytes);
+    }
+    None
+}
+
 /// Carries a byte stream between `local` and the link channel of `ends` (a credited forward)
 /// until both directions ended or the channel closed: data goes to the peer only against
 /// credit, data from it is drained at once. Returns the bytes sent to the peer and the bytes

@@ -127,6 +127,30 @@ pub enum Request {
     Unknown,
 }
 
+/// A control frame of either direction, as far as credit goes.
+pub trait CreditFrame {
+    /// The credit this frame gives, if it is a credit frame.
+    fn credit(&self) -> Option<u64>;
+}
+
+impl CreditFrame for Request {
+    fn credit(&self) -> Option<u64> {
+        match self {
+            Request::Credit { bytes } => Some(*bytes),
+            _ => None,
+        }
+    }
+}
+
+impl CreditFrame for Report {
+    fn credit(&self) -> Option<u64> {
+        match self {
+            Report::Credit { bytes } => Some(*bytes),
+            _ => None,
+        }
+    }
+}
+
 impl Request {
     /// The encoded frame that returns `bytes` of credit to the agent.
     pub fn credit_frame(bytes: u64) -> Option<Vec<u8>> {
