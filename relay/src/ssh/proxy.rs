@@ -412,6 +412,11 @@ pub async fn relay_session(
         last_ms: std::sync::atomic::AtomicU64::new(0),
     });
     let (act_up, act_down) = (activity.clone(), activity.clone());
+    // The engineer's client closes its channel as soon as it has the exit status, often
+    // before the device's own close arrives: a session whose process reported how it ended
+    // ended on the device, whichever close is seen first.
+    let exited = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let exited_down = exited.clone();
     let idle_front = front.clone();
     let refuse_front = front.clone();
 
@@ -473,6 +478,7 @@ pub async fn relay_session(
                 ChannelMsg::Eof => engineer_tx.eof().await.is_ok(),
                 ChannelMsg::ExitStatus { exit_status } => {
                     rec_down.exit_status(exit_status);
+                    exited_down.store(true, std::sync::atomic::Ordering::Relaxed);
                     engineer_tx.exit_status(exit_status).await.is_ok()
                 }
                 ChannelMsg::ExitSignal {
@@ -482,6 +488,7 @@ pub async fn relay_session(
                     lang_tag,
                 } => {
                     rec_down.exit_signal(&format!("{signal_name:?}"));
+                    exited_down.store(true, std::sync::atomic::Ordering::Relaxed);
                     front
                         .exit_signal_request(
                             engineer_id,
@@ -544,7 +551,11 @@ pub async fn relay_session(
             if tokio::time::timeout(grace, &mut down).await.is_err() {
                 down.abort();
             }
-            Ended::Engineer
+            if exited.load(std::sync::atomic::Ordering::Relaxed) {
+                Ended::Device
+            } else {
+                Ended::Engineer
+            }
         }
     };
     if let Some(connection) = connection {
