@@ -27,6 +27,7 @@ mod chaos;
 mod data;
 mod deploy;
 mod engineer;
+mod listening;
 mod nats;
 mod net;
 mod postgres;

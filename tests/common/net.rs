@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+use super::listening::is_listening;
 use super::process::wait_until;
 
 /// A free TCP port on 127.0.0.1.
@@ -14,10 +15,10 @@ pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// Waits until something accepts TCP connections on `port`.
+/// Waits until something listens for TCP connections on `port`.
 pub fn wait_for_port(port: u16) -> Result<()> {
     wait_until(Duration::from_secs(30), &format!("port {port}"), || {
-        TcpStream::connect(("127.0.0.1", port)).is_ok()
+        is_listening(port)
     })
 }
 

@@ -122,7 +122,7 @@ impl Proc {
                 exited = Some(status);
                 return true;
             }
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            super::listening::is_listening(port)
         });
         if let Some(status) = exited {
             bail!(
