@@ -151,7 +151,7 @@ impl<C> CommonSession<C> {
 
     pub fn newkeys(&mut self, newkeys: NewKeys) {
         if let Some(ref mut enc) = self.encrypted {
-            enc.exchange = Some(newkeys.exchange);
+            enc.exchange = Some(settled(newkeys.exchange));
             enc.kex = newkeys.kex;
             enc.key = newkeys.key;
             enc.client_mac = newkeys.names.client_mac;
@@ -171,7 +171,7 @@ impl<C> CommonSession<C> {
     pub fn encrypted(&mut self, state: EncryptedState, newkeys: NewKeys) {
         let strict_kex = newkeys.names.strict_kex();
         self.encrypted = Some(Encrypted {
-            exchange: Some(newkeys.exchange),
+            exchange: Some(settled(newkeys.exchange)),
             kex: newkeys.kex,
             key: newkeys.key,
             client_mac: newkeys.names.client_mac,
@@ -797,6 +797,19 @@ pub enum EncryptedState {
     InitCompression,
     Authenticated,
 }
+
+/// What an exchange keeps once its keys are in use: the client's KEXINIT (read for the
+/// extension negotiation) and the identification strings. The ephemeral keys (over 2 KB with
+/// the hybrid ML-KEM exchange) and the server's KEXINIT served only the exchange hash, and a
+/// re-key builds a new exchange.
+fn settled(mut exchange: Exchange) -> Exchange {
+    exchange.client_ephemeral = Vec::new();
+    exchange.server_ephemeral = Vec::new();
+    exchange.server_kex_init = Bytes::new();
+    exchange.gex = None;
+    exchange
+}
+
 
 #[derive(Debug, Default, Clone)]
 pub struct Exchange {

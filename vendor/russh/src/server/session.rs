@@ -28,7 +28,9 @@ pub struct Session {
     pub(crate) pending_len: u32,
     pub(crate) channels: HashMap<ChannelId, ChannelRef>,
     pub(crate) open_global_requests: VecDeque<GlobalRequestResponse>,
-    pub(crate) kex: SessionKexState<ServerKex>,
+    // Boxed: a key exchange is in progress for a moment of a connection's life, and its
+    // state (824 bytes) would otherwise sit in every idle session.
+    pub(crate) kex: SessionKexState<Box<ServerKex>>,
 }
 
 #[derive(Debug)]
@@ -1576,7 +1578,7 @@ impl Session {
         );
 
         kex.kexinit(&mut self.common.packet_writer)?;
-        self.kex = SessionKexState::InProgress(kex);
+        self.kex = SessionKexState::InProgress(Box::new(kex));
         Ok(())
     }
 }
